@@ -1,0 +1,36 @@
+"""kd-compile: hardware-aware deployment compiler for PyTorch vision models.
+
+Public API (imports stay light; heavy work happens inside the functions)::
+
+    import kd_compile
+    result = kd_compile.compile("teacher.pt", target="2080ti", max_params="4M", data="glyphs")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import KdCompileError  # noqa: E402
+
+
+def __getattr__(name: str):
+    # lazy re-exports keep ``import kd_compile`` and ``kd-compile --help`` fast
+    if name in ("compile", "profile", "calibrate", "CompileResult"):
+        from . import api
+
+        return getattr(api, name)
+    if name in ("CompileConfig", "Constraints", "Budget"):
+        from . import config
+
+        return getattr(config, name)
+    if name in ("TargetProfile", "get_target", "list_targets"):
+        from . import targets
+
+        return getattr(targets, name)
+    raise AttributeError(f"module 'kd_compile' has no attribute {name!r}")
+
+
+__all__ = [
+    "Budget", "CompileConfig", "CompileResult", "Constraints", "KdCompileError", "TargetProfile",
+    "calibrate", "compile", "get_target", "list_targets", "profile", "__version__",
+]

@@ -1,0 +1,81 @@
+"""Error hierarchy. Every error a user can cause maps to one line and a distinct exit code."""
+
+from __future__ import annotations
+
+
+class KdCompileError(Exception):
+    """Base class: a user-facing error with a one-line message and an exit code."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def line(self) -> str:
+        msg = str(self).strip().replace("\n", " ")
+        return f"{msg} ({self.hint})" if self.hint else msg
+
+
+class UsageError(KdCompileError):
+    """An option has a bad value (unparseable size, unknown strategy, ...)."""
+
+    exit_code = 2
+
+
+class CheckpointError(KdCompileError):
+    """The teacher checkpoint is missing, corrupt, unsafe or inconsistent."""
+
+    exit_code = 3
+
+
+class DataError(KdCompileError):
+    """The data is missing, empty or does not fit the teacher."""
+
+    exit_code = 4
+
+
+class TargetError(KdCompileError):
+    """Unknown or invalid target device profile."""
+
+    exit_code = 5
+
+
+class ConstraintError(KdCompileError):
+    """The constraints cannot be met by any student of the search space."""
+
+    exit_code = 6
+
+
+class OutputExistsError(KdCompileError):
+    """The output folder exists and --force/--resume was not given."""
+
+    exit_code = 7
+
+
+class BackendUnavailableError(KdCompileError):
+    """An optional backend (TensorRT, Ray, ...) is not installed or has no device."""
+
+    exit_code = 8
+
+
+class SearchError(KdCompileError):
+    """The search produced no usable candidate (every candidate failed)."""
+
+    exit_code = 9
+
+
+class ExportError(KdCompileError):
+    """Export of the final student failed (ONNX export or numerical check)."""
+
+    exit_code = 10
+
+
+class ResumeError(KdCompileError):
+    """The journal cannot be resumed (different configuration, corrupt file)."""
+
+    exit_code = 11
+
+
+class CandidateError(Exception):
+    """A single candidate failed (NaN loss, export error). Recorded; the search goes on."""

@@ -1,0 +1,118 @@
+"""Append-only JSON-lines journal of evaluated candidates; state is rebuilt by replaying it.
+
+The first line is a header with a fingerprint of everything that determines the search (space,
+strategy, seed, constraints, budget, teacher, data). Each further line is one finished trial,
+written with flush + fsync, so a kill loses at most the candidate in progress. A torn last line
+(killed mid-write) is ignored on replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ResumeError
+from .base import Trial
+
+VERSION = 1
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Journal:
+    """Journal at ``path``. Use ``open(header)`` then ``append(trial)``; ``trials`` replays."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fh = None
+
+    def exists(self) -> bool:
+        return self.path.is_file() and self.path.stat().st_size > 0
+
+    def read(self) -> tuple[dict[str, Any] | None, list[Trial], list[dict[str, Any]]]:
+        """Return (header, trials, other records). Ignores a torn final line."""
+        if not self.exists():
+            return None, [], []
+        header = None
+        trials: list[Trial] = []
+        other: list[dict[str, Any]] = []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break  # torn write at the kill
+                raise ResumeError(f"journal {self.path} is corrupt at line {i + 1}") from None
+            kind = rec.get("type")
+            if kind == "header":
+                header = rec
+            elif kind == "trial":
+                trials.append(Trial.from_dict(rec["trial"]))
+            else:
+                other.append(rec)
+        return header, trials, other
+
+    def open(self, header: dict[str, Any], resume: bool) -> list[Trial]:
+        """Open for appending. With ``resume``, check the header and return the past trials."""
+        past: list[Trial] = []
+        if resume and self.exists():
+            old, past, _ = self.read()
+            if old is None:
+                raise ResumeError(f"journal {self.path} has no header")
+            if old.get("fingerprint") != header.get("fingerprint"):
+                raise ResumeError(
+                    f"cannot resume: {self.path} was written by a run with different settings",
+                    hint="use the same options as the interrupted run, or a new --out",
+                )
+            self._truncate_torn_tail()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("", encoding="utf-8")
+            self._fh = self.path.open("a", encoding="utf-8")
+            self._write({"type": "header", "version": VERSION, **header})
+            return past
+        self._fh = self.path.open("a", encoding="utf-8")
+        return past
+
+    def _truncate_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with self.path.open("r+b") as fh:
+                fh.truncate(cut)
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        assert self._fh is not None, "journal not open"
+        self._fh.write(json.dumps(rec, sort_keys=True, default=_json_default) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def append(self, trial: Trial) -> None:
+        self._write({"type": "trial", "trial": trial.to_dict()})
+
+    def note(self, kind: str, **data: Any) -> None:
+        self._write({"type": kind, **data})
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)

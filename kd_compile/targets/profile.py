@@ -1,0 +1,202 @@
+"""Target device profiles: TOML files as data, validated into a frozen dataclass.
+
+A profile describes one deployment device: peak throughput per precision (TFLOP/s or TOP/s),
+memory bandwidth and size, compute units, per-kernel launch overhead, the default runtime and
+precision, and the sources the numbers come from. Users add a device by writing a TOML file
+(``--target path/to/device.toml``); no code is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import TargetError
+
+KINDS = ("gpu", "cpu", "edge-gpu")
+RUNTIMES = ("tensorrt", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PEAK_KEYS = ("fp32", "fp16", "fp16_tensor", "bf16_tensor", "tf32_tensor", "int8_tensor")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One device.
+
+    Attributes:
+        name: registry name (``2080ti``).
+        display_name: human name (``NVIDIA GeForce RTX 2080 Ti``).
+        kind: ``gpu``, ``edge-gpu`` or ``cpu``.
+        peak_tflops: peak dense throughput per precision key (see ``PEAK_KEYS``); int8 in TOP/s.
+        memory_bandwidth_gbs: DRAM bandwidth, GB/s.
+        memory_gb: device memory, GB.
+        compute_units: SMs for GPUs, cores for CPUs.
+        launch_overhead_us: fixed cost per kernel (fused layer) launch, microseconds.
+        default_runtime: runtime used when none is asked for.
+        default_precision: precision used when none is asked for.
+        local: the device is this machine (latency can be measured, not predicted).
+        sources: citations for the numbers (datasheets, whitepapers).
+        calibration: efficiency factors fitted by ``kd-compile calibrate``, keyed by
+            ``runtime/precision``; each value holds the fitted constants and the file they were
+            fitted on.
+    """
+
+    name: str
+    display_name: str
+    kind: str
+    peak_tflops: dict[str, float]
+    memory_bandwidth_gbs: float
+    memory_gb: float
+    compute_units: int
+    launch_overhead_us: float
+    default_runtime: str
+    default_precision: str
+    local: bool = False
+    sources: tuple[str, ...] = ()
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str | None = None
+
+    def peak_for(self, precision: str, tensor_cores: bool = True) -> float:
+        """Peak TFLOP/s (TOP/s for int8) for a precision, falling back sensibly."""
+        p = self.peak_tflops
+        if precision == "fp32":
+            return p["fp32"]
+        if precision in ("fp16", "bf16"):
+            key = f"{precision}_tensor"
+            if tensor_cores and p.get(key):
+                return p[key]
+            if tensor_cores and p.get("fp16_tensor"):
+                return p["fp16_tensor"]
+            return p.get("fp16") or p["fp32"]
+        if precision == "int8":
+            return p.get("int8_tensor") or self.peak_for("fp16", tensor_cores)
+        raise TargetError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sources"] = list(self.sources)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "<dict>") -> TargetProfile:
+        return _validate(d, where)
+
+
+def _validate(d: dict[str, Any], where: str) -> TargetProfile:
+    def need(key: str, typ: type | tuple[type, ...]) -> Any:
+        if key not in d:
+            raise TargetError(f"{where}: missing field '{key}'")
+        v = d[key]
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise TargetError(f"{where}: field '{key}' must be {_tname(typ)}, got {v!r}")
+        return v
+
+    def positive(key: str, v: float) -> float:
+        if not v > 0:
+            raise TargetError(f"{where}: field '{key}' must be positive, got {v!r}")
+        return float(v)
+
+    known = {f.name for f in dataclasses.fields(TargetProfile)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TargetError(f"{where}: unknown field '{unknown[0]}'{hint}")
+    name = need("name", str)
+    kind = need("kind", str)
+    if kind not in KINDS:
+        raise TargetError(f"{where}: kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    peaks = need("peak_tflops", dict)
+    if "fp32" not in peaks:
+        raise TargetError(f"{where}: peak_tflops needs at least 'fp32'")
+    clean_peaks: dict[str, float] = {}
+    for k, v in peaks.items():
+        if k not in PEAK_KEYS:
+            raise TargetError(f"{where}: peak_tflops has unknown key '{k}' (known: {', '.join(PEAK_KEYS)})")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise TargetError(f"{where}: peak_tflops.{k} must be a positive number, got {v!r}")
+        clean_peaks[k] = float(v)
+    runtime = need("default_runtime", str)
+    if runtime not in RUNTIMES:
+        raise TargetError(f"{where}: default_runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    precision = need("default_precision", str)
+    if precision not in PRECISIONS:
+        raise TargetError(
+            f"{where}: default_precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+        )
+    sources = d.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise TargetError(f"{where}: sources must be a list of strings")
+    calibration = d.get("calibration", {})
+    if not isinstance(calibration, dict):
+        raise TargetError(f"{where}: calibration must be a table")
+    return TargetProfile(
+        name=name,
+        display_name=str(d.get("display_name", name)),
+        kind=kind,
+        peak_tflops=clean_peaks,
+        memory_bandwidth_gbs=positive("memory_bandwidth_gbs", need("memory_bandwidth_gbs", (int, float))),
+        memory_gb=positive("memory_gb", need("memory_gb", (int, float))),
+        compute_units=int(positive("compute_units", need("compute_units", int))),
+        launch_overhead_us=float(need("launch_overhead_us", (int, float))),
+        default_runtime=runtime,
+        default_precision=precision,
+        local=bool(d.get("local", False)),
+        sources=tuple(sources),
+        calibration=calibration,
+        path=d.get("path"),
+    )
+
+
+def _tname(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return {"str": "a string", "dict": "a table", "int": "an integer"}.get(t.__name__, t.__name__)
+
+
+def load_target_file(path: str | Path) -> TargetProfile:
+    """Load and validate a device profile from a TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise TargetError(f"target file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{p}: not valid TOML ({exc})") from None
+    data.setdefault("path", str(p))
+    return _validate(data, str(p))
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("kd_compile.targets")))
+
+
+def list_targets() -> list[str]:
+    """Names of the built-in device profiles (and plugin ones)."""
+    from .registry import TARGETS
+
+    names = {p.stem for p in _builtin_dir().glob("*.toml")}
+    return sorted(names | set(TARGETS.names()))
+
+
+def get_target(name_or_path: str | Path) -> TargetProfile:
+    """A built-in profile by name, a plugin profile, or a user TOML file by path."""
+    from .registry import TARGETS
+
+    s = str(name_or_path)
+    if s.endswith(".toml") or "/" in s:
+        return load_target_file(s)
+    f = _builtin_dir() / f"{s}.toml"
+    if f.is_file():
+        return load_target_file(f)
+    if s in TARGETS:
+        prof = TARGETS.create(s)
+        return prof if isinstance(prof, TargetProfile) else TargetProfile.from_dict(prof, s)
+    close = difflib.get_close_matches(s.lower(), list_targets(), n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see 'kd-compile targets list'"
+    raise TargetError(f"unknown target '{s}'", hint=hint)
