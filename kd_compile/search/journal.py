@@ -30,6 +30,7 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fh = None
+        self.rounds: list[list[int]] = []
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.stat().st_size > 0
@@ -64,7 +65,8 @@ class Journal:
         """Open for appending. With ``resume``, check the header and return the past trials."""
         past: list[Trial] = []
         if resume and self.exists():
-            old, past, _ = self.read()
+            old, past, other = self.read()
+            self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("fingerprint") != header.get("fingerprint"):
@@ -97,6 +99,10 @@ class Journal:
 
     def append(self, trial: Trial) -> None:
         self._write({"type": "trial", "trial": trial.to_dict()})
+
+    def told(self, numbers: list[int]) -> None:
+        """Record one ask/tell round (the trial numbers told, in order) for exact replay."""
+        self._write({"type": "told", "numbers": list(numbers)})
 
     def note(self, kind: str, **data: Any) -> None:
         self._write({"type": kind, **data})

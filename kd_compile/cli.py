@@ -1,0 +1,321 @@
+"""The ``kd-compile`` command: a thin Typer layer over ``kd_compile.api``.
+
+``kd-compile TEACHER ...`` is short for ``kd-compile compile TEACHER ...``. Every command turns
+bad input into one line on stderr and the exit code of its ``KdCompileError``; a Ctrl-C leaves a
+resumable journal and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from .errors import KdCompileError, UsageError
+
+
+class _DefaultCompileGroup(TyperGroup):
+    """Route ``kd-compile TEACHER ...`` to the ``compile`` command."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultCompileGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hardware-aware deployment compiler: search and distil a student of a teacher for a target device.",
+    pretty_exceptions_enable=False,
+)
+targets_app = typer.Typer(help="List and show target device profiles.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+
+# shared option types
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target device name or path to a device .toml.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="Allow unpickling a whole torch.save'd module (runs code).")
+]
+
+
+def _err(exc: BaseException) -> None:
+    typer.echo(f"kd-compile: error: {exc.line() if isinstance(exc, KdCompileError) else exc}", err=True)
+
+
+def _run(fn, *args: Any, **kwargs: Any) -> Any:
+    """Call an api function, mapping errors to one line and an exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except KdCompileError as exc:
+        _err(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("kd-compile: interrupted; finished candidates are in the journal (rerun with --resume)", err=True)
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("KD_COMPILE_DEBUG"):
+            raise
+        typer.echo(f"kd-compile: internal error: {type(exc).__name__}: {exc} (set KD_COMPILE_DEBUG=1 for a traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _shape(text: Optional[str]) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape must be C,H,W (e.g. 3,224,224), got '{text}'") from None
+    if len(parts) != 3 or min(parts) <= 0:
+        raise UsageError(f"--input-shape must be C,H,W (e.g. 3,224,224), got '{text}'")
+    return parts  # type: ignore[return-value]
+
+
+class _RichReporter:
+    """Rich progress bars on stderr for a compile run."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True, quiet=quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        self.search_task = None
+        self.train_task = None
+        self.best: float | None = None
+
+    def stage(self, name: str) -> None:
+        self.console.log(name)
+
+    def search_started(self, total: int) -> None:
+        self.progress.start()
+        self.search_task = self.progress.add_task("search", total=total)
+
+    def trial(self, t) -> None:  # type: ignore[no-untyped-def]
+        if t.status == "ok" and (self.best is None or t.score < self.best):
+            self.best = t.score
+        if self.search_task is not None and t.status != "infeasible":
+            self.progress.advance(self.search_task)
+        acc = t.metrics.get("accuracy")
+        what = f"acc {acc:.1%}" if acc is not None else (t.error or "")
+        self.console.log(f"#{t.number} {t.status:<10} {what[:70]:<20} {t.metrics.get('arch', '')[:80]}")
+
+    def search_done(self) -> None:
+        if self.train_task is not None:
+            self.progress.remove_task(self.train_task)
+            self.train_task = None
+        self.progress.stop()
+
+    def training(self, what: str, fraction: float) -> None:
+        if not what.startswith("final"):
+            return
+        if self.train_task is None or self.progress.tasks[-1].description != what:
+            if not self.progress.live.is_started:
+                self.progress.start()
+            self.train_task = self.progress.add_task(what, total=100)
+        self.progress.update(self.train_task, completed=100 * fraction)
+        if fraction >= 1.0:
+            self.progress.stop()
+
+    def message(self, text: str) -> None:
+        self.console.log(text)
+
+
+@app.command("compile")
+def compile_cmd(
+    teacher: Annotated[str, typer.Argument(help="Teacher checkpoint (.pt, .pt2, .safetensors) or timm:<name>.")],
+    target: TargetOpt = "2080ti",
+    max_params: Annotated[Optional[str], typer.Option(help="Max student parameters, e.g. 4M, 600K.")] = None,
+    max_flops: Annotated[Optional[str], typer.Option(help="Max student FLOPs per image, e.g. 600M, 1.2G.")] = None,
+    max_latency: Annotated[Optional[str], typer.Option(help="Max latency on the target, e.g. 2ms, 500us.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help="Max peak activation memory, e.g. 64MB.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
+    strategy: Annotated[str, typer.Option(help="Search strategy (see 'kd-compile strategies').")] = "turbo",
+    space: Annotated[str, typer.Option(help="Student search space.")] = "trade",
+    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 12,
+    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 0.35,
+    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 12.0,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop proposing candidates after N seconds.")] = None,
+    target_acc: Annotated[Optional[float], typer.Option(help="Accuracy bracket of TRADE's score (0-1); default: the teacher's.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kd-out"),
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    device: Annotated[str, typer.Option(help="Training device: cpu or cuda[:N].")] = "cpu",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its journal.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite kd-compile artifacts in an existing --out.")] = False,
+    json_out: JsonOpt = False,
+    trust_checkpoint: TrustOpt = False,
+    arch: Annotated[Optional[str], typer.Option(help="timm architecture for a state_dict/safetensors teacher.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Teacher input C,H,W when the checkpoint lacks it.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Teacher class count (checked against the checkpoint).")] = None,
+    compare_ce: Annotated[bool, typer.Option(help="Also train the chosen student without KD, for the report.")] = True,
+) -> None:
+    """Search, distil and export a student of TEACHER for the target device."""
+    from . import api
+
+    def go() -> Any:
+        reporter = _RichReporter(quiet=json_out)
+        return api.compile(
+            teacher, reporter=reporter, target=target, max_params=max_params, max_flops=max_flops,
+            max_latency=max_latency, max_memory=max_memory, data=data, strategy=strategy, space=space,
+            budget=budget, proxy_epochs=proxy_epochs, proxy_data_fraction=proxy_fraction,
+            final_epochs=final_epochs, time_limit_s=time_limit, target_acc=target_acc, out=out, seed=seed,
+            device=device, resume=resume, force=force, trust_checkpoint=trust_checkpoint, arch=arch,
+            input_shape=_shape(input_shape), num_classes=num_classes, compare_ce=compare_ce,
+        )
+
+    result = _run(go)
+    r = result.report
+    if json_out:
+        summary = {k: r[k] for k in ("schema_version", "target", "teacher", "student", "artifacts")}
+        summary["search"] = {k: v for k, v in r["search"].items() if k not in ("candidates", "trace")}
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        s, t = r["student"], r["teacher"]
+        kd = "" if s["accuracy_without_kd"] is None else f" (without KD {s['accuracy_without_kd']:.2%})"
+        typer.echo(
+            f"student {s['arch']}\n"
+            f"  accuracy {s['accuracy']:.2%}{kd}; teacher {t['accuracy']:.2%}\n"
+            f"  params {s['params']:,} ({s['params_ratio']:.1%} of teacher), "
+            f"latency {s['latency']['latency_ms']:.4g} ms on {r['target']['name']} ({s['latency']['method']})\n"
+            f"  wrote {', '.join(str(p) for p in r['artifacts'].values())}"
+        )
+
+
+@app.command("profile")
+def profile_cmd(
+    model: Annotated[str, typer.Argument(help="Checkpoint kd-compile can load, or timm:<model name>.")],
+    target: TargetOpt = "cpu",
+    runtime: Annotated[Optional[str], typer.Option(help="tensorrt | torch | onnxruntime")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    image_size: Annotated[Optional[int], typer.Option(help="Square input resolution.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="predict | measure (default: measure on this machine).")] = None,
+    layers: Annotated[bool, typer.Option(help="Include the per-layer breakdown.")] = False,
+    json_out: JsonOpt = False,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Latency, throughput, params and FLOPs of MODEL on a target."""
+    from . import api
+
+    d = _run(api.profile, model, target=target, runtime=runtime, precision=precision, batch=batch,
+             image_size=image_size, method=method, layers=layers, trust_checkpoint=trust_checkpoint)
+    if json_out:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    typer.echo(
+        f"{d['model']} on {d['target']}: {d['latency_ms']:.4g} ms/batch of {d['batch']} "
+        f"({d['latency_per_image_ms']:.4g} ms/image, {d['throughput']:.4g} img/s), {d['method']} with "
+        f"{d['runtime']} {d['precision']}; params {d['params']:,}, FLOPs {d['flops']:,}/image"
+    )
+    if layers:
+        for layer in d["layers"]:
+            lat = layer.get("latency_ms")
+            typer.echo(f"  {layer['name']:<40} {layer['op']:<16} {layer['flops']:>14,} FLOPs"
+                       + ("" if lat is None else f" {lat:.4g} ms"))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    target: TargetOpt,
+    table: Annotated[list[Path], typer.Option(help="Measured latency table (CSV); repeatable.")],
+    runtime: Annotated[Optional[str], typer.Option(help="Runtime the table was measured with.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Precision the table was measured with.")] = None,
+    models: Annotated[Optional[int], typer.Option(help="Use at most N models of the table.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the fitted constants (JSON).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit the roofline predictor's efficiency factors for TARGET from measured tables."""
+    from . import api
+
+    for t in table:
+        if not t.is_file():
+            _err(UsageError(f"table not found: {t}"))
+            raise typer.Exit(UsageError.exit_code)
+    d = _run(api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision,
+             models=models, out=out)
+    typer.echo(json.dumps(d, indent=2, default=str) if json_out else _fmt_calibration(d))
+
+
+def _fmt_calibration(d: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in d.items() if not isinstance(v, (list, dict))) or json.dumps(d)
+
+
+@targets_app.command("list")
+def targets_list(json_out: JsonOpt = False) -> None:
+    """List the built-in target device profiles."""
+    from .targets import get_target, list_targets
+
+    profs = [_run(get_target, n) for n in list_targets()]
+    if json_out:
+        typer.echo(json.dumps([p.to_dict() for p in profs], indent=2))
+        return
+    for p in profs:
+        typer.echo(f"{p.name:<18} {p.kind:<9} {p.default_runtime:<12} {p.default_precision:<5} {p.display_name}")
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Target name or .toml path.")], json_out: JsonOpt = False) -> None:
+    """Show one target device profile with its sources."""
+    from .targets import get_target
+
+    p = _run(get_target, name)
+    d = p.to_dict()
+    if json_out:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for k, v in d.items():
+        if k == "sources":
+            typer.echo("sources:")
+            for s in v:
+                typer.echo(f"  - {s}")
+        elif k != "calibration":
+            typer.echo(f"{k}: {v}")
+    if d.get("calibration"):
+        typer.echo(f"calibration: {', '.join(d['calibration'])}")
+
+
+@app.command("strategies")
+def strategies_cmd() -> None:
+    """List the registered search strategies."""
+    from .search.base import list_strategies
+
+    for name in _run(list_strategies):
+        typer.echo(name)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from . import __version__
+
+        typer.echo(f"kd-compile {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="kd-compile")
+    except KdCompileError as exc:  # raised while parsing shared option types
+        _err(exc)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

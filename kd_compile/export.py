@@ -1,0 +1,67 @@
+"""Artifacts of the chosen student: ``student.pt``, ``student.onnx`` and, where TensorRT is
+present, a serialized engine."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .errors import BackendUnavailableError, ExportError
+from .profilers.base import InputSpec
+from .students.base import Config, SearchSpace
+from .teacher import save_checkpoint
+
+
+def space_kwargs(space: SearchSpace) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``space`` (stored in checkpoints)."""
+    kw = dict(getattr(space, "init_kwargs", {}) or {})
+    kw.setdefault("input_shape", list(space.input_shape))
+    kw.setdefault("num_classes", space.num_classes)
+    return kw
+
+
+def export_student(
+    model: nn.Module,
+    space: SearchSpace,
+    config: Config,
+    spec: InputSpec,
+    out: Path,
+    meta: dict[str, Any],
+    *,
+    engine: bool = True,
+) -> dict[str, Path]:
+    """Write the student's artifacts into ``out`` and return their paths by name.
+
+    ``student.pt`` holds the weights plus the config (rebuilt through the registered space;
+    loadable with ``torch.load(weights_only=True)``). ``student.onnx`` is simplified with onnxsim
+    and its outputs are checked against PyTorch with ONNX Runtime (``ExportError`` on mismatch).
+    """
+    from .profilers.onnx_export import export_onnx
+
+    out = Path(out)
+    model = model.cpu().eval()
+    paths: dict[str, Path] = {}
+    paths["student.pt"] = save_checkpoint(
+        out / "student.pt", space=space.name, space_kwargs=space_kwargs(space), config=config,
+        state_dict=model.state_dict(), meta={**meta, "input_shape": list(spec.shape), "num_classes": space.num_classes},
+    )
+    try:
+        info = export_onnx(model, spec, out / "student.onnx")
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export of the student failed: {type(exc).__name__}: {exc}") from None
+    paths["student.onnx"] = Path(info.path)
+    if engine:
+        try:
+            from .profilers.tensorrt import EngineFromOnnx
+
+            paths["student.engine"] = Path(EngineFromOnnx(info.path, precision="fp16", cache_dir=out)())
+        except BackendUnavailableError:
+            pass  # no TensorRT here: the report says so
+        except Exception as exc:  # an engine is a bonus; its failure must not lose the run
+            warnings.warn(f"TensorRT engine build failed: {exc}", stacklevel=2)
+    return paths

@@ -1,0 +1,120 @@
+"""Render the report as Markdown (and a PNG plot of the search) next to ``report.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import format_count
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _gain(x: float | None) -> str:
+    return "-" if x is None else f"KD gain {100 * x:+.2f} points"
+
+
+def _ms(meas: dict[str, Any]) -> str:
+    if meas.get("latency_ms") is None:
+        return "-"
+    return f"{meas['latency_ms']:.4g} ms ({meas['method']}, {meas['runtime']}, {meas['precision']})"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    t, s, tg = r["teacher"], r["student"], r["target"]
+    lines = [
+        "# kd-compile report",
+        "",
+        f"Target **{tg['display_name']}** (`{tg['name']}`, {tg['runtime']}, {tg['precision']}). "
+        f"Strategy `{r['search']['strategy']}` over the `{r['search']['space']}` space; "
+        f"{r['search']['evaluated']} candidates evaluated ({r['search']['statuses']}).",
+        "",
+        "| | teacher | student | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| validation accuracy | {_pct(t['accuracy'])} | {_pct(s['accuracy'])} | "
+        f"{s['accuracy'] - t['accuracy']:+.2%} |",
+        f"| accuracy without KD (same architecture, CE only) | | {_pct(s['accuracy_without_kd'])} | "
+        f"{_gain(s['kd_gain'])} |",
+        f"| parameters | {format_count(t['params'])} | {format_count(s['params'])} | {s['params_ratio']:.3f} |",
+        f"| FLOPs | {format_count(t['flops'])} | {format_count(s['flops'])} | {s['flops_ratio']:.3f} |",
+        f"| latency on target | {_ms(t['latency'])} | {_ms(s['latency'])} | {s['latency_ratio']:.3f} |",
+        "",
+        f"Student: `{s['arch']}`. TRADE score {s['trade_score']:.4g} (s = {s['s']:.3f}, "
+        f"acc_target = {_pct(r['objective']['acc_target'])}).",
+        "",
+        "Latency numbers say how they were obtained: *measured* numbers come from running the model, "
+        "*predicted* ones from the roofline model of the target profile.",
+    ]
+    meas = r.get("measurements") or {}
+    if meas:
+        lines += ["", "## Measured on this machine", "", "| model | latency | method |", "| --- | --- | --- |"]
+        for name, m in meas.items():
+            lines.append(f"| {name} | {m['latency_ms']:.4g} ms | {m['method']} ({m['runtime']}, {m['device']}) |")
+    lines += ["", "## Search trace", "", "| # | status | fidelity | accuracy | params | latency ms | score | architecture / reason |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in r["search"]["candidates"]:
+        m = c["metrics"]
+        params = format_count(m["params"]) if "params" in m else "-"
+        latency = f"{m['latency_ms']:.3g}" if "latency_ms" in m else "-"
+        score = "-" if c["score"] is None else f"{c['score']:.4g}"
+        why = f" — {c['error']}" if c.get("error") else ""
+        lines.append(
+            f"| {c['number']} | {c['status']} | {c['fidelity']:.2g} | {_pct(m.get('accuracy'))} | "
+            f"{params} | {latency} | {score} | {m.get('arch', '')}{why} |"
+        )
+    if r["search"]["pareto"]:
+        lines += ["", "## Pareto front (accuracy, latency, params)", "", "| # | accuracy | latency ms | params | architecture |",
+                  "| --- | --- | --- | --- | --- |"]
+        for p in r["search"]["pareto"]:
+            lines.append(f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | {format_count(p['params'])} | {p['arch']} |")
+    tm = r["run"]["timings_s"]
+    lines += ["", "## Time", "", ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()),
+              f"; share outside training {_pct(r['run']['share_outside_training'])}.", "",
+              "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".", ""]
+    if "student.engine" not in r["artifacts"]:
+        lines += ["No TensorRT engine was built: TensorRT is not installed on this machine.", ""]
+    return "\n".join(lines)
+
+
+def _plot(r: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+    cands = [c for c in r["search"]["candidates"] if c["status"] == "ok"]
+    if not cands:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    tr = [x for x in r["search"]["trace"] if x["best_score"] is not None]
+    a1.plot([x["number"] for x in tr], [x["best_score"] for x in tr], drawstyle="steps-post", label="best")
+    a1.scatter([c["number"] for c in cands], [c["score"] for c in cands], s=12, alpha=0.6, label="candidates")
+    a1.set_xlabel("evaluation")
+    a1.set_ylabel("search score (lower is better)")
+    a1.set_yscale("log")
+    a1.legend()
+    a2.scatter([c["metrics"]["params"] for c in cands], [100 * c["metrics"]["accuracy"] for c in cands], s=14)
+    a2.set_xscale("log")
+    a2.set_xlabel("params")
+    a2.set_ylabel("proxy accuracy %")
+    a2.set_title("candidates")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(r: dict[str, Any], out: Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"report.json": out / "report.json", "report.md": out / "report.md"}
+    paths["report.json"].write_text(json.dumps(r, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    paths["report.md"].write_text(render_markdown(r), encoding="utf-8")
+    png = _plot(r, out / "trace.png")
+    if png:
+        paths["trace.png"] = png
+    return paths

@@ -1,0 +1,117 @@
+"""Report schema (versioned) and the builder that fills it from one compile run."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..search.base import OK, Trial
+
+SCHEMA_VERSION = "1.0"
+REQUIRED = ("schema_version", "kd_compile_version", "run", "target", "teacher", "student", "search", "artifacts")
+
+
+def pareto_front(trials: list[Trial]) -> list[dict[str, Any]]:
+    """Non-dominated ok trials over (accuracy max, latency min, params min), at top fidelity."""
+    ok = [t for t in trials if t.status == OK]
+    if not ok:
+        return []
+    top = max(t.fidelity for t in ok)
+    pts = [t for t in ok if t.fidelity == top]
+    front = []
+    for t in pts:
+        a, lat, p = t.metrics["accuracy"], t.metrics["latency_ms"], t.metrics["params"]
+        dominated = any(
+            (u.metrics["accuracy"] >= a and u.metrics["latency_ms"] <= lat and u.metrics["params"] <= p)
+            and (u.metrics["accuracy"] > a or u.metrics["latency_ms"] < lat or u.metrics["params"] < p)
+            for u in pts
+        )
+        if not dominated:
+            front.append({"number": t.number, "accuracy": a, "latency_ms": lat, "params": p,
+                          "arch": t.metrics.get("arch"), "score": t.score})
+    return sorted(front, key=lambda d: -d["accuracy"])
+
+
+def _m(meas: Any) -> dict[str, Any]:
+    return meas.to_dict(layers=False)
+
+
+def build_report(**k: Any) -> dict[str, Any]:
+    """Assemble the report dict from the pieces ``api.compile`` computed (keyword arguments)."""
+    from .. import __version__
+
+    cfg, target, tch, sr, best = k["cfg"], k["target"], k["teacher"], k["search"], k["best"]
+    t_counts, t_lat, s_counts, s_lat = k["t_counts"], k["t_lat"], k["s_counts"], k["s_lat"]
+    trials = sr.trials
+    statuses = {s: sum(1 for t in trials if t.status == s) for s in ("ok", "infeasible", "failed")}
+    trace = []
+    best_so_far = None
+    for t in trials:
+        if t.status == OK and (best_so_far is None or t.score < best_so_far):
+            best_so_far = t.score
+        trace.append({"number": t.number, "status": t.status, "score": t.score, "best_score": best_so_far,
+                      "fidelity": t.fidelity})
+    timings = k["timings"]
+    outside = timings["total"] - timings.get("training", 0.0) - timings.get("final_training", 0.0)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kd_compile_version": __version__,
+        "run": {
+            "config": cfg.to_dict(),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cuda": torch.cuda.is_available()},
+            "timings_s": timings,
+            "share_outside_training": outside / timings["total"] if timings["total"] else None,
+            "data": {"name": k["data"].name, "train": int(k["data"].x_train.shape[0]),
+                     "val": int(k["data"].x_val.shape[0]), "num_classes": k["data"].num_classes,
+                     "input_shape": list(k["data"].input_shape)},
+        },
+        "target": {"name": target.name, "display_name": target.display_name, "kind": target.kind,
+                   "runtime": target.default_runtime, "precision": target.default_precision,
+                   "local": target.local},
+        "teacher": {
+            "path": str(cfg.teacher), "format": tch.meta.get("format"), "params": t_counts.params,
+            "flops": t_counts.flops, "accuracy": k["acc_teacher"], "latency": _m(t_lat),
+            "input_shape": list(tch.input_shape), "num_classes": tch.num_classes,
+        },
+        "student": {
+            "arch": k["student_arch"], "config": k["student_config"], "params": s_counts.params,
+            "flops": s_counts.flops, "peak_activation_bytes": s_counts.peak_activation_bytes,
+            "accuracy": k["s_acc"], "accuracy_without_kd": k["s_acc_ce"],
+            "kd_gain": None if k["s_acc_ce"] is None else k["s_acc"] - k["s_acc_ce"],
+            "params_ratio": s_counts.params / t_counts.params, "flops_ratio": s_counts.flops / t_counts.flops,
+            "latency": _m(s_lat), "latency_ratio": s_lat.latency_ms / t_lat.latency_ms,
+            "trade_score": k["trade"], "s": k["s_term"],
+        },
+        "objective": {
+            "name": "trade", "acc_target": k["acc_target"], "eps": 0.01,
+            "search_score": f"s / (acc_s / acc_teacher) ** {k['accuracy_weight']}",
+            "exact_score": "acc_target / (acc_s * (1[acc_target <= acc_s] + eps)) * s",
+        },
+        "search": {
+            "strategy": cfg.strategy, "space": cfg.space, "budget": cfg.budget.to_dict(),
+            "evaluated": len(trials), "statuses": statuses, "resumed": sr.resumed,
+            "duplicates": sr.duplicates, "stopped_by_time": sr.stopped_by_time,
+            "best_number": best.number, "trace": trace,
+            "candidates": [t.to_dict() for t in trials],
+            "pareto": k["pareto"],
+        },
+        "measurements": k["extra_measurements"],
+        "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
+    }
+    for t in report["search"]["candidates"]:
+        t["metrics"].pop("traceback", None)
+    return report
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ValueError when a report lacks a required section or has another schema version."""
+    missing = [key for key in REQUIRED if key not in report]
+    if missing:
+        raise ValueError(f"report lacks {', '.join(missing)}")
+    if report["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise ValueError(f"report schema {report['schema_version']} is not {SCHEMA_VERSION}")

@@ -1,0 +1,311 @@
+"""Shared helpers for the model-based strategies: seeding, encoding, dedup, GP fitting.
+
+Everything a strategy draws at random goes through :func:`derive_seed`, keyed by the strategy's
+seed and by how many trials it has been told (plus how many suggestions are pending since the
+last ``tell``). A strategy rebuilt from the journal (``tell(past)`` then ``ask``) therefore
+draws exactly what the original run drew at the same point; no RNG state has to be stored.
+
+BoTorch and GPyTorch are imported lazily inside the functions (architecture convention 4), so
+``import kd_compile.search`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..students.base import Config, SearchSpace
+from .base import INFEASIBLE, Trial
+
+if TYPE_CHECKING:  # pragma: no cover
+    from botorch.models import SingleTaskGP
+
+
+# -- seeding ------------------------------------------------------------------------------------
+def derive_seed(*parts: int | str) -> int:
+    """A 31-bit seed that depends on every part (strings hashed stably, not with ``hash()``)."""
+    ints: list[int] = []
+    for p in parts:
+        if isinstance(p, str):
+            ints.extend(p.encode("utf-8"))
+            ints.append(0xFFFF)  # separator so ("ab", "c") != ("a", "bc")
+        else:
+            ints.append(int(p) & 0xFFFFFFFF)
+    return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG inside the block, and restore the caller's RNG state after.
+
+    GP fitting (restarts from prior samples) and posterior sampling use the global generator;
+    forking keeps a strategy from perturbing the user's RNG stream (and vice versa).
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# -- encoding -----------------------------------------------------------------------------------
+def param_slices(space: SearchSpace) -> list[slice]:
+    """For each parameter of ``space``, its slice of unit-cube coordinates."""
+    out: list[slice] = []
+    i = 0
+    for p in space.params:
+        out.append(slice(i, i + p.width))
+        i += p.width
+    return out
+
+
+def encode(space: SearchSpace, configs: Sequence[Config]) -> np.ndarray:
+    """Configs -> unit-cube array of shape ``(len(configs), space.dim)``."""
+    if not configs:
+        return np.zeros((0, space.dim))
+    return np.stack([space.to_unit(c) for c in configs])
+
+
+def snap(space: SearchSpace, u: np.ndarray) -> tuple[list[Config], np.ndarray]:
+    """Decode unit rows to configs and re-encode them.
+
+    A GP must score the point that will actually be evaluated: an int or one-hot block decodes
+    by rounding/argmax, so the raw candidate is not the config's encoding.
+
+    Args:
+        u: array ``(n, space.dim)``.
+
+    Returns:
+        (configs, encoded array ``(n, space.dim)``).
+    """
+    configs = [space.from_unit(row) for row in np.clip(u, 0.0, 1.0)]
+    return configs, encode(space, configs)
+
+
+def seen_keys(space: SearchSpace, trials: Iterable[Trial]) -> set[str]:
+    """Keys of every config already evaluated (any status)."""
+    return {space.key(t.config) for t in trials}
+
+
+def unique_new(
+    space: SearchSpace, configs: Sequence[Config], seen: set[str]
+) -> list[int]:
+    """Indices of ``configs`` whose key is neither in ``seen`` nor repeated earlier in the list."""
+    keep: list[int] = []
+    local: set[str] = set()
+    for i, c in enumerate(configs):
+        k = space.key(c)
+        if k in seen or k in local:
+            continue
+        local.add(k)
+        keep.append(i)
+    return keep
+
+
+def space_size(space: SearchSpace) -> float:
+    """Number of distinct configs before canonicalisation (inf with any float param)."""
+    n = 1.0
+    for p in space.params:
+        n *= p.cardinality
+    return n
+
+
+def sobol(dim: int, n: int, seed: int, skip: int = 0) -> np.ndarray:
+    """Scrambled Sobol points in ``[0, 1]^dim``: rows ``skip .. skip + n`` of one sequence."""
+    from torch.quasirandom import SobolEngine
+
+    eng = SobolEngine(dim, scramble=True, seed=seed)
+    if skip:
+        eng.fast_forward(skip)
+    return eng.draw(n, dtype=_float64()).numpy()
+
+
+def _float64() -> Any:
+    import torch
+
+    return torch.float64
+
+
+def fresh_samples(
+    space: SearchSpace, n: int, seen: set[str], rng: np.random.Generator, tries: int = 50
+) -> list[Config]:
+    """``n`` random configs not in ``seen`` (nor repeated); repeats allowed once the space is spent.
+
+    Adds the returned keys to ``seen``.
+    """
+    out: list[Config] = []
+    for _ in range(n):
+        cfg = space.sample(rng)
+        for _ in range(tries):
+            if space.key(cfg) not in seen:
+                break
+            cfg = space.sample(rng)
+        seen.add(space.key(cfg))
+        out.append(cfg)
+    return out
+
+
+def pick_from_unit(
+    space: SearchSpace,
+    u: np.ndarray,
+    n: int,
+    seen: set[str],
+    rng: np.random.Generator,
+) -> list[Config]:
+    """Take the first ``n`` new configs decoded from the rows of ``u``; fill up at random.
+
+    Adds the returned keys to ``seen``.
+    """
+    configs = [space.from_unit(row) for row in np.clip(u, 0.0, 1.0)]
+    out = [configs[i] for i in unique_new(space, configs, seen)][:n]
+    seen.update(space.key(c) for c in out)
+    if len(out) < n:
+        out += fresh_samples(space, n - len(out), seen, rng)
+    return out
+
+
+# -- targets ------------------------------------------------------------------------------------
+def penalised_scores(trials: Sequence[Trial]) -> tuple[list[Trial], np.ndarray]:
+    """Trials a surrogate should learn from, with their scores (to minimise).
+
+    ``ok`` trials keep their score. ``infeasible`` trials (a hard constraint failed; never
+    trained) get a penalty worse than every feasible score, so the surrogate learns to steer
+    away from the region without a separate constraint model: ``worst + max(0.5 * range,
+    0.1 * |worst|, 1e-3)``. This is robust whatever constraint fired (params, FLOPs, latency,
+    memory) and needs no constraint metric to be present. ``failed`` trials say nothing about
+    the objective and are dropped (strategies still avoid re-proposing them via
+    :func:`seen_keys`). With no ok trial there is nothing to penalise against: returns none.
+
+    Returns:
+        (trials used, scores array ``(n,)``).
+    """
+    ok = [t for t in trials if t.ok]
+    if not ok:
+        return [], np.zeros(0)
+    s = np.asarray([float(t.score) for t in ok])  # type: ignore[arg-type]
+    worst, best = float(s.max()), float(s.min())
+    penalty = worst + max(0.5 * (worst - best), 0.1 * abs(worst), 1e-3)
+    used = [t for t in trials if t.ok or t.status == INFEASIBLE]
+    y = np.asarray([float(t.score) if t.ok else penalty for t in used])  # type: ignore[arg-type]
+    return used, y
+
+
+# -- GP -----------------------------------------------------------------------------------------
+def fit_gp(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    maxiter: int = 200,
+    lengthscale_bounds: tuple[float, float] = (0.005, 4.0),
+) -> SingleTaskGP:
+    """Fit a GP to maximise-oriented targets in the unit cube.
+
+    Matern-5/2 ARD kernel with an output scale, observation noise learned (KD accuracy and
+    latency are noisy, so the noise-free TuRBO tutorial constraint of 1e-3 is loosened), outcome
+    standardised. Fitting failures keep the initial hyperparameters rather than crashing a
+    search: a rough GP still ranks candidates better than nothing.
+
+    Args:
+        x: inputs ``(n, d)`` in ``[0, 1]``.
+        y: targets ``(n,)`` or ``(n, 1)``, larger is better.
+        maxiter: L-BFGS iterations for the marginal-likelihood fit.
+        lengthscale_bounds: box for every lengthscale (as in the TuRBO paper).
+
+    Returns:
+        The fitted ``SingleTaskGP`` in eval mode.
+    """
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from gpytorch.constraints import Interval
+    from gpytorch.kernels import MaternKernel, ScaleKernel
+    from gpytorch.likelihoods import GaussianLikelihood
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    tx = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    ty = torch.as_tensor(np.asarray(y), dtype=torch.float64).reshape(-1, 1)
+    d = tx.shape[-1]
+    covar = ScaleKernel(
+        MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_constraint=Interval(*lengthscale_bounds))
+    )
+    likelihood = GaussianLikelihood(noise_constraint=Interval(1e-6, 1.0))
+    model = SingleTaskGP(
+        tx, ty, covar_module=covar, likelihood=likelihood, outcome_transform=Standardize(m=1)
+    )
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": int(maxiter)}})
+        except Exception:  # noqa: BLE001 - a failed fit must not end a search
+            pass
+    model.eval()
+    return model
+
+
+def lengthscales(model: SingleTaskGP) -> np.ndarray:
+    """ARD lengthscales ``(d,)`` of a GP built by :func:`fit_gp`."""
+    ls = model.covar_module.base_kernel.lengthscale.detach().reshape(-1)
+    return ls.cpu().numpy().astype(np.float64)
+
+
+def posterior_mean_std(model: SingleTaskGP, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (latent function, no noise) at ``x`` ``(n, d)``; each ``(n,)``."""
+    import torch
+
+    with torch.no_grad():
+        post = model.posterior(torch.as_tensor(x, dtype=torch.float64))
+        mean = post.mean.reshape(-1).cpu().numpy()
+        std = post.variance.clamp_min(0).sqrt().reshape(-1).cpu().numpy()
+    return mean, std
+
+
+def thompson_pick(model: SingleTaskGP, x: np.ndarray, n: int) -> list[int]:
+    """Indices of ``n`` distinct rows of ``x`` chosen by Thompson sampling (BoTorch).
+
+    Uses ``MaxPosteriorSampling`` without replacement: each joint posterior draw over the
+    candidates nominates its maximiser.
+
+    Args:
+        x: candidates ``(N, d)``, N >= n.
+    """
+    import torch
+    from botorch.generation import MaxPosteriorSampling
+
+    tx = torch.as_tensor(x, dtype=torch.float64)
+    n = min(n, tx.shape[0])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        picked = MaxPosteriorSampling(model=model, replacement=False)(tx, num_samples=n)
+    picked = picked.reshape(n, -1).cpu().numpy()
+    # map rows back to indices (candidates are unique configs, so rows are unique)
+    out: list[int] = []
+    for row in picked:
+        idx = int(np.argmin(np.abs(x - row).sum(axis=1)))
+        if idx not in out:
+            out.append(idx)
+    return out
+
+
+def thompson_values(model: SingleTaskGP, x: np.ndarray, n: int) -> np.ndarray:
+    """``n`` joint posterior draws at ``x`` ``(N, d)``: array ``(n, N)`` (larger is better)."""
+    import torch
+
+    tx = torch.as_tensor(x, dtype=torch.float64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = model.posterior(tx).rsample(torch.Size([n]))
+    return s.reshape(n, -1).cpu().numpy()
+
+
+def is_finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

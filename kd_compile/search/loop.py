@@ -1,0 +1,143 @@
+"""The search loop: ask -> evaluate -> journal -> tell, with resume by replay.
+
+``run_search`` never loses a finished evaluation: each trial is appended (fsynced) to the
+journal before the strategy hears of it. On resume the journal's trials are replayed through
+``strategy.ask``/``tell`` in the same order, so a deterministic strategy ends in the same state
+as if the run had never stopped, and the search continues from there.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..students.base import Config, SearchSpace
+from .base import INFEASIBLE, OK, Strategy, Suggestion, Trial
+from .journal import Journal
+
+Evaluate = Callable[[Config, float, int], Trial]
+
+
+@dataclass
+class SearchResult:
+    trials: list[Trial]
+    resumed: int = 0
+    duplicates: int = 0
+    stopped_by_time: bool = False
+    replay_mismatches: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.status == OK]
+
+    def best(self, fidelity: float | None = None) -> Trial | None:
+        ok = [t for t in self.ok_trials if fidelity is None or t.fidelity == fidelity]
+        if fidelity is None:
+            top = max((t.fidelity for t in ok), default=None)
+            ok = [t for t in ok if t.fidelity == top]
+        return min(ok, key=lambda t: t.score) if ok else None  # type: ignore[arg-type,return-value]
+
+
+def run_search(
+    space: SearchSpace,
+    strategy: Strategy,
+    evaluate: Evaluate,
+    n_trials: int,
+    journal: Journal,
+    past: list[Trial] | None = None,
+    *,
+    batch_size: int = 1,
+    time_limit_s: float | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+    max_infeasible: int | None = None,
+) -> SearchResult:
+    """Run ``n_trials`` evaluations (counting replayed ones) and return every trial.
+
+    Args:
+        space: the search space (used to deduplicate proposals by ``space.key``).
+        strategy: a freshly constructed, seeded strategy.
+        evaluate: ``evaluate(config, fidelity, number) -> Trial``; must not raise for a
+            failing candidate (return a ``failed`` trial instead).
+        n_trials: number of trained evaluations (ok or failed); infeasible candidates are
+            rejected before training and not counted, up to ``max_infeasible`` of them.
+        journal: an opened journal; each new trial is appended before ``tell``.
+        past: trials read from the journal on resume.
+        batch_size: suggestions asked per round.
+        time_limit_s: stop asking for new candidates after this many seconds.
+        on_trial: callback after each trial (progress display).
+    """
+    t0 = time.perf_counter()
+    result = SearchResult(trials=[])
+    cache: dict[tuple[str, float], Trial] = {}
+    past = list(past or [])
+    result.resumed = len(past)
+
+    # replay: complete ask/tell rounds are re-asked and told the recorded answers in order, so
+    # a deterministic strategy reaches the state it had; trials of an unfinished round go into
+    # the cache, and the live loop below re-asks them and finds them there (no retraining).
+    by_number = {t.number: t for t in past}
+    result.trials.extend(sorted(past, key=lambda t: t.number))
+    for t in past:
+        cache[(space.key(t.config), t.fidelity)] = t
+        if on_trial:
+            on_trial(t)
+    for numbers in journal.rounds:
+        if not all(n in by_number for n in numbers):
+            break
+        chunk = [by_number[n] for n in numbers]
+        asked = strategy.ask(len(chunk))
+        for s, t in zip(asked, chunk):
+            if space.key(s.config) != space.key(t.config) or s.fidelity != t.fidelity:
+                result.replay_mismatches += 1
+        strategy.tell(chunk)
+    if result.replay_mismatches:
+        warnings.warn(
+            f"resume: {result.replay_mismatches} replayed proposals differ from the journal "
+            "(non-deterministic strategy?); the journal's results are kept",
+            stacklevel=2,
+        )
+
+    # ``n_trials`` counts trainings: infeasible candidates cost no training and do not use the
+    # budget, but they are capped so a space that is mostly infeasible still terminates.
+    number = len(result.trials)
+    trained = sum(1 for t in result.trials if t.status != INFEASIBLE)
+    infeasible = number - trained
+    max_infeasible = max_infeasible if max_infeasible is not None else 20 * n_trials + 50
+    asks = 0
+    max_asks = 4 * (n_trials + max_infeasible) + 10
+    while trained < n_trials and infeasible < max_infeasible and asks < max_asks:
+        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+            result.stopped_by_time = True
+            break
+        k = min(batch_size, n_trials - trained)
+        suggestions: list[Suggestion] = strategy.ask(k)
+        asks += 1
+        told: list[Trial] = []
+        for s in suggestions:
+            key = (space.key(s.config), s.fidelity)
+            if key in cache:
+                # already evaluated: tell the known answer again without training it again
+                prev = cache[key]
+                result.duplicates += 1
+                told.append(prev)
+                continue
+            trial = evaluate(s.config, s.fidelity, number)
+            journal.append(trial)
+            cache[key] = trial
+            result.trials.append(trial)
+            told.append(trial)
+            number += 1
+            if trial.status == INFEASIBLE:
+                infeasible += 1
+            else:
+                trained += 1
+            if on_trial:
+                on_trial(trial)
+        journal.told([t.number for t in told])
+        strategy.tell(told)
+    result.seconds = time.perf_counter() - t0
+    return result

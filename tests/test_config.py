@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+from kd_compile.config import Constraints, format_count, parse_bytes, parse_latency_ms, parse_size
+from kd_compile.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4M", 4_000_000), ("600K", 600_000), ("1.2G", 1_200_000_000), ("123456", 123456), ("0.5m", 500_000),
+     (" 7k ", 7000), (42, 42)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "4X", "-3M", "0", "4 MB", "M", True])
+def test_parse_size_rejects(text):
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"), [("2ms", 2.0), ("500us", 0.5), ("0.01s", 10.0), ("3", 3.0), ("250µs", 0.25), ("1e3us", 1.0)]
+)
+def test_parse_latency(text, ms):
+    assert parse_latency_ms(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["2 hours", "ms", "-1ms", "0s", "fast"])
+def test_parse_latency_rejects(text):
+    with pytest.raises(UsageError, match="latency"):
+        parse_latency_ms(text)
+
+
+def test_parse_bytes():
+    assert parse_bytes("64MB") == 64_000_000
+    assert parse_bytes("1GiB") == 1024**3
+    with pytest.raises(UsageError):
+        parse_bytes("lots")
+
+
+def test_format_count():
+    assert format_count(4_120_000) == "4.12M"
+    assert format_count(600_000) == "600K"
+    assert format_count(12) == "12"
+
+
+def test_constraints_violations():
+    c = Constraints(max_params=1000, max_flops=10_000, max_latency_ms=1.0, max_memory_bytes=None)
+    assert c.violations(999, 10_000, 0.5, 10**9) == []
+    v = c.violations(1001, 20_000, 1.5, None)
+    assert len(v) == 3 and "params" in v[0] and "FLOPs" in v[1] and "latency" in v[2]
+    assert Constraints().violations(10**9, 10**12, 1e3, 10**12) == []
