@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from kd_compile.data import load_data
 
@@ -42,8 +42,15 @@ def cnn(width: int, in_ch: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def train_eval(model: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor,
-               yva: torch.Tensor, epochs: int, seed: int) -> tuple[float, float]:
+def train_eval(
+    model: nn.Module,
+    xtr: torch.Tensor,
+    ytr: torch.Tensor,
+    xva: torch.Tensor,
+    yva: torch.Tensor,
+    epochs: int,
+    seed: int,
+) -> tuple[float, float]:
     """Train with AdamW + one-cycle; return (val accuracy, seconds)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
@@ -79,13 +86,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"torch {torch.__version__}, {args.threads} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"torch {torch.__version__}, {args.threads} threads"
+    )
     t0 = time.perf_counter()
     data = load_data(args.data, seed=args.seed)
-    print(f"data: {data.name} train={len(data.x_train)} val={len(data.x_val)} "
-          f"shape={data.input_shape} classes={data.num_classes} "
-          f"load={time.perf_counter() - t0:.1f}s cache_hit={data.meta.get('cache_hit')}")
+    print(
+        f"data: {data.name} train={len(data.x_train)} val={len(data.x_val)} "
+        f"shape={data.input_shape} classes={data.num_classes} "
+        f"load={time.perf_counter() - t0:.1f}s cache_hit={data.meta.get('cache_hit')}"
+    )
     xtr, ytr = data.train_tensors()
     xva, yva = data.val_tensors()
     print(f"{'width':>5} {'params':>8} {'val_acc':>8} {'train_s':>8}  ({args.epochs} epochs)")

@@ -85,10 +85,10 @@ class CompileResult:
 
 
 def latency_on_target(
-    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False
+    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False, trace: Any = None
 ) -> Measurement:
     """Latency of ``model`` on ``target``: measured with ONNX Runtime when the target is this
-    machine, predicted with the roofline model otherwise."""
+    machine, predicted with the roofline model otherwise (from ``trace`` when given)."""
     from .profilers.base import create_profiler
 
     if target.local and target.default_runtime == "onnxruntime":
@@ -96,13 +96,17 @@ def latency_on_target(
         with create_profiler("onnxruntime", **opts) as p:
             return p.profile(model, spec)
     with create_profiler("roofline", target=target) as p:
+        if trace is not None:
+            return p.predict_ops(trace.ops, spec.batch)
         return p.profile(model, spec)
 
 
-def count_costs(model: nn.Module, spec: InputSpec) -> Measurement:
-    from .profilers.counting import count
+def costs(model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False) -> tuple[Measurement, Measurement]:
+    """(counts, latency on target) from one traced forward pass."""
+    from .profilers.counting import count, trace_ops
 
-    return count(model, spec)
+    tr = trace_ops(model, tuple(spec.shape))
+    return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +214,16 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
 
     # cheap checks first, so bad input fails before any work
     target = get_target(cfg.target)
+    from .search.base import STRATEGIES
+    from .search.base import _load_builtins as _load_strategies
+    from .students.base import list_spaces
+
+    _load_strategies()
+    STRATEGIES.get(cfg.strategy)  # unknown names fail now, with suggestions, before any work
+    if cfg.space not in list_spaces():
+        from .students.base import SPACES
+
+        SPACES.get(cfg.space)
     t0 = time.perf_counter()
     rep.stage("loading teacher")
     tch = load_teacher(
@@ -235,6 +249,8 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
 
     spec = InputSpec(tuple(tch.input_shape))
     device = cfg.device
+    space = create_space(cfg.space, input_shape=tuple(tch.input_shape), num_classes=tch.num_classes)
+    _check_feasible(space, cfg.constraints, np.random.default_rng(cfg.seed))
 
     # teacher: offline logits (computed once), accuracy, costs on the target
     t0 = time.perf_counter()
@@ -242,13 +258,10 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     cache = TeacherCache.build(tch.module.to(device), data, device=device)
     tch.module.cpu()
     acc_teacher = float(cache.teacher_val_acc)
-    t_counts = count_costs(tch.module, spec)
-    t_lat = latency_on_target(tch.module, spec, target)
+    t_counts, t_lat = costs(tch.module, spec, target)
     lap("teacher", t0)
     acc_target = cfg.target_acc if cfg.target_acc is not None else acc_teacher
 
-    space = create_space(cfg.space, input_shape=tuple(tch.input_shape), num_classes=tch.num_classes)
-    _check_feasible(space, cfg.constraints, np.random.default_rng(cfg.seed))
 
     b = cfg.budget
     accuracy_weight = 4.0
@@ -257,10 +270,18 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         t_eval = time.perf_counter()
         metrics: dict[str, Any] = {"arch": space.describe(config)}
         try:
+            limit = cfg.constraints.max_params
+            if limit is not None and hasattr(space, "estimate_params"):
+                n_params = int(space.estimate_params(config))
+                if n_params > limit:  # rejected before the student is even built
+                    metrics["params"] = n_params
+                    lap("costs", t_eval)
+                    return Trial(number, config, INFEASIBLE, None, fidelity, metrics,
+                                 "; ".join(cfg.constraints.violations(n_params, 0, None, None)),
+                                 time.perf_counter() - t_eval)
             torch.manual_seed(cfg.seed + number)
             model = space.build(config)
-            cnt = count_costs(model, spec)
-            lat = latency_on_target(model, spec, target, fast=True)
+            cnt, lat = costs(model, spec, target, fast=True)
             metrics.update(
                 params=int(cnt.params), flops=int(cnt.flops), latency_ms=float(lat.latency_ms),
                 latency_method=lat.method, memory_bytes=int(cnt.peak_activation_bytes or 0),
@@ -361,8 +382,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         "accuracy": res_kd.val_acc, "class_names": list(data.class_names), "target": target.name,
         "kd_compile_version": __version__,
     })
-    s_counts = count_costs(student, spec)
-    s_lat = latency_on_target(student, spec, target)
+    s_counts, s_lat = costs(student, spec, target)
     extra_measurements = {}
     if not target.local:
         # an honest local number too: ONNX Runtime on this machine's CPU
@@ -475,7 +495,9 @@ def profile(
         method = "measure" if tgt.local else "predict"
     if method not in ("measure", "predict"):
         raise UsageError(f"--method must be predict or measure, got '{method}'")
-    counts = count_costs(module, spec.with_batch(1))
+    from .profilers.counting import count
+
+    counts = count(module, spec.with_batch(1))
     if method == "predict":
         with create_profiler("roofline", target=tgt, precision=precision, runtime=runtime) as p:
             m = p.profile(module, spec)

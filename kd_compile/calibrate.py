@@ -137,7 +137,7 @@ def _build_and_trace(name: str, size: int) -> dict[str, Any]:
                 m = timm.create_model(name, pretrained=False, **kw)
             tr = trace_ops(m, (3, size, size))
             return {"params": tr.params, "flops": tr.total_flops, "ops": [r.to_list() for r in tr.ops]}
-        except Exception as exc:  # some models only build at their native size
+        except Exception as exc:  # noqa: BLE001 - any timm model may fail on meta; try the next way
             last = exc
     raise RuntimeError(f"cannot count {name}@{size}: {last}")
 
@@ -159,7 +159,7 @@ def layer_costs(keys: Sequence[str], cache: Path | None = LAYER_COSTS, verbose: 
         try:
             data[k] = _build_and_trace(name, int(size))
             changed = True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one unbuildable model must not stop calibration
             if verbose:
                 print(f"  skip {k}: {str(exc)[:120]}")
             continue
@@ -190,7 +190,7 @@ def quality(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     pred, meas = np.asarray(pred, float), np.asarray(meas, float)
     ape = np.abs(pred / meas - 1.0) * 100.0
     return {
-        "n": int(len(meas)),
+        "n": len(meas),
         "spearman": float(spearmanr(pred, meas).statistic) if len(meas) > 2 else float("nan"),
         "median_ape": float(np.median(ape)),
         "mean_ape": float(np.mean(ape)),
@@ -220,7 +220,10 @@ def fit_efficiency(
     from scipy.optimize import least_squares
 
     start = (x0 or DEFAULT_EFFICIENCY).vector()
-    free = [i for i, n in enumerate(_NAMES) if n not in fixed]
+    # A class with no FLOPs in the data cannot be identified: hold its efficiency at x0
+    # rather than report a number the data says nothing about.
+    absent = {n for i, n in enumerate(_NAMES[:4]) if not np.any((table.cls == i) & (table.flops > 0))}
+    free = [i for i, n in enumerate(_NAMES) if n not in fixed and n not in absent]
     lo = np.log([_LOWER.get(_NAMES[i], 1e-4) for i in free])
     hi = np.log([_UPPER.get(_NAMES[i], 1.0) for i in free])
     y = np.log(np.asarray(measured_s, float))

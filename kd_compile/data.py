@@ -49,6 +49,8 @@ import hashlib
 import json
 import os
 import string
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,7 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("digits", "glyphs")
 
 #: Bump when the glyph generator's output changes, so stale caches are not reused.
-GLYPHS_VERSION = 1
+GLYPHS_VERSION = 2
 
 #: The 62 glyph classes, in label order.
 GLYPH_CHARS = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -82,8 +84,9 @@ GLYPH_CHARS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 GLYPHS_DEFAULTS: dict[str, int] = {"size": 24, "train": 20000, "val": 4000, "seed": 0}
 DIGITS_DEFAULTS: dict[str, int] = {"size": 16, "seed": 0}
 
-_IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                         ".ppm", ".pgm", ".pbm"})
+_IMAGE_EXTS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
 _VAL_DIRS = ("val", "valid", "validation", "test")
 _VAL_FRACTION = 0.2
 
@@ -340,8 +343,11 @@ def _adapt(x: torch.Tensor, image_size: int | None, channels: int | None) -> tor
         x = _chunked(
             x,
             lambda c: F.interpolate(
-                c.float(), size=(image_size, image_size), mode="bilinear",
-                align_corners=False, antialias=down,
+                c.float(),
+                size=(image_size, image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=down,
             ),
         )
     return x.contiguous()
@@ -349,8 +355,10 @@ def _adapt(x: torch.Tensor, image_size: int | None, channels: int | None) -> tor
 
 def _chunked(x: torch.Tensor, fn: Any, chunk: int = 4096) -> torch.Tensor:
     """Apply a float op to uint8 x in chunks (bounded memory) and round back to uint8."""
-    parts = [fn(x[i : i + chunk]).round_().clamp_(0, 255).to(torch.uint8)
-             for i in range(0, len(x), chunk)]
+    parts = [
+        fn(x[i : i + chunk]).round_().clamp_(0, 255).to(torch.uint8)
+        for i in range(0, len(x), chunk)
+    ]
     return torch.cat(parts)
 
 
@@ -380,7 +388,7 @@ def _stratified_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     train, val = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(len(idx) * _VAL_FRACTION)) if len(idx) > 1 else 0
+        k = round(len(idx) * _VAL_FRACTION) if len(idx) > 1 else 0
         val.append(idx[:k])
         train.append(idx[k:])
     tr, va = np.concatenate(train), np.concatenate(val)
@@ -398,7 +406,7 @@ def _load_npz(path: Path, *, seed: int) -> _Raw:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot read {path} as .npz: {msg}") from None
     keys = set(arrays)
@@ -425,20 +433,29 @@ def _load_npz(path: Path, *, seed: int) -> _Raw:
     if len(x_tr) == 0:
         raise DataError(f"dataset is empty: {src} has 0 training images")
     if x_tr.shape[1:] != x_va.shape[1:]:
-        raise DataError(f"{src}: train images {x_tr.shape[1:]} and val images "
-                        f"{x_va.shape[1:]} differ in shape")
+        raise DataError(
+            f"{src}: train images {x_tr.shape[1:]} and val images {x_va.shape[1:]} differ in shape"
+        )
     names = None
     if "class_names" in arrays:
         names = [str(s) for s in np.asarray(arrays["class_names"]).reshape(-1)]
-    return _Raw(src, x_tr, y_tr, x_va, y_va, names,
-                {"source": "npz", "path": str(path.resolve()), "split": split})
+    return _Raw(
+        src,
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        names,
+        {"source": "npz", "path": str(path.resolve()), "split": split},
+    )
 
 
 def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
     """Any supported image array -> uint8 (N, C, H, W)."""
     if x.ndim not in (3, 4):
-        raise DataError(f"{where}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W); "
-                        f"got shape {tuple(x.shape)}")
+        raise DataError(
+            f"{where}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W); got shape {tuple(x.shape)}"
+        )
     if len(x) == 0:
         raise DataError(f"dataset is empty: {where} has 0 images")
     if x.ndim == 3:
@@ -458,13 +475,16 @@ def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating):
         lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
         if np.isnan(x).any() or lo < 0.0 or hi > 1.0:
-            raise DataError(f"{where}: float images must be in [0, 1], got range "
-                            f"[{lo:g}, {hi:g}] (store uint8 0..255 or divide by 255)")
+            raise DataError(
+                f"{where}: float images must be in [0, 1], got range "
+                f"[{lo:g}, {hi:g}] (store uint8 0..255 or divide by 255)"
+            )
         return np.ascontiguousarray(np.rint(x * 255.0).astype(np.uint8))
     if np.issubdtype(x.dtype, np.integer):
         if x.min() < 0 or x.max() > 255:
-            raise DataError(f"{where}: integer images must be in 0..255, got "
-                            f"[{x.min()}, {x.max()}]")
+            raise DataError(
+                f"{where}: integer images must be in 0..255, got [{x.min()}, {x.max()}]"
+            )
         return np.ascontiguousarray(x.astype(np.uint8))
     raise DataError(f"{where}: images have unsupported dtype {x.dtype}")
 
@@ -475,8 +495,9 @@ def _labels_from_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{where}: labels must be a 1-D array of class indices, "
-                        f"got shape {tuple(y.shape)}")
+        raise DataError(
+            f"{where}: labels must be a 1-D array of class indices, got shape {tuple(y.shape)}"
+        )
     if len(y) != n:
         raise DataError(f"{where}: x has {n} images but y has {len(y)} labels")
     if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
@@ -484,8 +505,10 @@ def _labels_from_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
     elif np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.rint(y)):
         y = y.astype(np.int64)  # integral floats are common from numpy pipelines
     else:
-        raise DataError(f"{where}: labels must be integers (class indices), got dtype {y.dtype}"
-                        + (" with non-integer values" if y.dtype.kind == "f" else ""))
+        raise DataError(
+            f"{where}: labels must be integers (class indices), got dtype {y.dtype}"
+            + (" with non-integer values" if y.dtype.kind == "f" else "")
+        )
     if len(y) and y.min() < 0:
         raise DataError(f"{where}: labels must be integers >= 0, found {int(y.min())}")
     return y
@@ -497,8 +520,10 @@ def _labels_from_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
 
 
 def _image_files(d: Path) -> list[Path]:
@@ -522,9 +547,10 @@ def _load_folder(root: Path, *, image_size: int | None, seed: int) -> _Raw:
         files[part] = [(f, names.index(c.name)) for c in _class_dirs(d) for f in _image_files(c)]
     if not any(files.values()):
         loose = "" if names else " and no class subfolders"
-        raise DataError(f"no images found in {root}{loose} (expected one subfolder per class "
-                        f"holding {'/'.join(sorted(e[1:] for e in ('.png', '.jpg', '.bmp')))} "
-                        "... files)")
+        raise DataError(
+            f"no images found in {root}{loose} (expected one subfolder per class "
+            "holding .png/.jpg/... files)"
+        )
     if len(names) < 2:
         raise DataError(f"{root}: need at least 2 classes (subfolders), found {len(names)}")
 
@@ -537,7 +563,7 @@ def _load_folder(root: Path, *, image_size: int | None, seed: int) -> _Raw:
             try:
                 with Image.open(f) as im:
                     im = im.convert("RGB")
-            except Exception as e:
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise DataError(f"cannot read image {f}: {type(e).__name__}") from None
             if size is None:
                 size = (im.height, im.width)
@@ -547,8 +573,10 @@ def _load_folder(root: Path, *, image_size: int | None, seed: int) -> _Raw:
             a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
             all_gray = all_gray and bool((a[0] == a[1]).all() and (a[1] == a[2]).all())
             arrays[part].append(a)
-    stack = {p: (np.stack(v) if v else np.zeros((0, 3, *size), np.uint8))  # type: ignore[misc]
-             for p, v in arrays.items()}
+    stack = {
+        p: (np.stack(v) if v else np.zeros((0, 3, *size), np.uint8))  # type: ignore[misc]
+        for p, v in arrays.items()
+    }
     if all_gray:
         stack = {p: np.ascontiguousarray(v[:, :1]) for p, v in stack.items()}
     labels = {p: np.array([c for _, c in items], dtype=np.int64) for p, items in files.items()}
@@ -569,24 +597,45 @@ def _load_folder(root: Path, *, image_size: int | None, seed: int) -> _Raw:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_digits(options: dict[str, int], *, image_size: int | None, seed: int) -> _Raw:
-    from sklearn.datasets import load_digits  # lazy: sklearn import is slow
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images float (1797, 8, 8) in 0..16, target int (1797,).
 
+    Reads the CSV that ``sklearn.datasets.load_digits`` reads, without importing
+    ``sklearn.datasets`` (seconds of imports on a busy machine); falls back to it.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin:
+        csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            raw = np.loadtxt(csv, delimiter=",")
+            return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
+def _load_digits(options: dict[str, int], *, image_size: int | None, seed: int) -> _Raw:
     opts = {**DIGITS_DEFAULTS, "seed": seed}
-    if image_size is not None and "size" not in options:
-        opts["size"] = image_size
+    if image_size is not None and "size" not in options and 4 <= image_size <= 128:
+        opts["size"] = image_size  # resample the 8x8 scans once, not twice
     opts.update(options)
     if not 4 <= opts["size"] <= 128:
         raise DataError(f"digits size must be in 4..128, got {opts['size']}")
-    d = load_digits()
+    images, target = _digits_arrays()
     # Values are 0..16 ink counts; map to the full uint8 range.
-    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-    y = d.target.astype(np.int64)
+    x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    y = target.astype(np.int64)
     tr, va = _stratified_split(y, opts["seed"])
     xt = _adapt(torch.from_numpy(x), opts["size"], None).numpy()
     name = f"digits:size={opts['size']},seed={opts['seed']}"
-    meta = {"source": "sklearn.datasets.load_digits", **opts,
-            "split": f"stratified 80/20, seed {opts['seed']}"}
+    meta = {
+        "source": "sklearn.datasets.load_digits",
+        **opts,
+        "split": f"stratified 80/20, seed {opts['seed']}",
+    }
     return _Raw(name, xt[tr], y[tr], xt[va], y[va], [str(i) for i in range(10)], meta)
 
 
@@ -596,14 +645,28 @@ def _load_digits(options: dict[str, int], *, image_size: int | None, seed: int) 
 
 #: Font files (under matplotlib's mpl-data/fonts/ttf) used for glyphs, in a fixed order.
 GLYPH_FONTS: tuple[str, ...] = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
     "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
     "DejaVuSerif-BoldItalic.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
     "DejaVuSansMono-BoldOblique.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-    "cmr10.ttf", "cmb10.ttf", "cmti10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmmi10.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmti10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "cmmi10.ttf",
 )
 
 _ATLAS = 64  # glyph canvas (px); a capital is _CAP px tall, baseline at _BASELINE
@@ -613,19 +676,19 @@ _BASELINE = 40
 # Difficulty knobs (changing any of them changes the data: bump GLYPHS_VERSION).
 _AUG: dict[str, float] = {
     "cap_frac": 0.50,  # capital height as a fraction of the output image, before scaling
-    "scale": 0.18,  # +- relative size jitter
-    "aspect": 0.15,  # +- log aspect-ratio jitter
-    "rotate_deg": 15.0,  # +- rotation
-    "shear": 0.25,  # +- horizontal shear
-    "offset": 0.14,  # +- translation, fraction of half the image
+    "scale": 0.15,  # +- relative size jitter (log)
+    "aspect": 0.12,  # +- log aspect-ratio jitter
+    "rotate_deg": 12.0,  # +- rotation
+    "shear": 0.2,  # +- horizontal shear
+    "offset": 0.1,  # +- translation, fraction of half the image
     "p_weight": 0.4,  # probability of a dilated (half) or eroded (half) stroke
-    "p_neighbor": 0.5,  # probability of a cropped neighbouring character at the side
-    "contrast_min": 0.3,  # minimum |foreground - background|
+    "p_neighbor": 0.35,  # probability of a cropped neighbouring character at the side
+    "contrast_min": 0.45,  # minimum |foreground - background|
     "gradient": 0.3,  # max background gradient across the image
-    "p_blur": 0.35,
-    "noise_max": 0.12,  # max Gaussian noise std
-    "p_line": 0.35,
-    "p_blob": 0.25,
+    "p_blur": 0.25,
+    "noise_max": 0.08,  # max Gaussian noise std
+    "p_line": 0.2,
+    "p_blob": 0.15,
 }
 
 _atlas_cache: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
@@ -653,8 +716,10 @@ def _glyph_atlas() -> tuple[torch.Tensor, np.ndarray]:
     fdir = _font_dir()
     missing = [f for f in GLYPH_FONTS if not (fdir / f).is_file()]
     if missing:
-        raise DataError(f"matplotlib's fonts are missing ({', '.join(missing)} in {fdir}); "
-                        "cannot generate glyphs")
+        raise DataError(
+            f"matplotlib's fonts are missing ({', '.join(missing)} in {fdir}); "
+            "cannot generate glyphs"
+        )
     atlas = np.zeros((len(GLYPH_FONTS), len(GLYPH_CHARS), _ATLAS, _ATLAS), np.float32)
     ok = np.zeros((len(GLYPH_FONTS), len(GLYPH_CHARS)), bool)
     for i, fname in enumerate(GLYPH_FONTS):
@@ -668,8 +733,7 @@ def _glyph_atlas() -> tuple[torch.Tensor, np.ndarray]:
             if m.getbbox() is None or (a.shape == notdef.shape and (a == notdef).all()):
                 continue
             im = Image.new("L", (_ATLAS, _ATLAS), 0)
-            ImageDraw.Draw(im).text((_ATLAS / 2, _BASELINE), ch, font=font, fill=255,
-                                    anchor="ms")
+            ImageDraw.Draw(im).text((_ATLAS / 2, _BASELINE), ch, font=font, fill=255, anchor="ms")
             atlas[i, j] = np.asarray(im, np.float32) / 255.0
             ok[i, j] = True
     a = torch.from_numpy(atlas).view(-1, 1, _ATLAS, _ATLAS)
@@ -706,7 +770,10 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
     for c in range(k):
         sel = np.flatnonzero(y == c)
         font[sel] = rng.choice(np.flatnonzero(ok[:, c]), size=len(sel))
-    u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
+
+    def u(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, n)
+
     scale = np.exp(u(-a["scale"], a["scale"]))
     aspect = np.exp(u(-a["aspect"], a["aspect"]))
     rot = np.deg2rad(u(-a["rotate_deg"], a["rotate_deg"]))
@@ -725,10 +792,11 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
     blur = np.where(rng.random(n) < a["p_blur"], u(0.3, 1.0), 0.0)
     noise = u(0.0, a["noise_max"])
     has_line = rng.random(n) < a["p_line"]
-    line = np.stack([u(-0.6, 0.6), u(-0.6, 0.6), u(0, np.pi), u(0.05, 0.12), u(0.6, 2.0),
-                     rng.random(n)], 1)
+    line = np.stack(
+        [u(-0.6, 0.6), u(-0.6, 0.6), u(0, np.pi), u(0.04, 0.09), u(0.6, 2.0), rng.random(n)], 1
+    )
     has_blob = rng.random(n) < a["p_blob"]
-    blob = np.stack([u(-0.9, 0.9), u(-0.9, 0.9), u(0.12, 0.3), u(0.12, 0.3), rng.random(n)], 1)
+    blob = np.stack([u(-0.9, 0.9), u(-0.9, 0.9), u(0.1, 0.22), u(0.1, 0.22), rng.random(n)], 1)
     noise_seed = int(rng.integers(0, 2**31 - 1))
 
     # Output->atlas affine (normalised coords): the inverse of the glyph's placement.
@@ -756,22 +824,30 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
     for lo in range(0, n, 2048):
         sl = slice(lo, min(n, lo + 2048))
         b = sl.stop - sl.start
-        t = lambda v: torch.as_tensor(v[sl], dtype=torch.float32)  # noqa: E731
+
+        def t(v: np.ndarray, sl: slice = sl) -> torch.Tensor:
+            return torch.as_tensor(v[sl], dtype=torch.float32)
+
         src = atlas[weight[sl], font[sl], y[sl]].unsqueeze(1)  # (b, 1, A, A)
         mask = F.grid_sample(src, _grid(t(theta), homog, hi), align_corners=False)
         nb = np.flatnonzero(has_nb[sl])  # only samples with a neighbour pay for it
         if len(nb):
             nb_src = atlas[weight[sl][nb], font[sl][nb], nb_char[sl][nb]].unsqueeze(1)
-            nb_mask = F.grid_sample(nb_src, _grid(t(theta_nb)[nb], homog, hi),
-                                    align_corners=False)
+            nb_mask = F.grid_sample(nb_src, _grid(t(theta_nb)[nb], homog, hi), align_corners=False)
             mask[nb] = torch.maximum(mask[nb], nb_mask)
         mask = F.avg_pool2d(mask, 2).clamp_(0, 1)  # (b, 1, S, S)
 
         lo_lv, amp = t(base).view(b, 1, 1), t(contrast).view(b, 1, 1)
         pol = t(polarity).view(b, 1, 1)
         bg = torch.where(pol > 0, lo_lv, lo_lv + amp)
-        g = t(grad).view(b, 1, 1) * (torch.cos(t(grad_dir)).view(b, 1, 1) * gx
-                                     + torch.sin(t(grad_dir)).view(b, 1, 1) * gy) / 2
+        g = (
+            t(grad).view(b, 1, 1)
+            * (
+                torch.cos(t(grad_dir)).view(b, 1, 1) * gx
+                + torch.sin(t(grad_dir)).view(b, 1, 1) * gy
+            )
+            / 2
+        )
         img = bg + g + pol * amp * mask[:, 0]
 
         # Occluding line segment: soft distance to the segment, about one pixel of edge.
@@ -779,13 +855,15 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
         dx, dy = gx - ln[:, 0, None, None], gy - ln[:, 1, None, None]
         ca, sa = torch.cos(ln[:, 2]).view(b, 1, 1), torch.sin(ln[:, 2]).view(b, 1, 1)
         along, across = dx * ca + dy * sa, -dx * sa + dy * ca
-        dist = torch.maximum(across.abs() - ln[:, 3, None, None],
-                             along.abs() - ln[:, 4, None, None] / 2)
+        dist = torch.maximum(
+            across.abs() - ln[:, 3, None, None], along.abs() - ln[:, 4, None, None] / 2
+        )
         cover = (0.5 - dist / px).clamp(0, 1) * t(has_line).view(b, 1, 1)
         img = img * (1 - cover) + ln[:, 5, None, None] * cover
         bl = t(blob)
         r = ((gx - bl[:, 0, None, None]) / bl[:, 2, None, None]) ** 2 + (
-            (gy - bl[:, 1, None, None]) / bl[:, 3, None, None]) ** 2
+            (gy - bl[:, 1, None, None]) / bl[:, 3, None, None]
+        ) ** 2
         cover = (0.5 - (r.sqrt() - 1) * bl[:, 2, None, None] / px).clamp(0, 1)
         cover = cover * t(has_blob).view(b, 1, 1)
         img = img * (1 - cover) + bl[:, 4, None, None] * cover
@@ -854,7 +932,7 @@ def _load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) 
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in ("x_train", "y_train", "x_val", "y_val")}
             hit = True
-        except Exception:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
             arrays = None  # a corrupt cache entry is regenerated and overwritten
     if arrays is None:
         # Independent streams: the val set does not change with the train count.
@@ -865,10 +943,22 @@ def _load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) 
         arrays = {"x_train": x_tr, "y_train": y_tr, "x_val": x_va, "y_val": y_va}
         _write_cache(path, arrays)
     name = "glyphs:" + ",".join(f"{k}={opts[k]}" for k in ("size", "train", "val", "seed"))
-    meta = {"source": "kd_compile glyphs generator", "version": GLYPHS_VERSION, **opts,
-            "cache": str(path), "cache_hit": hit}
-    return _Raw(name, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-                list(GLYPH_CHARS), meta)
+    meta = {
+        "source": "kd_compile glyphs generator",
+        "version": GLYPHS_VERSION,
+        **opts,
+        "cache": str(path),
+        "cache_hit": hit,
+    }
+    return _Raw(
+        name,
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays["x_val"],
+        arrays["y_val"],
+        list(GLYPH_CHARS),
+        meta,
+    )
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:

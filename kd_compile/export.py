@@ -16,10 +16,21 @@ from .teacher import save_checkpoint
 
 
 def space_kwargs(space: SearchSpace) -> dict[str, Any]:
-    """The constructor arguments that rebuild ``space`` (stored in checkpoints)."""
-    kw = dict(getattr(space, "init_kwargs", {}) or {})
-    kw.setdefault("input_shape", list(space.input_shape))
-    kw.setdefault("num_classes", space.num_classes)
+    """The constructor arguments that rebuild ``space`` (stored in checkpoints).
+
+    Spaces keep each constructor argument as an attribute of the same name (as ``TradeSpace``
+    and ``CnnSpace`` do); those are read back through the signature.
+    """
+    import inspect
+
+    kw: dict[str, Any] = {}
+    for name in list(inspect.signature(type(space).__init__).parameters)[1:]:
+        if hasattr(space, name):
+            v = getattr(space, name)
+            if isinstance(v, (bool, int, float, str, tuple, list)) or v is None:
+                kw[name] = list(v) if isinstance(v, tuple) else v
+    kw["input_shape"] = list(space.input_shape)
+    kw["num_classes"] = space.num_classes
     return kw
 
 

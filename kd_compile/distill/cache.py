@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..data import DataBundle
 from .losses import FeatureCapture
@@ -147,10 +147,10 @@ class TeacherCache:
 
     def check_aligned(self, data: DataBundle) -> None:
         """Raise ValueError unless the cache has one row per train/val sample and class."""
-        if (
-            self.train_logits.shape != (data.x_train.shape[0], data.num_classes)
-            or self.val_logits.shape != (data.x_val.shape[0], data.num_classes)
-        ):
+        if self.train_logits.shape != (
+            data.x_train.shape[0],
+            data.num_classes,
+        ) or self.val_logits.shape != (data.x_val.shape[0], data.num_classes):
             raise ValueError(
                 f"teacher cache (train {tuple(self.train_logits.shape)}, val "
                 f"{tuple(self.val_logits.shape)}) does not match data {data.name!r} "
@@ -177,9 +177,7 @@ class TeacherCache:
         """
         teacher_id = key if key is not None else module_fingerprint(teacher)
         h = hashlib.blake2b(digest_size=16)
-        h.update(
-            f"v{CACHE_VERSION}|{teacher_id}|{data_fingerprint(data)}|{augment_seed}".encode()
-        )
+        h.update(f"v{CACHE_VERSION}|{teacher_id}|{data_fingerprint(data)}|{augment_seed}".encode())
         return h.hexdigest()
 
     @classmethod
@@ -307,7 +305,11 @@ class TeacherCache:
             key=meta["key"],
             path=folder,
             feature_pool=pool,
-            meta={"augment_seed": meta.get("augment_seed"), "data": meta.get("data"), "reused": True},
+            meta={
+                "augment_seed": meta.get("augment_seed"),
+                "data": meta.get("data"),
+                "reused": True,
+            },
         )
 
     @classmethod
@@ -325,7 +327,9 @@ class TeacherCache:
             train_logits=train_logits,
             val_logits=val_logits,
             teacher_val_acc=_accuracy(val_logits, y_val),
-            teacher_train_acc=_accuracy(train_logits, y_train) if y_train is not None else float("nan"),
+            teacher_train_acc=_accuracy(train_logits, y_train)
+            if y_train is not None
+            else float("nan"),
         )
 
 

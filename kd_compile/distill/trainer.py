@@ -10,6 +10,7 @@ with the same thread count, bit-identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -19,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..data import DataBundle
 from ..errors import CandidateError
 from .cache import TeacherCache
-from .losses import KDLoss
+from .losses import DistillerSpec, FeatureCapture, FeatureDistiller, KDLoss
 
 __all__ = [
     "TrainConfig",
@@ -71,6 +72,9 @@ class TrainConfig:
         warmup_frac: fraction of the steps used for linear learning-rate warm-up before the
             cosine decay.
         eval_every_epoch: record val accuracy in the history after every epoch.
+        distiller: feature distillation on layer pairs (its ``logit`` replaces
+            ``logit_loss``); teacher features come from the cache (``TeacherCache.build(...,
+            feature_layers=spec.teacher_layers)``) or from the online teacher.
     """
 
     epochs: float = 2
@@ -90,6 +94,7 @@ class TrainConfig:
     logit_loss: str = "kl"
     warmup_frac: float = 0.1
     eval_every_epoch: bool = False
+    distiller: DistillerSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -100,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if isinstance(self.distiller, dict):
+            object.__setattr__(self, "distiller", DistillerSpec.from_dict(self.distiller))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +114,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        # a nested distiller dict is turned back into a DistillerSpec by __post_init__
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -173,7 +181,10 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def predict_logits(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Model outputs over ``x`` in eval mode, without autograd.
 
@@ -333,7 +344,8 @@ def train_student(
         cfg: the training configuration.
         cache: offline teacher outputs (``TeacherCache.build(teacher, data)``).
         progress: called with the fraction of steps done, in [0, 1] (about 100 calls a run).
-        teacher: online teacher, used only when ``cache`` is None.
+        teacher: online teacher, used when ``cache`` is None or lacks the teacher features
+            that ``cfg.distiller`` needs.
 
     Returns:
         TrainResult; the model is left trained, in eval mode, on ``cfg.device``.
@@ -350,10 +362,15 @@ def train_student(
         cache.check_aligned(data)
 
     fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        # seeding here makes dropout & co. reproducible without leaking into the caller's RNG
-        torch.manual_seed(cfg.seed)
-        return _train(model, data, cfg, cache, progress, teacher, device, t0)
+    teacher_mode = teacher.training if teacher is not None else False
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            # seeding here makes dropout & co. reproducible without leaking into the caller's RNG
+            torch.manual_seed(cfg.seed)
+            return _train(model, data, cfg, cache, progress, teacher, device, t0)
+    finally:
+        if teacher is not None:
+            teacher.train(teacher_mode)  # the online teacher ran in eval mode
 
 
 def _train(
@@ -370,25 +387,121 @@ def _train(
     # normalise the subset once; every step is then an index gather on a ready tensor
     x = data.normalize(data.x_train[idx]).to(device)
     y = data.y_train[idx].to(device)
-    x_val, y_val = data.normalize(data.x_val), data.y_val
+    spec = cfg.distiller if cfg.use_kd else None
+    s_layers = spec.student_layers if spec is not None else []
+    t_layers = spec.teacher_layers if spec is not None else []
     t_logits: torch.Tensor | None = None
+    t_feats: dict[str, torch.Tensor] = {}
     online = None
     if cfg.use_kd:
-        if cache is not None:
+        cached_feats = cache is not None and all(n in cache.train_features for n in t_layers)
+        if cache is not None and cached_feats:
             # one gather out of the (possibly memory-mapped) cache, then it lives in RAM
             t_logits = cache.train_logits[idx].float().to(device)
-        else:
-            assert teacher is not None
+            t_feats = {n: cache.train_features[n][idx].float().to(device) for n in t_layers}
+        elif teacher is not None:
             online = teacher.to(device).eval()
+        else:
+            raise ValueError(
+                f"the teacher cache holds no features for {t_layers}: build it with "
+                "feature_layers=spec.teacher_layers, or pass teacher= for online distillation"
+            )
 
     model.to(device).train()
     n = int(x.shape[0])
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     total = max(1, round(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    stack = contextlib.ExitStack()
+    s_cap = stack.enter_context(FeatureCapture(model, s_layers)) if s_layers else None
+    t_cap = (
+        stack.enter_context(FeatureCapture(online, t_layers))
+        if t_layers and online is not None
+        else None
+    )
+    distiller: FeatureDistiller | None = None
+    trainable: nn.Module = model
+    with stack:
+        if spec is not None and spec.pairs:
+            assert s_cap is not None
+            distiller = _build_distiller(spec, model, online, x, t_feats, s_cap, t_cap, device)
+            # adapters are trained with the student (and dropped after)
+            trainable = nn.ModuleList([model, distiller])
+        return _loop(
+            model,
+            cfg,
+            x,
+            y,
+            data.normalize(data.x_val),
+            data.y_val,
+            t_logits,
+            t_feats,
+            online,
+            s_cap,
+            t_cap,
+            distiller,
+            trainable,
+            bs,
+            steps_per_epoch,
+            total,
+            progress,
+            device,
+            t0,
+        )
+
+
+def _build_distiller(
+    spec: DistillerSpec,
+    model: nn.Module,
+    online: nn.Module | None,
+    x: torch.Tensor,
+    t_feats: dict[str, torch.Tensor],
+    s_cap: FeatureCapture,
+    t_cap: FeatureCapture | None,
+    device: torch.device,
+) -> FeatureDistiller:
+    """Probe feature shapes with a 2-sample eval-mode pass and build the aligners."""
+    was_training = model.training
+    model.eval()  # eval: the probe must not move BatchNorm running statistics
+    with torch.no_grad():
+        model(x[:2])
+        s_shapes = {k: tuple(v.shape[1:]) for k, v in s_cap.features.items()}
+        if t_feats:
+            t_shapes = {k: tuple(v.shape[1:]) for k, v in t_feats.items()}
+        else:
+            assert online is not None and t_cap is not None
+            online(x[:2])
+            t_shapes = {k: tuple(v.shape[1:]) for k, v in t_cap.features.items()}
+    model.train(was_training)
+    return FeatureDistiller(spec, s_shapes, t_shapes).to(device)
+
+
+def _loop(
+    model: nn.Module,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    t_logits: torch.Tensor | None,
+    t_feats: dict[str, torch.Tensor],
+    online: nn.Module | None,
+    s_cap: FeatureCapture | None,
+    t_cap: FeatureCapture | None,
+    distiller: FeatureDistiller | None,
+    trainable: nn.Module,
+    bs: int,
+    steps_per_epoch: int,
+    total: int,
+    progress: Callable[[float], None] | None,
+    device: torch.device,
+    t0: float,
+) -> TrainResult:
+    n = int(x.shape[0])
+    opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac))
-    crit = KDLoss(cfg.alpha, cfg.tau, kind=cfg.logit_loss, label_smoothing=cfg.label_smoothing)
+    kind = cfg.distiller.logit if cfg.distiller is not None else cfg.logit_loss
+    crit = KDLoss(cfg.alpha, cfg.tau, kind=kind, label_smoothing=cfg.label_smoothing)
     orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
     gen = torch.Generator().manual_seed(cfg.seed)
     evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
@@ -409,14 +522,21 @@ def _train(
         pos += bs
         xb, yb = x[bi], y[bi]
         out = model(xb)
+        tf: dict[str, torch.Tensor] = {}
         if t_logits is not None:
             tb: torch.Tensor | None = t_logits[bi]
+            tf = {k: v[bi] for k, v in t_feats.items()}
         elif online is not None:
             with torch.no_grad():
                 tb = online(xb).float()
+                if t_cap is not None:
+                    tf = dict(t_cap.features)
         else:
             tb = None
         loss = crit(out, yb, tb)
+        if distiller is not None:
+            assert s_cap is not None
+            loss = loss + distiller(s_cap.features, tf)
         if orth_mods:
             loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
         loss_val = float(loss.detach())

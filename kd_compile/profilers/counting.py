@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -140,7 +140,7 @@ class _Tracer(TorchDispatchMode):
         self.stack = stack
         self.ops: list[OpRecord] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
@@ -263,7 +263,7 @@ def _direct_params(model: nn.Module) -> dict[str, int]:
     return {n: sum(p.numel() for p in m.parameters(recurse=False)) for n, m in model.named_modules()}
 
 
-def count(model: nn.Module, input_spec: InputSpec) -> Measurement:
+def count(model: nn.Module, input_spec: InputSpec, trace: OpTrace | None = None) -> Measurement:
     """Count params, FLOPs, bytes and per-layer costs of ``model`` for ``input_spec``.
 
     Args:
@@ -275,8 +275,9 @@ def count(model: nn.Module, input_spec: InputSpec) -> Measurement:
         ``flops`` (2 x MACs per batch), ``activation_bytes`` (sum of leaf-module outputs),
         ``weight_bytes``, ``peak_activation_bytes`` and ``layers``; ``extra["ops"]`` holds the
         number of costed ATen ops. The sum of layer FLOPs equals ``flops``.
+        ``trace``: a ``trace_ops`` result for this model and shape, to avoid a second forward.
     """
-    tr = trace_ops(model, tuple(input_spec.shape))
+    tr = trace if trace is not None else trace_ops(model, tuple(input_spec.shape))
     b = input_spec.batch
     layers = layers_from_ops(tr.ops, b, _direct_params(model))
     missing = b * (tr.total_flops - sum(r.flops for r in tr.ops))

@@ -111,8 +111,11 @@ def module_fingerprint(model: nn.Module, input_spec: InputSpec, *extra: object) 
             continue
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         # bytes of the CPU copy; .contiguous() because views may not own contiguous storage
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
+        h.update(
+            t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            if t.numel()
+            else b""
+        )
     return h.hexdigest()
 
 
@@ -331,7 +334,9 @@ def export_onnx(
                 batches.append(input_spec.batch + 1)
             max_diff = _check(model, path, input_spec, batches, rtol, atol)
     proto = onnx.load(str(path), load_external_data=False)
-    opset_found = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    opset_found = next(
+        (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset
+    )
     return OnnxExportInfo(
         path=path,
         opset=int(opset_found),

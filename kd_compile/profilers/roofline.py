@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn as nn
+from torch import nn
 
 from ..errors import UsageError
 from ..targets.profile import PRECISIONS, TargetProfile, get_target
@@ -151,9 +151,7 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
         if prev is not None:
             head = prev["op"]
             gemm_head = head in ("conv", "dwconv", "matmul")
-            if r.op == "batchnorm" and rules.fold_bn and gemm_head and prev["n_pw"] == 0:
-                absorb = True
-            elif r.op == "elementwise" and rules.fuse_pointwise:
+            if r.op == "batchnorm" and rules.fold_bn and gemm_head and prev["n_pw"] == 0 or r.op == "elementwise" and rules.fuse_pointwise:
                 absorb = True
             elif r.op == "elementwise" and rules.fuse_one_activation and gemm_head and prev["n_pw"] == 0:
                 absorb = r.in_bytes <= prev["out"]  # a unary activation, not a residual add
@@ -277,7 +275,10 @@ def load_calibration(target: TargetProfile, runtime: str, precision: str) -> tup
         return Efficiency.from_dict(fits[key]["constants"]), {"calibration": key, **_provenance(fits[key])}
     for k, v in sorted(fits.items()):
         if k.endswith(f"/{precision}"):
-            return Efficiency.from_dict(v["constants"]), {"calibration": k, **_provenance(v)}
+            # Kernel efficiencies transfer across runtimes; launch costs do not (a fit at
+            # batch 1024 in eager PyTorch says little about TensorRT at batch 1), so reset.
+            eff = dataclasses.replace(Efficiency.from_dict(v["constants"]), launch_scale=1.0)
+            return eff, {"calibration": f"{k} (launch_scale reset to 1)", **_provenance(v)}
     return DEFAULT_EFFICIENCY, {"calibration": "default (uncalibrated)"}
 
 

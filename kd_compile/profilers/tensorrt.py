@@ -180,18 +180,23 @@ def lint_onnx_for_tensorrt(onnx_path_or_model: str | Path | Any) -> list[str]:
         model = onnx_path_or_model
     else:
         raise UsageError(
-            f"lint_onnx_for_tensorrt needs a path or onnx.ModelProto, got {type(onnx_path_or_model).__name__}"
+            "lint_onnx_for_tensorrt needs a path or onnx.ModelProto, "
+            f"got {type(onnx_path_or_model).__name__}"
         )
     problems: dict[str, list[str]] = defaultdict(list)
     lo, hi = TRT_OPSET_RANGE
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and not lo <= imp.version <= hi:
-            problems[f"opset {imp.version}: outside TensorRT's supported range {lo}-{hi}"].append("")
+            problems[f"opset {imp.version}: outside TensorRT's supported range {lo}-{hi}"].append(
+                ""
+            )
     for i, node in enumerate(_iter_nodes(model.graph)):
         name = node.name or f"#{i}"
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
-            problems[f"{node.domain}::{op}: custom-domain operator, needs a TensorRT plugin"].append(name)
+            problems[
+                f"{node.domain}::{op}: custom-domain operator, needs a TensorRT plugin"
+            ].append(name)
         elif op in TRT_UNSUPPORTED_OPS:
             problems[f"{op}: not supported by the TensorRT ONNX parser"].append(name)
         elif op not in TRT_SUPPORTED_OPS:
@@ -252,7 +257,9 @@ def engine_cache_key(
         "precision": precision,
         "opt_level": int(opt_level),
         "workspace_bytes": None if workspace_bytes is None else int(workspace_bytes),
-        "input_shapes": {k: [list(map(int, s)) for s in v] for k, v in sorted((input_shapes or {}).items())},
+        "input_shapes": {
+            k: [list(map(int, s)) for s in v] for k, v in sorted((input_shapes or {}).items())
+        },
         "extra": extra or {},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -269,7 +276,9 @@ def _gpu_name() -> str:
 def _has_qdq(onnx_path: Path) -> bool:
     onnx = lazy_import("onnx", ONNX_HINT)
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in _iter_nodes(model.graph))
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in _iter_nodes(model.graph)
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -308,7 +317,9 @@ class EngineFromOnnx:
         calibrator: Any = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise UsageError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+            raise UsageError(
+                f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+            )
         if not 0 <= int(opt_level) <= 5:
             raise UsageError(f"opt_level must be in 0..5, got {opt_level}")
         if workspace_bytes is not None and workspace_bytes <= 0:
@@ -345,7 +356,9 @@ class EngineFromOnnx:
             t = network.get_input(i)
             dims = tuple(int(d) for d in t.shape)
             if any(d < 0 for d in dims[1:]):
-                raise ExportError(f"input '{t.name}' has dynamic non-batch dims {dims}; export with static C/H/W")
+                raise ExportError(
+                    f"input '{t.name}' has dynamic non-batch dims {dims}; export with static C/H/W"
+                )
             lo = self.batch if self.max_batch is None else 1
             hi = self.batch if self.max_batch is None else self.max_batch
             shapes[t.name] = ((lo, *dims[1:]), (self.batch, *dims[1:]), (hi, *dims[1:]))
@@ -417,12 +430,19 @@ class EngineFromOnnx:
                 hint="see the TensorRT log above; try a larger workspace_bytes or fp32",
             )
         if cache is not None and self.timing_cache_path is not None:
-            _atomic_write(self.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+            _atomic_write(
+                self.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize()))
+            )
         _atomic_write(path, bytes(memoryview(serialized)))
         meta = {
-            "onnx": str(self.onnx_path), "precision": self.precision, "opt_level": self.opt_level,
-            "workspace_bytes": self.workspace_bytes, "trt_version": str(trt.__version__),
-            "gpu_name": _gpu_name(), "input_shapes": shapes, "build_s": self.build_s,
+            "onnx": str(self.onnx_path),
+            "precision": self.precision,
+            "opt_level": self.opt_level,
+            "workspace_bytes": self.workspace_bytes,
+            "trt_version": str(trt.__version__),
+            "gpu_name": _gpu_name(),
+            "input_shapes": shapes,
+            "build_s": self.build_s,
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         self.built = True
@@ -448,9 +468,14 @@ class EngineFromOnnx:
 
 def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
     table = {
-        "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
-        "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
-        "BOOL": torch.bool, "UINT8": torch.uint8,
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT8": torch.int8,
+        "INT32": torch.int32,
+        "INT64": torch.int64,
+        "BOOL": torch.bool,
+        "UINT8": torch.uint8,
     }
     for name, tdt in table.items():
         if hasattr(trt.DataType, name) and dt == getattr(trt.DataType, name):
@@ -488,7 +513,9 @@ class TrtRunner:
         device: torch device of the buffers (``cuda`` for real TensorRT).
     """
 
-    def __init__(self, engine: str | Path | bytes, input_spec: InputSpec, device: str | torch.device = "cuda") -> None:
+    def __init__(
+        self, engine: str | Path | bytes, input_spec: InputSpec, device: str | torch.device = "cuda"
+    ) -> None:
         trt = self.trt = _trt()
         blob = Path(engine).read_bytes() if isinstance(engine, (str, Path)) else bytes(engine)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -521,7 +548,7 @@ class TrtRunner:
             self.context.set_tensor_address(name, buf.data_ptr())
 
     def execute(self, stream_handle: int) -> None:
-        """Enqueue one inference on the CUDA stream ``stream_handle`` (``torch.cuda.Stream.cuda_stream``)."""
+        """Enqueue one inference on CUDA stream ``stream_handle`` (``Stream.cuda_stream``)."""
         if not self.context.execute_async_v3(stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 returned False")
 
@@ -547,14 +574,18 @@ class TrtRunner:
         return {name: float(np.mean(prof.times_ms[name])) for name in prof.order}
 
 
-def layers_from_trt(info: list[dict[str, Any]], times_ms: dict[str, float]) -> tuple[LayerCost, ...]:
+def layers_from_trt(
+    info: list[dict[str, Any]], times_ms: dict[str, float]
+) -> tuple[LayerCost, ...]:
     """LayerCost per engine layer, joining inspector info and profiled times by layer name."""
     out = []
     seen = set()
     for d in info:
         name = str(d.get("Name", ""))
         seen.add(name)
-        out.append(LayerCost(name=name, op=str(d.get("LayerType", "")), latency_ms=times_ms.get(name)))
+        out.append(
+            LayerCost(name=name, op=str(d.get("LayerType", "")), latency_ms=times_ms.get(name))
+        )
     for name, ms in times_ms.items():
         if name not in seen:  # e.g. reformatting layers reported only by the profiler
             out.append(LayerCost(name=name, op="", latency_ms=ms))
@@ -607,21 +638,31 @@ class TensorRTProfiler(Profiler):
         target_cv: float = 0.02,
     ) -> None:
         if precision not in PRECISIONS:
-            raise UsageError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+            raise UsageError(
+                f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+            )
         self.precision = precision
         self.opt_level = opt_level
         self.workspace_bytes = workspace_bytes
         self._own_dir = cache_dir is None
-        self.cache_dir = Path(tempfile.mkdtemp(prefix="kd-trt-")) if cache_dir is None else Path(cache_dir)
+        self.cache_dir = (
+            Path(tempfile.mkdtemp(prefix="kd-trt-")) if cache_dir is None else Path(cache_dir)
+        )
         self.timing_cache_path = (
-            self.cache_dir / "timing.cache" if timing_cache_path is None else Path(timing_cache_path)
+            self.cache_dir / "timing.cache"
+            if timing_cache_path is None
+            else Path(timing_cache_path)
         )
         self.layer_profile = layer_profile
         self.layer_runs = layer_runs
         self.calibrator = calibrator
         self.timing_kw: dict[str, Any] = dict(
-            warmup=warmup, min_iters=min_iters, max_iters=max_iters, min_time_s=min_time_s,
-            max_time_s=max_time_s, target_cv=target_cv,
+            warmup=warmup,
+            min_iters=min_iters,
+            max_iters=max_iters,
+            min_time_s=min_time_s,
+            max_time_s=max_time_s,
+            target_cv=target_cv,
         )
 
     def _impl(self, model: nn.Module, input_spec: InputSpec) -> Measurement:
@@ -630,9 +671,14 @@ class TensorRTProfiler(Profiler):
         onnx_path = OnnxFromModule(model, input_spec, cache_dir=self.cache_dir / "onnx")()
         lint = lint_onnx_for_tensorrt(onnx_path)
         loader = EngineFromOnnx(
-            onnx_path, self.precision, self.opt_level, self.workspace_bytes,
-            self.timing_cache_path, self.cache_dir / "engines",
-            batch=input_spec.batch, calibrator=self.calibrator,
+            onnx_path,
+            self.precision,
+            self.opt_level,
+            self.workspace_bytes,
+            self.timing_cache_path,
+            self.cache_dir / "engines",
+            batch=input_spec.batch,
+            calibrator=self.calibrator,
         )
         engine_path = loader()
         runner = TrtRunner(engine_path, input_spec, "cuda")
@@ -728,7 +774,9 @@ def build_trtexec_command(
         argv list for ``subprocess.run``.
     """
     if precision not in PRECISIONS:
-        raise UsageError(f"trtexec precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        raise UsageError(
+            f"trtexec precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+        )
     if precision == "int8" and calibration_cache is None:
         raise UsageError(
             "trtexec int8 needs a calibration cache (uncalibrated int8 gives meaningless accuracy)",
@@ -766,7 +814,9 @@ def build_trtexec_command(
 
 
 def _load_json(data: str | Path | Any) -> Any:
-    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith(("[", "{"))):
+    if isinstance(data, Path) or (
+        isinstance(data, str) and not data.lstrip().startswith(("[", "{"))
+    ):
         return json.loads(Path(data).read_text(encoding="utf-8"))
     if isinstance(data, str):
         return json.loads(data)
@@ -827,8 +877,13 @@ def parse_trtexec_profile(
         ``(count, layers)`` with ``LayerCost.latency_ms`` the per-iteration average.
     """
     rows = _load_json(data)
-    if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict) or "count" not in rows[0]:
-        raise ExportError("trtexec profile export must be a JSON list starting with {\"count\": N}")
+    if (
+        not isinstance(rows, list)
+        or not rows
+        or not isinstance(rows[0], dict)
+        or "count" not in rows[0]
+    ):
+        raise ExportError('trtexec profile export must be a JSON list starting with {"count": N}')
     count = int(rows[0]["count"])
     types = layer_types or {}
     layers = []
@@ -841,7 +896,9 @@ def parse_trtexec_profile(
             avg = float(r["timeMs"]) / count
         else:
             raise ExportError(f"trtexec profile entry '{r['name']}' has no averageMs/timeMs")
-        layers.append(LayerCost(name=str(r["name"]), op=types.get(str(r["name"]), ""), latency_ms=avg))
+        layers.append(
+            LayerCost(name=str(r["name"]), op=types.get(str(r["name"]), ""), latency_ms=avg)
+        )
     return count, tuple(layers)
 
 
@@ -849,7 +906,9 @@ def parse_trtexec_layer_info(data: str | Path | dict[str, Any]) -> dict[str, str
     """Layer name -> LayerType from a ``--exportLayerInfo`` file (engine inspector JSON)."""
     doc = _load_json(data)
     layers = doc.get("Layers", []) if isinstance(doc, dict) else []
-    return {str(d.get("Name", "")): str(d.get("LayerType", "")) for d in layers if isinstance(d, dict)}
+    return {
+        str(d.get("Name", "")): str(d.get("LayerType", "")) for d in layers if isinstance(d, dict)
+    }
 
 
 _DEVICE_RE = re.compile(r"Selected Device:\s*(.+)")
@@ -886,16 +945,24 @@ class TrtexecProfiler(Profiler):
         timeout_s: float = 1800.0,
     ) -> None:
         if precision not in PRECISIONS:
-            raise UsageError(f"trtexec precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+            raise UsageError(
+                f"trtexec precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+            )
         self.precision = precision
         self.trtexec = trtexec
         self.kw: dict[str, Any] = dict(
-            warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations,
-            use_cuda_graph=use_cuda_graph, opt_level=opt_level, workspace_mib=workspace_mib,
+            warmup_ms=warmup_ms,
+            duration_s=duration_s,
+            iterations=iterations,
+            use_cuda_graph=use_cuda_graph,
+            opt_level=opt_level,
+            workspace_mib=workspace_mib,
             calibration_cache=calibration_cache,
         )
         self._own_dir = cache_dir is None
-        self.cache_dir = Path(tempfile.mkdtemp(prefix="kd-trtexec-")) if cache_dir is None else Path(cache_dir)
+        self.cache_dir = (
+            Path(tempfile.mkdtemp(prefix="kd-trtexec-")) if cache_dir is None else Path(cache_dir)
+        )
         self.timeout_s = timeout_s
 
     def _exe(self) -> str:
@@ -910,15 +977,27 @@ class TrtexecProfiler(Profiler):
         onnx_path = loader()
         assert loader.info is not None
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.cache_dir))
-        times, prof, info = run_dir / "times.json", run_dir / "profile.json", run_dir / "layers.json"
+        times, prof, info = (
+            run_dir / "times.json",
+            run_dir / "profile.json",
+            run_dir / "layers.json",
+        )
         cmd = build_trtexec_command(
-            exe, onnx_path, input_name=loader.info.input_name,
-            input_shape=(input_spec.batch, *input_spec.shape), precision=self.precision,
-            times_path=times, profile_path=prof, layer_info_path=info,
-            timing_cache_path=self.cache_dir / "timing.cache", **self.kw,
+            exe,
+            onnx_path,
+            input_name=loader.info.input_name,
+            input_shape=(input_spec.batch, *input_spec.shape),
+            precision=self.precision,
+            times_path=times,
+            profile_path=prof,
+            layer_info_path=info,
+            timing_cache_path=self.cache_dir / "timing.cache",
+            **self.kw,
         )
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=self.timeout_s, check=False
+            )
         except subprocess.TimeoutExpired:
             raise ExportError(f"trtexec did not finish within {self.timeout_s:g} s") from None
         log = proc.stdout + proc.stderr
@@ -934,7 +1013,8 @@ class TrtexecProfiler(Profiler):
         else:
             raise BackendUnavailableError(
                 "trtexec ran but reported no GPU ('Selected Device' missing) and torch sees none; "
-                "refusing to report a measured latency", hint=TRTEXEC_HINT,
+                "refusing to report a measured latency",
+                hint=TRTEXEC_HINT,
             )
         t = parse_trtexec_times(times)
         types = parse_trtexec_layer_info(info) if info.is_file() else {}
@@ -943,7 +1023,9 @@ class TrtexecProfiler(Profiler):
             _, layers = parse_trtexec_profile(prof, types)
         samples = t["compute_ms"]
         s = latency_stats(samples)
-        timing = TimingResult(tuple(float(v) for v in samples), "trtexec", float(self.kw["duration_s"]), 0, s)
+        timing = TimingResult(
+            tuple(float(v) for v in samples), "trtexec", float(self.kw["duration_s"]), 0, s
+        )
         ver = _VERSION_RE.search(log)
         m = measurement_from_timing(
             timing,
@@ -970,11 +1052,11 @@ class TrtexecProfiler(Profiler):
 
 
 __all__ = [
-    "EngineFromOnnx",
     "TRT_OPSET_RANGE",
     "TRT_OPS_SOURCE",
     "TRT_SUPPORTED_OPS",
     "TRT_UNSUPPORTED_OPS",
+    "EngineFromOnnx",
     "TensorRTProfiler",
     "TrtRunner",
     "TrtexecProfiler",

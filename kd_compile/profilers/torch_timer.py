@@ -251,7 +251,8 @@ class TorchProfiler(Profiler):
             raise UsageError(f"torch profiler device must be cpu or cuda, got '{device}'")
         if precision not in PRECISIONS:
             raise UsageError(
-                f"torch profiler precision must be one of {', '.join(PRECISIONS)}, got '{precision}'"
+                f"torch profiler precision must be one of {', '.join(PRECISIONS)}, "
+                f"got '{precision}'"
             )
         if cuda_graphs and self.device.type != "cuda":
             raise UsageError("cuda_graphs=True needs a CUDA device")
@@ -283,7 +284,9 @@ class TorchProfiler(Profiler):
             return self._capture_graph(fn, x), x
         return (lambda: fn(x)), x
 
-    def _capture_graph(self, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
+    def _capture_graph(
+        self, fn: Callable[[torch.Tensor], Any], x: torch.Tensor
+    ) -> Callable[[], Any]:
         # warm-up on a side stream before capture, as torch.cuda.graphs documents: lazy
         # initialisation (cuDNN heuristics, allocator pools) must not happen inside capture
         s = torch.cuda.Stream(device=self.device)

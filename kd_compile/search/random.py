@@ -24,20 +24,20 @@ class ReplayableStrategy(Strategy):
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        self._pending: dict[str, Config] = {}
+        self._pending: dict[tuple[str, float], Config] = {}
         self._asked_since_tell = 0
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def ask(self, n: int = 1) -> list[Suggestion]:
         out = super().ask(n)
         for s in out:
-            self._pending[self.space.key(s.config)] = s.config
+            self._pending[(self.space.key(s.config), s.fidelity)] = s.config
         self._asked_since_tell += n
         return out
 
     def tell(self, trials: list[Trial]) -> None:
         for t in trials:
-            self._pending.pop(self.space.key(t.config), None)
+            self._pending.pop((self.space.key(t.config), t.fidelity), None)
         self._asked_since_tell = 0
         super().tell(trials)
 
@@ -48,9 +48,16 @@ class ReplayableStrategy(Strategy):
     def draw_seed(self, tag: str = "") -> int:
         return derive_seed(self.seed, self.name, tag, len(self.trials), self._asked_since_tell)
 
-    def taken_keys(self) -> set[str]:
-        """Keys of configs evaluated (any status) or pending: never propose these again."""
-        return seen_keys(self.space, self.trials) | set(self._pending)
+    def taken_keys(self, fidelity: float | None = None) -> set[str]:
+        """Keys of configs evaluated (any status) or pending: never propose these again.
+
+        Args:
+            fidelity: only those evaluated or pending at this fidelity (multi-fidelity
+                strategies may re-propose a config at another fidelity); None: any fidelity.
+        """
+        told = [t for t in self.trials if fidelity is None or t.fidelity == fidelity]
+        pend = {k for k, f in self._pending if fidelity is None or f == fidelity}
+        return seen_keys(self.space, told) | pend
 
 
 @register_strategy("random")

@@ -35,7 +35,7 @@ from ..students.base import Config, Param, SearchSpace
 
 # Options that make model-based strategies fast enough for a unit test; each is passed only to
 # strategies whose constructor accepts it (checked by signature), never to the others.
-FAST_OPTIONS: dict[str, Any] = {"gp_maxiter": 15, "n_candidates": 256}
+FAST_OPTIONS: dict[str, Any] = {"gp_maxiter": 8, "n_candidates": 128}
 
 
 def _toy_params() -> list[Param]:

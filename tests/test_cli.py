@@ -1,0 +1,143 @@
+"""The CLI through Typer's test runner: every user error is one line with its own exit code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kd_compile.cli import app
+from kd_compile.errors import (
+    CheckpointError,
+    ConstraintError,
+    DataError,
+    OutputExistsError,
+    TargetError,
+    UsageError,
+)
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def _one_line_error(res) -> str:
+    out = res.output.strip()
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.startswith("kd-compile: error:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_help_and_version():
+    assert run("--help").exit_code == 0
+    res = run("--version")
+    assert res.exit_code == 0 and "kd-compile" in res.output
+
+
+def test_targets_list_and_show():
+    res = run("targets", "list")
+    assert res.exit_code == 0
+    for name in ("2080ti", "cpu", "t4", "h100"):
+        assert name in res.output
+    res = run("targets", "show", "2080ti", "--json")
+    assert res.exit_code == 0
+    d = json.loads(res.output)
+    assert d["name"] == "2080ti" and d["sources"]
+
+
+def test_unknown_target_suggests_close_names():
+    res = run("targets", "show", "2080")
+    assert res.exit_code == TargetError.exit_code
+    assert "2080ti" in _one_line_error(res)
+
+
+def test_missing_teacher(tmp_path):
+    res = run(str(tmp_path / "nope.pt"), "--target", "2080ti", "--out", str(tmp_path / "o"))
+    assert res.exit_code == CheckpointError.exit_code
+    assert "not found" in _one_line_error(res)
+
+
+def test_corrupt_teacher(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"\x00" * 64)
+    res = run(str(p), "--out", str(tmp_path / "o"))
+    assert res.exit_code == CheckpointError.exit_code
+    _one_line_error(res)
+
+
+def test_bad_size_and_latency(digits_teacher, tmp_path):
+    res = run(str(digits_teacher), "--max-params", "4X", "--out", str(tmp_path / "o"))
+    assert res.exit_code == UsageError.exit_code and "--max-params" in _one_line_error(res)
+    res = run(str(digits_teacher), "--max-latency", "fast", "--out", str(tmp_path / "o"))
+    assert res.exit_code == UsageError.exit_code and "--max-latency" in _one_line_error(res)
+
+
+def test_unknown_target_in_compile(digits_teacher, tmp_path):
+    res = run(str(digits_teacher), "--target", "rtx2080ti", "--out", str(tmp_path / "o"))
+    assert res.exit_code == TargetError.exit_code
+    assert "did you mean" in _one_line_error(res)
+
+
+def test_impossible_constraints(digits_teacher, tmp_path):
+    res = run(str(digits_teacher), "--max-params", "50", "--out", str(tmp_path / "o"))
+    assert res.exit_code == ConstraintError.exit_code
+    assert "--max-params" in _one_line_error(res)
+
+
+def test_empty_data(digits_teacher, tmp_path):
+    p = tmp_path / "empty.npz"
+    np.savez(p, x=np.zeros((0, 12, 12), np.uint8), y=np.zeros((0,), np.int64))
+    res = run(str(digits_teacher), "--data", str(p), "--out", str(tmp_path / "o"))
+    assert res.exit_code == DataError.exit_code
+    _one_line_error(res)
+
+
+def test_class_count_mismatch(digits_teacher, tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "three.npz"
+    np.savez(p, x=rng.integers(0, 255, (60, 12, 12), dtype=np.uint8), y=np.arange(60) % 3)
+    res = run(str(digits_teacher), "--data", str(p), "--out", str(tmp_path / "o"))
+    assert res.exit_code == DataError.exit_code
+    assert "class-count mismatch" in _one_line_error(res)
+
+
+def test_output_exists_without_force(digits_teacher, tmp_path):
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / "something").write_text("keep me")
+    res = run(str(digits_teacher), "--out", str(o))
+    assert res.exit_code == OutputExistsError.exit_code
+    assert "--force" in _one_line_error(res)
+    assert (o / "something").read_text() == "keep me"
+
+
+def test_unknown_strategy(digits_teacher, tmp_path):
+    res = run(str(digits_teacher), "--strategy", "turbbo", "--out", str(tmp_path / "o"))
+    assert res.exit_code == UsageError.exit_code
+    assert "turbo" in _one_line_error(res)
+
+
+def test_compile_json_via_cli(digits_teacher, tmp_path):
+    o = tmp_path / "o"
+    res = run(str(digits_teacher), "--target", "2080ti", "--max-params", "12K", "--budget", "2",
+              "--proxy-epochs", "0.5", "--final-epochs", "0.5", "--strategy", "random", "--no-compare-ce",
+              "--out", str(o), "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout[res.stdout.index("{"):])
+    assert d["student"]["params"] <= 12_000
+    assert (o / "student.onnx").is_file()
+    # a second run into the same folder needs --force
+    res2 = run(str(digits_teacher), "--out", str(o))
+    assert res2.exit_code == OutputExistsError.exit_code
+
+
+@pytest.mark.parametrize("shape", ["1,2", "a,b,c", "0,12,12"])
+def test_bad_input_shape(digits_teacher, tmp_path, shape):
+    res = run(str(digits_teacher), "--input-shape", shape, "--out", str(tmp_path / "o"))
+    assert res.exit_code == UsageError.exit_code
+    assert "--input-shape" in _one_line_error(res)

@@ -1,0 +1,80 @@
+"""The whole compile pipeline on real (digits) data with a tiny budget, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import kd_compile
+from kd_compile.api import Reporter
+from kd_compile.report import validate_report
+from kd_compile.teacher import load_teacher
+
+SMALL = dict(target="2080ti", max_params="12K", budget=3, proxy_epochs=0.5, proxy_data_fraction=0.5,
+             final_epochs=1, strategy="random", seed=0)
+
+
+def test_compile_end_to_end(digits_teacher, tmp_path):
+    out = tmp_path / "run"
+    res = kd_compile.compile(str(digits_teacher), out=out, **SMALL)
+    for name in ("student.pt", "student.onnx", "report.json", "report.md", "journal.jsonl"):
+        assert (out / name).is_file(), name
+    r = json.loads((out / "report.json").read_text())
+    validate_report(r)
+    s = r["student"]
+    assert s["params"] <= 12_000
+    assert sum(p.numel() for p in res.student.parameters()) == s["params"]
+    assert 0.0 <= s["accuracy"] <= 1.0 and s["accuracy_without_kd"] is not None
+    assert r["teacher"]["latency"]["method"] == "predicted" and r["target"]["name"] == "2080ti"
+    assert r["search"]["statuses"]["ok"] >= 1
+    # every trained candidate respected the constraint; infeasible ones were never trained
+    for c in r["search"]["candidates"]:
+        if c["status"] == "ok":
+            assert c["metrics"]["params"] <= 12_000
+        if c["status"] == "infeasible":
+            assert "accuracy" not in c["metrics"] and "params" in c["error"]
+    # student.pt reloads without pickled code and computes the same function
+    payload = torch.load(out / "student.pt", weights_only=True)
+    assert payload["format"] == "kd-compile-model"
+    loaded = load_teacher(out / "student.pt")
+    x = torch.randn(4, *loaded.input_shape)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), res.student(x))
+    md = (out / "report.md").read_text()
+    assert "without KD" in md and "predicted" in md
+
+
+class _KillAfter(Reporter):
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def trial(self, trial):  # noqa: ANN001
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_kill_matches_uninterrupted(digits_teacher, tmp_path):
+    opts = {**SMALL, "strategy": "turbo", "budget": 4, "compare_ce": False}
+    full = kd_compile.compile(str(digits_teacher), out=tmp_path / "full", **opts)
+    with pytest.raises(KeyboardInterrupt):
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "cut", reporter=_KillAfter(2), **opts)
+    lines = (tmp_path / "cut" / "journal.jsonl").read_text().splitlines()
+    assert sum('"type": "trial"' in line for line in lines) == 2
+    resumed = kd_compile.compile(str(digits_teacher), out=tmp_path / "cut", resume=True, **opts)
+    assert resumed.report["search"]["resumed"] == 2
+    assert resumed.config == full.config
+    assert [t.config for t in resumed.trials] == [t.config for t in full.trials]
+    assert resumed.report["student"]["accuracy"] == full.report["student"]["accuracy"]
+
+
+def test_resume_with_other_settings_is_refused(digits_teacher, tmp_path):
+    from kd_compile.errors import ResumeError
+
+    with pytest.raises(KeyboardInterrupt):
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "r", reporter=_KillAfter(1), **SMALL)
+    with pytest.raises(ResumeError, match="different settings"):
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "r", resume=True, **{**SMALL, "seed": 1})

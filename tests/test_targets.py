@@ -1,0 +1,97 @@
+"""Built-in device profiles validate; bad user profiles fail with one clear TargetError."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kd_compile.errors import TargetError
+from kd_compile.targets import get_target, list_targets, load_target_file
+from kd_compile.targets.profile import _builtin_dir
+
+EXPECTED = {"2080ti", "rtx3090", "rtx4090", "rtx5090", "t4", "a10", "l4", "a100", "h100",
+            "jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "cpu"}
+
+
+def test_all_expected_targets_exist() -> None:
+    assert EXPECTED <= set(list_targets())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builtin_profile_is_valid_and_cited(name: str) -> None:
+    t = get_target(name)
+    assert t.name == name
+    assert t.sources and all(len(s) > 20 for s in t.sources)
+    assert t.peak_for("fp32") > 0 and t.memory_bandwidth_gbs > 0 and t.compute_units > 0
+    if t.kind == "cpu":
+        assert t.local and t.default_runtime == "onnxruntime" and t.default_precision == "fp32"
+    else:
+        assert not t.local and t.default_runtime == "tensorrt" and t.default_precision == "fp16"
+        # Tensor cores: fp16 tensor peak above fp32, int8 above fp16.
+        assert t.peak_for("fp16") > t.peak_for("fp32")
+        assert t.peak_for("int8") >= t.peak_for("fp16")
+
+
+def test_newer_gpus_are_faster() -> None:
+    assert get_target("rtx4090").peak_for("fp16") > get_target("rtx3090").peak_for("fp16") > get_target(
+        "2080ti").peak_for("fp16")
+    assert get_target("h100").memory_bandwidth_gbs > get_target("a100").memory_bandwidth_gbs
+
+
+def _good() -> dict:
+    return tomllib.loads((_builtin_dir() / "t4.toml").read_text(encoding="utf-8"))
+
+
+def _write(tmp_path: Path, d: dict) -> Path:
+    def val(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {val(vv)}" for kk, vv in v.items()]
+    p = tmp_path / "dev.toml"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def test_user_toml_roundtrip(tmp_path: Path) -> None:
+    t = load_target_file(_write(tmp_path, _good()))
+    assert t.peak_for("fp16") == 65.0
+
+
+def test_missing_field(tmp_path: Path) -> None:
+    d = _good()
+    del d["memory_bandwidth_gbs"]
+    with pytest.raises(TargetError, match="missing field 'memory_bandwidth_gbs'"):
+        get_target(str(_write(tmp_path, d)))
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    d = _good()
+    d["compute_units"] = "forty"
+    with pytest.raises(TargetError, match="'compute_units' must be an integer"):
+        load_target_file(_write(tmp_path, d))
+
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    d = _good()
+    d["memory_bandwith_gbs"] = 1.0
+    with pytest.raises(TargetError, match="unknown field 'memory_bandwith_gbs'.*memory_bandwidth_gbs"):
+        load_target_file(_write(tmp_path, d))
+
+
+def test_unknown_peak_key(tmp_path: Path) -> None:
+    d = _good()
+    d["peak_tflops"]["fp8_tensor"] = 100.0
+    with pytest.raises(TargetError, match="unknown key 'fp8_tensor'"):
+        load_target_file(_write(tmp_path, d))
