@@ -422,13 +422,18 @@ def _file_id(path: str) -> str:
     return str(path)
 
 
-def _check_feasible(space: Any, constraints: Constraints, rng: np.random.Generator, n: int = 400) -> None:
-    """Fail fast when no student of the space can meet the params limit."""
+def _check_feasible(space: Any, constraints: Constraints, rng: np.random.Generator, n: int = 40) -> None:
+    """Fail fast when no student of the space can meet the params limit.
+
+    The all-lowest corner of the unit cube (smallest depths, widths and expansions in the
+    built-in spaces) is tried first, then ``n`` random samples.
+    """
     if constraints.max_params is None or not hasattr(space, "estimate_params"):
         return
+    candidates = [space.from_unit(np.zeros(space.dim))] + [space.sample(rng) for _ in range(n)]
     smallest = math.inf
-    for _ in range(n):
-        p = space.estimate_params(space.sample(rng))
+    for c in candidates:
+        p = space.estimate_params(c)
         smallest = min(smallest, p)
         if p <= constraints.max_params:
             return
@@ -436,7 +441,7 @@ def _check_feasible(space: Any, constraints: Constraints, rng: np.random.Generat
 
     raise ConstraintError(
         f"no student in the '{space.name}' space meets --max-params {format_count(constraints.max_params)} "
-        f"(smallest of {n} samples: {format_count(smallest)})",
+        f"(the smallest has {format_count(smallest)} parameters)",
         hint="raise --max-params",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,133 @@ def test_unknown_option_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError):
         create_strategy("random", ToySpace(), seed=0, bogus=1)
+
+
+# -- strategy-specific behaviour --------------------------------------------------------------------
+def _float_space(n: int = 1) -> ToySpace:
+    from kd_compile.students.base import Param
+
+    return ToySpace(params=[Param(f"x{i}", "float", 0.0, 1.0) for i in range(n)])
+
+
+def test_lhs_block_is_stratified() -> None:
+    space = _float_space(2)
+    strat = create_strategy("lhs", space, seed=4, budget=8)
+    xs = np.asarray([[s.config["x0"], s.config["x1"]] for s in strat.ask(8)])
+    for j in range(2):  # one point in each of the 8 strata of every coordinate
+        assert sorted(np.floor(xs[:, j] * 8).astype(int)) == list(range(8))
+
+
+def test_sobol_covers_the_cube_better_than_chance() -> None:
+    space = _float_space(1)
+    xs = sorted(s.config["x0"] for s in create_strategy("sobol", space, seed=1).ask(16))
+    assert max(np.diff([0.0, *xs, 1.0])) < 0.15  # scrambled Sobol: no big holes
+
+
+def test_evolution_mutates_one_parameter_of_a_good_parent() -> None:
+    from kd_compile.search.more import mutate
+
+    space = ToySpace()
+    rng = np.random.default_rng(0)
+    base = space.default()
+    for _ in range(20):
+        child = mutate(space, base, rng)
+        assert sum(child[k] != base[k] for k in base) == 1
+        space.validate(child)
+    strat = create_strategy("evolution", space, seed=0, budget=12, population_size=4, sample_size=4)
+    ev = toy_evaluate(space)
+    first = strat.ask(4)
+    trials = [ev(s.config, 1.0, i) for i, s in enumerate(first)]
+    strat.tell(trials)
+    best = min((t for t in trials if t.ok), key=lambda t: t.score)
+    (child,) = strat.ask(1)
+    # tournament over the whole population (sample_size = population) picks the best parent
+    assert sum(child.config[k] != best.config[k] for k in best.config) == 1
+
+
+def test_bohb_runs_successive_halving() -> None:
+    space = ToySpace()
+    strat = create_strategy("bohb", space, seed=0, budget=30)
+    ev = toy_evaluate(space)
+    rung0 = strat.ask(9)
+    assert all(s.fidelity == pytest.approx(1 / 9) for s in rung0)
+    told = [ev(s.config, s.fidelity, i) for i, s in enumerate(rung0)]
+    strat.tell(told)
+    promoted = strat.ask(3)
+    assert all(s.fidelity == pytest.approx(1 / 3) for s in promoted)
+    ok = sorted((t for t in told if t.ok), key=lambda t: t.score)[:3]
+    assert [space.key(s.config) for s in promoted] == [space.key(t.config) for t in ok]
+
+
+def test_bohb_starts_next_bracket_while_a_rung_waits() -> None:
+    space = ToySpace()
+    strat = create_strategy("bohb", space, seed=0, budget=30)
+    first = strat.ask(10)  # 9 fill bracket s=2; the 10th cannot be a promotion yet
+    assert first[9].fidelity == pytest.approx(1 / 3)  # bracket s=1 starts at 1/3
+    assert len(strat.brackets) == 2
+
+
+def test_lf_gpr_spends_low_then_checks_favourites_high() -> None:
+    space = ToySpace()
+    strat = create_strategy("lf-gpr", space, seed=0, budget=8, gp_maxiter=8, n_candidates=64)
+    ev = toy_evaluate(space)
+    fids = []
+    for i in range(8):
+        (s,) = strat.ask(1)
+        fids.append(s.fidelity)
+        strat.tell([ev(s.config, s.fidelity, i)])
+    assert fids == [pytest.approx(1 / 3)] * 6 + [1.0, 1.0]
+
+
+def test_mfkd_warm_up_then_both_fidelities() -> None:
+    space = ToySpace()
+    strat = create_strategy(
+        "mfkd", space, seed=0, budget=20, n_init=4, n_high_init=2, gp_maxiter=8, n_candidates=64
+    )
+    ev = toy_evaluate(space)
+    fids = []
+    for i in range(10):
+        (s,) = strat.ask(1)
+        fids.append(s.fidelity)
+        strat.tell([ev(s.config, s.fidelity, i)])
+    assert fids[:6] == [pytest.approx(1 / 3)] * 4 + [1.0, 1.0]
+    assert all(f == pytest.approx(1 / 3) or f == 1.0 for f in fids[6:])
+
+
+def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
+    space = ToySpace()
+    strat = create_strategy(
+        "lf-then-hf", space, seed=0, budget=12, n_init=4, n_seeds=2, gp_maxiter=8, n_candidates=64
+    )
+    ev = toy_evaluate(space)
+    trials = []
+    for i in range(8):
+        (s,) = strat.ask(1)
+        trials.append(ev(s.config, s.fidelity, i))
+        strat.tell([trials[-1]])
+    low = [t for t in trials if t.fidelity < 1]
+    high = [t for t in trials if t.fidelity == 1.0]
+    assert len(low) == 6 and len(high) == 2
+    best_low = sorted((t for t in low if t.ok), key=lambda t: t.score)[:2]
+    assert [space.key(t.config) for t in high] == [space.key(t.config) for t in best_low]
+
+
+def test_mobo_pareto_front() -> None:
+    from kd_compile.search.base import Trial
+
+    space = ToySpace()
+    strat = create_strategy("mobo", space, seed=0)
+    cfg = space.default()
+    m = lambda a, lat, p: {"accuracy": a, "latency_ms": lat, "params": p}
+    strat.tell(
+        [
+            Trial(0, cfg, "ok", 1.0, metrics=m(0.9, 2.0, 1e6)),
+            Trial(1, cfg, "ok", 1.0, metrics=m(0.8, 1.0, 1e6)),
+            Trial(2, cfg, "ok", 1.0, metrics=m(0.8, 2.0, 1e6)),  # dominated by 0 and 1
+            Trial(3, cfg, "infeasible", metrics={"params": 5e6}),
+        ]
+    )
+    assert [t.number for t in strat.pareto_front()] == [0, 1]
+    configs, y = strat.objectives()
+    assert len(configs) == 4 and y[3, 0] < y[:3, 0].min()  # infeasible: accuracy below all
+    assert y[3, 2] == pytest.approx(-np.log(5e6)) and y[3, 1] == pytest.approx(-np.log(2.0))

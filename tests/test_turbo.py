@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from kd_compile.search.base import Trial, create_strategy
 from kd_compile.search.gp import penalised_scores
@@ -102,7 +102,9 @@ def test_categories_explored_only_while_region_is_large() -> None:
     space = ToySpace()
     center = space.to_unit(space.default())  # act = relu
     w = np.ones(space.dim)
-    acts = lambda length: {space.from_unit(r)["act"] for r in tr_candidates(space, center, w, length, 200, 1)}  # noqa: E731
+    acts = lambda length: {
+        space.from_unit(r)["act"] for r in tr_candidates(space, center, w, length, 200, 1)
+    }
     assert acts(0.5) == {"relu", "gelu", "silu"}
     assert "relu" not in acts(1.0)  # every perturbed block jumps to another category
     small = [space.from_unit(r)["act"] for r in tr_candidates(space, center, w, 0.001, 200, 1)]
@@ -115,8 +117,14 @@ def test_categories_explored_only_while_region_is_large() -> None:
 def test_restart_after_collapse_starts_a_new_design() -> None:
     space = ToySpace()
     strat = create_strategy(
-        "turbo", space, seed=0, n_init=2, failure_tolerance=1, length_min=0.3,
-        gp_maxiter=5, n_candidates=64,
+        "turbo",
+        space,
+        seed=0,
+        n_init=2,
+        failure_tolerance=1,
+        length_min=0.3,
+        gp_maxiter=5,
+        n_candidates=64,
     )
     assert isinstance(strat, Turbo)
     cfgs = [space.sample(np.random.default_rng(i)) for i in range(6)]
@@ -150,10 +158,22 @@ class Box6(SearchSpace):
         return nn.Identity()
 
 
-_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
-               [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                      [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_A = np.array(
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
+)
+_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 _ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 
 

@@ -73,3 +73,31 @@ __all__ = [
     "stratified_subset",
     "train_student",
 ]
+
+# Auto-KD distiller search and data-free synthesis
+from .autokd import (
+    DistillerChoice,
+    DistillerLoss,
+    DistillerTree,
+    MctsResult,
+    TeacherKnowledge,
+    distiller_reward,
+    mcts_search,
+    search_distiller,
+    train_with_distiller,
+)
+from .datafree import BatchNormStatsLoss, synthesize
+
+__all__ += [
+    "BatchNormStatsLoss",
+    "DistillerChoice",
+    "DistillerLoss",
+    "DistillerTree",
+    "MctsResult",
+    "TeacherKnowledge",
+    "distiller_reward",
+    "mcts_search",
+    "search_distiller",
+    "synthesize",
+    "train_with_distiller",
+]

@@ -99,7 +99,9 @@ class LatinHypercubeSearch(ReplayableStrategy):
 
 
 # -- regularised evolution ------------------------------------------------------------------------
-def mutate(space: SearchSpace, config: Config, rng: np.random.Generator, sigma: float = 0.15) -> Config:
+def mutate(
+    space: SearchSpace, config: Config, rng: np.random.Generator, sigma: float = 0.15
+) -> Config:
     """Change one parameter of ``config``.
 
     Unordered and ordered choices jump to another value; integers with few values too; wide
@@ -112,8 +114,12 @@ def mutate(space: SearchSpace, config: Config, rng: np.random.Generator, sigma: 
     p: Param = params[int(rng.integers(len(params)))]
     cur = config[p.name]
     if p.kind in ("cat", "choice") or (p.kind == "int" and p.cardinality <= 8):
-        values = list(p.choices) if p.kind in ("cat", "choice") else list(
-            range(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
+        values = (
+            list(p.choices)
+            if p.kind in ("cat", "choice")
+            else list(
+                range(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
+            )
         )
         others = [v for v in values if v != cur]
         new = others[int(rng.integers(len(others)))]
@@ -218,19 +224,32 @@ class _TwoFidelity(ReplayableStrategy):
         used, y = penalised_scores([t for t in self.trials if t.fidelity == fidelity])
         return [t.config for t in used], y
 
-    def design(self, n: int, fidelity: float, taken: set[str], rng: np.random.Generator) -> list[Config]:
+    def design(
+        self, n: int, fidelity: float, taken: set[str], rng: np.random.Generator
+    ) -> list[Config]:
         """Sobol design rows for ``fidelity``, indexed by how many exist there already."""
         u = sobol(
-            self.space.dim, 4 * n + 16, derive_seed(self.seed, "mf-design", str(fidelity)),
+            self.space.dim,
+            4 * n + 16,
+            derive_seed(self.seed, "mf-design", str(fidelity)),
             skip=self.count(fidelity),
         )
         return pick_from_unit(self.space, u, n, taken, rng)
 
-    def bo(self, fidelity: float, n: int, taken: set[str], rng: np.random.Generator) -> list[Config]:
+    def bo(
+        self, fidelity: float, n: int, taken: set[str], rng: np.random.Generator
+    ) -> list[Config]:
         configs, y = self.data(fidelity)
         return bo_propose(
-            self.space, configs, y, n, taken, rng, self.draw_seed(f"bo{fidelity}"),
-            n_candidates=self.n_candidates, maxiter=self.gp_maxiter,
+            self.space,
+            configs,
+            y,
+            n,
+            taken,
+            rng,
+            self.draw_seed(f"bo{fidelity}"),
+            n_candidates=self.n_candidates,
+            maxiter=self.gp_maxiter,
         )
 
 
@@ -259,7 +278,10 @@ class LowFidelityGPR(_TwoFidelity):
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()
         n_lo = max(0, min(n, self.n_low - self.count(self.low)))
-        out = [Suggestion(c, self.low) for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)]
+        out = [
+            Suggestion(c, self.low)
+            for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)
+        ]
         if n > n_lo:
             out += [Suggestion(c, 1.0) for c in self._favourites(n - n_lo, rng)]
         return out
@@ -363,7 +385,10 @@ class MultiFidelityCoKriging(_TwoFidelity):
         rng = self.draw_rng()
         out: list[Suggestion] = []
         n_lo = max(0, min(n, self.n_init - self.count(self.low)))
-        out += [Suggestion(c, self.low) for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)]
+        out += [
+            Suggestion(c, self.low)
+            for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)
+        ]
         n_hi = max(0, min(n - n_lo, self.n_high_init - self.count(1.0)))
         out += [Suggestion(c, 1.0) for c in self.design(n_hi, 1.0, self.taken_keys(1.0), rng)]
         if len(out) < n:
@@ -375,7 +400,9 @@ class MultiFidelityCoKriging(_TwoFidelity):
         hi_cfg, hi_y = self.data(1.0)
         taken = {1.0: self.taken_keys(1.0), self.low: self.taken_keys(self.low)}
         if len(lo_cfg) < 2:
-            return [Suggestion(c, self.low) for c in fresh_samples(self.space, n, taken[self.low], rng)]
+            return [
+                Suggestion(c, self.low) for c in fresh_samples(self.space, n, taken[self.low], rng)
+            ]
         with torch_seeded(self.draw_seed("gp")):
             x_lo = encode(self.space, lo_cfg)
             gp_lo = fit_gp(x_lo, -lo_y, maxiter=self.gp_maxiter)
@@ -420,7 +447,9 @@ class MultiFidelityCoKriging(_TwoFidelity):
             if len(out) == n:
                 break
         if len(out) < n:
-            out += [Suggestion(c, 1.0) for c in fresh_samples(self.space, n - len(out), taken[1.0], rng)]
+            out += [
+                Suggestion(c, 1.0) for c in fresh_samples(self.space, n - len(out), taken[1.0], rng)
+            ]
         return out
 
 
@@ -473,7 +502,7 @@ class BOHB(ReplayableStrategy):
     ) -> None:
         super().__init__(space, seed=seed, budget=budget, **options)
         self.eta = int(eta)
-        self.s_max = max(0, int(math.floor(math.log(1.0 / min_fidelity, self.eta) + 1e-9)))
+        self.s_max = max(0, math.floor(math.log(1.0 / min_fidelity, self.eta) + 1e-9))
         self.random_fraction = float(random_fraction)
         self.min_points = int(min_points or len(space.params) + 2)
         self.bandwidth_factor = float(bandwidth_factor)
@@ -509,13 +538,17 @@ class BOHB(ReplayableStrategy):
             out.append(job)
         return out
 
-    def _job(self, br: _Bracket, res: dict[tuple[str, float], float], rng: np.random.Generator) -> Suggestion | None:
+    def _job(
+        self, br: _Bracket, res: dict[tuple[str, float], float], rng: np.random.Generator
+    ) -> Suggestion | None:
         # promotions first (top rung first), so a bracket finishes before new ones grow
         for k in range(len(br.fids) - 1, 0, -1):
             if len(br.members[k]) >= br.sizes[k]:
                 continue
             prev = br.members[k - 1]
-            if len(prev) < br.sizes[k - 1] or any((key, br.fids[k - 1]) not in res for key, _ in prev):
+            if len(prev) < br.sizes[k - 1] or any(
+                (key, br.fids[k - 1]) not in res for key, _ in prev
+            ):
                 continue  # the lower rung is not finished
             ranked = sorted(
                 (i for i, (key, _) in enumerate(prev) if math.isfinite(res[(key, br.fids[k - 1])])),
@@ -567,8 +600,12 @@ class BOHB(ReplayableStrategy):
     def _vec(self, config: Config) -> np.ndarray:
         """Per-parameter coordinates: the unit coordinate, or the category index for "cat"."""
         return np.asarray(
-            [float(p.choices.index(config[p.name])) if p.kind == "cat" else p.encode(config[p.name])[0]
-             for p in self.space.params]
+            [
+                float(p.choices.index(config[p.name]))
+                if p.kind == "cat"
+                else p.encode(config[p.name])[0]
+                for p in self.space.params
+            ]
         )
 
     def _unvec(self, v: np.ndarray) -> Config:
@@ -597,10 +634,15 @@ class BOHB(ReplayableStrategy):
             else:
                 logk += -0.5 * (diff / bw[j]) ** 2 - np.log(bw[j])
         m = logk.max(axis=1, keepdims=True)
-        return (m[:, 0] + np.log(np.exp(logk - m).mean(axis=1)))
+        return m[:, 0] + np.log(np.exp(logk - m).mean(axis=1))
 
     def _kde_sample(
-        self, good: np.ndarray, bad: np.ndarray, *, taken: set[str], rng: np.random.Generator,
+        self,
+        good: np.ndarray,
+        bad: np.ndarray,
+        *,
+        taken: set[str],
+        rng: np.random.Generator,
         n_samples: int = 64,
     ) -> Config | None:
         bw_g, bw_b = self._bandwidths(good), self._bandwidths(bad)
@@ -639,8 +681,8 @@ class MultiObjectiveBO(ReplayableStrategy):
     inputs in the unit cube; the acquisition is maximised over a discrete set of snapped
     candidates (Sobol + perturbations of Pareto points) by sequential greedy batch selection.
     Infeasible trials keep their measured latency/params (constraints are checked on the
-    built, untrained student) and get an accuracy below every feasible one, so the front is
-    steered away from them. The reference point is the worst observed value of each objective
+    built, untrained student; a metric not measured is imputed as the worst feasible one) and
+    get an accuracy below every feasible one, so the front is steered away from them. The reference point is the worst observed value of each objective
     minus 10 % of its range. While fewer than ``n_init`` trials carry all three metrics, it
     falls back to a Sobol design and then to single-objective GP Thompson sampling on the
     scalar score.
@@ -648,7 +690,8 @@ class MultiObjectiveBO(ReplayableStrategy):
     Options:
         n_init: Sobol design size (default ``max(4, min(2 n_params, budget // 4))``).
         n_candidates: discrete candidate set size (default 500).
-        mc_samples: QMC samples of the acquisition (default 64).
+        mc_samples: QMC samples of the acquisition (default 32: each sample needs its own
+            box decomposition of the front, the main CPU cost with three objectives).
         gp_maxiter: L-BFGS iterations per GP fit.
     """
 
@@ -662,7 +705,7 @@ class MultiObjectiveBO(ReplayableStrategy):
         *,
         n_init: int | None = None,
         n_candidates: int = 500,
-        mc_samples: int = 64,
+        mc_samples: int = 32,
         gp_maxiter: int = 200,
         **options: Any,
     ) -> None:
@@ -675,7 +718,9 @@ class MultiObjectiveBO(ReplayableStrategy):
     # -- data --------------------------------------------------------------------------------
     @staticmethod
     def _has_metrics(t: Trial, keys: tuple[str, ...]) -> bool:
-        return all(isinstance(t.metrics.get(k), (int, float)) and math.isfinite(t.metrics[k]) for k in keys)
+        return all(
+            isinstance(t.metrics.get(k), (int, float)) and math.isfinite(t.metrics[k]) for k in keys
+        )
 
     def objectives(self) -> tuple[list[Config], np.ndarray]:
         """Configs and objective values ``(n, 3)`` to maximise, for the surrogate."""
@@ -685,13 +730,16 @@ class MultiObjectiveBO(ReplayableStrategy):
             return [], np.zeros((0, len(keys)))
         acc = np.asarray([float(t.metrics["accuracy"]) for t in ok])
         floor = float(acc.min() - max(0.5 * (acc.max() - acc.min()), 0.05 * abs(acc.min()), 1e-3))
-        rest = keys[1:]
-        infeasible = [t for t in self.trials if t.status == "infeasible" and self._has_metrics(t, rest)]
+        lat_ok = [math.log(max(float(t.metrics["latency_ms"]), 1e-9)) for t in ok]
+        par_ok = [math.log(max(float(t.metrics["params"]), 1.0)) for t in ok]
+        infeasible = [t for t in self.trials if t.status == "infeasible"]
         rows, configs = [], []
         for t in ok + infeasible:
             a = float(t.metrics["accuracy"]) if t.ok else floor
-            lat = math.log(max(float(t.metrics["latency_ms"]), 1e-9))
-            par = math.log(max(float(t.metrics["params"]), 1.0))
+            # a metric the evaluator did not reach (it stops at the first failed constraint)
+            # is imputed as the worst feasible value: pessimistic, never attractive
+            lat = _log_metric(t, "latency_ms", 1e-9, max(lat_ok))
+            par = _log_metric(t, "params", 1.0, max(par_ok))
             rows.append([a, -lat, -par])
             configs.append(t.config)
         return configs, np.asarray(rows)
@@ -707,7 +755,9 @@ class MultiObjectiveBO(ReplayableStrategy):
         if not ok:
             b = self.best()
             return [b] if b is not None else []
-        y = np.asarray([[t.metrics[k] if up else -t.metrics[k] for k, up in MOBO_METRICS] for t in ok])
+        y = np.asarray(
+            [[t.metrics[k] if up else -t.metrics[k] for k, up in MOBO_METRICS] for t in ok]
+        )
         front = []
         for i in range(len(ok)):
             dominated = np.any(np.all(y >= y[i], axis=1) & np.any(y > y[i], axis=1))
@@ -730,13 +780,25 @@ class MultiObjectiveBO(ReplayableStrategy):
         else:  # the metrics are missing: single-objective BO on the score
             used, s = penalised_scores(self.trials)
             out = bo_propose(
-                self.space, [t.config for t in used], s, n, taken, rng, self.draw_seed("bo"),
-                n_candidates=self.n_candidates, maxiter=self.gp_maxiter,
+                self.space,
+                [t.config for t in used],
+                s,
+                n,
+                taken,
+                rng,
+                self.draw_seed("bo"),
+                n_candidates=self.n_candidates,
+                maxiter=self.gp_maxiter,
             )
         return [Suggestion(c, 1.0) for c in out]
 
     def _nehvi(
-        self, n: int, configs: list[Config], y: np.ndarray, taken: set[str], rng: np.random.Generator
+        self,
+        n: int,
+        configs: list[Config],
+        y: np.ndarray,
+        taken: set[str],
+        rng: np.random.Generator,
     ) -> list[Config]:
         import torch
         from botorch.acquisition.multi_objective.logei import (
@@ -748,7 +810,9 @@ class MultiObjectiveBO(ReplayableStrategy):
 
         x = encode(self.space, configs)
         with torch_seeded(self.draw_seed("gp")), warnings_off():
-            model = ModelListGP(*[fit_gp(x, y[:, j], maxiter=self.gp_maxiter) for j in range(y.shape[1])])
+            model = ModelListGP(
+                *[fit_gp(x, y[:, j], maxiter=self.gp_maxiter) for j in range(y.shape[1])]
+            )
             lo, hi = y.min(axis=0), y.max(axis=0)
             ref = lo - 0.1 * np.maximum(hi - lo, 1e-6)
             front = x[_pareto_mask(y)]
@@ -762,11 +826,15 @@ class MultiObjectiveBO(ReplayableStrategy):
                 model=model,
                 ref_point=torch.as_tensor(ref, dtype=torch.float64),
                 X_baseline=torch.as_tensor(x, dtype=torch.float64),
-                sampler=SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=self.draw_seed("mc") % (2**31)),
+                sampler=SobolQMCNormalSampler(
+                    torch.Size([self.mc_samples]), seed=self.draw_seed("mc") % (2**31)
+                ),
                 prune_baseline=True,
             )
             choice = torch.as_tensor(cx, dtype=torch.float64)
-            picked, _ = optimize_acqf_discrete(acqf, q=min(n, len(cands)), choices=choice, unique=True)
+            picked, _ = optimize_acqf_discrete(
+                acqf, q=min(n, len(cands)), choices=choice, unique=True
+            )
         out: list[Config] = []
         for row in picked.cpu().numpy():
             i = int(np.argmin(np.abs(cx - row).sum(axis=1)))
@@ -777,6 +845,13 @@ class MultiObjectiveBO(ReplayableStrategy):
         if len(out) < n:
             out += fresh_samples(self.space, n - len(out), taken, rng)
         return out
+
+
+def _log_metric(t: Trial, key: str, floor: float, default: float) -> float:
+    v = t.metrics.get(key)
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return math.log(max(float(v), floor))
+    return default
 
 
 def _pareto_mask(y: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class TurboState:
             object.__setattr__(self, "failure_tolerance", int(tol))
 
 
-def update_state(state: TurboState, Y_next: Sequence[float] | Any) -> TurboState:  # noqa: N803
+def update_state(state: TurboState, Y_next: Sequence[float] | Any) -> TurboState:
     """Return the state after observing one batch ``Y_next`` (values to maximise).
 
     A batch is a success when its best value beats ``best_value`` by ``1e-3 * |best_value|``
@@ -159,7 +159,12 @@ def default_failure_tolerance(dim: int, batch_size: int, remaining: int | None) 
 
 
 def tr_weights(ls: np.ndarray) -> np.ndarray:
-    """Per-coordinate TR side factors from ARD lengthscales, geometric mean 1 (TuRBO)."""
+    """Per-coordinate TR side factors from ARD lengthscales, geometric mean 1 (TuRBO).
+
+    Lengthscales are first clipped to the TuRBO paper's box [0.005, 4]: one irrelevant
+    coordinate with a huge lengthscale must not shrink the TR in all the others.
+    """
+    ls = np.clip(ls, 0.005, 4.0)
     w = ls / ls.mean()
     return w / np.prod(w ** (1.0 / len(w)))
 
@@ -474,8 +479,12 @@ class TurboM(Turbo):
                     model = fit_gp(x, -y, maxiter=self.gp_maxiter)
                     mean, _ = posterior_mean_std(model, x)
                     raw = tr_candidates(
-                        self.space, x[int(np.argmax(mean))], tr_weights(lengthscales(model)),
-                        state.length, self.n_candidates, self.draw_seed(f"cand{r}"),
+                        self.space,
+                        x[int(np.argmax(mean))],
+                        tr_weights(lengthscales(model)),
+                        state.length,
+                        self.n_candidates,
+                        self.draw_seed(f"cand{r}"),
                     )
                     configs, cx = new_candidates(self.space, raw, taken, rng, left)
                     if configs:

@@ -98,8 +98,11 @@ class Param:
             return min(lo + int(x * (hi - lo + 1)), hi)
         lo, hi = float(self.low), float(self.high)
         if self.log:
-            return float(math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo))))
-        return float(lo + x * (hi - lo))
+            v = math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))
+        else:
+            v = lo + x * (hi - lo)
+        # exp(log(hi)) and lo + (hi - lo) can land one ulp outside [lo, hi]: clamp
+        return float(min(max(v, lo), hi))
 
     def contains(self, value: Any) -> bool:
         if self.kind in ("choice", "cat"):

@@ -27,15 +27,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch.nn as nn
+from torch import nn
 
-from ..search.base import FAILED, INFEASIBLE, OK, Strategy, Trial, create_strategy
-from ..search.base import STRATEGIES, _load_builtins
+from ..search.base import (
+    FAILED,
+    INFEASIBLE,
+    OK,
+    STRATEGIES,
+    Strategy,
+    Trial,
+    _load_builtins,
+    create_strategy,
+)
 from ..students.base import Config, Param, SearchSpace
 
 # Options that make model-based strategies fast enough for a unit test; each is passed only to
 # strategies whose constructor accepts it (checked by signature), never to the others.
-FAST_OPTIONS: dict[str, Any] = {"gp_maxiter": 8, "n_candidates": 128}
+FAST_OPTIONS: dict[str, Any] = {"gp_maxiter": 8, "n_candidates": 128, "mc_samples": 8}
 
 
 def _toy_params() -> list[Param]:
@@ -178,7 +186,7 @@ class _Reference:
     multi_fidelity: bool
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_run(name: str) -> _Reference:
     """One seeded run of ``name`` on the toy problem (with failures), shared by the checks.
 
@@ -260,8 +268,10 @@ def check_infeasible_and_failed(name: str) -> None:
     ev = toy_evaluate(space, with_failures=True)
     strat = make_strategy(name, space, seed=5, budget=_BUDGET + 5)
     # open with a wall of infeasible trials: nothing ok to model yet
-    wall = [{"width": 64, "depth": d, "lr": 1e-3, "kernel": 3, "act": "relu", "drop": 0.0}
-            for d in (4, 5, 6)]
+    wall = [
+        {"width": 64, "depth": d, "lr": 1e-3, "kernel": 3, "act": "relu", "drop": 0.0}
+        for d in (4, 5, 6)
+    ]
     strat.tell([ev(c, 1.0, i) for i, c in enumerate(wall)])
     assert all(t.status == INFEASIBLE for t in strat.trials)
     # the most attractive configs (the toy optimum and a neighbour) failed at every fidelity
@@ -271,10 +281,12 @@ def check_infeasible_and_failed(name: str) -> None:
     fids = (1.0, 0.5, 1 / 3, 1 / 9, 1 / 27, 0.25, 0.2, 0.1)
     failed = {(space.key(c), f) for c in (best, near) for f in fids}
     strat.tell(
-        [Trial(3 + i, c, FAILED, None, f, error="diverged")
-         for i, (c, f) in enumerate((c, f) for c in (best, near) for f in fids)]
+        [
+            Trial(3 + i, c, FAILED, None, f, error="diverged")
+            for i, (c, f) in enumerate((c, f) for c in (best, near) for f in fids)
+        ]
     )
-    run = drive(strat, ev, _BATCHES)
+    run = drive(strat, ev, _BATCHES[:5])
     for cfg_key, fid in run.proposals:
         assert (cfg_key, fid) not in failed, f"{name} re-proposed a failed config"
     for t in run.trials:
