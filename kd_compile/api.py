@@ -153,6 +153,8 @@ def _check_budget(cfg: CompileConfig) -> None:
         raise UsageError("epochs must be positive")
     if cfg.target_acc is not None and not (0 < cfg.target_acc <= 1):
         raise UsageError("--target-acc must be a fraction in (0, 1], e.g. 0.85")
+    if cfg.distiller not in ("kd", "auto"):
+        raise UsageError(f"--distiller must be kd or auto, got '{cfg.distiller}'")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise UsageError(f"--device must be cpu or cuda[:N], got '{cfg.device}'")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -233,9 +235,14 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     out = _prepare_out(cfg)
     torch.manual_seed(cfg.seed)
     rep.stage("loading data")
-    data = load_data(
-        cfg.data, hint=tch.meta.get("data"), image_size=tch.input_shape[1], channels=tch.input_shape[0], seed=cfg.seed
-    )
+    data_free = cfg.data is None and not tch.meta.get("data")
+    if data_free:
+        data = _synthesize_data(tch, cfg, rep)
+    else:
+        data = load_data(
+            cfg.data, hint=tch.meta.get("data"), image_size=tch.input_shape[1], channels=tch.input_shape[0],
+            seed=cfg.seed,
+        )
     if data.num_classes != tch.num_classes:
         raise DataError(
             f"class-count mismatch: the data has {data.num_classes} classes, the teacher outputs {tch.num_classes}"
@@ -324,6 +331,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         "fingerprint": fingerprint({
             "teacher": _file_id(cfg.teacher), "data": data.name, "space": cfg.space,
             "strategy": cfg.strategy, "seed": cfg.seed, "constraints": cfg.constraints.to_dict(),
+            "data_free": data_free, "synthetic": [cfg.synthetic_images, cfg.synthetic_steps] if data_free else None,
             "budget": dataclasses.replace(b, time_limit_s=None).to_dict(), "target": target.name,
             "target_acc": cfg.target_acc, "version": __version__,
         }),
@@ -344,18 +352,40 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         reasons = sorted({t.error or "" for t in sr.trials})[:3]
         raise SearchError(f"no candidate trained successfully ({len(sr.trials)} tried): {'; '.join(reasons)}")
 
+    # Auto-KD: search the distiller itself for the chosen student (proxy trainings)
+    distiller_report: dict[str, Any] | None = None
+    choice = None
+    knowledge = None
+    if cfg.distiller == "auto":
+        from .distill import TeacherKnowledge, search_distiller
+
+        t0 = time.perf_counter()
+        rep.stage(f"distiller search (MCTS, {cfg.distiller_iterations} iterations)")
+        knowledge = TeacherKnowledge.build(tch.module, data, cache=cache, seed=cfg.seed, device=device)
+        kd = space.kd_hparams(best.config)
+        choice, distiller_report = search_distiller(
+            lambda: _seeded_build(space, best.config, cfg.seed), data, tch.module, cache,
+            iterations=cfg.distiller_iterations, seed=cfg.seed, knowledge=knowledge,
+            train_cfg=TrainConfig(epochs=b.proxy_epochs, data_fraction=b.proxy_data_fraction, alpha=kd["alpha"],
+                                  tau=kd["tau"], seed=cfg.seed, device=device, batch_size=cfg.batch_size),
+        )
+        lap("distiller_search", t0)
+
     # final training of the chosen student, with KD and (for comparison) without
     def final_train(use_kd: bool) -> tuple[nn.Module, Any]:
-        torch.manual_seed(cfg.seed)
-        model = space.build(best.config)
+        model = _seeded_build(space, best.config, cfg.seed)
         kd = space.kd_hparams(best.config)
-        res = train_student(
-            model, data,
-            TrainConfig(epochs=b.final_epochs, data_fraction=1.0, alpha=kd["alpha"], tau=kd["tau"],
-                        use_kd=use_kd, seed=cfg.seed, device=device, batch_size=cfg.batch_size),
-            cache if use_kd else None,
-            progress=lambda f: rep.training("final (KD)" if use_kd else "final (CE only)", f),
-        )
+        tcfg = TrainConfig(epochs=b.final_epochs, data_fraction=1.0, alpha=kd["alpha"], tau=kd["tau"],
+                           use_kd=use_kd, seed=cfg.seed, device=device, batch_size=cfg.batch_size)
+        what = "final (KD)" if use_kd else "final (CE only)"
+        if use_kd and choice is not None:
+            from .distill import train_with_distiller
+
+            res = train_with_distiller(model, data, tcfg, cache, tch.module, choice, knowledge=knowledge,
+                                       progress=lambda f: rep.training(what, f))
+        else:
+            res = train_student(model, data, tcfg, cache if use_kd else None,
+                                progress=lambda f: rep.training(what, f))
         return model.cpu().eval(), res
 
     t0 = time.perf_counter()
@@ -408,10 +438,38 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         s_term=s_term, trade=trade_score(s_acc, acc_target, s_term), search=sr, best=best, pareto=pareto,
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra_measurements, data=data, accuracy_weight=accuracy_weight,
+        data_free=data_free, distiller=distiller_report,
     )
     artifacts.update(write_report(report, out))
     return CompileResult(student=student, config=best.config, report=report, trials=sr.trials,
                          pareto=pareto, artifacts=artifacts)
+
+
+def _seeded_build(space: Any, config: dict[str, Any], seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return space.build(config)
+
+
+def _synthesize_data(tch: Any, cfg: CompileConfig, rep: Reporter) -> Any:
+    """No data and no data hint: synthesise images from the teacher (DeepInversion style)."""
+    from .distill import synthesize
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tch.module.modules()):
+        raise DataError(
+            "no data given and the checkpoint carries no data hint; data-free distillation needs a teacher "
+            "with (eager PyTorch) BatchNorm layers, and this one has none",
+            hint="pass --data glyphs|digits|path/to/data.npz|ImageFolder dir",
+        )
+    rep.message(
+        "warning: no data given and the checkpoint carries no data hint: synthesising training images from "
+        "the teacher's BatchNorm statistics (data-free KD); expect a weaker student than with real data"
+    )
+    norm = tch.meta.get("normalize") or {}
+    return synthesize(
+        tch.module, tuple(tch.input_shape), tch.num_classes, n_images=cfg.synthetic_images,
+        steps=cfg.synthetic_steps, seed=cfg.seed, mean=norm.get("mean"), std=norm.get("std"),
+        progress=lambda f: rep.training("data-free synthesis", f),
+    )
 
 
 def _file_id(path: str) -> str:

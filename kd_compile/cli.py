@@ -162,6 +162,8 @@ def compile_cmd(
     input_shape: Annotated[Optional[str], typer.Option(help="Teacher input C,H,W when the checkpoint lacks it.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Teacher class count (checked against the checkpoint).")] = None,
     compare_ce: Annotated[bool, typer.Option(help="Also train the chosen student without KD, for the report.")] = True,
+    distiller: Annotated[str, typer.Option(help="kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")] = "kd",
+    synthetic_images: Annotated[int, typer.Option(help="Images to synthesise for data-free runs (no data, no hint).")] = 2048,
 ) -> None:
     """Search, distil and export a student of TEACHER for the target device."""
     from . import api
@@ -175,6 +177,7 @@ def compile_cmd(
             final_epochs=final_epochs, time_limit_s=time_limit, target_acc=target_acc, out=out, seed=seed,
             device=device, resume=resume, force=force, trust_checkpoint=trust_checkpoint, arch=arch,
             input_shape=_shape(input_shape), num_classes=num_classes, compare_ce=compare_ce,
+            distiller=distiller, synthetic_images=synthetic_images,
         )
 
     result = _run(go)
@@ -232,8 +235,8 @@ def profile_cmd(
 def calibrate_cmd(
     target: TargetOpt,
     table: Annotated[list[Path], typer.Option(help="Measured latency table (CSV); repeatable.")],
-    runtime: Annotated[Optional[str], typer.Option(help="Runtime the table was measured with.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Precision the table was measured with.")] = None,
+    runtime: Annotated[str, typer.Option(help="Runtime the table was measured with (timm tables: torch).")] = "torch",
+    precision: Annotated[str, typer.Option(help="Precision the table was measured with (timm AMP tables: fp16).")] = "fp16",
     models: Annotated[Optional[int], typer.Option(help="Use at most N models of the table.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the fitted constants (JSON).")] = None,
     json_out: JsonOpt = False,
@@ -251,7 +254,13 @@ def calibrate_cmd(
 
 
 def _fmt_calibration(d: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in d.items() if not isinstance(v, (list, dict))) or json.dumps(d)
+    q = d.get("quality", {})
+    consts = ", ".join(f"{k}={v:.3g}" for k, v in d.get("constants", {}).items() if isinstance(v, (int, float)))
+    return (
+        f"calibrated {d.get('target')} {d.get('runtime')}/{d.get('precision')} on "
+        f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, Spearman {q.get('spearman', float('nan')):.3f}, "
+        f"median error {q.get('median_ape', float('nan')):.1f}%\n  {consts}"
+    )
 
 
 @targets_app.command("list")

@@ -164,6 +164,10 @@ class CompileConfig:
     compare_ce: bool = True
     batch_size: int = 128
     workers: int = 1
+    distiller: str = "kd"
+    distiller_iterations: int = 8
+    synthetic_images: int = 2048
+    synthetic_steps: int = 200
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

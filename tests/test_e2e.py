@@ -78,3 +78,47 @@ def test_resume_with_other_settings_is_refused(digits_teacher, tmp_path):
         kd_compile.compile(str(digits_teacher), out=tmp_path / "r", reporter=_KillAfter(1), **SMALL)
     with pytest.raises(ResumeError, match="different settings"):
         kd_compile.compile(str(digits_teacher), out=tmp_path / "r", resume=True, **{**SMALL, "seed": 1})
+
+
+def _teacher_without_hint(digits_teacher, tmp_path, batchnorm: bool = True):
+    """The digits teacher re-saved without its data hint, or a BN-free pickled CNN."""
+    import torch.nn as nn
+
+    from kd_compile.teacher import save_checkpoint
+
+    payload = torch.load(digits_teacher, weights_only=True)
+    p = tmp_path / "nohint.pt"
+    if batchnorm:
+        meta = {k: v for k, v in payload["meta"].items() if k != "data"}
+        save_checkpoint(p, space=payload["space"], space_kwargs=payload["space_kwargs"], config=payload["config"],
+                        state_dict=payload["state_dict"], meta=meta)
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10)).eval()
+        torch.save(net, p)
+    return p
+
+
+def test_data_free_run_is_recorded(digits_teacher, tmp_path):
+    p = _teacher_without_hint(digits_teacher, tmp_path)
+    res = kd_compile.compile(str(p), out=tmp_path / "df", synthetic_images=96, synthetic_steps=4,
+                             **{**SMALL, "budget": 2, "compare_ce": False})
+    assert res.report["run"]["data_free"] is True
+    assert res.report["run"]["data"]["name"] == "data-free"
+    assert "Data-free run" in (tmp_path / "df" / "report.md").read_text()
+
+
+def test_data_free_without_batchnorm_is_a_clear_error(digits_teacher, tmp_path):
+    from kd_compile.errors import DataError
+
+    p = _teacher_without_hint(digits_teacher, tmp_path, batchnorm=False)
+    with pytest.raises(DataError, match="BatchNorm"):
+        kd_compile.compile(str(p), out=tmp_path / "df2", trust_checkpoint=True, input_shape=(1, 12, 12), **SMALL)
+
+
+def test_distiller_auto_is_searched_and_reported(digits_teacher, tmp_path):
+    res = kd_compile.compile(str(digits_teacher), out=tmp_path / "auto", distiller="auto", distiller_iterations=2,
+                             **{**SMALL, "budget": 2, "compare_ce": False})
+    d = res.report["distiller"]
+    assert d["iterations"] == 2 and d["best_describe"]
+    assert "Auto-KD" in (tmp_path / "auto" / "report.md").read_text()

@@ -198,4 +198,6 @@ def test_turbo_beats_random_on_hartmann6_at_budget_30() -> None:
     seeds = range(3)
     turbo = [_best_after("turbo", s, 30, gp_maxiter=15, n_candidates=200) for s in seeds]
     rand = [_best_after("random", s, 30) for s in seeds]
-    assert np.median(turbo) < np.median(rand) - 0.3, (turbo, rand)
+    # measured: turbo medians -3.07 (optimum -3.32), random -1.59 over these seeds
+    assert np.median(turbo) < np.median(rand) - 0.8, (turbo, rand)
+    assert np.median(turbo) < -2.5, turbo

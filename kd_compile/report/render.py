@@ -48,6 +48,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         "Latency numbers say how they were obtained: *measured* numbers come from running the model, "
         "*predicted* ones from the roofline model of the target profile.",
     ]
+    if r["run"].get("data_free"):
+        lines += ["", "**Data-free run:** no data was given, so the student was distilled on images synthesised "
+                  "from the teacher's BatchNorm statistics; accuracies are on a held-out part of those images."]
+    dist = r.get("distiller") or {}
+    if dist.get("best_describe"):
+        lines += ["", f"Distiller found by Auto-KD search (MCTS, {dist.get('iterations')} iterations): "
+                  f"`{dist['best_describe']}` (reward {dist.get('best_reward', float('nan')):.4g})."]
     meas = r.get("measurements") or {}
     if meas:
         lines += ["", "## Measured on this machine", "", "| model | latency | method |", "| --- | --- | --- |"]

@@ -66,6 +66,7 @@ def build_report(**k: Any) -> dict[str, Any]:
                         "cuda": torch.cuda.is_available()},
             "timings_s": timings,
             "share_outside_training": outside / timings["total"] if timings["total"] else None,
+            "data_free": bool(k.get("data_free")),
             "data": {"name": k["data"].name, "train": int(k["data"].x_train.shape[0]),
                      "val": int(k["data"].x_val.shape[0]), "num_classes": k["data"].num_classes,
                      "input_shape": list(k["data"].input_shape)},
@@ -101,6 +102,7 @@ def build_report(**k: Any) -> dict[str, Any]:
             "pareto": k["pareto"],
         },
         "measurements": k["extra_measurements"],
+        "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }
     for t in report["search"]["candidates"]:

@@ -338,8 +338,12 @@ class LowThenHighFidelity(_TwoFidelity):
         if n > n_lo:
             taken = self.taken_keys(1.0)
             k = n - n_lo
-            lo_cfgs, lo_y = self.data(self.low)
-            seeds = [lo_cfgs[i] for i in np.argsort(lo_y, kind="stable")[: self.n_seeds]]
+            # best ok low-fidelity configs (an infeasible one stays infeasible at any fidelity)
+            lo_ok = sorted(
+                (t for t in self.trials if t.fidelity == self.low and t.ok),
+                key=lambda t: float(t.score),  # type: ignore[arg-type]
+            )
+            seeds = [t.config for t in lo_ok[: self.n_seeds]]
             seeds = [c for c in seeds if self.space.key(c) not in taken]
             n_seed = max(0, min(k, self.n_seeds - self.count(1.0), len(seeds)))
             cfgs = seeds[:n_seed]
@@ -683,9 +687,10 @@ class MultiObjectiveBO(ReplayableStrategy):
     Infeasible trials keep their measured latency/params (constraints are checked on the
     built, untrained student; a metric not measured is imputed as the worst feasible one) and
     get an accuracy below every feasible one, so the front is steered away from them. The reference point is the worst observed value of each objective
-    minus 10 % of its range. While fewer than ``n_init`` trials carry all three metrics, it
-    falls back to a Sobol design and then to single-objective GP Thompson sampling on the
-    scalar score.
+    minus 10 % of its range. The first ``n_init`` suggestions are a Sobol design (continued
+    while fewer than two trials succeeded); when fewer than three trials carry the metrics
+    (an evaluator that does not report them), it falls back to single-objective GP Thompson
+    sampling on the scalar score.
 
     Options:
         n_init: Sobol design size (default ``max(4, min(2 n_params, budget // 4))``).
@@ -772,12 +777,9 @@ class MultiObjectiveBO(ReplayableStrategy):
         configs, y = self.objectives()
         n_ok = sum(1 for t in self.trials if t.ok)
         done = len(self.trials) + self._asked_since_tell
-        if len(configs) >= max(2, min(self.n_init, 4)) and n_ok >= 2:
+        if done >= self.n_init and n_ok >= 2 and len(configs) >= 3:
             out = self._nehvi(n, configs, y, taken, rng)
-        elif done < self.n_init or n_ok < 2:
-            u = sobol(self.space.dim, 4 * n + 16, derive_seed(self.seed, "mobo-design"), skip=done)
-            out = pick_from_unit(self.space, u, n, taken, rng)
-        else:  # the metrics are missing: single-objective BO on the score
+        elif done >= self.n_init and n_ok >= 2:  # the metrics are missing: BO on the score
             used, s = penalised_scores(self.trials)
             out = bo_propose(
                 self.space,
@@ -790,6 +792,9 @@ class MultiObjectiveBO(ReplayableStrategy):
                 n_candidates=self.n_candidates,
                 maxiter=self.gp_maxiter,
             )
+        else:  # initial design, continued while fewer than two trials succeeded
+            u = sobol(self.space.dim, 4 * n + 16, derive_seed(self.seed, "mobo-design"), skip=done)
+            out = pick_from_unit(self.space, u, n, taken, rng)
         return [Suggestion(c, 1.0) for c in out]
 
     def _nehvi(

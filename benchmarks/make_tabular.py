@@ -1,0 +1,319 @@
+"""Generate the tabular NAS-with-KD benchmark on glyphs: TRADE students x {CE, KD} x fidelities.
+
+What it builds (from scratch, deterministic under ``--seed``):
+
+1. the glyphs dataset at ``--size`` px (``--train`` / ``--val`` images, balanced over 62 classes);
+2. a teacher from the ``cnn`` space (depth 4, widths 32, 32, 128, 256) trained with CE for
+   ``--teacher-epochs``; its logits are cached once (``TeacherCache``) under ``--workdir``;
+3. ``--archs`` students sampled from the ``trade`` space (seeded stream; a sample is kept when
+   its parameters lie in ``[--min-params, --max-params]``, its FLOPs are at most
+   ``--max-flops`` and it is not a duplicate). Arch ``i`` is always the ``i``-th kept sample, so
+   a larger ``--archs`` extends a smaller table;
+4. per student: params, FLOPs (counted, 2 x MACs, batch 1) and the predicted latency on the
+   2080 Ti (roofline profiler), the config, ``describe`` and the unit-cube encoding; then for
+   each loss (CE: ``use_kd=False``; KD: alpha 0.7, tau 4) and each data fraction in
+   ``--fractions`` one training run of ``--epochs`` epochs, val accuracy read after every epoch
+   (``eval_every_epoch``).
+
+Fidelity levels are learning-curve readouts (as in NAS-Bench-201 / HPOBench): the level
+``(fraction f, epoch e)`` costs ``f * e / epochs`` of the full run, and its accuracy is the val
+accuracy after epoch ``e`` of the ``epochs``-long cosine schedule on the ``f`` subset (the
+model at epoch ``e`` < ``epochs`` has not been annealed). The full fidelity is fraction 1 at the
+last epoch, with KD. Every student starts from the same initial weights (seeded by its index)
+for CE and KD, and every run uses training seed 0 (same subset and batch order).
+
+Output: JSON lines, appended and flushed as each student finishes, so a killed run resumes
+(``--archs``/``--workers`` may change between runs; the other settings must not: the header
+line records them and a mismatch stops the run). Line 1 is the header (settings, teacher,
+fidelity levels); every other line is one student.
+
+Run (one thread per worker; the default sizing is the committed table's)::
+
+    .venv/bin/python benchmarks/make_tabular.py --archs 300 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kd_compile.data import DataBundle, load_data  # noqa: E402
+from kd_compile.distill import TeacherCache, TrainConfig, train_student  # noqa: E402
+from kd_compile.profilers.base import InputSpec  # noqa: E402
+from kd_compile.profilers.counting import count, trace_ops  # noqa: E402
+from kd_compile.profilers.roofline import RooflineProfiler  # noqa: E402
+from kd_compile.students.base import SearchSpace, create_space  # noqa: E402
+
+FORMAT_VERSION = 1
+TEACHER_CONFIG: dict[str, Any] = {"depth": 4, "w1": 32, "w2": 32, "w3": 128, "w4": 256}
+KD_ALPHA, KD_TAU = 0.7, 4.0
+DEFAULT_OUT = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
+
+# worker-process state, filled by _init_worker
+_W: dict[str, Any] = {}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", type=int, default=300, help="number of students in the table")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("KD_COMPILE_CACHE", "~/.cache/kd_compile")).expanduser() / "tabular")
+    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--train", type=int, default=1860, help="train images (30 per class)")
+    ap.add_argument("--val", type=int, default=620, help="val images (10 per class)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--teacher-epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of every student run")
+    ap.add_argument("--fractions", default="1/9,1/3,1", help="data fractions of the KD runs")
+    ap.add_argument("--ce-fractions", default="1/9,1/3", help="data fractions of the CE runs")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--min-params", type=int, default=5_000)
+    ap.add_argument("--max-params", type=int, default=150_000)
+    ap.add_argument("--max-flops", type=float, default=2e6, help="FLOPs (2 x MACs) at batch 1")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the architecture stream")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    return ap.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that define the table (everything but --archs/--workers/--out/--threads)."""
+    return {
+        "format": FORMAT_VERSION,
+        "data": f"glyphs:size={args.size},train={args.train},val={args.val},seed={args.data_seed}",
+        "teacher_config": TEACHER_CONFIG,
+        "teacher_epochs": args.teacher_epochs,
+        "epochs": args.epochs,
+        "fractions": [str(Fraction(f)) for f in args.fractions.split(",")],
+        "ce_fractions": [str(Fraction(f)) for f in args.ce_fractions.split(",")],
+        "batch_size": args.batch_size,
+        "min_params": args.min_params,
+        "max_params": args.max_params,
+        "max_flops": args.max_flops,
+        "seed": args.seed,
+        "kd_alpha": KD_ALPHA,
+        "kd_tau": KD_TAU,
+        "space": {"name": "trade", "input_shape": [1, args.size, args.size], "num_classes": 62},
+        "target": "2080ti",
+    }
+
+
+def fidelity_levels(settings: dict[str, Any]) -> list[dict[str, float]]:
+    """Every recorded (fraction, epoch) readout with its fidelity ``fraction * epoch / epochs``."""
+    e_max = int(settings["epochs"])
+    out = []
+    for f in settings["fractions"]:
+        for e in range(1, e_max + 1):
+            out.append({"fraction": float(Fraction(f)), "epoch": e, "fidelity": float(Fraction(f)) * e / e_max})
+    return sorted(out, key=lambda d: (d["fidelity"], d["fraction"]))
+
+
+def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler) -> dict[str, Any]:
+    """Params, FLOPs and predicted 2080 Ti latency (batch 1) of ``config``, built untrained."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = space.build(config).eval()
+    spec = InputSpec(tuple(space.input_shape))
+    tr = trace_ops(model, spec.shape)
+    m = count(model, spec, trace=tr)
+    lat = roofline.predict_ops(tr.ops, 1).latency_ms
+    return {"params": int(m.params), "flops": int(m.flops), "latency_ms": float(lat)}
+
+
+def sample_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` kept samples of the seeded stream (see module docstring), profiled."""
+    rng = np.random.default_rng(int(settings["seed"]))
+    roofline = RooflineProfiler(target=settings["target"])
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        c = space.sample(rng)
+        c["kd_tau"], c["kd_alpha"] = KD_TAU, KD_ALPHA  # fixed in the table, not searched
+        c = space.canonical(c)
+        key = space.key(c)
+        if key in seen:
+            continue
+        p = space.estimate_params(c)
+        if not settings["min_params"] <= p <= settings["max_params"]:
+            continue
+        prof = profile_arch(space, c, roofline)
+        if prof["flops"] > settings["max_flops"]:
+            continue
+        seen.add(key)
+        out.append({"index": len(out), "config": c, "key": key, "describe": space.describe(c),
+                    "unit": [round(float(u), 6) for u in space.to_unit(c)], **prof})
+    return out
+
+
+def make_space(settings: dict[str, Any]) -> SearchSpace:
+    s = settings["space"]
+    return create_space(s["name"], input_shape=tuple(s["input_shape"]), num_classes=int(s["num_classes"]))
+
+
+def load_bundle(settings: dict[str, Any]) -> DataBundle:
+    return load_data(settings["data"])
+
+
+def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train (or reload from ``workdir``) the CE teacher; returns it and its summary."""
+    space = create_space("cnn", input_shape=data.input_shape, num_classes=data.num_classes)
+    torch.manual_seed(0)
+    teacher = space.build(TEACHER_CONFIG)
+    path = workdir / "teacher.pt"
+    meta_path = workdir / "teacher.json"
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings_key") == _teacher_key(settings):
+            teacher.load_state_dict(torch.load(path, map_location="cpu"))
+            return teacher.eval(), meta["summary"]
+    t0 = time.perf_counter()
+    res = train_student(teacher, data, TrainConfig(epochs=settings["teacher_epochs"], use_kd=False,
+                                                   batch_size=settings["batch_size"], seed=0))
+    secs = time.perf_counter() - t0
+    roof = RooflineProfiler(target=settings["target"])
+    spec = InputSpec(tuple(data.input_shape))
+    tr = trace_ops(teacher, spec.shape)
+    m = count(teacher, spec, trace=tr)
+    summary = {"config": TEACHER_CONFIG, "describe": space.describe(TEACHER_CONFIG),
+               "val_acc": res.val_acc, "train_acc": res.train_acc, "params": int(m.params),
+               "flops": int(m.flops), "latency_ms": float(roof.predict_ops(tr.ops, 1).latency_ms),
+               "train_seconds": round(secs, 1)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.save(teacher.state_dict(), path)
+    meta_path.write_text(json.dumps({"settings_key": _teacher_key(settings), "summary": summary}))
+    return teacher.eval(), summary
+
+
+def _teacher_key(settings: dict[str, Any]) -> str:
+    return json.dumps([settings["data"], settings["teacher_config"], settings["teacher_epochs"],
+                       settings["batch_size"]], sort_keys=True)
+
+
+def _init_worker(settings: dict[str, Any], workdir: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    data = load_bundle(settings)
+    teacher, _ = train_teacher(settings, data, Path(workdir))
+    cache = TeacherCache.build(teacher, data, cache_dir=Path(workdir) / "cache")
+    _W.update(settings=settings, data=data, cache=cache, space=make_space(settings))
+
+
+def run_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """Train one student under every (loss, fraction); returns the table line."""
+    s, data, cache, space = _W["settings"], _W["data"], _W["cache"], _W["space"]
+    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    for loss, fractions in (("ce", s["ce_fractions"]), ("kd", s["fractions"])):
+        for f in fractions:
+            frac = float(Fraction(f))
+            torch.manual_seed(1000 + int(arch["index"]))  # same init for CE and KD
+            model = space.build(arch["config"])
+            cfg = TrainConfig(epochs=s["epochs"], data_fraction=frac, batch_size=s["batch_size"],
+                              use_kd=(loss == "kd"), alpha=KD_ALPHA, tau=KD_TAU, seed=0,
+                              eval_every_epoch=True)
+            try:
+                res = train_student(model, data, cfg, cache if loss == "kd" else None)
+            except Exception as exc:  # a failed run is recorded, never silently dropped
+                runs.append({"loss": loss, "fraction": frac, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            accs = [h["val_acc"] for h in res.history if "val_acc" in h]
+            accs[-1] = res.val_acc
+            for e, acc in enumerate(accs, start=1):
+                runs.append({"loss": loss, "fraction": frac, "epoch": e,
+                             "fidelity": frac * e / s["epochs"], "val_acc": round(float(acc), 5)})
+    return {**arch, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def read_existing(path: Path) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
+    """Header and finished students of a (possibly partial) table file."""
+    if not path.exists():
+        return None, {}
+    header, done = None, {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: the student is redone
+            continue
+        if rec.get("kind") == "header":
+            header = rec
+        elif rec.get("kind") == "arch":
+            done[int(rec["index"])] = rec
+    return header, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    settings = settings_of(args)
+    header, done = read_existing(args.out)
+    if header is not None and header["settings"] != settings:
+        print(f"{args.out} was made with other settings; use another --out or delete it", file=sys.stderr)
+        return 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"# {' '.join(sys.argv)}\n# {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.workers} worker(s) x {args.threads} thread(s)")
+
+    data = load_bundle(settings)
+    teacher, tsum = train_teacher(settings, data, args.workdir)
+    TeacherCache.build(teacher, data, cache_dir=args.workdir / "cache")
+    print(f"teacher {tsum['describe']}: val acc {tsum['val_acc']:.4f}, {tsum['params']} params, "
+          f"{tsum['flops'] / 1e6:.2f} MFLOPs, {tsum['latency_ms']:.4f} ms on 2080ti "
+          f"(trained in {tsum['train_seconds']} s)  [{time.perf_counter() - t_start:.0f} s]")
+
+    space = make_space(settings)
+    archs = sample_archs(space, settings, args.archs)
+    todo = [a for a in archs if a["index"] not in done]
+    print(f"{len(archs)} archs, {len(done)} already in {args.out}, {len(todo)} to train  "
+          f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if header is None:
+        with args.out.open("w") as fh:
+            fh.write(json.dumps({"kind": "header", "settings": settings, "teacher": tsum,
+                                 "levels": fidelity_levels(settings), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "machine": f"{platform.node()}, {os.cpu_count()} CPUs"}) + "\n")
+
+    def write(rec: dict[str, Any]) -> None:
+        with args.out.open("a") as fh:
+            fh.write(json.dumps({"kind": "arch", **rec}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        full = [r for r in rec["runs"] if r.get("loss") == "kd" and math.isclose(r.get("fidelity", 0), 1.0)]
+        acc = f"{full[0]['val_acc']:.3f}" if full else "failed"
+        print(f"arch {rec['index']:4d} {rec['params']:7d} p {rec['flops'] / 1e6:5.2f} MF kd@1 {acc} "
+              f"{rec['seconds']:6.1f} s  [{time.perf_counter() - t_start:.0f} s elapsed]", flush=True)
+
+    if args.workers <= 1:
+        _init_worker(settings, str(args.workdir), args.threads)
+        for a in todo:
+            write(run_arch(a))
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.workers, initializer=_init_worker,
+                      initargs=(settings, str(args.workdir), args.threads)) as pool:
+            for rec in pool.imap_unordered(run_arch, todo):
+                write(rec)
+    _, done = read_existing(args.out)
+    print(f"done: {len(done)} archs in {args.out}; elapsed {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

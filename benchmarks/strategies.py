@@ -1,0 +1,151 @@
+"""Benchmark: every registered search strategy on the tabular NAS-with-KD benchmark.
+
+Each strategy (``list_strategies()``; one that fails to construct or to run is skipped with the
+reason printed) searches the TRADE space; ``kd_compile.search.tabular.TabularBenchmark``
+answers each proposal with the recorded results of the nearest table architecture at the
+nearest recorded fidelity. Budgets are equal in *training cost*: an evaluation at fidelity f
+costs f, so single-fidelity strategies get ``--budget`` full-fidelity evaluations and
+multi-fidelity strategies run until they have spent the same cost (they are constructed with
+``budget=--budget`` evaluations, the number the search loop would give them, and keep asking
+past it until the cost is spent).
+
+Printed per strategy, over ``--seeds`` seeds: the median and quartiles of the regret (the
+incumbent's full-fidelity score minus the table's best; the incumbent is the best trial at the
+highest fidelity evaluated) after a cost of 10, 25 and ``--budget``; the median number of
+evaluations made; and the cost at which the strategy's median regret first reaches random
+search's median regret at ``--budget`` (">budget" when it does not).
+
+Issue goals checked: turbo reaches random's median best at N=50 within 25 evaluations;
+multi-fidelity strategies beat single-fidelity ones at equal training cost.
+
+Run::
+
+    .venv/bin/python benchmarks/strategies.py [--seeds 20] [--budget 50] [--only turbo,random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kd_compile.search.base import Strategy, create_strategy, list_strategies  # noqa: E402
+from kd_compile.search.tabular import TabularBenchmark, TabularRun, run_strategy  # noqa: E402
+
+DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
+# modest GP settings so that the GP strategies run in minutes (passed where accepted)
+GP_OPTIONS: dict[str, Any] = {"n_candidates": 256, "gp_maxiter": 50}
+
+
+def make_strategy(name: str, bench: TabularBenchmark, seed: int, budget: int) -> Strategy:
+    """Create ``name`` with the modest GP options it accepts (tries subsets of them)."""
+    last: Exception | None = None
+    for keys in (("n_candidates", "gp_maxiter"), ("n_candidates",), ("gp_maxiter",), ()):
+        try:
+            return create_strategy(name, bench.space, seed=seed, budget=budget,
+                                   **{k: GP_OPTIONS[k] for k in keys})
+        except Exception as exc:  # unknown option -> try fewer; anything else is re-raised below
+            last = exc
+            if "unknown option" not in str(exc) and "unexpected keyword" not in str(exc):
+                raise
+    assert last is not None
+    raise last
+
+
+def quartiles(v: list[float]) -> str:
+    a = np.asarray(v, dtype=float)
+    if not np.isfinite(a).any():
+        return f"{'inf':>22}"
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return f"{med:7.3f} [{q1:6.3f},{q3:6.3f}]"
+
+
+def median_curve(runs: list[TabularRun], grid: np.ndarray) -> np.ndarray:
+    """Median over runs of the regret after each cost in ``grid``."""
+    return np.median(np.array([[r.regret_at_cost(c) for c in grid] for r in runs]), axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--budget", type=int, default=50, help="training cost, in full-fidelity evaluations")
+    ap.add_argument("--checkpoints", default="10,25", help="extra costs at which regret is shown")
+    ap.add_argument("--only", default="", help="comma-separated strategy names (default: all)")
+    ap.add_argument("--score", default="search", choices=("search", "error"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    t_all = time.perf_counter()
+    bench = TabularBenchmark(args.table, score=args.score)
+    n = args.budget
+    checks = [int(c) for c in args.checkpoints.split(",") if c] + [n]
+    names = [s for s in args.only.split(",") if s] or list_strategies()
+    if "random" in names:
+        names = ["random"] + [s for s in names if s != "random"]
+    print(f"# {' '.join(sys.argv)}\n# {platform.node()}, {platform.machine()}, torch threads 1")
+    print(f"table {args.table.name}: {len(bench.archs)} archs, levels "
+          f"{', '.join(f'{lv.fidelity:.3g}' for lv in bench.levels)}; score={args.score}; "
+          f"best full score {bench.best_full_score:.4f}, median {np.median(bench.full_scores):.4f}")
+    if n >= len(bench.archs) / 2:
+        print(f"NOTE: budget {n} is >= half the table ({len(bench.archs)} archs): regrets saturate")
+    print(f"{args.seeds} seeds, budget = training cost {n} (an evaluation at fidelity f costs f)\n")
+
+    grid = np.arange(1, n + 1, dtype=float)
+    results: dict[str, dict[str, Any]] = {}
+    target: float | None = None
+    head = f"{'strategy':11} {'mf':2} " + " ".join(f"{'regret@' + str(c):>22}" for c in checks)
+    print(head + f" {'evals':>5} {'archs':>5} {'match':>6} {'time':>6}")
+    for name in names:
+        t0 = time.perf_counter()
+        runs: list[TabularRun] = []
+        try:
+            for seed in range(args.seeds):
+                strat = make_strategy(name, bench, seed, n)
+                runs.append(run_strategy(bench, strat, max_cost=n))
+        except Exception as exc:
+            print(f"{name:11} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
+        mf = bool(getattr(strat, "multi_fidelity", False))
+        curve = median_curve(runs, grid)
+        if name == "random":
+            target = float(curve[-1])
+        hit = np.flatnonzero(curve <= target + 1e-12) if target is not None else np.array([])
+        match = f"{int(grid[hit[0]]):d}" if hit.size else f">{n}"
+        evals = int(np.median([len(r.trials) for r in runs]))
+        archs = int(np.median([len({t.metrics['arch'] for t in r.trials}) for r in runs]))
+        secs = time.perf_counter() - t0
+        cols = " ".join(f"{quartiles([r.regret_at_cost(c) for r in runs]):>22}" for c in checks)
+        print(f"{name:11} {'y' if mf else 'n':2} {cols} {evals:5d} {archs:5d} {match:>6} {secs:5.0f}s", flush=True)
+        results[name] = {"mf": mf, "final": float(curve[-1]), "match": match}
+    if target is not None:
+        print(f"\nrandom's median regret at cost {n}: {target:.4f} ('match' = first cost where a "
+              f"strategy's median regret <= it)")
+    if "turbo" in results:
+        m = results["turbo"]["match"]
+        ok = not m.startswith(">") and int(m) <= 25
+        print(f"goal 1, turbo matches random@{n} within 25 evaluations: {'yes' if ok else 'no'} (match at {m})")
+    mf = {k: v["final"] for k, v in results.items() if v["mf"]}
+    sf = {k: v["final"] for k, v in results.items() if not v["mf"]}
+    if mf and sf:
+        best_sf = min(sf, key=sf.get)  # type: ignore[arg-type]
+        beat = [k for k, v in mf.items() if v < sf[best_sf]]
+        print(f"goal 2, multi-fidelity beats single-fidelity at cost {n}: best single-fidelity "
+              f"{best_sf} {sf[best_sf]:.4f}; multi-fidelity "
+              + ", ".join(f"{k} {v:.4f}" for k, v in sorted(mf.items(), key=lambda kv: kv[1]))
+              + f" -> {len(beat)}/{len(mf)} beat it")
+    print(f"\n(total {time.perf_counter() - t_all:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Tabular benchmark: loading, nearest-architecture and fidelity lookup, scores, regret, runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kd_compile.search.base import OK, Trial, create_strategy
+from kd_compile.search.score import cost_term, search_score
+from kd_compile.search.tabular import TabularBenchmark, load_table, run_strategy
+from kd_compile.students.base import create_space
+
+SHAPE = (1, 16, 16)
+TEACHER = {"params": 100_000, "flops": 10_000_000, "latency_ms": 0.02, "val_acc": 0.5}
+FRACTIONS = (1 / 9, 1 / 3, 1.0)
+
+
+def _space():
+    return create_space("trade", input_shape=SHAPE, num_classes=62)
+
+
+def _configs(n: int) -> list[dict]:
+    space, rng, out, keys = _space(), np.random.default_rng(0), [], set()
+    while len(out) < n:
+        c = space.sample(rng)
+        c["kd_tau"], c["kd_alpha"] = 4.0, 0.7
+        c = space.canonical(c)
+        if space.key(c) not in keys:
+            keys.add(space.key(c))
+            out.append(c)
+    return out
+
+
+def _acc(i: int, loss: str, frac: float, epoch: int) -> float:
+    # arch i is better for larger i at full fidelity; CE proxies are reversed at low fidelity
+    base = 0.1 + 0.05 * i
+    if loss == "ce" and frac < 1:
+        base = 0.4 - 0.05 * i
+    return round(base * (0.5 + 0.5 * frac * epoch / 3), 5)
+
+
+def write_table(path: Path, n: int = 6, broken_line: bool = True) -> list[dict]:
+    """A synthetic table in the generator's format; returns the configs."""
+    configs = _configs(n)
+    header = {
+        "kind": "header",
+        "settings": {
+            "epochs": 3,
+            "fractions": ["1/9", "1/3", "1"],
+            "ce_fractions": ["1/9", "1/3"],
+            "data": "synthetic",
+            "space": {"name": "trade", "input_shape": list(SHAPE), "num_classes": 62},
+        },
+        "teacher": TEACHER,
+    }
+    lines = [json.dumps(header)]
+    for i, c in enumerate(configs):
+        runs = []
+        for loss, fracs in (("ce", FRACTIONS[:2]), ("kd", FRACTIONS)):
+            for f in fracs:
+                for e in (1, 2, 3):
+                    runs.append({"loss": loss, "fraction": f, "epoch": e, "fidelity": f * e / 3,
+                                 "val_acc": _acc(i, loss, f, e)})
+        lines.append(json.dumps({"kind": "arch", "index": i, "config": c, "describe": f"a{i}",
+                                 "params": 10_000 * (i + 1), "flops": 1_000_000, "latency_ms": 0.01,
+                                 "runs": runs}))
+    if broken_line:
+        lines.append('{"kind": "arch", "index": 99, "conf')  # a write cut by a kill
+    path.write_text("\n".join(lines) + "\n")
+    return configs
+
+
+@pytest.fixture()
+def table_path(tmp_path: Path) -> Path:
+    p = tmp_path / "t.jsonl"
+    write_table(p)
+    return p
+
+
+def test_load_table_skips_cut_line_and_reads_runs(table_path: Path) -> None:
+    t = load_table(table_path)
+    assert [a.index for a in t.archs] == list(range(6))
+    assert t.teacher["val_acc"] == 0.5
+    assert t.archs[2].acc[("kd", 1.0, 3)] == _acc(2, "kd", 1.0, 3)
+    assert ("ce", 1.0, 3) not in t.archs[2].acc
+
+
+def test_load_table_without_header_raises(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"kind": "arch"}\n')
+    with pytest.raises(ValueError, match="header"):
+        load_table(p)
+
+
+def test_nearest_maps_table_configs_to_themselves_and_ignores_kd_params(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    for i, a in enumerate(bench.archs):
+        assert bench.nearest(a.config) == i
+        assert bench.nearest({**a.config, "kd_tau": 1.0, "kd_alpha": 0.95}) == i
+
+
+def test_nearest_maps_a_small_change_to_its_source(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    space = bench.space
+    c = dict(bench.archs[3].config)
+    # flip the kernel of stage 1 (always active): a distance of 1 weighted coordinate
+    c["s1_kernel"] = 5 if c["s1_kernel"] == 3 else 3
+    c = space.canonical(c)
+    assert space.key(c) != space.key(bench.archs[3].config)
+    d = [float(((bench._units[j] - bench._encode(c)) ** 2 * bench._weights).sum()) for j in range(6)]
+    assert bench.nearest(c) == int(np.argmin(d)) == 3
+
+
+def test_fidelity_levels_and_ties(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    assert bench.full_level.fraction == 1.0 and bench.full_level.epoch == 3
+    assert bench.level(1.0) == bench.full_level
+    lv = bench.level(1 / 9)  # (1/9, epoch 3) and (1/3, epoch 1) both have fidelity 1/9
+    assert (round(lv.fraction, 6), lv.epoch) == (round(1 / 9, 6), 3)
+    lv = bench.level(1 / 3)  # (1/3, 3) annealed beats (1, 1)
+    assert (round(lv.fraction, 6), lv.epoch) == (round(1 / 3, 6), 3)
+    assert math.isclose(bench.level(0.03).fidelity, 1 / 27)
+    assert math.isclose(bench.level(0.6).fidelity, 2 / 3)
+    with pytest.raises(ValueError):
+        bench.level(0.0)
+
+
+def test_evaluate_returns_the_search_score_of_the_recorded_accuracy(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    a = bench.archs[4]
+    m = bench.evaluate(a.config, 1 / 3)
+    acc = _acc(4, "kd", 1 / 3, 3)
+    s = cost_term(a.params, a.flops, a.latency_ms, TEACHER["params"], TEACHER["flops"], TEACHER["latency_ms"])
+    assert m["arch"] == 4 and m["accuracy"] == acc
+    assert math.isclose(m["score"], search_score(acc, 0.5, s))
+    assert math.isclose(m["fidelity"], 1 / 9 * 3)
+    err = TabularBenchmark(table_path, score="error")
+    assert math.isclose(err.evaluate(a.config, 1.0)["score"], 1 - _acc(4, "kd", 1.0, 3))
+    ce = TabularBenchmark(table_path, loss="ce")
+    assert ce.evaluate(a.config, 1 / 9)["accuracy"] == _acc(4, "ce", 1 / 9, 3)
+
+
+def test_regret_uses_the_incumbent_at_the_highest_fidelity(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path, score="error")
+    best = int(np.argmin(bench.full_scores))
+    assert best == 5  # accuracy grows with the index in the synthetic table
+    assert bench.best_full_score == pytest.approx(1 - _acc(5, "kd", 1.0, 3))
+
+    def trial(i: int, fid: float, n: int) -> Trial:
+        m = bench.evaluate(bench.archs[i].config, fid)
+        return Trial(number=n, config=bench.archs[i].config, status=OK, score=m["score"], fidelity=fid, metrics=m)
+
+    assert bench.regret([]) == math.inf
+    assert bench.regret([trial(5, 1.0, 0)]) == 0.0
+    # at low fidelity arch 5 looks best; a full-fidelity trial of arch 1 is the incumbent anyway
+    ts = [trial(5, 1 / 9, 0), trial(1, 1.0, 1)]
+    assert bench.regret(ts) == pytest.approx(bench.full_scores[1] - bench.full_scores[5])
+    assert bench.regret(ts[:1]) == 0.0
+
+
+def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+
+    def go(seed: int):
+        return run_strategy(bench, create_strategy("random", bench.space, seed=seed, budget=5), max_cost=5)
+
+    a, b = go(3), go(3)
+    assert [t.metrics["arch"] for t in a.trials] == [t.metrics["arch"] for t in b.trials]
+    assert a.regrets == b.regrets
+    assert len(a.trials) == 5 and a.costs[-1] == pytest.approx(5.0)
+    assert all(r >= 0 for r in a.regrets)
+    assert list(a.regrets) == sorted(a.regrets, reverse=True)  # single fidelity: never worse
+    assert a.regret_at_cost(2.0) == a.regrets[1]
+    assert a.regret_at_cost(0.5) == math.inf
+
+
+def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    strat = create_strategy("bohb", bench.space, seed=0, budget=10)
+    run = run_strategy(bench, strat, max_cost=3)
+    assert run.costs[-1] >= 3 - 1e-9
+    assert len(run.trials) > 3  # bohb starts at low fidelity: more evaluations than cost
+    assert run.costs == pytest.approx(np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist())
