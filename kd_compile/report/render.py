@@ -62,7 +62,11 @@ def render_markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {m['latency_ms']:.4g} ms | {m['method']} ({m['runtime']}, {m['device']}) |")
     lines += ["", "## Search trace", "", "| # | status | fidelity | accuracy | params | latency ms | score | architecture / reason |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    n_infeasible = 0
     for c in r["search"]["candidates"]:
+        if c["status"] == "infeasible":
+            n_infeasible += 1  # rejected before training; every one is listed in report.json
+            continue
         m = c["metrics"]
         params = format_count(m["params"]) if "params" in m else "-"
         latency = f"{m['latency_ms']:.3g}" if "latency_ms" in m else "-"
@@ -72,6 +76,9 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| {c['number']} | {c['status']} | {c['fidelity']:.2g} | {_pct(m.get('accuracy'))} | "
             f"{params} | {latency} | {score} | {m.get('arch', '')}{why} |"
         )
+    if n_infeasible:
+        lines += ["", f"{n_infeasible} further candidates violated a constraint and were rejected before any "
+                  "training (listed with the reason in report.json)."]
     if r["search"]["pareto"]:
         lines += ["", "## Pareto front (accuracy, latency, params)", "", "| # | accuracy | latency ms | params | architecture |",
                   "| --- | --- | --- | --- | --- |"]
