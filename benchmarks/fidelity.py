@@ -19,6 +19,7 @@ import argparse
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,38 +30,59 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kd_compile.search.tabular import TabularBenchmark, load_table  # noqa: E402
+from kd_compile.search.tabular import TabularBenchmark, load_table
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the tau intervals")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    # a proxy with every accuracy equal (all at chance) has no defined correlation: printed as nan
+    warnings.filterwarnings("ignore", category=stats.ConstantInputWarning)
+    warnings.filterwarnings("ignore", message="All-NaN slice")
     t0 = time.perf_counter()
     table = load_table(args.table)
     kd = TabularBenchmark(table, loss="kd")
     ce = TabularBenchmark(table, loss="ce")
     full = kd.full_level
     n_arch = len(table.archs)
-    print(f"# {' '.join(sys.argv)}\n# {platform.node()}, {platform.machine()}; table {args.table.name}: "
-          f"{n_arch} archs, {table.settings['data']}, teacher val acc {table.teacher['val_acc']:.3f}")
-    y = np.array([kd.accuracy(i, full) if kd.accuracy(i, full) is not None else np.nan for i in range(n_arch)])
+    print(
+        f"# {' '.join(sys.argv)}\n# {platform.node()}, {platform.machine()}; table {args.table.name}: "
+        f"{n_arch} archs, {table.settings['data']}, teacher val acc {table.teacher['val_acc']:.3f}"
+    )
+    y = np.array(
+        [
+            kd.accuracy(i, full) if kd.accuracy(i, full) is not None else np.nan
+            for i in range(n_arch)
+        ]
+    )
     ys = kd.full_scores
-    print(f"full fidelity: KD, fraction {full.fraction:g}, epoch {full.epoch}; val acc "
-          f"min {np.nanmin(y):.3f} median {np.nanmedian(y):.3f} max {np.nanmax(y):.3f}")
+    print(
+        f"full fidelity: KD, fraction {full.fraction:g}, epoch {full.epoch}; val acc "
+        f"min {np.nanmin(y):.3f} median {np.nanmedian(y):.3f} max {np.nanmax(y):.3f}"
+    )
     rng = np.random.default_rng(0)
-    print(f"\n{'loss':4} {'fraction':>8} {'epoch':>5} {'fidelity':>8} {'n':>4} {'acc med':>7} "
-          f"{'tau(acc)':>8} {'95% CI':>15} {'pearson':>7} {'tau(score)':>10}")
+    print(
+        f"\n{'loss':4} {'fraction':>8} {'epoch':>5} {'fidelity':>8} {'n':>4} {'acc med':>7} "
+        f"{'tau(acc)':>8} {'95% CI':>15} {'pearson':>7} {'tau(score)':>10}"
+    )
     rows = []
     for bench, loss in ((ce, "ce"), (kd, "kd")):
         for lv in bench.levels:
             if loss == "kd" and lv == full:
                 continue
-            x = np.array([bench.accuracy(i, lv) if bench.accuracy(i, lv) is not None else np.nan for i in range(n_arch)])
+            x = np.array(
+                [
+                    bench.accuracy(i, lv) if bench.accuracy(i, lv) is not None else np.nan
+                    for i in range(n_arch)
+                ]
+            )
             xs = np.array([bench.score_at(i, lv) for i in range(n_arch)])
             m = np.isfinite(x) & np.isfinite(y)
             ms = np.isfinite(xs) & np.isfinite(ys)
@@ -74,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                 boots.append(stats.kendalltau(x[b], y[b]).statistic)
             lo, hi = np.nanpercentile(boots, [2.5, 97.5])
             rows.append((loss, lv, tau, r, tau_s))
-            print(f"{loss:4} {lv.fraction:8.4f} {lv.epoch:5d} {lv.fidelity:8.4f} {int(m.sum()):4d} "
-                  f"{np.median(x[m]):7.3f} {tau:8.3f} [{lo:6.3f},{hi:6.3f}] {r:7.3f} {tau_s:10.3f}")
+            print(
+                f"{loss:4} {lv.fraction:8.4f} {lv.epoch:5d} {lv.fidelity:8.4f} {int(m.sum()):4d} "
+                f"{np.median(x[m]):7.3f} {tau:8.3f} [{lo:6.3f},{hi:6.3f}] {r:7.3f} {tau_s:10.3f}"
+            )
     print("\nKD minus CE at equal level (tau of accuracy):")
     ce_by = {(lv.fraction, lv.epoch): tau for loss, lv, tau, _, _ in rows if loss == "ce"}
     for loss, lv, tau, _, _ in rows:
         if loss == "kd" and (lv.fraction, lv.epoch) in ce_by:
             c = ce_by[(lv.fraction, lv.epoch)]
-            print(f"  fraction {lv.fraction:.4f} epoch {lv.epoch}: CE {c:.3f} -> KD {tau:.3f} ({tau - c:+.3f})")
+            print(
+                f"  fraction {lv.fraction:.4f} epoch {lv.epoch}: CE {c:.3f} -> KD {tau:.3f} ({tau - c:+.3f})"
+            )
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

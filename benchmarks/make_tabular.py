@@ -42,6 +42,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kd_compile.data import DataBundle, load_data  # noqa: E402
-from kd_compile.distill import TeacherCache, TrainConfig, train_student  # noqa: E402
-from kd_compile.profilers.base import InputSpec  # noqa: E402
-from kd_compile.profilers.counting import count, trace_ops  # noqa: E402
-from kd_compile.profilers.roofline import RooflineProfiler  # noqa: E402
-from kd_compile.students.base import SearchSpace, create_space  # noqa: E402
+from kd_compile.data import DataBundle, load_data
+from kd_compile.distill import TeacherCache, TrainConfig, train_student
+from kd_compile.profilers.base import InputSpec
+from kd_compile.profilers.counting import count, trace_ops
+from kd_compile.profilers.roofline import RooflineProfiler
+from kd_compile.students.base import SearchSpace, create_space
 
 FORMAT_VERSION = 1
 TEACHER_CONFIG: dict[str, Any] = {"depth": 4, "w1": 32, "w2": 32, "w3": 128, "w4": 256}
@@ -70,11 +71,18 @@ _W: dict[str, Any] = {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--archs", type=int, default=300, help="number of students in the table")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("KD_COMPILE_CACHE", "~/.cache/kd_compile")).expanduser() / "tabular")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("KD_COMPILE_CACHE", "~/.cache/kd_compile")).expanduser()
+        / "tabular",
+    )
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--train", type=int, default=1860, help="train images (30 per class)")
     ap.add_argument("--val", type=int, default=620, help="val images (10 per class)")
@@ -83,11 +91,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=3, help="epochs of every student run")
     ap.add_argument("--fractions", default="1/9,1/3,1", help="data fractions of the KD runs")
     ap.add_argument("--ce-fractions", default="1/9,1/3", help="data fractions of the CE runs")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--min-params", type=int, default=5_000)
     ap.add_argument("--max-params", type=int, default=150_000)
     ap.add_argument("--max-flops", type=float, default=2e6, help="FLOPs (2 x MACs) at batch 1")
     ap.add_argument("--seed", type=int, default=0, help="seed of the architecture stream")
+    ap.add_argument(
+        "--width-scale",
+        type=float,
+        default=0.5,
+        help="TRADE space width_scale (0.5 quarters the FLOPs so more samples fit the cap)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     return ap.parse_args(argv)
 
@@ -109,7 +123,12 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "kd_alpha": KD_ALPHA,
         "kd_tau": KD_TAU,
-        "space": {"name": "trade", "input_shape": [1, args.size, args.size], "num_classes": 62},
+        "space": {
+            "name": "trade",
+            "input_shape": [1, args.size, args.size],
+            "num_classes": 62,
+            "kwargs": {"width_scale": args.width_scale},
+        },
         "target": "2080ti",
     }
 
@@ -120,11 +139,19 @@ def fidelity_levels(settings: dict[str, Any]) -> list[dict[str, float]]:
     out = []
     for f in settings["fractions"]:
         for e in range(1, e_max + 1):
-            out.append({"fraction": float(Fraction(f)), "epoch": e, "fidelity": float(Fraction(f)) * e / e_max})
+            out.append(
+                {
+                    "fraction": float(Fraction(f)),
+                    "epoch": e,
+                    "fidelity": float(Fraction(f)) * e / e_max,
+                }
+            )
     return sorted(out, key=lambda d: (d["fidelity"], d["fraction"]))
 
 
-def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler) -> dict[str, Any]:
+def profile_arch(
+    space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler
+) -> dict[str, Any]:
     """Params, FLOPs and predicted 2080 Ti latency (batch 1) of ``config``, built untrained."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -136,13 +163,14 @@ def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineP
     return {"params": int(m.params), "flops": int(m.flops), "latency_ms": float(lat)}
 
 
-def sample_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The first ``n`` kept samples of the seeded stream (see module docstring), profiled."""
+def iter_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> Iterator[dict[str, Any]]:
+    """The first ``n`` kept samples of the seeded stream (see module docstring), profiled,
+    yielded as they are found (profiling a sample takes ~0.2 s and most are rejected)."""
     rng = np.random.default_rng(int(settings["seed"]))
     roofline = RooflineProfiler(target=settings["target"])
     seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    while len(out) < n:
+    kept = 0
+    while kept < n:
         c = space.sample(rng)
         c["kd_tau"], c["kd_alpha"] = KD_TAU, KD_ALPHA  # fixed in the table, not searched
         c = space.canonical(c)
@@ -156,21 +184,34 @@ def sample_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> list[d
         if prof["flops"] > settings["max_flops"]:
             continue
         seen.add(key)
-        out.append({"index": len(out), "config": c, "key": key, "describe": space.describe(c),
-                    "unit": [round(float(u), 6) for u in space.to_unit(c)], **prof})
-    return out
+        yield {
+            "index": kept,
+            "config": c,
+            "key": key,
+            "describe": space.describe(c),
+            "unit": [round(float(u), 6) for u in space.to_unit(c)],
+            **prof,
+        }
+        kept += 1
 
 
 def make_space(settings: dict[str, Any]) -> SearchSpace:
     s = settings["space"]
-    return create_space(s["name"], input_shape=tuple(s["input_shape"]), num_classes=int(s["num_classes"]))
+    return create_space(
+        s["name"],
+        input_shape=tuple(s["input_shape"]),
+        num_classes=int(s["num_classes"]),
+        **s.get("kwargs", {}),
+    )
 
 
 def load_bundle(settings: dict[str, Any]) -> DataBundle:
     return load_data(settings["data"])
 
 
-def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_teacher(
+    settings: dict[str, Any], data: DataBundle, workdir: Path
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train (or reload from ``workdir``) the CE teacher; returns it and its summary."""
     space = create_space("cnn", input_shape=data.input_shape, num_classes=data.num_classes)
     torch.manual_seed(0)
@@ -183,17 +224,31 @@ def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> 
             teacher.load_state_dict(torch.load(path, map_location="cpu"))
             return teacher.eval(), meta["summary"]
     t0 = time.perf_counter()
-    res = train_student(teacher, data, TrainConfig(epochs=settings["teacher_epochs"], use_kd=False,
-                                                   batch_size=settings["batch_size"], seed=0))
+    res = train_student(
+        teacher,
+        data,
+        TrainConfig(
+            epochs=settings["teacher_epochs"],
+            use_kd=False,
+            batch_size=settings["batch_size"],
+            seed=0,
+        ),
+    )
     secs = time.perf_counter() - t0
     roof = RooflineProfiler(target=settings["target"])
     spec = InputSpec(tuple(data.input_shape))
     tr = trace_ops(teacher, spec.shape)
     m = count(teacher, spec, trace=tr)
-    summary = {"config": TEACHER_CONFIG, "describe": space.describe(TEACHER_CONFIG),
-               "val_acc": res.val_acc, "train_acc": res.train_acc, "params": int(m.params),
-               "flops": int(m.flops), "latency_ms": float(roof.predict_ops(tr.ops, 1).latency_ms),
-               "train_seconds": round(secs, 1)}
+    summary = {
+        "config": TEACHER_CONFIG,
+        "describe": space.describe(TEACHER_CONFIG),
+        "val_acc": res.val_acc,
+        "train_acc": res.train_acc,
+        "params": int(m.params),
+        "flops": int(m.flops),
+        "latency_ms": float(roof.predict_ops(tr.ops, 1).latency_ms),
+        "train_seconds": round(secs, 1),
+    }
     workdir.mkdir(parents=True, exist_ok=True)
     torch.save(teacher.state_dict(), path)
     meta_path.write_text(json.dumps({"settings_key": _teacher_key(settings), "summary": summary}))
@@ -201,8 +256,15 @@ def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> 
 
 
 def _teacher_key(settings: dict[str, Any]) -> str:
-    return json.dumps([settings["data"], settings["teacher_config"], settings["teacher_epochs"],
-                       settings["batch_size"]], sort_keys=True)
+    return json.dumps(
+        [
+            settings["data"],
+            settings["teacher_config"],
+            settings["teacher_epochs"],
+            settings["batch_size"],
+        ],
+        sort_keys=True,
+    )
 
 
 def _init_worker(settings: dict[str, Any], workdir: str, threads: int) -> None:
@@ -223,19 +285,35 @@ def run_arch(arch: dict[str, Any]) -> dict[str, Any]:
             frac = float(Fraction(f))
             torch.manual_seed(1000 + int(arch["index"]))  # same init for CE and KD
             model = space.build(arch["config"])
-            cfg = TrainConfig(epochs=s["epochs"], data_fraction=frac, batch_size=s["batch_size"],
-                              use_kd=(loss == "kd"), alpha=KD_ALPHA, tau=KD_TAU, seed=0,
-                              eval_every_epoch=True)
+            cfg = TrainConfig(
+                epochs=s["epochs"],
+                data_fraction=frac,
+                batch_size=s["batch_size"],
+                use_kd=(loss == "kd"),
+                alpha=KD_ALPHA,
+                tau=KD_TAU,
+                seed=0,
+                eval_every_epoch=True,
+            )
             try:
                 res = train_student(model, data, cfg, cache if loss == "kd" else None)
-            except Exception as exc:  # a failed run is recorded, never silently dropped
-                runs.append({"loss": loss, "fraction": frac, "error": f"{type(exc).__name__}: {exc}"})
+            except Exception as exc:  # noqa: BLE001 -- a failed run is recorded, never dropped
+                runs.append(
+                    {"loss": loss, "fraction": frac, "error": f"{type(exc).__name__}: {exc}"}
+                )
                 continue
             accs = [h["val_acc"] for h in res.history if "val_acc" in h]
             accs[-1] = res.val_acc
             for e, acc in enumerate(accs, start=1):
-                runs.append({"loss": loss, "fraction": frac, "epoch": e,
-                             "fidelity": frac * e / s["epochs"], "val_acc": round(float(acc), 5)})
+                runs.append(
+                    {
+                        "loss": loss,
+                        "fraction": frac,
+                        "epoch": e,
+                        "fidelity": frac * e / s["epochs"],
+                        "val_acc": round(float(acc), 5),
+                    }
+                )
     return {**arch, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -265,40 +343,66 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_of(args)
     header, done = read_existing(args.out)
     if header is not None and header["settings"] != settings:
-        print(f"{args.out} was made with other settings; use another --out or delete it", file=sys.stderr)
+        print(
+            f"{args.out} was made with other settings; use another --out or delete it",
+            file=sys.stderr,
+        )
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"# {' '.join(sys.argv)}\n# {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.workers} worker(s) x {args.threads} thread(s)")
+    print(
+        f"# {' '.join(sys.argv)}\n# {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.workers} worker(s) x {args.threads} thread(s)"
+    )
 
     data = load_bundle(settings)
     teacher, tsum = train_teacher(settings, data, args.workdir)
     TeacherCache.build(teacher, data, cache_dir=args.workdir / "cache")
-    print(f"teacher {tsum['describe']}: val acc {tsum['val_acc']:.4f}, {tsum['params']} params, "
-          f"{tsum['flops'] / 1e6:.2f} MFLOPs, {tsum['latency_ms']:.4f} ms on 2080ti "
-          f"(trained in {tsum['train_seconds']} s)  [{time.perf_counter() - t_start:.0f} s]")
+    print(
+        f"teacher {tsum['describe']}: val acc {tsum['val_acc']:.4f}, {tsum['params']} params, "
+        f"{tsum['flops'] / 1e6:.2f} MFLOPs, {tsum['latency_ms']:.4f} ms on 2080ti "
+        f"(trained in {tsum['train_seconds']} s)  [{time.perf_counter() - t_start:.0f} s]"
+    )
 
     space = make_space(settings)
-    archs = sample_archs(space, settings, args.archs)
-    todo = [a for a in archs if a["index"] not in done]
-    print(f"{len(archs)} archs, {len(done)} already in {args.out}, {len(todo)} to train  "
-          f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
+    todo = (a for a in iter_archs(space, settings, args.archs) if a["index"] not in done)
+    print(
+        f"{args.archs} archs asked, {len(done)} already in {args.out}  "
+        f"[{time.perf_counter() - t_start:.0f} s]",
+        flush=True,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if header is None:
         with args.out.open("w") as fh:
-            fh.write(json.dumps({"kind": "header", "settings": settings, "teacher": tsum,
-                                 "levels": fidelity_levels(settings), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "machine": f"{platform.node()}, {os.cpu_count()} CPUs"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "kind": "header",
+                        "settings": settings,
+                        "teacher": tsum,
+                        "levels": fidelity_levels(settings),
+                        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
+                    }
+                )
+                + "\n"
+            )
 
     def write(rec: dict[str, Any]) -> None:
         with args.out.open("a") as fh:
             fh.write(json.dumps({"kind": "arch", **rec}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        full = [r for r in rec["runs"] if r.get("loss") == "kd" and math.isclose(r.get("fidelity", 0), 1.0)]
+        full = [
+            r
+            for r in rec["runs"]
+            if r.get("loss") == "kd" and math.isclose(r.get("fidelity", 0), 1.0)
+        ]
         acc = f"{full[0]['val_acc']:.3f}" if full else "failed"
-        print(f"arch {rec['index']:4d} {rec['params']:7d} p {rec['flops'] / 1e6:5.2f} MF kd@1 {acc} "
-              f"{rec['seconds']:6.1f} s  [{time.perf_counter() - t_start:.0f} s elapsed]", flush=True)
+        print(
+            f"arch {rec['index']:4d} {rec['params']:7d} p {rec['flops'] / 1e6:5.2f} MF kd@1 {acc} "
+            f"{rec['seconds']:6.1f} s  [{time.perf_counter() - t_start:.0f} s elapsed]",
+            flush=True,
+        )
 
     if args.workers <= 1:
         _init_worker(settings, str(args.workdir), args.threads)
@@ -306,8 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             write(run_arch(a))
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(args.workers, initializer=_init_worker,
-                      initargs=(settings, str(args.workdir), args.threads)) as pool:
+        with ctx.Pool(
+            args.workers,
+            initializer=_init_worker,
+            initargs=(settings, str(args.workdir), args.threads),
+        ) as pool:
             for rec in pool.imap_unordered(run_arch, todo):
                 write(rec)
     _, done = read_existing(args.out)

@@ -63,11 +63,29 @@ def write_table(path: Path, n: int = 6, broken_line: bool = True) -> list[dict]:
         for loss, fracs in (("ce", FRACTIONS[:2]), ("kd", FRACTIONS)):
             for f in fracs:
                 for e in (1, 2, 3):
-                    runs.append({"loss": loss, "fraction": f, "epoch": e, "fidelity": f * e / 3,
-                                 "val_acc": _acc(i, loss, f, e)})
-        lines.append(json.dumps({"kind": "arch", "index": i, "config": c, "describe": f"a{i}",
-                                 "params": 10_000 * (i + 1), "flops": 1_000_000, "latency_ms": 0.01,
-                                 "runs": runs}))
+                    runs.append(
+                        {
+                            "loss": loss,
+                            "fraction": f,
+                            "epoch": e,
+                            "fidelity": f * e / 3,
+                            "val_acc": _acc(i, loss, f, e),
+                        }
+                    )
+        lines.append(
+            json.dumps(
+                {
+                    "kind": "arch",
+                    "index": i,
+                    "config": c,
+                    "describe": f"a{i}",
+                    "params": 10_000 * (i + 1),
+                    "flops": 1_000_000,
+                    "latency_ms": 0.01,
+                    "runs": runs,
+                }
+            )
+        )
     if broken_line:
         lines.append('{"kind": "arch", "index": 99, "conf')  # a write cut by a kill
     path.write_text("\n".join(lines) + "\n")
@@ -111,7 +129,9 @@ def test_nearest_maps_a_small_change_to_its_source(table_path: Path) -> None:
     c["s1_kernel"] = 5 if c["s1_kernel"] == 3 else 3
     c = space.canonical(c)
     assert space.key(c) != space.key(bench.archs[3].config)
-    d = [float(((bench._units[j] - bench._encode(c)) ** 2 * bench._weights).sum()) for j in range(6)]
+    d = [
+        float(((bench._units[j] - bench._encode(c)) ** 2 * bench._weights).sum()) for j in range(6)
+    ]
     assert bench.nearest(c) == int(np.argmin(d)) == 3
 
 
@@ -124,6 +144,8 @@ def test_fidelity_levels_and_ties(table_path: Path) -> None:
     lv = bench.level(1 / 3)  # (1/3, 3) annealed beats (1, 1)
     assert (round(lv.fraction, 6), lv.epoch) == (round(1 / 3, 6), 3)
     assert math.isclose(bench.level(0.03).fidelity, 1 / 27)
+    by_data = TabularBenchmark(table_path, tie="data").level(1 / 3)
+    assert (by_data.fraction, by_data.epoch) == (1.0, 1)
     assert math.isclose(bench.level(0.6).fidelity, 2 / 3)
     with pytest.raises(ValueError):
         bench.level(0.0)
@@ -134,7 +156,9 @@ def test_evaluate_returns_the_search_score_of_the_recorded_accuracy(table_path: 
     a = bench.archs[4]
     m = bench.evaluate(a.config, 1 / 3)
     acc = _acc(4, "kd", 1 / 3, 3)
-    s = cost_term(a.params, a.flops, a.latency_ms, TEACHER["params"], TEACHER["flops"], TEACHER["latency_ms"])
+    s = cost_term(
+        a.params, a.flops, a.latency_ms, TEACHER["params"], TEACHER["flops"], TEACHER["latency_ms"]
+    )
     assert m["arch"] == 4 and m["accuracy"] == acc
     assert math.isclose(m["score"], search_score(acc, 0.5, s))
     assert math.isclose(m["fidelity"], 1 / 9 * 3)
@@ -152,7 +176,14 @@ def test_regret_uses_the_incumbent_at_the_highest_fidelity(table_path: Path) -> 
 
     def trial(i: int, fid: float, n: int) -> Trial:
         m = bench.evaluate(bench.archs[i].config, fid)
-        return Trial(number=n, config=bench.archs[i].config, status=OK, score=m["score"], fidelity=fid, metrics=m)
+        return Trial(
+            number=n,
+            config=bench.archs[i].config,
+            status=OK,
+            score=m["score"],
+            fidelity=fid,
+            metrics=m,
+        )
 
     assert bench.regret([]) == math.inf
     assert bench.regret([trial(5, 1.0, 0)]) == 0.0
@@ -166,7 +197,9 @@ def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -
     bench = TabularBenchmark(table_path)
 
     def go(seed: int):
-        return run_strategy(bench, create_strategy("random", bench.space, seed=seed, budget=5), max_cost=5)
+        return run_strategy(
+            bench, create_strategy("random", bench.space, seed=seed, budget=5), max_cost=5
+        )
 
     a, b = go(3), go(3)
     assert [t.metrics["arch"] for t in a.trials] == [t.metrics["arch"] for t in b.trials]
@@ -184,4 +217,6 @@ def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) 
     run = run_strategy(bench, strat, max_cost=3)
     assert run.costs[-1] >= 3 - 1e-9
     assert len(run.trials) > 3  # bohb starts at low fidelity: more evaluations than cost
-    assert run.costs == pytest.approx(np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist())
+    assert run.costs == pytest.approx(
+        np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist()
+    )

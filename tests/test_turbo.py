@@ -80,7 +80,8 @@ def test_initial_design_size_fits_small_budgets() -> None:
     assert default_n_init(space, 30) == 7
     assert default_n_init(space, 60) == 12
     assert default_n_init(space, None) == 12
-    assert default_failure_tolerance(8, 1, 23) == 3  # capped for a 30-eval run
+    assert default_failure_tolerance(8, 1, 23) == 5  # capped for a 30-eval run
+    assert default_failure_tolerance(8, 1, 5) == 3  # never below 3
     assert default_failure_tolerance(8, 1, 500) == 8  # the tutorial's value otherwise
 
 

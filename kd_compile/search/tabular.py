@@ -16,8 +16,9 @@ How a lookup works (``TabularBenchmark.evaluate``):
   lowest table index. A proposal that is a table architecture maps to itself.
 * **Fidelity.** A fidelity in (0, 1] maps to the recorded level nearest in ``log`` fidelity
   (``fraction * epoch / epochs``). Where two readouts share a fidelity (e.g. 1/3 of the data
-  for 3 epochs and all of it for 1 epoch of a 3-epoch schedule) the one that ends its schedule
-  (annealed, ``epoch == epochs``) is used. The *cost* of the evaluation is the fidelity of the
+  for 3 epochs and all of it for 1 epoch of a 3-epoch schedule) ``tie="final"`` (default) takes
+  the one that ends its schedule (annealed, ``epoch == epochs``), ``tie="data"`` the one with
+  the larger data fraction (a learning-curve readout). The *cost* of the evaluation is the fidelity of the
   level used.
 * **Score** (minimise), ``score="search"`` (default): ``kd_compile.search.score.search_score``
   with ``s = cost_term(params, flops, latency)`` relative to the teacher's and accuracy relative
@@ -168,6 +169,8 @@ class TabularBenchmark:
         score: ``"search"`` (the compiler's smooth KD-guided score) or ``"error"`` (1 - acc).
         accuracy_weight: exponent of the accuracy ratio in the search score.
         space: the space strategies search; default: the TRADE space of the table's settings.
+        tie: which of two levels of equal fidelity answers: ``"final"`` (the annealed readout)
+            or ``"data"`` (the larger data fraction).
     """
 
     def __init__(
@@ -177,7 +180,11 @@ class TabularBenchmark:
         score: str = "search",
         accuracy_weight: float = 4.0,
         space: SearchSpace | None = None,
+        tie: str = "final",
     ) -> None:
+        if tie not in ("final", "data"):
+            raise ValueError(f"tie must be 'final' or 'data', got {tie!r}")
+        self.tie = tie
         self.table = table if isinstance(table, Table) else load_table(table)
         if loss not in ("kd", "ce"):
             raise ValueError(f"loss must be 'kd' or 'ce', got {loss!r}")
@@ -187,7 +194,10 @@ class TabularBenchmark:
         s = self.table.settings
         sp = s["space"]
         self.space = space or create_space(
-            sp["name"], input_shape=tuple(sp["input_shape"]), num_classes=int(sp["num_classes"])
+            sp["name"],
+            input_shape=tuple(sp["input_shape"]),
+            num_classes=int(sp["num_classes"]),
+            **sp.get("kwargs", {}),
         )
         self.epochs = int(s["epochs"])
         self.archs = self.table.archs
@@ -196,7 +206,9 @@ class TabularBenchmark:
         self._keys = {self.space.key(self._strip(a.config)): i for i, a in enumerate(self.archs)}
         self.levels = self._levels()
         self.full_level = max(self.levels, key=lambda lv: (lv.fidelity, lv.fraction))
-        self.full_scores = np.array([self.score_at(i, self.full_level) for i in range(len(self.archs))])
+        self.full_scores = np.array(
+            [self.score_at(i, self.full_level) for i in range(len(self.archs))]
+        )
         finite = self.full_scores[np.isfinite(self.full_scores)]
         if finite.size == 0:
             raise ValueError("no architecture has a full-fidelity result")
@@ -237,14 +249,17 @@ class TabularBenchmark:
         return int(np.argmin(d))
 
     def level(self, fidelity: float) -> Level:
-        """The recorded level nearest to ``fidelity`` in log scale (ties: the annealed readout,
-        then the larger fidelity)."""
+        """The recorded level nearest to ``fidelity`` in log scale (ties: see ``tie``)."""
         if not 0.0 < fidelity <= 1.0 + 1e-9:
             raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
         lf = math.log(fidelity)
         return min(
             self.levels,
-            key=lambda lv: (round(abs(math.log(lv.fidelity) - lf), 6), not lv.final, -lv.fidelity),
+            key=lambda lv: (
+                round(abs(math.log(lv.fidelity) - lf), 6),
+                (not lv.final) if self.tie == "final" else -lv.fraction,
+                -lv.fidelity,
+            ),
         )
 
     def accuracy(self, index: int, level: Level, loss: str | None = None) -> float | None:
@@ -345,7 +360,7 @@ def run_strategy(
             costs f); the run stops once the cumulative cost reaches it.
         max_evals: a cap on the number of evaluations (default ``ceil(20 * max_cost)``).
     """
-    cap = max_evals if max_evals is not None else int(math.ceil(20 * max_cost))
+    cap = max_evals if max_evals is not None else math.ceil(20 * max_cost)
     trials: list[Trial] = []
     costs: list[float] = []
     regrets: list[float] = []
