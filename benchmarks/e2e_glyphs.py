@@ -41,8 +41,20 @@ def main() -> None:
     params_t = load_teacher(TEACHER).params
     limit = f"{params_t / 10 / 1000:.0f}K"
     exe = Path(sys.executable).with_name("kd-compile")
-    cmd = [str(exe), str(TEACHER), "--target", args.target, "--max-params", limit, "--strategy", args.strategy,
-           "--out", str(args.out), "--force", "--json"]
+    cmd = [
+        str(exe),
+        str(TEACHER),
+        "--target",
+        args.target,
+        "--max-params",
+        limit,
+        "--strategy",
+        args.strategy,
+        "--out",
+        str(args.out),
+        "--force",
+        "--json",
+    ]
     if args.budget:
         cmd += ["--budget", str(args.budget)]
     print("command:", " ".join(cmd))

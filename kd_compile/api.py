@@ -7,7 +7,6 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,9 @@ def latency_on_target(
         return p.profile(model, spec)
 
 
-def costs(model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False) -> tuple[Measurement, Measurement]:
+def costs(
+    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False
+) -> tuple[Measurement, Measurement]:
     """(counts, latency on target) from one traced forward pass."""
     from .profilers.counting import count, trace_ops
 
@@ -122,7 +123,9 @@ def _resolve_config(teacher: str | Path | CompileConfig, **kw: Any) -> CompileCo
     constraints = Constraints(
         max_params=parse_size(c["max_params"], "--max-params") if c.get("max_params") is not None else None,
         max_flops=parse_size(c["max_flops"], "--max-flops") if c.get("max_flops") is not None else None,
-        max_latency_ms=parse_latency_ms(c["max_latency"], "--max-latency") if c.get("max_latency") is not None else None,
+        max_latency_ms=parse_latency_ms(c["max_latency"], "--max-latency")
+        if c.get("max_latency") is not None
+        else None,
         max_memory_bytes=parse_bytes(c["max_memory"], "--max-memory") if c.get("max_memory") is not None else None,
     )
     budget = kw.pop("budget", None)
@@ -132,7 +135,9 @@ def _resolve_config(teacher: str | Path | CompileConfig, **kw: Any) -> CompileCo
         b = budget
     else:
         raise UsageError(f"budget must be an int or a Budget, got {type(budget).__name__}")
-    knobs = {k: kw.pop(k) for k in ("proxy_epochs", "proxy_data_fraction", "final_epochs", "time_limit_s") if k in kw}
+    knobs = {
+        k: kw.pop(k) for k in ("proxy_epochs", "proxy_data_fraction", "final_epochs", "time_limit_s", "lr") if k in kw
+    }
     if knobs:
         b = dataclasses.replace(b, **{k: v for k, v in knobs.items() if v is not None})
     if "out" in kw:
@@ -199,6 +204,8 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     """
     from .data import load_data
     from .distill import TeacherCache, TrainConfig, train_student
+    from .executors import TrainJob, parallel_workers, run_jobs
+    from .export import space_kwargs
     from .search.base import create_strategy
     from .search.journal import Journal, fingerprint
     from .search.loop import run_search
@@ -229,7 +236,10 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     t0 = time.perf_counter()
     rep.stage("loading teacher")
     tch = load_teacher(
-        cfg.teacher, arch=cfg.arch, input_shape=cfg.input_shape, num_classes=cfg.num_classes,
+        cfg.teacher,
+        arch=cfg.arch,
+        input_shape=cfg.input_shape,
+        num_classes=cfg.num_classes,
         trust_checkpoint=cfg.trust_checkpoint,
     )
     out = _prepare_out(cfg)
@@ -240,7 +250,10 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         data = _synthesize_data(tch, cfg, rep)
     else:
         data = load_data(
-            cfg.data, hint=tch.meta.get("data"), image_size=tch.input_shape[1], channels=tch.input_shape[0],
+            cfg.data,
+            hint=tch.meta.get("data"),
+            image_size=tch.input_shape[1],
+            channels=tch.input_shape[0],
             seed=cfg.seed,
         )
     if data.num_classes != tch.num_classes:
@@ -269,7 +282,6 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     lap("teacher", t0)
     acc_target = cfg.target_acc if cfg.target_acc is not None else acc_teacher
 
-
     b = cfg.budget
     accuracy_weight = 4.0
 
@@ -283,39 +295,57 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
                 if n_params > limit:  # rejected before the student is even built
                     metrics["params"] = n_params
                     lap("costs", t_eval)
-                    return Trial(number, config, INFEASIBLE, None, fidelity, metrics,
-                                 "; ".join(cfg.constraints.violations(n_params, 0, None, None)),
-                                 time.perf_counter() - t_eval)
+                    return Trial(
+                        number,
+                        config,
+                        INFEASIBLE,
+                        None,
+                        fidelity,
+                        metrics,
+                        "; ".join(cfg.constraints.violations(n_params, 0, None, None)),
+                        time.perf_counter() - t_eval,
+                    )
             torch.manual_seed(cfg.seed + number)
             model = space.build(config)
             cnt, lat = costs(model, spec, target, fast=True)
             metrics.update(
-                params=int(cnt.params), flops=int(cnt.flops), latency_ms=float(lat.latency_ms),
-                latency_method=lat.method, memory_bytes=int(cnt.peak_activation_bytes or 0),
+                params=int(cnt.params),
+                flops=int(cnt.flops),
+                latency_ms=float(lat.latency_ms),
+                latency_method=lat.method,
+                memory_bytes=int(cnt.peak_activation_bytes or 0),
             )
             viol = cfg.constraints.violations(
                 int(cnt.params), int(cnt.flops), float(lat.latency_ms), cnt.peak_activation_bytes
             )
             if viol:
                 lap("costs", t_eval)
-                return Trial(number, config, INFEASIBLE, None, fidelity, metrics, "; ".join(viol),
-                             time.perf_counter() - t_eval)
+                return Trial(
+                    number, config, INFEASIBLE, None, fidelity, metrics, "; ".join(viol), time.perf_counter() - t_eval
+                )
             lap("costs", t_eval)
             kd = space.kd_hparams(config)
             t_train = time.perf_counter()
             res = train_student(
-                model, data,
-                TrainConfig(epochs=b.proxy_epochs, data_fraction=b.proxy_data_fraction * fidelity,
-                            alpha=kd["alpha"], tau=kd["tau"], seed=cfg.seed, device=device,
-                            batch_size=cfg.batch_size),
+                model,
+                data,
+                TrainConfig(
+                    epochs=b.proxy_epochs,
+                    data_fraction=b.proxy_data_fraction * fidelity,
+                    alpha=kd["alpha"],
+                    tau=kd["tau"],
+                    seed=cfg.seed,
+                    device=device,
+                    batch_size=cfg.batch_size,
+                    lr=b.lr,
+                ),
                 cache,
                 progress=lambda f: rep.training(f"candidate {number}", f),
             )
             lap("training", t_train)
             acc = max(float(res.val_acc), 1e-3)
             s = cost_term(cnt.params, cnt.flops, lat.latency_ms, t_counts.params, t_counts.flops, t_lat.latency_ms)
-            metrics.update(accuracy=acc, s=s, trade_score=trade_score(acc, acc_target, s),
-                           train_seconds=res.seconds)
+            metrics.update(accuracy=acc, s=s, trade_score=trade_score(acc, acc_target, s), train_seconds=res.seconds)
             score = search_score(acc, acc_teacher, s, accuracy_weight)
             return Trial(number, config, OK, score, fidelity, metrics, None, time.perf_counter() - t_eval)
         except (CandidateError, Exception) as exc:  # a failing candidate never stops the search
@@ -328,13 +358,22 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     # search, journaled
     strategy = create_strategy(cfg.strategy, space, seed=cfg.seed, budget=b.candidates)
     header = {
-        "fingerprint": fingerprint({
-            "teacher": _file_id(cfg.teacher), "data": data.name, "space": cfg.space,
-            "strategy": cfg.strategy, "seed": cfg.seed, "constraints": cfg.constraints.to_dict(),
-            "data_free": data_free, "synthetic": [cfg.synthetic_images, cfg.synthetic_steps] if data_free else None,
-            "budget": dataclasses.replace(b, time_limit_s=None).to_dict(), "target": target.name,
-            "target_acc": cfg.target_acc, "version": __version__,
-        }),
+        "fingerprint": fingerprint(
+            {
+                "teacher": _file_id(cfg.teacher),
+                "data": data.name,
+                "space": cfg.space,
+                "strategy": cfg.strategy,
+                "seed": cfg.seed,
+                "constraints": cfg.constraints.to_dict(),
+                "data_free": data_free,
+                "synthetic": [cfg.synthetic_images, cfg.synthetic_steps] if data_free else None,
+                "budget": dataclasses.replace(b, time_limit_s=None).to_dict(),
+                "target": target.name,
+                "target_acc": cfg.target_acc,
+                "version": __version__,
+            }
+        ),
         "config": cfg.to_dict(),
     }
     journal = Journal(out / "journal.jsonl")
@@ -342,8 +381,9 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     rep.stage(f"search: {cfg.strategy}, {b.candidates} candidates")
     rep.search_started(b.candidates)
     try:
-        sr = run_search(space, strategy, evaluate, b.candidates, journal, past,
-                        time_limit_s=b.time_limit_s, on_trial=rep.trial)
+        sr = run_search(
+            space, strategy, evaluate, b.candidates, journal, past, time_limit_s=b.time_limit_s, on_trial=rep.trial
+        )
     finally:
         rep.search_done()
     best = sr.best()
@@ -364,10 +404,23 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         knowledge = TeacherKnowledge.build(tch.module, data, cache=cache, seed=cfg.seed, device=device)
         kd = space.kd_hparams(best.config)
         choice, distiller_report = search_distiller(
-            lambda: _seeded_build(space, best.config, cfg.seed), data, tch.module, cache,
-            iterations=cfg.distiller_iterations, seed=cfg.seed, knowledge=knowledge,
-            train_cfg=TrainConfig(epochs=b.proxy_epochs, data_fraction=b.proxy_data_fraction, alpha=kd["alpha"],
-                                  tau=kd["tau"], seed=cfg.seed, device=device, batch_size=cfg.batch_size),
+            lambda: _seeded_build(space, best.config, cfg.seed),
+            data,
+            tch.module,
+            cache,
+            iterations=cfg.distiller_iterations,
+            seed=cfg.seed,
+            knowledge=knowledge,
+            train_cfg=TrainConfig(
+                epochs=b.proxy_epochs,
+                data_fraction=b.proxy_data_fraction,
+                alpha=kd["alpha"],
+                tau=kd["tau"],
+                seed=cfg.seed,
+                device=device,
+                batch_size=cfg.batch_size,
+                lr=b.lr,
+            ),
         )
         lap("distiller_search", t0)
 
@@ -375,31 +428,79 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     def final_train(use_kd: bool) -> tuple[nn.Module, Any]:
         model = _seeded_build(space, best.config, cfg.seed)
         kd = space.kd_hparams(best.config)
-        tcfg = TrainConfig(epochs=b.final_epochs, data_fraction=1.0, alpha=kd["alpha"], tau=kd["tau"],
-                           use_kd=use_kd, seed=cfg.seed, device=device, batch_size=cfg.batch_size)
+        tcfg = TrainConfig(
+            epochs=b.final_epochs,
+            data_fraction=1.0,
+            alpha=kd["alpha"],
+            tau=kd["tau"],
+            use_kd=use_kd,
+            seed=cfg.seed,
+            device=device,
+            batch_size=cfg.batch_size,
+            lr=b.lr,
+        )
         what = "final (KD)" if use_kd else "final (CE only)"
         if use_kd and choice is not None:
             from .distill import train_with_distiller
 
-            res = train_with_distiller(model, data, tcfg, cache, tch.module, choice, knowledge=knowledge,
-                                       progress=lambda f: rep.training(what, f))
+            res = train_with_distiller(
+                model,
+                data,
+                tcfg,
+                cache,
+                tch.module,
+                choice,
+                knowledge=knowledge,
+                progress=lambda f: rep.training(what, f),
+            )
         else:
-            res = train_student(model, data, tcfg, cache if use_kd else None,
-                                progress=lambda f: rep.training(what, f))
+            res = train_student(model, data, tcfg, cache if use_kd else None, progress=lambda f: rep.training(what, f))
         return model.cpu().eval(), res
 
     t0 = time.perf_counter()
-    rep.stage("final training with KD")
-    student, res_kd = final_train(True)
-    lap("final_training", t0)
     res_ce = None
-    if cfg.compare_ce:
-        t0 = time.perf_counter()
-        rep.stage("final training without KD (comparison)")
-        _, res_ce = final_train(False)
-        lap("final_training", t0)
-    journal.note("final", config=best.config, val_acc=res_kd.val_acc,
-                 val_acc_ce=None if res_ce is None else res_ce.val_acc)
+    workers = parallel_workers() if cfg.workers == 0 else cfg.workers
+    if cfg.compare_ce and choice is None and workers > 1 and device == "cpu":
+        # the KD student and its CE-only twin are independent: train them side by side
+        rep.stage(f"final training with KD and without (comparison), {workers} processes")
+        kd = space.kd_hparams(best.config)
+        jobs = [
+            TrainJob(
+                cfg.space,
+                space_kwargs(space),
+                best.config,
+                cfg.seed,
+                TrainConfig(
+                    epochs=b.final_epochs,
+                    data_fraction=1.0,
+                    alpha=kd["alpha"],
+                    tau=kd["tau"],
+                    use_kd=use_kd,
+                    seed=cfg.seed,
+                    device=device,
+                    batch_size=cfg.batch_size,
+                    lr=b.lr,
+                ),
+                data,
+                cache.train_logits if use_kd else None,
+                cache.val_logits if use_kd else None,
+            )
+            for use_kd in (True, False)
+        ]
+        (sd_kd, res_kd), (_, res_ce) = run_jobs(jobs, workers)
+        student = space.build(best.config)
+        student.load_state_dict(sd_kd)
+        student.eval()
+    else:
+        rep.stage("final training with KD")
+        student, res_kd = final_train(True)
+        if cfg.compare_ce:
+            rep.stage("final training without KD (comparison)")
+            _, res_ce = final_train(False)
+    lap("final_training", t0)
+    journal.note(
+        "final", config=best.config, val_acc=res_kd.val_acc, val_acc_ce=None if res_ce is None else res_ce.val_acc
+    )
     journal.close()
 
     # export and final measurements
@@ -407,11 +508,22 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     rep.stage("export")
     from .export import export_student
 
-    artifacts = export_student(student, space, best.config, spec, out, meta={
-        "teacher": str(cfg.teacher), "data": data.hint(), "normalize": {"mean": list(data.mean), "std": list(data.std)},
-        "accuracy": res_kd.val_acc, "class_names": list(data.class_names), "target": target.name,
-        "kd_compile_version": __version__,
-    })
+    artifacts = export_student(
+        student,
+        space,
+        best.config,
+        spec,
+        out,
+        meta={
+            "teacher": str(cfg.teacher),
+            "data": data.hint(),
+            "normalize": {"mean": list(data.mean), "std": list(data.std)},
+            "accuracy": res_kd.val_acc,
+            "class_names": list(data.class_names),
+            "target": target.name,
+            "kd_compile_version": __version__,
+        },
+    )
     s_counts, s_lat = costs(student, spec, target)
     extra_measurements = {}
     if not target.local:
@@ -427,22 +539,43 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     lap("export", t0)
 
     s_acc = float(res_kd.val_acc)
-    s_term = cost_term(s_counts.params, s_counts.flops, s_lat.latency_ms, t_counts.params, t_counts.flops, t_lat.latency_ms)
+    s_term = cost_term(
+        s_counts.params, s_counts.flops, s_lat.latency_ms, t_counts.params, t_counts.flops, t_lat.latency_ms
+    )
     from .report import build_report, pareto_front, write_report
 
     pareto = pareto_front(sr.trials)
     report = build_report(
-        cfg=cfg, target=target, teacher=tch, acc_teacher=acc_teacher, acc_target=acc_target,
-        t_counts=t_counts, t_lat=t_lat, student_config=best.config, student_arch=space.describe(best.config),
-        s_counts=s_counts, s_lat=s_lat, s_acc=s_acc, s_acc_ce=None if res_ce is None else float(res_ce.val_acc),
-        s_term=s_term, trade=trade_score(s_acc, acc_target, s_term), search=sr, best=best, pareto=pareto,
-        artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
-        extra_measurements=extra_measurements, data=data, accuracy_weight=accuracy_weight,
-        data_free=data_free, distiller=distiller_report,
+        cfg=cfg,
+        target=target,
+        teacher=tch,
+        acc_teacher=acc_teacher,
+        acc_target=acc_target,
+        t_counts=t_counts,
+        t_lat=t_lat,
+        student_config=best.config,
+        student_arch=space.describe(best.config),
+        s_counts=s_counts,
+        s_lat=s_lat,
+        s_acc=s_acc,
+        s_acc_ce=None if res_ce is None else float(res_ce.val_acc),
+        s_term=s_term,
+        trade=trade_score(s_acc, acc_target, s_term),
+        search=sr,
+        best=best,
+        pareto=pareto,
+        artifacts=artifacts,
+        timings={**timings, "total": time.perf_counter() - t_start},
+        extra_measurements=extra_measurements,
+        data=data,
+        accuracy_weight=accuracy_weight,
+        data_free=data_free,
+        distiller=distiller_report,
     )
     artifacts.update(write_report(report, out))
-    return CompileResult(student=student, config=best.config, report=report, trials=sr.trials,
-                         pareto=pareto, artifacts=artifacts)
+    return CompileResult(
+        student=student, config=best.config, report=report, trials=sr.trials, pareto=pareto, artifacts=artifacts
+    )
 
 
 def _seeded_build(space: Any, config: dict[str, Any], seed: int) -> nn.Module:
@@ -466,8 +599,14 @@ def _synthesize_data(tch: Any, cfg: CompileConfig, rep: Reporter) -> Any:
     )
     norm = tch.meta.get("normalize") or {}
     return synthesize(
-        tch.module, tuple(tch.input_shape), tch.num_classes, n_images=cfg.synthetic_images,
-        steps=cfg.synthetic_steps, seed=cfg.seed, mean=norm.get("mean"), std=norm.get("std"),
+        tch.module,
+        tuple(tch.input_shape),
+        tch.num_classes,
+        n_images=cfg.synthetic_images,
+        steps=cfg.synthetic_steps,
+        seed=cfg.seed,
+        mean=norm.get("mean"),
+        std=norm.get("std"),
         progress=lambda f: rep.training("data-free synthesis", f),
     )
 
@@ -578,7 +717,10 @@ def profile(
     d = m.to_dict(layers=layers)
     d.update(
         model=str(model) if not isinstance(model, nn.Module) else type(model).__name__,
-        target=tgt.name, input_shape=list(shape), params=counts.params, flops=counts.flops,
+        target=tgt.name,
+        input_shape=list(shape),
+        params=counts.params,
+        flops=counts.flops,
         flops_per_batch=counts.flops * batch if counts.flops else None,
     )
     return d

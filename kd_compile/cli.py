@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -65,11 +65,14 @@ def _run(fn, *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:
         if os.environ.get("KD_COMPILE_DEBUG"):
             raise
-        typer.echo(f"kd-compile: internal error: {type(exc).__name__}: {exc} (set KD_COMPILE_DEBUG=1 for a traceback)", err=True)
+        typer.echo(
+            f"kd-compile: internal error: {type(exc).__name__}: {exc} (set KD_COMPILE_DEBUG=1 for a traceback)",
+            err=True,
+        )
         raise typer.Exit(1) from None
 
 
-def _shape(text: Optional[str]) -> tuple[int, int, int] | None:
+def _shape(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
     try:
@@ -90,8 +93,12 @@ class _RichReporter:
 
         self.console = Console(stderr=True, quiet=quiet)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-            TimeElapsedColumn(), console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         )
         self.search_task = None
         self.train_task = None
@@ -138,19 +145,25 @@ class _RichReporter:
 def compile_cmd(
     teacher: Annotated[str, typer.Argument(help="Teacher checkpoint (.pt, .pt2, .safetensors) or timm:<name>.")],
     target: TargetOpt = "2080ti",
-    max_params: Annotated[Optional[str], typer.Option(help="Max student parameters, e.g. 4M, 600K.")] = None,
-    max_flops: Annotated[Optional[str], typer.Option(help="Max student FLOPs per image, e.g. 600M, 1.2G.")] = None,
-    max_latency: Annotated[Optional[str], typer.Option(help="Max latency on the target, e.g. 2ms, 500us.")] = None,
-    max_memory: Annotated[Optional[str], typer.Option(help="Max peak activation memory, e.g. 64MB.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
+    max_params: Annotated[str | None, typer.Option(help="Max student parameters, e.g. 4M, 600K.")] = None,
+    max_flops: Annotated[str | None, typer.Option(help="Max student FLOPs per image, e.g. 600M, 1.2G.")] = None,
+    max_latency: Annotated[str | None, typer.Option(help="Max latency on the target, e.g. 2ms, 500us.")] = None,
+    max_memory: Annotated[str | None, typer.Option(help="Max peak activation memory, e.g. 64MB.")] = None,
+    data: Annotated[str | None, typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
     strategy: Annotated[str, typer.Option(help="Search strategy (see 'kd-compile strategies').")] = "turbo",
     space: Annotated[str, typer.Option(help="Student search space.")] = "trade",
-    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 12,
-    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
-    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 0.35,
-    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 12.0,
-    time_limit: Annotated[Optional[float], typer.Option(help="Stop proposing candidates after N seconds.")] = None,
-    target_acc: Annotated[Optional[float], typer.Option(help="Accuracy bracket of TRADE's score (0-1); default: the teacher's.")] = None,
+    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 6,
+    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 1.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 0.5,
+    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 8.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of every training.")] = 1e-2,
+    workers: Annotated[
+        int, typer.Option(help="Processes for independent trainings (0 = one per core, at most 2).")
+    ] = 0,
+    time_limit: Annotated[float | None, typer.Option(help="Stop proposing candidates after N seconds.")] = None,
+    target_acc: Annotated[
+        float | None, typer.Option(help="Accuracy bracket of TRADE's score (0-1); default: the teacher's.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kd-out"),
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     device: Annotated[str, typer.Option(help="Training device: cpu or cuda[:N].")] = "cpu",
@@ -158,12 +171,18 @@ def compile_cmd(
     force: Annotated[bool, typer.Option(help="Overwrite kd-compile artifacts in an existing --out.")] = False,
     json_out: JsonOpt = False,
     trust_checkpoint: TrustOpt = False,
-    arch: Annotated[Optional[str], typer.Option(help="timm architecture for a state_dict/safetensors teacher.")] = None,
-    input_shape: Annotated[Optional[str], typer.Option(help="Teacher input C,H,W when the checkpoint lacks it.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Teacher class count (checked against the checkpoint).")] = None,
+    arch: Annotated[str | None, typer.Option(help="timm architecture for a state_dict/safetensors teacher.")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="Teacher input C,H,W when the checkpoint lacks it.")] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Teacher class count (checked against the checkpoint).")
+    ] = None,
     compare_ce: Annotated[bool, typer.Option(help="Also train the chosen student without KD, for the report.")] = True,
-    distiller: Annotated[str, typer.Option(help="kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")] = "kd",
-    synthetic_images: Annotated[int, typer.Option(help="Images to synthesise for data-free runs (no data, no hint).")] = 2048,
+    distiller: Annotated[
+        str, typer.Option(help="kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")
+    ] = "kd",
+    synthetic_images: Annotated[
+        int, typer.Option(help="Images to synthesise for data-free runs (no data, no hint).")
+    ] = 2048,
 ) -> None:
     """Search, distil and export a student of TEACHER for the target device."""
     from . import api
@@ -171,13 +190,36 @@ def compile_cmd(
     def go() -> Any:
         reporter = _RichReporter(quiet=json_out)
         return api.compile(
-            teacher, reporter=reporter, target=target, max_params=max_params, max_flops=max_flops,
-            max_latency=max_latency, max_memory=max_memory, data=data, strategy=strategy, space=space,
-            budget=budget, proxy_epochs=proxy_epochs, proxy_data_fraction=proxy_fraction,
-            final_epochs=final_epochs, time_limit_s=time_limit, target_acc=target_acc, out=out, seed=seed,
-            device=device, resume=resume, force=force, trust_checkpoint=trust_checkpoint, arch=arch,
-            input_shape=_shape(input_shape), num_classes=num_classes, compare_ce=compare_ce,
-            distiller=distiller, synthetic_images=synthetic_images,
+            teacher,
+            reporter=reporter,
+            target=target,
+            max_params=max_params,
+            max_flops=max_flops,
+            max_latency=max_latency,
+            max_memory=max_memory,
+            data=data,
+            strategy=strategy,
+            space=space,
+            budget=budget,
+            proxy_epochs=proxy_epochs,
+            proxy_data_fraction=proxy_fraction,
+            final_epochs=final_epochs,
+            time_limit_s=time_limit,
+            lr=lr,
+            workers=workers,
+            target_acc=target_acc,
+            out=out,
+            seed=seed,
+            device=device,
+            resume=resume,
+            force=force,
+            trust_checkpoint=trust_checkpoint,
+            arch=arch,
+            input_shape=_shape(input_shape),
+            num_classes=num_classes,
+            compare_ce=compare_ce,
+            distiller=distiller,
+            synthetic_images=synthetic_images,
         )
 
     result = _run(go)
@@ -202,11 +244,11 @@ def compile_cmd(
 def profile_cmd(
     model: Annotated[str, typer.Argument(help="Checkpoint kd-compile can load, or timm:<model name>.")],
     target: TargetOpt = "cpu",
-    runtime: Annotated[Optional[str], typer.Option(help="tensorrt | torch | onnxruntime")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8")] = None,
+    runtime: Annotated[str | None, typer.Option(help="tensorrt | torch | onnxruntime")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | int8")] = None,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input resolution.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="predict | measure (default: measure on this machine).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input resolution.")] = None,
+    method: Annotated[str | None, typer.Option(help="predict | measure (default: measure on this machine).")] = None,
     layers: Annotated[bool, typer.Option(help="Include the per-layer breakdown.")] = False,
     json_out: JsonOpt = False,
     trust_checkpoint: TrustOpt = False,
@@ -214,8 +256,18 @@ def profile_cmd(
     """Latency, throughput, params and FLOPs of MODEL on a target."""
     from . import api
 
-    d = _run(api.profile, model, target=target, runtime=runtime, precision=precision, batch=batch,
-             image_size=image_size, method=method, layers=layers, trust_checkpoint=trust_checkpoint)
+    d = _run(
+        api.profile,
+        model,
+        target=target,
+        runtime=runtime,
+        precision=precision,
+        batch=batch,
+        image_size=image_size,
+        method=method,
+        layers=layers,
+        trust_checkpoint=trust_checkpoint,
+    )
     if json_out:
         typer.echo(json.dumps(d, indent=2, default=str))
         return
@@ -227,8 +279,10 @@ def profile_cmd(
     if layers:
         for layer in d["layers"]:
             lat = layer.get("latency_ms")
-            typer.echo(f"  {layer['name']:<40} {layer['op']:<16} {layer['flops']:>14,} FLOPs"
-                       + ("" if lat is None else f" {lat:.4g} ms"))
+            typer.echo(
+                f"  {layer['name']:<40} {layer['op']:<16} {layer['flops']:>14,} FLOPs"
+                + ("" if lat is None else f" {lat:.4g} ms")
+            )
 
 
 @app.command("calibrate")
@@ -236,9 +290,11 @@ def calibrate_cmd(
     target: TargetOpt,
     table: Annotated[list[Path], typer.Option(help="Measured latency table (CSV); repeatable.")],
     runtime: Annotated[str, typer.Option(help="Runtime the table was measured with (timm tables: torch).")] = "torch",
-    precision: Annotated[str, typer.Option(help="Precision the table was measured with (timm AMP tables: fp16).")] = "fp16",
-    models: Annotated[Optional[int], typer.Option(help="Use at most N models of the table.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the fitted constants (JSON).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="Precision the table was measured with (timm AMP tables: fp16).")
+    ] = "fp16",
+    models: Annotated[int | None, typer.Option(help="Use at most N models of the table.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the fitted constants (JSON).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit the roofline predictor's efficiency factors for TARGET from measured tables."""
@@ -248,8 +304,9 @@ def calibrate_cmd(
         if not t.is_file():
             _err(UsageError(f"table not found: {t}"))
             raise typer.Exit(UsageError.exit_code)
-    d = _run(api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision,
-             models=models, out=out)
+    d = _run(
+        api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision, models=models, out=out
+    )
     typer.echo(json.dumps(d, indent=2, default=str) if json_out else _fmt_calibration(d))
 
 
@@ -277,7 +334,9 @@ def targets_list(json_out: JsonOpt = False) -> None:
 
 
 @targets_app.command("show")
-def targets_show(name: Annotated[str, typer.Argument(help="Target name or .toml path.")], json_out: JsonOpt = False) -> None:
+def targets_show(
+    name: Annotated[str, typer.Argument(help="Target name or .toml path.")], json_out: JsonOpt = False
+) -> None:
     """Show one target device profile with its sources."""
     from .targets import get_target
 

@@ -33,9 +33,7 @@ def parse_size(text: str | int | float, what: str = "size") -> int:
     else:
         m = _SIZE_RE.match(str(text))
         if not m:
-            raise UsageError(
-                f"invalid {what} {text!r}: expected a number with an optional K/M/G suffix, e.g. 4M"
-            )
+            raise UsageError(f"invalid {what} {text!r}: expected a number with an optional K/M/G suffix, e.g. 4M")
         value = float(m.group(1)) * _SIZE_MULT[m.group(2).lower()]
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"invalid {what} {text!r}: must be positive")
@@ -51,9 +49,7 @@ def parse_latency_ms(text: str | int | float, what: str = "latency") -> float:
     else:
         m = _TIME_RE.match(str(text))
         if not m:
-            raise UsageError(
-                f"invalid {what} {text!r}: expected a duration such as 2ms, 500us or 0.01s"
-            )
+            raise UsageError(f"invalid {what} {text!r}: expected a duration such as 2ms, 500us or 0.01s")
         value = float(m.group(1)) * _TIME_TO_MS[m.group(2)]
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"invalid {what} {text!r}: must be positive")
@@ -108,11 +104,7 @@ class Constraints:
             out.append(f"FLOPs {format_count(flops)} > {format_count(self.max_flops)}")
         if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:
             out.append(f"latency {latency_ms:.3g}ms > {self.max_latency_ms:.3g}ms")
-        if (
-            self.max_memory_bytes is not None
-            and memory_bytes is not None
-            and memory_bytes > self.max_memory_bytes
-        ):
+        if self.max_memory_bytes is not None and memory_bytes is not None and memory_bytes > self.max_memory_bytes:
             out.append(f"memory {format_count(memory_bytes)}B > {format_count(self.max_memory_bytes)}B")
         return out
 
@@ -127,13 +119,15 @@ class Budget:
         proxy_data_fraction: share of the training set used for each candidate.
         final_epochs: epochs of KD training for the chosen student.
         time_limit_s: optional wall-clock limit for the search phase.
+        lr: peak AdamW learning rate of every training (warm-up, then cosine decay).
     """
 
-    candidates: int = 12
-    proxy_epochs: int = 2
-    proxy_data_fraction: float = 0.35
-    final_epochs: int = 12
+    candidates: int = 6
+    proxy_epochs: float = 1.0
+    proxy_data_fraction: float = 0.5
+    final_epochs: float = 8.0
     time_limit_s: float | None = None
+    lr: float = 1e-2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,7 +157,7 @@ class CompileConfig:
     image_size: int | None = None
     compare_ce: bool = True
     batch_size: int = 128
-    workers: int = 1
+    workers: int = 0
     distiller: str = "kd"
     distiller_iterations: int = 8
     synthetic_images: int = 2048

@@ -56,8 +56,12 @@ def export_student(
     model = model.cpu().eval()
     paths: dict[str, Path] = {}
     paths["student.pt"] = save_checkpoint(
-        out / "student.pt", space=space.name, space_kwargs=space_kwargs(space), config=config,
-        state_dict=model.state_dict(), meta={**meta, "input_shape": list(spec.shape), "num_classes": space.num_classes},
+        out / "student.pt",
+        space=space.name,
+        space_kwargs=space_kwargs(space),
+        config=config,
+        state_dict=model.state_dict(),
+        meta={**meta, "input_shape": list(spec.shape), "num_classes": space.num_classes},
     )
     try:
         info = export_onnx(model, spec, out / "student.onnx")

@@ -74,8 +74,10 @@ class _Exported(nn.Module):
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -171,7 +173,9 @@ def _torch_load_safe(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
             raise _Unsafe(str(exc)) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({_first_line(exc)})") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({_first_line(exc)})"
+        ) from None
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}") from None
 
@@ -211,7 +215,13 @@ def load_teacher(
     """
     p = Path(path)
     if arch is None and str(path).startswith("timm:"):
-        return _finish(_timm_model(str(path)[5:], num_classes, input_shape, None), {"format": "timm", "arch": str(path)[5:]}, input_shape, num_classes, str(path))
+        return _finish(
+            _timm_model(str(path)[5:], num_classes, input_shape, None),
+            {"format": "timm", "arch": str(path)[5:]},
+            input_shape,
+            num_classes,
+            str(path),
+        )
     if not p.exists():
         raise CheckpointError(f"teacher checkpoint not found: {p}")
     if p.is_dir():
@@ -227,13 +237,15 @@ def load_teacher(
             sd, meta = _load_state_dict_file(p)
             arch = meta.get("arch")
             if not arch:
-                raise CheckpointError(
-                    f"{p} holds only weights; name the architecture with --arch <timm model name>"
-                )
+                raise CheckpointError(f"{p} holds only weights; name the architecture with --arch <timm model name>")
         else:
             sd, meta = _load_state_dict_file(p)
         module = _timm_model(arch, num_classes or meta.get("num_classes"), input_shape, sd)
-        meta = {**meta, "format": "timm+" + ("safetensors" if p.suffix == ".safetensors" else "state_dict"), "arch": arch}
+        meta = {
+            **meta,
+            "format": "timm+" + ("safetensors" if p.suffix == ".safetensors" else "state_dict"),
+            "arch": arch,
+        }
     elif any(n.endswith("/code/") or "/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
         try:
             extra = {META_FILE: ""}
@@ -260,8 +272,7 @@ def load_teacher(
         except _Unsafe as exc:
             if not trust_checkpoint:
                 raise CheckpointError(
-                    f"refused to unpickle {p}: it contains Python objects, and loading a pickle can "
-                    "run arbitrary code",
+                    f"refused to unpickle {p}: it contains Python objects, and loading a pickle can run arbitrary code",
                     hint="re-save it as TorchScript, torch.export (.pt2) or a state_dict with --arch, "
                     "or pass --trust-checkpoint if you trust its author",
                 ) from None
@@ -313,9 +324,7 @@ def _timm_model(
         try:
             model.load_state_dict(state_dict)
         except RuntimeError as exc:
-            raise CheckpointError(
-                f"weights do not fit timm '{arch}': {_first_line(exc)}"
-            ) from None
+            raise CheckpointError(f"weights do not fit timm '{arch}': {_first_line(exc)}") from None
     return model
 
 
@@ -346,9 +355,7 @@ def _finish(
             )
     shape = tuple(input_shape or meta_shape or ())
     if len(shape) != 3:
-        raise CheckpointError(
-            f"{where}: the input shape is unknown", hint="pass --input-shape C,H,W"
-        )
+        raise CheckpointError(f"{where}: the input shape is unknown", hint="pass --input-shape C,H,W")
     try:
         with torch.inference_mode():
             out = module(torch.zeros(1, *shape))
@@ -357,7 +364,9 @@ def _finish(
             f"teacher does not run on input of shape {shape}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise CheckpointError(f"teacher output must be logits of shape (N, classes), got {getattr(out, 'shape', type(out))}")
+        raise CheckpointError(
+            f"teacher output must be logits of shape (N, classes), got {getattr(out, 'shape', type(out))}"
+        )
     out_classes = int(out.shape[1])
     meta_classes = meta.get("num_classes")
     for name, value in (("the checkpoint metadata", meta_classes), ("--num-classes", num_classes)):

@@ -39,7 +39,16 @@ def digits_teacher(tmp_path_factory) -> Path:
     model = space.build(config)
     res = train_student(model, data, TrainConfig(epochs=3, use_kd=False, seed=0))
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_checkpoint(path, space="cnn", space_kwargs=space_kwargs(space), config=config, state_dict=model.state_dict(),
-                    meta={"data": data.hint(), "normalize": {"mean": list(data.mean), "std": list(data.std)},
-                          "accuracy": res.val_acc})
+    save_checkpoint(
+        path,
+        space="cnn",
+        space_kwargs=space_kwargs(space),
+        config=config,
+        state_dict=model.state_dict(),
+        meta={
+            "data": data.hint(),
+            "normalize": {"mean": list(data.mean), "std": list(data.std)},
+            "accuracy": res.val_acc,
+        },
+    )
     return path

@@ -124,11 +124,27 @@ def test_unknown_strategy(digits_teacher, tmp_path):
 
 def test_compile_json_via_cli(digits_teacher, tmp_path):
     o = tmp_path / "o"
-    res = run(str(digits_teacher), "--target", "2080ti", "--max-params", "12K", "--budget", "2",
-              "--proxy-epochs", "0.5", "--final-epochs", "0.5", "--strategy", "random", "--no-compare-ce",
-              "--out", str(o), "--json")
+    res = run(
+        str(digits_teacher),
+        "--target",
+        "2080ti",
+        "--max-params",
+        "12K",
+        "--budget",
+        "2",
+        "--proxy-epochs",
+        "0.5",
+        "--final-epochs",
+        "0.5",
+        "--strategy",
+        "random",
+        "--no-compare-ce",
+        "--out",
+        str(o),
+        "--json",
+    )
     assert res.exit_code == 0, res.output
-    d = json.loads(res.stdout[res.stdout.index("{"):])
+    d = json.loads(res.stdout[res.stdout.index("{") :])
     assert d["student"]["params"] <= 12_000
     assert (o / "student.onnx").is_file()
     # a second run into the same folder needs --force

@@ -8,8 +8,15 @@ from kd_compile.errors import UsageError
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4M", 4_000_000), ("600K", 600_000), ("1.2G", 1_200_000_000), ("123456", 123456), ("0.5m", 500_000),
-     (" 7k ", 7000), (42, 42)],
+    [
+        ("4M", 4_000_000),
+        ("600K", 600_000),
+        ("1.2G", 1_200_000_000),
+        ("123456", 123456),
+        ("0.5m", 500_000),
+        (" 7k ", 7000),
+        (42, 42),
+    ],
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value

@@ -12,8 +12,16 @@ from kd_compile.api import Reporter
 from kd_compile.report import validate_report
 from kd_compile.teacher import load_teacher
 
-SMALL = dict(target="2080ti", max_params="12K", budget=3, proxy_epochs=0.5, proxy_data_fraction=0.5,
-             final_epochs=1, strategy="random", seed=0)
+SMALL = dict(
+    target="2080ti",
+    max_params="12K",
+    budget=3,
+    proxy_epochs=0.5,
+    proxy_data_fraction=0.5,
+    final_epochs=1,
+    strategy="random",
+    seed=0,
+)
 
 
 def test_compile_end_to_end(digits_teacher, tmp_path):
@@ -90,19 +98,31 @@ def _teacher_without_hint(digits_teacher, tmp_path, batchnorm: bool = True):
     p = tmp_path / "nohint.pt"
     if batchnorm:
         meta = {k: v for k, v in payload["meta"].items() if k != "data"}
-        save_checkpoint(p, space=payload["space"], space_kwargs=payload["space_kwargs"], config=payload["config"],
-                        state_dict=payload["state_dict"], meta=meta)
+        save_checkpoint(
+            p,
+            space=payload["space"],
+            space_kwargs=payload["space_kwargs"],
+            config=payload["config"],
+            state_dict=payload["state_dict"],
+            meta=meta,
+        )
     else:
-        net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                            nn.Linear(8, 10)).eval()
+        net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        ).eval()
         torch.save(net, p)
     return p
 
 
 def test_data_free_run_is_recorded(digits_teacher, tmp_path):
     p = _teacher_without_hint(digits_teacher, tmp_path)
-    res = kd_compile.compile(str(p), out=tmp_path / "df", synthetic_images=96, synthetic_steps=4,
-                             **{**SMALL, "budget": 2, "compare_ce": False})
+    res = kd_compile.compile(
+        str(p),
+        out=tmp_path / "df",
+        synthetic_images=96,
+        synthetic_steps=4,
+        **{**SMALL, "budget": 2, "compare_ce": False},
+    )
     assert res.report["run"]["data_free"] is True
     assert res.report["run"]["data"]["name"] == "data-free"
     assert "Data-free run" in (tmp_path / "df" / "report.md").read_text()
@@ -117,8 +137,13 @@ def test_data_free_without_batchnorm_is_a_clear_error(digits_teacher, tmp_path):
 
 
 def test_distiller_auto_is_searched_and_reported(digits_teacher, tmp_path):
-    res = kd_compile.compile(str(digits_teacher), out=tmp_path / "auto", distiller="auto", distiller_iterations=2,
-                             **{**SMALL, "budget": 2, "compare_ce": False})
+    res = kd_compile.compile(
+        str(digits_teacher),
+        out=tmp_path / "auto",
+        distiller="auto",
+        distiller_iterations=2,
+        **{**SMALL, "budget": 2, "compare_ce": False},
+    )
     d = res.report["distiller"]
     assert d["iterations"] == 2 and d["best_describe"]
     assert "Auto-KD" in (tmp_path / "auto" / "report.md").read_text()

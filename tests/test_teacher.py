@@ -15,7 +15,11 @@ from kd_compile.teacher import load_teacher
 def _net(classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(4, classes),
     ).eval()
 
@@ -29,8 +33,11 @@ def _same(a: nn.Module, b: nn.Module, shape=(2, 1, 12, 12)) -> None:
 def test_torchscript_with_metadata(tmp_path):
     m = _net()
     p = tmp_path / "t.pt"
-    torch.jit.save(torch.jit.trace(m, torch.zeros(1, 1, 12, 12)), str(p),
-                   _extra_files={"kd_compile.json": json.dumps({"input_shape": [1, 12, 12], "num_classes": 5})})
+    torch.jit.save(
+        torch.jit.trace(m, torch.zeros(1, 1, 12, 12)),
+        str(p),
+        _extra_files={"kd_compile.json": json.dumps({"input_shape": [1, 12, 12], "num_classes": 5})},
+    )
     t = load_teacher(p)
     assert t.input_shape == (1, 12, 12) and t.num_classes == 5 and t.meta["format"] == "torchscript"
     _same(t.module, m)
@@ -47,8 +54,9 @@ def test_torchscript_needs_shape_without_metadata(tmp_path):
 
 def test_torch_export_program(tmp_path):
     m = _net(7)
-    ep = torch.export.export(m, (torch.zeros(2, 1, 12, 12),),
-                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+    ep = torch.export.export(
+        m, (torch.zeros(2, 1, 12, 12),), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},)
+    )
     p = tmp_path / "t.pt2"
     torch.export.save(ep, str(p))
     t = load_teacher(p, input_shape=(1, 12, 12))
@@ -67,7 +75,9 @@ def test_timm_state_dict_and_safetensors(tmp_path):
     assert t.num_classes == 4  # inferred from the classifier weights
     _same(t.module, m, (2, 1, 32, 32))
     st = tmp_path / "w.safetensors"
-    save_file(m.state_dict(), str(st), metadata={"kd_compile.json": json.dumps({"arch": "test_resnet", "num_classes": 4})})
+    save_file(
+        m.state_dict(), str(st), metadata={"kd_compile.json": json.dumps({"arch": "test_resnet", "num_classes": 4})}
+    )
     t2 = load_teacher(st, input_shape=(1, 32, 32))
     assert t2.meta["arch"] == "test_resnet"
     _same(t2.module, m, (2, 1, 32, 32))
@@ -115,8 +125,11 @@ def test_truncated_zip_is_corrupt(tmp_path):
 
 def test_class_count_and_shape_mismatch(tmp_path):
     p = tmp_path / "t.pt"
-    torch.jit.save(torch.jit.trace(_net(5), torch.zeros(1, 1, 12, 12)), str(p),
-                   _extra_files={"kd_compile.json": json.dumps({"input_shape": [1, 12, 12]})})
+    torch.jit.save(
+        torch.jit.trace(_net(5), torch.zeros(1, 1, 12, 12)),
+        str(p),
+        _extra_files={"kd_compile.json": json.dumps({"input_shape": [1, 12, 12]})},
+    )
     with pytest.raises(CheckpointError, match="class-count mismatch.*outputs 5"):
         load_teacher(p, num_classes=10)
     with pytest.raises(CheckpointError, match="input shape mismatch"):

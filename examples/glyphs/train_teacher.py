@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = space.build(config)
     res = train_student(
-        model, data, TrainConfig(epochs=args.epochs, use_kd=False, seed=args.seed, lr=3e-3, label_smoothing=0.1),
+        model,
+        data,
+        TrainConfig(epochs=args.epochs, use_kd=False, seed=args.seed, lr=3e-3, label_smoothing=0.1),
         progress=lambda f: print(f"\rtraining teacher {100 * f:5.1f}%", end="", flush=True),
     )
     print()
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         "trained_epochs": args.epochs,
         "description": "glyphs teacher trained by examples/glyphs/train_teacher.py",
     }
-    save_checkpoint(args.out, space="cnn", space_kwargs=space_kwargs(space), config=config,
-                    state_dict=model.state_dict(), meta=meta)
+    save_checkpoint(
+        args.out, space="cnn", space_kwargs=space_kwargs(space), config=config, state_dict=model.state_dict(), meta=meta
+    )
     summary = {"val_acc": res.val_acc, "params": params, "seconds": time.perf_counter() - t0, "out": str(args.out)}
     print(f"teacher: {params:,} params, val accuracy {res.val_acc:.2%}, {summary['seconds']:.0f} s -> {args.out}")
     return summary

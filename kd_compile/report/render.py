@@ -49,19 +49,30 @@ def render_markdown(r: dict[str, Any]) -> str:
         "*predicted* ones from the roofline model of the target profile.",
     ]
     if r["run"].get("data_free"):
-        lines += ["", "**Data-free run:** no data was given, so the student was distilled on images synthesised "
-                  "from the teacher's BatchNorm statistics; accuracies are on a held-out part of those images."]
+        lines += [
+            "",
+            "**Data-free run:** no data was given, so the student was distilled on images synthesised "
+            "from the teacher's BatchNorm statistics; accuracies are on a held-out part of those images.",
+        ]
     dist = r.get("distiller") or {}
     if dist.get("best_describe"):
-        lines += ["", f"Distiller found by Auto-KD search (MCTS, {dist.get('iterations')} iterations): "
-                  f"`{dist['best_describe']}` (reward {dist.get('best_reward', float('nan')):.4g})."]
+        lines += [
+            "",
+            f"Distiller found by Auto-KD search (MCTS, {dist.get('iterations')} iterations): "
+            f"`{dist['best_describe']}` (reward {dist.get('best_reward', float('nan')):.4g}).",
+        ]
     meas = r.get("measurements") or {}
     if meas:
         lines += ["", "## Measured on this machine", "", "| model | latency | method |", "| --- | --- | --- |"]
         for name, m in meas.items():
             lines.append(f"| {name} | {m['latency_ms']:.4g} ms | {m['method']} ({m['runtime']}, {m['device']}) |")
-    lines += ["", "## Search trace", "", "| # | status | fidelity | accuracy | params | latency ms | score | architecture / reason |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Search trace",
+        "",
+        "| # | status | fidelity | accuracy | params | latency ms | score | architecture / reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     n_infeasible = 0
     for c in r["search"]["candidates"]:
         if c["status"] == "infeasible":
@@ -77,17 +88,34 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{params} | {latency} | {score} | {m.get('arch', '')}{why} |"
         )
     if n_infeasible:
-        lines += ["", f"{n_infeasible} further candidates violated a constraint and were rejected before any "
-                  "training (listed with the reason in report.json)."]
+        lines += [
+            "",
+            f"{n_infeasible} further candidates violated a constraint and were rejected before any "
+            "training (listed with the reason in report.json).",
+        ]
     if r["search"]["pareto"]:
-        lines += ["", "## Pareto front (accuracy, latency, params)", "", "| # | accuracy | latency ms | params | architecture |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Pareto front (accuracy, latency, params)",
+            "",
+            "| # | accuracy | latency ms | params | architecture |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for p in r["search"]["pareto"]:
-            lines.append(f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | {format_count(p['params'])} | {p['arch']} |")
+            lines.append(
+                f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | {format_count(p['params'])} | {p['arch']} |"
+            )
     tm = r["run"]["timings_s"]
-    lines += ["", "## Time", "", ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()),
-              f"; share outside training {_pct(r['run']['share_outside_training'])}.", "",
-              "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".", ""]
+    lines += [
+        "",
+        "## Time",
+        "",
+        ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()),
+        f"; share outside training {_pct(r['run']['share_outside_training'])}.",
+        "",
+        "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".",
+        "",
+    ]
     if "student.engine" not in r["artifacts"]:
         lines += ["No TensorRT engine was built: TensorRT is not installed on this machine.", ""]
     return "\n".join(lines)

@@ -30,8 +30,16 @@ def pareto_front(trials: list[Trial]) -> list[dict[str, Any]]:
             for u in pts
         )
         if not dominated:
-            front.append({"number": t.number, "accuracy": a, "latency_ms": lat, "params": p,
-                          "arch": t.metrics.get("arch"), "score": t.score})
+            front.append(
+                {
+                    "number": t.number,
+                    "accuracy": a,
+                    "latency_ms": lat,
+                    "params": p,
+                    "arch": t.metrics.get("arch"),
+                    "score": t.score,
+                }
+            )
     return sorted(front, key=lambda d: -d["accuracy"])
 
 
@@ -52,8 +60,15 @@ def build_report(**k: Any) -> dict[str, Any]:
     for t in trials:
         if t.status == OK and (best_so_far is None or t.score < best_so_far):
             best_so_far = t.score
-        trace.append({"number": t.number, "status": t.status, "score": t.score, "best_score": best_so_far,
-                      "fidelity": t.fidelity})
+        trace.append(
+            {
+                "number": t.number,
+                "status": t.status,
+                "score": t.score,
+                "best_score": best_so_far,
+                "fidelity": t.fidelity,
+            }
+        )
     timings = k["timings"]
     outside = timings["total"] - timings.get("training", 0.0) - timings.get("final_training", 0.0)
     report = {
@@ -61,43 +76,76 @@ def build_report(**k: Any) -> dict[str, Any]:
         "kd_compile_version": __version__,
         "run": {
             "config": cfg.to_dict(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cuda": torch.cuda.is_available()},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cuda": torch.cuda.is_available(),
+            },
             "timings_s": timings,
             "share_outside_training": outside / timings["total"] if timings["total"] else None,
             "data_free": bool(k.get("data_free")),
-            "data": {"name": k["data"].name, "train": int(k["data"].x_train.shape[0]),
-                     "val": int(k["data"].x_val.shape[0]), "num_classes": k["data"].num_classes,
-                     "input_shape": list(k["data"].input_shape)},
+            "data": {
+                "name": k["data"].name,
+                "train": int(k["data"].x_train.shape[0]),
+                "val": int(k["data"].x_val.shape[0]),
+                "num_classes": k["data"].num_classes,
+                "input_shape": list(k["data"].input_shape),
+            },
         },
-        "target": {"name": target.name, "display_name": target.display_name, "kind": target.kind,
-                   "runtime": target.default_runtime, "precision": target.default_precision,
-                   "local": target.local},
+        "target": {
+            "name": target.name,
+            "display_name": target.display_name,
+            "kind": target.kind,
+            "runtime": target.default_runtime,
+            "precision": target.default_precision,
+            "local": target.local,
+        },
         "teacher": {
-            "path": str(cfg.teacher), "format": tch.meta.get("format"), "params": t_counts.params,
-            "flops": t_counts.flops, "accuracy": k["acc_teacher"], "latency": _m(t_lat),
-            "input_shape": list(tch.input_shape), "num_classes": tch.num_classes,
+            "path": str(cfg.teacher),
+            "format": tch.meta.get("format"),
+            "params": t_counts.params,
+            "flops": t_counts.flops,
+            "accuracy": k["acc_teacher"],
+            "latency": _m(t_lat),
+            "input_shape": list(tch.input_shape),
+            "num_classes": tch.num_classes,
         },
         "student": {
-            "arch": k["student_arch"], "config": k["student_config"], "params": s_counts.params,
-            "flops": s_counts.flops, "peak_activation_bytes": s_counts.peak_activation_bytes,
-            "accuracy": k["s_acc"], "accuracy_without_kd": k["s_acc_ce"],
+            "arch": k["student_arch"],
+            "config": k["student_config"],
+            "params": s_counts.params,
+            "flops": s_counts.flops,
+            "peak_activation_bytes": s_counts.peak_activation_bytes,
+            "accuracy": k["s_acc"],
+            "accuracy_without_kd": k["s_acc_ce"],
             "kd_gain": None if k["s_acc_ce"] is None else k["s_acc"] - k["s_acc_ce"],
-            "params_ratio": s_counts.params / t_counts.params, "flops_ratio": s_counts.flops / t_counts.flops,
-            "latency": _m(s_lat), "latency_ratio": s_lat.latency_ms / t_lat.latency_ms,
-            "trade_score": k["trade"], "s": k["s_term"],
+            "params_ratio": s_counts.params / t_counts.params,
+            "flops_ratio": s_counts.flops / t_counts.flops,
+            "latency": _m(s_lat),
+            "latency_ratio": s_lat.latency_ms / t_lat.latency_ms,
+            "trade_score": k["trade"],
+            "s": k["s_term"],
         },
         "objective": {
-            "name": "trade", "acc_target": k["acc_target"], "eps": 0.01,
+            "name": "trade",
+            "acc_target": k["acc_target"],
+            "eps": 0.01,
             "search_score": f"s / (acc_s / acc_teacher) ** {k['accuracy_weight']}",
             "exact_score": "acc_target / (acc_s * (1[acc_target <= acc_s] + eps)) * s",
         },
         "search": {
-            "strategy": cfg.strategy, "space": cfg.space, "budget": cfg.budget.to_dict(),
-            "evaluated": len(trials), "statuses": statuses, "resumed": sr.resumed,
-            "duplicates": sr.duplicates, "stopped_by_time": sr.stopped_by_time,
-            "best_number": best.number, "trace": trace,
+            "strategy": cfg.strategy,
+            "space": cfg.space,
+            "budget": cfg.budget.to_dict(),
+            "evaluated": len(trials),
+            "statuses": statuses,
+            "resumed": sr.resumed,
+            "duplicates": sr.duplicates,
+            "stopped_by_time": sr.stopped_by_time,
+            "best_number": best.number,
+            "trace": trace,
             "candidates": [t.to_dict() for t in trials],
             "pareto": k["pareto"],
         },
