@@ -36,9 +36,7 @@ DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the tau intervals")
     args = ap.parse_args(argv)
@@ -56,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {' '.join(sys.argv)}\n# {platform.node()}, {platform.machine()}; table {args.table.name}: "
         f"{n_arch} archs, {table.settings['data']}, teacher val acc {table.teacher['val_acc']:.3f}"
     )
-    y = np.array(
-        [
-            kd.accuracy(i, full) if kd.accuracy(i, full) is not None else np.nan
-            for i in range(n_arch)
-        ]
-    )
+    y = np.array([kd.accuracy(i, full) if kd.accuracy(i, full) is not None else np.nan for i in range(n_arch)])
     ys = kd.full_scores
     print(
         f"full fidelity: KD, fraction {full.fraction:g}, epoch {full.epoch}; val acc "
@@ -78,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if loss == "kd" and lv == full:
                 continue
             x = np.array(
-                [
-                    bench.accuracy(i, lv) if bench.accuracy(i, lv) is not None else np.nan
-                    for i in range(n_arch)
-                ]
+                [bench.accuracy(i, lv) if bench.accuracy(i, lv) is not None else np.nan for i in range(n_arch)]
             )
             xs = np.array([bench.score_at(i, lv) for i in range(n_arch)])
             m = np.isfinite(x) & np.isfinite(y)
@@ -105,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for loss, lv, tau, _, _ in rows:
         if loss == "kd" and (lv.fraction, lv.epoch) in ce_by:
             c = ce_by[(lv.fraction, lv.epoch)]
-            print(
-                f"  fraction {lv.fraction:.4f} epoch {lv.epoch}: CE {c:.3f} -> KD {tau:.3f} ({tau - c:+.3f})"
-            )
+            print(f"  fraction {lv.fraction:.4f} epoch {lv.epoch}: CE {c:.3f} -> KD {tau:.3f} ({tau - c:+.3f})")
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -71,17 +71,14 @@ _W: dict[str, Any] = {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", type=int, default=300, help="number of students in the table")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument(
         "--workdir",
         type=Path,
-        default=Path(os.environ.get("KD_COMPILE_CACHE", "~/.cache/kd_compile")).expanduser()
-        / "tabular",
+        default=Path(os.environ.get("KD_COMPILE_CACHE", "~/.cache/kd_compile")).expanduser() / "tabular",
     )
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--train", type=int, default=1860, help="train images (30 per class)")
@@ -149,9 +146,7 @@ def fidelity_levels(settings: dict[str, Any]) -> list[dict[str, float]]:
     return sorted(out, key=lambda d: (d["fidelity"], d["fraction"]))
 
 
-def profile_arch(
-    space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler
-) -> dict[str, Any]:
+def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler) -> dict[str, Any]:
     """Params, FLOPs and predicted 2080 Ti latency (batch 1) of ``config``, built untrained."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -209,9 +204,7 @@ def load_bundle(settings: dict[str, Any]) -> DataBundle:
     return load_data(settings["data"])
 
 
-def train_teacher(
-    settings: dict[str, Any], data: DataBundle, workdir: Path
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train (or reload from ``workdir``) the CE teacher; returns it and its summary."""
     space = create_space("cnn", input_shape=data.input_shape, num_classes=data.num_classes)
     torch.manual_seed(0)
@@ -298,9 +291,7 @@ def run_arch(arch: dict[str, Any]) -> dict[str, Any]:
             try:
                 res = train_student(model, data, cfg, cache if loss == "kd" else None)
             except Exception as exc:  # noqa: BLE001 -- a failed run is recorded, never dropped
-                runs.append(
-                    {"loss": loss, "fraction": frac, "error": f"{type(exc).__name__}: {exc}"}
-                )
+                runs.append({"loss": loss, "fraction": frac, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             accs = [h["val_acc"] for h in res.history if "val_acc" in h]
             accs[-1] = res.val_acc
@@ -366,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     space = make_space(settings)
     todo = (a for a in iter_archs(space, settings, args.archs) if a["index"] not in done)
     print(
-        f"{args.archs} archs asked, {len(done)} already in {args.out}  "
-        f"[{time.perf_counter() - t_start:.0f} s]",
+        f"{args.archs} archs asked, {len(done)} already in {args.out}  [{time.perf_counter() - t_start:.0f} s]",
         flush=True,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,11 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps({"kind": "arch", **rec}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        full = [
-            r
-            for r in rec["runs"]
-            if r.get("loss") == "kd" and math.isclose(r.get("fidelity", 0), 1.0)
-        ]
+        full = [r for r in rec["runs"] if r.get("loss") == "kd" and math.isclose(r.get("fidelity", 0), 1.0)]
         acc = f"{full[0]['val_acc']:.3f}" if full else "failed"
         print(
             f"arch {rec['index']:4d} {rec['params']:7d} p {rec['flops'] / 1e6:5.2f} MF kd@1 {acc} "

@@ -18,8 +18,14 @@ factors of 10 in the score, hence the default.
 Printed per strategy, over ``--seeds`` seeds: the median and quartiles of the regret (the
 incumbent's full-fidelity score minus the table's best; the incumbent is the best trial at the
 highest fidelity evaluated) after a cost of 10, 25 and ``--budget``; the median number of
-evaluations made; the median number of distinct table architectures they mapped to; and the cost at which the strategy's median regret first reaches random
-search's median regret at ``--budget`` (">budget" when it does not).
+evaluations made ("evals"); the median number of distinct table architectures they mapped to
+("archs"); the cost at which the strategy's median regret first reaches random search's median
+regret at ``--budget`` ("match", ">budget" when it does not); the seeds run (``--max-seconds``
+may stop a slow strategy early, after ``--min-seeds``).
+
+Caveat of a nearest-neighbour table: proposals close to each other map to the same table
+architecture and each repeat is charged; local strategies (TuRBO's trust region) suffer most
+on a small table (see the "archs" column).
 
 Issue goals checked: turbo reaches random's median best at N=50 within 25 evaluations;
 multi-fidelity strategies beat single-fidelity ones at equal training cost.
@@ -58,9 +64,7 @@ def make_strategy(name: str, bench: TabularBenchmark, seed: int, budget: int) ->
     last: Exception | None = None
     for keys in (("n_candidates", "gp_maxiter"), ("n_candidates",), ("gp_maxiter",), ()):
         try:
-            return create_strategy(
-                name, bench.space, seed=seed, budget=budget, **{k: GP_OPTIONS[k] for k in keys}
-            )
+            return create_strategy(name, bench.space, seed=seed, budget=budget, **{k: GP_OPTIONS[k] for k in keys})
         except Exception as exc:  # unknown option -> try fewer; anything else is re-raised below
             last = exc
             if "unknown option" not in str(exc) and "unexpected keyword" not in str(exc):
@@ -83,14 +87,10 @@ def median_curve(runs: list[TabularRun], grid: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument(
-        "--budget", type=int, default=50, help="training cost, in full-fidelity evaluations"
-    )
+    ap.add_argument("--budget", type=int, default=50, help="training cost, in full-fidelity evaluations")
     ap.add_argument("--checkpoints", default="10,25", help="extra costs at which regret is shown")
     ap.add_argument("--only", default="", help="comma-separated strategy names (default: all)")
     ap.add_argument(
@@ -141,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[TabularRun] = []
         try:
             for seed in range(args.seeds):
-                if (
-                    args.max_seconds > 0
-                    and seed >= args.min_seeds
-                    and time.perf_counter() - t0 > args.max_seconds
-                ):
+                if args.max_seconds > 0 and seed >= args.min_seeds and time.perf_counter() - t0 > args.max_seconds:
                     break
                 strat = make_strategy(name, bench, seed, n)
                 runs.append(run_strategy(bench, strat, max_cost=n))
@@ -175,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if "turbo" in results:
         m = results["turbo"]["match"]
         ok = not m.startswith(">") and int(m) <= 25
-        print(
-            f"goal 1, turbo matches random@{n} within 25 evaluations: {'yes' if ok else 'no'} (match at {m})"
-        )
+        print(f"goal 1, turbo matches random@{n} within 25 evaluations: {'yes' if ok else 'no'} (match at {m})")
     mf = {k: v["final"] for k, v in results.items() if v["mf"]}
     sf = {k: v["final"] for k, v in results.items() if not v["mf"]}
     if mf and sf:

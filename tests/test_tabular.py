@@ -129,9 +129,7 @@ def test_nearest_maps_a_small_change_to_its_source(table_path: Path) -> None:
     c["s1_kernel"] = 5 if c["s1_kernel"] == 3 else 3
     c = space.canonical(c)
     assert space.key(c) != space.key(bench.archs[3].config)
-    d = [
-        float(((bench._units[j] - bench._encode(c)) ** 2 * bench._weights).sum()) for j in range(6)
-    ]
+    d = [float(((bench._units[j] - bench._encode(c)) ** 2 * bench._weights).sum()) for j in range(6)]
     assert bench.nearest(c) == int(np.argmin(d)) == 3
 
 
@@ -156,9 +154,7 @@ def test_evaluate_returns_the_search_score_of_the_recorded_accuracy(table_path: 
     a = bench.archs[4]
     m = bench.evaluate(a.config, 1 / 3)
     acc = _acc(4, "kd", 1 / 3, 3)
-    s = cost_term(
-        a.params, a.flops, a.latency_ms, TEACHER["params"], TEACHER["flops"], TEACHER["latency_ms"]
-    )
+    s = cost_term(a.params, a.flops, a.latency_ms, TEACHER["params"], TEACHER["flops"], TEACHER["latency_ms"])
     assert m["arch"] == 4 and m["accuracy"] == acc
     assert math.isclose(m["score"], search_score(acc, 0.5, s))
     assert math.isclose(m["fidelity"], 1 / 9 * 3)
@@ -197,9 +193,7 @@ def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -
     bench = TabularBenchmark(table_path)
 
     def go(seed: int):
-        return run_strategy(
-            bench, create_strategy("random", bench.space, seed=seed, budget=5), max_cost=5
-        )
+        return run_strategy(bench, create_strategy("random", bench.space, seed=seed, budget=5), max_cost=5)
 
     a, b = go(3), go(3)
     assert [t.metrics["arch"] for t in a.trials] == [t.metrics["arch"] for t in b.trials]
@@ -217,6 +211,4 @@ def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) 
     run = run_strategy(bench, strat, max_cost=3)
     assert run.costs[-1] >= 3 - 1e-9
     assert len(run.trials) > 3  # bohb starts at low fidelity: more evaluations than cost
-    assert run.costs == pytest.approx(
-        np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist()
-    )
+    assert run.costs == pytest.approx(np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist())

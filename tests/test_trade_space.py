@@ -244,9 +244,10 @@ def test_stride_rule(side: int, stem: int, n_down: int, final: int) -> None:
 def test_stride_rule_dropped_stages_and_non_square(glyph_space: TradeSpace) -> None:
     cfg = dict(glyph_space.default(), s2_depth=0, s3_depth=1, s4_depth=0)
     plans = glyph_space.stage_plans(cfg)
-    # only two active stages for three allowed steps: both downsample, none is lost to a hole
+    # two active stages for two allowed steps after the stride-2 stem: both downsample, none is
+    # lost to the hole left by the dropped stage 2
     assert [(p.index, p.stride) for p in plans] == [(1, 2), (3, 2)]
-    assert plans[-1].out_hw == (6, 6)
+    assert plans[-1].out_hw == (3, 3)
     assert stride_plan((20, 64), 4) == (2, 2)  # the short side decides
     assert stride_plan((12, 64), 4) == (1, 2)
     assert stride_plan((24, 24), 2) == (1, 2)  # never more steps than stages
@@ -315,7 +316,7 @@ def test_describe(glyph_space: TradeSpace) -> None:
     )
     assert (
         glyph_space.describe(cfg)
-        == "stem16 | FMB16x2 k3 e1 /2 | MB64x1 k5 e4 se.25 /2 | T1 h2 m2 | head128"
+        == "stem16 /2 | FMB16x2 k3 e1 /2 | MB64x1 k5 e4 se.25 /2 | T1 h2 m2 | head128"
     )
 
 

@@ -784,6 +784,10 @@ def _train_loop(
     t_logits = knowledge.train_logits[idx].to(device)
     t_feats = knowledge.train_features[idx].to(device)
     x_val, y_val = data.normalize(data.x_val), data.y_val
+    if cfg.channels_last and x.dim() == 4:  # the same memory format as train_student
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
     n = int(x.shape[0])
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)

@@ -107,9 +107,7 @@ def _frac(v: Any) -> float:
 
 def _row(rec: dict[str, Any]) -> TabularArch:
     acc = {
-        (r["loss"], _frac(r["fraction"]), int(r["epoch"])): float(r["val_acc"])
-        for r in rec["runs"]
-        if "val_acc" in r
+        (r["loss"], _frac(r["fraction"]), int(r["epoch"])): float(r["val_acc"]) for r in rec["runs"] if "val_acc" in r
     }
     return TabularArch(
         index=int(rec["index"]),
@@ -206,9 +204,7 @@ class TabularBenchmark:
         self._keys = {self.space.key(self._strip(a.config)): i for i, a in enumerate(self.archs)}
         self.levels = self._levels()
         self.full_level = max(self.levels, key=lambda lv: (lv.fidelity, lv.fraction))
-        self.full_scores = np.array(
-            [self.score_at(i, self.full_level) for i in range(len(self.archs))]
-        )
+        self.full_scores = np.array([self.score_at(i, self.full_level) for i in range(len(self.archs))])
         finite = self.full_scores[np.isfinite(self.full_scores)]
         if finite.size == 0:
             raise ValueError("no architecture has a full-fidelity result")
