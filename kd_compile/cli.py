@@ -152,10 +152,10 @@ def compile_cmd(
     data: Annotated[str | None, typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
     strategy: Annotated[str, typer.Option(help="Search strategy (see 'kd-compile strategies').")] = "turbo",
     space: Annotated[str, typer.Option(help="Student search space.")] = "trade",
-    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 6,
-    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 1.0,
-    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 0.5,
-    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 8.0,
+    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 8,
+    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
+    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 1.0,
+    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 15.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate of every training.")] = 1e-2,
     workers: Annotated[
         int, typer.Option(help="Processes for independent trainings (0 = one per core, at most 2).")

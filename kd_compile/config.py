@@ -122,10 +122,10 @@ class Budget:
         lr: peak AdamW learning rate of every training (warm-up, then cosine decay).
     """
 
-    candidates: int = 6
-    proxy_epochs: float = 1.0
-    proxy_data_fraction: float = 0.5
-    final_epochs: float = 8.0
+    candidates: int = 8
+    proxy_epochs: float = 2.0
+    proxy_data_fraction: float = 1.0
+    final_epochs: float = 15.0
     time_limit_s: float | None = None
     lr: float = 1e-2
 
