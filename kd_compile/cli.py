@@ -91,7 +91,7 @@ class _RichReporter:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True, quiet=quiet)
+        self.console = Console(stderr=True, quiet=quiet, log_path=False)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
