@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,10 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import KdCompileError, UsageError
+
+
+# timm still calls torch.jit.script at import; the deprecation is not the user's business
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 
 
 class _DefaultCompileGroup(TyperGroup):
