@@ -230,7 +230,8 @@ def compile_cmd(
     result = _run(go)
     r = result.report
     if json_out:
-        summary = {k: r[k] for k in ("schema_version", "target", "teacher", "student", "artifacts")}
+        summary = {k: r[k] for k in ("schema_version", "target", "teacher", "student")}
+        summary["artifacts"] = {k: str(v) for k, v in result.artifacts.items()}
         summary["search"] = {k: v for k, v in r["search"].items() if k not in ("candidates", "trace")}
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -241,7 +242,7 @@ def compile_cmd(
             f"  accuracy {s['accuracy']:.2%}{kd}; teacher {t['accuracy']:.2%}\n"
             f"  params {s['params']:,} ({s['params_ratio']:.1%} of teacher), "
             f"latency {s['latency']['latency_ms']:.4g} ms on {r['target']['name']} ({s['latency']['method']})\n"
-            f"  wrote {', '.join(str(p) for p in r['artifacts'].values())}"
+            f"  wrote {', '.join(str(p) for p in result.artifacts.values())}"
         )
 
 
