@@ -21,14 +21,13 @@ Layout of this module:
 * ``TeacherKnowledge``, ``distiller_reward``, ``search_distiller``, ``train_with_distiller``:
   the kd-compile glue (proxy reward, the search, the final training).
 
-``trainer.train_student`` can only add the fixed feature losses of a ``DistillerSpec``, so
-training with a ``DistillerLoss`` runs a loop here that mirrors it step for step (same subset,
-batch order, optimiser, schedule and logit loss; see ``_train_loop``).
+Training with a ``DistillerLoss`` is ``trainer.train_student`` with the loss plugged in as
+an ``ExtraLoss`` (``_ChoiceLoss``): the same subset, batch order, optimiser, schedule and logit
+loss as any other training.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
@@ -45,16 +44,13 @@ from torch import nn
 from ..data import DataBundle
 from ..errors import CandidateError
 from .cache import TeacherCache
-from .losses import FeatureCapture, KDLoss, as_feature_map, cka_loss
+from .losses import FeatureCapture, as_feature_map, cka_loss
 from .trainer import (
     TrainConfig,
     TrainResult,
-    _lr_lambda,
-    _param_groups,
-    evaluate,
-    orthogonal_modules,
-    orthogonality_penalty,
+    predict_logits,
     stratified_subset,
+    train_student,
 )
 
 __all__ = [
@@ -214,9 +210,7 @@ def _pool_to(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size)
 
 
-def transform_features(
-    kind: str, f: torch.Tensor, *, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def transform_features(kind: str, f: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """One Auto-KD feature transform, as a matrix whose rows the distance compares.
 
     Args:
@@ -256,9 +250,7 @@ def transform_features(
     raise ValueError(f"unknown transform {kind!r}; choose from {TRANSFORMS}")
 
 
-def feature_distance(
-    kind: str, s: torch.Tensor, t: torch.Tensor, tau: float = 1.0, eps: float = 1e-8
-) -> torch.Tensor:
+def feature_distance(kind: str, s: torch.Tensor, t: torch.Tensor, tau: float = 1.0, eps: float = 1e-8) -> torch.Tensor:
     """Distance between transformed student rows ``s`` and teacher rows ``t``.
 
     Args:
@@ -602,9 +594,7 @@ def last_feature_layer(model: nn.Module, sample: torch.Tensor | None = None) -> 
     if names:
         return str(list(names)[-1])
     if sample is None:
-        raise ValueError(
-            f"{type(model).__name__} has no feature_names; pass a sample batch or a layer name"
-        )
+        raise ValueError(f"{type(model).__name__} has no feature_names; pass a sample batch or a layer name")
     order: list[str] = []
     handles = []
     for name, mod in model.named_modules():
@@ -671,6 +661,7 @@ class TeacherKnowledge:
             gap is measured on (a fixed stratified subset).
         gap_features: float32 (G, C, h, w) teacher features on those samples.
         feature_pool: maps larger than this were average-pooled to it (None: full size).
+        val_logits: float32 (M, K) teacher logits on ``data.x_val``.
     """
 
     layer: str
@@ -679,6 +670,17 @@ class TeacherKnowledge:
     gap_index: torch.Tensor
     gap_features: torch.Tensor
     feature_pool: int | None = 4
+    val_logits: torch.Tensor | None = None
+
+    def logit_cache(self) -> TeacherCache:
+        """The teacher logits as a ``TeacherCache`` for ``train_student``."""
+        if self.val_logits is None:
+            raise ValueError("this TeacherKnowledge holds no val logits; build it with build()")
+        return TeacherCache(
+            train_logits=self.train_logits,
+            val_logits=self.val_logits,
+            teacher_val_acc=float("nan"),
+        )
 
     @classmethod
     def build(
@@ -715,8 +717,7 @@ class TeacherKnowledge:
         """
         if teacher is None:
             raise ValueError(
-                "distilling with an Auto-KD distiller needs the teacher module (teacher=) "
-                "for its feature maps"
+                "distilling with an Auto-KD distiller needs the teacher module (teacher=) for its feature maps"
             )
         x_val = data.normalize(data.x_val)
         layer = layer or last_feature_layer(teacher, x_val[:2].to(device))
@@ -725,14 +726,8 @@ class TeacherKnowledge:
         try:
             frac = min(1.0, gap_samples / max(1, data.x_val.shape[0]))
             gap_index = stratified_subset(data.y_val, frac, seed)
-            _, gap_feats = _features_and_logits(
-                teacher, x_val[gap_index], layer, feature_pool, batch_size, device
-            )
-            cached = (
-                cache is not None
-                and layer in cache.train_features
-                and cache.feature_pool == feature_pool
-            )
+            _, gap_feats = _features_and_logits(teacher, x_val[gap_index], layer, feature_pool, batch_size, device)
+            cached = cache is not None and layer in cache.train_features and cache.feature_pool == feature_pool
             if cache is not None:
                 cache.check_aligned(data)
             if cached:
@@ -744,6 +739,9 @@ class TeacherKnowledge:
                     teacher, data.normalize(data.x_train), layer, feature_pool, batch_size, device
                 )
                 logits = cache.train_logits.float() if cache is not None else t_logits
+            val_logits = (
+                cache.val_logits.float() if cache is not None else predict_logits(teacher, x_val, batch_size, device)
+            )
         finally:
             teacher.to(orig)
         return cls(
@@ -753,6 +751,7 @@ class TeacherKnowledge:
             gap_index=gap_index,
             gap_features=gap_feats.contiguous(),
             feature_pool=feature_pool,
+            val_logits=val_logits.contiguous(),
         )
 
 
@@ -760,137 +759,29 @@ class TeacherKnowledge:
 # training with a DistillerLoss, and the proxy reward
 
 
-def _train_loop(
-    model: nn.Module,
-    data: DataBundle,
-    cfg: TrainConfig,
-    knowledge: TeacherKnowledge,
-    choice: DistillerChoice,
-    student_layer: str,
-    progress: Callable[[float], None] | None,
-    t0: float,
-) -> TrainResult:
-    """``trainer._train``/``_loop`` with ``DistillerLoss`` as the feature term.
+class _ChoiceLoss:
+    """A ``DistillerLoss`` on one student layer against cached teacher features, as an
+    ``ExtraLoss`` for ``train_student``."""
 
-    Same stratified subset, batch order (generator seeded with ``cfg.seed``), AdamW groups,
-    warm-up + cosine schedule, ``KDLoss(cfg.alpha, choice.temperature, kind=cfg.logit_loss)``,
-    orthogonality penalty, time budget, per-epoch evaluation and early stopping, so a choice
-    trained here is comparable with a ``train_student`` run of the same config.
-    """
-    device = torch.device(cfg.device)
-    idx = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed)
-    x = data.normalize(data.x_train[idx]).to(device)
-    y = data.y_train[idx].to(device)
-    t_logits = knowledge.train_logits[idx].to(device)
-    t_feats = knowledge.train_features[idx].to(device)
-    x_val, y_val = data.normalize(data.x_val), data.y_val
-    if cfg.channels_last and x.dim() == 4:  # the same memory format as train_student
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        x_val = x_val.contiguous(memory_format=torch.channels_last)
-    n = int(x.shape[0])
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // bs)
-    total = max(1, round(cfg.epochs * steps_per_epoch))
-    model.to(device)
+    def __init__(self, choice: DistillerChoice, layer: str, knowledge: TeacherKnowledge, seed: int):
+        self.choice = choice
+        self.student_layers = (layer,)
+        self.knowledge = knowledge
+        self.seed = seed
+        self.loss: DistillerLoss | None = None
+        self.t_feats = knowledge.train_features
 
-    with FeatureCapture(model, [student_layer]) as cap:
-        model.eval()  # the shape probe must not move BatchNorm running statistics
-        with torch.no_grad():
-            model(x[:2])
-            s_shape = tuple(cap.features[student_layer].shape[1:])
-        model.train()
-        feat_loss = DistillerLoss(choice, s_shape, tuple(t_feats.shape[1:]), seed=cfg.seed)
-        feat_loss.to(device)
-        trainable = nn.ModuleList([model, feat_loss])
-        opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac))
-        kind = cfg.logit_loss if cfg.use_kd else "none"
-        crit = KDLoss(cfg.alpha, choice.temperature, kind=kind, label_smoothing=cfg.label_smoothing)
-        orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        eval_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
+    def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module:
+        (shape,) = shapes.values()
+        t_shape = tuple(self.knowledge.train_features.shape[1:])
+        self.loss = DistillerLoss(self.choice, shape, t_shape, seed=self.seed)
+        self.t_feats = self.knowledge.train_features.to(device)
+        return self.loss
 
-        history: list[dict[str, Any]] = []
-        best_acc, best_state, bad_epochs = -1.0, None, 0
-        stopped, step, last_report = "done", 0, -1
-        loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
-        train_acc = float("nan")
-        perm, pos = torch.randperm(n, generator=gen).to(device), 0
-        while step < total:
-            if pos + bs > n:
-                perm, pos = torch.randperm(n, generator=gen).to(device), 0
-            bi = perm[pos : pos + bs]
-            pos += bs
-            out = model(x[bi])
-            loss = crit(out, y[bi], t_logits[bi])
-            if cfg.use_kd:
-                loss = loss + feat_loss(cap.features[student_layer], t_feats[bi])
-            if orth_mods:
-                loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                raise CandidateError(
-                    f"non-finite training loss ({loss_val}) at step {step} with distiller "
-                    f"{choice.describe()}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            ep_steps += 1
-            loss_sum += loss_val
-            correct += int((out.detach().argmax(dim=1) == y[bi]).sum())
-            seen += int(bi.shape[0])
-            if progress is not None and (100 * step) // total != last_report:
-                last_report = (100 * step) // total
-                progress(step / total)
-            out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-            if step % steps_per_epoch == 0 or step == total or out_of_time:
-                rec: dict[str, Any] = {
-                    "epoch": step / steps_per_epoch,
-                    "step": step,
-                    "loss": loss_sum / ep_steps,
-                    "train_acc": correct / max(1, seen),
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0,
-                }
-                if eval_epochs:
-                    acc = evaluate(model, x_val, y_val, device=device)
-                    rec["val_acc"] = acc
-                    if acc > best_acc:
-                        best_acc, bad_epochs = acc, 0
-                        if cfg.early_stop_patience is not None:
-                            best_state = copy.deepcopy(model.state_dict())
-                    else:
-                        bad_epochs += 1
-                    model.train()
-                history.append(rec)
-                train_acc = rec["train_acc"]
-                loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
-                if out_of_time and step < total:
-                    stopped = "time"
-                    break
-                patience = cfg.early_stop_patience
-                if patience is not None and bad_epochs >= patience:
-                    stopped = "early_stop" if step < total else stopped
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    val_acc = evaluate(model, x_val, y_val, device=device)
-    if progress is not None and last_report != 100:
-        progress(1.0)
-    return TrainResult(
-        val_acc=val_acc,
-        train_acc=train_acc,
-        epochs_run=step / steps_per_epoch,
-        steps=step,
-        seconds=time.perf_counter() - t0,
-        history=history,
-        stopped=stopped,
-    )
+    def __call__(self, features: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        assert self.loss is not None
+        (layer,) = self.student_layers
+        return self.loss(features[layer], self.t_feats[index.to(self.t_feats.device)])
 
 
 def _student_layer(model: nn.Module, data: DataBundle, layer: str | None) -> str:
@@ -939,16 +830,25 @@ def train_with_distiller(
         CandidateError: non-finite loss.
         ValueError: neither ``knowledge`` nor ``teacher``.
     """
-    t0 = time.perf_counter()
     if knowledge is None:
         knowledge = TeacherKnowledge.build(
             teacher, data, cache=cache, layer=teacher_layer, seed=cfg.seed, device=cfg.device
         )
+    if not cfg.use_kd:
+        return train_student(model, data, dataclasses.replace(cfg, distiller=None), progress=progress)
     layer = _student_layer(model, data, student_layer)
-    fork = [torch.device(cfg.device)] if torch.device(cfg.device).type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):
-        torch.manual_seed(cfg.seed)
-        return _train_loop(model, data, cfg, knowledge, choice, layer, progress, t0)
+    term = _ChoiceLoss(choice, layer, knowledge, cfg.seed)
+    try:
+        return train_student(
+            model,
+            data,
+            dataclasses.replace(cfg, tau=choice.temperature, distiller=None),
+            knowledge.logit_cache(),
+            progress,
+            extra_loss=term,
+        )
+    except CandidateError as exc:
+        raise CandidateError(f"{exc} with distiller {choice.describe()}") from exc
 
 
 def _reward_details(
@@ -982,9 +882,7 @@ def _reward_details(
     x_val = data.normalize(data.x_val)
     logits, _ = _features_and_logits(model, x_val, layer, None, device=device)
     val_ce = float(F.cross_entropy(logits, data.y_val))
-    _, s_gap = _features_and_logits(
-        model, x_val[knowledge.gap_index], layer, knowledge.feature_pool, device=device
-    )
+    _, s_gap = _features_and_logits(model, x_val[knowledge.gap_index], layer, knowledge.feature_pool, device=device)
     gap = float(cka_loss(s_gap, knowledge.gap_features))
     reward = -val_ce - gap_weight * gap
     if not math.isfinite(reward):
@@ -1033,14 +931,10 @@ def distiller_reward(
     knowledge = (
         cache_or_teacher
         if isinstance(cache_or_teacher, TeacherKnowledge)
-        else TeacherKnowledge.build(
-            cache_or_teacher, data, seed=train_cfg.seed, device=train_cfg.device
-        )
+        else TeacherKnowledge.build(cache_or_teacher, data, seed=train_cfg.seed, device=train_cfg.device)
     )
     return float(
-        _reward_details(
-            student_builder, data, knowledge, choice, train_cfg, gap_weight, student_layer
-        )["reward"]
+        _reward_details(student_builder, data, knowledge, choice, train_cfg, gap_weight, student_layer)["reward"]
     )
 
 
@@ -1114,9 +1008,7 @@ def search_distiller(
     rows: list[dict[str, Any]] = []
 
     def reward_fn(choice: DistillerChoice) -> float:
-        d = _reward_details(
-            student_builder, data, knowledge, choice, proxy, gap_weight, student_layer
-        )
+        d = _reward_details(student_builder, data, knowledge, choice, proxy, gap_weight, student_layer)
         details[choice.key] = d
         return float(d["reward"])
 

@@ -229,9 +229,7 @@ class TeacherCache:
                 return stored
 
         have_logits = folder is not None and (folder / "meta.json").exists()
-        train_logits, feats = _run_teacher(
-            teacher, data, data.x_train, batch_size, device, layers, feature_pool
-        )
+        train_logits, feats = _run_teacher(teacher, data, data.x_train, batch_size, device, layers, feature_pool)
         val_logits, _ = _run_teacher(teacher, data, data.x_val, batch_size, device, [], None)
         cache = cls(
             train_logits=train_logits,
@@ -327,9 +325,7 @@ class TeacherCache:
             train_logits=train_logits,
             val_logits=val_logits,
             teacher_val_acc=_accuracy(val_logits, y_val),
-            teacher_train_acc=_accuracy(train_logits, y_train)
-            if y_train is not None
-            else float("nan"),
+            teacher_train_acc=_accuracy(train_logits, y_train) if y_train is not None else float("nan"),
         )
 
 

@@ -82,8 +82,7 @@ class BatchNormStatsLoss:
         bn: _BatchNorm = module  # type: ignore[assignment]
         assert bn.running_mean is not None and bn.running_var is not None
         self._terms.append(
-            torch.linalg.vector_norm(mean - bn.running_mean)
-            + torch.linalg.vector_norm(var - bn.running_var)
+            torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
         )
 
     def __enter__(self) -> Self:
@@ -122,9 +121,7 @@ def balanced_targets(n: int, num_classes: int, generator: torch.Generator) -> to
         ValueError: ``n < num_classes`` (some class would get no image).
     """
     if n < num_classes:
-        raise ValueError(
-            f"n_images ({n}) must be >= num_classes ({num_classes}) to cover every class"
-        )
+        raise ValueError(f"n_images ({n}) must be >= num_classes ({num_classes}) to cover every class")
     labels = torch.arange(n) % num_classes
     return labels[torch.randperm(n, generator=generator)]
 
@@ -240,9 +237,7 @@ def synthesize(
                 x0 = torch.randn(yb.shape[0], c, h, w, generator=gen)
                 x = x0.to(dev).clamp(lo, hi).requires_grad_(True)
                 opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
-                sched = torch.optim.lr_scheduler.LambdaLR(
-                    opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / steps))
-                )
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / steps)))
                 for step in range(steps):
                     xin = _jitter(x, jitter, flip, gen)
                     logits = teacher(xin)
@@ -323,10 +318,7 @@ def _teacher_argmax(teacher: nn.Module, x: torch.Tensor, device: torch.device) -
     teacher.eval().to(device)
     try:
         with torch.inference_mode():
-            out = [
-                teacher(x[i : i + 512].to(device)).argmax(dim=1).cpu()
-                for i in range(0, x.shape[0], 512)
-            ]
+            out = [teacher(x[i : i + 512].to(device)).argmax(dim=1).cpu() for i in range(0, x.shape[0], 512)]
     finally:
         teacher.to(orig).train(was_training)
     return torch.cat(out).to(torch.int64)

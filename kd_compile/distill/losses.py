@@ -114,8 +114,7 @@ def kd_loss(
         raise ValueError(f"tau must be > 0, got {tau}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ"
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
         )
     s = student_logits.float()
     t = teacher_logits.detach().float()
@@ -129,9 +128,7 @@ def kd_loss(
     return _reduce(per_sample * (tau * tau), reduction)
 
 
-def pearson_distance(
-    a: torch.Tensor, b: torch.Tensor, dim: int = -1, eps: float = 1e-8
-) -> torch.Tensor:
+def pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """``1 - pearson_correlation(a, b)`` along ``dim``.
 
     Args:
@@ -227,18 +224,14 @@ class KDLoss(nn.Module):
         self.dist_beta = float(dist_beta)
         self.dist_gamma = float(dist_gamma)
 
-    def distill_term(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
-    ) -> torch.Tensor:
+    def distill_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The unweighted distillation term (0-d) for this loss's ``kind``."""
         if self.kind == "kl":
             return kd_loss(student_logits, teacher_logits, self.tau)
         if self.kind == "kl_std":
             return kd_loss(student_logits, teacher_logits, self.tau, standardize=True)
         if self.kind == "dist":
-            return dist_loss(
-                student_logits, teacher_logits, self.tau, beta=self.dist_beta, gamma=self.dist_gamma
-            )
+            return dist_loss(student_logits, teacher_logits, self.tau, beta=self.dist_beta, gamma=self.dist_gamma)
         return student_logits.new_zeros(())
 
     def forward(
@@ -288,9 +281,7 @@ class FeatureCapture:
         missing = [n for n in self.names if n not in modules]
         if missing:
             sample = [n for n in modules if n][:12]
-            raise ValueError(
-                f"no module named {missing} in {type(model).__name__}; some names: {sample}"
-            )
+            raise ValueError(f"no module named {missing} in {type(model).__name__}; some names: {sample}")
         self._modules = [(n, modules[n]) for n in self.names]
 
     def _hook(self, name: str) -> Callable[[nn.Module, object, object], None]:
@@ -500,9 +491,7 @@ class FeatureAligner(nn.Module):
         teacher_shape: the teacher's (C, H, W).
     """
 
-    def __init__(
-        self, kind: str, student_shape: Sequence[int], teacher_shape: Sequence[int]
-    ) -> None:
+    def __init__(self, kind: str, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> None:
         super().__init__()
         if kind not in FEATURE_LOSSES:
             raise ValueError(f"unknown feature loss {kind!r}; choose from {sorted(FEATURE_LOSSES)}")
@@ -546,9 +535,7 @@ class FeaturePair:
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_LOSSES:
-            raise ValueError(
-                f"unknown feature loss {self.kind!r}; choose from {sorted(FEATURE_LOSSES)}"
-            )
+            raise ValueError(f"unknown feature loss {self.kind!r}; choose from {sorted(FEATURE_LOSSES)}")
 
 
 @dataclass(frozen=True)
@@ -620,24 +607,18 @@ class FeatureDistiller(nn.Module):
             return (int(shp[0]), int(shp[1]), int(shp[2]))
 
         self.aligners = nn.ModuleList(
-            FeatureAligner(
-                p.kind, map_shape(student_shapes[p.student]), map_shape(teacher_shapes[p.teacher])
-            )
+            FeatureAligner(p.kind, map_shape(student_shapes[p.student]), map_shape(teacher_shapes[p.teacher]))
             for p in spec.pairs
         )
 
-    def forward(
-        self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    def forward(self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weighted sum of the feature terms (0-d) over batch features (N, ...)."""
         total: torch.Tensor | None = None
         for pair, aligner in zip(self.spec.pairs, self.aligners, strict=True):
             fs = as_feature_map(student_feats[pair.student])
             ft = as_feature_map(teacher_feats[pair.teacher]).detach().to(fs.dtype)
             fs, ft = aligner(fs, ft)
-            term = pair.weight * feature_loss(
-                pair.kind, fs, ft, nst_channel_frac=self.spec.nst_channel_frac
-            )
+            term = pair.weight * feature_loss(pair.kind, fs, ft, nst_channel_frac=self.spec.nst_channel_frac)
             total = term if total is None else total + term
         if total is None:
             raise ValueError("the distiller has no feature pairs")

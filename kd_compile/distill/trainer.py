@@ -15,9 +15,9 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from .cache import TeacherCache
 from .losses import DistillerSpec, FeatureCapture, FeatureDistiller, KDLoss
 
 __all__ = [
+    "ExtraLoss",
     "TrainConfig",
     "TrainResult",
     "evaluate",
@@ -151,6 +152,24 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
+class ExtraLoss(Protocol):
+    """A loss term on captured student features, trained with the student.
+
+    This is how Auto-KD's searched distillers (``autokd.train_with_distiller``) plug into
+    ``train_student`` without a loop of their own. ``train_student`` captures
+    ``student_layers``, probes their shapes once in eval mode, calls ``setup(shapes, device)``
+    for the term's trainable part (adapters: optimised with the student, dropped after), then
+    adds ``term(features, index)`` to every step's loss, ``index`` being the batch's sample
+    indices into ``data.x_train`` (so the term can look up cached teacher features).
+    """
+
+    student_layers: Sequence[str]
+
+    def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module: ...
+
+    def __call__(self, features: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor: ...
+
+
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """A fixed, class-stratified subset of sample indices.
 
@@ -203,8 +222,7 @@ def predict_logits(
     """
     if not torch.is_floating_point(x):
         raise TypeError(
-            f"predict_logits expects normalised float inputs, got {x.dtype}; "
-            "use data.normalize(x) / data.val_tensors()"
+            f"predict_logits expects normalised float inputs, got {x.dtype}; use data.normalize(x) / data.val_tensors()"
         )
     dev = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -253,16 +271,12 @@ def orthogonal_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         is_tlayer = isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
         for child_name, child in parent.named_children():
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if getattr(child, "kd_orthogonal", False) and isinstance(
-                getattr(child, "weight", None), torch.Tensor
-            ):
+            if getattr(child, "kd_orthogonal", False) and isinstance(getattr(child, "weight", None), torch.Tensor):
                 chosen.append((full, child))
             elif isinstance(child, nn.Conv2d):
                 if tuple(child.kernel_size) == (1, 1) and child.groups == 1:
                     chosen.append((full, child))
-            elif isinstance(child, nn.Linear) and (
-                is_ffn or (is_tlayer and child_name in ("linear1", "linear2"))
-            ):
+            elif isinstance(child, nn.Linear) and (is_ffn or (is_tlayer and child_name in ("linear1", "linear2"))):
                 chosen.append((full, child))
     return chosen
 
@@ -275,9 +289,7 @@ def _orth_term(weight: torch.Tensor) -> torch.Tensor:
     return (gram - eye).pow(2).sum()
 
 
-def orthogonality_penalty(
-    model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None
-) -> torch.Tensor:
+def orthogonality_penalty(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None) -> torch.Tensor:
     """TRADE's orthogonality regulariser: mean over layers of ``||W W^T - I||_F^2``.
 
     Each weight is reshaped to (C_out, C_in * kH * kW) and the smaller of its two Gram
@@ -332,6 +344,7 @@ def train_student(
     progress: Callable[[float], None] | None = None,
     *,
     teacher: nn.Module | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with KD (or CE only) under a step/time budget.
 
@@ -350,6 +363,8 @@ def train_student(
         progress: called with the fraction of steps done, in [0, 1] (about 100 calls a run).
         teacher: online teacher, used when ``cache`` is None or lacks the teacher features
             that ``cfg.distiller`` needs.
+        extra_loss: a further loss term on student features (see ``ExtraLoss``); added only
+            when ``cfg.use_kd``.
 
     Returns:
         TrainResult; the model is left trained, in eval mode, on ``cfg.device``.
@@ -371,7 +386,8 @@ def train_student(
         with torch.random.fork_rng(devices=fork_devices):
             # seeding here makes dropout & co. reproducible without leaking into the caller's RNG
             torch.manual_seed(cfg.seed)
-            return _train(model, data, cfg, cache, progress, teacher, device, t0)
+            extra = extra_loss if cfg.use_kd else None
+            return _train(model, data, cfg, cache, progress, teacher, device, t0, extra)
     finally:
         if teacher is not None:
             teacher.train(teacher_mode)  # the online teacher ran in eval mode
@@ -386,6 +402,7 @@ def _train(
     teacher: nn.Module | None,
     device: torch.device,
     t0: float,
+    extra: ExtraLoss | None = None,
 ) -> TrainResult:
     idx = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed)
     # normalise the subset once; every step is then an index gather on a ready tensor
@@ -397,7 +414,9 @@ def _train(
         x = x.contiguous(memory_format=torch.channels_last)
         x_val = x_val.contiguous(memory_format=torch.channels_last)
     spec = cfg.distiller if cfg.use_kd else None
-    s_layers = spec.student_layers if spec is not None else []
+    s_layers = list(spec.student_layers) if spec is not None else []
+    if extra is not None:
+        s_layers += [n for n in extra.student_layers if n not in s_layers]
     t_layers = spec.teacher_layers if spec is not None else []
     t_logits: torch.Tensor | None = None
     t_feats: dict[str, torch.Tensor] = {}
@@ -423,19 +442,23 @@ def _train(
     total = max(1, round(cfg.epochs * steps_per_epoch))
     stack = contextlib.ExitStack()
     s_cap = stack.enter_context(FeatureCapture(model, s_layers)) if s_layers else None
-    t_cap = (
-        stack.enter_context(FeatureCapture(online, t_layers))
-        if t_layers and online is not None
-        else None
-    )
+    t_cap = stack.enter_context(FeatureCapture(online, t_layers)) if t_layers and online is not None else None
     distiller: FeatureDistiller | None = None
     trainable: nn.Module = model
     with stack:
-        if spec is not None and spec.pairs:
+        extra_module: nn.Module | None = None
+        if (spec is not None and spec.pairs) or extra is not None:
             assert s_cap is not None
-            distiller = _build_distiller(spec, model, online, x, t_feats, s_cap, t_cap, device)
+            s_shapes, t_shapes = _probe_shapes(model, online, x, t_feats, s_cap, t_cap)
             # adapters are trained with the student (and dropped after)
-            trainable = nn.ModuleList([model, distiller])
+            parts: list[nn.Module] = [model]
+            if spec is not None and spec.pairs:
+                distiller = FeatureDistiller(spec, s_shapes, t_shapes).to(device)
+                parts.append(distiller)
+            if extra is not None:
+                extra_module = extra.setup({n: s_shapes[n] for n in extra.student_layers}, device)
+                parts.append(extra_module.to(device))
+            trainable = nn.ModuleList(parts)
         return _loop(
             model,
             cfg,
@@ -456,33 +479,34 @@ def _train(
             progress,
             device,
             t0,
+            extra,
+            idx.to(device),
         )
 
 
-def _build_distiller(
-    spec: DistillerSpec,
+def _probe_shapes(
     model: nn.Module,
     online: nn.Module | None,
     x: torch.Tensor,
     t_feats: dict[str, torch.Tensor],
     s_cap: FeatureCapture,
     t_cap: FeatureCapture | None,
-    device: torch.device,
-) -> FeatureDistiller:
-    """Probe feature shapes with a 2-sample eval-mode pass and build the aligners."""
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Student and teacher feature shapes (without the batch dimension) from a 2-sample
+    eval-mode pass (eval: the probe must not move BatchNorm running statistics)."""
     was_training = model.training
-    model.eval()  # eval: the probe must not move BatchNorm running statistics
+    model.eval()
+    t_shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad():
         model(x[:2])
         s_shapes = {k: tuple(v.shape[1:]) for k, v in s_cap.features.items()}
         if t_feats:
             t_shapes = {k: tuple(v.shape[1:]) for k, v in t_feats.items()}
-        else:
-            assert online is not None and t_cap is not None
+        elif online is not None and t_cap is not None:
             online(x[:2])
             t_shapes = {k: tuple(v.shape[1:]) for k, v in t_cap.features.items()}
     model.train(was_training)
-    return FeatureDistiller(spec, s_shapes, t_shapes).to(device)
+    return s_shapes, t_shapes
 
 
 def _loop(
@@ -505,6 +529,8 @@ def _loop(
     progress: Callable[[float], None] | None,
     device: torch.device,
     t0: float,
+    extra: ExtraLoss | None,
+    index: torch.Tensor,
 ) -> TrainResult:
     n = int(x.shape[0])
     opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
@@ -546,6 +572,9 @@ def _loop(
         if distiller is not None:
             assert s_cap is not None
             loss = loss + distiller(s_cap.features, tf)
+        if extra is not None:
+            assert s_cap is not None
+            loss = loss + extra(s_cap.features, index[bi])
         if orth_mods:
             loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
         loss_val = float(loss.detach())
