@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kd_compile.search.base import OK, Trial, create_strategy
+from kd_compile.search.base import OK, Strategy, Suggestion, Trial, create_strategy
 from kd_compile.search.score import cost_term, search_score
 from kd_compile.search.tabular import TabularBenchmark, load_table, run_strategy
 from kd_compile.students.base import create_space
@@ -198,10 +198,12 @@ def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -
     a, b = go(3), go(3)
     assert [t.metrics["arch"] for t in a.trials] == [t.metrics["arch"] for t in b.trials]
     assert a.regrets == b.regrets
-    assert len(a.trials) == 5 and a.costs[-1] == pytest.approx(5.0)
+    assert a.costs[-1] == pytest.approx(5.0)
+    fresh = [t for t in a.trials if not t.metrics["repeat"]]
+    assert len(fresh) == 5 and len({(t.metrics["arch"], t.metrics["fidelity"]) for t in fresh}) == 5
     assert all(r >= 0 for r in a.regrets)
     assert list(a.regrets) == sorted(a.regrets, reverse=True)  # single fidelity: never worse
-    assert a.regret_at_cost(2.0) == a.regrets[1]
+    assert a.regret_at_cost(2.0) == a.regrets[max(i for i, c in enumerate(a.costs) if c <= 2 + 1e-9)]
     assert a.regret_at_cost(0.5) == math.inf
 
 
@@ -211,4 +213,28 @@ def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) 
     run = run_strategy(bench, strat, max_cost=3)
     assert run.costs[-1] >= 3 - 1e-9
     assert len(run.trials) > 3  # bohb starts at low fidelity: more evaluations than cost
-    assert run.costs == pytest.approx(np.cumsum([t.metrics["fidelity"] for t in run.trials]).tolist())
+    charged = [0.0 if t.metrics["repeat"] else t.metrics["fidelity"] for t in run.trials]
+    assert run.costs == pytest.approx(np.cumsum(charged).tolist())
+
+
+class _Stubborn(Strategy):
+    """Proposes the space's default config every time: every evaluation after the first is a
+    repeat."""
+
+    name = "stubborn"
+
+    def ask(self, n: int = 1) -> list[Suggestion]:
+        return [Suggestion(self.space.default()) for _ in range(n)]
+
+    def tell(self, trials) -> None:
+        pass
+
+
+def test_run_strategy_serves_repeats_free_unless_asked(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    run = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, max_evals=7)
+    assert len(run.trials) == 7  # stopped by max_evals: repeats cost nothing
+    assert run.costs == pytest.approx([1.0] * 7)
+    assert [t.metrics["repeat"] for t in run.trials] == [False] + [True] * 6
+    charged = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, charge_repeats=True)
+    assert len(charged.trials) == 3 and charged.costs == pytest.approx([1.0, 2.0, 3.0])

@@ -342,6 +342,7 @@ def run_strategy(
     strategy: Strategy,
     max_cost: float,
     max_evals: int | None = None,
+    charge_repeats: bool = False,
 ) -> TabularRun:
     """Run ``strategy`` (ask 1 / tell 1) on the table until ``max_cost`` is spent.
 
@@ -349,22 +350,32 @@ def run_strategy(
     architecture it maps to, so a model-based strategy learns from the points it chose;
     ``metrics["arch"]`` records the mapping. A recorded failed run is told as ``failed``.
 
+    A repeat (a proposal mapping to a table architecture and level already evaluated in this
+    run) costs nothing by default: the table is the search space, and the compiler serves a
+    repeated candidate from its cache without training it again. ``metrics["repeat"]`` marks
+    it; ``max_evals`` bounds a strategy that only repeats.
+
     Args:
         bench: the benchmark.
         strategy: a fresh strategy over ``bench.space``.
         max_cost: training budget in full-fidelity evaluations (an evaluation at fidelity f
             costs f); the run stops once the cumulative cost reaches it.
         max_evals: a cap on the number of evaluations (default ``ceil(20 * max_cost)``).
+        charge_repeats: charge repeats their fidelity like a new training.
     """
     cap = max_evals if max_evals is not None else math.ceil(20 * max_cost)
     trials: list[Trial] = []
     costs: list[float] = []
     regrets: list[float] = []
     cost = 0.0
+    seen: set[tuple[int, float]] = set()
     while cost < max_cost - 1e-9 and len(trials) < cap:
         sug = strategy.ask(1)[0]
         config = bench.space.canonical(sug.config)
         m = bench.evaluate(config, sug.fidelity)
+        key = (int(m["arch"]), float(m["fidelity"]))
+        m["repeat"] = key in seen
+        seen.add(key)
         ok = math.isfinite(m["score"])
         t = Trial(
             number=len(trials),
@@ -377,7 +388,8 @@ def run_strategy(
         )
         strategy.tell([t])
         trials.append(t)
-        cost += m["fidelity"]
+        if charge_repeats or not m["repeat"]:
+            cost += m["fidelity"]
         costs.append(cost)
         regrets.append(bench.regret(trials))
     return TabularRun(trials, costs, regrets)
