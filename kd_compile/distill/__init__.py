@@ -86,6 +86,7 @@ from .autokd import (
     search_distiller,
     train_with_distiller,
 )
+from .augment import augment_images, augmented_bundle
 from .datafree import BatchNormStatsLoss, synthesize
 
 __all__ += [
@@ -95,6 +96,8 @@ __all__ += [
     "DistillerTree",
     "MctsResult",
     "TeacherKnowledge",
+    "augment_images",
+    "augmented_bundle",
     "distiller_reward",
     "mcts_search",
     "search_distiller",
