@@ -474,3 +474,74 @@ def test_train_with_feature_distiller(tmp_path, digits: DataBundle, teacher: Sma
     assert r_on.steps == r1.steps
     with pytest.raises(ValueError, match="no features"):
         train_student(_make(8), digits, cfg, TeacherCache.build(teacher, digits))
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse training, mixed precision
+
+
+def test_dynamic_sparsity_masks_and_regrows() -> None:
+    from kd_compile.distill.sparse import DynamicSparsity
+
+    model = _make(16)
+    sp = DynamicSparsity(model, 0.5, total_steps=100, seed=0, update_every=10, drop_frac=0.3)
+    names = [n for n, _ in sp.params]
+    assert "stem.0.weight" not in names and "block.0.weight" in names  # the stem stays dense
+    assert sp.density() == pytest.approx(0.5, abs=0.01)
+    w = dict(model.named_parameters())["block.0.weight"]
+    assert torch.equal(w == 0, ~sp.masks["block.0.weight"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = sp.masks["block.0.weight"].clone()
+    x = torch.randn(8, 1, 8, 8)
+    for step in range(1, 11):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        sp.after_step(step, opt)
+    after = sp.masks["block.0.weight"]
+    assert sp.updates == 1 and not torch.equal(before, after)  # prune-and-regrow moved the mask
+    assert int(after.sum()) == int(before.sum())  # ... at constant density
+    assert bool((w[~after] == 0).all())
+    with pytest.raises(ValueError):
+        DynamicSparsity(model, 1.0, total_steps=10)
+
+
+def test_sparse_training_keeps_density_and_learns(digits: DataBundle, teacher: SmallCNN) -> None:
+    cache = TeacherCache.build(teacher, digits)
+    cfg = TrainConfig(epochs=3, batch_size=64, seed=2, lr=1e-2, sparsity=0.5, sparse_update_every=5)
+    m1, m2 = _make(16), _make(16)
+    r1 = train_student(m1, digits, cfg, cache)
+    r2 = train_student(m2, digits, cfg, cache)
+    assert r1.val_acc == r2.val_acc  # deterministic on the CPU
+    assert all(h["density"] == pytest.approx(0.5, abs=0.01) for h in r1.history)
+    zeros = (m1.block[0].weight == 0).float().mean().item()
+    assert zeros == pytest.approx(0.5, abs=0.02) and (m1.stem[0].weight != 0).all()
+    assert r1.val_acc > 0.25  # chance is 0.1
+
+
+def test_amp_settings() -> None:
+    from kd_compile.distill.trainer import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None  # CPU stays fp32
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError):
+        amp_dtype("fp16", cpu)
+    with pytest.raises(ValueError):
+        TrainConfig(amp="half")
+
+
+def test_bf16_autocast_training_runs_on_cpu(digits: DataBundle, teacher: SmallCNN) -> None:
+    cache = TeacherCache.build(teacher, digits)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=1e-2)
+    full = train_student(_make(16), digits, cfg, cache)
+    half = train_student(_make(16), digits, TrainConfig.from_dict({**cfg.to_dict(), "amp": "bf16"}), cache)
+    assert half.val_acc > 0.4 and abs(half.val_acc - full.val_acc) < 0.15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_amp_and_compile(digits: DataBundle, teacher: SmallCNN) -> None:
+    cache = TeacherCache.build(teacher, digits)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-2, device="cuda", compile=True)
+    r = train_student(_make(16), digits, cfg, cache)
+    assert r.val_acc > 0.4

@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 # Auto-KD distiller search and data-free synthesis
+from .augment import augment_images, augmented_bundle
 from .autokd import (
     DistillerChoice,
     DistillerLoss,
@@ -86,7 +87,6 @@ from .autokd import (
     search_distiller,
     train_with_distiller,
 )
-from .augment import augment_images, augmented_bundle
 from .datafree import BatchNormStatsLoss, synthesize
 
 __all__ += [

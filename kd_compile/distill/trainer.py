@@ -26,6 +26,7 @@ from ..data import DataBundle
 from ..errors import CandidateError
 from .cache import TeacherCache
 from .losses import DistillerSpec, FeatureCapture, FeatureDistiller, KDLoss
+from .sparse import DynamicSparsity
 
 __all__ = [
     "ExtraLoss",
@@ -79,6 +80,16 @@ class TrainConfig:
         distiller: feature distillation on layer pairs (its ``logit`` replaces
             ``logit_loss``); teacher features come from the cache (``TeacherCache.build(...,
             feature_layers=spec.teacher_layers)``) or from the online teacher.
+        sparsity: dynamic sparse training (``sparse.DynamicSparsity``: random mask, RigL
+            prune-and-regrow every ``sparse_update_every`` steps), the fraction of zero weights;
+            0 = dense. A fidelity knob of proxy trainings (Auto-KD); no speed-up with dense
+            kernels.
+        sparse_update_every: steps between mask updates (0: a static random mask).
+        amp: mixed precision: "auto" (bf16 autocast on a CUDA device that supports it, else
+            fp16 with a gradient scaler; off on the CPU, which keeps CPU runs deterministic),
+            "off", "fp16" (CUDA only) or "bf16".
+        compile: run the student's forward through ``torch.compile`` (worth it on a GPU for
+            long trainings; the first steps pay the compilation).
     """
 
     epochs: float = 2
@@ -100,6 +111,10 @@ class TrainConfig:
     eval_every_epoch: bool = False
     channels_last: bool = True
     distiller: DistillerSpec | None = None
+    sparsity: float = 0.0
+    sparse_update_every: int = 50
+    amp: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -110,6 +125,10 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.amp not in ("auto", "off", "fp16", "bf16"):
+            raise ValueError(f"amp must be auto, off, fp16 or bf16, got {self.amp!r}")
         if isinstance(self.distiller, dict):
             object.__setattr__(self, "distiller", DistillerSpec.from_dict(self.distiller))
 
@@ -311,6 +330,19 @@ def orthogonality_penalty(model: nn.Module, modules: list[tuple[str, nn.Module]]
     return torch.stack(terms).mean()
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``TrainConfig.amp`` on ``device`` (None: full precision)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -509,6 +541,48 @@ def _probe_shapes(
     return s_shapes, t_shapes
 
 
+def _step_loss(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module,
+    cfg: TrainConfig,
+    crit: KDLoss,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    bi: torch.Tensor,
+    t_logits: torch.Tensor | None,
+    t_feats: dict[str, torch.Tensor],
+    online: nn.Module | None,
+    s_cap: FeatureCapture | None,
+    t_cap: FeatureCapture | None,
+    distiller: FeatureDistiller | None,
+    extra: ExtraLoss | None,
+    index: torch.Tensor,
+    orth_mods: list[tuple[str, nn.Module]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one batch (and the student's logits)."""
+    out = forward(xb)
+    tf: dict[str, torch.Tensor] = {}
+    tb: torch.Tensor | None = None
+    if t_logits is not None:
+        tb = t_logits[bi]
+        tf = {k: v[bi] for k, v in t_feats.items()}
+    elif online is not None:
+        with torch.no_grad():
+            tb = online(xb).float()
+            if t_cap is not None:
+                tf = dict(t_cap.features)
+    loss = crit(out.float(), yb, tb)
+    if distiller is not None:
+        assert s_cap is not None
+        loss = loss + distiller(s_cap.features, tf)
+    if extra is not None:
+        assert s_cap is not None
+        loss = loss + extra(s_cap.features, index[bi])
+    if orth_mods:
+        loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
+    return loss, out
+
+
 def _loop(
     model: nn.Module,
     cfg: TrainConfig,
@@ -540,6 +614,14 @@ def _loop(
     orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
     gen = torch.Generator().manual_seed(cfg.seed)
     evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
+    half = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
+    forward = torch.compile(model) if cfg.compile else model
+    sparse = (
+        DynamicSparsity(model, cfg.sparsity, total, seed=cfg.seed, update_every=cfg.sparse_update_every)
+        if cfg.sparsity > 0
+        else None
+    )
 
     history: list[dict[str, Any]] = []
     best_acc, best_state, bad_epochs = -1.0, None, 0
@@ -556,40 +638,44 @@ def _loop(
         bi = perm[pos : pos + bs]
         pos += bs
         xb, yb = x[bi], y[bi]
-        out = model(xb)
-        tf: dict[str, torch.Tensor] = {}
-        if t_logits is not None:
-            tb: torch.Tensor | None = t_logits[bi]
-            tf = {k: v[bi] for k, v in t_feats.items()}
-        elif online is not None:
-            with torch.no_grad():
-                tb = online(xb).float()
-                if t_cap is not None:
-                    tf = dict(t_cap.features)
-        else:
-            tb = None
-        loss = crit(out, yb, tb)
-        if distiller is not None:
-            assert s_cap is not None
-            loss = loss + distiller(s_cap.features, tf)
-        if extra is not None:
-            assert s_cap is not None
-            loss = loss + extra(s_cap.features, index[bi])
-        if orth_mods:
-            loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
+        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
+            loss, out = _step_loss(
+                forward,
+                model,
+                cfg,
+                crit,
+                xb,
+                yb,
+                bi,
+                t_logits,
+                t_feats,
+                online,
+                s_cap,
+                t_cap,
+                distiller,
+                extra,
+                index,
+                orth_mods,
+            )
         loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
             raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if sparse is not None:
+            sparse.after_step(step + 1, opt)
         sched.step()
         step += 1
         ep_steps += 1
         loss_sum += loss_val
         correct += int((out.detach().argmax(dim=1) == yb).sum())
         seen += int(yb.shape[0])
-
         if progress is not None:
             pct = (100 * step) // total
             if pct != last_report:
@@ -608,6 +694,8 @@ def _loop(
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
             }
+            if sparse is not None:
+                rec["density"] = sparse.density()
             if evaluate_epochs:
                 acc = evaluate(model, x_val, y_val, device=device)
                 rec["val_acc"] = acc
