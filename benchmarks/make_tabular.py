@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fractions", default="1/9,1/3,1", help="data fractions of the KD runs")
     ap.add_argument("--ce-fractions", default="1/9,1/3", help="data fractions of the CE runs")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate of the student runs")
     ap.add_argument("--min-params", type=int, default=5_000)
     ap.add_argument("--max-params", type=int, default=150_000)
     ap.add_argument("--max-flops", type=float, default=2e6, help="FLOPs (2 x MACs) at batch 1")
@@ -114,6 +115,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "fractions": [str(Fraction(f)) for f in args.fractions.split(",")],
         "ce_fractions": [str(Fraction(f)) for f in args.ce_fractions.split(",")],
         "batch_size": args.batch_size,
+        "lr": args.lr,
         "min_params": args.min_params,
         "max_params": args.max_params,
         "max_flops": args.max_flops,
@@ -282,6 +284,7 @@ def run_arch(arch: dict[str, Any]) -> dict[str, Any]:
                 epochs=s["epochs"],
                 data_fraction=frac,
                 batch_size=s["batch_size"],
+                lr=s.get("lr", 3e-3),
                 use_kd=(loss == "kd"),
                 alpha=KD_ALPHA,
                 tau=KD_TAU,
