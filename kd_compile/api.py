@@ -160,10 +160,24 @@ def _check_budget(cfg: CompileConfig) -> None:
         raise UsageError("--target-acc must be a fraction in (0, 1], e.g. 0.85")
     if cfg.distiller not in ("kd", "auto"):
         raise UsageError(f"--distiller must be kd or auto, got '{cfg.distiller}'")
+    if not 0 <= cfg.augment_views <= 16:
+        raise UsageError(f"--augment must be 0..16 augmented views, got {cfg.augment_views}")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise UsageError(f"--device must be cpu or cuda[:N], got '{cfg.device}'")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
+
+
+def _teacher_cache_dir() -> Path | None:
+    """Where offline teacher outputs are stored (None: keep them in memory only)."""
+    from .data import cache_dir
+
+    try:
+        d = cache_dir() / "teacher"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    except OSError:  # a read-only home: the cache still works, in memory
+        return None
 
 
 def _prepare_out(cfg: CompileConfig) -> Path:
@@ -193,8 +207,11 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         **kwargs: ``target``, ``max_params`` ("4M"), ``max_flops``, ``max_latency`` ("2ms"),
             ``max_memory``, ``data``, ``strategy``, ``budget`` (int: candidates),
             ``target_acc``, ``out``, ``seed``, ``device``, ``resume``, ``force``,
-            ``trust_checkpoint``, ``arch``, ``input_shape``, ``num_classes``, and budget knobs
-            ``proxy_epochs``, ``proxy_data_fraction``, ``final_epochs``, ``time_limit_s``.
+            ``trust_checkpoint``, ``arch``, ``input_shape``, ``num_classes``,
+            ``augment_views`` (seeded augmented copies of the training set, the teacher's
+            outputs on them cached once; every training keeps its number of optimiser steps),
+            and budget knobs ``proxy_epochs``, ``proxy_data_fraction``, ``final_epochs``,
+            ``time_limit_s``.
 
     Returns:
         A ``CompileResult`` with the student module, report, trials, Pareto data and artifacts.
@@ -272,10 +289,29 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     space = create_space(cfg.space, input_shape=tuple(tch.input_shape), num_classes=tch.num_classes)
     _check_feasible(space, cfg.constraints, np.random.default_rng(cfg.seed))
 
-    # teacher: offline logits (computed once), accuracy, costs on the target
+    # training data: the bundle, plus seeded augmented views when asked (replayable, so the
+    # teacher's outputs on them are cached like the rest); an epoch over it is 1 + views passes
+    views = cfg.augment_views
+    source = data  # what the report and the student's data hint name
+    if views:
+        from .distill import augmented_bundle
+
+        data = augmented_bundle(data, views, seed=cfg.seed)
+
+    def epochs(e: float) -> float:
+        return e / (1 + views)
+
+    # teacher: offline logits (computed once, stored under the cache folder and reused by any
+    # run with the same teacher weights and data), accuracy, costs on the target
     t0 = time.perf_counter()
     rep.stage("teacher: caching logits")
-    cache = TeacherCache.build(tch.module.to(device), data, device=device)
+    cache = TeacherCache.build(
+        tch.module.to(device),
+        data,
+        device=device,
+        cache_dir=_teacher_cache_dir(),
+        augment_seed=cfg.seed if views else None,
+    )
     tch.module.cpu()
     acc_teacher = float(cache.teacher_val_acc)
     t_counts, t_lat = costs(tch.module, spec, target)
@@ -330,7 +366,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
                 model,
                 data,
                 TrainConfig(
-                    epochs=b.proxy_epochs,
+                    epochs=epochs(b.proxy_epochs),
                     data_fraction=b.proxy_data_fraction * fidelity,
                     alpha=kd["alpha"],
                     tau=kd["tau"],
@@ -361,13 +397,14 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         "fingerprint": fingerprint(
             {
                 "teacher": _file_id(cfg.teacher),
-                "data": data.name,
+                "data": source.name,
                 "space": cfg.space,
                 "strategy": cfg.strategy,
                 "seed": cfg.seed,
                 "constraints": cfg.constraints.to_dict(),
                 "data_free": data_free,
                 "synthetic": [cfg.synthetic_images, cfg.synthetic_steps] if data_free else None,
+                "augment_views": views,
                 "budget": dataclasses.replace(b, time_limit_s=None).to_dict(),
                 "target": target.name,
                 "target_acc": cfg.target_acc,
@@ -412,7 +449,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
             seed=cfg.seed,
             knowledge=knowledge,
             train_cfg=TrainConfig(
-                epochs=b.proxy_epochs,
+                epochs=epochs(b.proxy_epochs),
                 data_fraction=b.proxy_data_fraction,
                 alpha=kd["alpha"],
                 tau=kd["tau"],
@@ -429,7 +466,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         model = _seeded_build(space, best.config, cfg.seed)
         kd = space.kd_hparams(best.config)
         tcfg = TrainConfig(
-            epochs=b.final_epochs,
+            epochs=epochs(b.final_epochs),
             data_fraction=1.0,
             alpha=kd["alpha"],
             tau=kd["tau"],
@@ -471,7 +508,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
                 best.config,
                 cfg.seed,
                 TrainConfig(
-                    epochs=b.final_epochs,
+                    epochs=epochs(b.final_epochs),
                     data_fraction=1.0,
                     alpha=kd["alpha"],
                     tau=kd["tau"],
@@ -516,7 +553,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         out,
         meta={
             "teacher": str(cfg.teacher),
-            "data": data.hint(),
+            "data": source.hint(),
             "normalize": {"mean": list(data.mean), "std": list(data.std)},
             "accuracy": res_kd.val_acc,
             "class_names": list(data.class_names),

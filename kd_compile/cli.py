@@ -188,6 +188,13 @@ def compile_cmd(
     synthetic_images: Annotated[
         int, typer.Option(help="Images to synthesise for data-free runs (no data, no hint).")
     ] = 2048,
+    augment: Annotated[
+        int,
+        typer.Option(
+            help="Seeded augmented views of the training set (shifts); the teacher's outputs on "
+            "them are cached once. Same optimiser steps per training."
+        ),
+    ] = 0,
 ) -> None:
     """Search, distil and export a student of TEACHER for the target device."""
     from . import api
@@ -225,6 +232,7 @@ def compile_cmd(
             compare_ce=compare_ce,
             distiller=distiller,
             synthetic_images=synthetic_images,
+            augment_views=augment,
         )
 
     result = _run(go)

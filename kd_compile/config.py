@@ -162,6 +162,7 @@ class CompileConfig:
     distiller_iterations: int = 8
     synthetic_images: int = 2048
     synthetic_steps: int = 200
+    augment_views: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

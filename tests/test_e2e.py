@@ -9,6 +9,7 @@ import torch
 
 import kd_compile
 from kd_compile.api import Reporter
+from kd_compile.errors import UsageError
 from kd_compile.report import validate_report
 from kd_compile.teacher import load_teacher
 
@@ -147,3 +148,25 @@ def test_distiller_auto_is_searched_and_reported(digits_teacher, tmp_path):
     d = res.report["distiller"]
     assert d["iterations"] == 2 and d["best_describe"]
     assert "Auto-KD" in (tmp_path / "auto" / "report.md").read_text()
+
+
+def test_augmented_views_are_cached_once_and_replayed(digits_teacher, tmp_path, _isolated_cache):
+    """--augment N: the training set gains N seeded views, the teacher's outputs on them are stored
+    in the cache folder once, and a second run replays the same views (same cache entry, same
+    student)."""
+    opts = {**SMALL, "budget": 2, "compare_ce": False, "augment_views": 1}
+    teacher_dir = _isolated_cache / "teacher"
+    a = kd_compile.compile(str(digits_teacher), out=tmp_path / "a", **opts)
+    entries = sorted(p.name for p in teacher_dir.iterdir())
+    meta = [json.loads((teacher_dir / e / "meta.json").read_text()) for e in entries]
+    assert any(m.get("augment_seed") == 0 for m in meta)
+    d = a.report["run"]["data"]
+    plain = kd_compile.compile(str(digits_teacher), out=tmp_path / "p", **{**opts, "augment_views": 0})
+    assert d["train"] == 2 * plain.report["run"]["data"]["train"]
+    assert "+aug1@0" in d["name"] and "+aug" not in plain.report["run"]["data"]["name"]
+    entries_before = set(p.name for p in teacher_dir.iterdir())
+    b = kd_compile.compile(str(digits_teacher), out=tmp_path / "b", **opts)
+    assert set(p.name for p in teacher_dir.iterdir()) == entries_before  # reused, nothing new
+    assert b.report["student"]["accuracy"] == a.report["student"]["accuracy"]
+    with pytest.raises(UsageError, match="augment"):
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "x", **{**opts, "augment_views": -1})
