@@ -136,7 +136,17 @@ def _resolve_config(teacher: str | Path | CompileConfig, **kw: Any) -> CompileCo
     else:
         raise UsageError(f"budget must be an int or a Budget, got {type(budget).__name__}")
     knobs = {
-        k: kw.pop(k) for k in ("proxy_epochs", "proxy_data_fraction", "final_epochs", "time_limit_s", "lr") if k in kw
+        k: kw.pop(k)
+        for k in (
+            "proxy_epochs",
+            "proxy_data_fraction",
+            "final_epochs",
+            "time_limit_s",
+            "lr",
+            "proxy_sparsity",
+            "proxy_patience",
+        )
+        if k in kw
     }
     if knobs:
         b = dataclasses.replace(b, **{k: v for k, v in knobs.items() if v is not None})
@@ -156,6 +166,10 @@ def _check_budget(cfg: CompileConfig) -> None:
         raise UsageError("proxy data fraction must be in (0, 1]")
     if b.proxy_epochs <= 0 or b.final_epochs <= 0:
         raise UsageError("epochs must be positive")
+    if not 0 <= b.proxy_sparsity < 1:
+        raise UsageError(f"--proxy-sparsity must be in [0, 1), got {b.proxy_sparsity}")
+    if b.proxy_patience is not None and b.proxy_patience < 1:
+        raise UsageError(f"--proxy-patience must be at least 1 epoch, got {b.proxy_patience}")
     if cfg.target_acc is not None and not (0 < cfg.target_acc <= 1):
         raise UsageError("--target-acc must be a fraction in (0, 1], e.g. 0.85")
     if cfg.distiller not in ("kd", "auto"):
@@ -211,7 +225,7 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
             ``augment_views`` (seeded augmented copies of the training set, the teacher's
             outputs on them cached once; every training keeps its number of optimiser steps),
             and budget knobs ``proxy_epochs``, ``proxy_data_fraction``, ``final_epochs``,
-            ``time_limit_s``.
+            ``time_limit_s``, ``proxy_sparsity``, ``proxy_patience``.
 
     Returns:
         A ``CompileResult`` with the student module, report, trials, Pareto data and artifacts.
@@ -368,6 +382,8 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
                 TrainConfig(
                     epochs=epochs(b.proxy_epochs),
                     data_fraction=b.proxy_data_fraction * fidelity,
+                    sparsity=b.proxy_sparsity,
+                    early_stop_patience=b.proxy_patience,
                     alpha=kd["alpha"],
                     tau=kd["tau"],
                     seed=cfg.seed,

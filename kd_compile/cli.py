@@ -160,6 +160,12 @@ def compile_cmd(
     budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 8,
     proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
     proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 1.0,
+    proxy_sparsity: Annotated[
+        float, typer.Option(help="Train candidates with this share of weights zero (dynamic sparsity).")
+    ] = 0.0,
+    proxy_patience: Annotated[
+        int | None, typer.Option(help="Stop a candidate after N epochs without val gain.")
+    ] = None,
     final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 15.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate of every training.")] = 1e-2,
     workers: Annotated[
@@ -215,6 +221,8 @@ def compile_cmd(
             budget=budget,
             proxy_epochs=proxy_epochs,
             proxy_data_fraction=proxy_fraction,
+            proxy_sparsity=proxy_sparsity,
+            proxy_patience=proxy_patience,
             final_epochs=final_epochs,
             time_limit_s=time_limit,
             lr=lr,

@@ -120,6 +120,10 @@ class Budget:
         final_epochs: epochs of KD training for the chosen student.
         time_limit_s: optional wall-clock limit for the search phase.
         lr: peak AdamW learning rate of every training (warm-up, then cosine decay).
+        proxy_sparsity: candidates train with this fraction of their weights zero (dynamic
+            sparse training, Auto-KD's proxy acceleration); 0 = dense.
+        proxy_patience: candidates stop early after this many epochs without a val-accuracy
+            gain (None = train the full proxy epochs).
     """
 
     candidates: int = 8
@@ -128,6 +132,8 @@ class Budget:
     final_epochs: float = 15.0
     time_limit_s: float | None = None
     lr: float = 1e-2
+    proxy_sparsity: float = 0.0
+    proxy_patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

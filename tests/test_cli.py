@@ -134,6 +134,10 @@ def test_compile_json_via_cli(digits_teacher, tmp_path):
         "2",
         "--proxy-epochs",
         "0.5",
+        "--proxy-sparsity",
+        "0.5",
+        "--proxy-patience",
+        "1",
         "--final-epochs",
         "0.5",
         "--strategy",
@@ -150,6 +154,16 @@ def test_compile_json_via_cli(digits_teacher, tmp_path):
     # a second run into the same folder needs --force
     res2 = run(str(digits_teacher), "--out", str(o))
     assert res2.exit_code == OutputExistsError.exit_code
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--proxy-sparsity", "1.5"), ("--proxy-patience", "0"), ("--augment", "-1")]
+)
+def test_bad_proxy_knobs(digits_teacher, tmp_path, option, value):
+    res = run(str(digits_teacher), option, value, "--out", str(tmp_path / "o"))
+    assert res.exit_code == UsageError.exit_code
+    assert option in _one_line_error(res)
+    assert not (tmp_path / "o").exists()  # refused before any work or output
 
 
 @pytest.mark.parametrize("shape", ["1,2", "a,b,c", "0,12,12"])
