@@ -638,7 +638,7 @@ def _loop(
         bi = perm[pos : pos + bs]
         pos += bs
         xb, yb = x[bi], y[bi]
-        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
+        with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
             loss, out = _step_loss(
                 forward,
                 model,
