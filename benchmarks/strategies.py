@@ -25,9 +25,10 @@ may stop a slow strategy early, after ``--min-seeds``).
 
 Repeats: proposals close to each other map to the same table architecture. A repeat of an
 (architecture, level) pair already evaluated in the run costs nothing (the compiler serves a
-repeated candidate from its cache); ``--charge-repeats`` charges it like a new training, the
-pessimistic reading that hits local strategies (TuRBO's trust region) hardest. "evals" counts
-repeats, "archs" does not.
+repeated candidate from its cache), up to as many repeats as the budget; past that, and always
+with ``--charge-repeats`` (the pessimistic reading that hits local strategies such as TuRBO's
+trust region hardest), a repeat is charged like a new training. "evals" counts repeats,
+"archs" does not.
 
 Issue goals checked: turbo reaches random's median best at N=50 within 25 evaluations;
 multi-fidelity strategies beat single-fidelity ones at equal training cost.

@@ -199,8 +199,9 @@ def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -
     assert [t.metrics["arch"] for t in a.trials] == [t.metrics["arch"] for t in b.trials]
     assert a.regrets == b.regrets
     assert a.costs[-1] == pytest.approx(5.0)
+    assert a.costs == pytest.approx(np.cumsum(_charged(a.trials, allowance=5)).tolist())
     fresh = [t for t in a.trials if not t.metrics["repeat"]]
-    assert len(fresh) == 5 and len({(t.metrics["arch"], t.metrics["fidelity"]) for t in fresh}) == 5
+    assert len({(t.metrics["arch"], t.metrics["fidelity"]) for t in fresh}) == len(fresh)
     assert all(r >= 0 for r in a.regrets)
     assert list(a.regrets) == sorted(a.regrets, reverse=True)  # single fidelity: never worse
     assert a.regret_at_cost(2.0) == a.regrets[max(i for i, c in enumerate(a.costs) if c <= 2 + 1e-9)]
@@ -213,8 +214,17 @@ def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) 
     run = run_strategy(bench, strat, max_cost=3)
     assert run.costs[-1] >= 3 - 1e-9
     assert len(run.trials) > 3  # bohb starts at low fidelity: more evaluations than cost
-    charged = [0.0 if t.metrics["repeat"] else t.metrics["fidelity"] for t in run.trials]
-    assert run.costs == pytest.approx(np.cumsum(charged).tolist())
+    assert run.costs == pytest.approx(np.cumsum(_charged(run.trials, allowance=3)).tolist())
+
+
+def _charged(trials, allowance: int) -> list[float]:
+    """What each trial should cost: its fidelity, except the first ``allowance`` repeats."""
+    out, repeats = [], 0
+    for t in trials:
+        repeats += bool(t.metrics["repeat"])
+        free = t.metrics["repeat"] and repeats <= allowance
+        out.append(0.0 if free else t.metrics["fidelity"])
+    return out
 
 
 class _Stubborn(Strategy):
@@ -232,9 +242,11 @@ class _Stubborn(Strategy):
 
 def test_run_strategy_serves_repeats_free_unless_asked(table_path: Path) -> None:
     bench = TabularBenchmark(table_path)
-    run = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, max_evals=7)
-    assert len(run.trials) == 7  # stopped by max_evals: repeats cost nothing
-    assert run.costs == pytest.approx([1.0] * 7)
+    run = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, free_repeats=4)
+    # 1 new + 4 free repeats, then repeats are charged: 2 more to spend the budget
+    assert run.costs == pytest.approx([1.0] * 5 + [2.0, 3.0])
     assert [t.metrics["repeat"] for t in run.trials] == [False] + [True] * 6
+    capped = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, free_repeats=100, max_evals=9)
+    assert len(capped.trials) == 9 and capped.costs[-1] == pytest.approx(1.0)
     charged = run_strategy(bench, _Stubborn(bench.space, seed=0, budget=3), max_cost=3, charge_repeats=True)
     assert len(charged.trials) == 3 and charged.costs == pytest.approx([1.0, 2.0, 3.0])

@@ -343,6 +343,7 @@ def run_strategy(
     max_cost: float,
     max_evals: int | None = None,
     charge_repeats: bool = False,
+    free_repeats: int | None = None,
 ) -> TabularRun:
     """Run ``strategy`` (ask 1 / tell 1) on the table until ``max_cost`` is spent.
 
@@ -351,9 +352,10 @@ def run_strategy(
     ``metrics["arch"]`` records the mapping. A recorded failed run is told as ``failed``.
 
     A repeat (a proposal mapping to a table architecture and level already evaluated in this
-    run) costs nothing by default: the table is the search space, and the compiler serves a
-    repeated candidate from its cache without training it again. ``metrics["repeat"]`` marks
-    it; ``max_evals`` bounds a strategy that only repeats.
+    run) costs nothing by default, up to ``free_repeats`` of them (default ``ceil(max_cost)``):
+    the table is the search space, and the compiler serves a repeated candidate from its cache
+    without training it again; past that allowance a repeat is charged like a new training,
+    which bounds a strategy stuck on one architecture. ``metrics["repeat"]`` marks repeats.
 
     Args:
         bench: the benchmark.
@@ -361,7 +363,8 @@ def run_strategy(
         max_cost: training budget in full-fidelity evaluations (an evaluation at fidelity f
             costs f); the run stops once the cumulative cost reaches it.
         max_evals: a cap on the number of evaluations (default ``ceil(20 * max_cost)``).
-        charge_repeats: charge repeats their fidelity like a new training.
+        charge_repeats: charge every repeat its fidelity like a new training.
+        free_repeats: how many repeats are free (default ``ceil(max_cost)``).
     """
     cap = max_evals if max_evals is not None else math.ceil(20 * max_cost)
     trials: list[Trial] = []
@@ -369,6 +372,8 @@ def run_strategy(
     regrets: list[float] = []
     cost = 0.0
     seen: set[tuple[int, float]] = set()
+    allowance = math.ceil(max_cost) if free_repeats is None else int(free_repeats)
+    repeats = 0
     while cost < max_cost - 1e-9 and len(trials) < cap:
         sug = strategy.ask(1)[0]
         config = bench.space.canonical(sug.config)
@@ -388,7 +393,9 @@ def run_strategy(
         )
         strategy.tell([t])
         trials.append(t)
-        if charge_repeats or not m["repeat"]:
+        if m["repeat"]:
+            repeats += 1
+        if charge_repeats or not m["repeat"] or repeats > allowance:
             cost += m["fidelity"]
         costs.append(cost)
         regrets.append(bench.regret(trials))
