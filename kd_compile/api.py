@@ -312,8 +312,21 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
 
         data = augmented_bundle(data, views, seed=cfg.seed)
 
-    def epochs(e: float) -> float:
-        return e / (1 + views)
+    def train_config(config: dict[str, Any], epochs: float, fraction: float, **extra: Any) -> TrainConfig:
+        """How every training of this run is set up: the student's searched KD alpha/tau, the
+        run's seed, device, batch and lr; ``epochs`` count passes over the original images."""
+        kd = space.kd_hparams(config)
+        return TrainConfig(
+            epochs=epochs / (1 + views),
+            data_fraction=fraction,
+            alpha=kd["alpha"],
+            tau=kd["tau"],
+            seed=cfg.seed,
+            device=device,
+            batch_size=cfg.batch_size,
+            lr=b.lr,
+            **extra,
+        )
 
     # teacher: offline logits (computed once, stored under the cache folder and reused by any
     # run with the same teacher weights and data), accuracy, costs on the target
@@ -374,22 +387,16 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
                     number, config, INFEASIBLE, None, fidelity, metrics, "; ".join(viol), time.perf_counter() - t_eval
                 )
             lap("costs", t_eval)
-            kd = space.kd_hparams(config)
             t_train = time.perf_counter()
             res = train_student(
                 model,
                 data,
-                TrainConfig(
-                    epochs=epochs(b.proxy_epochs),
-                    data_fraction=b.proxy_data_fraction * fidelity,
+                train_config(
+                    config,
+                    b.proxy_epochs,
+                    b.proxy_data_fraction * fidelity,
                     sparsity=b.proxy_sparsity,
                     early_stop_patience=b.proxy_patience,
-                    alpha=kd["alpha"],
-                    tau=kd["tau"],
-                    seed=cfg.seed,
-                    device=device,
-                    batch_size=cfg.batch_size,
-                    lr=b.lr,
                 ),
                 cache,
                 progress=lambda f: rep.training(f"candidate {number}", f),
@@ -455,7 +462,6 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
         t0 = time.perf_counter()
         rep.stage(f"distiller search (MCTS, {cfg.distiller_iterations} iterations)")
         knowledge = TeacherKnowledge.build(tch.module, data, cache=cache, seed=cfg.seed, device=device)
-        kd = space.kd_hparams(best.config)
         choice, distiller_report = search_distiller(
             lambda: _seeded_build(space, best.config, cfg.seed),
             data,
@@ -464,34 +470,14 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
             iterations=cfg.distiller_iterations,
             seed=cfg.seed,
             knowledge=knowledge,
-            train_cfg=TrainConfig(
-                epochs=epochs(b.proxy_epochs),
-                data_fraction=b.proxy_data_fraction,
-                alpha=kd["alpha"],
-                tau=kd["tau"],
-                seed=cfg.seed,
-                device=device,
-                batch_size=cfg.batch_size,
-                lr=b.lr,
-            ),
+            train_cfg=train_config(best.config, b.proxy_epochs, b.proxy_data_fraction),
         )
         lap("distiller_search", t0)
 
     # final training of the chosen student, with KD and (for comparison) without
     def final_train(use_kd: bool) -> tuple[nn.Module, Any]:
         model = _seeded_build(space, best.config, cfg.seed)
-        kd = space.kd_hparams(best.config)
-        tcfg = TrainConfig(
-            epochs=epochs(b.final_epochs),
-            data_fraction=1.0,
-            alpha=kd["alpha"],
-            tau=kd["tau"],
-            use_kd=use_kd,
-            seed=cfg.seed,
-            device=device,
-            batch_size=cfg.batch_size,
-            lr=b.lr,
-        )
+        tcfg = train_config(best.config, b.final_epochs, 1.0, use_kd=use_kd)
         what = "final (KD)" if use_kd else "final (CE only)"
         if use_kd and choice is not None:
             from .distill import train_with_distiller
@@ -516,24 +502,13 @@ def compile(teacher: str | Path | CompileConfig, *, reporter: Reporter | None = 
     if cfg.compare_ce and choice is None and workers > 1 and device == "cpu":
         # the KD student and its CE-only twin are independent: train them side by side
         rep.stage(f"final training with KD and without (comparison), {workers} processes")
-        kd = space.kd_hparams(best.config)
         jobs = [
             TrainJob(
                 cfg.space,
                 space_kwargs(space),
                 best.config,
                 cfg.seed,
-                TrainConfig(
-                    epochs=epochs(b.final_epochs),
-                    data_fraction=1.0,
-                    alpha=kd["alpha"],
-                    tau=kd["tau"],
-                    use_kd=use_kd,
-                    seed=cfg.seed,
-                    device=device,
-                    batch_size=cfg.batch_size,
-                    lr=b.lr,
-                ),
+                train_config(best.config, b.final_epochs, 1.0, use_kd=use_kd),
                 data,
                 cache.train_logits if use_kd else None,
                 cache.val_logits if use_kd else None,
