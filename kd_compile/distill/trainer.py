@@ -541,48 +541,6 @@ def _probe_shapes(
     return s_shapes, t_shapes
 
 
-def _step_loss(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    model: nn.Module,
-    cfg: TrainConfig,
-    crit: KDLoss,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    bi: torch.Tensor,
-    t_logits: torch.Tensor | None,
-    t_feats: dict[str, torch.Tensor],
-    online: nn.Module | None,
-    s_cap: FeatureCapture | None,
-    t_cap: FeatureCapture | None,
-    distiller: FeatureDistiller | None,
-    extra: ExtraLoss | None,
-    index: torch.Tensor,
-    orth_mods: list[tuple[str, nn.Module]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss of one batch (and the student's logits)."""
-    out = forward(xb)
-    tf: dict[str, torch.Tensor] = {}
-    tb: torch.Tensor | None = None
-    if t_logits is not None:
-        tb = t_logits[bi]
-        tf = {k: v[bi] for k, v in t_feats.items()}
-    elif online is not None:
-        with torch.no_grad():
-            tb = online(xb).float()
-            if t_cap is not None:
-                tf = dict(t_cap.features)
-    loss = crit(out.float(), yb, tb)
-    if distiller is not None:
-        assert s_cap is not None
-        loss = loss + distiller(s_cap.features, tf)
-    if extra is not None:
-        assert s_cap is not None
-        loss = loss + extra(s_cap.features, index[bi])
-    if orth_mods:
-        loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
-    return loss, out
-
-
 def _loop(
     model: nn.Module,
     cfg: TrainConfig,
@@ -623,6 +581,30 @@ def _loop(
         else None
     )
 
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of one batch (and the student's logits)."""
+        out = forward(xb)
+        tf: dict[str, torch.Tensor] = {}
+        tb: torch.Tensor | None = None
+        if t_logits is not None:
+            tb = t_logits[bi]
+            tf = {k: v[bi] for k, v in t_feats.items()}
+        elif online is not None:
+            with torch.no_grad():
+                tb = online(xb).float()
+                if t_cap is not None:
+                    tf = dict(t_cap.features)
+        loss = crit(out.float(), yb, tb)
+        if distiller is not None:
+            assert s_cap is not None
+            loss = loss + distiller(s_cap.features, tf)
+        if extra is not None:
+            assert s_cap is not None
+            loss = loss + extra(s_cap.features, index[bi])
+        if orth_mods:
+            loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
+        return loss, out
+
     history: list[dict[str, Any]] = []
     best_acc, best_state, bad_epochs = -1.0, None, 0
     stopped = "done"
@@ -639,24 +621,7 @@ def _loop(
         pos += bs
         xb, yb = x[bi], y[bi]
         with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
-            loss, out = _step_loss(
-                forward,
-                model,
-                cfg,
-                crit,
-                xb,
-                yb,
-                bi,
-                t_logits,
-                t_feats,
-                online,
-                s_cap,
-                t_cap,
-                distiller,
-                extra,
-                index,
-                orth_mods,
-            )
+            loss, out = batch_loss(xb, yb, bi)
         loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
             raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
