@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--train", type=int, default=3100, help="train images (50 per class)")
     ap.add_argument("--val", type=int, default=1240, help="val images (20 per class)")
+    ap.add_argument("--classes", type=int, default=62, help="glyph classes (10: the digits)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--teacher-epochs", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=3, help="epochs of every student run")
@@ -113,7 +114,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The options that define the table (everything but --archs/--workers/--out/--threads)."""
     return {
         "format": FORMAT_VERSION,
-        "data": f"glyphs:size={args.size},train={args.train},val={args.val},seed={args.data_seed}",
+        "data": f"glyphs:size={args.size},train={args.train},val={args.val},seed={args.data_seed}"
+        + (f",classes={args.classes}" if args.classes != 62 else ""),
         "teacher_config": TEACHER_CONFIG,
         "teacher_epochs": args.teacher_epochs,
         "epochs": args.epochs,
@@ -130,7 +132,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "space": {
             "name": "trade",
             "input_shape": [1, args.size, args.size],
-            "num_classes": 62,
+            "num_classes": args.classes,
             "kwargs": {"width_scale": args.width_scale},
         },
         "target": "2080ti",

@@ -33,6 +33,7 @@ Entry point: ``load_data(spec, hint=..., image_size=..., channels=..., seed=...)
   occlusions and softened rotation, shear and noise of version 2, on which the 358K teacher
   stopped at 75% and a distilled tenth of it stayed 10 points below. Some classes are genuinely
   confusable (0/O/o, 1/l/I, c/C, s/S, v/V, ...), which caps accuracy below 100%.
+  ``classes=K`` keeps the first ``K`` characters (10: the digits), balanced over them.
 * a path to an ``.npz``: arrays ``x``/``y`` or ``x_train``/``y_train``/``x_val``/``y_val``
   (optional ``class_names``); x as (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in
   [0, 1]. Without a val split a fixed, seeded, stratified 80/20 split is made.
@@ -86,7 +87,7 @@ GLYPHS_VERSION = 3
 #: The 62 glyph classes, in label order.
 GLYPH_CHARS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
-GLYPHS_DEFAULTS: dict[str, int] = {"size": 24, "train": 20000, "val": 4000, "seed": 0}
+GLYPHS_DEFAULTS: dict[str, int] = {"size": 24, "train": 20000, "val": 4000, "seed": 0, "classes": 62}
 DIGITS_DEFAULTS: dict[str, int] = {"size": 16, "seed": 0}
 
 _IMAGE_EXTS = frozenset(
@@ -747,16 +748,21 @@ def _glyph_atlas() -> tuple[torch.Tensor, np.ndarray]:
     return _atlas_cache[0]
 
 
-def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_glyphs(
+    n: int, *, size: int = 24, seed: int = 0, classes: int = 62
+) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``n`` random glyph images (no cache; ``load_data("glyphs")`` caches).
 
-    Labels are balanced (each of the 62 classes ``n // 62`` or ``n // 62 + 1`` times) and
-    shuffled. Deterministic for a given (n, size, seed, GLYPHS_VERSION).
+    Labels are balanced (each of the ``classes`` classes ``n // classes`` or
+    ``n // classes + 1`` times) and shuffled. Deterministic for a given (n, size, seed,
+    classes, GLYPHS_VERSION).
 
     Args:
         n: number of images.
         size: output resolution, 16..32 px.
         seed: random seed.
+        classes: use the first ``classes`` characters of ``GLYPH_CHARS`` (10: the digits);
+            occluding neighbour characters still come from all 62.
 
     Returns:
         x: uint8 (n, 1, size, size); y: int64 (n,) indices into ``GLYPH_CHARS``.
@@ -765,10 +771,12 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
         raise DataError(f"glyphs size must be in 16..32 px, got {size}")
     if n < 1:
         raise DataError(f"glyphs needs at least 1 image, got {n}")
+    if not 2 <= classes <= len(GLYPH_CHARS):
+        raise DataError(f"glyphs classes must be in 2..{len(GLYPH_CHARS)}, got {classes}")
     atlas, ok = _glyph_atlas()
     rng = np.random.default_rng(seed)
     a = _AUG
-    k = len(GLYPH_CHARS)
+    k = int(classes)
     y = rng.permutation(np.arange(n) % k).astype(np.int64)
     # A font for each sample among those that have its character.
     font = np.empty(n, np.int64)
@@ -786,7 +794,7 @@ def render_glyphs(n: int, *, size: int = 24, seed: int = 0) -> tuple[np.ndarray,
     off = rng.uniform(-a["offset"], a["offset"], (n, 2))
     weight = rng.choice(3, n, p=[1 - a["p_weight"], a["p_weight"] / 2, a["p_weight"] / 2])
     has_nb = rng.random(n) < a["p_neighbor"]
-    nb_char = rng.integers(0, k, n)
+    nb_char = rng.integers(0, len(GLYPH_CHARS), n)
     nb_side = rng.choice([-1.0, 1.0], n)
     nb_dist = u(1.15, 1.5)
     contrast = u(a["contrast_min"], 1.0)
@@ -911,7 +919,9 @@ def _blur121(x: torch.Tensor) -> torch.Tensor:
 
 
 def _glyph_cache_path(opts: dict[str, int]) -> Path:
-    key = json.dumps({"v": GLYPHS_VERSION, "fonts": GLYPH_FONTS, **opts}, sort_keys=True)
+    # the default class count stays out of the key, so caches made before the option still hit
+    kopts = {k: v for k, v in opts.items() if not (k == "classes" and v == len(GLYPH_CHARS))}
+    key = json.dumps({"v": GLYPHS_VERSION, "fonts": GLYPH_FONTS, **kopts}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / (
         f"glyphs-v{GLYPHS_VERSION}-s{opts['size']}-n{opts['train']}-{opts['val']}"
@@ -943,11 +953,14 @@ def _load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) 
         # Independent streams: the val set does not change with the train count.
         ss = np.random.SeedSequence(opts["seed"])
         s_tr, s_va = (int(c.generate_state(1)[0]) for c in ss.spawn(2))
-        x_tr, y_tr = render_glyphs(opts["train"], size=opts["size"], seed=s_tr)
-        x_va, y_va = render_glyphs(opts["val"], size=opts["size"], seed=s_va)
+        kw = {"size": opts["size"], "classes": opts["classes"]}
+        x_tr, y_tr = render_glyphs(opts["train"], seed=s_tr, **kw)
+        x_va, y_va = render_glyphs(opts["val"], seed=s_va, **kw)
         arrays = {"x_train": x_tr, "y_train": y_tr, "x_val": x_va, "y_val": y_va}
         _write_cache(path, arrays)
     name = "glyphs:" + ",".join(f"{k}={opts[k]}" for k in ("size", "train", "val", "seed"))
+    if opts["classes"] != len(GLYPH_CHARS):
+        name += f",classes={opts['classes']}"
     meta = {
         "source": "kd_compile glyphs generator",
         "version": GLYPHS_VERSION,
@@ -961,7 +974,7 @@ def _load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) 
         arrays["y_train"],
         arrays["x_val"],
         arrays["y_val"],
-        list(GLYPH_CHARS),
+        list(GLYPH_CHARS[: opts["classes"]]),
         meta,
     )
 

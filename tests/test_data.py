@@ -372,3 +372,18 @@ def test_error_bad_options() -> None:
         load_data("digits", channels=2)
     with pytest.raises(DataError, match="hint is malformed"):
         load_data(None, hint={"meta": {}})
+
+
+def test_glyphs_class_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    b = load_data("glyphs:size=16,train=100,val=40,classes=10")
+    assert b.num_classes == 10 and "".join(b.class_names) == GLYPH_CHARS[:10]
+    assert sorted(set(b.y_train.tolist())) == list(range(10))
+    assert np.bincount(b.y_train.numpy()).tolist() == [10] * 10
+    assert "classes=10" in b.name
+    # the default class count renders exactly what it rendered before the option existed
+    x1, y1 = render_glyphs(70, size=16, seed=3)
+    x2, y2 = render_glyphs(70, size=16, seed=3, classes=62)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    with pytest.raises(DataError, match="classes"):
+        load_data("glyphs:size=16,train=10,val=10,classes=1")
