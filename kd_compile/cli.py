@@ -120,7 +120,7 @@ class _RichReporter:
         if t.status == "ok" and (self.best is None or t.score < self.best):
             self.best = t.score
         if self.search_task is not None and t.status != "infeasible":
-            self.progress.advance(self.search_task)
+            self.progress.advance(self.search_task, t.fidelity)  # the budget is training cost
         acc = t.metrics.get("accuracy")
         what = f"acc {acc:.1%}" if acc is not None else (t.error or "")
         self.console.log(f"#{t.number} {t.status:<10} {what[:70]:<20} {t.metrics.get('arch', '')[:80]}")
@@ -157,7 +157,7 @@ def compile_cmd(
     data: Annotated[str | None, typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
     strategy: Annotated[str, typer.Option(help="Search strategy (see 'kd-compile strategies').")] = "turbo",
     space: Annotated[str, typer.Option(help="Student search space.")] = "trade",
-    budget: Annotated[int, typer.Option(help="Candidates to train in the search.")] = 8,
+    budget: Annotated[int, typer.Option(help="Search budget in candidate trainings (a multi-fidelity strategy trains more, cheaper ones).")] = 8,
     proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
     proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 1.0,
     proxy_sparsity: Annotated[

@@ -114,7 +114,8 @@ class Budget:
     """How much work the search may do.
 
     Attributes:
-        candidates: number of candidate evaluations (trainings) in the search.
+        candidates: training budget of the search, in full proxy trainings: a candidate trained at
+            fidelity f (multi-fidelity strategies) uses f of it.
         proxy_epochs: epochs of KD training for each candidate (low fidelity).
         proxy_data_fraction: share of the training set used for each candidate.
         final_epochs: epochs of KD training for the chosen student.

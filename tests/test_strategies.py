@@ -140,14 +140,15 @@ def test_bohb_starts_next_bracket_while_a_rung_waits() -> None:
 
 def test_lf_gpr_spends_low_then_checks_favourites_high() -> None:
     space = ToySpace()
-    strat = create_strategy("lf-gpr", space, seed=0, budget=8, gp_maxiter=8, n_candidates=64)
+    # budget 3 full trainings: 3/4 of the cost at fidelity 1/3 is round(6.75) = 7 evaluations
+    strat = create_strategy("lf-gpr", space, seed=0, budget=3, gp_maxiter=8, n_candidates=64)
     ev = toy_evaluate(space)
     fids = []
-    for i in range(8):
+    for i in range(9):
         (s,) = strat.ask(1)
         fids.append(s.fidelity)
         strat.tell([ev(s.config, s.fidelity, i)])
-    assert fids == [pytest.approx(1 / 3)] * 6 + [1.0, 1.0]
+    assert fids == [pytest.approx(1 / 3)] * 7 + [1.0, 1.0]
 
 
 def test_mfkd_warm_up_then_both_fidelities() -> None:
@@ -168,7 +169,7 @@ def test_mfkd_warm_up_then_both_fidelities() -> None:
 def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
     space = ToySpace()
     strat = create_strategy(
-        "lf-then-hf", space, seed=0, budget=12, n_init=4, n_seeds=2, gp_maxiter=8, n_candidates=64
+        "lf-then-hf", space, seed=0, budget=4, n_init=4, n_seeds=2, gp_maxiter=8, n_candidates=64
     )
     ev = toy_evaluate(space)
     trials = []
@@ -178,7 +179,7 @@ def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
         strat.tell([trials[-1]])
     low = [t for t in trials if t.fidelity < 1]
     high = [t for t in trials if t.fidelity == 1.0]
-    assert len(low) == 6 and len(high) == 2
+    assert len(low) == 6 and len(high) == 2  # half of 4 trainings' cost at 1/3: 6 evaluations
     best_low = sorted((t for t in low if t.ok), key=lambda t: t.score)[:2]
     assert [space.key(t.config) for t in high] == [space.key(t.config) for t in best_low]
 
@@ -202,3 +203,26 @@ def test_mobo_pareto_front() -> None:
     configs, y = strat.objectives()
     assert len(configs) == 4 and y[3, 0] < y[:3, 0].min()  # infeasible: accuracy below all
     assert y[3, 2] == pytest.approx(-np.log(5e6)) and y[3, 1] == pytest.approx(-np.log(2.0))
+
+
+@pytest.mark.parametrize("name", ["random", "lf-gpr"])
+def test_search_loop_budget_is_training_cost(name: str, tmp_path) -> None:
+    from kd_compile.search.journal import Journal
+    from kd_compile.search.loop import run_search
+
+    space = ToySpace()
+    opts = {"gp_maxiter": 8, "n_candidates": 64} if name == "lf-gpr" else {}
+    strat = create_strategy(name, space, seed=0, budget=3, **opts)
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.open({"fingerprint": "x"}, resume=False)
+    res = run_search(space, strat, toy_evaluate(space), 3, journal)
+    trained = [t for t in res.trials if t.status != "infeasible"]
+    cost = sum(t.fidelity for t in trained)
+    # the loop stops once 3 full trainings' worth is spent, and not before
+    assert 3 - 1e-9 <= cost < 3 + 1
+    if name == "random":
+        assert len(trained) == 3
+    else:  # 7 proposals at 1/3 (infeasible ones cost nothing), then full fidelity
+        fids = [t.fidelity for t in res.trials]
+        assert fids[:7] == [pytest.approx(1 / 3)] * 7 and set(fids[7:]) == {1.0}
+        assert len(trained) > 3

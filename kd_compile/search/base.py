@@ -7,6 +7,9 @@ a strategy's state on ``--resume`` by replaying the journal through ``ask``/``te
 
 Fidelity: a float in (0, 1], the share of the proxy training budget a suggestion asks for
 (1.0 = the search's full proxy training). Single-fidelity strategies always ask for 1.0.
+The training budget counts full-fidelity trainings: the search loop charges a trial at
+fidelity f with f of it, so a multi-fidelity strategy given ``budget=B`` may run, say, 3B
+evaluations at fidelity 1/3.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class Strategy:
     Args:
         space: the search space.
         seed: seed for every random choice the strategy makes.
-        budget: the number of evaluations the loop will run (strategies may plan with it).
+        budget: the training budget the loop will spend, in full-fidelity trainings (a trial
+            at fidelity f costs f); strategies may plan with it.
     """
 
     name = "base"

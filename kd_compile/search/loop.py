@@ -8,6 +8,7 @@ as if the run had never stopped, and the search continues from there.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -55,15 +56,19 @@ def run_search(
     on_trial: Callable[[Trial], None] | None = None,
     max_infeasible: int | None = None,
 ) -> SearchResult:
-    """Run ``n_trials`` evaluations (counting replayed ones) and return every trial.
+    """Spend a training budget of ``n_trials`` full-fidelity evaluations (counting replayed
+    ones) and return every trial.
 
     Args:
         space: the search space (used to deduplicate proposals by ``space.key``).
         strategy: a freshly constructed, seeded strategy.
         evaluate: ``evaluate(config, fidelity, number) -> Trial``; must not raise for a
             failing candidate (return a ``failed`` trial instead).
-        n_trials: number of trained evaluations (ok or failed); infeasible candidates are
-            rejected before training and not counted, up to ``max_infeasible`` of them.
+        n_trials: training budget in full-fidelity evaluations: a trained trial (ok or failed)
+            at fidelity f uses f of it, so single-fidelity strategies get ``n_trials``
+            evaluations and multi-fidelity ones more, at the same training cost; infeasible
+            candidates are rejected before training and not counted, up to
+            ``max_infeasible`` of them.
         journal: an opened journal; each new trial is appended before ``tell``.
         past: trials read from the journal on resume.
         batch_size: suggestions asked per round.
@@ -101,19 +106,20 @@ def run_search(
             stacklevel=2,
         )
 
-    # ``n_trials`` counts trainings: infeasible candidates cost no training and do not use the
-    # budget, but they are capped so a space that is mostly infeasible still terminates.
+    # ``n_trials`` counts training cost (a trial at fidelity f costs f): infeasible candidates
+    # cost no training and do not use the budget, but they are capped so a space that is mostly
+    # infeasible still terminates.
     number = len(result.trials)
-    trained = sum(1 for t in result.trials if t.status != INFEASIBLE)
-    infeasible = number - trained
+    spent = sum(t.fidelity for t in result.trials if t.status != INFEASIBLE)
+    infeasible = sum(1 for t in result.trials if t.status == INFEASIBLE)
     max_infeasible = max_infeasible if max_infeasible is not None else 20 * n_trials + 50
     asks = 0
     max_asks = 4 * (n_trials + max_infeasible) + 10
-    while trained < n_trials and infeasible < max_infeasible and asks < max_asks:
+    while spent < n_trials - 1e-9 and infeasible < max_infeasible and asks < max_asks:
         if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
             result.stopped_by_time = True
             break
-        k = min(batch_size, n_trials - trained)
+        k = max(1, min(batch_size, math.ceil(n_trials - spent - 1e-9)))
         suggestions: list[Suggestion] = strategy.ask(k)
         asks += 1
         told: list[Trial] = []
@@ -134,7 +140,7 @@ def run_search(
             if trial.status == INFEASIBLE:
                 infeasible += 1
             else:
-                trained += 1
+                spent += trial.fidelity
             if on_trial:
                 on_trial(trial)
         journal.told([t.number for t in told])
