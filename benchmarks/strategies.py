@@ -5,9 +5,9 @@ reason printed) searches the TRADE space; ``kd_compile.search.tabular.TabularBen
 answers each proposal with the recorded results of the nearest table architecture at the
 nearest recorded fidelity. Budgets are equal in *training cost*: an evaluation at fidelity f
 costs f, so single-fidelity strategies get ``--budget`` full-fidelity evaluations and
-multi-fidelity strategies run until they have spent the same cost (they are constructed with
-``budget=--budget`` evaluations, the number the search loop would give them, and keep asking
-past it until the cost is spent).
+multi-fidelity strategies run until they have spent the same cost. Every strategy is
+constructed with ``budget=--budget``, the training budget in full-fidelity trainings, as the
+compiler's search loop gives it (the loop, too, charges a trial at fidelity f with f).
 
 Score: ``--score error`` (default) is ``1 - val accuracy`` (regret = accuracy points below the
 table's best); ``--score search`` is the compiler's KD-guided score (cost term over accuracy
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,26 +55,30 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from kd_compile.errors import UsageError
 from kd_compile.search.base import Strategy, create_strategy, list_strategies
 from kd_compile.search.tabular import TabularBenchmark, TabularRun, run_strategy
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 # modest GP settings so that the GP strategies run in minutes (passed where accepted)
-GP_OPTIONS: dict[str, Any] = {"n_candidates": 200, "gp_maxiter": 30}
+GP_OPTIONS: dict[str, Any] = {"n_candidates": 200, "gp_maxiter": 30, "mc_samples": 16}
 
 
 def make_strategy(name: str, bench: TabularBenchmark, seed: int, budget: int) -> Strategy:
-    """Create ``name`` with the modest GP options it accepts (tries subsets of them)."""
-    last: Exception | None = None
-    for keys in (("n_candidates", "gp_maxiter"), ("n_candidates",), ("gp_maxiter",), ()):
+    """Create ``name`` with those of ``GP_OPTIONS`` it accepts (an option it rejects by name is
+    dropped and creation retried; any other error is raised)."""
+    opts = dict(GP_OPTIONS)
+    while True:
         try:
-            return create_strategy(name, bench.space, seed=seed, budget=budget, **{k: GP_OPTIONS[k] for k in keys})
-        except Exception as exc:  # unknown option -> try fewer; anything else is re-raised below
-            last = exc
-            if "unknown option" not in str(exc) and "unexpected keyword" not in str(exc):
+            return create_strategy(name, bench.space, seed=seed, budget=budget, **opts)
+        except (UsageError, TypeError) as exc:
+            msg = str(exc)
+            m = re.search(r"unknown options: (.+)$", msg) or re.search(r"unexpected keyword argument '(\w+)'", msg)
+            bad = {k.strip() for k in m.group(1).split(",")} & set(opts) if m else set()
+            if not bad:
                 raise
-    assert last is not None
-    raise last
+            for k in bad:
+                del opts[k]
 
 
 def quartiles(v: list[float]) -> str:

@@ -253,8 +253,11 @@ class _TwoFidelity(ReplayableStrategy):
         )
 
 
-def _default_low_runs(budget: int | None, share: float, n_init: int) -> int:
-    return max(n_init + 1, round(share * budget)) if budget else 24
+def _default_low_runs(budget: int | None, share: float, n_init: int, low: float) -> int:
+    """Low-fidelity evaluations that spend ``share`` of the training budget: ``budget`` counts
+    full-fidelity trainings (the search loop charges a trial at fidelity f with f of it), so
+    the phase runs ``share * budget / low`` evaluations (24 without a budget)."""
+    return max(n_init + 1, round(share * budget / low)) if budget else 24
 
 
 @register_strategy("lf-gpr")
@@ -263,17 +266,20 @@ class LowFidelityGPR(_TwoFidelity):
 
     The first ``low_share`` of the budget evaluates a scrambled-Sobol design at
     ``low_fidelity`` (Trofimov et al. sample at random; Sobol covers the space more evenly).
-    Each later suggestion is the config with the best GP-predicted low-fidelity score, among
-    the evaluated ones and fresh candidates, not yet evaluated at full fidelity.
+    Each later suggestion is the config with the best GP-predicted low-fidelity score not yet
+    evaluated at full fidelity, among the configs measured at low fidelity (the GP's posterior
+    mean pools each measurement with its neighbours', which smooths the low-fidelity noise);
+    fresh candidates near the best join once the measured ones are used up (the GP's
+    extrapolation to a config never trained is its least reliable prediction).
 
     Options:
-        low_share: share of the budget spent at low fidelity (default 0.75; 24 evaluations
-            without a budget).
+        low_share: share of the training budget spent at low fidelity (default 0.75, i.e.
+            ``0.75 * budget / low_fidelity`` evaluations; 24 without a budget).
     """
 
     def __init__(self, *args: Any, low_share: float = 0.75, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.n_low = _default_low_runs(self.budget, low_share, self.n_init)
+        self.n_low = _default_low_runs(self.budget, low_share, self.n_init, self.low)
 
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()
@@ -294,12 +300,15 @@ class LowFidelityGPR(_TwoFidelity):
         x = encode(self.space, configs)
         with torch_seeded(self.draw_seed("gp")):
             model = fit_gp(x, -y, maxiter=self.gp_maxiter)
-            top = x[np.argsort(y)[: max(1, min(5, len(y) // 3))]]
-            raw = bo_candidates(self.space, top, self.n_candidates, self.draw_seed("cand"))
-            cands, _ = snap(self.space, raw)
-            cands = list(configs) + cands  # evaluated configs first: a measured favourite wins ties
-            keep = unique_new(self.space, cands, taken)
-            cands = [cands[i] for i in keep]
+            # the measured configs not yet checked at full fidelity; unmeasured candidates near
+            # the best join only once fewer than n are left
+            cands = [configs[i] for i in unique_new(self.space, configs, taken)]
+            if len(cands) < n:
+                top = x[np.argsort(y)[: max(1, min(5, len(y) // 3))]]
+                raw = bo_candidates(self.space, top, self.n_candidates, self.draw_seed("cand"))
+                fresh, _ = snap(self.space, raw)
+                seen = taken | {self.space.key(c) for c in cands}
+                cands += [fresh[i] for i in unique_new(self.space, fresh, seen)]
             if not cands:
                 return fresh_samples(self.space, n, taken, rng)
             mean, _ = posterior_mean_std(model, encode(self.space, cands))
@@ -316,13 +325,14 @@ class LowThenHighFidelity(_TwoFidelity):
     configs (Trofimov et al., Alg. 2).
 
     Options:
-        low_share: share of the budget for the low-fidelity phase (default 0.5).
+        low_share: share of the training budget for the low-fidelity phase (default 0.5, i.e.
+            ``0.5 * budget / low_fidelity`` evaluations).
         n_seeds: best low-fidelity configs re-evaluated first at full fidelity (default 3).
     """
 
     def __init__(self, *args: Any, low_share: float = 0.5, n_seeds: int = 3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.n_low = _default_low_runs(self.budget, low_share, self.n_init)
+        self.n_low = _default_low_runs(self.budget, low_share, self.n_init, self.low)
         self.n_seeds = int(n_seeds)
 
     def _ask(self, n: int) -> list[Suggestion]:
@@ -360,7 +370,8 @@ class MultiFidelityCoKriging(_TwoFidelity):
     Warm-up: ``n_init`` low-fidelity and ``n_high_init`` full-fidelity Sobol points. Then the
     fusion model ``y_high(x) = rho * y_low(x) + delta(x)`` (independent GPs for ``y_low`` and
     ``delta``; ``rho`` by least squares of the high scores on the low GP's mean, which is the
-    maximum-likelihood estimate for a fixed ``delta`` kernel) scores fresh candidates by
+    maximum-likelihood estimate for a fixed ``delta`` kernel) scores the configs measured at low
+    fidelity and fresh candidates near the best of them by
     ``UCB = mean + beta * std`` of the predicted full-fidelity value (to maximise; the paper
     writes ``beta * Var``, we use the standard deviation so ``beta`` is scale-free). The chosen
     point is evaluated at low fidelity while the low GP is still unsure there
@@ -425,7 +436,10 @@ class MultiFidelityCoKriging(_TwoFidelity):
                     d_const = float(resid.mean())
             top = x_lo[np.argsort(lo_y)[: max(1, min(5, len(lo_y) // 3))]]
             raw = bo_candidates(self.space, top, self.n_candidates, self.draw_seed("cand"))
-            cands, cx = snap(self.space, raw)
+            fresh, fx = snap(self.space, raw)
+            # the configs measured at low fidelity compete too: promoting a well-measured one to
+            # full fidelity is where the low-fidelity runs pay off
+            cands, cx = list(lo_cfg) + fresh, np.concatenate([x_lo, fx])
             keep = unique_new(self.space, cands, taken[1.0])
             cands, cx = [cands[i] for i in keep], cx[keep]
             if not cands:
