@@ -121,6 +121,16 @@ def test_nearest_maps_table_configs_to_themselves_and_ignores_kd_params(table_pa
         assert bench.nearest({**a.config, "kd_tau": 1.0, "kd_alpha": 0.95}) == i
 
 
+def test_trade_table_is_searched_without_kd_params(table_path: Path) -> None:
+    bench = TabularBenchmark(table_path)
+    names = bench.space.param_names
+    assert "kd_tau" not in names and "kd_alpha" not in names and "s1_kernel" in names
+    # a table architecture, stripped of its KD settings, is still itself
+    arch = {k: v for k, v in bench.archs[2].config.items() if k not in ("kd_tau", "kd_alpha")}
+    assert bench.nearest(arch) == 2
+    assert bench.space.key(bench.space.canonical(bench.archs[2].config)) == bench.space.key(arch)
+
+
 def test_nearest_maps_a_small_change_to_its_source(table_path: Path) -> None:
     bench = TabularBenchmark(table_path)
     space = bench.space

@@ -376,3 +376,19 @@ def test_cnn_space() -> None:
     assert space.estimate_params(cfg) == (3 * 9 * 16 + 2 * 16) + (16 * 9 * 32 + 2 * 32) + (
         32 * 10 + 10
     )
+
+
+def test_search_kd_false_searches_the_architecture_only() -> None:
+    full = create_space("trade", input_shape=(1, 16, 16), num_classes=10)
+    arch = create_space("trade", input_shape=(1, 16, 16), num_classes=10, search_kd=False)
+    assert set(full.param_names) - set(arch.param_names) == {"kd_tau", "kd_alpha"}
+    assert arch.dim == full.dim - 2
+    c = arch.sample(np.random.default_rng(0))
+    assert "kd_tau" not in c and arch.kd_hparams(c) == {"tau": 4.0, "alpha": 0.7}
+    # the same architecture builds the same network in both spaces
+    torch.manual_seed(0)
+    a = arch.build(c)
+    torch.manual_seed(0)
+    b = full.build({**c, "kd_tau": 2.0, "kd_alpha": 0.5})
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(a.eval()(x), b.eval()(x))

@@ -6,14 +6,17 @@ levels, plus each student's params, FLOPs and predicted 2080 Ti latency, and the
 
 How a lookup works (``TabularBenchmark.evaluate``):
 
-* **Architecture.** Strategies search the full TRADE space (same parameters, same unit-cube
-  encoding, so model-based strategies see the real structure). A proposal is canonicalised and
+* **Architecture.** Strategies search the TRADE space (same architecture parameters, same
+  unit-cube encoding, so model-based strategies see the real structure). A proposal is canonicalised and
   mapped to the *nearest table architecture* in the unit-cube encoding: weighted Euclidean
   distance over the architecture coordinates, where each coordinate has weight
   ``1 / width`` of its parameter (a one-hot categorical then counts a change of choice as
   ``1``, the same as moving an ordinal parameter across its whole range). ``kd_tau`` and
-  ``kd_alpha`` are ignored (the table trains with fixed alpha 0.7, tau 4). Ties go to the
-  lowest table index. A proposal that is a table architecture maps to itself.
+  ``kd_alpha``, if a given space has them, are ignored (the table trains with fixed alpha 0.7,
+  tau 4). Ties go to the
+  lowest table index. A proposal that is a table architecture maps to itself. The default
+  space of a TRADE table has no ``kd_tau``/``kd_alpha`` (``search_kd=False``): a strategy
+  that moved only those would propose new configs that all map to the same table row.
 * **Fidelity.** A fidelity in (0, 1] maps to the recorded level nearest in ``log`` fidelity
   (``fraction * epoch / epochs``). Where two readouts share a fidelity (e.g. 1/3 of the data
   for 3 epochs and all of it for 1 epoch of a 3-epoch schedule) ``tie="final"`` (default) takes
@@ -191,11 +194,14 @@ class TabularBenchmark:
         self.loss, self.score_kind, self.accuracy_weight = loss, score, float(accuracy_weight)
         s = self.table.settings
         sp = s["space"]
+        # the table trains every student with one KD alpha/tau, so strategies search the
+        # architecture only (a TRADE space without kd_tau/kd_alpha)
+        kw = {**sp.get("kwargs", {}), **({"search_kd": False} if sp["name"] == "trade" else {})}
         self.space = space or create_space(
             sp["name"],
             input_shape=tuple(sp["input_shape"]),
             num_classes=int(sp["num_classes"]),
-            **sp.get("kwargs", {}),
+            **kw,
         )
         self.epochs = int(s["epochs"])
         self.archs = self.table.archs

@@ -356,7 +356,7 @@ class TradeSpace(SearchSpace):
     * with ``transformer=True``: ``tf_depth`` (int 0..2), ``tf_heads`` (1, 2, 4),
       ``tf_mlp_ratio`` (1, 2, 4);
     * ``kd_tau`` (float 1..8), ``kd_alpha`` (float 0.1..0.95): read by ``kd_hparams``, ignored by
-      ``build``.
+      ``build`` (left out with ``search_kd=False``).
 
     At 24x24x1 with 62 classes, 1000 random samples span 3.5K to 3.2M parameters: 30% under
     60K, 75% under 200K, median 100K (``width_scale`` moves the whole range).
@@ -372,6 +372,7 @@ class TradeSpace(SearchSpace):
         act: str = "silu",
         drop_rate: float = 0.1,
         drop_path_rate: float = 0.0,
+        search_kd: bool = True,
     ) -> None:
         """Create the space.
 
@@ -384,6 +385,9 @@ class TradeSpace(SearchSpace):
             act: activation of the conv blocks ("relu", "silu", "gelu", "hardswish").
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth rate of every residual block.
+            search_kd: include ``kd_tau``/``kd_alpha`` (else every student trains with the
+                defaults of ``kd_hparams``, tau 4 and alpha 0.7, and only the architecture is
+                searched).
         """
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise UsageError(
@@ -444,9 +448,13 @@ class TradeSpace(SearchSpace):
         head_w = (0, *_widths((32, 64, 128, 256), width_scale))
         params += [
             Param("head_width", "choice", choices=head_w, default=head_w[2]),
-            Param("kd_tau", "float", low=1.0, high=8.0, default=4.0),
-            Param("kd_alpha", "float", low=0.1, high=0.95, default=0.7),
         ]
+        self.search_kd = bool(search_kd)
+        if self.search_kd:
+            params += [
+                Param("kd_tau", "float", low=1.0, high=8.0, default=4.0),
+                Param("kd_alpha", "float", low=0.1, high=0.95, default=0.7),
+            ]
         super().__init__(
             input_shape=tuple(int(v) for v in input_shape),
             num_classes=int(num_classes),
