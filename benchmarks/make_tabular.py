@@ -2,7 +2,9 @@
 
 What it builds (from scratch, deterministic under ``--seed``):
 
-1. the glyphs dataset at ``--size`` px (``--train`` / ``--val`` images, balanced over 62 classes);
+1. the glyphs dataset at ``--size`` px (``--train`` / ``--val`` images, balanced over the 62
+   classes, or over the first ``--classes`` of them: 10 = the digits, an easier task on which
+   short trainings learn more);
 2. a teacher from the ``cnn`` space (depth 4, widths 32, 32, 128, 256) trained with CE for
    ``--teacher-epochs``; its logits are cached once (``TeacherCache``) under ``--workdir``;
 3. ``--archs`` students sampled from the ``trade`` space (seeded stream; a sample is kept when
