@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..students.base import Config, Param, SearchSpace
-from .base import FAILED, Suggestion, Trial, register_strategy
+from .base import FAILED, INFEASIBLE, Suggestion, Trial, register_strategy
 from .gp import (
     bo_candidates,
     bo_propose,
@@ -220,6 +220,14 @@ class _TwoFidelity(ReplayableStrategy):
         told = sum(1 for t in self.trials if t.fidelity == fidelity)
         return told + sum(1 for _, f in self._pending if f == fidelity)
 
+    def trained(self, fidelity: float) -> int:
+        """Like ``count`` without the infeasible trials: they are never trained, so they do not
+        use up a phase planned in trainings (a design where most proposals break a constraint
+        still gets its low-fidelity results)."""
+        return self.count(fidelity) - sum(
+            1 for t in self.trials if t.fidelity == fidelity and t.status == INFEASIBLE
+        )
+
     def data(self, fidelity: float) -> tuple[list[Config], np.ndarray]:
         used, y = penalised_scores([t for t in self.trials if t.fidelity == fidelity])
         return [t.config for t in used], y
@@ -283,7 +291,7 @@ class LowFidelityGPR(_TwoFidelity):
 
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()
-        n_lo = max(0, min(n, self.n_low - self.count(self.low)))
+        n_lo = max(0, min(n, self.n_low - self.trained(self.low)))
         out = [
             Suggestion(c, self.low)
             for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)
@@ -338,10 +346,10 @@ class LowThenHighFidelity(_TwoFidelity):
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()
         out: list[Suggestion] = []
-        n_lo = max(0, min(n, self.n_low - self.count(self.low)))
+        n_lo = max(0, min(n, self.n_low - self.trained(self.low)))
         if n_lo:
             taken = self.taken_keys(self.low)
-            n_design = max(0, min(n_lo, self.n_init - self.count(self.low)))
+            n_design = max(0, min(n_lo, self.n_init - self.trained(self.low)))
             cfgs = self.design(n_design, self.low, taken, rng)
             cfgs += self.bo(self.low, n_lo - n_design, taken, rng) if n_lo > n_design else []
             out += [Suggestion(c, self.low) for c in cfgs]
@@ -355,7 +363,7 @@ class LowThenHighFidelity(_TwoFidelity):
             )
             seeds = [t.config for t in lo_ok[: self.n_seeds]]
             seeds = [c for c in seeds if self.space.key(c) not in taken]
-            n_seed = max(0, min(k, self.n_seeds - self.count(1.0), len(seeds)))
+            n_seed = max(0, min(k, self.n_seeds - self.trained(1.0), len(seeds)))
             cfgs = seeds[:n_seed]
             taken.update(self.space.key(c) for c in cfgs)
             cfgs += self.bo(1.0, k - n_seed, taken, rng) if k > n_seed else []
@@ -407,12 +415,12 @@ class MultiFidelityCoKriging(_TwoFidelity):
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()
         out: list[Suggestion] = []
-        n_lo = max(0, min(n, self.n_init - self.count(self.low)))
+        n_lo = max(0, min(n, self.n_init - self.trained(self.low)))
         out += [
             Suggestion(c, self.low)
             for c in self.design(n_lo, self.low, self.taken_keys(self.low), rng)
         ]
-        n_hi = max(0, min(n - n_lo, self.n_high_init - self.count(1.0)))
+        n_hi = max(0, min(n - n_lo, self.n_high_init - self.trained(1.0)))
         out += [Suggestion(c, 1.0) for c in self.design(n_hi, 1.0, self.taken_keys(1.0), rng)]
         if len(out) < n:
             out += self._ucb(n - len(out), rng)
