@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kd_compile.data import DataBundle, load_data
+from kd_compile.data import GLYPH_CHARS, DataBundle, load_data
 from kd_compile.distill import TeacherCache, TrainConfig, train_student
 from kd_compile.profilers.base import InputSpec
 from kd_compile.profilers.counting import count, trace_ops
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--train", type=int, default=3100, help="train images (50 per class)")
     ap.add_argument("--val", type=int, default=1240, help="val images (20 per class)")
-    ap.add_argument("--classes", type=int, default=62, help="glyph classes (10: the digits)")
+    ap.add_argument("--classes", type=int, default=len(GLYPH_CHARS), help="glyph classes (10: the digits)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--teacher-epochs", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=3, help="epochs of every student run")
@@ -117,7 +117,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "data": f"glyphs:size={args.size},train={args.train},val={args.val},seed={args.data_seed}"
-        + (f",classes={args.classes}" if args.classes != 62 else ""),
+        + (f",classes={args.classes}" if args.classes != len(GLYPH_CHARS) else ""),
         "teacher_config": TEACHER_CONFIG,
         "teacher_epochs": args.teacher_epochs,
         "epochs": args.epochs,

@@ -450,9 +450,8 @@ class MultiFidelityCoKriging(_TwoFidelity):
                     gp_d = fit_gp(x_hi, resid, maxiter=self.gp_maxiter)
                 else:
                     d_const = float(resid.mean())
-            top = x_lo[np.argsort(lo_y)[: max(1, min(5, len(lo_y) // 3))]]
-            if not self.local:
-                top = top[:0]
+            # local: half of the fresh candidates perturb the best low configs; else all Sobol
+            top = x_lo[np.argsort(lo_y)[: max(1, min(5, len(lo_y) // 3))]] if self.local else x_lo[:0]
             raw = bo_candidates(self.space, top, self.n_candidates, self.draw_seed("cand"))
             fresh, fx = snap(self.space, raw)
             # the configs measured at low fidelity compete too: promoting a well-measured one to

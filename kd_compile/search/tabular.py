@@ -7,16 +7,16 @@ levels, plus each student's params, FLOPs and predicted 2080 Ti latency, and the
 How a lookup works (``TabularBenchmark.evaluate``):
 
 * **Architecture.** Strategies search the TRADE space (same architecture parameters, same
-  unit-cube encoding, so model-based strategies see the real structure). A proposal is canonicalised and
-  mapped to the *nearest table architecture* in the unit-cube encoding: weighted Euclidean
-  distance over the architecture coordinates, where each coordinate has weight
-  ``1 / width`` of its parameter (a one-hot categorical then counts a change of choice as
-  ``1``, the same as moving an ordinal parameter across its whole range). ``kd_tau`` and
-  ``kd_alpha``, if a given space has them, are ignored (the table trains with fixed alpha 0.7,
-  tau 4). Ties go to the
-  lowest table index. A proposal that is a table architecture maps to itself. The default
-  space of a TRADE table has no ``kd_tau``/``kd_alpha`` (``search_kd=False``): a strategy
-  that moved only those would propose new configs that all map to the same table row.
+  unit-cube encoding, so model-based strategies see the real structure). A proposal is
+  canonicalised and mapped to the *nearest table architecture* in the unit-cube encoding:
+  weighted Euclidean distance over the architecture coordinates, where each coordinate has
+  weight ``1 / width`` of its parameter (a one-hot categorical then counts a change of choice as
+  ``1``, the same as moving an ordinal parameter across its whole range). Ties go to the lowest
+  table index. A proposal that is a table architecture maps to itself. The table trains every
+  student with alpha 0.7 and tau 4, so the default space of a TRADE table has no
+  ``kd_tau``/``kd_alpha`` (``search_kd=False``; a strategy that moved only those would propose
+  new configs that all map to one row), and a given space's ``kd_tau``/``kd_alpha`` are
+  ignored.
 * **Fidelity.** A fidelity in (0, 1] maps to the recorded level nearest in ``log`` fidelity
   (``fraction * epoch / epochs``). Where two readouts share a fidelity (e.g. 1/3 of the data
   for 3 epochs and all of it for 1 epoch of a 3-epoch schedule) ``tie="final"`` (default) takes
@@ -369,7 +369,7 @@ def run_strategy(
         max_cost: training budget in full-fidelity evaluations (an evaluation at fidelity f
             costs f); the run stops once the cumulative cost reaches it.
         max_evals: a cap on the number of evaluations (default ``ceil(20 * max_cost)``).
-        charge_repeats: charge every repeat its fidelity like a new training.
+        charge_repeats: charge every repeat its fidelity like a new training (no free repeats).
         free_repeats: how many repeats are free (default ``ceil(max_cost)``).
     """
     cap = max_evals if max_evals is not None else math.ceil(20 * max_cost)
@@ -378,7 +378,10 @@ def run_strategy(
     regrets: list[float] = []
     cost = 0.0
     seen: set[tuple[int, float]] = set()
-    allowance = math.ceil(max_cost) if free_repeats is None else int(free_repeats)
+    if charge_repeats:
+        allowance = 0
+    else:
+        allowance = math.ceil(max_cost) if free_repeats is None else int(free_repeats)
     repeats = 0
     while cost < max_cost - 1e-9 and len(trials) < cap:
         sug = strategy.ask(1)[0]
@@ -401,7 +404,7 @@ def run_strategy(
         trials.append(t)
         if m["repeat"]:
             repeats += 1
-        if charge_repeats or not m["repeat"] or repeats > allowance:
+        if not m["repeat"] or repeats > allowance:
             cost += m["fidelity"]
         costs.append(cost)
         regrets.append(bench.regret(trials))
