@@ -23,6 +23,8 @@ demo: install examples/glyphs/teacher.pt
 	$(BIN)/kd-compile examples/glyphs/teacher.pt --target 2080ti --max-params 36K --out runs/demo --force
 
 test: install
+	$(BIN)/ruff check kd_compile tests benchmarks examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

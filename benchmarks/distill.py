@@ -32,7 +32,7 @@ from torch import nn
 from kd_compile.data import load_data
 from kd_compile.distill import (
     DistillerSpec,
-    FeaturePair,
+    FeatureSpec,
     TeacherCache,
     TrainConfig,
     augmented_bundle,
@@ -94,7 +94,7 @@ def main() -> int:
     rows = []
     for label, spec in [
         ("logit KD", None),
-        ("KD + hint(l3)", DistillerSpec("kl", (FeaturePair("layers.l3", "layers.l3", "hint"),))),
+        ("KD + hint(l3)", DistillerSpec("kl", (FeatureSpec.named("hint", student="layers.l3", teacher="layers.l3"),))),
     ]:
         on = per_epoch(spec, None, teacher)
         off = per_epoch(spec, cache, None)
@@ -117,7 +117,7 @@ def main() -> int:
     weights = {"hint": 1.0, "at": 100.0, "nst": 10.0, "nst_approx": 10.0, "sp": 10.0, "cka": 1.0}
     for kind, w in weights.items():
         layers = pair if kind not in ("nst", "nst_approx") else ("layers.l4", "layers.l4")
-        spec = DistillerSpec("kl", (FeaturePair(layers[0], layers[1], kind, w),))
+        spec = DistillerSpec("kl", (FeatureSpec.named(kind, student=layers[0], teacher=layers[1], weight=w),))
         variants.append((f"KD + {kind} (w={w:g})", {"distiller": spec}))
     variants.append(("KD, 50% dynamic sparsity", {"sparsity": 0.5}))
 

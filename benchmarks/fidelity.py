@@ -4,7 +4,7 @@ For every recorded low-fidelity level (data fraction x epochs) of the tabular be
 (``benchmarks/make_tabular.py``), prints Kendall's tau and Pearson's r between the proxy's val
 accuracy and the full-fidelity accuracy (KD, all data, last epoch), for CE and KD proxies side by
 side; and Kendall's tau of the search score (accuracy combined with params/FLOPs/latency, see
-``kd_compile.search.tabular``), the quantity a search actually ranks by. The papers' claim
+``kd_compile.testing.tabular``), the quantity a search actually ranks by. The papers' claim
 (``/work/shared/papers/mf-nas-kd-low-fidelity.txt``): at one epoch, KD proxies reach tau 0.47
 where CE proxies get 0.06.
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kd_compile.search.tabular import TabularBenchmark, load_table
+from kd_compile.testing.tabular import TabularBenchmark, load_table
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 

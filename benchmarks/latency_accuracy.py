@@ -97,7 +97,10 @@ def _row(label: str, q: dict[str, float]) -> str:
 def leave_one_device_out(models: int | None) -> None:
     keys, rows, costs = prepare([T3090, T4090], "torch", models, verbose=True)
     params = _params(keys)
-    tabs = {"rtx3090": kernel_table(keys, rows[0], costs, "torch"), "rtx4090": kernel_table(keys, rows[1], costs, "torch")}
+    tabs = {
+        "rtx3090": kernel_table(keys, rows[0], costs, "torch"),
+        "rtx4090": kernel_table(keys, rows[1], costs, "torch"),
+    }
     fits: dict[str, Efficiency] = {}
     for fit_t, test_t in (("rtx3090", "rtx4090"), ("rtx4090", "rtx3090")):
         tf, mf = tabs[fit_t]
@@ -160,7 +163,8 @@ def measure() -> None:
     note = " (no H200 profile: H100 numbers, H200 has 4.8 TB/s HBM3e)" if "H200" in gpu else ""
     print(f"\n--measure on {gpu} -> target '{target}'{note}, eager AMP fp16, CUDA events, 10 warm-up + 40 timed")
     names = ["resnet18", "resnet50", "mobilenetv3_large_100", "efficientnet_b0", "convnext_tiny",
-             "vit_small_patch16_224", "vit_base_patch16_224", "regnety_016", "densenet121", "swin_tiny_patch4_window7_224"]
+             "vit_small_patch16_224", "vit_base_patch16_224", "regnety_016", "densenet121",
+             "swin_tiny_patch4_window7_224"]
     pred_all, meas_all = [], []
     for batch in (1, 256):
         prof = RooflineProfiler(target, precision="fp16", runtime="torch", batch=batch)
@@ -183,7 +187,8 @@ def measure() -> None:
             p = prof.profile(mm, InputSpec((3, 224, 224), batch=batch)).latency_ms
             pred_all.append(p)
             meas_all.append(ms)
-            print(f"    b={batch:<4} {n:<32} predicted {p:8.2f} ms   measured {ms:8.2f} ms   err {100 * (p / ms - 1):+6.1f}%")
+            err = 100 * (p / ms - 1)
+            print(f"    b={batch:<4} {n:<32} predicted {p:8.2f} ms   measured {ms:8.2f} ms   err {err:+6.1f}%")
             del m
             torch.cuda.empty_cache()
     print(_row("roofline vs measured", quality(np.array(pred_all), np.array(meas_all))))

@@ -63,10 +63,12 @@ if str(ROOT) not in sys.path:
 
 from kd_compile.data import GLYPH_CHARS, DataBundle, load_data
 from kd_compile.distill import TeacherCache, TrainConfig, train_student
+from kd_compile.distill.hparams import kd_space
 from kd_compile.profilers.base import InputSpec
 from kd_compile.profilers.counting import count, trace_ops
 from kd_compile.profilers.roofline import RooflineProfiler
-from kd_compile.students.base import SearchSpace, create_space
+from kd_compile.search.space import ComposedSpace
+from kd_compile.students import StudentSpace, create_space
 
 FORMAT_VERSION = 1
 TEACHER_CONFIG: dict[str, Any] = {"depth": 4, "w1": 32, "w2": 32, "w3": 128, "w4": 256}
@@ -157,7 +159,7 @@ def fidelity_levels(settings: dict[str, Any]) -> list[dict[str, float]]:
     return sorted(out, key=lambda d: (d["fidelity"], d["fraction"]))
 
 
-def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineProfiler) -> dict[str, Any]:
+def profile_arch(space: StudentSpace, config: dict[str, Any], roofline: RooflineProfiler) -> dict[str, Any]:
     """Params, FLOPs and predicted 2080 Ti latency (batch 1) of ``config``, built untrained."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -169,9 +171,13 @@ def profile_arch(space: SearchSpace, config: dict[str, Any], roofline: RooflineP
     return {"params": int(m.params), "flops": int(m.flops), "latency_ms": float(lat)}
 
 
-def iter_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> Iterator[dict[str, Any]]:
+def iter_archs(family: StudentSpace, settings: dict[str, Any], n: int) -> Iterator[dict[str, Any]]:
     """The first ``n`` kept samples of the seeded stream (see module docstring), profiled,
     yielded as they are found (profiling a sample takes ~0.2 s and most are rejected)."""
+    # the stream samples the family followed by kd_tau/kd_alpha (the space the compiler
+    # searches), so the table's architectures and recorded configs stay those of the committed
+    # table, which was sampled when the TRADE family itself carried the KD parameters
+    space = ComposedSpace([family, kd_space()])
     rng = np.random.default_rng(int(settings["seed"]))
     roofline = RooflineProfiler(target=settings["target"])
     seen: set[str] = set()
@@ -183,10 +189,10 @@ def iter_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> Iterator
         key = space.key(c)
         if key in seen:
             continue
-        p = space.estimate_params(c)
+        p = family.estimate_params(c)
         if not settings["min_params"] <= p <= settings["max_params"]:
             continue
-        prof = profile_arch(space, c, roofline)
+        prof = profile_arch(family, c, roofline)
         if prof["flops"] > settings["max_flops"]:
             continue
         seen.add(key)
@@ -194,14 +200,15 @@ def iter_archs(space: SearchSpace, settings: dict[str, Any], n: int) -> Iterator
             "index": kept,
             "config": c,
             "key": key,
-            "describe": space.describe(c),
+            "describe": family.describe(c),
             "unit": [round(float(u), 6) for u in space.to_unit(c)],
             **prof,
         }
         kept += 1
 
 
-def make_space(settings: dict[str, Any]) -> SearchSpace:
+def make_space(settings: dict[str, Any]) -> StudentSpace:
+    """The student family of the table's settings (architecture parameters only)."""
     s = settings["space"]
     return create_space(
         s["name"],

@@ -1,7 +1,7 @@
 """Benchmark: every registered search strategy on the tabular NAS-with-KD benchmark.
 
 Each strategy (``list_strategies()``; one that fails to construct or to run is skipped with the
-reason printed) searches the TRADE space; ``kd_compile.search.tabular.TabularBenchmark``
+reason printed) searches the TRADE space; ``kd_compile.testing.tabular.TabularBenchmark``
 answers each proposal with the recorded results of the nearest table architecture at the
 nearest recorded fidelity. Budgets are equal in *training cost*: an evaluation at fidelity f
 costs f, so single-fidelity strategies get ``--budget`` full-fidelity evaluations and
@@ -58,8 +58,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kd_compile.errors import UsageError
-from kd_compile.search.base import Strategy, create_strategy, list_strategies
-from kd_compile.search.tabular import TabularBenchmark, TabularRun, run_strategy
+from kd_compile.search import Strategy, create_strategy, list_strategies
+from kd_compile.testing.tabular import OBJECTIVES, TabularBenchmark, TabularRun, run_strategy
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 # modest GP settings so that the GP strategies run in minutes (passed where accepted)
@@ -67,9 +67,10 @@ GP_OPTIONS: dict[str, Any] = {"n_candidates": 200, "gp_maxiter": 30, "mc_samples
 
 
 def make_strategy(name: str, bench: TabularBenchmark, seed: int, budget: int) -> Strategy:
-    """Create ``name`` with those of ``GP_OPTIONS`` it accepts (an option it rejects by name is
-    dropped and creation retried; any other error is raised)."""
-    opts = dict(GP_OPTIONS)
+    """Create ``name`` with those of ``GP_OPTIONS`` it accepts, and the table's metrics as
+    ``objectives`` if it takes them (a multi-objective strategy); an option it rejects by name
+    is dropped and creation retried; any other error is raised."""
+    opts = {**GP_OPTIONS, "objectives": OBJECTIVES}
     while True:
         try:
             return create_strategy(name, bench.space, seed=seed, budget=budget, **opts)

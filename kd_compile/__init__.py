@@ -15,7 +15,7 @@ from .errors import KdCompileError  # noqa: E402
 
 def __getattr__(name: str):
     # lazy re-exports keep ``import kd_compile`` and ``kd-compile --help`` fast
-    if name in ("compile", "profile", "calibrate", "CompileResult"):
+    if name in ("compile", "profile", "calibrate", "CompileResult", "list_spaces", "list_strategies", "list_targets"):
         from . import api
 
         return getattr(api, name)
@@ -23,7 +23,7 @@ def __getattr__(name: str):
         from . import config
 
         return getattr(config, name)
-    if name in ("TargetProfile", "get_target", "list_targets"):
+    if name in ("TargetProfile", "get_target"):
         from . import targets
 
         return getattr(targets, name)
@@ -32,5 +32,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "Budget", "CompileConfig", "CompileResult", "Constraints", "KdCompileError", "TargetProfile",
-    "calibrate", "compile", "get_target", "list_targets", "profile", "__version__",
+    "calibrate", "compile", "get_target", "list_spaces", "list_strategies", "list_targets", "profile", "__version__",
 ]

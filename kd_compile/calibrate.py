@@ -99,7 +99,9 @@ def read_timm_table(path: Path) -> list[Row]:
             except (KeyError, ValueError):
                 continue
     if not rows:
-        raise UsageError(f"{path}: no timm benchmark rows (need model, infer_img_size, infer_batch_size, infer_step_time)")
+        raise UsageError(
+            f"{path}: no timm benchmark rows (need model, infer_img_size, infer_batch_size, infer_step_time)"
+        )
     return rows
 
 
@@ -142,7 +144,9 @@ def _build_and_trace(name: str, size: int) -> dict[str, Any]:
     raise RuntimeError(f"cannot count {name}@{size}: {last}")
 
 
-def layer_costs(keys: Sequence[str], cache: Path | None = LAYER_COSTS, verbose: bool = False) -> dict[str, list[OpRecord]]:
+def layer_costs(
+    keys: Sequence[str], cache: Path | None = LAYER_COSTS, verbose: bool = False
+) -> dict[str, list[OpRecord]]:
     """Op records (batch 1, fp32) per ``model@size``, from the cache or counted and cached.
 
     Models that cannot be built or traced are left out (and reported when ``verbose``).
@@ -288,7 +292,9 @@ def prepare(
     return keys, rows, costs
 
 
-def kernel_table(keys: Sequence[str], rows: Sequence[Row], costs: dict[str, list[OpRecord]], runtime: str) -> tuple[KernelTable, np.ndarray]:
+def kernel_table(
+    keys: Sequence[str], rows: Sequence[Row], costs: dict[str, list[OpRecord]], runtime: str
+) -> tuple[KernelTable, np.ndarray]:
     """Kernel table of ``keys`` at the batches of ``rows`` and their measured seconds."""
     by_key = {r.key: r for r in rows}
     sel = [by_key[k] for k in keys]

@@ -19,7 +19,6 @@ from typer.core import TyperGroup
 
 from .errors import KdCompileError, UsageError
 
-
 # timm still calls torch.jit.script at import; the deprecation is not the user's business
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 
@@ -77,18 +76,6 @@ def _run(fn, *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(1) from None
 
 
-def _shape(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        parts = tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        raise UsageError(f"--input-shape must be C,H,W (e.g. 3,224,224), got '{text}'") from None
-    if len(parts) != 3 or min(parts) <= 0:
-        raise UsageError(f"--input-shape must be C,H,W (e.g. 3,224,224), got '{text}'")
-    return parts  # type: ignore[return-value]
-
-
 class _RichReporter:
     """Rich progress bars on stderr for a compile run."""
 
@@ -117,13 +104,15 @@ class _RichReporter:
         self.search_task = self.progress.add_task("search", total=total)
 
     def trial(self, t) -> None:  # type: ignore[no-untyped-def]
-        if t.status == "ok" and (self.best is None or t.score < self.best):
+        from .search.trial import TrialStatus
+
+        if t.ok and (self.best is None or t.score < self.best):
             self.best = t.score
-        if self.search_task is not None and t.status != "infeasible":
+        if self.search_task is not None and t.status != TrialStatus.INFEASIBLE:
             self.progress.advance(self.search_task, t.fidelity)  # the budget is training cost
         acc = t.metrics.get("accuracy")
         what = f"acc {acc:.1%}" if acc is not None else (t.error or "")
-        self.console.log(f"#{t.number} {t.status:<10} {what[:70]:<20} {t.metrics.get('arch', '')[:80]}")
+        self.console.log(f"#{t.number} {str(t.status):<10} {what[:70]:<20} {t.metrics.get('arch', '')[:80]}")
 
     def search_done(self) -> None:
         if self.train_task is not None:
@@ -146,102 +135,14 @@ class _RichReporter:
         self.console.log(text)
 
 
-@app.command("compile")
-def compile_cmd(
-    teacher: Annotated[str, typer.Argument(help="Teacher checkpoint (.pt, .pt2, .safetensors) or timm:<name>.")],
-    target: TargetOpt = "2080ti",
-    max_params: Annotated[str | None, typer.Option(help="Max student parameters, e.g. 4M, 600K.")] = None,
-    max_flops: Annotated[str | None, typer.Option(help="Max student FLOPs per image, e.g. 600M, 1.2G.")] = None,
-    max_latency: Annotated[str | None, typer.Option(help="Max latency on the target, e.g. 2ms, 500us.")] = None,
-    max_memory: Annotated[str | None, typer.Option(help="Max peak activation memory, e.g. 64MB.")] = None,
-    data: Annotated[str | None, typer.Option(help="glyphs | digits | path/to/data.npz | ImageFolder dir.")] = None,
-    strategy: Annotated[str, typer.Option(help="Search strategy (see 'kd-compile strategies').")] = "turbo",
-    space: Annotated[str, typer.Option(help="Student search space.")] = "trade",
-    budget: Annotated[int, typer.Option(help="Search budget in candidate trainings (a multi-fidelity strategy trains more, cheaper ones).")] = 8,
-    proxy_epochs: Annotated[float, typer.Option(help="KD epochs per candidate.")] = 2.0,
-    proxy_fraction: Annotated[float, typer.Option(help="Share of the training set per candidate.")] = 1.0,
-    proxy_sparsity: Annotated[
-        float, typer.Option(help="Train candidates with this share of weights zero (dynamic sparsity).")
-    ] = 0.0,
-    proxy_patience: Annotated[
-        int | None, typer.Option(help="Stop a candidate after N epochs without val gain.")
-    ] = None,
-    final_epochs: Annotated[float, typer.Option(help="KD epochs for the chosen student.")] = 15.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of every training.")] = 1e-2,
-    workers: Annotated[
-        int, typer.Option(help="Processes for independent trainings (0 = one per core, at most 2).")
-    ] = 0,
-    time_limit: Annotated[float | None, typer.Option(help="Stop proposing candidates after N seconds.")] = None,
-    target_acc: Annotated[
-        float | None, typer.Option(help="Accuracy bracket of TRADE's score (0-1); default: the teacher's.")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kd-out"),
-    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
-    device: Annotated[str, typer.Option(help="Training device: cpu or cuda[:N].")] = "cpu",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its journal.")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite kd-compile artifacts in an existing --out.")] = False,
-    json_out: JsonOpt = False,
-    trust_checkpoint: TrustOpt = False,
-    arch: Annotated[str | None, typer.Option(help="timm architecture for a state_dict/safetensors teacher.")] = None,
-    input_shape: Annotated[str | None, typer.Option(help="Teacher input C,H,W when the checkpoint lacks it.")] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(help="Teacher class count (checked against the checkpoint).")
-    ] = None,
-    compare_ce: Annotated[bool, typer.Option(help="Also train the chosen student without KD, for the report.")] = True,
-    distiller: Annotated[
-        str, typer.Option(help="kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")
-    ] = "kd",
-    synthetic_images: Annotated[
-        int, typer.Option(help="Images to synthesise for data-free runs (no data, no hint).")
-    ] = 2048,
-    augment: Annotated[
-        int,
-        typer.Option(
-            help="Seeded augmented views of the training set (shifts); the teacher's outputs on "
-            "them are cached once. Same optimiser steps per training."
-        ),
-    ] = 0,
-) -> None:
+def _compile(teacher: str, json_out: bool, **options: Any) -> None:
     """Search, distil and export a student of TEACHER for the target device."""
     from . import api
+    from .config import CompileConfig
 
     def go() -> Any:
-        reporter = _RichReporter(quiet=json_out)
-        return api.compile(
-            teacher,
-            reporter=reporter,
-            target=target,
-            max_params=max_params,
-            max_flops=max_flops,
-            max_latency=max_latency,
-            max_memory=max_memory,
-            data=data,
-            strategy=strategy,
-            space=space,
-            budget=budget,
-            proxy_epochs=proxy_epochs,
-            proxy_data_fraction=proxy_fraction,
-            proxy_sparsity=proxy_sparsity,
-            proxy_patience=proxy_patience,
-            final_epochs=final_epochs,
-            time_limit_s=time_limit,
-            lr=lr,
-            workers=workers,
-            target_acc=target_acc,
-            out=out,
-            seed=seed,
-            device=device,
-            resume=resume,
-            force=force,
-            trust_checkpoint=trust_checkpoint,
-            arch=arch,
-            input_shape=_shape(input_shape),
-            num_classes=num_classes,
-            compare_ce=compare_ce,
-            distiller=distiller,
-            synthetic_images=synthetic_images,
-            augment_views=augment,
-        )
+        cfg = CompileConfig.from_options(teacher, **options)
+        return api.compile(cfg, reporter=_RichReporter(quiet=json_out))
 
     result = _run(go)
     r = result.report
@@ -260,6 +161,50 @@ def compile_cmd(
             f"latency {s['latency']['latency_ms']:.4g} ms on {r['target']['name']} ({s['latency']['method']})\n"
             f"  wrote {', '.join(str(p) for p in result.artifacts.values())}"
         )
+
+
+def _compile_command() -> Any:
+    """``_compile`` with one Typer option per declared config option (``config.compile_options``):
+    the options, their defaults and help are declared once, in ``config.py``."""
+    import inspect
+
+    from .config import compile_options
+
+    params = [
+        inspect.Parameter(
+            "teacher",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[
+                str, typer.Argument(help="Teacher checkpoint (.pt, .pt2, .safetensors) or timm:<name>.")
+            ],
+        )
+    ]
+    for spec in compile_options().values():
+        flag = f"{spec.flag}/--no-{spec.flag[2:]}" if spec.cli_type is bool else spec.flag
+        flags = [flag] + ([spec.short] if spec.short else [])
+        default = str(spec.default) if spec.cli_type is str and spec.default is not None else spec.default
+        params.append(
+            inspect.Parameter(
+                spec.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[spec.cli_type, typer.Option(*flags, help=spec.help)],
+            )
+        )
+    params.append(
+        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt)
+    )
+
+    def compile_cmd(**kwargs: Any) -> None:
+        _compile(kwargs.pop("teacher"), kwargs.pop("json_out"), **kwargs)
+
+    compile_cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    compile_cmd.__annotations__ = {p.name: p.annotation for p in params}
+    compile_cmd.__doc__ = _compile.__doc__
+    return compile_cmd
+
+
+app.command("compile")(_compile_command())
 
 
 @app.command("profile")
@@ -337,7 +282,8 @@ def _fmt_calibration(d: dict[str, Any]) -> str:
     consts = ", ".join(f"{k}={v:.3g}" for k, v in d.get("constants", {}).items() if isinstance(v, (int, float)))
     return (
         f"calibrated {d.get('target')} {d.get('runtime')}/{d.get('precision')} on "
-        f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, Spearman {q.get('spearman', float('nan')):.3f}, "
+        f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, "
+        f"Spearman {q.get('spearman', float('nan')):.3f}, "
         f"median error {q.get('median_ape', float('nan')):.1f}%\n  {consts}"
     )
 
@@ -345,9 +291,9 @@ def _fmt_calibration(d: dict[str, Any]) -> str:
 @targets_app.command("list")
 def targets_list(json_out: JsonOpt = False) -> None:
     """List the built-in target device profiles."""
-    from .targets import get_target, list_targets
+    from . import api
 
-    profs = [_run(get_target, n) for n in list_targets()]
+    profs = [_run(api.get_target, n) for n in _run(api.list_targets)]
     if json_out:
         typer.echo(json.dumps([p.to_dict() for p in profs], indent=2))
         return
@@ -360,9 +306,9 @@ def targets_show(
     name: Annotated[str, typer.Argument(help="Target name or .toml path.")], json_out: JsonOpt = False
 ) -> None:
     """Show one target device profile with its sources."""
-    from .targets import get_target
+    from . import api
 
-    p = _run(get_target, name)
+    p = _run(api.get_target, name)
     d = p.to_dict()
     if json_out:
         typer.echo(json.dumps(d, indent=2))
@@ -381,10 +327,10 @@ def targets_show(
 @app.command("strategies")
 def strategies_cmd() -> None:
     """List the registered search strategies."""
-    from .search.base import list_strategies
+    from . import api
 
-    for name in _run(list_strategies):
-        typer.echo(name)
+    for name, summary in _run(api.strategy_summaries).items():
+        typer.echo(f"{name:<12} {summary}")
 
 
 @app.callback(invoke_without_command=True)

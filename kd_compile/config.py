@@ -1,10 +1,20 @@
-"""Configuration dataclasses and the parsers for human-written sizes and durations."""
+"""The typed configuration of a compile run, its options declared once, and the parsers for
+human-written sizes and durations.
+
+Every option of ``kd-compile compile`` is a field of ``CompileConfig`` (or of its ``Constraints``
+and ``Budget``) declared with ``option(...)``: its default, help text, option name and parser
+live there and nowhere else. The CLI builds its options from these declarations
+(``compile_options()``), the Python API takes the same names as keyword arguments, and both go
+through ``CompileConfig.from_options``, which parses, type-checks and validates.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,21 +89,84 @@ def format_count(n: float) -> str:
     return f"{n:.3g}"
 
 
+def option(
+    default: Any = None,
+    help: str = "",  # noqa: A002
+    *,
+    name: str | None = None,
+    parse: Callable[[Any, str], Any] | None = None,
+    cli_type: Any = None,
+    short: str | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare a config field that is also an option of ``kd-compile compile`` and ``compile()``.
+
+    Args:
+        default: the default value (the one place it is declared).
+        help: the option's help text.
+        name: the option's name when it differs from the field's (snake case; the CLI flag is
+            it with dashes: ``proxy_fraction`` -> ``--proxy-fraction``).
+        parse: ``parse(value, flag) -> field value`` for options given as text ("4M", "2ms").
+        cli_type: the type the CLI reads when it differs from the field's (e.g. ``str``).
+        short: a one-letter CLI alias, e.g. ``-t``.
+        default_factory: for mutable defaults.
+    """
+    meta = {"help": help, "name": name, "parse": parse, "cli_type": cli_type, "short": short, "option": True}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _parse_shape(text: Any, flag: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    if isinstance(text, (tuple, list)):
+        parts = tuple(text)
+    else:
+        try:
+            parts = tuple(int(x) for x in str(text).replace("x", ",").split(","))
+        except ValueError:
+            raise UsageError(f"{flag} must be C,H,W (e.g. 3,224,224), got '{text}'") from None
+    if len(parts) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
+        raise UsageError(f"{flag} must be C,H,W (e.g. 3,224,224), got '{text}'")
+    return parts  # type: ignore[return-value]
+
+
+def _optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    return lambda v, flag: None if v is None else parse(v, flag)
+
+
 @dataclass(frozen=True)
 class Constraints:
     """Hard limits checked on the built, untrained student. ``None`` means no limit."""
 
-    max_params: int | None = None
-    max_flops: int | None = None
-    max_latency_ms: float | None = None
-    max_memory_bytes: int | None = None
+    max_params: int | None = option(
+        None, "Max student parameters, e.g. 4M, 600K.", parse=_optional(parse_size), cli_type=str
+    )
+    max_flops: int | None = option(
+        None, "Max student FLOPs per image, e.g. 600M, 1.2G.", parse=_optional(parse_size), cli_type=str
+    )
+    max_latency_ms: float | None = option(
+        None,
+        "Max latency on the target, e.g. 2ms, 500us.",
+        name="max_latency",
+        parse=_optional(parse_latency_ms),
+        cli_type=str,
+    )
+    max_memory_bytes: int | None = option(
+        None,
+        "Max peak activation memory, e.g. 64MB.",
+        name="max_memory",
+        parse=_optional(parse_bytes),
+        cli_type=str,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Constraints:
-        return cls(**{k: d.get(k) for k in ("max_params", "max_flops", "max_latency_ms", "max_memory_bytes")})
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
 
     def violations(self, params: int, flops: int, latency_ms: float | None, memory_bytes: int | None) -> list[str]:
         """Return human-readable violations (empty when feasible)."""
@@ -111,30 +184,24 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work the search may do.
+    """How much work the search and the final training may do.
 
-    Attributes:
-        candidates: training budget of the search, in full proxy trainings: a candidate trained at
-            fidelity f (multi-fidelity strategies) uses f of it.
-        proxy_epochs: epochs of KD training for each candidate (low fidelity).
-        proxy_data_fraction: share of the training set used for each candidate.
-        final_epochs: epochs of KD training for the chosen student.
-        time_limit_s: optional wall-clock limit for the search phase.
-        lr: peak AdamW learning rate of every training (warm-up, then cosine decay).
-        proxy_sparsity: candidates train with this fraction of their weights zero (dynamic
-            sparse training, Auto-KD's proxy acceleration); 0 = dense.
-        proxy_patience: candidates stop early after this many epochs without a val-accuracy
-            gain (None = train the full proxy epochs).
+    ``candidates`` (``--budget``) is the search's training budget in full proxy trainings: a
+    candidate trained at fidelity f (multi-fidelity strategies) uses f of it.
     """
 
-    candidates: int = 8
-    proxy_epochs: float = 2.0
-    proxy_data_fraction: float = 1.0
-    final_epochs: float = 15.0
-    time_limit_s: float | None = None
-    lr: float = 1e-2
-    proxy_sparsity: float = 0.0
-    proxy_patience: int | None = None
+    candidates: int = option(
+        8,
+        "Search budget in candidate trainings (a multi-fidelity strategy trains more, cheaper ones).",
+        name="budget",
+    )
+    proxy_epochs: float = option(2.0, "KD epochs per candidate.")
+    proxy_data_fraction: float = option(1.0, "Share of the training set per candidate.", name="proxy_fraction")
+    final_epochs: float = option(15.0, "KD epochs for the chosen student.")
+    time_limit_s: float | None = option(None, "Stop proposing candidates after N seconds.", name="time_limit")
+    lr: float = option(1e-2, "Peak learning rate of every training (AdamW, warm-up then cosine).")
+    proxy_sparsity: float = option(0.0, "Train candidates with this share of weights zero (dynamic sparsity).")
+    proxy_patience: int | None = option(None, "Stop a candidate after N epochs without val gain.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,36 +209,226 @@ class Budget:
 
 @dataclass(frozen=True)
 class CompileConfig:
-    """Everything ``kd_compile.compile`` needs; the CLI builds one of these."""
+    """Everything ``kd_compile.compile`` needs; build one with ``from_options``."""
 
     teacher: str
-    target: str = "2080ti"
+    target: str = option("2080ti", "Target device name or path to a device .toml.", short="-t")
     constraints: Constraints = field(default_factory=Constraints)
-    data: str | None = None
-    strategy: str = "turbo"
-    space: str = "trade"
+    data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir.")
+    strategy: str = option("turbo", "Search strategy (see 'kd-compile strategies').")
+    space: str = option("trade", "Student search space (family).")
     budget: Budget = field(default_factory=Budget)
-    target_acc: float | None = None
-    out: Path = Path("kd-out")
-    seed: int = 0
-    device: str = "cpu"
-    resume: bool = False
-    force: bool = False
-    trust_checkpoint: bool = False
-    arch: str | None = None
-    input_shape: tuple[int, int, int] | None = None
-    num_classes: int | None = None
-    image_size: int | None = None
-    compare_ce: bool = True
-    batch_size: int = 128
-    workers: int = 0
-    distiller: str = "kd"
-    distiller_iterations: int = 8
-    synthetic_images: int = 2048
-    synthetic_steps: int = 200
-    augment_views: int = 0
+    target_acc: float | None = option(
+        None, "Accuracy the search score and TRADE's bracket aim at (0-1); default: the teacher's."
+    )
+    out: Path = option(Path("kd-out"), "Output folder.", parse=lambda v, flag: _path(v, flag))
+    seed: int = option(0, "Seed for every random choice.")
+    device: str = option("cpu", "Training device: cpu or cuda[:N].")
+    resume: bool = option(False, "Continue an interrupted run in --out from its journal.")
+    force: bool = option(False, "Overwrite kd-compile artifacts in an existing --out.")
+    trust_checkpoint: bool = option(False, "Allow unpickling a whole torch.save'd module (runs code).")
+    arch: str | None = option(None, "timm architecture for a state_dict/safetensors teacher.")
+    input_shape: tuple[int, int, int] | None = option(
+        None, "Teacher input C,H,W when the checkpoint lacks it.", parse=_parse_shape, cli_type=str
+    )
+    num_classes: int | None = option(None, "Teacher class count (checked against the checkpoint).")
+    compare_ce: bool = option(True, "Also train the chosen student without KD, for the report.")
+    batch_size: int = option(128, "Batch size of every training.")
+    workers: int = option(0, "Processes for independent trainings (0 = one per core, at most 2).")
+    distiller: str = option("kd", "kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")
+    distiller_iterations: int = option(8, "MCTS iterations of the distiller search (--distiller auto).")
+    synthetic_images: int = option(2048, "Images to synthesise for data-free runs (no data, no hint).")
+    synthetic_steps: int = option(200, "Optimisation steps of the data-free synthesis.")
+    augment_views: int = option(
+        0,
+        "Seeded augmented views of the training set (shifts); the teacher's outputs on them are "
+        "cached once. Same optimiser steps per training.",
+        name="augment",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         return d
+
+    @classmethod
+    def from_options(cls, teacher: str | Path, **options: Any) -> CompileConfig:
+        """Build a validated config from option values (the CLI's names, in snake case).
+
+        Args:
+            teacher: a checkpoint path or ``timm:<name>``.
+            **options: any of ``compile_options()``'s names, e.g. ``target="t4"``,
+                ``max_params="4M"``, ``budget=12``, ``proxy_fraction=0.5``. ``None`` keeps the
+                default.
+
+        Raises:
+            UsageError: an unknown option, a value of the wrong type, or a bad value.
+        """
+        if not isinstance(teacher, (str, Path)) or not str(teacher):
+            raise UsageError(f"teacher must be a checkpoint path or timm:<name>, got {teacher!r}")
+        specs = compile_options()
+        unknown = sorted(set(options) - set(specs))
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], list(specs), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UsageError(f"unknown option '{unknown[0]}'{hint}")
+        parts: dict[str, dict[str, Any]] = {"": {}, "constraints": {}, "budget": {}}
+        for name, value in options.items():
+            spec = specs[name]
+            if value is None and spec.default is not None and spec.parse is None:
+                continue  # None keeps a non-None default (the API's "not given")
+            parts[spec.group][spec.field] = spec.convert(value)
+        cfg = cls(
+            teacher=str(teacher),
+            constraints=Constraints(**parts["constraints"]),
+            budget=Budget(**parts["budget"]),
+            **parts[""],
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check values that parse but make no sense together or alone.
+
+        Raises:
+            UsageError: with the option's name.
+        """
+        b = self.budget
+        if b.candidates < 1:
+            raise UsageError("--budget must be at least 1 candidate")
+        if not (0 < b.proxy_data_fraction <= 1):
+            raise UsageError("proxy data fraction must be in (0, 1]")
+        if not (b.proxy_epochs > 0 and b.final_epochs > 0) or not math.isfinite(b.proxy_epochs + b.final_epochs):
+            raise UsageError("epochs must be positive")
+        if not (math.isfinite(b.lr) and b.lr > 0):
+            raise UsageError(f"--lr must be a positive number, got {b.lr}")
+        if b.time_limit_s is not None and not (b.time_limit_s > 0):
+            raise UsageError(f"--time-limit must be a positive number of seconds, got {b.time_limit_s}")
+        if not 0 <= b.proxy_sparsity < 1:
+            raise UsageError(f"--proxy-sparsity must be in [0, 1), got {b.proxy_sparsity}")
+        if b.proxy_patience is not None and b.proxy_patience < 1:
+            raise UsageError(f"--proxy-patience must be at least 1 epoch, got {b.proxy_patience}")
+        if self.target_acc is not None and not (0 < self.target_acc <= 1):
+            raise UsageError("--target-acc must be a fraction in (0, 1], e.g. 0.85")
+        if self.distiller not in ("kd", "auto"):
+            raise UsageError(f"--distiller must be kd or auto, got '{self.distiller}'")
+        if not 0 <= self.augment_views <= 16:
+            raise UsageError(f"--augment must be 0..16 augmented views, got {self.augment_views}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise UsageError(f"--device must be cpu or cuda[:N], got '{self.device}'")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UsageError(f"--num-classes must be at least 1, got {self.num_classes}")
+        if self.distiller_iterations < 1 or self.synthetic_images < 1 or self.synthetic_steps < 1:
+            raise UsageError("--distiller-iterations, --synthetic-images and --synthetic-steps must be at least 1")
+
+
+def _path(value: Any, flag: str) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise UsageError(f"{flag} must be a folder path, got {value!r}")
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of ``compile``, read from its field declaration.
+
+    Attributes:
+        name: the option's name (snake case; the flag is ``--`` + dashes).
+        group: "" for ``CompileConfig`` fields, else "constraints" or "budget".
+        field: the dataclass field it sets.
+        type: the field's type; ``cli_type`` what the command line reads.
+        default, help, short: as declared.
+        parse: the declared parser, if any.
+    """
+
+    name: str
+    group: str
+    field: str
+    type: Any
+    cli_type: Any
+    default: Any
+    help: str
+    short: str | None
+    parse: Callable[[Any, str], Any] | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def convert(self, value: Any) -> Any:
+        """Parse or type-check an option value (CLI text or a Python value)."""
+        if self.parse is not None:
+            return self.parse(value, self.flag)
+        return _check_type(value, self.type, self.flag)
+
+
+def _check_type(value: Any, tp: Any, flag: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise UsageError(f"{flag} needs a value")
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{flag} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"{flag} must be an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if math.isnan(value):
+                raise UsageError(f"{flag} must be a number, got nan")
+            return value
+        raise UsageError(f"{flag} must be a number, got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"{flag} must be a string, got {value!r}")
+    return value
+
+
+def compile_options() -> dict[str, OptionSpec]:
+    """Every option of ``compile`` by name, in declaration order (the CLI's order); the options
+    of ``Constraints`` and ``Budget`` stand where those fields stand in ``CompileConfig``."""
+    out: dict[str, OptionSpec] = {}
+
+    def add(group: str, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _GROUPS:
+                add(f.name, _GROUPS[f.name])
+                continue
+            m = f.metadata
+            if not m.get("option"):
+                continue
+            name = m["name"] or f.name
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out[name] = OptionSpec(
+                name=name,
+                group=group,
+                field=f.name,
+                type=hints[f.name],
+                cli_type=m["cli_type"] if m["cli_type"] is not None else hints[f.name],
+                default=default,
+                help=m["help"],
+                short=m["short"],
+                parse=m["parse"],
+            )
+
+    add("", CompileConfig)
+    return out
+
+
+_GROUPS: dict[str, type] = {"constraints": Constraints, "budget": Budget}

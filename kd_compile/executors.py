@@ -1,55 +1,25 @@
-"""Where trainings run: inline, or side by side in local worker processes.
+"""Where work runs: inline, or side by side in local worker processes.
 
-Small students train poorly in parallel *inside* one process on a few CPU cores (their kernels
-are too small for intra-op threads), so two independent trainings — the final KD student and its
-CE-only twin — run faster as two single-threaded processes than one after the other. Workers
-are started with ``spawn`` (no fork of a process holding torch threads) and get plain data:
-the space name and arguments, the config, the data bundle and the teacher's cached logits.
+An executor maps a top-level function over plain, picklable jobs (``evaluate_candidate``'s
+arguments, ``final.TrainJob``) and returns the results in order; the same functions run inline
+and in workers. Small students train poorly in parallel *inside* one process on a few CPU cores
+(their kernels are too small for intra-op threads), so two independent trainings — the final KD
+student and its CE-only twin — run faster as two single-threaded processes than one after the
+other. Workers are started with ``spawn`` (no fork of a process holding torch threads).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Any
+from typing import TypeVar
 
-import torch
+__all__ = ["InlineExecutor", "ProcessExecutor", "create_executor", "parallel_workers", "run_jobs"]
 
-
-@dataclass
-class TrainJob:
-    """One student training, described by plain data so it can cross a process boundary."""
-
-    space: str
-    space_kwargs: dict[str, Any]
-    config: dict[str, Any]
-    seed: int
-    train_cfg: Any  # kd_compile.distill.TrainConfig
-    data: Any  # kd_compile.data.DataBundle
-    train_logits: torch.Tensor | None = None
-    val_logits: torch.Tensor | None = None
-    threads: int | None = None
-
-
-def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
-    """Build the student, train it, return (state_dict, TrainResult)."""
-    from .distill import TeacherCache, train_student
-    from .students import create_space
-
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    kw = dict(job.space_kwargs)
-    kw["input_shape"] = tuple(kw["input_shape"])
-    space = create_space(job.space, **kw)
-    torch.manual_seed(job.seed)
-    model = space.build(job.config)
-    cache = None
-    if job.train_logits is not None:
-        cache = TeacherCache.from_logits(job.train_logits, job.val_logits, job.data.y_val, job.data.y_train)
-    res = train_student(model, job.data, job.train_cfg, cache)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}, res
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 def parallel_workers() -> int:
@@ -58,11 +28,49 @@ def parallel_workers() -> int:
     return max(1, min(2, n))
 
 
-def run_jobs(jobs: list[TrainJob], workers: int) -> list[tuple[dict[str, torch.Tensor], Any]]:
-    """Run ``jobs`` inline (``workers <= 1``) or in ``workers`` spawned processes, in order."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_train_job(j) for j in jobs]
-    for j in jobs:
-        j.threads = j.threads or max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as ex:
-        return list(ex.map(run_train_job, jobs))
+class InlineExecutor:
+    """Runs every job in this process, one after the other."""
+
+    workers = 1
+
+    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
+        return [fn(j) for j in jobs]
+
+
+class ProcessExecutor:
+    """Runs jobs in ``workers`` spawned processes, each with ``cores // workers`` torch threads.
+
+    Jobs that have a ``threads`` attribute get it set (the worker applies it); the function must
+    be importable at top level.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+
+    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
+        if self.workers <= 1 or len(jobs) <= 1:
+            return [fn(j) for j in jobs]
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        for j in jobs:
+            if hasattr(j, "threads") and not j.threads:  # type: ignore[attr-defined]
+                j.threads = threads  # type: ignore[attr-defined]
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=get_context("spawn")) as ex:
+            return list(ex.map(fn, jobs))
+
+
+def create_executor(kind: str = "process", workers: int = 0) -> InlineExecutor | ProcessExecutor:
+    """``inline`` or ``process`` (``workers`` 0: ``parallel_workers()``)."""
+    if kind == "inline":
+        return InlineExecutor()
+    if kind == "process":
+        return ProcessExecutor(workers or parallel_workers())
+    from .errors import UsageError
+
+    raise UsageError(f"unknown executor '{kind}' (inline, process)")
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+    """Run ``fn`` over ``jobs`` inline (``workers <= 1``) or in ``workers`` processes, in order."""
+    return (InlineExecutor() if workers <= 1 else ProcessExecutor(workers)).map(fn, jobs)
+
+

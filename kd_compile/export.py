@@ -11,11 +11,12 @@ import torch.nn as nn
 
 from .errors import BackendUnavailableError, ExportError
 from .profilers.base import InputSpec
-from .students.base import Config, SearchSpace
+from .search.space import Config
+from .students.base import StudentSpace
 from .teacher import save_checkpoint
 
 
-def space_kwargs(space: SearchSpace) -> dict[str, Any]:
+def space_kwargs(space: StudentSpace) -> dict[str, Any]:
     """The constructor arguments that rebuild ``space`` (stored in checkpoints).
 
     Spaces keep each constructor argument as an attribute of the same name (as ``TradeSpace``
@@ -36,7 +37,7 @@ def space_kwargs(space: SearchSpace) -> dict[str, Any]:
 
 def export_student(
     model: nn.Module,
-    space: SearchSpace,
+    space: StudentSpace,
     config: Config,
     spec: InputSpec,
     out: Path,

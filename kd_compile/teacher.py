@@ -118,6 +118,7 @@ def build_from_checkpoint(payload: Mapping[str, Any]) -> tuple[nn.Module, dict[s
 
     try:
         kwargs = dict(payload["space_kwargs"])
+        kwargs.pop("search_kd", None)  # older checkpoints: the KD settings have left the families
         if "input_shape" in kwargs:
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
         space = create_space(payload["space"], **kwargs)

@@ -60,3 +60,62 @@ def test_constraints_violations():
     v = c.violations(1001, 20_000, 1.5, None)
     assert len(v) == 3 and "params" in v[0] and "FLOPs" in v[1] and "latency" in v[2]
     assert Constraints().violations(10**9, 10**12, 1e3, 10**12) == []
+
+
+# --------------------------------------------------------------------------------------------
+# CompileConfig: options declared once, parsed and validated in one place
+
+
+def test_from_options_parses_the_cli_names():
+    from kd_compile.config import CompileConfig
+
+    c = CompileConfig.from_options(
+        "t.pt", max_params="36K", max_latency="500us", budget=3, proxy_fraction=0.5, input_shape="1,20,20", augment=2
+    )
+    assert c.constraints.max_params == 36_000 and c.constraints.max_latency_ms == pytest.approx(0.5)
+    assert c.budget.candidates == 3 and c.budget.proxy_data_fraction == 0.5
+    assert c.input_shape == (1, 20, 20) and c.augment_views == 2
+    assert c.target == "2080ti" and c.budget.final_epochs == 15.0  # defaults from the declarations
+
+
+def test_every_option_has_help_and_a_unique_flag():
+    from kd_compile.config import compile_options
+
+    opts = compile_options()
+    flags = [o.flag for o in opts.values()]
+    assert len(flags) == len(set(flags))
+    assert all(o.help for o in opts.values())
+    assert {"target", "max_params", "budget", "proxy_fraction", "out", "seed"} <= set(opts)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"budget": True}, "--budget must be an integer"),
+        ({"budget": 0}, "--budget"),
+        ({"seed": "x"}, "--seed must be an integer"),
+        ({"seed": -1}, "--seed"),
+        ({"out": 123}, "--out"),
+        ({"workers": -3}, "--workers"),
+        ({"lr": float("nan")}, "--lr"),
+        ({"lr": -1.0}, "--lr"),
+        ({"time_limit": 0.0}, "--time-limit"),
+        ({"proxy_fraction": 1.5}, "fraction"),
+        ({"input_shape": "3,224"}, "--input-shape"),
+        ({"target_acc": 85}, "--target-acc"),
+        ({"proxy_data_fraction": 0.5}, "unknown option 'proxy_data_fraction'; did you mean 'proxy_fraction'"),
+        ({"distiller": "fitnets"}, "--distiller"),
+    ],
+)
+def test_from_options_rejects_bad_values_with_the_option_name(options, match):
+    from kd_compile.config import CompileConfig
+
+    with pytest.raises(UsageError, match=match):
+        CompileConfig.from_options("t.pt", **options)
+
+
+def test_none_keeps_the_declared_default():
+    from kd_compile.config import CompileConfig
+
+    c = CompileConfig.from_options("t.pt", budget=None, strategy=None, max_params=None)
+    assert c.budget.candidates == 8 and c.strategy == "turbo" and c.constraints.max_params is None

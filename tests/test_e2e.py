@@ -18,7 +18,7 @@ SMALL = dict(
     max_params="12K",
     budget=3,
     proxy_epochs=0.5,
-    proxy_data_fraction=0.5,
+    proxy_fraction=0.5,
     final_epochs=1,
     strategy="random",
     seed=0,
@@ -154,14 +154,14 @@ def test_augmented_views_are_cached_once_and_replayed(digits_teacher, tmp_path, 
     """--augment N: the training set gains N seeded views, the teacher's outputs on them are stored
     in the cache folder once, and a second run replays the same views (same cache entry, same
     student)."""
-    opts = {**SMALL, "budget": 2, "compare_ce": False, "augment_views": 1}
+    opts = {**SMALL, "budget": 2, "compare_ce": False, "augment": 1}
     teacher_dir = _isolated_cache / "teacher"
     a = kd_compile.compile(str(digits_teacher), out=tmp_path / "a", **opts)
     entries = sorted(p.name for p in teacher_dir.iterdir())
     meta = [json.loads((teacher_dir / e / "meta.json").read_text()) for e in entries]
     assert any(m.get("augment_seed") == 0 for m in meta)
     d = a.report["run"]["data"]
-    plain = kd_compile.compile(str(digits_teacher), out=tmp_path / "p", **{**opts, "augment_views": 0})
+    plain = kd_compile.compile(str(digits_teacher), out=tmp_path / "p", **{**opts, "augment": 0})
     assert d["train"] == 2 * plain.report["run"]["data"]["train"]
     assert "+aug1@0" in d["name"] and "+aug" not in plain.report["run"]["data"]["name"]
     entries_before = set(p.name for p in teacher_dir.iterdir())
@@ -169,4 +169,4 @@ def test_augmented_views_are_cached_once_and_replayed(digits_teacher, tmp_path, 
     assert set(p.name for p in teacher_dir.iterdir()) == entries_before  # reused, nothing new
     assert b.report["student"]["accuracy"] == a.report["student"]["accuracy"]
     with pytest.raises(UsageError, match="augment"):
-        kd_compile.compile(str(digits_teacher), out=tmp_path / "x", **{**opts, "augment_views": -1})
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "x", **{**opts, "augment": -1})

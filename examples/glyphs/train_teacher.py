@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 # 5 pixels wide): ~360K parameters for ~30 MFLOPs, over-parameterised on purpose so that a student
 # with a tenth of its parameters can come close to it when distilled, and cheap to run so the
 # example fits in a few CPU minutes.
-TEACHER_CONFIG = {"depth": 4, "w1": 32, "w2": 32, "w3": 128, "w4": 256, "kd_tau": 4.0, "kd_alpha": 0.7}
+TEACHER_CONFIG = {"depth": 4, "w1": 32, "w2": 32, "w3": 128, "w4": 256}
 DATA = "glyphs:size=20,train=12000,val=3000,seed=0"
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle
-from .losses import FeatureCapture
+from .capture import FeatureCapture
 
 __all__ = ["CACHE_VERSION", "TeacherCache", "data_fingerprint", "module_fingerprint"]
 

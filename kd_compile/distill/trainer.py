@@ -1,4 +1,4 @@
-"""Budgeted, seeded knowledge-distillation training of one student.
+"""Budgeted, seeded knowledge-distillation training of one student: ``train_student``.
 
 Built for the search loop: ~10 small candidates and a final student on 2 CPU cores within
 minutes. So the loop has no DataLoader (the data are in-memory tensors, normalised once, and
@@ -6,18 +6,19 @@ batches are index slices), teacher logits come from the offline ``TeacherCache``
 sample index), evaluation runs under ``torch.inference_mode`` in large batches, and the whole
 run is reproducible: the same seed gives the same subset, the same batch order and, on CPU
 with the same thread count, bit-identical weights.
+
+What a training is told and reports is in ``train_config.py``; the orthogonality penalty in
+``regularizers.py``; feature terms in ``distiller.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,168 +26,24 @@ from torch import nn
 from ..data import DataBundle
 from ..errors import CandidateError
 from .cache import TeacherCache
-from .losses import DistillerSpec, FeatureCapture, FeatureDistiller, KDLoss
+from .capture import FeatureCapture
+from .distiller import FeatureDistiller
+from .inference import evaluate
+from .losses import KDLoss
+from .regularizers import orthogonal_modules, orthogonality_penalty
 from .sparse import DynamicSparsity
+from .train_config import ExtraLoss, TrainConfig, TrainResult
 
+# TrainConfig, TrainResult and ExtraLoss are re-exported: ``from .trainer import TrainConfig``
+# is how the rest of the package has always reached them
 __all__ = [
     "ExtraLoss",
     "TrainConfig",
     "TrainResult",
-    "evaluate",
-    "orthogonal_modules",
-    "orthogonality_penalty",
-    "predict_logits",
+    "amp_dtype",
     "stratified_subset",
     "train_student",
 ]
-
-# class names (lower-cased substrings) of transformer feed-forward blocks whose Linear layers
-# get the orthogonality penalty: timm's Mlp/GluMlp/SwiGLU, torchvision's MLPBlock, and the
-# common hand-written names
-_FFN_NAMES = ("mlp", "ffn", "feedforward", "feed_forward", "swiglu")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How one student is trained.
-
-    Attributes:
-        epochs: passes over the (sub)set; fractional values allowed (0.5 = half the steps of
-            one epoch).
-        data_fraction: fraction of the training set used, a fixed stratified subset chosen by
-            ``seed`` (the same for every candidate with the same seed).
-        batch_size: training batch size (capped at the subset size).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay, applied to weights (dim >= 2) only, not to biases and
-            normalisation parameters.
-        alpha: KD weight; loss = (1 - alpha) * CE + alpha * KD (see ``KDLoss``).
-        tau: KD temperature.
-        use_kd: False trains with CE only (the no-KD baseline; also used to train teachers).
-        seed: seeds the subset, the batch order, dropout and any other randomness.
-        device: "cpu", "cuda", ...
-        label_smoothing: CE label smoothing.
-        orth_weight: weight of TRADE's orthogonality penalty (0 = off).
-        early_stop_patience: stop after this many epochs without a val-accuracy improvement and
-            restore the best weights (evaluates val after every epoch); None = off.
-        max_seconds: wall-clock budget; training stops at the first step past it (results are
-            then no longer reproducible across machines).
-        logit_loss: "kl" (Hinton), "kl_std" (logit standardisation), "dist" (DIST).
-        warmup_frac: fraction of the steps used for linear learning-rate warm-up before the
-            cosine decay.
-        eval_every_epoch: record val accuracy in the history after every epoch.
-        channels_last: train 4-D image models in the channels-last memory format (oneDNN and
-            cuDNN run convolutions, depthwise ones above all, markedly faster in it; measured
-            1.4-1.6x per step for TRADE students on this project's CPU machine).
-        distiller: feature distillation on layer pairs (its ``logit`` replaces
-            ``logit_loss``); teacher features come from the cache (``TeacherCache.build(...,
-            feature_layers=spec.teacher_layers)``) or from the online teacher.
-        sparsity: dynamic sparse training (``sparse.DynamicSparsity``: random mask, RigL
-            prune-and-regrow every ``sparse_update_every`` steps), the fraction of zero weights;
-            0 = dense. A fidelity knob of proxy trainings (Auto-KD); no speed-up with dense
-            kernels.
-        sparse_update_every: steps between mask updates (0: a static random mask).
-        amp: mixed precision: "auto" (bf16 autocast on a CUDA device that supports it, else
-            fp16 with a gradient scaler; off on the CPU, which keeps CPU runs deterministic),
-            "off", "fp16" (CUDA only) or "bf16".
-        compile: run the student's forward through ``torch.compile`` (worth it on a GPU for
-            long trainings; the first steps pay the compilation).
-    """
-
-    epochs: float = 2
-    data_fraction: float = 1.0
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    alpha: float = 0.7
-    tau: float = 4.0
-    use_kd: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    label_smoothing: float = 0.0
-    orth_weight: float = 0.0
-    early_stop_patience: int | None = None
-    max_seconds: float | None = None
-    logit_loss: str = "kl"
-    warmup_frac: float = 0.1
-    eval_every_epoch: bool = False
-    channels_last: bool = True
-    distiller: DistillerSpec | None = None
-    sparsity: float = 0.0
-    sparse_update_every: int = 50
-    amp: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0.0 < self.data_fraction <= 1.0:
-            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.amp not in ("auto", "off", "fp16", "bf16"):
-            raise ValueError(f"amp must be auto, off, fp16 or bf16, got {self.amp!r}")
-        if isinstance(self.distiller, dict):
-            object.__setattr__(self, "distiller", DistillerSpec.from_dict(self.distiller))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        # a nested distiller dict is turned back into a DistillerSpec by __post_init__
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-@dataclass
-class TrainResult:
-    """What one training run produced (the model itself is trained in place).
-
-    Attributes:
-        val_acc: top-1 accuracy on the full val set at the end (the best epoch's when early
-            stopping restored it), in [0, 1].
-        train_acc: running top-1 accuracy on the training batches of the last (possibly
-            partial) epoch, in train mode (no extra forward pass is spent on it).
-        epochs_run: steps done / steps per epoch (fractional).
-        steps: optimiser steps done.
-        seconds: wall-clock time of the whole call, final evaluation included.
-        history: one dict per (possibly partial) epoch: epoch, step, loss, train_acc, lr,
-            seconds, and val_acc where evaluated.
-        stopped: why training ended: "done", "early_stop" or "time".
-    """
-
-    val_acc: float
-    train_acc: float
-    epochs_run: float
-    steps: int
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "done"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class ExtraLoss(Protocol):
-    """A loss term on captured student features, trained with the student.
-
-    This is how Auto-KD's searched distillers (``autokd.train_with_distiller``) plug into
-    ``train_student`` without a loop of their own. ``train_student`` captures
-    ``student_layers``, probes their shapes once in eval mode, calls ``setup(shapes, device)``
-    for the term's trainable part (adapters: optimised with the student, dropped after), then
-    adds ``term(features, index)`` to every step's loss, ``index`` being the batch's sample
-    indices into ``data.x_train`` (so the term can look up cached teacher features).
-    """
-
-    student_layers: Sequence[str]
-
-    def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module: ...
-
-    def __call__(self, features: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor: ...
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -215,119 +72,6 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch
         k = max(1, round(fraction * members.numel()))
         picked.append(members[torch.randperm(members.numel(), generator=gen)[:k]])
     return torch.sort(torch.cat(picked)).values
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def predict_logits(
-    model: nn.Module,
-    x: torch.Tensor,
-    batch_size: int = 512,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Model outputs over ``x`` in eval mode, without autograd.
-
-    Args:
-        model: the network; its train/eval mode is restored afterwards.
-        x: normalised float (N, C, H, W) (e.g. ``data.val_tensors()[0]``).
-        batch_size: inference batch size.
-        device: where to run; default: the model's device.
-
-    Returns:
-        float32 (N, K) on the CPU.
-    """
-    if not torch.is_floating_point(x):
-        raise TypeError(
-            f"predict_logits expects normalised float inputs, got {x.dtype}; use data.normalize(x) / data.val_tensors()"
-        )
-    dev = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
-    outs: list[torch.Tensor] = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], batch_size):
-                outs.append(model(x[start : start + batch_size].to(dev)).float().cpu())
-    finally:
-        model.train(was_training)
-    if not outs:
-        return torch.empty(0, 0)
-    return torch.cat(outs)
-
-
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int = 512,
-    device: str | torch.device | None = None,
-) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on normalised ``x`` (N, C, H, W), labels ``y`` (N,)."""
-    if x.shape[0] == 0:
-        return float("nan")
-    logits = predict_logits(model, x, batch_size, device)
-    return float((logits.argmax(dim=1) == y.cpu()).float().mean())
-
-
-def orthogonal_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers TRADE regularises: 1x1 convolutions and Linear layers of transformer FFNs.
-
-    Selected: ``nn.Conv2d`` with a 1x1 kernel and ``groups == 1`` (depthwise 1x1 filters have
-    a single input and no matrix to orthogonalise); ``nn.Linear`` whose parent module is a
-    feed-forward block (class name containing mlp/ffn/feedforward/swiglu, as in timm's ``Mlp``)
-    or is ``linear1``/``linear2`` of ``nn.TransformerEncoderLayer``/``DecoderLayer``; and any
-    module with a weight whose attribute ``kd_orthogonal`` is True (an opt-in for student
-    spaces). TRADE found the penalty on 3x3 convs and classifier heads to hurt, so those are
-    left out.
-    """
-    chosen: list[tuple[str, nn.Module]] = []
-    for parent_name, parent in model.named_modules():
-        pname = type(parent).__name__.lower()
-        is_ffn = any(k in pname for k in _FFN_NAMES)
-        is_tlayer = isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
-        for child_name, child in parent.named_children():
-            full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if getattr(child, "kd_orthogonal", False) and isinstance(getattr(child, "weight", None), torch.Tensor):
-                chosen.append((full, child))
-            elif isinstance(child, nn.Conv2d):
-                if tuple(child.kernel_size) == (1, 1) and child.groups == 1:
-                    chosen.append((full, child))
-            elif isinstance(child, nn.Linear) and (is_ffn or (is_tlayer and child_name in ("linear1", "linear2"))):
-                chosen.append((full, child))
-    return chosen
-
-
-def _orth_term(weight: torch.Tensor) -> torch.Tensor:
-    w = weight.reshape(weight.shape[0], -1)
-    # the smaller Gram matrix: W W^T when rows <= cols (rows can be orthonormal), else W^T W
-    gram = w @ w.t() if w.shape[0] <= w.shape[1] else w.t() @ w
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    return (gram - eye).pow(2).sum()
-
-
-def orthogonality_penalty(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None) -> torch.Tensor:
-    """TRADE's orthogonality regulariser: mean over layers of ``||W W^T - I||_F^2``.
-
-    Each weight is reshaped to (C_out, C_in * kH * kW) and the smaller of its two Gram
-    matrices is compared with the identity (TRADE Eq. 4, averaged over ``|W|`` layers).
-
-    Args:
-        model: the student.
-        modules: the layers to use; default ``orthogonal_modules(model)`` (pass the list to
-            avoid walking the module tree every step).
-
-    Returns:
-        0-d tensor (0 when there is no such layer), differentiable in the weights.
-    """
-    mods = orthogonal_modules(model) if modules is None else modules
-    if not mods:
-        p = next(iter(model.parameters()), None)
-        return torch.zeros((), device=p.device if p is not None else "cpu")
-    terms = [_orth_term(m.weight) for _, m in mods]  # type: ignore[arg-type]
-    return torch.stack(terms).mean()
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -485,7 +229,7 @@ def _train(
             # adapters are trained with the student (and dropped after)
             parts: list[nn.Module] = [model]
             if spec is not None and spec.pairs:
-                distiller = FeatureDistiller(spec, s_shapes, t_shapes).to(device)
+                distiller = FeatureDistiller(spec, s_shapes, t_shapes, seed=cfg.seed).to(device)
                 parts.append(distiller)
             if extra is not None:
                 extra_module = extra.setup({n: s_shapes[n] for n in extra.student_layers}, device)

@@ -1,15 +1,21 @@
-"""Profiler interface: a context manager with one public method, ``profile``.
+"""Profiler interface and registry: ``InputSpec``, ``Measurement``, ``Profiler``, names.
 
 ``profile(model, input_spec) -> Measurement`` checks its input and calls ``_impl``. Heavy
-backends import lazily inside ``_impl``/``__enter__``; a missing backend raises
+backends import lazily inside ``_impl``/``__enter__`` (``lazy_import``); a missing backend raises
 ``BackendUnavailableError`` with one line saying how to install it.
+
+Registry, the timm way: a profiler class registers itself with ``@register_profiler("name")``
+when its module is imported; ``kd_compile.profilers`` imports every built-in module, so
+``create_profiler``/``list_profilers`` see them all. Third-party profilers come in through the
+``kd_compile.profilers`` entry-point group.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -147,29 +153,45 @@ class Profiler:
         raise NotImplementedError
 
 
-PROFILERS: Registry[Profiler] = Registry("profilers", UsageError)
+_PROFILERS: Registry[Profiler] = Registry("profilers", UsageError)
+_F = TypeVar("_F", bound=Callable[..., Profiler])
 
 
-def register_profiler(name: str):
-    return PROFILERS.register(name)
+def register_profiler(name: str) -> Callable[[_F], _F]:
+    """Class decorator: make ``create_profiler(name, **kwargs)`` build this profiler.
 
-
-def _load_builtins() -> None:
-    from . import counting, onnxrt, roofline, tensorrt, torch_timer  # noqa: F401
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    return _PROFILERS.register(name)
 
 
 def create_profiler(name: str, **kwargs: Any) -> Profiler:
-    _load_builtins()
-    return PROFILERS.create(name, **kwargs)
+    """A new profiler of the registered ``name``, built with ``kwargs``.
+
+    Raises:
+        UsageError: unknown name (the message suggests close names and lists the known ones).
+    """
+    return _PROFILERS.create(name, **kwargs)
 
 
 def list_profilers() -> list[str]:
-    _load_builtins()
-    return PROFILERS.names()
+    """Sorted names of every registered profiler (built-ins and entry-point plugins)."""
+    return _PROFILERS.names()
 
 
-def lazy_import(module: str, install_hint: str):
-    """Import ``module`` or raise a one-line BackendUnavailableError naming how to install it."""
+def is_profiler(name: str) -> bool:
+    """Whether ``name`` is a registered profiler."""
+    return name in _PROFILERS
+
+
+def lazy_import(module: str, install_hint: str) -> Any:
+    """Import ``module`` or raise a one-line BackendUnavailableError naming how to install it.
+
+    Args:
+        module: the module name (``"onnxruntime"``, ``"tensorrt"``).
+        install_hint: the hint line of the error.
+    """
     import importlib
 
     try:
@@ -178,3 +200,16 @@ def lazy_import(module: str, install_hint: str):
         raise BackendUnavailableError(
             f"{module} is not available ({type(exc).__name__}: {exc})", hint=install_hint
         ) from None
+
+
+__all__ = [
+    "InputSpec",
+    "LayerCost",
+    "Measurement",
+    "Profiler",
+    "create_profiler",
+    "is_profiler",
+    "lazy_import",
+    "list_profilers",
+    "register_profiler",
+]

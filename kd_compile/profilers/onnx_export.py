@@ -7,7 +7,7 @@
    ``onnxscript`` package; that package is not a dependency of kd-compile and is not installed
    in the reference environment, where ``dynamo=True`` fails with ``ModuleNotFoundError``. The
    TorchScript exporter handles the small CNNs and timm ViT blocks this project exports (both
-   checked in ``tests/test_onnx_export.py``), so it is the default. ``exporter="dynamo"``
+   checked in ``tests/profilers/test_onnx_export.py``), so it is the default. ``exporter="dynamo"``
    selects the new exporter where ``onnxscript`` is installed.
 2. ``onnxsim.simplify`` (constant folding, shape inference, fusions); a failure of the
    simplifier is not fatal: the unsimplified model is kept and a warning says why.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ import torch.nn as nn
 
 from ..errors import ExportError, UsageError
 from .base import InputSpec, lazy_import
+from .workdir import WorkDir
 
 ORT_HINT = "pip install onnxruntime"
 ONNX_HINT = "pip install onnx onnxsim"
@@ -377,11 +377,8 @@ class OnnxFromModule:
         self.model = model
         self.input_spec = input_spec
         self.export_kwargs = export_kwargs
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if cache_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="kd-onnx-")
-            cache_dir = self._tmp.name
-        self.cache_dir = Path(cache_dir)
+        self._dir = WorkDir(cache_dir, "kd-onnx-")
+        self.cache_dir = self._dir.path
         self.info: OnnxExportInfo | None = None
         self._key: str | None = None
 
@@ -420,9 +417,8 @@ class OnnxFromModule:
 
     def close(self) -> None:
         """Remove the private temporary folder, if any. Idempotent."""
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if self._dir.owned:
+            self._dir.close()
             self.info = None
 
     def __enter__(self) -> OnnxFromModule:

@@ -3,8 +3,10 @@
 ``OnnxRuntimeProfiler`` (registered as ``"onnxruntime"``) exports the model with
 ``export_onnx`` (cached by the model's structure and weights, so profiling the same model
 again does not export again), opens an ``InferenceSession`` on ``CPUExecutionProvider`` with
-graph optimisation ``ORT_ENABLE_ALL``, warms up, and times single runs with
-``time.perf_counter`` until the median is stable (``time_adaptive``).
+graph optimisation ``ORT_ENABLE_ALL``, and times single runs with the shared timing loop of
+:mod:`.timing` (``TimingPolicy``, default ``DEFAULT_TIMING``: 10 warm-up runs, then 50 to 2000
+runs over 1 to 60 s until the median's relative standard error is below 5%).
+``TimingPolicy.fast()`` (5 warm-up runs, at least 20 runs and 0.25 s) is the quick variant.
 
 ``profile_onnx(path, ...)`` does the same for an existing ``.onnx`` file.
 
@@ -13,10 +15,10 @@ Threads: ``threads=None`` leaves ``intra_op_num_threads`` at 0, i.e. ONNX Runtim
 On a machine shared with other work, ``threads=1`` gives far steadier numbers: with several
 intra-op threads, one preempted thread stalls the others at every barrier.
 
-Clock: ``clock="wall"`` (default) times each run with ``time.perf_counter``, the latency a
-user sees. Under heavy contention the wall clock also counts the time other processes hold
-the core (on the 2-core reference machine at load 7-8, resnet18 measured 240 ms wall for
-53 ms of CPU). ``clock="cpu"`` (``threads=1`` only) times the calling thread's CPU time
+Clock (the policy's ``clock``): ``"wall"`` (default) times each run with ``time.perf_counter``,
+the latency a user sees. Under heavy contention the wall clock also counts the time other
+processes hold the core (on the 2-core reference machine at load 7-8, resnet18 measured 240 ms wall for
+53 ms of CPU). ``"cpu"`` (``threads=1`` only) times the calling thread's CPU time
 (``time.thread_time``), which with one intra-op thread is where ORT runs the whole graph; it
 estimates the uncontended latency and stays repeatable on a loaded machine.
 """
@@ -24,9 +26,6 @@ estimates the uncontended latency and stays repeatable on a loaded machine.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,13 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from .base import InputSpec, Measurement, Profiler, lazy_import, register_profiler
+from .devices import cpu_device
 from .onnx_export import ORT_HINT, OnnxFromModule, file_sha256
-from .torch_timer import TimingResult, cpu_device, measurement_from_timing, time_adaptive
+from .timing import CLOCK_TIMERS, TimingPolicy, TimingResult, measurement_from_timing, resolve_timing, time_calls
+from .workdir import WorkDir
 
 PRECISIONS = ("fp32",)
+DEFAULT_TIMING = TimingPolicy()  # 10 warm-up, 50..2000 runs, 1..60 s, median rel. SE 5%
 
 
 def physical_cores() -> int:
@@ -97,30 +99,16 @@ def _feed_for(sess: Any, spec: InputSpec | None) -> tuple[dict[str, np.ndarray],
     return {inp.name: x}, spec
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def _time_session(
-    sess: Any, feed: dict[str, np.ndarray], timing_kw: dict[str, Any], clock: str = "wall"
-) -> TimingResult:
+def _time_session(sess: Any, feed: dict[str, np.ndarray], policy: TimingPolicy) -> TimingResult:
     run = sess.run
     out_names = [o.name for o in sess.get_outputs()]
-    now = CLOCKS[clock]
-
-    def step() -> float:
-        t0 = now()
-        run(out_names, feed)
-        return (now() - t0) * 1e3
-
-    return time_adaptive(step, **timing_kw)
+    return time_calls(lambda: run(out_names, feed), policy)
 
 
-def _check_kw(threads: int | None, precision: str, clock: str = "wall") -> None:
+def _check_kw(threads: int | None, precision: str, policy: TimingPolicy) -> None:
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be >= 1 or None, got {threads}")
-    if clock not in CLOCKS:
-        raise UsageError(f"clock must be one of {', '.join(CLOCKS)}, got '{clock}'")
-    if clock == "cpu" and threads != 1:
+    if policy.clock == "cpu" and threads != 1:
         # thread CPU time covers the calling thread only, which runs the whole graph only
         # when ORT has no intra-op pool (threads=1)
         raise UsageError(
@@ -138,14 +126,9 @@ def profile_onnx(
     input_spec: InputSpec | None = None,
     *,
     threads: int | None = None,
-    warmup: int = 10,
-    min_iters: int = 50,
-    max_iters: int = 2000,
-    min_time_s: float = 1.0,
-    max_time_s: float = 60.0,
-    target_cv: float = 0.05,
     precision: str = "fp32",
-    clock: str = "wall",
+    timing: TimingPolicy | None = None,
+    **timing_kw: Any,
 ) -> Measurement:
     """Measure an existing ``.onnx`` file with ONNX Runtime on this CPU.
 
@@ -154,40 +137,35 @@ def profile_onnx(
         input_spec: input to feed; read from the file's static shape when ``None`` (a
             symbolic batch becomes 1).
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
-        warmup, min_iters, max_iters, min_time_s, max_time_s, target_cv: see
-            ``torch_timer.time_adaptive``.
         precision: must be ``fp32`` (the file's own types are what runs).
-        clock: ``"wall"`` (``time.perf_counter``: latency as a user sees it) or ``"cpu"``
+        timing: the timing policy (``DEFAULT_TIMING`` when ``None``). Its clock is ``"wall"``
+            (``time.perf_counter``: latency as a user sees it) or ``"cpu"``
             (``time.thread_time`` of the calling thread, ``threads=1`` only: the compute time
             without the time other processes hold the core, for shared machines).
+        **timing_kw: overrides of single policy fields (``clock``, ``rel_se``, ...), also the
+            older keywords ``warmup``, ``min_iters``, ``max_iters``, ``min_time_s``,
+            ``max_time_s``, ``target_cv``.
 
     Returns:
         Measurement with ``method="measured"``, ``runtime="onnxruntime"``.
     """
-    _check_kw(threads, precision, clock)
+    policy = resolve_timing(timing, DEFAULT_TIMING, **timing_kw)
+    _check_kw(threads, precision, policy)
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"ONNX file not found: {path}")
     sess = make_session(path, threads)
     feed, spec = _feed_for(sess, input_spec)
-    kw = dict(
-        warmup=warmup,
-        min_iters=min_iters,
-        max_iters=max_iters,
-        min_time_s=min_time_s,
-        max_time_s=max_time_s,
-        target_cv=target_cv,
-    )
-    timing = _time_session(sess, feed, kw, clock)
-    return _measurement(timing, spec, threads, {"onnx_sha256": file_sha256(path)}, clock)
+    result = _time_session(sess, feed, policy)
+    return _measurement(result, spec, threads, {"onnx_sha256": file_sha256(path)}, policy.clock)
 
 
 def _measurement(
-    timing: TimingResult, spec: InputSpec, threads: int | None, extra: dict[str, Any], clock: str
+    result: TimingResult, spec: InputSpec, threads: int | None, extra: dict[str, Any], clock: str
 ) -> Measurement:
     ort = lazy_import("onnxruntime", ORT_HINT)
     return measurement_from_timing(
-        timing,
+        result,
         device=cpu_device(),
         runtime="onnxruntime",
         precision="fp32",
@@ -198,7 +176,7 @@ def _measurement(
             "provider": "CPUExecutionProvider",
             "graph_optimization": "ORT_ENABLE_ALL",
             "intra_op_num_threads_setting": 0 if threads is None else threads,
-            "timer": "perf_counter" if clock == "wall" else "thread_time",
+            "timer": CLOCK_TIMERS[clock],
             "clock": clock,
             **extra,
         },
@@ -211,13 +189,15 @@ class OnnxRuntimeProfiler(Profiler):
 
     Args:
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
-        warmup, min_iters, max_iters, min_time_s, max_time_s, target_cv: see
-            ``torch_timer.time_adaptive``.
         precision: ``fp32`` only (ORT on CPU runs the exported fp32 graph).
         opset: ONNX opset for the export.
         cache_dir: where exported files are kept; a private temporary folder (removed by
             ``close``) when ``None``.
-        clock: ``"wall"`` or ``"cpu"`` (``threads=1`` only), see ``profile_onnx``.
+        timing: the timing policy (``DEFAULT_TIMING`` when ``None``; ``TimingPolicy.fast()``
+            for a quick number); its clock ``"cpu"`` needs ``threads=1``, see ``profile_onnx``.
+        **timing_kw: overrides of single policy fields (``clock``, ``rel_se``, ...), also the
+            older keywords ``warmup``, ``min_iters``, ``max_iters``, ``min_time_s``,
+            ``max_time_s``, ``target_cv``.
     """
 
     name = "onnxruntime"
@@ -225,34 +205,20 @@ class OnnxRuntimeProfiler(Profiler):
     def __init__(
         self,
         threads: int | None = None,
-        warmup: int = 10,
-        min_iters: int = 50,
-        max_iters: int = 2000,
-        min_time_s: float = 1.0,
-        max_time_s: float = 60.0,
-        target_cv: float = 0.05,
         precision: str = "fp32",
         opset: int = 17,
         cache_dir: str | Path | None = None,
-        clock: str = "wall",
+        *,
+        timing: TimingPolicy | None = None,
+        **timing_kw: Any,
     ) -> None:
-        _check_kw(threads, precision, clock)
-        self.clock = clock
+        self.timing = resolve_timing(timing, DEFAULT_TIMING, **timing_kw)
+        _check_kw(threads, precision, self.timing)
         self.threads = threads
         self.precision = precision
         self.opset = opset
-        self.timing_kw: dict[str, Any] = dict(
-            warmup=warmup,
-            min_iters=min_iters,
-            max_iters=max_iters,
-            min_time_s=min_time_s,
-            max_time_s=max_time_s,
-            target_cv=target_cv,
-        )
-        self._own_dir = cache_dir is None
-        self.cache_dir = (
-            Path(tempfile.mkdtemp(prefix="kd-ort-")) if cache_dir is None else Path(cache_dir)
-        )
+        self._dir = WorkDir(cache_dir, "kd-ort-")
+        self.cache_dir = self._dir.path
         # ONNX sha256 -> session: a re-profiled model reuses its optimised session
         self._sessions: dict[str, Any] = {}
 
@@ -265,9 +231,9 @@ class OnnxRuntimeProfiler(Profiler):
         if sess is None:
             sess = self._sessions[sha] = make_session(path, self.threads)
         feed, spec = _feed_for(sess, input_spec)
-        timing = _time_session(sess, feed, self.timing_kw, self.clock)
+        result = _time_session(sess, feed, self.timing)
         return _measurement(
-            timing,
+            result,
             spec,
             self.threads,
             {
@@ -275,13 +241,13 @@ class OnnxRuntimeProfiler(Profiler):
                 "opset": loader.info.opset,
                 "onnx_simplified": loader.info.simplified,
             },
-            self.clock,
+            self.timing.clock,
         )
 
     def close(self) -> None:
+        """Drop the sessions and remove the private export folder, if any. Idempotent."""
         self._sessions.clear()
-        if self._own_dir:
-            shutil.rmtree(self.cache_dir, ignore_errors=True)
+        self._dir.close()
 
 
-__all__ = ["OnnxRuntimeProfiler", "make_session", "physical_cores", "profile_onnx"]
+__all__ = ["DEFAULT_TIMING", "OnnxRuntimeProfiler", "make_session", "physical_cores", "profile_onnx"]

@@ -151,7 +151,7 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
         if prev is not None:
             head = prev["op"]
             gemm_head = head in ("conv", "dwconv", "matmul")
-            if r.op == "batchnorm" and rules.fold_bn and gemm_head and prev["n_pw"] == 0 or r.op == "elementwise" and rules.fuse_pointwise:
+            if r.op == "batchnorm" and rules.fold_bn and gemm_head and prev["n_pw"] == 0 or r.op == "elementwise" and rules.fuse_pointwise:  # noqa: E501
                 absorb = True
             elif r.op == "elementwise" and rules.fuse_one_activation and gemm_head and prev["n_pw"] == 0:
                 absorb = r.in_bytes <= prev["out"]  # a unary activation, not a residual add

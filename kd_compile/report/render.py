@@ -103,7 +103,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         ]
         for p in r["search"]["pareto"]:
             lines.append(
-                f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | {format_count(p['params'])} | {p['arch']} |"
+                f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | "
+                f"{format_count(p['params'])} | {p['arch']} |"
             )
     tm = r["run"]["timings_s"]
     lines += [

@@ -3,43 +3,33 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..search.base import OK, Trial
+from ..search.score import ACCURACY_WEIGHT
+from ..search.trial import Trial, TrialStatus, pareto_trials
 
 SCHEMA_VERSION = "1.0"
 REQUIRED = ("schema_version", "kd_compile_version", "run", "target", "teacher", "student", "search", "artifacts")
 
 
-def pareto_front(trials: list[Trial]) -> list[dict[str, Any]]:
-    """Non-dominated ok trials over (accuracy max, latency min, params min), at top fidelity."""
-    ok = [t for t in trials if t.status == OK]
-    if not ok:
-        return []
-    top = max(t.fidelity for t in ok)
-    pts = [t for t in ok if t.fidelity == top]
-    front = []
-    for t in pts:
-        a, lat, p = t.metrics["accuracy"], t.metrics["latency_ms"], t.metrics["params"]
-        dominated = any(
-            (u.metrics["accuracy"] >= a and u.metrics["latency_ms"] <= lat and u.metrics["params"] <= p)
-            and (u.metrics["accuracy"] > a or u.metrics["latency_ms"] < lat or u.metrics["params"] < p)
-            for u in pts
-        )
-        if not dominated:
-            front.append(
-                {
-                    "number": t.number,
-                    "accuracy": a,
-                    "latency_ms": lat,
-                    "params": p,
-                    "arch": t.metrics.get("arch"),
-                    "score": t.score,
-                }
-            )
+def pareto_front(trials: list[Trial], objectives: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
+    """Non-dominated ok trials at top fidelity over ``objectives`` ((metric, maximise) pairs:
+    the compiler's are accuracy up, latency and params down), most accurate first."""
+    front = [
+        {
+            "number": t.number,
+            "accuracy": t.metrics["accuracy"],
+            "latency_ms": t.metrics["latency_ms"],
+            "params": t.metrics["params"],
+            "arch": t.metrics.get("arch"),
+            "score": t.score,
+        }
+        for t in pareto_trials(trials, objectives)
+    ]
     return sorted(front, key=lambda d: -d["accuracy"])
 
 
@@ -54,16 +44,16 @@ def build_report(**k: Any) -> dict[str, Any]:
     cfg, target, tch, sr, best = k["cfg"], k["target"], k["teacher"], k["search"], k["best"]
     t_counts, t_lat, s_counts, s_lat = k["t_counts"], k["t_lat"], k["s_counts"], k["s_lat"]
     trials = sr.trials
-    statuses = {s: sum(1 for t in trials if t.status == s) for s in ("ok", "infeasible", "failed")}
+    statuses = {str(s): sum(1 for t in trials if t.status is s) for s in TrialStatus}
     trace = []
     best_so_far = None
     for t in trials:
-        if t.status == OK and (best_so_far is None or t.score < best_so_far):
+        if t.ok and (best_so_far is None or t.score < best_so_far):
             best_so_far = t.score
         trace.append(
             {
                 "number": t.number,
-                "status": t.status,
+                "status": str(t.status),
                 "score": t.score,
                 "best_score": best_so_far,
                 "fidelity": t.fidelity,
@@ -132,7 +122,7 @@ def build_report(**k: Any) -> dict[str, Any]:
             "name": "trade",
             "acc_target": k["acc_target"],
             "eps": 0.01,
-            "search_score": f"s / (acc_s / acc_teacher) ** {k['accuracy_weight']}",
+            "search_score": f"s / (acc_s / acc_target) ** {ACCURACY_WEIGHT}",
             "exact_score": "acc_target / (acc_s * (1[acc_target <= acc_s] + eps)) * s",
         },
         "search": {

@@ -1,9 +1,8 @@
-"""Search strategy interface: ``ask(n) -> [Suggestion]``, ``tell([Trial])``.
+"""Search strategy interface: ``ask(n) -> [Suggestion]``, ``tell([Trial])``, and its registry.
 
-All strategies *minimise* ``Trial.score``. A trial is ``ok`` (score set), ``infeasible``
-(violated a hard constraint; never trained; score None) or ``failed`` (training or export
-broke; score None). Strategies must stay deterministic under a seed: the search loop rebuilds
-a strategy's state on ``--resume`` by replaying the journal through ``ask``/``tell``.
+All strategies *minimise* ``Trial.score`` (see ``trial.py`` for statuses). Strategies must stay
+deterministic under a seed: the search loop rebuilds a strategy's state on ``--resume`` by
+replaying the journal through ``ask``/``tell``.
 
 Fidelity: a float in (0, 1], the share of the proxy training budget a suggestion asks for
 (1.0 = the search's full proxy training). Single-fidelity strategies always ask for 1.0.
@@ -14,67 +13,16 @@ evaluations at fidelity 1/3.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
 from ..registry import Registry
-from ..students.base import Config, SearchSpace
+from .space import ParamSpace
+from .trial import Suggestion, Trial, best_trial
 
-OK, INFEASIBLE, FAILED = "ok", "infeasible", "failed"
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    config: Config
-    fidelity: float = 1.0
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One evaluated candidate.
-
-    Attributes:
-        number: 0-based order of evaluation.
-        config: the student config (canonical).
-        status: ``ok`` | ``infeasible`` | ``failed``.
-        score: objective to minimise (None unless ok).
-        fidelity: the share of the proxy budget used (see module docstring).
-        metrics: accuracy, params, flops, latency_ms, ... (whatever was computed).
-        error: why it was infeasible or failed.
-        duration_s: wall time of the evaluation.
-    """
-
-    number: int
-    config: Config
-    status: str
-    score: float | None = None
-    fidelity: float = 1.0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    duration_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.status not in (OK, INFEASIBLE, FAILED):
-            raise ValueError(f"bad status {self.status}")
-        if self.status == OK and (self.score is None or not math.isfinite(self.score)):
-            raise ValueError("an ok trial needs a finite score")
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Trial:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+__all__ = ["Strategy", "create_strategy", "get_strategy", "list_strategies", "register_strategy"]
 
 
 class Strategy:
@@ -91,7 +39,7 @@ class Strategy:
     multi_fidelity = False
     multi_objective = False
 
-    def __init__(self, space: SearchSpace, seed: int = 0, budget: int | None = None, **options: Any):
+    def __init__(self, space: ParamSpace, seed: int = 0, budget: int | None = None, **options: Any):
         if options:
             raise UsageError(f"strategy '{self.name}' got unknown options: {', '.join(sorted(options))}")
         self.space = space
@@ -129,37 +77,30 @@ class Strategy:
         return [t for t in self.trials if t.ok and (fidelity is None or t.fidelity == fidelity)]
 
     def best(self) -> Trial | None:
-        ok = [t for t in self.trials if t.ok and t.fidelity >= 1.0] or self.completed()
-        return min(ok, key=lambda t: t.score) if ok else None  # type: ignore[arg-type,return-value]
+        """The best trial told so far (``best_trial``'s rule)."""
+        return best_trial(self.trials)
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategies", UsageError)
+_STRATEGIES: Registry[Strategy] = Registry("strategies", UsageError)
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name`` (an unknown name raises ``UsageError``)."""
+    return _STRATEGIES.get(name)  # type: ignore[return-value]
 
 
 def register_strategy(name: str):
     def deco(cls):
         cls.name = name
-        return STRATEGIES.register(name)(cls)
+        return _STRATEGIES.register(name)(cls)
 
     return deco
 
 
-def _load_builtins() -> None:
-    import importlib
-
-    for mod in ("random", "turbo", "more"):
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{mod}":
-                raise
-
-
-def create_strategy(name: str, space: SearchSpace, seed: int = 0, **kwargs: Any) -> Strategy:
-    _load_builtins()
-    return STRATEGIES.create(name, space, seed=seed, **kwargs)
+def create_strategy(name: str, space: ParamSpace, seed: int = 0, **kwargs: Any) -> Strategy:
+    """Create a registered strategy (built-ins register when ``kd_compile.search`` is imported)."""
+    return _STRATEGIES.create(name, space, seed=seed, **kwargs)
 
 
 def list_strategies() -> list[str]:
-    _load_builtins()
-    return STRATEGIES.names()
+    return _STRATEGIES.names()

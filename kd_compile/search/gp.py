@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..students.base import Config, SearchSpace
-from .base import INFEASIBLE, Trial
+from .space import Config, ParamSpace
+from .trial import Trial, TrialStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from botorch.models import SingleTaskGP
@@ -55,7 +55,7 @@ def torch_seeded(seed: int) -> Iterator[None]:
 
 
 # -- encoding -----------------------------------------------------------------------------------
-def param_slices(space: SearchSpace) -> list[slice]:
+def param_slices(space: ParamSpace) -> list[slice]:
     """For each parameter of ``space``, its slice of unit-cube coordinates."""
     out: list[slice] = []
     i = 0
@@ -65,14 +65,14 @@ def param_slices(space: SearchSpace) -> list[slice]:
     return out
 
 
-def encode(space: SearchSpace, configs: Sequence[Config]) -> np.ndarray:
+def encode(space: ParamSpace, configs: Sequence[Config]) -> np.ndarray:
     """Configs -> unit-cube array of shape ``(len(configs), space.dim)``."""
     if not configs:
         return np.zeros((0, space.dim))
     return np.stack([space.to_unit(c) for c in configs])
 
 
-def snap(space: SearchSpace, u: np.ndarray) -> tuple[list[Config], np.ndarray]:
+def snap(space: ParamSpace, u: np.ndarray) -> tuple[list[Config], np.ndarray]:
     """Decode unit rows to configs and re-encode them.
 
     A GP must score the point that will actually be evaluated: an int or one-hot block decodes
@@ -88,12 +88,12 @@ def snap(space: SearchSpace, u: np.ndarray) -> tuple[list[Config], np.ndarray]:
     return configs, encode(space, configs)
 
 
-def seen_keys(space: SearchSpace, trials: Iterable[Trial]) -> set[str]:
+def seen_keys(space: ParamSpace, trials: Iterable[Trial]) -> set[str]:
     """Keys of every config already evaluated (any status)."""
     return {space.key(t.config) for t in trials}
 
 
-def unique_new(space: SearchSpace, configs: Sequence[Config], seen: set[str]) -> list[int]:
+def unique_new(space: ParamSpace, configs: Sequence[Config], seen: set[str]) -> list[int]:
     """Indices of ``configs`` whose key is neither in ``seen`` nor repeated earlier in the list."""
     keep: list[int] = []
     local: set[str] = set()
@@ -106,7 +106,7 @@ def unique_new(space: SearchSpace, configs: Sequence[Config], seen: set[str]) ->
     return keep
 
 
-def space_size(space: SearchSpace) -> float:
+def space_size(space: ParamSpace) -> float:
     """Number of distinct configs before canonicalisation (inf with any float param)."""
     n = 1.0
     for p in space.params:
@@ -131,7 +131,7 @@ def _float64() -> Any:
 
 
 def fresh_samples(
-    space: SearchSpace, n: int, seen: set[str], rng: np.random.Generator, tries: int = 50
+    space: ParamSpace, n: int, seen: set[str], rng: np.random.Generator, tries: int = 50
 ) -> list[Config]:
     """``n`` random configs not in ``seen`` (nor repeated); repeats allowed once the space is spent.
 
@@ -150,7 +150,7 @@ def fresh_samples(
 
 
 def pick_from_unit(
-    space: SearchSpace,
+    space: ParamSpace,
     u: np.ndarray,
     n: int,
     seen: set[str],
@@ -189,9 +189,18 @@ def penalised_scores(trials: Sequence[Trial]) -> tuple[list[Trial], np.ndarray]:
     s = np.asarray([float(t.score) for t in ok])  # type: ignore[arg-type]
     worst, best = float(s.max()), float(s.min())
     penalty = worst + max(0.5 * (worst - best), 0.1 * abs(worst), 1e-3)
-    used = [t for t in trials if t.ok or t.status == INFEASIBLE]
+    used = [t for t in trials if t.ok or t.status == TrialStatus.INFEASIBLE]
     y = np.asarray([float(t.score) if t.ok else penalty for t in used])  # type: ignore[arg-type]
     return used, y
+
+
+def fitness(trial: Trial) -> float:
+    """A trial's rank when sorting by quality (minimise): its score if ok, else ``inf``.
+
+    Tournaments and good/bad splits rank every evaluated trial; an infeasible or failed one
+    ranks after every ok one (ties keep their order under a stable sort).
+    """
+    return float(trial.score) if trial.ok else math.inf  # type: ignore[arg-type]
 
 
 # -- GP -----------------------------------------------------------------------------------------
@@ -310,7 +319,7 @@ def is_finite(v: Any) -> bool:
 
 
 def bo_candidates(
-    space: SearchSpace,
+    space: ParamSpace,
     x_best: np.ndarray,
     n_candidates: int,
     seed: int,
@@ -344,7 +353,7 @@ def bo_candidates(
 
 
 def bo_propose(
-    space: SearchSpace,
+    space: ParamSpace,
     configs: Sequence[Config],
     scores: np.ndarray,
     n: int,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResumeError
-from .base import Trial
+from .trial import Trial
 
 VERSION = 1
 

@@ -14,9 +14,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..students.base import Config, SearchSpace
-from .base import INFEASIBLE, OK, Strategy, Suggestion, Trial
+from .base import Strategy
 from .journal import Journal
+from .space import Config, ParamSpace
+from .trial import Suggestion, Trial, TrialStatus, best_trial
 
 Evaluate = Callable[[Config, float, int], Trial]
 
@@ -33,18 +34,15 @@ class SearchResult:
 
     @property
     def ok_trials(self) -> list[Trial]:
-        return [t for t in self.trials if t.status == OK]
+        return [t for t in self.trials if t.status == TrialStatus.OK]
 
     def best(self, fidelity: float | None = None) -> Trial | None:
-        ok = [t for t in self.ok_trials if fidelity is None or t.fidelity == fidelity]
-        if fidelity is None:
-            top = max((t.fidelity for t in ok), default=None)
-            ok = [t for t in ok if t.fidelity == top]
-        return min(ok, key=lambda t: t.score) if ok else None  # type: ignore[arg-type,return-value]
+        """The best trial (``best_trial``'s rule)."""
+        return best_trial(self.trials, fidelity)
 
 
 def run_search(
-    space: SearchSpace,
+    space: ParamSpace,
     strategy: Strategy,
     evaluate: Evaluate,
     n_trials: int,
@@ -110,8 +108,8 @@ def run_search(
     # cost no training and do not use the budget, but they are capped so a space that is mostly
     # infeasible still terminates.
     number = len(result.trials)
-    spent = sum(t.fidelity for t in result.trials if t.status != INFEASIBLE)
-    infeasible = sum(1 for t in result.trials if t.status == INFEASIBLE)
+    spent = sum(t.fidelity for t in result.trials if t.status != TrialStatus.INFEASIBLE)
+    infeasible = sum(1 for t in result.trials if t.status == TrialStatus.INFEASIBLE)
     max_infeasible = max_infeasible if max_infeasible is not None else 20 * n_trials + 50
     asks = 0
     max_asks = 4 * (n_trials + max_infeasible) + 10
@@ -137,7 +135,7 @@ def run_search(
             result.trials.append(trial)
             told.append(trial)
             number += 1
-            if trial.status == INFEASIBLE:
+            if trial.status == TrialStatus.INFEASIBLE:
                 infeasible += 1
             else:
                 spent += trial.fidelity

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..students.base import Config
-from .base import Strategy, Suggestion, Trial, register_strategy
+from .base import Strategy, register_strategy
 from .gp import derive_seed, fresh_samples, seen_keys
+from .space import Config
+from .trial import Suggestion, Trial
 
 
 class ReplayableStrategy(Strategy):

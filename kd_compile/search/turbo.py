@@ -29,7 +29,9 @@ Choices for the small budgets of KD search (10-60 evaluations; each one a proxy 
   argmax).
 
 State is recomputed from the told trials on each ``ask`` (trials processed in chunks of
-``batch_size`` in told order), so replaying a journal rebuilds it exactly.
+``batch_size`` in told order), so replaying a journal rebuilds it exactly. TuRBO-M (several
+trust regions) builds on this module's state and candidate rules in
+:mod:`kd_compile.search.turbo_m`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..students.base import Config, SearchSpace
-from .base import FAILED, INFEASIBLE, Suggestion, Trial, register_strategy
+from .base import register_strategy
 from .gp import (
     derive_seed,
     encode,
@@ -57,11 +58,12 @@ from .gp import (
     snap,
     sobol,
     thompson_pick,
-    thompson_values,
     torch_seeded,
     unique_new,
 )
 from .random import ReplayableStrategy
+from .space import Config, ParamSpace
+from .trial import Suggestion, Trial, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def update_state(state: TurboState, Y_next: Sequence[float] | Any) -> TurboState
 
 
 # -- candidate generation (shared with turbo-m) ---------------------------------------------------
-def default_n_init(space: SearchSpace, budget: int | None) -> int:
+def default_n_init(space: ParamSpace, budget: int | None) -> int:
     """Initial design size for a space and an evaluation budget (see module docstring)."""
     n = 2 * max(1, len(space.params))
     if budget is not None:
@@ -172,7 +174,7 @@ def tr_weights(ls: np.ndarray) -> np.ndarray:
 
 
 def tr_candidates(
-    space: SearchSpace,
+    space: ParamSpace,
     center: np.ndarray,
     weights: np.ndarray,
     length: float,
@@ -223,7 +225,7 @@ def tr_candidates(
 
 
 def new_candidates(
-    space: SearchSpace, raw: np.ndarray, taken: set[str], rng: np.random.Generator, need: int
+    space: ParamSpace, raw: np.ndarray, taken: set[str], rng: np.random.Generator, need: int
 ) -> tuple[list[Config], np.ndarray]:
     """Snap raw candidates to distinct configs not in ``taken``; top up with random ones.
 
@@ -258,7 +260,7 @@ class Turbo(ReplayableStrategy):
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: ParamSpace,
         seed: int = 0,
         budget: int | None = None,
         *,
@@ -390,9 +392,9 @@ def _values(trials: Sequence[Trial]) -> list[float]:
     for t in trials:
         if t.ok:
             out.append(-float(t.score))  # type: ignore[arg-type]
-        elif t.status == INFEASIBLE:
+        elif t.status == TrialStatus.INFEASIBLE:
             out.append(-math.inf)
-        elif t.status == FAILED:
+        elif t.status == TrialStatus.FAILED:
             continue
     return out
 
@@ -400,112 +402,3 @@ def _values(trials: Sequence[Trial]) -> list[float]:
 def _best_value(trials: Sequence[Trial]) -> float:
     v = _values(trials)
     return max(v) if v else -math.inf
-
-
-@register_strategy("turbo-m")
-class TurboM(Turbo):
-    """TuRBO-M: ``n_regions`` trust regions, each with its own state, design and GP on its own
-    points; batch slots go to the region whose Thompson sample is best (an implicit bandit:
-    GP posteriors are on the original score scale, so draws are comparable across regions).
-
-    A trial belongs to the region that proposed it (recorded at ``ask``; the loop's resume
-    replays ``ask``/``tell``, which rebuilds the record). Trials told without being asked
-    (foreign results) are spread round-robin by position.
-
-    Options (besides :class:`Turbo`'s):
-        n_regions: number of trust regions (default 2; small budgets cannot feed more).
-        n_init: design size per region (default ``max(3, turbo's n_init // n_regions)``).
-    """
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int = 0,
-        budget: int | None = None,
-        *,
-        n_regions: int = 2,
-        n_init: int | None = None,
-        **options: Any,
-    ) -> None:
-        self.n_regions = max(1, int(n_regions))
-        per = n_init or max(3, default_n_init(space, budget) // self.n_regions)
-        super().__init__(space, seed=seed, budget=budget, n_init=per, **options)
-        self._origin: dict[tuple[str, float], int] = {}
-
-    def _region_of(self, i: int, t: Trial) -> int:
-        return self._origin.get((self.space.key(t.config), t.fidelity), i % self.n_regions)
-
-    def region_trials(self) -> list[list[Trial]]:
-        """Told trials of each region, in told order."""
-        out: list[list[Trial]] = [[] for _ in range(self.n_regions)]
-        for i, t in enumerate(self.trials):
-            out[self._region_of(i, t)].append(t)
-        return out
-
-    def region_states(self) -> list[tuple[TurboState, int, int]]:
-        """(state, first trial index of the live TR in the region's list, restarts) per region."""
-        return [self.replay_state(ts) for ts in self.region_trials()]
-
-    def _ask(self, n: int) -> list[Suggestion]:
-        regions = self.region_trials()
-        states = self.region_states()
-        taken = self.taken_keys()
-        rng = self.draw_rng("fill")
-        pending = [0] * self.n_regions
-        for k in self._pending:
-            if k in self._origin:
-                pending[self._origin[k]] += 1
-        chosen: list[tuple[Config, int]] = []
-        # 1) regions still in their initial design (or with < 2 usable points) get design rows
-        models: list[tuple[int, Any, list[Config], np.ndarray]] = []
-        for r, (state, start, restarts) in enumerate(states):
-            live = regions[r][start:]
-            done = len(live) + pending[r]
-            used, y = penalised_scores(live)
-            want = self.n_init - done if len(used) >= 2 else n
-            want = max(0, min(n - len(chosen), want))
-            if want:
-                seed = derive_seed(self.seed, "turbo-m-design", r, restarts)
-                u = sobol(self.space.dim, 4 * want + 16, seed, skip=done)
-                chosen += [(c, r) for c in pick_from_unit(self.space, u, want, taken, rng)]
-            elif len(used) >= 2:
-                models.append((r, state, used, y))
-        # 2) the rest by Thompson sampling across the regions' candidate sets
-        left = n - len(chosen)
-        if left and models:
-            pool: list[tuple[Config, int]] = []
-            draws: list[np.ndarray] = []
-            for r, state, used, y in models:
-                x = encode(self.space, [t.config for t in used])
-                with torch_seeded(self.draw_seed(f"gp{r}")):
-                    model = fit_gp(x, -y, maxiter=self.gp_maxiter)
-                    mean, _ = posterior_mean_std(model, x)
-                    raw = tr_candidates(
-                        self.space,
-                        x[int(np.argmax(mean))],
-                        tr_weights(lengthscales(model)),
-                        state.length,
-                        self.n_candidates,
-                        self.draw_seed(f"cand{r}"),
-                    )
-                    configs, cx = new_candidates(self.space, raw, taken, rng, left)
-                    if configs:
-                        draws.append(thompson_values(model, cx, left))
-                        pool += [(c, r) for c in configs]
-            if pool:
-                vals = np.concatenate(draws, axis=1)  # (left, total candidates)
-                used_idx: set[int] = set()
-                pool_keys = [self.space.key(c) for c, _ in pool]
-                for i in range(left):
-                    for j in np.argsort(-vals[i], kind="stable"):
-                        if int(j) not in used_idx and pool_keys[j] not in taken:
-                            used_idx.add(int(j))
-                            taken.add(pool_keys[j])
-                            chosen.append(pool[int(j)])
-                            break
-        if len(chosen) < n:
-            extra = fresh_samples(self.space, n - len(chosen), taken, rng)
-            chosen += [(c, i % self.n_regions) for i, c in enumerate(extra)]
-        for c, r in chosen:
-            self._origin[(self.space.key(c), 1.0)] = r
-        return [Suggestion(c, 1.0) for c, _ in chosen]

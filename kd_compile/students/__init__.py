@@ -1,5 +1,11 @@
-"""Student search spaces."""
+"""Student families: model-free parameter spaces that build ``nn.Module`` students.
 
-from .base import Config, Param, SearchSpace, create_space, list_spaces, register_space
+Built-in families register by being imported here (``trade``, ``cnn``); plugins come in through
+the ``kd_compile.spaces`` entry-point group.
+"""
 
-__all__ = ["Config", "Param", "SearchSpace", "create_space", "list_spaces", "register_space"]
+from . import cnn as _cnn  # noqa: F401  (registers the built-in families)
+from . import trade as _trade  # noqa: F401
+from .base import StudentSpace, create_space, get_space, list_spaces, register_space
+
+__all__ = ["StudentSpace", "create_space", "get_space", "list_spaces", "register_space"]

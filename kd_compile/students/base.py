@@ -1,246 +1,77 @@
-"""Search spaces: typed parameters, a unit-cube encoding for GPs, and ``build(config)``.
+"""Student families: a model-free ``ParamSpace`` plus ``build(config) -> nn.Module``.
 
-A *config* is a plain ``dict[str, int | float | str | bool]`` that is JSON-serialisable; a
-student is rebuilt from it exactly (``space.build(config)``), so ``student.pt`` stores only
-the config and a state_dict, never pickled code.
-
-Encoding for model-based strategies: every parameter maps to one coordinate in [0, 1]
-(``to_unit``/``from_unit``). Integers and ordered choices map to evenly spaced bins (rounded on
-decode), log-scaled floats map through ``log``; unordered categoricals get one coordinate per
-choice (one-hot; decode takes the argmax), so a GP kernel never sees a false order.
+A config is the plain dict of ``kd_compile.search.space``; a student is rebuilt from it exactly
+(``space.build(config)``), so ``student.pt`` stores only the config and a state_dict, never
+pickled code. Families register by name (``register_space``) and are created with
+``create_space(name, input_shape=..., num_classes=...)``, like timm's ``create_model``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch.nn as nn
 
 from ..errors import UsageError
 from ..registry import Registry
+from ..search.space import Config, Param, ParamSpace
 
-Config = dict[str, Any]
+__all__ = ["StudentSpace", "create_space", "get_space", "list_spaces", "register_space"]
 
 
-@dataclass(frozen=True)
-class Param:
-    """One searchable parameter.
+class StudentSpace(ParamSpace):
+    """A family of students over an input shape and a class count.
 
-    Attributes:
-        name: key in the config.
-        kind: "int", "float", "choice" (ordered choices) or "cat" (unordered, one-hot).
-        low, high: bounds for int/float (inclusive).
-        choices: values for "choice"/"cat".
-        log: log-scaled float/int.
-        default: value used by ``space.default()``.
+    Subclasses set the parameters and implement ``build``; they may offer
+    ``estimate_params(config) -> int`` (exact, without building), which lets the search reject a
+    candidate over ``--max-params`` before it is built.
+
+    Args:
+        input_shape: (C, H, W) of the student input (the teacher's).
+        num_classes: number of logits.
+        params: the family's parameters, in encoding order.
+        name: the registered name.
     """
 
-    name: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] = ()
-    log: bool = False
-    default: Any = None
+    def __init__(
+        self, input_shape: tuple[int, int, int], num_classes: int, params: Sequence[Param], name: str
+    ) -> None:
+        if len(input_shape) != 3 or min(int(v) for v in input_shape) < 1:
+            raise UsageError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
+        if int(num_classes) < 1:
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
+        super().__init__(params, name)
+        self.input_shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        self.num_classes = int(num_classes)
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("int", "float", "choice", "cat"):
-            raise ValueError(f"param {self.name}: unknown kind {self.kind}")
-        if self.kind in ("int", "float"):
-            if self.low is None or self.high is None or self.low > self.high:
-                raise ValueError(f"param {self.name}: need low <= high")
-            if self.log and self.low <= 0:
-                raise ValueError(f"param {self.name}: log scale needs low > 0")
-        elif len(self.choices) == 0:
-            raise ValueError(f"param {self.name}: need choices")
-
-    @property
-    def width(self) -> int:
-        """Number of unit-cube coordinates this parameter takes."""
-        return len(self.choices) if self.kind == "cat" else 1
-
-    @property
-    def cardinality(self) -> float:
-        if self.kind == "int":
-            return int(self.high) - int(self.low) + 1
-        if self.kind == "float":
-            return math.inf
-        return len(self.choices)
-
-    def encode(self, value: Any) -> list[float]:
-        if self.kind == "cat":
-            return [1.0 if c == value else 0.0 for c in self.choices]
-        if self.kind == "choice":
-            n = len(self.choices)
-            return [0.5 if n == 1 else self.choices.index(value) / (n - 1)]
-        lo, hi = float(self.low), float(self.high)
-        if self.log:
-            lo, hi, value = math.log(lo), math.log(hi), math.log(value)
-        return [0.5 if hi == lo else (float(value) - lo) / (hi - lo)]
-
-    def decode(self, u: Sequence[float]) -> Any:
-        if self.kind == "cat":
-            return self.choices[int(np.argmax(np.asarray(u)))]
-        x = min(max(float(u[0]), 0.0), 1.0)
-        if self.kind == "choice":
-            n = len(self.choices)
-            return self.choices[min(int(x * n), n - 1)]
-        if self.kind == "int":
-            # bins of equal width so every integer has the same share of [0, 1]
-            lo, hi = int(self.low), int(self.high)
-            if self.log:
-                v = math.exp(math.log(lo) + x * (math.log(hi + 1) - math.log(lo)))
-                return min(max(int(math.floor(v)), lo), hi)
-            return min(lo + int(x * (hi - lo + 1)), hi)
-        lo, hi = float(self.low), float(self.high)
-        if self.log:
-            v = math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))
-        else:
-            v = lo + x * (hi - lo)
-        # exp(log(hi)) and lo + (hi - lo) can land one ulp outside [lo, hi]: clamp
-        return float(min(max(v, lo), hi))
-
-    def contains(self, value: Any) -> bool:
-        if self.kind in ("choice", "cat"):
-            return value in self.choices
-        if self.kind == "int" and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-            return False
-        try:
-            return float(self.low) <= float(value) <= float(self.high)
-        except (TypeError, ValueError):
-            return False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "kind": self.kind, "low": self.low, "high": self.high,
-            "choices": list(self.choices), "log": self.log, "default": self.default,
-        }
-
-
-@dataclass
-class SearchSpace:
-    """A family of students: parameters plus ``build(config) -> nn.Module``.
-
-    Subclasses set ``params`` and implement ``build``. ``input_shape`` is (C, H, W) and
-    ``num_classes`` comes from the teacher.
-    """
-
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    params: list[Param] = field(default_factory=list)
-    name: str = "base"
-
-    # -- encoding ---------------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        """Dimension of the unit-cube encoding."""
-        return sum(p.width for p in self.params)
-
-    @property
-    def param_names(self) -> list[str]:
-        return [p.name for p in self.params]
-
-    def to_unit(self, config: Config) -> np.ndarray:
-        out: list[float] = []
-        for p in self.params:
-            out.extend(p.encode(config[p.name]))
-        return np.asarray(out, dtype=np.float64)
-
-    def from_unit(self, u: Sequence[float]) -> Config:
-        u = np.asarray(u, dtype=np.float64)
-        if u.shape != (self.dim,):
-            raise ValueError(f"expected a vector of {self.dim} unit coordinates, got {u.shape}")
-        cfg: Config = {}
-        i = 0
-        for p in self.params:
-            cfg[p.name] = _py(p.decode(u[i : i + p.width]))
-            i += p.width
-        return self.canonical(cfg)
-
-    def canonical(self, config: Config) -> Config:
-        """Normalise a config (e.g. zero out parameters of inactive stages). Default: identity."""
-        return dict(config)
-
-    # -- sampling ---------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator) -> Config:
-        return self.from_unit(self._random_unit(rng))
-
-    def _random_unit(self, rng: np.random.Generator) -> np.ndarray:
-        out: list[float] = []
-        for p in self.params:
-            if p.kind == "cat":
-                onehot = [0.0] * p.width
-                onehot[int(rng.integers(p.width))] = 1.0
-                out.extend(onehot)
-            else:
-                out.append(float(rng.random()))
-        return np.asarray(out)
-
-    def default(self) -> Config:
-        return self.canonical({p.name: p.default for p in self.params})
-
-    def validate(self, config: Config) -> Config:
-        """Check a config against the parameters; return its canonical form."""
-        missing = [p.name for p in self.params if p.name not in config]
-        if missing:
-            raise UsageError(f"student config lacks {', '.join(missing)}")
-        bad = [f"{p.name}={config[p.name]!r}" for p in self.params if not p.contains(config[p.name])]
-        if bad:
-            raise UsageError(f"student config out of the space: {', '.join(bad)}")
-        return self.canonical({p.name: config[p.name] for p in self.params})
-
-    def key(self, config: Config) -> str:
-        """A stable identity for a canonical config (dedup of proposals)."""
-        c = self.canonical(config)
-        return "|".join(f"{k}={c[k]}" for k in sorted(c))
-
-    # -- building ---------------------------------------------------------------------------
     def build(self, config: Config) -> nn.Module:
+        """The student of ``config``: (N, C, H, W) float -> (N, num_classes) logits."""
         raise NotImplementedError
 
-    def kd_hparams(self, config: Config) -> dict[str, float]:
-        """KD temperature/weight carried by the config (searchable), with defaults."""
-        return {"tau": float(config.get("kd_tau", 4.0)), "alpha": float(config.get("kd_alpha", 0.7))}
-
-    def describe(self, config: Config) -> str:
-        return self.key(config)
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "input_shape": list(self.input_shape),
-            "num_classes": self.num_classes,
-            "params": [p.to_dict() for p in self.params],
-        }
+        d = super().to_dict()
+        d.update(input_shape=list(self.input_shape), num_classes=self.num_classes)
+        return d
 
 
-def _py(v: Any) -> Any:
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.floating):
-        return float(v)
-    return v
-
-
-SPACES: Registry[SearchSpace] = Registry("spaces", UsageError)
+_SPACES: Registry[StudentSpace] = Registry("spaces", UsageError)
 
 
 def register_space(name: str):
-    return SPACES.register(name)
+    """Class decorator: register a ``StudentSpace`` subclass under ``name``."""
+    return _SPACES.register(name)
 
 
-def create_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Create a registered space: ``create_space("trade", input_shape=..., num_classes=...)``."""
-    from . import trade  # noqa: F401  (registers the built-in spaces)
+def get_space(name: str) -> type[StudentSpace]:
+    """The family registered as ``name`` (an unknown name raises ``UsageError`` with suggestions)."""
+    return _SPACES.get(name)  # type: ignore[return-value]
 
-    return SPACES.create(name, **kwargs)
+
+def create_space(name: str, **kwargs: Any) -> StudentSpace:
+    """Create a registered family: ``create_space("trade", input_shape=..., num_classes=...)``."""
+    return _SPACES.create(name, **kwargs)
 
 
 def list_spaces() -> list[str]:
-    from . import trade  # noqa: F401
-
-    return SPACES.names()
+    return _SPACES.names()

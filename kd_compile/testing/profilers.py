@@ -8,6 +8,9 @@ Usage in a test module::
     def test_contract(name):
         profiler_contract(lambda: make_profiler(name), tiny_cnn(), InputSpec((3, 16, 16), batch=2))
 
+``available_profilers``/``make_profiler`` are ``list_profilers``/``create_profiler`` of
+``kd_compile.profilers``, which registers every built-in profiler on import.
+
 ``profiler_contract`` runs every check in ``CHECKS`` and returns the Measurement. A profiler
 whose backend is missing here raises ``BackendUnavailableError``; under pytest the contract
 turns that into a skip carrying the error's line, so the reason shows in the report.
@@ -28,7 +31,6 @@ The checks (each a plain function raising ``AssertionError``, usable on its own)
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,39 +39,21 @@ import torch
 import torch.nn as nn
 
 from ..errors import BackendUnavailableError, UsageError
-from ..profilers.base import PROFILERS, InputSpec, Measurement, Profiler
+from ..profilers import InputSpec, Measurement, Profiler, create_profiler, list_profilers
 
 ProfilerFactory = Callable[[], Profiler]
 
 ALLOWED_METHODS = ("measured", "predicted", "counted")
-BUILTIN_MODULES = ("counting", "onnxrt", "roofline", "tensorrt", "torch_timer")
-
-
-def load_builtin_profilers() -> dict[str, str]:
-    """Import each built-in profiler module on its own; return ``{module: error}`` for failures.
-
-    ``profilers.base._load_builtins`` imports them all in one statement, so one broken module
-    hides the others; the suite wants every profiler that can load to be tested.
-    """
-    failed: dict[str, str] = {}
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"kd_compile.profilers.{mod}")
-        except Exception as exc:  # a module under construction must not hide the others
-            failed[mod] = f"{type(exc).__name__}: {exc}"
-    return failed
 
 
 def available_profilers() -> list[str]:
-    """Names of every registered profiler that could be imported (built-ins and plugins)."""
-    load_builtin_profilers()
-    return PROFILERS.names()
+    """Names of every registered profiler (built-ins and plugins): ``list_profilers()``."""
+    return list_profilers()
 
 
 def make_profiler(name: str, **kwargs: Any) -> Profiler:
-    """``create_profiler`` without the all-or-nothing built-in import."""
-    load_builtin_profilers()
-    return PROFILERS.create(name, **kwargs)
+    """A profiler by name: ``create_profiler(name, **kwargs)``."""
+    return create_profiler(name, **kwargs)
 
 
 def tiny_cnn(num_classes: int = 10) -> nn.Module:
@@ -220,7 +204,6 @@ __all__ = [
     "check_measurement",
     "check_model_untouched",
     "check_rejects_bad_input",
-    "load_builtin_profilers",
     "make_profiler",
     "profiler_contract",
     "tiny_cnn",

@@ -1,8 +1,9 @@
 """Conformance suite for search strategies (architecture convention 9).
 
-Every registered strategy must pass every check in :data:`CHECKS`; ``tests/test_strategies.py``
-parametrizes them over ``list_strategies()``, as optuna's ``optuna/testing/pytest_samplers.py``
-does for samplers. A plugin author runs the same suite::
+Every registered strategy must pass every check in :data:`CHECKS`;
+``tests/search/test_strategy_conformance.py`` parametrizes them over ``list_strategies()``, as
+optuna's ``optuna/testing/pytest_samplers.py`` does for samplers. A plugin author runs the same
+suite::
 
     import pytest
     from kd_compile.testing.strategies import CHECKS
@@ -14,7 +15,10 @@ does for samplers. A plugin author runs the same suite::
 The checks drive strategies with :class:`ToySpace` and :func:`toy_evaluate`: a shifted
 quadratic in the unit cube plus a categorical offset, with an infeasible region (a "too many
 parameters" constraint) and, optionally, evaluations that fail. Lower fidelity adds a smooth,
-correlated bias, so multi-fidelity strategies see a realistic low-fidelity signal.
+correlated bias, so multi-fidelity strategies see a realistic low-fidelity signal. The space is
+a plain ``ParamSpace`` (no model is ever built), and :func:`make_strategy` passes a strategy
+that takes ``objectives`` (a multi-objective one) the metrics the toy evaluation reports,
+:data:`OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -22,28 +26,37 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from ..search.base import (
-    FAILED,
-    INFEASIBLE,
-    OK,
-    STRATEGIES,
+from ..search import (
+    Config,
+    Objective,
+    Param,
+    ParamSpace,
     Strategy,
     Trial,
-    _load_builtins,
+    TrialStatus,
     create_strategy,
+    get_strategy,
 )
-from ..students.base import Config, Param, SearchSpace
 
 # Options that make model-based strategies fast enough for a unit test; each is passed only to
 # strategies whose constructor accepts it (checked by signature), never to the others.
 FAST_OPTIONS: dict[str, Any] = {"gp_maxiter": 8, "n_candidates": 128, "mc_samples": 8}
+
+# The compiler's trade-off over the metrics :func:`toy_evaluate` (and the tabular benchmark)
+# report, as a multi-objective strategy's ``objectives`` option: accuracy up (it exists only for
+# trained candidates); latency and params down, on a log scale. :func:`make_strategy` passes it
+# to every strategy whose constructor takes ``objectives``.
+OBJECTIVES: tuple[Objective, ...] = (
+    Objective("accuracy", maximise=True, needs_training=True),
+    Objective("latency_ms", maximise=False, log_floor=1e-9),
+    Objective("params", maximise=False, log_floor=1.0),
+)
 
 
 def _toy_params() -> list[Param]:
@@ -57,29 +70,18 @@ def _toy_params() -> list[Param]:
     ]
 
 
-@dataclass
-class ToySpace(SearchSpace):
+class ToySpace(ParamSpace):
     """A six-parameter space (int, int, log-float, ordered choice, unordered cat, float).
 
-    ``build`` returns a tiny MLP-ish conv net whose size follows ``width`` and ``depth``.
+    A plain ``ParamSpace``: strategies see configs only, so the suite needs no model.
+
+    Args:
+        params: other parameters (e.g. a tiny space to exhaust); default the six above.
+        name: the space's name.
     """
 
-    input_shape: tuple[int, int, int] = (3, 8, 8)
-    num_classes: int = 4
-    params: list[Param] = field(default_factory=_toy_params)
-    name: str = "toy"
-
-    def build(self, config: Config) -> nn.Module:
-        c = self.validate(config)
-        act = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[c["act"]]
-        layers: list[nn.Module] = []
-        ch = self.input_shape[0]
-        for _ in range(c["depth"]):
-            layers += [nn.Conv2d(ch, c["width"], c["kernel"], padding=c["kernel"] // 2), act()]
-            ch = c["width"]
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(c["drop"])]
-        layers.append(nn.Linear(ch, self.num_classes))
-        return nn.Sequential(*layers)
+    def __init__(self, params: Sequence[Param] | None = None, name: str = "toy") -> None:
+        super().__init__(_toy_params() if params is None else params, name)
 
 
 _OPTIMUM = np.array([0.35, 0.6, 0.7, 0.5, 0.0, 0.0, 0.0, 0.25])  # in ToySpace's unit encoding
@@ -91,7 +93,7 @@ def toy_params_ratio(config: Config) -> float:
     return float(config["width"] * config["depth"]) / 200.0
 
 
-def toy_score(space: SearchSpace, config: Config, fidelity: float = 1.0) -> float:
+def toy_score(space: ParamSpace, config: Config, fidelity: float = 1.0) -> float:
     """Shifted quadratic + categorical offset (minimise); low fidelity adds a smooth bias."""
     u = space.to_unit(config)
     ordered = np.r_[u[:4], u[7:]]
@@ -101,18 +103,19 @@ def toy_score(space: SearchSpace, config: Config, fidelity: float = 1.0) -> floa
     return 1.0 + base + bias
 
 
-def _fails(space: SearchSpace, config: Config) -> bool:
+def _fails(space: ParamSpace, config: Config) -> bool:
     digest = hashlib.sha256(space.key(config).encode()).digest()
     return digest[0] < 52  # ~20 % of configs fail, fixed per config
 
 
 def toy_evaluate(
-    space: SearchSpace, *, with_failures: bool = False
+    space: ParamSpace, *, with_failures: bool = False
 ) -> Callable[[Config, float, int], Trial]:
     """An ``evaluate(config, fidelity, number) -> Trial`` for ``space`` (a :class:`ToySpace`).
 
-    Configs with ``width * depth > 200`` are infeasible (metrics carry ``params_ratio``); with
-    ``with_failures`` a fixed ~20 % of configs fail as a broken training would.
+    Configs with ``width * depth > 200`` are infeasible (metrics carry ``params_ratio`` and
+    ``params``); with ``with_failures`` a fixed ~20 % of configs fail as a broken training would;
+    ok trials also carry ``accuracy`` and ``latency_ms`` (see :data:`OBJECTIVES`).
     """
 
     def evaluate(config: Config, fidelity: float, number: int) -> Trial:
@@ -120,28 +123,30 @@ def toy_evaluate(
         ratio = toy_params_ratio(cfg)
         metrics = {"params_ratio": ratio, "params": ratio * 1e6}
         if ratio > 1.0:
-            return Trial(number, cfg, INFEASIBLE, None, fidelity, metrics, error="too many params")
+            return Trial(number, cfg, TrialStatus.INFEASIBLE, None, fidelity, metrics, error="too many params")
         if with_failures and _fails(space, cfg):
-            return Trial(number, cfg, FAILED, None, fidelity, metrics, error="diverged")
+            return Trial(number, cfg, TrialStatus.FAILED, None, fidelity, metrics, error="diverged")
         score = toy_score(space, cfg, fidelity)
         metrics.update(
             accuracy=1.0 / score, latency_ms=0.05 * cfg["width"] * cfg["depth"] / cfg["kernel"]
         )
-        return Trial(number, cfg, OK, score, fidelity, metrics)
+        return Trial(number, cfg, TrialStatus.OK, score, fidelity, metrics)
 
     return evaluate
 
 
 # -- driving a strategy ---------------------------------------------------------------------------
-def make_strategy(name: str, space: SearchSpace, seed: int, budget: int) -> Strategy:
-    """Create ``name`` with :data:`FAST_OPTIONS` that its constructor accepts."""
-    _load_builtins()
-    factory = STRATEGIES.get(name)
+def make_strategy(name: str, space: ParamSpace, seed: int, budget: int) -> Strategy:
+    """Create ``name`` with those of :data:`FAST_OPTIONS` its constructor accepts, and
+    :data:`OBJECTIVES` as ``objectives`` if it takes them."""
+    factory = get_strategy(name)
     try:
         accepted = set(inspect.signature(factory).parameters)
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         accepted = set()
     opts = {k: v for k, v in FAST_OPTIONS.items() if k in accepted}
+    if "objectives" in accepted:
+        opts["objectives"] = OBJECTIVES
     return create_strategy(name, space, seed=seed, budget=budget, **opts)
 
 
@@ -273,7 +278,7 @@ def check_infeasible_and_failed(name: str) -> None:
         for d in (4, 5, 6)
     ]
     strat.tell([ev(c, 1.0, i) for i, c in enumerate(wall)])
-    assert all(t.status == INFEASIBLE for t in strat.trials)
+    assert all(t.status == TrialStatus.INFEASIBLE for t in strat.trials)
     # the most attractive configs (the toy optimum and a neighbour) failed at every fidelity
     # the strategy might ask: a model-based strategy is drawn there but must not go back
     best = space.from_unit(_OPTIMUM[:4].tolist() + [0.0, 1.0, 0.0, float(_OPTIMUM[7])])
@@ -282,7 +287,7 @@ def check_infeasible_and_failed(name: str) -> None:
     failed = {(space.key(c), f) for c in (best, near) for f in fids}
     strat.tell(
         [
-            Trial(3 + i, c, FAILED, None, f, error="diverged")
+            Trial(3 + i, c, TrialStatus.FAILED, None, f, error="diverged")
             for i, (c, f) in enumerate((c, f) for c in (best, near) for f in fids)
         ]
     )
@@ -291,7 +296,7 @@ def check_infeasible_and_failed(name: str) -> None:
         assert (cfg_key, fid) not in failed, f"{name} re-proposed a failed config"
     for t in run.trials:
         space.validate(t.config)
-        if t.status == FAILED:
+        if t.status == TrialStatus.FAILED:
             failed.add((space.key(t.config), t.fidelity))
     # failures seen during the run never come back afterwards either
     for s in strat.ask(3):

@@ -1,0 +1,51 @@
+"""Datasets as in-memory tensors: built-in ``digits`` and ``glyphs``, ``.npz`` and ImageFolder.
+
+Every loader returns a ``DataBundle``: uint8 images (N, C, H, W), int64 labels (N,), a fixed
+train/val split, class names and the normalisation (mean/std per channel) that models expect.
+``bundle.train_tensors()`` / ``val_tensors()`` give normalised float32 tensors.
+
+Entry point: ``load_data(spec, hint=..., image_size=..., channels=..., seed=...)``. Spec forms:
+
+* ``"digits"`` / ``"digits:size=16,seed=0"``: scikit-learn's ``load_digits`` (1797 real 8x8
+  scans, 10 classes), scaled to uint8, stratified 80/20 split, resized to 16x16 by default
+  (``digits.py``).
+* ``"glyphs"`` / ``"glyphs:size=24,train=20000,val=4000,seed=3,classes=62"``: the 62 characters
+  0-9, A-Z, a-z generated here from matplotlib's fonts with random distortions, cached as
+  ``.npz`` under ``cache_dir()`` (``glyphs.py`` tells the generator, its defaults and why).
+  ``classes=K`` keeps the first ``K`` characters (10: the digits), balanced over them.
+* a path to an ``.npz``: arrays ``x``/``y`` or ``x_train``/``y_train``/``x_val``/``y_val``
+  (optional ``class_names``); x as (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in
+  [0, 1]. Without a val split a fixed, seeded, stratified 80/20 split is made (``files.py``).
+* a directory in ImageFolder layout (one subfolder per class; or ``train/`` and ``val/`` each
+  holding class subfolders). Images are read with PIL, resized to ``image_size`` (else to the
+  first image's size) and kept grayscale when every image is (``files.py``).
+
+``image_size``/``channels`` adapt any dataset to a teacher's input: bilinear
+``torch.nn.functional.interpolate`` (antialiased when downscaling), 1->3 channels by repeat,
+3->1 by ITU-R 601 luminance (``bundle.py``). With ``spec=None`` the ``hint`` a teacher
+checkpoint carries (``DataBundle.hint()``) is loaded instead (``load.py``).
+"""
+
+from __future__ import annotations
+
+# Re-exported: callers have always taken the cache root from here (``cache_dir() / "teacher"``).
+from kd_compile.paths import cache_dir
+
+from .bundle import DataBundle
+from .digits import DIGITS_DEFAULTS
+from .glyphs import GLYPH_CHARS, GLYPH_FONTS, GLYPHS_DEFAULTS, GLYPHS_VERSION, render_glyphs
+from .load import DATASETS, builtin_datasets, load_data
+
+__all__ = [
+    "DATASETS",
+    "DIGITS_DEFAULTS",
+    "GLYPHS_DEFAULTS",
+    "GLYPHS_VERSION",
+    "GLYPH_CHARS",
+    "GLYPH_FONTS",
+    "DataBundle",
+    "builtin_datasets",
+    "cache_dir",
+    "load_data",
+    "render_glyphs",
+]

@@ -1,0 +1,268 @@
+"""Datasets from files: ``.npz`` arrays (with their validation) and ImageFolder trees.
+
+Both loaders return a ``RawData`` for ``finish_bundle``: uint8 (N, C, H, W) images and int64
+labels, split as the source says or by the seeded stratified 80/20 split.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd_compile.errors import DataError
+
+from .bundle import RawData, stratified_split
+
+__all__ = ["IMAGE_EXTS", "VAL_DIRS", "load_folder", "load_npz"]
+
+#: File suffixes (lower case) read as images in an ImageFolder tree.
+IMAGE_EXTS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+#: Subfolder names (lower case, in order of preference) taken as the val split next to ``train/``.
+VAL_DIRS = ("val", "valid", "validation", "test")
+
+
+# --------------------------------------------------------------------------------------------
+# .npz
+# --------------------------------------------------------------------------------------------
+
+
+def load_npz(path: Path, *, seed: int) -> RawData:
+    """Read an ``.npz`` with arrays ``x``/``y`` or ``x_train``/``y_train``/``x_val``/``y_val``.
+
+    Args:
+        path: the file.
+        seed: seed of the stratified 80/20 split when the file holds only ``x``/``y``.
+
+    Returns:
+        The arrays as ``RawData`` (``class_names`` from an optional ``class_names`` array).
+
+    Raises:
+        DataError: unreadable file, missing arrays, bad image or label arrays, empty data,
+            train and val images of different shapes.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read {path} as .npz: {msg}") from None
+    keys = set(arrays)
+    src = str(path)
+    if {"x_train", "y_train", "x_val", "y_val"} <= keys:
+        x_tr = _images_from_array(arrays["x_train"], f"{src} x_train")
+        x_va = _images_from_array(arrays["x_val"], f"{src} x_val")
+        y_tr = _labels_from_array(arrays["y_train"], len(x_tr), f"{src} x_train/y_train")
+        y_va = _labels_from_array(arrays["y_val"], len(x_va), f"{src} x_val/y_val")
+        split = "file"
+    elif {"x", "y"} <= keys:
+        x = _images_from_array(arrays["x"], src)
+        y = _labels_from_array(arrays["y"], len(x), src)
+        if len(x) == 0:
+            raise DataError(f"dataset is empty: {src} has 0 images")
+        tr, va = stratified_split(y, seed)
+        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        split = f"stratified 80/20, seed {seed}"
+    else:
+        raise DataError(
+            f"{src}: expected arrays x,y or x_train,y_train,x_val,y_val; "
+            f"found {', '.join(sorted(keys)) or 'none'}"
+        )
+    if len(x_tr) == 0:
+        raise DataError(f"dataset is empty: {src} has 0 training images")
+    if x_tr.shape[1:] != x_va.shape[1:]:
+        raise DataError(
+            f"{src}: train images {x_tr.shape[1:]} and val images {x_va.shape[1:]} differ in shape"
+        )
+    names = None
+    if "class_names" in arrays:
+        names = [str(s) for s in np.asarray(arrays["class_names"]).reshape(-1)]
+    return RawData(
+        src,
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        names,
+        {"source": "npz", "path": str(path.resolve()), "split": split},
+    )
+
+
+def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
+    """Any supported image array -> uint8 (N, C, H, W).
+
+    Args:
+        x: (N, H, W), (N, H, W, C) or (N, C, H, W); uint8, bool, integers in 0..255 or floats
+            in [0, 1]. An alpha channel is dropped.
+        where: what to name in error messages.
+
+    Raises:
+        DataError: a shape, channel count, dtype or value range it cannot read.
+    """
+    if x.ndim not in (3, 4):
+        raise DataError(
+            f"{where}: images must be (N,H,W), (N,H,W,C) or (N,C,H,W); got shape {tuple(x.shape)}"
+        )
+    if len(x) == 0:
+        raise DataError(f"dataset is empty: {where} has 0 images")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.shape[-1] <= 4 and x.shape[1] > 4:  # channels-last
+        x = x.transpose(0, 3, 1, 2)
+    if x.shape[1] == 4:  # RGBA: drop alpha
+        x = x[:, :3]
+    elif x.shape[1] == 2:  # gray + alpha
+        x = x[:, :1]
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"{where}: cannot tell the channel axis of shape {tuple(x.shape)}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        return np.ascontiguousarray(x.astype(np.uint8) * 255)
+    if np.issubdtype(x.dtype, np.floating):
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        if np.isnan(x).any() or lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{where}: float images must be in [0, 1], got range "
+                f"[{lo:g}, {hi:g}] (store uint8 0..255 or divide by 255)"
+            )
+        return np.ascontiguousarray(np.rint(x * 255.0).astype(np.uint8))
+    if np.issubdtype(x.dtype, np.integer):
+        if x.min() < 0 or x.max() > 255:
+            raise DataError(
+                f"{where}: integer images must be in 0..255, got [{x.min()}, {x.max()}]"
+            )
+        return np.ascontiguousarray(x.astype(np.uint8))
+    raise DataError(f"{where}: images have unsupported dtype {x.dtype}")
+
+
+def _labels_from_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Labels -> int64 (N,), checking they are non-negative integers and match n images.
+
+    Args:
+        y: (N,) or (N, 1) class indices; integral floats are accepted.
+        n: number of images they label.
+        where: what to name in error messages.
+
+    Raises:
+        DataError: wrong shape or length, non-integer or negative labels.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(
+            f"{where}: labels must be a 1-D array of class indices, got shape {tuple(y.shape)}"
+        )
+    if len(y) != n:
+        raise DataError(f"{where}: x has {n} images but y has {len(y)} labels")
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.rint(y)):
+        y = y.astype(np.int64)  # integral floats are common from numpy pipelines
+    else:
+        raise DataError(
+            f"{where}: labels must be integers (class indices), got dtype {y.dtype}"
+            + (" with non-integer values" if y.dtype.kind == "f" else "")
+        )
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: labels must be integers >= 0, found {int(y.min())}")
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# ImageFolder
+# --------------------------------------------------------------------------------------------
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    """Visible subfolders of ``root``, sorted by name (the class order)."""
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def _image_files(d: Path) -> list[Path]:
+    """Image files anywhere under ``d``, sorted by path."""
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
+    """Read an ImageFolder tree: one subfolder per class, or ``train/`` and ``val/`` of those.
+
+    Images are converted to RGB, resized to ``image_size`` (else to the first image's size) and
+    kept single-channel when every one of them is gray.
+
+    Args:
+        root: the folder.
+        image_size: side to resize to while reading; ``None`` takes the first image's size.
+        seed: seed of the stratified 80/20 split when the tree has no ``train``/``val`` folders.
+
+    Raises:
+        DataError: no images, fewer than two classes, an unreadable image.
+    """
+    from PIL import Image  # lazy: PIL is only needed for folders
+
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    val_dir = next((subdirs[v] for v in VAL_DIRS if v in subdirs), None)
+    pre_split = "train" in subdirs and val_dir is not None and bool(_class_dirs(subdirs["train"]))
+    if pre_split:
+        sets = {"train": subdirs["train"], "val": val_dir}
+        names = sorted({p.name for d in sets.values() for p in _class_dirs(d)})
+    else:
+        sets = {"all": root}
+        names = [p.name for p in _class_dirs(root)]
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for part, d in sets.items():
+        files[part] = [(f, names.index(c.name)) for c in _class_dirs(d) for f in _image_files(c)]
+    if not any(files.values()):
+        loose = "" if names else " and no class subfolders"
+        raise DataError(
+            f"no images found in {root}{loose} (expected one subfolder per class "
+            "holding .png/.jpg/... files)"
+        )
+    if len(names) < 2:
+        raise DataError(f"{root}: need at least 2 classes (subfolders), found {len(names)}")
+
+    size: tuple[int, int] | None = (image_size, image_size) if image_size else None
+    arrays: dict[str, list[np.ndarray]] = {}
+    all_gray = True
+    for part, items in files.items():
+        arrays[part] = []
+        for f, _ in items:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DataError(f"cannot read image {f}: {type(e).__name__}") from None
+            if size is None:
+                size = (im.height, im.width)
+            if (im.height, im.width) != size:
+                # PIL's resize widens its filter when shrinking, i.e. it antialiases.
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+            all_gray = all_gray and bool((a[0] == a[1]).all() and (a[1] == a[2]).all())
+            arrays[part].append(a)
+    stack = {
+        p: (np.stack(v) if v else np.zeros((0, 3, *size), np.uint8))  # type: ignore[misc]
+        for p, v in arrays.items()
+    }
+    if all_gray:
+        stack = {p: np.ascontiguousarray(v[:, :1]) for p, v in stack.items()}
+    labels = {p: np.array([c for _, c in items], dtype=np.int64) for p, items in files.items()}
+    meta: dict[str, Any] = {"source": "folder", "path": str(root.resolve())}
+    if pre_split:
+        x_tr, y_tr, x_va, y_va = stack["train"], labels["train"], stack["val"], labels["val"]
+        meta["split"] = f"folders train/{val_dir.name}"  # type: ignore[union-attr]
+    else:
+        tr, va = stratified_split(labels["all"], seed)
+        x, y = stack["all"], labels["all"]
+        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        meta["split"] = f"stratified 80/20, seed {seed}"
+    return RawData(str(root), x_tr, y_tr, x_va, y_va, names, meta)

@@ -1,0 +1,263 @@
+"""One candidate, evaluated: config -> build -> counts and latency -> constraints -> proxy KD
+training -> score -> ``Trial``.
+
+``evaluate_candidate(run, config, fidelity, number)`` is a top-level function over plain,
+picklable data (``RunContext``: the space's name and arguments, the target profile, constraints,
+the proxy-training settings, the teacher's reference costs and its cached knowledge), so the
+inline executor, a process pool or a Ray task all call the same function.
+
+Failure policy: a candidate that fails for any reason (a NaN loss, an export or profiler error,
+out of memory, a bug in a plugin) comes back as a ``failed`` trial with its reason; the search
+goes on. Nothing raised inside a candidate stops the run, except an interrupt.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .config import Budget, Constraints
+from .profilers import InputSpec, Measurement
+from .search.mobo import Objective
+from .search.score import ACCURACY_WEIGHT, cost_term, search_score, trade_score
+from .search.space import ComposedSpace, Config, ParamSpace
+from .search.trial import Trial, TrialStatus
+from .targets import TargetProfile
+
+__all__ = [
+    "OBJECTIVES",
+    "Reference",
+    "RunContext",
+    "costs",
+    "evaluate_candidate",
+    "latency_on_target",
+    "searched_space",
+]
+
+# The metrics a candidate's trial carries that multi-objective strategies optimise (and the
+# report's Pareto front shows): accuracy up, latency and params down.
+OBJECTIVES = (
+    Objective("accuracy", maximise=True, needs_training=True),
+    Objective("latency_ms", maximise=False, log_floor=1e-9),
+    Objective("params", maximise=False, log_floor=1.0),
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The teacher's figures every candidate is scored against.
+
+    Attributes:
+        params, flops: the teacher's counts.
+        latency_ms: the teacher's latency on the target (same method as the candidates').
+        accuracy: the teacher's validation accuracy, in [0, 1].
+        acc_target: the accuracy the search score and TRADE's bracket aim at (``--target-acc``,
+            else the teacher's).
+    """
+
+    params: float
+    flops: float
+    latency_ms: float
+    accuracy: float
+    acc_target: float
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every candidate of one run shares, as plain data.
+
+    Attributes:
+        space: the student family's registered name; ``space_kwargs`` rebuild it.
+        search_kd: the searched space has the KD hyper-parameters after the family's.
+        target: the target device profile.
+        constraints: the hard limits.
+        budget: proxy-training settings (epochs, data fraction, sparsity, patience, lr).
+        seed, device, batch_size: training settings of the run.
+        augment_views: seeded augmented views appended to the training set (an epoch over the
+            original images is ``1 + augment_views`` passes over the bundle).
+        reference: the teacher's figures.
+        data: the ``DataBundle`` the students train on.
+        knowledge: the teacher's cached outputs (``TeacherCache``) for KD.
+    """
+
+    space: str
+    space_kwargs: dict[str, Any]
+    search_kd: bool
+    target: TargetProfile
+    constraints: Constraints
+    budget: Budget
+    seed: int
+    device: str
+    batch_size: int
+    augment_views: int
+    reference: Reference
+    data: Any = field(repr=False)
+    knowledge: Any = field(repr=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _family(name: str, kwargs_items: tuple[tuple[str, Any], ...]) -> Any:
+    from .students import create_space
+
+    kw = dict(kwargs_items)
+    kw["input_shape"] = tuple(kw["input_shape"])
+    return create_space(name, **kw)
+
+
+def student_family(run: RunContext) -> Any:
+    """The run's student family (a ``StudentSpace``), built once per process."""
+    return _family(run.space, tuple(sorted((k, _hashable(v)) for k, v in run.space_kwargs.items())))
+
+
+def searched_space(family: ParamSpace, search_kd: bool) -> ParamSpace:
+    """The space the strategy searches: the family, then (optionally) the KD hyper-parameters."""
+    from .distill.hparams import kd_space
+
+    return ComposedSpace([family, kd_space()]) if search_kd else ComposedSpace([family])
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+# ----------------------------------------------------------------------------------------------
+# counts and latency
+
+
+def latency_on_target(
+    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False, trace: Any = None
+) -> Measurement:
+    """Latency of ``model`` on ``target``: measured with ONNX Runtime when the target is this
+    machine, predicted with the roofline model otherwise (from ``trace`` when given)."""
+    from .profilers import TimingPolicy, create_profiler
+
+    if target.local and target.default_runtime == "onnxruntime":
+        with create_profiler("onnxruntime", timing=TimingPolicy.fast() if fast else None) as p:
+            return p.profile(model, spec)
+    with create_profiler("roofline", target=target) as p:
+        if trace is not None:
+            return p.predict_ops(trace.ops, spec.batch)
+        return p.profile(model, spec)
+
+
+def costs(
+    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False
+) -> tuple[Measurement, Measurement]:
+    """(counts, latency on target) from one traced forward pass."""
+    from .profilers.counting import count, trace_ops
+
+    tr = trace_ops(model, tuple(spec.shape))
+    return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr)
+
+
+# ----------------------------------------------------------------------------------------------
+# training settings
+
+
+def train_config(run: RunContext, config: Config, epochs: float, fraction: float, **extra: Any) -> Any:
+    """How every training of a run is set up: the config's KD alpha/tau, the run's seed, device,
+    batch and lr; ``epochs`` count passes over the original images."""
+    from .distill import TrainConfig
+    from .distill.hparams import kd_hparams
+
+    kd = kd_hparams(config)
+    return TrainConfig(
+        epochs=epochs / (1 + run.augment_views),
+        data_fraction=fraction,
+        alpha=kd["alpha"],
+        tau=kd["tau"],
+        seed=run.seed,
+        device=run.device,
+        batch_size=run.batch_size,
+        lr=run.budget.lr,
+        **extra,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# one candidate
+
+
+def evaluate_candidate(
+    run: RunContext,
+    config: Config,
+    fidelity: float,
+    number: int,
+    progress: Callable[[float], None] | None = None,
+) -> Trial:
+    """Evaluate one candidate and return its trial (never raises for a failing candidate).
+
+    Args:
+        run: the run's shared context.
+        config: the candidate's config in the searched space (architecture and KD keys).
+        fidelity: share of the proxy training, in (0, 1].
+        number: the trial number (also seeds the student's initial weights).
+        progress: called with the share of the proxy training done.
+
+    Returns:
+        An ``infeasible`` trial (a constraint broken; never trained), a ``failed`` trial (with
+        the reason in ``error``) or an ``ok`` trial with its score.
+    """
+    t0 = time.perf_counter()
+    family = student_family(run)
+    metrics: dict[str, Any] = {}
+
+    def done(status: TrialStatus, score: float | None = None, error: str | None = None) -> Trial:
+        return Trial(number, config, status, score, fidelity, metrics, error, time.perf_counter() - t0)
+
+    try:
+        metrics["arch"] = family.describe(config)
+        limit = run.constraints.max_params
+        if limit is not None and hasattr(family, "estimate_params"):
+            n_params = int(family.estimate_params(config))
+            if n_params > limit:  # rejected before the student is even built
+                metrics["params"] = n_params
+                why = run.constraints.violations(n_params, 0, None, None)
+                return done(TrialStatus.INFEASIBLE, error="; ".join(why))
+        torch.manual_seed(run.seed + number)
+        model = family.build(config)
+        cnt, lat = costs(model, InputSpec(tuple(family.input_shape)), run.target, fast=True)
+        metrics.update(
+            params=int(cnt.params),
+            flops=int(cnt.flops),
+            latency_ms=float(lat.latency_ms),
+            latency_method=lat.method,
+            memory_bytes=int(cnt.peak_activation_bytes or 0),
+        )
+        viol = run.constraints.violations(
+            int(cnt.params), int(cnt.flops), float(lat.latency_ms), cnt.peak_activation_bytes
+        )
+        if viol:
+            return done(TrialStatus.INFEASIBLE, error="; ".join(viol))
+        from .distill import train_student
+
+        b = run.budget
+        tcfg = train_config(
+            run,
+            config,
+            b.proxy_epochs,
+            b.proxy_data_fraction * fidelity,
+            sparsity=b.proxy_sparsity,
+            early_stop_patience=b.proxy_patience,
+        )
+        res = train_student(model, run.data, tcfg, run.knowledge, progress=progress)
+        ref = run.reference
+        acc = max(float(res.val_acc), 1e-3)
+        s = cost_term(cnt.params, cnt.flops, lat.latency_ms, ref.params, ref.flops, ref.latency_ms)
+        metrics.update(accuracy=acc, s=s, trade_score=trade_score(acc, ref.acc_target, s), train_seconds=res.seconds)
+        return done(TrialStatus.OK, search_score(acc, ref.acc_target, s, ACCURACY_WEIGHT))
+    except Exception as exc:  # a failing candidate never stops the search (module docstring)
+        metrics["traceback"] = traceback.format_exc(limit=3)[-1000:]
+        return done(TrialStatus.FAILED, error=_reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    line = exc.line() if hasattr(exc, "line") else str(exc)
+    return f"{type(exc).__name__}: {line}".splitlines()[0][:300]

@@ -1,0 +1,97 @@
+"""Conventions the built-in student families share (``trade`` and ``cnn``).
+
+Both families round channel choices the same way, keep the final feature map at least
+``MIN_FINAL_SIDE`` wide, initialise weights explicitly, expose their stage outputs for feature
+distillation (``feature_layers``) and count parameters exactly without building, cross-checked
+by a build on the meta device (``meta_param_count``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from timm.layers import make_divisible, trunc_normal_
+from torch import nn
+
+from ..errors import UsageError
+from ..search.space import Config
+
+__all__ = [
+    "MIN_FINAL_SIDE",
+    "channel_choices",
+    "conv_bn_params",
+    "feature_layers",
+    "init_weights",
+    "meta_param_count",
+]
+
+# Smallest side of the final feature map the stride rules aim for; 3x3 keeps some spatial
+# structure for the Transformer tokens and the head while still pooling enough context.
+MIN_FINAL_SIDE = 3
+
+
+def channel_choices(base: Sequence[int], scale: float) -> tuple[int, ...]:
+    """The channel choices ``base`` times ``scale``, as multiples of 8, sorted and distinct.
+
+    Multiples of 8 as timm's ``make_divisible`` does for channels; duplicates from a small
+    scale are merged so every choice is a distinct architecture.
+    """
+    return tuple(sorted({int(make_divisible(w * scale, 8)) for w in base}))
+
+
+def init_weights(model: nn.Module) -> None:
+    """EfficientNet-style fan-out init for convs and ViT-style small init for linears.
+
+    Explicit so a student's starting point does not depend on PyTorch's default-init version;
+    the weights are a deterministic function of the torch RNG state.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """Module names whose outputs are the stage feature maps (for feature distillation).
+
+    Args:
+        model: a student built by ``TradeSpace.build`` or ``CnnSpace.build``.
+
+    Returns:
+        Names usable with ``model.get_submodule``; each module outputs (N, C_i, H_i, W_i).
+
+    Raises:
+        UsageError: ``model`` was not built by a kd-compile space (no ``feature_names``).
+    """
+    names = getattr(model, "feature_names", None)
+    if names is None:
+        raise UsageError(
+            f"{type(model).__name__} was not built by a kd-compile space (no feature_names)"
+        )
+    return list(names)
+
+
+def conv_bn_params(cin: int, cout: int, k: int, groups: int = 1) -> int:
+    """Parameters of a bias-free kxk conv (timm's default) followed by BatchNorm (weight, bias)."""
+    return cin // groups * cout * k * k + 2 * cout
+
+
+def meta_param_count(build: Callable[..., nn.Module], config: Config) -> int:
+    """Parameter count of ``build(config, init=False)`` built on the meta device.
+
+    The meta device allocates no memory, so the count is exact (the same code path as
+    ``build``) and cheap; the explicit init is skipped because its dispatch on meta tensors
+    took most of the time of the count.
+    """
+    with torch.device("meta"):
+        model = build(config, init=False)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,87 @@
+"""The counting profiler against hand-computed params, FLOPs and bytes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kd_compile.profilers import InputSpec, create_profiler
+from kd_compile.profilers.counting import count, trace_ops
+
+torch.set_num_threads(1)
+
+
+class Tiny(nn.Module):
+    """conv 3->8 k3 p1 on 8x8, BN, ReLU, global pool, linear 8->10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.act(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_params_and_flops_by_hand() -> None:
+    m = count(Tiny(), InputSpec((3, 8, 8), batch=1))
+    conv_p, bn_p, fc_p = 8 * 3 * 9, 2 * 8, 8 * 10 + 10
+    assert m.params == conv_p + bn_p + fc_p
+    conv_flops = 2 * (8 * 8) * 8 * (3 * 9)  # 2 x MACs: every output pixel x out ch x (in ch x k^2)
+    fc_flops = 2 * 8 * 10
+    assert m.flops == conv_flops + fc_flops
+    by_name = {layer.name: layer for layer in m.layers}
+    assert by_name["conv"].flops == conv_flops and by_name["fc"].flops == fc_flops
+    assert by_name["conv"].params == conv_p and by_name["conv"].op == "conv"
+    # conv bytes = weights + input + output (fp32)
+    assert by_name["conv"].bytes == 4 * (conv_p + 3 * 64 + 8 * 64)
+    assert m.method == "counted" and m.device == "any" and m.runtime == "none"
+    # BN keeps weight, bias and two running stats (buffers).
+    assert m.weight_bytes == 4 * (conv_p + 4 * 8 + fc_p) + 8  # + num_batches_tracked (int64)
+
+
+def test_batch_scaling_and_layer_sum() -> None:
+    m1 = count(Tiny(), InputSpec((3, 8, 8), batch=1))
+    m4 = count(Tiny(), InputSpec((3, 8, 8), batch=4))
+    assert m4.flops == 4 * m1.flops
+    assert m4.activation_bytes == 4 * m1.activation_bytes
+    assert m4.weight_bytes == m1.weight_bytes
+    assert sum(layer.flops for layer in m4.layers) == m4.flops
+    # Leaf outputs: conv, bn, act (8x8x8 each), pool (8), fc (10), in fp32.
+    assert m1.activation_bytes == 4 * (3 * 512 + 8 + 10)
+    assert m1.peak_activation_bytes >= 4 * (512 + 512)
+
+
+def test_depthwise_classified_and_mode_restored() -> None:
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 1))
+    net.train()
+    tr = trace_ops(net, (16, 10, 10))
+    assert [r.op for r in tr.ops] == ["dwconv", "conv"]
+    assert tr.ops[0].flops == 2 * 100 * 16 * 9
+    assert net.training
+
+
+def test_meta_model_and_registry() -> None:
+    with torch.device("meta"):
+        net = Tiny()
+    with create_profiler("counting") as p:
+        m = p.profile(net, InputSpec((3, 8, 8)))
+    assert m.flops == count(Tiny(), InputSpec((3, 8, 8))).flops
+
+
+def test_functional_ops_in_parent_are_attributed() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.matmul(x, self.a(x).transpose(-1, -2)) @ x
+
+    m = count(Res(), InputSpec((1, 4, 6)))
+    assert sum(layer.flops for layer in m.layers) == m.flops
+    assert m.flops == 2 * 4 * 6 * 6 + 2 * 4 * 6 * 4 + 2 * 4 * 4 * 6
+    assert any(layer.name == "(model)" and layer.flops > 0 for layer in m.layers)

@@ -1,0 +1,132 @@
+"""ONNX Runtime profiler (``kd_compile.profilers.onnxrt``): export cache, threads, clocks, policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kd_compile.errors import UsageError
+from kd_compile.profilers import InputSpec, TimingPolicy
+from kd_compile.profilers.onnx_export import export_onnx
+from kd_compile.profilers.onnxrt import OnnxRuntimeProfiler, physical_cores, profile_onnx
+from kd_compile.testing.profilers import check_measurement, tiny_cnn
+
+SPEC = InputSpec((3, 16, 16), batch=2)
+FAST = TimingPolicy(warmup=2, min_iters=5, max_iters=200, min_time_s=0.05, max_time_s=2.0)
+
+
+def test_onnxruntime_profiler_caches_export_by_model_state(tmp_path: Path) -> None:
+    model = tiny_cnn()
+    with OnnxRuntimeProfiler(threads=1, cache_dir=tmp_path, timing=FAST) as p:
+        m1 = p.profile(model, SPEC)
+        files = sorted(tmp_path.glob("*.onnx"))
+        assert len(files) == 1
+        m2 = p.profile(model, SPEC)
+        assert sorted(tmp_path.glob("*.onnx")) == files  # same state: no new export
+        assert m1.extra["onnx_sha256"] == m2.extra["onnx_sha256"]
+        with torch.no_grad():
+            model[0].weight.add_(1.0)  # new weights: a new file
+        m3 = p.profile(model, SPEC)
+        assert len(list(tmp_path.glob("*.onnx"))) == 2
+        assert m3.extra["onnx_sha256"] != m1.extra["onnx_sha256"]
+    for m in (m1, m2, m3):
+        check_measurement(m, SPEC)
+        assert m.runtime == "onnxruntime" and m.threads == 1 and m.precision == "fp32"
+        assert m.iterations >= 5
+        assert m.extra["stopped_by"] in ("converged", "max_iters", "max_time")
+
+
+def test_onnxruntime_default_threads_recorded() -> None:
+    with OnnxRuntimeProfiler(timing=FAST) as p:
+        m = p.profile(tiny_cnn(), SPEC)
+    assert m.threads == physical_cores() >= 1
+    assert m.extra["intra_op_num_threads_setting"] == 0
+
+
+def test_onnxruntime_latency_tracks_model_size() -> None:
+    """A model with ~100x the FLOPs must measure clearly slower (timing measures the model)."""
+    small = tiny_cnn()
+    big = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+    spec = InputSpec((3, 32, 32), batch=2)
+    with OnnxRuntimeProfiler(threads=1, timing=FAST) as p:
+        t_small = p.profile(small, spec).latency_ms
+        t_big = p.profile(big, spec).latency_ms
+    assert t_big > 3 * t_small
+
+
+def test_profile_onnx_reads_shape_from_file(tmp_path: Path) -> None:
+    info = export_onnx(
+        tiny_cnn(), InputSpec((3, 16, 16), batch=1), tmp_path / "m.onnx", dynamic_batch=False
+    )
+    m = profile_onnx(info.path, threads=1, timing=FAST)
+    assert m.batch == 1 and m.method == "measured"
+    assert m.extra["onnx_sha256"] == info.sha256
+    m4 = profile_onnx(
+        info.path.parent / "m.onnx", InputSpec((3, 16, 16), batch=1), threads=1, timing=FAST
+    )
+    check_measurement(m4, InputSpec((3, 16, 16), batch=1))
+    with pytest.raises(UsageError):
+        profile_onnx(tmp_path / "missing.onnx")
+
+
+def test_onnxruntime_cpu_clock(tmp_path: Path) -> None:
+    """clock='cpu' times the calling thread's CPU time and is refused unless threads=1."""
+    model = tiny_cnn()
+    with OnnxRuntimeProfiler(threads=1, cache_dir=tmp_path, timing=FAST.replace(clock="cpu")) as p:
+        m = p.profile(model, SPEC)
+    assert m.extra["clock"] == "cpu" and m.extra["timer"] == "thread_time"
+    check_measurement(m, SPEC)
+    with pytest.raises(UsageError, match="threads=1"):
+        OnnxRuntimeProfiler(threads=2, clock="cpu")
+    with pytest.raises(UsageError):
+        OnnxRuntimeProfiler(threads=1, clock="sundial")
+
+
+def test_onnxruntime_rejects_bad_settings() -> None:
+    with pytest.raises(UsageError):
+        OnnxRuntimeProfiler(precision="fp16")
+    with pytest.raises(UsageError):
+        OnnxRuntimeProfiler(threads=0)
+
+
+def test_onnxruntime_old_keywords_still_work(tmp_path: Path) -> None:
+    """The pre-TimingPolicy keywords (used by api.py and benchmarks) override the policy."""
+    old = dict(warmup=2, min_iters=5, max_iters=200, min_time_s=0.05, max_time_s=2.0)
+    with OnnxRuntimeProfiler(threads=1, cache_dir=tmp_path, clock="cpu", target_cv=0.5, **old) as p:
+        assert p.timing == FAST.replace(clock="cpu", rel_se=0.5)
+        m = p.profile(tiny_cnn(), SPEC)
+    assert m.extra["clock"] == "cpu"
+    assert m.iterations >= FAST.min_iters
+    m = profile_onnx(export_onnx(tiny_cnn(), SPEC, tmp_path / "k.onnx").path, SPEC, threads=1, **old)
+    check_measurement(m, SPEC)
+    with pytest.raises(UsageError, match="unknown timing option"):
+        OnnxRuntimeProfiler(min_tim_s=1.0)
+
+
+def test_onnxruntime_fixed_policy_runs_exactly_n() -> None:
+    with OnnxRuntimeProfiler(threads=1, timing=TimingPolicy.fixed(7, warmup=1)) as p:
+        m = p.profile(tiny_cnn(), SPEC)
+    assert m.iterations == 7 and m.extra["stopped_by"] == "max_iters" and m.extra["warmup"] == 1
+
+
+def test_onnxruntime_private_folder_removed_on_close(tmp_path: Path) -> None:
+    """Without cache_dir exports go to a private temporary folder that close() removes."""
+    with OnnxRuntimeProfiler(threads=1, timing=FAST) as p:
+        p.profile(tiny_cnn(), SPEC)
+        private = p.cache_dir
+        assert private.name.startswith("kd-ort-") and list(private.glob("*.onnx"))
+    assert not private.exists()
+    with OnnxRuntimeProfiler(threads=1, cache_dir=tmp_path, timing=FAST) as p:
+        p.profile(tiny_cnn(), SPEC)
+    assert list(tmp_path.glob("*.onnx"))  # the caller's folder is kept

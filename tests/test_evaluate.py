@@ -1,0 +1,138 @@
+"""Candidate evaluation (``kd_compile.evaluate``): the failure policy, with real faults.
+
+A test-only student family builds students that break in a chosen way — a NaN loss, an ONNX
+export the exporter refuses, an out-of-memory error in training, a model the counting profiler
+cannot run, a user error raised by a plugin — and every one must come back as a ``failed``
+trial with its reason, never as an exception that stops the search. An interrupt still stops it.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kd_compile.config import Budget, Constraints
+from kd_compile.data import load_data
+from kd_compile.distill import TeacherCache
+from kd_compile.errors import UsageError
+from kd_compile.evaluate import Reference, RunContext, evaluate_candidate
+from kd_compile.search.space import Param
+from kd_compile.search.trial import TrialStatus
+from kd_compile.students.base import StudentSpace
+from kd_compile.targets import get_target
+
+FAULTS = ("none", "nan", "export", "oom", "profile", "usage", "interrupt")
+
+
+class _Faulty(nn.Module):
+    def __init__(self, fault: str, in_chs: int, num_classes: int) -> None:
+        super().__init__()
+        self.fault = fault
+        self.conv = nn.Conv2d(in_chs, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean((2, 3))
+        if self.fault == "nan":
+            h = h * float("nan")
+        if self.fault == "export":  # an op the ONNX exporter does not support
+            h = h + torch.linalg.svdvals(h.reshape(h.shape[0], 2, 4)).sum(1, keepdim=True)
+        if self.fault == "oom" and self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        if self.fault == "profile" and not self.training:
+            raise RuntimeError("cannot run this model in inference")
+        if self.fault == "interrupt" and self.training:
+            raise KeyboardInterrupt
+        return self.fc(h)
+
+
+class FaultySpace(StudentSpace):
+    """One parameter: which fault the student has."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__(input_shape, num_classes, [Param("fault", "cat", choices=FAULTS, default="none")], "faulty")
+
+    def build(self, config: dict) -> nn.Module:
+        if config["fault"] == "usage":
+            raise UsageError("this plugin refuses the config")
+        return _Faulty(config["fault"], self.input_shape[0], self.num_classes)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", image_size=8)
+
+
+@pytest.fixture
+def run_for(digits, monkeypatch):
+    from kd_compile.students import base
+
+    monkeypatch.setitem(base._SPACES._items, "faulty", FaultySpace)
+    g = torch.Generator().manual_seed(0)
+    k = digits.num_classes
+    knowledge = TeacherCache.from_logits(
+        torch.randn(len(digits.y_train), k, generator=g), torch.randn(len(digits.y_val), k, generator=g), digits.y_val
+    )
+
+    def make(target: str = "2080ti", constraints: Constraints | None = None) -> RunContext:
+        return RunContext(
+            space="faulty",
+            space_kwargs={"input_shape": list(digits.input_shape), "num_classes": k},
+            search_kd=True,
+            target=get_target(target),
+            constraints=constraints or Constraints(),
+            budget=Budget(proxy_epochs=0.2, proxy_data_fraction=0.3),
+            seed=0,
+            device="cpu",
+            batch_size=64,
+            augment_views=0,
+            reference=Reference(params=1e4, flops=1e6, latency_ms=0.1, accuracy=0.9, acc_target=0.9),
+            data=digits,
+            knowledge=knowledge,
+        )
+
+    return make
+
+
+def test_a_sound_candidate_is_ok_and_scored(run_for):
+    t = evaluate_candidate(run_for(), {"fault": "none", "kd_tau": 2.0, "kd_alpha": 0.5}, 1.0, 0)
+    assert t.status is TrialStatus.OK and t.score is not None and t.score > 0
+    assert 0 <= t.metrics["accuracy"] <= 1 and t.metrics["params"] > 0 and t.metrics["latency_method"] == "predicted"
+
+
+@pytest.mark.parametrize(
+    ("fault", "target", "reason"),
+    [
+        ("nan", "2080ti", "non-finite training loss"),
+        ("export", "cpu", "svd"),  # the cpu target measures with ONNX Runtime, so it exports
+        ("oom", "2080ti", "OutOfMemoryError"),
+        ("profile", "2080ti", "cannot run this model"),
+        ("usage", "2080ti", "refuses the config"),
+    ],
+)
+def test_a_failing_candidate_is_recorded_not_raised(run_for, fault, target, reason):
+    t = evaluate_candidate(run_for(target), {"fault": fault}, 1.0, 3)
+    assert t.status is TrialStatus.FAILED and t.score is None
+    assert reason in t.error
+    assert t.metrics["traceback"]  # kept in the journal for the post-mortem, not in the report
+
+
+def test_an_interrupt_still_stops_the_run(run_for):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_candidate(run_for(), {"fault": "interrupt"}, 1.0, 0)
+
+
+def test_constraints_reject_before_training(run_for):
+    t = evaluate_candidate(run_for(constraints=Constraints(max_flops=10)), {"fault": "nan"}, 1.0, 0)
+    assert t.status is TrialStatus.INFEASIBLE and "FLOPs" in t.error and "accuracy" not in t.metrics
+
+
+def test_the_run_context_crosses_a_process_boundary(run_for):
+    run = run_for()
+    back = pickle.loads(pickle.dumps(run))
+    a = evaluate_candidate(run, {"fault": "none"}, 0.5, 1)
+    b = evaluate_candidate(back, {"fault": "none"}, 0.5, 1)
+    assert a.metrics["accuracy"] == b.metrics["accuracy"] and a.score == b.score
