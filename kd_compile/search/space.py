@@ -142,6 +142,11 @@ class ParamSpace:
             raise ValueError(f"space {name}: duplicate parameter names {', '.join(dup)}")
         self.params: list[Param] = list(params)
         self.name = name
+        self._by_name = {p.name: p for p in self.params}
+
+    def param(self, name: str) -> Param:
+        """The parameter called ``name`` (KeyError if the space has none)."""
+        return self._by_name[name]
 
     # -- encoding ---------------------------------------------------------------------------
     @property
@@ -189,6 +194,13 @@ class ParamSpace:
             else:
                 out.append(float(rng.random()))
         return np.asarray(out)
+
+    def complete(self, config: Config) -> Config:
+        """``config`` with missing keys at their defaults and foreign keys dropped, canonical
+        (so ``build``/``describe`` accept partial configs, e.g. from older journals)."""
+        c = {p.name: p.default for p in self.params}
+        c.update({k: v for k, v in config.items() if k in self._by_name})
+        return self.canonical(c)
 
     def default(self) -> Config:
         return self.canonical({p.name: p.default for p in self.params})

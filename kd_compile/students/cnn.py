@@ -93,7 +93,6 @@ class CnnSpace(StudentSpace):
             for i in range(1, self.max_depth + 1)
         ]
         super().__init__(input_shape, num_classes, params, name="cnn")
-        self._by_name = {p.name: p for p in self.params}
 
     def canonical(self, config: Config) -> Config:
         """Widths of layers beyond ``depth`` take their defaults; unknown keys are dropped."""
@@ -101,17 +100,13 @@ class CnnSpace(StudentSpace):
         depth = int(c.get("depth", self.max_depth))
         for i in range(depth + 1, self.max_depth + 1):
             if f"w{i}" in c:
-                c[f"w{i}"] = self._by_name[f"w{i}"].default
+                c[f"w{i}"] = self.param(f"w{i}").default
         return c
 
-    def _full(self, config: Config) -> Config:
-        c = {p.name: p.default for p in self.params}
-        c.update({k: v for k, v in config.items() if k in self._by_name})
-        return self.canonical(c)
 
     def strides(self, config: Config) -> list[int]:
         """Stride of each layer of ``config`` (the last ``n_down`` layers, never the first)."""
-        depth = int(self._full(config)["depth"])
+        depth = int(self.complete(config)["depth"])
         side = min(self.input_shape[1], self.input_shape[2])
         n_down = 0
         while n_down < depth - 1 and math.ceil(side / 2 ** (n_down + 1)) >= MIN_FINAL_SIDE:
@@ -125,7 +120,7 @@ class CnnSpace(StudentSpace):
             config: a config of this space (keys outside the space are ignored).
             init: apply the explicit weight init (False keeps the layers' own defaults).
         """
-        c = self._full(config)
+        c = self.complete(config)
         in_chs = self.input_shape[0]
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, stride in enumerate(self.strides(c), start=1):
@@ -139,7 +134,7 @@ class CnnSpace(StudentSpace):
 
     def estimate_params(self, config: Config) -> int:
         """Exact parameter count of ``build(config)``, computed without building."""
-        c = self._full(config)
+        c = self.complete(config)
         widths = [self.input_shape[0]] + [int(c[f"w{i}"]) for i in range(1, int(c["depth"]) + 1)]
         n = sum(conv_bn_params(a, b, 3) for a, b in itertools.pairwise(widths))
         return n + widths[-1] * self.num_classes + self.num_classes
@@ -154,7 +149,7 @@ class CnnSpace(StudentSpace):
 
     def describe(self, config: Config) -> str:
         """E.g. ``conv16 | conv32 /2 | conv64 /2``."""
-        c = self._full(config)
+        c = self.complete(config)
         return " | ".join(
             f"conv{c[f'w{i}']}" + (" /2" if s == 2 else "")
             for i, s in enumerate(self.strides(c), start=1)

@@ -203,7 +203,6 @@ class TradeSpace(StudentSpace):
         # StudentSpace checks input_shape and num_classes, so the stride rule runs after it
         super().__init__(input_shape, num_classes, params, name="trade")
         self.stem_stride, self.n_down = stride_plan((self.input_shape[1], self.input_shape[2]), self.max_stages)
-        self._by_name = {p.name: p for p in self.params}
 
     # -- canonical form ------------------------------------------------------------------------
     def canonical(self, config: Config) -> Config:
@@ -224,18 +223,13 @@ class TradeSpace(StudentSpace):
                 for k in ("type", "width", "kernel", "expand", "se"):
                     name = f"s{i}_{k}"
                     if name in c:
-                        c[name] = self._by_name[name].default
+                        c[name] = self.param(name).default
         if self.transformer and c.get("tf_depth", 1) == 0:
             for name in ("tf_heads", "tf_mlp_ratio"):
                 if name in c:
-                    c[name] = self._by_name[name].default
+                    c[name] = self.param(name).default
         return c
 
-    def _full(self, config: Config) -> Config:
-        # missing keys take defaults so build/describe accept partial configs (e.g. old journals)
-        c = {p.name: p.default for p in self.params}
-        c.update({k: v for k, v in config.items() if k in self._by_name})
-        return self.canonical(c)
 
     # -- structure ----------------------------------------------------------------------------
     def stage_plans(self, config: Config) -> list[StagePlan]:
@@ -247,7 +241,7 @@ class TradeSpace(StudentSpace):
         Returns:
             One ``StagePlan`` per stage with depth >= 1, in order.
         """
-        c = self._full(config)
+        c = self.complete(config)
         active = [i for i in range(1, self.max_stages + 1) if int(c[f"s{i}_depth"]) > 0]
         down = set(active[max(0, len(active) - self.n_down) :]) if self.n_down > 0 else set()
         h = _conv_out(self.input_shape[1], self.stem_stride)
@@ -287,7 +281,7 @@ class TradeSpace(StudentSpace):
             A ``TradeNet`` mapping (N, C, H, W) float to (N, num_classes) logits; its weights are
             a deterministic function of the torch RNG state.
         """
-        c = self._full(config)
+        c = self.complete(config)
         act = act_layer(self.act)
         stem = ConvNormAct(
             self.input_shape[0], int(c["stem_width"]), 3, stride=self.stem_stride, act_layer=act
@@ -331,7 +325,7 @@ class TradeSpace(StudentSpace):
         The count follows timm's layer layout; tests compare it with built students, and
         ``count_params_meta`` gives the same number by building on the meta device (~50 ms).
         """
-        c = self._full(config)
+        c = self.complete(config)
         plans = self.stage_plans(c)
         n = conv_bn_params(self.input_shape[0], int(c["stem_width"]), 3)
         for p in plans:
@@ -366,7 +360,7 @@ class TradeSpace(StudentSpace):
         A stage reads ``{FMB|MB}{width}x{depth} k{kernel} e{expand}[ se{ratio}][ /2]`` where
         ``/2`` marks a stage that starts with a stride-2 block.
         """
-        c = self._full(config)
+        c = self.complete(config)
         parts = [f"stem{c['stem_width']}" + (" /2" if self.stem_stride == 2 else "")]
         for p in self.stage_plans(c):
             s = f"{'FMB' if p.type == 'fused' else 'MB'}{p.out_chs}x{p.depth} k{p.kernel} e{p.expand}"
