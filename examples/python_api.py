@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> kd_compile.CompileResult:
     ap.add_argument("--teacher", default=str(HERE / "glyphs" / "teacher.pt"))
     ap.add_argument("--target", default="2080ti")
     ap.add_argument("--max-params", default="36K")
+    ap.add_argument("--max-latency", default="1x", help="on the target; 1x = no slower than the teacher")
     ap.add_argument("--budget", type=int, default=8)
     ap.add_argument("--proxy-epochs", type=float, default=2.0)
     ap.add_argument("--final-epochs", type=float, default=15.0)
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> kd_compile.CompileResult:
         args.teacher,
         target=args.target,
         max_params=args.max_params,
+        max_latency=args.max_latency,
         budget=args.budget,
         proxy_epochs=args.proxy_epochs,
         final_epochs=args.final_epochs,

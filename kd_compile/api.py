@@ -21,6 +21,7 @@ from . import __version__
 from .config import CompileConfig
 from .errors import KdCompileError, SearchError, UsageError
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, latency_on_target, searched_space
+from .latency import is_local, plan_latency, resolve_target
 from .profilers import InputSpec
 from .search.score import cost_term, trade_score
 from .search.trial import Trial
@@ -113,7 +114,8 @@ def compile(  # noqa: A001
     rep = reporter or Reporter()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    target = get_target(cfg.target)  # cheap checks first, so bad input fails before any work
+    target = resolve_target(cfg.target)  # cheap checks first, so bad input fails before any work
+    plan = plan_latency(target, cfg.latency)
     _check_names(cfg)
     inputs = load_inputs(cfg, rep)
     tch, data = inputs.teacher, inputs.data
@@ -125,10 +127,10 @@ def compile(  # noqa: A001
     rep.stage("teacher: caching logits")
     knowledge = _teacher_knowledge(cfg, tch.module, data)
     spec = InputSpec(tuple(tch.input_shape))
-    t_counts, t_lat = costs(tch.module, spec, target)
+    t_counts, t_lat = costs(tch.module, spec, target, plan=plan)
     acc_teacher = float(knowledge.teacher_val_acc)
     ref = Reference(t_counts.params, t_counts.flops, t_lat.latency_ms, acc_teacher, cfg.target_acc or acc_teacher)
-    run = _run_context(cfg, family, target, ref, data, knowledge)
+    run = _run_context(cfg, family, target, ref, plan, data, knowledge)
     timings["teacher"] = time.perf_counter() - t0
 
     space = searched_space(family, search_kd=True)
@@ -153,8 +155,7 @@ def compile(  # noqa: A001
     best = sr.best()
     if best is None:
         journal.close()
-        reasons = sorted({t.error or "" for t in sr.trials})[:3]
-        raise SearchError(f"no candidate trained successfully ({len(sr.trials)} tried): {'; '.join(reasons)}")
+        raise _no_student(cfg, sr.trials, ref, target)
 
     distiller, distiller_report = None, None
     if cfg.distiller == "auto":
@@ -173,7 +174,7 @@ def compile(  # noqa: A001
     t0 = time.perf_counter()
     rep.stage("export")
     s_acc = float(final.kd.val_acc)
-    artifacts, s_counts, s_lat, extra = _export(cfg, final.student, family, best.config, s_acc, inputs, target, rep)
+    artifacts, s_counts, s_lat, extra = _export(cfg, final.student, family, best.config, s_acc, inputs, run, rep)
     timings["export"] = time.perf_counter() - t0
     s_term = cost_term(s_counts.params, s_counts.flops, s_lat.latency_ms, ref.params, ref.flops, ref.latency_ms)
     pareto = pareto_front(sr.trials, [(o.name, o.maximise) for o in OBJECTIVES])
@@ -235,7 +236,7 @@ def _teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any
 
 
 def _run_context(
-    cfg: CompileConfig, family: Any, target: TargetProfile, ref: Reference, data: Any, knowledge: Any
+    cfg: CompileConfig, family: Any, target: TargetProfile, ref: Reference, plan: Any, data: Any, knowledge: Any
 ) -> RunContext:
     from .export import space_kwargs
 
@@ -251,6 +252,7 @@ def _run_context(
         batch_size=cfg.batch_size,
         augment_views=cfg.augment_views,
         reference=ref,
+        latency=plan,
         data=data,
         knowledge=knowledge,
     )
@@ -281,6 +283,25 @@ def _journal_header(cfg: CompileConfig, inputs: Any, target: TargetProfile) -> d
     return {"fingerprint": fingerprint(settings), "config": cfg.to_dict()}
 
 
+def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target: TargetProfile) -> KdCompileError:
+    """Why the search found no student: every candidate slower than allowed (a constraint the
+    user can lift), or every one failed or infeasible otherwise."""
+    from .errors import ConstraintError
+
+    lat = [t.metrics["latency_ms"] for t in trials if isinstance(t.metrics.get("latency_ms"), float)]
+    limit = cfg.constraints.latency_limit_ms(ref.latency_ms)
+    if lat and limit is not None and all(v > limit for v in lat):
+        fastest = min(lat)
+        return ConstraintError(
+            f"every candidate was slower than --max-latency {cfg.constraints.max_latency} on {target.name}: "
+            f"the fastest of {len(lat)} took {fastest:.3g} ms, {fastest / ref.latency_ms:.2f}x the teacher's "
+            f"{ref.latency_ms:.3g} ms",
+            hint="raise --budget, allow a slower student with --max-latency 2x (or none), or choose another --space",
+        )
+    reasons = sorted({t.error or "" for t in trials})[:3]
+    return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
+
+
 def _strategy(cfg: CompileConfig, space: Any) -> Any:
     from .search import create_strategy, get_strategy
 
@@ -296,12 +317,15 @@ def _workers(cfg: CompileConfig) -> int:
 
 def _export(
     cfg: CompileConfig, student: nn.Module, family: Any, config: dict[str, Any], accuracy: float,
-    inputs: Any, target: TargetProfile, rep: Reporter,
+    inputs: Any, run: RunContext, rep: Reporter,
 ) -> tuple[dict[str, Path], Any, Any, dict[str, Any]]:  # fmt: skip
-    """Write student.pt/.onnx; measure the student on the target and, for a remote target, on
-    this machine's CPU beside the teacher (an honest local number)."""
+    """Write student.pt/.onnx; get the student's latency on the target and, when the target is
+    not this machine, measure student and teacher here too (an honest local number: this CPU,
+    and the local GPU when there is one)."""
     from .export import export_student
+    from .latency import plan_latency
 
+    target = run.target
     data = inputs.data
     spec = InputSpec(tuple(inputs.teacher.input_shape))
     artifacts = export_student(
@@ -320,15 +344,23 @@ def _export(
             "kd_compile_version": __version__,
         },
     )
-    s_counts, s_lat = costs(student, spec, target)
+    s_counts, s_lat = costs(student, spec, target, plan=run.latency)
     extra: dict[str, Any] = {}
-    if not target.local:
-        try:
-            cpu = get_target("cpu")
-            extra["student_cpu"] = latency_on_target(student, spec, cpu).to_dict(layers=False)
-            extra["teacher_cpu"] = latency_on_target(inputs.teacher.module, spec, cpu).to_dict(layers=False)
-        except KdCompileError as exc:
-            rep.message(f"local CPU measurement skipped: {exc.line()}")
+    if run.latency.method == "predict":
+        local = [("cpu", get_target("cpu"))]
+        if torch.cuda.is_available():
+            from .latency import local_target
+
+            local.append(("gpu", local_target()))
+        for where, tgt in local:
+            try:
+                lp = plan_latency(tgt, "measure")
+                extra[f"student_{where}"] = latency_on_target(student, spec, tgt, plan=lp).to_dict(layers=False)
+                extra[f"teacher_{where}"] = latency_on_target(
+                    inputs.teacher.module, spec, tgt, plan=lp
+                ).to_dict(layers=False)
+            except KdCompileError as exc:
+                rep.message(f"local {where} measurement skipped: {exc.line()}")
     return artifacts, s_counts, s_lat, extra
 
 
@@ -364,7 +396,7 @@ def profile(
     from .profilers import create_profiler
     from .teacher import load_teacher
 
-    tgt = get_target(target)
+    tgt = resolve_target(target)
     if batch < 1:
         raise UsageError("--batch must be at least 1")
     if isinstance(model, nn.Module):
@@ -382,10 +414,10 @@ def profile(
     spec = InputSpec(tuple(shape), batch=batch)
     runtime = runtime or tgt.default_runtime
     precision = precision or tgt.default_precision
-    if method is None:
-        method = "measure" if tgt.local else "predict"
+    if method is None or method == "auto":
+        method = "measure" if is_local(tgt) else "predict"
     if method not in ("measure", "predict"):
-        raise UsageError(f"--method must be predict or measure, got '{method}'")
+        raise UsageError(f"--method must be predict, measure or auto, got '{method}'")
     from .profilers.counting import count
 
     counts = count(module, spec.with_batch(1))
@@ -393,14 +425,19 @@ def profile(
         with create_profiler("roofline", target=tgt, precision=precision, runtime=runtime) as p:
             m = p.profile(module, spec)
     else:
-        if not tgt.local and runtime != "tensorrt" and not (runtime == "torch" and torch.cuda.is_available()):
+        if not is_local(tgt):
             raise UsageError(
-                f"cannot measure on '{tgt.name}' from this machine", hint="use --method predict, or run on that device"
+                f"cannot measure on '{tgt.name}' from this machine",
+                hint="use --method predict, or run on that device, or --target local",
             )
         name = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorrt": "tensorrt"}.get(runtime)
         if name is None:
             raise UsageError(f"unknown runtime '{runtime}' (tensorrt, torch, onnxruntime)")
-        opts: dict[str, Any] = {"precision": precision} if name != "onnxruntime" else {}
+        gpu = tgt.kind != "cpu"
+        if name == "onnxruntime":
+            opts: dict[str, Any] = {"provider": "cuda"} if gpu else {}
+        else:
+            opts = {"precision": precision, **({"device": "cuda"} if name == "torch" and gpu else {})}
         with create_profiler(name, **opts) as p:
             m = p.profile(module, spec)
     d = m.to_dict(layers=layers)

@@ -152,13 +152,21 @@ def _compile(teacher: str, json_out: bool, **options: Any) -> None:
         summary["search"] = {k: v for k, v in r["search"].items() if k not in ("candidates", "trace")}
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
-        s, t = r["student"], r["teacher"]
+        from .report.render import band_phrase, speed_phrase
+
+        s, t, sp = r["student"], r["teacher"], r.get("speedup") or {}
         kd = "" if s["accuracy_without_kd"] is None else f" (without KD {s['accuracy_without_kd']:.2%})"
+        how = s["latency"]["method"]
+        if how == "predicted":
+            how += f"; {band_phrase(sp.get('error_band'))}"
+        local = sp.get("local_cpu")
+        here = f"; {speed_phrase(local['speedup'])} on this CPU (measured)" if local else ""
         typer.echo(
             f"student {s['arch']}\n"
             f"  accuracy {s['accuracy']:.2%}{kd}; teacher {t['accuracy']:.2%}\n"
+            f"  {speed_phrase(sp.get('target'))} than the teacher on {r['target']['name']} ({how}){here}\n"
             f"  params {s['params']:,} ({s['params_ratio']:.1%} of teacher), "
-            f"latency {s['latency']['latency_ms']:.4g} ms on {r['target']['name']} ({s['latency']['method']})\n"
+            f"latency {s['latency']['latency_ms']:.4g} ms vs {t['latency']['latency_ms']:.4g} ms\n"
             f"  wrote {', '.join(str(p) for p in result.artifacts.values())}"
         )
 

@@ -81,6 +81,43 @@ def parse_bytes(text: str | int | float, what: str = "memory") -> int:
     return int(round(value))
 
 
+@dataclass(frozen=True)
+class LatencyLimit:
+    """A latency limit: absolute (ms) or relative to the teacher's latency on the same target
+    and by the same method (``relative``: ``value`` is a multiple, e.g. 1.0 = "no slower")."""
+
+    value: float
+    relative: bool = False
+
+    def limit_ms(self, teacher_ms: float | None) -> float | None:
+        """The limit in ms (a relative one needs the teacher's latency)."""
+        if not self.relative:
+            return self.value
+        return None if teacher_ms is None else self.value * teacher_ms
+
+    def __str__(self) -> str:
+        return f"{self.value:g}x" if self.relative else f"{self.value:g}ms"
+
+
+def parse_latency_limit(text: Any, what: str = "--max-latency") -> LatencyLimit | None:
+    """``2ms``/``500us`` (absolute), ``1x``/``0.5x`` (relative to the teacher), ``none`` (no limit)."""
+    if isinstance(text, LatencyLimit):
+        return text
+    if isinstance(text, str):
+        t = text.strip().lower()
+        if t in ("none", "off", "no"):
+            return None
+        if t.endswith("x"):
+            try:
+                v = float(t[:-1])
+            except ValueError:
+                v = math.nan
+            if not (math.isfinite(v) and v > 0):
+                raise UsageError(f"invalid {what} {text!r}: a relative limit is a positive multiple, e.g. 1x or 0.5x")
+            return LatencyLimit(v, relative=True)
+    return LatencyLimit(parse_latency_ms(text, what))
+
+
 def format_count(n: float) -> str:
     """Human form of a count: 4.12M, 600K, 1.2G."""
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
@@ -146,11 +183,11 @@ class Constraints:
     max_flops: int | None = option(
         None, "Max student FLOPs per image, e.g. 600M, 1.2G.", parse=_optional(parse_size), cli_type=str
     )
-    max_latency_ms: float | None = option(
-        None,
-        "Max latency on the target, e.g. 2ms, 500us.",
-        name="max_latency",
-        parse=_optional(parse_latency_ms),
+    max_latency: LatencyLimit | None = option(
+        LatencyLimit(1.0, relative=True),
+        "Max latency on the target: 2ms, 500us, or relative to the teacher's (1x = no slower, "
+        "0.5x = twice as fast); none lifts it.",
+        parse=parse_latency_limit,
         cli_type=str,
     )
     max_memory_bytes: int | None = option(
@@ -162,21 +199,45 @@ class Constraints:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["max_latency"] = None if self.max_latency is None else str(self.max_latency)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Constraints:
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+        kw = {f.name: d.get(f.name) for f in dataclasses.fields(cls)}
+        kw["max_latency"] = parse_latency_limit(kw["max_latency"]) if kw["max_latency"] is not None else None
+        return cls(**kw)
 
-    def violations(self, params: int, flops: int, latency_ms: float | None, memory_bytes: int | None) -> list[str]:
-        """Return human-readable violations (empty when feasible)."""
+    def latency_limit_ms(self, teacher_ms: float | None) -> float | None:
+        """The latency limit in ms on the target, given the teacher's latency there."""
+        return None if self.max_latency is None else self.max_latency.limit_ms(teacher_ms)
+
+    def violations(
+        self,
+        params: int,
+        flops: int,
+        latency_ms: float | None,
+        memory_bytes: int | None,
+        *,
+        teacher_latency_ms: float | None = None,
+    ) -> list[str]:
+        """Return human-readable violations (empty when feasible).
+
+        Args:
+            params, flops, latency_ms, memory_bytes: the candidate's figures (None: unknown).
+            teacher_latency_ms: the teacher's latency, for a relative latency limit.
+        """
         out: list[str] = []
         if self.max_params is not None and params > self.max_params:
             out.append(f"params {format_count(params)} > {format_count(self.max_params)}")
         if self.max_flops is not None and flops > self.max_flops:
             out.append(f"FLOPs {format_count(flops)} > {format_count(self.max_flops)}")
-        if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:
-            out.append(f"latency {latency_ms:.3g}ms > {self.max_latency_ms:.3g}ms")
+        limit = self.latency_limit_ms(teacher_latency_ms)
+        if limit is not None and latency_ms is not None and latency_ms > limit:
+            lim = self.max_latency
+            what = f" ({lim} the teacher's)" if lim is not None and lim.relative else ""
+            out.append(f"latency {latency_ms:.3g}ms > {limit:.3g}ms{what}")
         if self.max_memory_bytes is not None and memory_bytes is not None and memory_bytes > self.max_memory_bytes:
             out.append(f"memory {format_count(memory_bytes)}B > {format_count(self.max_memory_bytes)}B")
         return out
@@ -212,12 +273,17 @@ class CompileConfig:
     """Everything ``kd_compile.compile`` needs; build one with ``from_options``."""
 
     teacher: str
-    target: str = option("2080ti", "Target device name or path to a device .toml.", short="-t")
+    target: str = option(
+        "2080ti", "Target device name, path to a device .toml, or local (this machine's GPU or CPU).", short="-t"
+    )
     constraints: Constraints = field(default_factory=Constraints)
     data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir.")
     strategy: str = option("turbo", "Search strategy (see 'kd-compile strategies').")
     space: str = option("trade", "Student search space (family).")
     budget: Budget = field(default_factory=Budget)
+    latency: str = option(
+        "auto", "measure | predict | auto: measure on the target when it is this machine (auto), else predict."
+    )
     target_acc: float | None = option(
         None, "Accuracy the search score and TRADE's bracket aim at (0-1); default: the teacher's."
     )
@@ -277,8 +343,8 @@ class CompileConfig:
         parts: dict[str, dict[str, Any]] = {"": {}, "constraints": {}, "budget": {}}
         for name, value in options.items():
             spec = specs[name]
-            if value is None and spec.default is not None and spec.parse is None:
-                continue  # None keeps a non-None default (the API's "not given")
+            if value is None:
+                continue  # None is "not given": the declared default stays
             parts[spec.group][spec.field] = spec.convert(value)
         cfg = cls(
             teacher=str(teacher),
@@ -316,6 +382,8 @@ class CompileConfig:
             raise UsageError(f"--distiller must be kd or auto, got '{self.distiller}'")
         if not 0 <= self.augment_views <= 16:
             raise UsageError(f"--augment must be 0..16 augmented views, got {self.augment_views}")
+        if self.latency not in ("auto", "measure", "predict"):
+            raise UsageError(f"--latency must be auto, measure or predict, got '{self.latency}'")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"--device must be cpu or cuda[:N], got '{self.device}'")
         if self.seed < 0:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .config import Budget, Constraints
+from .latency import LatencyPlan
 from .profilers import InputSpec, Measurement
 from .search.mobo import Objective
 from .search.score import ACCURACY_WEIGHT, cost_term, search_score, trade_score
@@ -83,6 +84,7 @@ class RunContext:
         augment_views: seeded augmented views appended to the training set (an epoch over the
             original images is ``1 + augment_views`` passes over the bundle).
         reference: the teacher's figures.
+        latency: how latencies on the target are obtained (measured or predicted).
         data: the ``DataBundle`` the students train on.
         knowledge: the teacher's cached outputs (``TeacherCache``) for KD.
     """
@@ -98,6 +100,7 @@ class RunContext:
     batch_size: int
     augment_views: int
     reference: Reference
+    latency: LatencyPlan
     data: Any = field(repr=False)
     knowledge: Any = field(repr=False)
 
@@ -132,29 +135,30 @@ def _hashable(v: Any) -> Any:
 
 
 def latency_on_target(
-    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False, trace: Any = None
+    model: nn.Module,
+    spec: InputSpec,
+    target: TargetProfile,
+    *,
+    fast: bool = False,
+    trace: Any = None,
+    plan: LatencyPlan | None = None,
 ) -> Measurement:
-    """Latency of ``model`` on ``target``: measured with ONNX Runtime when the target is this
-    machine, predicted with the roofline model otherwise (from ``trace`` when given)."""
-    from .profilers import TimingPolicy, create_profiler
+    """Latency of ``model`` on ``target``: measured when the target is this machine, predicted
+    with the calibrated predictor otherwise (``kd_compile.latency``; ``plan`` fixes the method)."""
+    from .latency import default_cache, measure_or_predict, plan_latency
 
-    if target.local and target.default_runtime == "onnxruntime":
-        with create_profiler("onnxruntime", timing=TimingPolicy.fast() if fast else None) as p:
-            return p.profile(model, spec)
-    with create_profiler("roofline", target=target) as p:
-        if trace is not None:
-            return p.predict_ops(trace.ops, spec.batch)
-        return p.profile(model, spec)
+    plan = plan or plan_latency(target, "auto")
+    return measure_or_predict(model, spec, plan, fast=fast, trace=trace, cache=default_cache())
 
 
 def costs(
-    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False
+    model: nn.Module, spec: InputSpec, target: TargetProfile, *, fast: bool = False, plan: LatencyPlan | None = None
 ) -> tuple[Measurement, Measurement]:
     """(counts, latency on target) from one traced forward pass."""
     from .profilers.counting import count, trace_ops
 
     tr = trace_ops(model, tuple(spec.shape))
-    return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr)
+    return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr, plan=plan)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def evaluate_candidate(
                 return done(TrialStatus.INFEASIBLE, error="; ".join(why))
         torch.manual_seed(run.seed + number)
         model = family.build(config)
-        cnt, lat = costs(model, InputSpec(tuple(family.input_shape)), run.target, fast=True)
+        cnt, lat = costs(model, InputSpec(tuple(family.input_shape)), run.target, fast=True, plan=run.latency)
         metrics.update(
             params=int(cnt.params),
             flops=int(cnt.flops),
@@ -232,7 +236,11 @@ def evaluate_candidate(
             memory_bytes=int(cnt.peak_activation_bytes or 0),
         )
         viol = run.constraints.violations(
-            int(cnt.params), int(cnt.flops), float(lat.latency_ms), cnt.peak_activation_bytes
+            int(cnt.params),
+            int(cnt.flops),
+            float(lat.latency_ms),
+            cnt.peak_activation_bytes,
+            teacher_latency_ms=run.reference.latency_ms,
         )
         if viol:
             return done(TrialStatus.INFEASIBLE, error="; ".join(viol))

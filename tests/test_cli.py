@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kd_compile.cli import app
@@ -143,6 +144,8 @@ def test_compile_json_via_cli(digits_teacher, tmp_path):
         "--strategy",
         "random",
         "--no-compare-ce",
+        "--max-latency",
+        "none",
         "--out",
         str(o),
         "--json",
@@ -171,3 +174,15 @@ def test_bad_input_shape(digits_teacher, tmp_path, shape):
     res = run(str(digits_teacher), "--input-shape", shape, "--out", str(tmp_path / "o"))
     assert res.exit_code == UsageError.exit_code
     assert "--input-shape" in _one_line_error(res)
+
+
+def test_profile_measures_here_and_predicts_elsewhere(digits_teacher):
+    here = run("profile", str(digits_teacher), "--target", "cpu", "--json")
+    assert here.exit_code == 0, here.output
+    d = json.loads(here.stdout)
+    assert d["method"] == "measured" and d["latency_ms"] > 0 and d["runtime"] == "onnxruntime"
+    there = run("profile", str(digits_teacher), "--target", "2080ti", "--json")
+    assert there.exit_code == 0 and json.loads(there.stdout)["method"] == "predicted"
+    refused = run("profile", str(digits_teacher), "--target", "2080ti", "--method", "measure")
+    if not torch.cuda.is_available():
+        assert refused.exit_code == UsageError.exit_code and "cannot measure on '2080ti'" in _one_line_error(refused)

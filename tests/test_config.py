@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd_compile.config import Constraints, format_count, parse_bytes, parse_latency_ms, parse_size
+from kd_compile.config import Constraints, LatencyLimit, format_count, parse_bytes, parse_latency_ms, parse_size
 from kd_compile.errors import UsageError
 
 
@@ -55,7 +55,7 @@ def test_format_count():
 
 
 def test_constraints_violations():
-    c = Constraints(max_params=1000, max_flops=10_000, max_latency_ms=1.0, max_memory_bytes=None)
+    c = Constraints(max_params=1000, max_flops=10_000, max_latency=LatencyLimit(1.0), max_memory_bytes=None)
     assert c.violations(999, 10_000, 0.5, 10**9) == []
     v = c.violations(1001, 20_000, 1.5, None)
     assert len(v) == 3 and "params" in v[0] and "FLOPs" in v[1] and "latency" in v[2]
@@ -72,7 +72,7 @@ def test_from_options_parses_the_cli_names():
     c = CompileConfig.from_options(
         "t.pt", max_params="36K", max_latency="500us", budget=3, proxy_fraction=0.5, input_shape="1,20,20", augment=2
     )
-    assert c.constraints.max_params == 36_000 and c.constraints.max_latency_ms == pytest.approx(0.5)
+    assert c.constraints.max_params == 36_000 and c.constraints.max_latency == LatencyLimit(0.5)
     assert c.budget.candidates == 3 and c.budget.proxy_data_fraction == 0.5
     assert c.input_shape == (1, 20, 20) and c.augment_views == 2
     assert c.target == "2080ti" and c.budget.final_epochs == 15.0  # defaults from the declarations
@@ -119,3 +119,40 @@ def test_none_keeps_the_declared_default():
 
     c = CompileConfig.from_options("t.pt", budget=None, strategy=None, max_params=None)
     assert c.budget.candidates == 8 and c.strategy == "turbo" and c.constraints.max_params is None
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [("1x", LatencyLimit(1.0, True)), ("0.5X", LatencyLimit(0.5, True)), ("2ms", LatencyLimit(2.0)), ("none", None)],
+)
+def test_latency_limits_absolute_relative_or_none(text, limit):
+    from kd_compile.config import parse_latency_limit
+
+    assert parse_latency_limit(text) == limit
+
+
+@pytest.mark.parametrize("text", ["0x", "-1x", "fastx", "x", "2 hours"])
+def test_bad_latency_limits_are_usage_errors(text):
+    from kd_compile.config import parse_latency_limit
+
+    with pytest.raises(UsageError, match="--max-latency"):
+        parse_latency_limit(text)
+
+
+def test_by_default_a_student_may_not_be_slower_than_the_teacher():
+    from kd_compile.config import CompileConfig
+
+    c = CompileConfig.from_options("t.pt").constraints
+    assert c.max_latency == LatencyLimit(1.0, relative=True)
+    assert c.violations(1, 1, 0.9, None, teacher_latency_ms=1.0) == []
+    (why,) = c.violations(1, 1, 1.2, None, teacher_latency_ms=1.0)
+    assert "1x the teacher's" in why
+    half = CompileConfig.from_options("t.pt", max_latency="0.5x").constraints
+    assert half.violations(1, 1, 0.6, None, teacher_latency_ms=1.0)
+    assert (
+        CompileConfig.from_options("t.pt", max_latency="none").constraints.violations(
+            1, 1, 9.0, None, teacher_latency_ms=1.0
+        )
+        == []
+    )
+    assert Constraints.from_dict(c.to_dict()) == c

@@ -22,6 +22,7 @@ SMALL = dict(
     final_epochs=1,
     strategy="random",
     seed=0,
+    max_latency="none",  # the digits teacher is a 3-layer CNN: these tests are not about speed
 )
 
 
@@ -53,6 +54,15 @@ def test_compile_end_to_end(digits_teacher, tmp_path):
         torch.testing.assert_close(loaded.module(x), res.student(x))
     md = (out / "report.md").read_text()
     assert "without KD" in md and "predicted" in md
+    # the report leads with the speed-up on the target and on this CPU, never hiding "slower"
+    sp = r["speedup"]
+    assert sp["method"] == "predicted" and sp["target"] == pytest.approx(
+        r["teacher"]["latency"]["latency_ms"] / s["latency"]["latency_ms"]
+    )
+    lead = md.splitlines()[2]
+    assert lead.startswith("**On NVIDIA GeForce RTX 2080 Ti: the student is ")
+    assert ("faster" in lead) == (sp["target"] >= 1) and ("slower" in lead) == (sp["target"] < 1)
+    assert sp["local_cpu"]["speedup"] > 0 and "this machine's CPU" in md
 
 
 class _KillAfter(Reporter):
@@ -170,3 +180,15 @@ def test_augmented_views_are_cached_once_and_replayed(digits_teacher, tmp_path, 
     assert b.report["student"]["accuracy"] == a.report["student"]["accuracy"]
     with pytest.raises(UsageError, match="augment"):
         kd_compile.compile(str(digits_teacher), out=tmp_path / "x", **{**opts, "augment": -1})
+
+
+def test_a_run_whose_every_candidate_is_slower_ends_with_a_clear_error(digits_teacher, tmp_path):
+    """By default a student may not be slower than the teacher on the target (--max-latency 1x);
+    when no candidate is fast enough the run says so (exit 6) instead of shipping a slower one."""
+    from kd_compile.errors import ConstraintError
+
+    opts = {**SMALL, "max_latency": "0.01x", "budget": 2}
+    with pytest.raises(ConstraintError, match=r"every candidate was slower than --max-latency 0.01x on 2080ti") as e:
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "slow", **opts)
+    assert e.value.exit_code == 6 and "the teacher's" in str(e.value)
+    assert not (tmp_path / "slow" / "student.pt").exists()

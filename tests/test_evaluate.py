@@ -19,6 +19,7 @@ from kd_compile.data import load_data
 from kd_compile.distill import TeacherCache
 from kd_compile.errors import UsageError
 from kd_compile.evaluate import Reference, RunContext, evaluate_candidate
+from kd_compile.latency import plan_latency
 from kd_compile.search.space import Param
 from kd_compile.search.trial import TrialStatus
 from kd_compile.students.base import StudentSpace
@@ -83,13 +84,14 @@ def run_for(digits, monkeypatch):
             space_kwargs={"input_shape": list(digits.input_shape), "num_classes": k},
             search_kd=True,
             target=get_target(target),
-            constraints=constraints or Constraints(),
+            constraints=constraints or Constraints(max_latency=None),
             budget=Budget(proxy_epochs=0.2, proxy_data_fraction=0.3),
             seed=0,
             device="cpu",
             batch_size=64,
             augment_views=0,
             reference=Reference(params=1e4, flops=1e6, latency_ms=0.1, accuracy=0.9, acc_target=0.9),
+            latency=plan_latency(get_target(target)),
             data=digits,
             knowledge=knowledge,
         )

@@ -67,9 +67,38 @@ def physical_cores() -> int:
     return len(cores) or len(allowed) or 1
 
 
-def make_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ``InferenceSession`` on CPU with all graph optimisations and ``threads`` intra-op."""
+# execution providers by short name; "cuda" and "tensorrt" need the onnxruntime-gpu wheel
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def available_providers() -> list[str]:
+    """Short names of the execution providers this ONNX Runtime build offers (``[]`` without ORT)."""
+    try:
+        import onnxruntime as ort
+    except Exception:  # not installed, or a broken native library
+        return []
+    have = set(ort.get_available_providers())
+    return [k for k, v in PROVIDERS.items() if v in have]
+
+
+def make_session(path: str | Path, threads: int | None = None, provider: str = "cpu") -> Any:
+    """An ``InferenceSession`` with all graph optimisations and ``threads`` intra-op, on the
+    execution provider ``provider`` (cpu, cuda, tensorrt; the GPU ones fall back to CPU for
+    ops they lack, as ORT does)."""
     ort = lazy_import("onnxruntime", ORT_HINT)
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown ONNX Runtime provider '{provider}' ({', '.join(PROVIDERS)})")
+    if provider != "cpu" and provider not in available_providers():
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"ONNX Runtime has no {PROVIDERS[provider]} here (has: {', '.join(available_providers()) or 'none'})",
+            hint="pip install onnxruntime-gpu on a machine with an NVIDIA GPU",
+        )
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = 0 if threads is None else int(threads)
@@ -77,7 +106,8 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    chain = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+    return ort.InferenceSession(str(path), so, providers=chain)
 
 
 def _feed_for(sess: Any, spec: InputSpec | None) -> tuple[dict[str, np.ndarray], InputSpec]:
@@ -99,10 +129,22 @@ def _feed_for(sess: Any, spec: InputSpec | None) -> tuple[dict[str, np.ndarray],
     return {inp.name: x}, spec
 
 
-def _time_session(sess: Any, feed: dict[str, np.ndarray], policy: TimingPolicy) -> TimingResult:
-    run = sess.run
+def _time_session(
+    sess: Any, feed: dict[str, np.ndarray], policy: TimingPolicy, provider: str = "cpu"
+) -> TimingResult:
     out_names = [o.name for o in sess.get_outputs()]
-    return time_calls(lambda: run(out_names, feed), policy)
+    if provider == "cpu":
+        run = sess.run
+        return time_calls(lambda: run(out_names, feed), policy)
+    # on a GPU: the input lives on the device and outputs stay there (IO binding), so the
+    # timing is the model's, not a host-to-device copy per call
+    ort = lazy_import("onnxruntime", ORT_HINT)
+    binding = sess.io_binding()
+    for name, x in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    for name in out_names:
+        binding.bind_output(name, "cuda")
+    return time_calls(lambda: sess.run_with_iobinding(binding), policy)
 
 
 def _check_kw(threads: int | None, precision: str, policy: TimingPolicy) -> None:
@@ -161,19 +203,30 @@ def profile_onnx(
 
 
 def _measurement(
-    result: TimingResult, spec: InputSpec, threads: int | None, extra: dict[str, Any], clock: str
+    result: TimingResult,
+    spec: InputSpec,
+    threads: int | None,
+    extra: dict[str, Any],
+    clock: str,
+    provider: str = "cpu",
 ) -> Measurement:
     ort = lazy_import("onnxruntime", ORT_HINT)
+    if provider != "cpu":
+        from .devices import cuda_device
+
+        device = cuda_device()
+    else:
+        device = cpu_device()
     return measurement_from_timing(
         result,
-        device=cpu_device(),
+        device=device,
         runtime="onnxruntime",
         precision="fp32",
         batch=spec.batch,
         threads=physical_cores() if threads is None else threads,
         extra={
             "onnxruntime_version": ort.__version__,
-            "provider": "CPUExecutionProvider",
+            "provider": PROVIDERS[provider],
             "graph_optimization": "ORT_ENABLE_ALL",
             "intra_op_num_threads_setting": 0 if threads is None else threads,
             "timer": CLOCK_TIMERS[clock],
@@ -185,9 +238,10 @@ def _measurement(
 
 @register_profiler("onnxruntime")
 class OnnxRuntimeProfiler(Profiler):
-    """Measured latency with ONNX Runtime's CPU execution provider.
+    """Measured latency with ONNX Runtime, on the CPU or (onnxruntime-gpu) a CUDA GPU.
 
     Args:
+        provider: execution provider: ``cpu`` (default), ``cuda`` or ``tensorrt``.
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
         precision: ``fp32`` only (ORT on CPU runs the exported fp32 graph).
         opset: ONNX opset for the export.
@@ -209,11 +263,15 @@ class OnnxRuntimeProfiler(Profiler):
         opset: int = 17,
         cache_dir: str | Path | None = None,
         *,
+        provider: str = "cpu",
         timing: TimingPolicy | None = None,
         **timing_kw: Any,
     ) -> None:
         self.timing = resolve_timing(timing, DEFAULT_TIMING, **timing_kw)
         _check_kw(threads, precision, self.timing)
+        if provider not in PROVIDERS:
+            raise UsageError(f"unknown ONNX Runtime provider '{provider}' ({', '.join(PROVIDERS)})")
+        self.provider = provider
         self.threads = threads
         self.precision = precision
         self.opset = opset
@@ -229,9 +287,9 @@ class OnnxRuntimeProfiler(Profiler):
         sha = loader.info.sha256
         sess = self._sessions.get(sha)
         if sess is None:
-            sess = self._sessions[sha] = make_session(path, self.threads)
+            sess = self._sessions[sha] = make_session(path, self.threads, self.provider)
         feed, spec = _feed_for(sess, input_spec)
-        result = _time_session(sess, feed, self.timing)
+        result = _time_session(sess, feed, self.timing, self.provider)
         return _measurement(
             result,
             spec,
@@ -242,6 +300,7 @@ class OnnxRuntimeProfiler(Profiler):
                 "onnx_simplified": loader.info.simplified,
             },
             self.timing.clock,
+            self.provider,
         )
 
     def close(self) -> None:
@@ -250,4 +309,12 @@ class OnnxRuntimeProfiler(Profiler):
         self._dir.close()
 
 
-__all__ = ["DEFAULT_TIMING", "OnnxRuntimeProfiler", "make_session", "physical_cores", "profile_onnx"]
+__all__ = [
+    "DEFAULT_TIMING",
+    "PROVIDERS",
+    "OnnxRuntimeProfiler",
+    "available_providers",
+    "make_session",
+    "physical_cores",
+    "profile_onnx",
+]

@@ -23,10 +23,46 @@ def _ms(meas: dict[str, Any]) -> str:
     return f"{meas['latency_ms']:.4g} ms ({meas['method']}, {meas['runtime']}, {meas['precision']})"
 
 
+def speed_phrase(x: float | None) -> str:
+    """``2.1x faster`` / ``1.4x slower`` (never a ratio below 1 called a speed-up)."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}x faster" if x >= 1 else f"{1 / x:.2f}x slower"
+
+
+def band_phrase(band: dict[str, Any] | None) -> str:
+    """The predictor's held-out error for this target and regime, in words."""
+    if not band:
+        return "no calibration error known for this target"
+    ape = band.get("median_ape")
+    what = f"±{100 * ape:.0f}% median error" if isinstance(ape, (int, float)) else "error band"
+    basis = band.get("basis")
+    return f"{what} held out{f' ({basis})' if basis else ''}"
+
+
+def speed_lines(r: dict[str, Any]) -> list[str]:
+    """The report's lead: is the student faster where it will run, and how do we know."""
+    sp = r.get("speedup") or {}
+    tg = r["target"]
+    how = f"{sp.get('method', '?')}, {sp.get('runtime', '?')} {sp.get('precision', '')}".strip()
+    if sp.get("method") == "predicted":
+        how += f"; {band_phrase(sp.get('error_band'))}"
+    out = [f"**On {tg['display_name']}: the student is {speed_phrase(sp.get('target'))}** than the teacher ({how})."]
+    for where, label in (("local_cpu", "this machine's CPU"), ("local_gpu", "this machine's GPU")):
+        if sp.get(where):
+            loc = sp[where]
+            out.append(
+                f"**On {label}: {speed_phrase(loc['speedup'])}** (measured, {loc.get('runtime')}, {loc.get('device')})."
+            )
+    return out
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     t, s, tg = r["teacher"], r["student"], r["target"]
     lines = [
         "# kd-compile report",
+        "",
+        *speed_lines(r),
         "",
         f"Target **{tg['display_name']}** (`{tg['name']}`, {tg['runtime']}, {tg['precision']}). "
         f"Strategy `{r['search']['strategy']}` over the `{r['search']['space']}` space; "

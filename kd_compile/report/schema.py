@@ -33,6 +33,27 @@ def pareto_front(trials: list[Trial], objectives: Sequence[tuple[str, bool]]) ->
     return sorted(front, key=lambda d: -d["accuracy"])
 
 
+def speedups(t_lat: Any, s_lat: Any, local: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Teacher latency / student latency (> 1: the student is faster) on the target, with how it
+    was obtained and the predictor's error band, and on this machine where it was measured."""
+    out: dict[str, Any] = {
+        "target": t_lat.latency_ms / s_lat.latency_ms if s_lat.latency_ms else None,
+        "method": s_lat.method,
+        "runtime": s_lat.runtime,
+        "precision": s_lat.precision,
+        "error_band": s_lat.extra.get("error_band"),
+    }
+    for where in ("cpu", "gpu"):
+        st, te = local.get(f"student_{where}"), local.get(f"teacher_{where}")
+        if st and te and st.get("latency_ms"):
+            out[f"local_{where}"] = {
+                "speedup": te["latency_ms"] / st["latency_ms"],
+                "device": st.get("device"),
+                "runtime": st.get("runtime"),
+            }
+    return out
+
+
 def _m(meas: Any) -> dict[str, Any]:
     return meas.to_dict(layers=False)
 
@@ -118,6 +139,7 @@ def build_report(**k: Any) -> dict[str, Any]:
             "trade_score": k["trade"],
             "s": k["s_term"],
         },
+        "speedup": speedups(t_lat, s_lat, k["extra_measurements"]),
         "objective": {
             "name": "trade",
             "acc_target": k["acc_target"],

@@ -1,0 +1,243 @@
+"""Latency on the target: measured where the hardware is, predicted where it is not.
+
+``plan_latency(target, method)`` decides, once per run, how candidates' latencies are obtained:
+
+* **measure** when the target is this machine — the ``cpu`` target (ONNX Runtime on this CPU),
+  a GPU target whose name matches the local CUDA device, or ``--target local`` — in the
+  target's runtime: TensorRT when it is importable, else ONNX Runtime with the CUDA execution
+  provider (``onnxruntime-gpu``), else torch with CUDA graphs and CUDA events;
+* **predict** otherwise, with the calibrated predictor (``roofline``), whose measurements carry
+  their error band.
+
+``--latency measure|predict|auto`` (``auto``: measure when possible). Measurements are cached
+on disk (``cache_dir("latency")``) by (architecture, device, runtime and version, precision,
+batch), so a resumed run or a repeated candidate is not timed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import UsageError
+from .profilers import InputSpec, Measurement
+from .targets import TargetProfile, get_target
+
+__all__ = ["LATENCY_METHODS", "LatencyPlan", "MeasurementCache", "local_target", "plan_latency", "resolve_target"]
+
+LATENCY_METHODS = ("auto", "measure", "predict")
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """How a run gets latencies on its target.
+
+    Attributes:
+        method: ``measure`` or ``predict``.
+        profiler: the registered profiler that produces them.
+        options: its options (runtime-specific: provider, precision, CUDA graphs).
+        device: what is measured on (``cpu:<model>``, ``cuda:<name>``) or predicted for.
+    """
+
+    method: str
+    profiler: str
+    options: dict[str, Any]
+    device: str
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("nvidia", "").replace("geforce", ""))
+
+
+def local_gpu_name() -> str | None:
+    """The local CUDA device's name, or None without one."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def is_local(target: TargetProfile) -> bool:
+    """The target is this machine: the local CPU profile, or a GPU named as the local one."""
+    if target.local:
+        return True
+    gpu = local_gpu_name()
+    return gpu is not None and target.kind != "cpu" and _norm(gpu) == _norm(target.display_name)
+
+
+def local_target() -> TargetProfile:
+    """``--target local``: the local GPU (its name, measured in its runtime) or this CPU."""
+    gpu = local_gpu_name()
+    if gpu is None:
+        return get_target("cpu")
+    props = torch.cuda.get_device_properties(0)
+    return TargetProfile(
+        name="local",
+        display_name=gpu,
+        kind="gpu",
+        peak_tflops={"fp32": 1.0},  # measured, never predicted: the specs are not used
+        memory_bandwidth_gbs=1.0,
+        memory_gb=round(props.total_memory / 1e9, 1),
+        compute_units=int(props.multi_processor_count),
+        launch_overhead_us=0.0,
+        default_runtime="tensorrt",
+        default_precision="fp16",
+        local=True,
+        sources=(f"torch.cuda.get_device_properties(0) on this machine: {gpu}",),
+    )
+
+
+def resolve_target(name: str) -> TargetProfile:
+    """A target by name or TOML path; ``local`` describes this machine."""
+    return local_target() if name == "local" else get_target(name)
+
+
+def _gpu_runtime(target: TargetProfile) -> tuple[str, dict[str, Any]]:
+    """The best measuring runtime available for a local GPU, in the target's preference order."""
+    from .profilers.onnxrt import available_providers
+
+    precision = target.default_precision
+    try:
+        import tensorrt  # noqa: F401
+
+        return "tensorrt", {"precision": precision}
+    except Exception:  # not installed, or its libraries are missing
+        pass
+    if "cuda" in available_providers():
+        return "onnxruntime", {"provider": "cuda"}
+    return "torch", {"precision": precision, "device": "cuda", "cuda_graphs": True}
+
+
+def plan_latency(target: TargetProfile, method: str = "auto") -> LatencyPlan:
+    """Decide how latencies on ``target`` are obtained (see the module docstring).
+
+    Raises:
+        UsageError: ``method="measure"`` for a target that is not this machine.
+    """
+    if method not in LATENCY_METHODS:
+        raise UsageError(f"--latency must be one of {', '.join(LATENCY_METHODS)}, got '{method}'")
+    local = is_local(target)
+    if method == "measure" and not local:
+        raise UsageError(
+            f"cannot measure on '{target.name}' from this machine ({local_gpu_name() or 'no GPU'})",
+            hint="use --latency predict (or auto), or run on that device, or --target local",
+        )
+    if method == "predict" or not local:
+        return LatencyPlan("predict", "roofline", {"target": target}, f"predicted:{target.name}")
+    if target.kind == "cpu":
+        from .profilers.devices import cpu_device
+
+        return LatencyPlan("measure", "onnxruntime", {}, cpu_device())
+    name, opts = _gpu_runtime(target)
+    return LatencyPlan("measure", name, opts, f"cuda:{local_gpu_name()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# on-disk cache of measurements
+
+
+def architecture_key(model: nn.Module, spec: InputSpec) -> str:
+    """What a latency depends on in the model: its module structure and tensor shapes (not its
+    weight values), and the input."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, t in list(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    h.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def _runtime_version(profiler: str) -> str:
+    mod = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch", "trtexec": "tensorrt"}.get(profiler)
+    if mod is None:
+        return "-"
+    try:
+        return str(__import__(mod).__version__)
+    except Exception:
+        return "?"
+
+
+class MeasurementCache:
+    """Measurements on disk, one JSON file per (architecture, device, runtime+version,
+    precision, batch, options). A damaged file is ignored and rewritten.
+
+    Args:
+        folder: where to keep them; None: no caching.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def key(self, plan: LatencyPlan, model: nn.Module, spec: InputSpec, fast: bool) -> str:
+        opts = {k: v for k, v in plan.options.items() if k != "target"}
+        parts = [
+            architecture_key(model, spec),
+            plan.device,
+            plan.profiler,
+            _runtime_version(plan.profiler),
+            json.dumps(opts, sort_keys=True, default=str),
+            "fast" if fast else "full",
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
+
+    def get(self, key: str) -> Measurement | None:
+        if self.folder is None:
+            return None
+        p = self.folder / f"{key}.json"
+        try:
+            return Measurement.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def put(self, key: str, m: Measurement) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f".{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(m.to_dict(layers=False), default=str), encoding="utf-8")
+            os.replace(tmp, self.folder / f"{key}.json")
+        except OSError:  # a full or read-only disk costs a re-measurement later, nothing more
+            pass
+
+
+def default_cache() -> MeasurementCache:
+    from .paths import cache_dir
+
+    return MeasurementCache(cache_dir("latency"))
+
+
+def measure_or_predict(
+    model: nn.Module,
+    spec: InputSpec,
+    plan: LatencyPlan,
+    *,
+    fast: bool = False,
+    trace: Any = None,
+    cache: MeasurementCache | None = None,
+) -> Measurement:
+    """The latency of ``model`` by ``plan``: predicted (from ``trace`` when given), or measured
+    (``fast``: the quick timing policy for candidates), through ``cache``."""
+    from .profilers import TimingPolicy, create_profiler
+
+    if plan.method == "predict":
+        with create_profiler("roofline", **plan.options) as p:
+            return p.predict_ops(trace.ops, spec.batch) if trace is not None else p.profile(model, spec)
+    key = cache.key(plan, model, spec, fast) if cache is not None else None
+    if key is not None:
+        hit = cache.get(key)  # type: ignore[union-attr]
+        if hit is not None:
+            return dataclasses.replace(hit, extra={**hit.extra, "cached": True})
+    opts = dict(plan.options)
+    if fast:
+        opts["timing"] = TimingPolicy.fast()
+    with create_profiler(plan.profiler, **opts) as p:
+        m = p.profile(model, spec)
+    if key is not None:
+        cache.put(key, m)  # type: ignore[union-attr]
+    return m

@@ -1,0 +1,76 @@
+"""Latency on the target (``kd_compile.latency``): measured where the hardware is, predicted
+where it is not, cached on disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kd_compile.errors import UsageError
+from kd_compile.latency import MeasurementCache, local_target, measure_or_predict, plan_latency, resolve_target
+from kd_compile.profilers import InputSpec
+from kd_compile.targets import get_target
+
+SPEC = InputSpec((1, 12, 12))
+
+
+def _net(width: int = 8) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)
+    ).eval()
+
+
+def test_the_cpu_target_is_measured_with_onnx_runtime():
+    plan = plan_latency(get_target("cpu"))
+    assert plan.method == "measure" and plan.profiler == "onnxruntime" and plan.device.startswith("cpu:")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, which may be the target")
+def test_a_remote_gpu_is_predicted_and_cannot_be_measured():
+    plan = plan_latency(get_target("2080ti"))
+    assert plan.method == "predict" and plan.profiler == "roofline"
+    with pytest.raises(UsageError, match="cannot measure on '2080ti'"):
+        plan_latency(get_target("2080ti"), "measure")
+    assert plan_latency(get_target("cpu"), "predict").method == "predict"
+    with pytest.raises(UsageError, match="--latency"):
+        plan_latency(get_target("cpu"), "guess")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, local is that GPU")
+def test_local_without_a_gpu_is_this_cpu():
+    assert local_target().name == "cpu" and resolve_target("local").local
+
+
+def test_measurements_are_cached_by_architecture_not_weights(tmp_path):
+    cache = MeasurementCache(tmp_path)
+    plan = plan_latency(get_target("cpu"))
+    torch.manual_seed(0)
+    a = measure_or_predict(_net(), SPEC, plan, fast=True, cache=cache)
+    assert a.method == "measured" and not a.extra.get("cached") and len(list(tmp_path.glob("*.json"))) == 1
+    torch.manual_seed(1)  # other weights, same architecture: served from the cache
+    b = measure_or_predict(_net(), SPEC, plan, fast=True, cache=cache)
+    assert b.extra.get("cached") and b.latency_ms == a.latency_ms
+    c = measure_or_predict(_net(16), SPEC, plan, fast=True, cache=cache)  # another architecture
+    assert not c.extra.get("cached") and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_a_damaged_cache_entry_is_measured_again(tmp_path):
+    cache = MeasurementCache(tmp_path)
+    plan = plan_latency(get_target("cpu"))
+    measure_or_predict(_net(), SPEC, plan, fast=True, cache=cache)
+    (entry,) = tmp_path.glob("*.json")
+    entry.write_text("{not json")
+    m = measure_or_predict(_net(), SPEC, plan, fast=True, cache=cache)
+    assert m.method == "measured" and not m.extra.get("cached")
+    assert measure_or_predict(_net(), SPEC, plan, fast=True, cache=cache).extra.get("cached")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_local_gpu_is_measured_in_its_runtime(tmp_path):
+    target = local_target()
+    plan = plan_latency(target, "measure")
+    assert plan.method == "measure" and plan.device.startswith("cuda:")
+    m = measure_or_predict(_net(), SPEC, plan, fast=True, cache=MeasurementCache(tmp_path))
+    assert m.method == "measured" and m.latency_ms > 0 and m.device.startswith("cuda:")
