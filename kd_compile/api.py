@@ -8,6 +8,7 @@ and nothing else.
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from . import __version__
 from .config import CompileConfig
-from .errors import KdCompileError, SearchError, UsageError
+from .errors import CandidateError, KdCompileError, SearchError, TrainingError, UsageError
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, latency_on_target, searched_space
 from .latency import is_local, plan_latency, resolve_target
 from .profilers import InputSpec
@@ -104,25 +105,37 @@ def compile(  # noqa: A001
     Raises:
         KdCompileError: (subclasses) for every user-caused problem, each with an exit code.
     """
-    from .final import search_distiller_for, train_final
-    from .inputs import check_feasible, load_inputs
-    from .report import build_report, pareto_front, write_report
-    from .search import Journal, run_search
+    from .inputs import check_feasible, check_out, claim_out, load_inputs
     from .students import create_space
 
     cfg = _as_config(config, options)
     rep = reporter or Reporter()
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    target = resolve_target(cfg.target)  # cheap checks first, so bad input fails before any work
+    # every input is validated before anything is written or deleted
+    target = resolve_target(cfg.target)
     plan = plan_latency(target, cfg.latency)
     _check_names(cfg)
+    check_out(cfg)
     inputs = load_inputs(cfg, rep)
-    tch, data = inputs.teacher, inputs.data
+    tch = inputs.teacher
     family = create_space(cfg.space, input_shape=tuple(tch.input_shape), num_classes=tch.num_classes)
     check_feasible(family, cfg.constraints, np.random.default_rng(cfg.seed))
-    timings["load"] = time.perf_counter() - t_start
+    with claim_out(cfg):  # the output folder is this run's until it ends
+        return _run(cfg, rep, inputs, family, target, plan, {"load": time.perf_counter() - t_start}, t_start)
 
+
+def _run(
+    cfg: CompileConfig, rep: Reporter, inputs: Any, family: Any, target: TargetProfile, plan: Any,
+    timings: dict[str, float], t_start: float,
+) -> CompileResult:  # fmt: skip
+    """compile's work once its inputs are validated and ``--out`` is locked: cache the teacher's
+    outputs, search, train the chosen student, export, report."""
+    from .final import search_distiller_for, train_final
+    from .inputs import publish, staging_dir
+    from .report import build_report, pareto_front, write_report
+    from .search import Journal, run_search
+
+    tch, data = inputs.teacher, inputs.data
     t0 = time.perf_counter()
     rep.stage("teacher: caching logits")
     knowledge = _teacher_knowledge(cfg, tch.module, data)
@@ -164,7 +177,11 @@ def compile(  # noqa: A001
         distiller = (choice, dknowledge)
         timings["distiller_search"] = time.perf_counter() - t0
     workers = _workers(cfg)
-    final = train_final(cfg, run, best.config, rep, workers=workers, teacher=tch.module, distiller=distiller)
+    try:
+        final = train_final(cfg, run, best.config, rep, workers=workers, teacher=tch.module, distiller=distiller)
+    except CandidateError as exc:
+        journal.close()
+        raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
     timings["final_training"] = final.seconds
     journal.note(
         "final", config=best.config, val_acc=final.kd.val_acc, val_acc_ce=None if final.ce is None else final.ce.val_acc
@@ -174,7 +191,15 @@ def compile(  # noqa: A001
     t0 = time.perf_counter()
     rep.stage("export")
     s_acc = float(final.kd.val_acc)
-    artifacts, s_counts, s_lat, extra = _export(cfg, final.student, family, best.config, s_acc, inputs, run, rep)
+    staging = staging_dir(inputs.out)  # published into --out only when complete and checked
+    try:
+        written, s_counts, s_lat, extra = _export(
+            cfg, final.student, family, best.config, s_acc, inputs, run, rep, staging
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a half-written export never ships
+        raise
+    artifacts = {k: inputs.out / Path(v).name for k, v in written.items()}
     timings["export"] = time.perf_counter() - t0
     s_term = cost_term(s_counts.params, s_counts.flops, s_lat.latency_ms, ref.params, ref.flops, ref.latency_ms)
     pareto = pareto_front(sr.trials, [(o.name, o.maximise) for o in OBJECTIVES])
@@ -186,7 +211,8 @@ def compile(  # noqa: A001
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
-    artifacts.update(write_report(report, inputs.out))
+    write_report(report, staging)
+    artifacts.update(publish(staging, inputs.out))
     return CompileResult(final.student, best.config, report, sr.trials, pareto, artifacts)
 
 
@@ -280,7 +306,7 @@ def _journal_header(cfg: CompileConfig, inputs: Any, target: TargetProfile) -> d
         "target_acc": cfg.target_acc,
         "version": __version__,
     }
-    return {"fingerprint": fingerprint(settings), "config": cfg.to_dict()}
+    return {"fingerprint": fingerprint(settings), "settings": settings, "config": cfg.to_dict()}
 
 
 def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target: TargetProfile) -> KdCompileError:
@@ -302,6 +328,18 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
     return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
 
 
+def _check_finite(model: nn.Module) -> None:
+    """A student with a NaN or infinite weight or BatchNorm statistic is never shipped."""
+    from .errors import TrainingError
+
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingError(
+            f"the final student has non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}",
+            hint="lower --lr, or shorten --final-epochs",
+        )
+
+
 def _strategy(cfg: CompileConfig, space: Any) -> Any:
     from .search import create_strategy, get_strategy
 
@@ -317,7 +355,7 @@ def _workers(cfg: CompileConfig) -> int:
 
 def _export(
     cfg: CompileConfig, student: nn.Module, family: Any, config: dict[str, Any], accuracy: float,
-    inputs: Any, run: RunContext, rep: Reporter,
+    inputs: Any, run: RunContext, rep: Reporter, folder: Path,
 ) -> tuple[dict[str, Path], Any, Any, dict[str, Any]]:  # fmt: skip
     """Write student.pt/.onnx; get the student's latency on the target and, when the target is
     not this machine, measure student and teacher here too (an honest local number: this CPU,
@@ -328,12 +366,13 @@ def _export(
     target = run.target
     data = inputs.data
     spec = InputSpec(tuple(inputs.teacher.input_shape))
+    _check_finite(student)
     artifacts = export_student(
         student,
         family,
         config,
         spec,
-        inputs.out,
+        folder,
         meta={
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),

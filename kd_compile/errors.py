@@ -77,5 +77,11 @@ class ResumeError(KdCompileError):
     exit_code = 11
 
 
+class TrainingError(KdCompileError):
+    """The final training of the chosen student diverged (non-finite loss or weights)."""
+
+    exit_code = 12
+
+
 class CandidateError(Exception):
     """A single candidate failed (NaN loss, export error). Recorded; the search goes on."""

@@ -4,6 +4,8 @@ images), the output folder, and whether the constraints can be met at all."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,19 @@ import numpy as np
 import torch.nn as nn
 
 from .config import CompileConfig, Constraints, format_count
-from .errors import ConstraintError, DataError, OutputExistsError
+from .errors import ConstraintError, DataError, OutputExistsError, ResumeError
 
-__all__ = ["ARTIFACTS", "RunInputs", "check_feasible", "file_id", "load_inputs", "prepare_out"]
+__all__ = [
+    "ARTIFACTS",
+    "OutputLock",
+    "RunInputs",
+    "check_feasible",
+    "check_out",
+    "claim_out",
+    "file_id",
+    "load_inputs",
+    "publish",
+]
 
 ARTIFACTS = ("journal.jsonl", "student.pt", "student.onnx", "report.json", "report.md", "trace.png")
 
@@ -28,7 +40,7 @@ class RunInputs:
         data: the bundle students train on (augmented views appended when asked).
         source: the bundle as loaded (what the report and the student's data hint name).
         data_free: the images were synthesised from the teacher.
-        out: the output folder, ready for writing.
+        out: the output folder (nothing is written there before ``claim_out``).
     """
 
     teacher: Any
@@ -39,7 +51,7 @@ class RunInputs:
 
 
 def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
-    """Load the teacher and the data, prepare ``--out``; raise a ``KdCompileError`` on bad input."""
+    """Load the teacher and the data; raise a ``KdCompileError`` on bad input. Writes nothing."""
     import torch
 
     from .data import load_data
@@ -53,7 +65,6 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
         num_classes=cfg.num_classes,
         trust_checkpoint=cfg.trust_checkpoint,
     )
-    out = prepare_out(cfg)
     torch.manual_seed(cfg.seed)
     reporter.stage("loading data")
     data_free = cfg.data is None and not tch.meta.get("data")
@@ -82,26 +93,101 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
         from .distill import augmented_bundle
 
         data = augmented_bundle(data, cfg.augment_views, seed=cfg.seed)
-    return RunInputs(teacher=tch, data=data, source=source, data_free=data_free, out=out)
+    return RunInputs(teacher=tch, data=data, source=source, data_free=data_free, out=Path(cfg.out))
 
 
-def prepare_out(cfg: CompileConfig) -> Path:
-    """Make ``--out`` ready: refuse a non-empty folder without ``--force``/``--resume``."""
+def check_out(cfg: CompileConfig) -> None:
+    """Check ``--out`` before any work, touching nothing: a non-empty folder needs ``--force`` or
+    ``--resume``; ``--resume`` needs a journal there."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path exists and is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()):
-        if cfg.resume:
-            return out
-        if not cfg.force:
-            raise OutputExistsError(
-                f"output folder {out} exists and is not empty",
-                hint="pass --force to overwrite, --resume to continue, or choose another --out",
+    busy = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
+    if cfg.resume:
+        journal = out / "journal.jsonl"
+        if not (journal.is_file() and journal.stat().st_size > 0):
+            raise ResumeError(
+                f"nothing to resume: {out} has no journal.jsonl", hint="run without --resume to start afresh"
             )
-        for name in ARTIFACTS:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        return
+    if busy and not cfg.force:
+        raise OutputExistsError(
+            f"output folder {out} exists and is not empty",
+            hint="pass --force to overwrite, --resume to continue, or choose another --out",
+        )
+
+
+LOCK_NAME = ".kd-compile.lock"
+
+
+class OutputLock:
+    """An exclusive lock on an output folder for the duration of a run (``flock`` on a lock
+    file, released by the OS if the process dies): a second run into the folder exits 7.
+
+    Args:
+        out: the output folder (created if missing).
+    """
+
+    def __init__(self, out: Path) -> None:
+        import fcntl
+
+        self.out = out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self._fh = open(out / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        except OSError as exc:
+            raise OutputExistsError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            raise OutputExistsError(
+                f"another kd-compile run is writing to {out}", hint="wait for it, or choose another --out"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"{os.getpid()}\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()  # closing drops the flock
+            (self.out / LOCK_NAME).unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def claim_out(cfg: CompileConfig) -> OutputLock:
+    """Lock ``--out`` once every input is validated; with ``--force``, only then drop the old
+    journal (the old student and reports stay until the new ones replace them)."""
+    lock = OutputLock(Path(cfg.out))
+    if cfg.force and not cfg.resume:
+        (Path(cfg.out) / "journal.jsonl").unlink(missing_ok=True)
+    return lock
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh folder inside ``out`` where the artifacts are written before they are published."""
+    d = out / f".staging-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def publish(staging: Path, out: Path) -> dict[str, Path]:
+    """Move every file of ``staging`` into ``out`` (each an atomic rename on one filesystem),
+    remove ``staging``, and return the published paths by name."""
+    done: dict[str, Path] = {}
+    for f in sorted(staging.iterdir()):
+        dest = out / f.name
+        os.replace(f, dest)
+        done[f.name] = dest
+    shutil.rmtree(staging, ignore_errors=True)
+    return done
 
 
 def synthesize_data(tch: Any, cfg: CompileConfig, reporter: Any) -> Any:

@@ -3,7 +3,9 @@
 The first line is a header with a fingerprint of everything that determines the search (space,
 strategy, seed, constraints, budget, teacher, data). Each further line is one finished trial,
 written with flush + fsync, so a kill loses at most the candidate in progress. A torn last line
-(killed mid-write) is ignored on replay.
+(killed mid-write) is ignored on replay. Every line carries a checksum of its content (``sum``):
+a line edited or damaged after it was written stops ``--resume`` with its line number, so a
+tampered result is never replayed as if it had been measured.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Any
 from ..errors import ResumeError
 from .trial import Trial
 
-VERSION = 1
+VERSION = 2
+
+
+def _checksum(rec: dict[str, Any]) -> str:
+    body = {k: v for k, v in rec.items() if k != "sum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
 def fingerprint(obj: Any) -> str:
@@ -52,11 +59,19 @@ class Journal:
                 if i == len(lines) - 1:
                     break  # torn write at the kill
                 raise ResumeError(f"journal {self.path} is corrupt at line {i + 1}") from None
+            if not isinstance(rec, dict) or rec.get("sum") != _checksum(rec):
+                raise ResumeError(
+                    f"journal {self.path} line {i + 1} does not match its checksum (edited or damaged)",
+                    hint="resume from an intact journal, or start afresh with --force",
+                )
             kind = rec.get("type")
             if kind == "header":
                 header = rec
             elif kind == "trial":
-                trials.append(Trial.from_dict(rec["trial"]))
+                try:
+                    trials.append(Trial.from_dict(rec["trial"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ResumeError(f"journal {self.path} line {i + 1} is not a trial: {exc}") from None
             else:
                 other.append(rec)
         return header, trials, other
@@ -69,9 +84,14 @@ class Journal:
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
+            if old.get("version") != VERSION:
+                raise ResumeError(
+                    f"journal {self.path} has format {old.get('version')}, this kd-compile writes {VERSION}"
+                )
             if old.get("fingerprint") != header.get("fingerprint"):
                 raise ResumeError(
-                    f"cannot resume: {self.path} was written by a run with different settings",
+                    f"cannot resume: {self.path} was written by a run with different settings"
+                    f"{_differences(old.get('settings'), header.get('settings'))}",
                     hint="use the same options as the interrupted run, or a new --out",
                 )
             self._truncate_torn_tail()
@@ -93,6 +113,7 @@ class Journal:
 
     def _write(self, rec: dict[str, Any]) -> None:
         assert self._fh is not None, "journal not open"
+        rec = {**rec, "sum": _checksum(rec)}
         self._fh.write(json.dumps(rec, sort_keys=True, default=_json_default) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -111,6 +132,14 @@ class Journal:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _differences(old: Any, new: Any) -> str:
+    """Which settings differ, for the refusal message (``: seed 0 -> 1, budget ...``)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return f": {'; '.join(diff)[:300]}" if diff else ""
 
 
 def _json_default(o: Any) -> Any:
