@@ -15,7 +15,8 @@ from .errors import KdCompileError  # noqa: E402
 
 def __getattr__(name: str):
     # lazy re-exports keep ``import kd_compile`` and ``kd-compile --help`` fast
-    if name in ("compile", "profile", "calibrate", "CompileResult", "list_spaces", "list_strategies", "list_targets"):
+    if name in ("compile", "profile", "calibrate", "CompileResult", "list_spaces", "list_strategies", "list_targets",
+                "load_student"):
         from . import api
 
         return getattr(api, name)
@@ -32,5 +33,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "Budget", "CompileConfig", "CompileResult", "Constraints", "KdCompileError", "TargetProfile",
-    "calibrate", "compile", "get_target", "list_spaces", "list_strategies", "list_targets", "profile", "__version__",
+    "calibrate", "compile", "get_target", "list_spaces", "list_strategies", "list_targets", "load_student",
+    "profile", "__version__",
 ]

@@ -8,6 +8,7 @@ and nothing else.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "list_spaces",
     "list_strategies",
     "list_targets",
+    "load_student",
     "profile",
 ]
 
@@ -136,6 +138,14 @@ def _run(
     from .search import Journal, run_search
 
     tch, data = inputs.teacher, inputs.data
+    journal = Journal(inputs.out / "journal.jsonl")
+    past = journal.open(_journal_header(cfg, inputs, target), resume=cfg.resume)
+    if journal.finished is not None:
+        done = _finished_result(inputs.out, past)
+        if done is not None:  # --resume on a finished run: its result, nothing retrained
+            journal.close()
+            rep.message(f"{inputs.out} holds a finished run with the same settings: nothing to do")
+            return done
     t0 = time.perf_counter()
     rep.stage("teacher: caching logits")
     knowledge = _teacher_knowledge(cfg, tch.module, data)
@@ -148,8 +158,6 @@ def _run(
 
     space = searched_space(family, search_kd=True)
     strategy = _strategy(cfg, space)
-    journal = Journal(inputs.out / "journal.jsonl")
-    past = journal.open(_journal_header(cfg, inputs, target), resume=cfg.resume)
     rep.stage(f"search: {cfg.strategy}, {cfg.budget.candidates} candidates")
     rep.search_started(cfg.budget.candidates)
 
@@ -211,9 +219,12 @@ def _run(
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
+    report["gates"] = _gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
-    return CompileResult(final.student, best.config, report, sr.trials, pareto, artifacts)
+    result = CompileResult(final.student, best.config, report, sr.trials, pareto, artifacts)
+    _enforce_gates(report["gates"])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,6 +339,58 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
     return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
 
 
+def _finished_result(out: Path, trials: list[Trial]) -> CompileResult | None:
+    """The result of a finished run in ``out`` (its report and student), or None when its
+    artifacts are not all there (then the run finishes them again)."""
+    import json
+
+    paths = {n: out / n for n in ("report.json", "student.pt", "student.onnx")}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    try:
+        report = json.loads(paths["report.json"].read_text(encoding="utf-8"))
+        student = load_student(paths["student.pt"]).module
+    except (ValueError, KdCompileError):
+        return None
+    artifacts = {n: out / n for n in report.get("artifacts", {}) if (out / n).is_file()} | paths
+    pareto = report.get("search", {}).get("pareto", [])
+    return CompileResult(student, report["student"]["config"], report, trials, pareto, artifacts)
+
+
+def _gates(cfg: CompileConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """The quality gates asked for, each with its threshold, the value found and whether it passed."""
+    s, t = report["student"], report["teacher"]
+    drop = 100 * (t["accuracy"] - s["accuracy"])
+    speedup = (report.get("speedup") or {}).get("target")
+    gates: dict[str, Any] = {}
+    if cfg.min_accuracy is not None:
+        gates["min_accuracy"] = {
+            "threshold": cfg.min_accuracy,
+            "value": s["accuracy"],
+            "passed": s["accuracy"] >= cfg.min_accuracy,
+        }
+    if cfg.max_accuracy_drop is not None:
+        gates["max_accuracy_drop"] = {
+            "threshold": cfg.max_accuracy_drop,
+            "value": drop,
+            "passed": drop <= cfg.max_accuracy_drop,
+        }
+    if cfg.min_speedup is not None:
+        ok = speedup is not None and speedup >= cfg.min_speedup
+        gates["min_speedup"] = {"threshold": cfg.min_speedup, "value": speedup, "passed": ok}
+    return gates
+
+
+def _enforce_gates(gates: dict[str, Any]) -> None:
+    from .errors import QualityGateError
+
+    failed = [f"{k} (needed {g['threshold']:g}, got {g['value']:.4g})" for k, g in gates.items() if not g["passed"]]
+    if failed:
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(failed)}", hint="the student and the report were written to --out"
+        )
+
+
 def _check_finite(model: nn.Module) -> None:
     """A student with a NaN or infinite weight or BatchNorm statistic is never shipped."""
     from .errors import TrainingError
@@ -395,9 +458,9 @@ def _export(
             try:
                 lp = plan_latency(tgt, "measure")
                 extra[f"student_{where}"] = latency_on_target(student, spec, tgt, plan=lp).to_dict(layers=False)
-                extra[f"teacher_{where}"] = latency_on_target(
-                    inputs.teacher.module, spec, tgt, plan=lp
-                ).to_dict(layers=False)
+                extra[f"teacher_{where}"] = latency_on_target(inputs.teacher.module, spec, tgt, plan=lp).to_dict(
+                    layers=False
+                )
             except KdCompileError as exc:
                 rep.message(f"local {where} measurement skipped: {exc.line()}")
     return artifacts, s_counts, s_lat, extra
@@ -491,6 +554,20 @@ def profile(
     return d
 
 
+def load_student(path: str | Path) -> Any:
+    """Load a student written by ``compile`` (``student.pt``): weights plus config, rebuilt through
+    its registered family with no pickled code.
+
+    Returns:
+        A ``Teacher``-like record: ``module`` (eval mode, (N, C, H, W) float -> (N, classes)
+        logits), ``input_shape``, ``num_classes`` and ``meta`` (config, the preprocessing under
+        ``normalize``, class names, accuracy, target, kd-compile version).
+    """
+    from .teacher import load_teacher
+
+    return load_teacher(str(path))
+
+
 def calibrate(**kwargs: Any) -> dict[str, Any]:
     """Fit the roofline predictor's efficiency factors from measured tables (see ``calibrate.py``)."""
     from .calibrate import calibrate as _calibrate
@@ -524,4 +601,9 @@ def strategy_summaries() -> dict[str, str]:
     """Each registered strategy with the first line of its docstring."""
     from .search import get_strategy
 
-    return {n: (get_strategy(n).__doc__ or "").strip().splitlines()[0] for n in list_strategies()}
+    def first_sentence(doc: str | None) -> str:
+        para = " ".join((doc or "").strip().split("\n\n")[0].split()).replace("``", "")
+        end = re.search(r"\.\s(?=[A-Z(])", para)  # a sentence end, not "Alg. 2"
+        return para if end is None else para[: end.start() + 1]
+
+    return {n: first_sentence(get_strategy(n).__doc__) for n in list_strategies()}

@@ -36,7 +36,9 @@ app = typer.Typer(
     cls=_DefaultCompileGroup,
     add_completion=False,
     no_args_is_help=True,
-    help="Hardware-aware deployment compiler: search and distil a student of a teacher for a target device.",
+    help="Hardware-aware deployment compiler: search and distil a student of a teacher for a target device.\n\n"
+    "kd-compile TEACHER --target 2080ti --max-params 4M [OPTIONS] is short for "
+    "kd-compile compile TEACHER ... (see kd-compile compile --help for every option).",
     pretty_exceptions_enable=False,
 )
 targets_app = typer.Typer(help="List and show target device profiles.", no_args_is_help=True)
@@ -54,25 +56,35 @@ def _err(exc: BaseException) -> None:
     typer.echo(f"kd-compile: error: {exc.line() if isinstance(exc, KdCompileError) else exc}", err=True)
 
 
-def _run(fn, *args: Any, **kwargs: Any) -> Any:
-    """Call an api function, mapping errors to one line and an exit code."""
+def _json_error(kind: str, message: str, code: int) -> None:
+    typer.echo(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}, indent=2))
+
+
+def _run(fn, *args: Any, json_errors: bool = False, **kwargs: Any) -> Any:
+    """Call an api function, mapping errors to one line on stderr and an exit code (and, with
+    ``json_errors``, a JSON error object on stdout for CI)."""
     try:
         return fn(*args, **kwargs)
     except KdCompileError as exc:
         _err(exc)
+        if json_errors:
+            _json_error(type(exc).__name__, exc.line(), exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("kd-compile: interrupted; finished candidates are in the journal (rerun with --resume)", err=True)
+        msg = "interrupted; finished candidates are in the journal (rerun with --resume)"
+        typer.echo(f"kd-compile: {msg}", err=True)
+        if json_errors:
+            _json_error("Interrupted", msg, 130)
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
     except Exception as exc:
         if os.environ.get("KD_COMPILE_DEBUG"):
             raise
-        typer.echo(
-            f"kd-compile: internal error: {type(exc).__name__}: {exc} (set KD_COMPILE_DEBUG=1 for a traceback)",
-            err=True,
-        )
+        msg = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        typer.echo(f"kd-compile: {msg} (set KD_COMPILE_DEBUG=1 for a traceback)", err=True)
+        if json_errors:
+            _json_error("InternalError", msg, 1)
         raise typer.Exit(1) from None
 
 
@@ -83,7 +95,8 @@ class _RichReporter:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True, quiet=quiet, log_path=False)
+        # soft_wrap: a CI log keeps whole lines (architecture strings are long), never cut at 80
+        self.console = Console(stderr=True, quiet=quiet, log_path=False, soft_wrap=True)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -112,7 +125,7 @@ class _RichReporter:
             self.progress.advance(self.search_task, t.fidelity)  # the budget is training cost
         acc = t.metrics.get("accuracy")
         what = f"acc {acc:.1%}" if acc is not None else (t.error or "")
-        self.console.log(f"#{t.number} {str(t.status):<10} {what[:70]:<20} {t.metrics.get('arch', '')[:80]}")
+        self.console.log(f"#{t.number} {str(t.status):<10} {what:<20} {t.metrics.get('arch', '')}")
 
     def search_done(self) -> None:
         if self.train_task is not None:
@@ -144,7 +157,7 @@ def _compile(teacher: str, json_out: bool, **options: Any) -> None:
         cfg = CompileConfig.from_options(teacher, **options)
         return api.compile(cfg, reporter=_RichReporter(quiet=json_out))
 
-    result = _run(go)
+    result = _run(go, json_errors=json_out)
     r = result.report
     if json_out:
         summary = {k: r[k] for k in ("schema_version", "target", "teacher", "student")}
@@ -305,8 +318,37 @@ def targets_list(json_out: JsonOpt = False) -> None:
     if json_out:
         typer.echo(json.dumps([p.to_dict() for p in profs], indent=2))
         return
-    for p in profs:
-        typer.echo(f"{p.name:<18} {p.kind:<9} {p.default_runtime:<12} {p.default_precision:<5} {p.display_name}")
+    rows = [("NAME", "KIND", "RUNTIME", "PREC", "LATENCY", "DEVICE")]
+    rows += [
+        (p.name, p.kind, p.default_runtime, p.default_precision, _latency_status(p), p.display_name) for p in profs
+    ]
+    typer.echo(_table(rows))
+
+
+def _latency_status(p: Any) -> str:
+    """How latencies on a target are obtained: measured here, or predicted with its error band."""
+    if p.local:
+        return "measured here"
+    band = _default_band(p)
+    if band is None:
+        return "predicted, uncalibrated"
+    return f"predicted ±{100 * band:.0f}%"
+
+
+def _default_band(p: Any) -> float | None:
+    """The held-out median error of the target's default runtime/precision fit, if it has one."""
+    fit = (p.calibration or {}).get(f"{p.default_runtime}/{p.default_precision}") or {}
+    for where in (fit.get("error_band"), fit.get("quality"), fit):
+        if isinstance(where, dict) and isinstance(where.get("median_ape"), (int, float)):
+            ape = float(where["median_ape"])
+            return ape / 100 if ape > 1.5 else ape  # stored as a fraction or in percent
+    return None
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Plain aligned columns (no width limit, so CI logs keep whole lines)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 @targets_app.command("show")
@@ -321,24 +363,36 @@ def targets_show(
     if json_out:
         typer.echo(json.dumps(d, indent=2))
         return
-    for k, v in d.items():
-        if k == "sources":
-            typer.echo("sources:")
-            for s in v:
-                typer.echo(f"  - {s}")
-        elif k != "calibration":
-            typer.echo(f"{k}: {v}")
-    if d.get("calibration"):
-        typer.echo(f"calibration: {', '.join(d['calibration'])}")
+    peaks = ", ".join(f"{k} {v:g}" for k, v in d["peak_tflops"].items())
+    rows = [
+        ("name", d["name"]),
+        ("device", d["display_name"]),
+        ("kind", d["kind"]),
+        ("runtime / precision", f"{d['default_runtime']} / {d['default_precision']}"),
+        ("peak TFLOP/s", peaks),
+        ("memory", f"{d['memory_gb']:g} GB at {d['memory_bandwidth_gbs']:g} GB/s"),
+        ("compute units", str(d["compute_units"])),
+        ("latency", _latency_status(p)),
+    ]
+    typer.echo(_table(rows))
+    for key, fit in (d.get("calibration") or {}).items():
+        basis = fit.get("fitted_on") or fit.get("basis") or ""
+        typer.echo(f"calibration {key}: {basis if isinstance(basis, str) else ', '.join(map(str, basis))}")
+    typer.echo("sources:")
+    for src in d.get("sources", []):
+        typer.echo(f"  - {src}")
 
 
 @app.command("strategies")
 def strategies_cmd() -> None:
     """List the registered search strategies."""
     from . import api
+    from .config import compile_options
 
-    for name, summary in _run(api.strategy_summaries).items():
-        typer.echo(f"{name:<12} {summary}")
+    default = compile_options()["strategy"].default
+    rows = [("STRATEGY", "DESCRIPTION")]
+    rows += [(f"{n} (default)" if n == default else n, d) for n, d in _run(api.strategy_summaries).items()]
+    typer.echo(_table(rows))
 
 
 @app.callback(invoke_without_command=True)

@@ -305,6 +305,15 @@ class CompileConfig:
     distiller_iterations: int = option(8, "MCTS iterations of the distiller search (--distiller auto).")
     synthetic_images: int = option(2048, "Images to synthesise for data-free runs (no data, no hint).")
     synthetic_steps: int = option(200, "Optimisation steps of the data-free synthesis.")
+    min_accuracy: float | None = option(
+        None, "Quality gate: fail (exit 13, after writing the report) if the student's accuracy is below this (0-1)."
+    )
+    max_accuracy_drop: float | None = option(
+        None, "Quality gate: fail (exit 13) if the student is more than this many points below the teacher."
+    )
+    min_speedup: float | None = option(
+        None, "Quality gate: fail (exit 13) unless the student is at least this many times faster on the target."
+    )
     augment_views: int = option(
         0,
         "Seeded augmented views of the training set (shifts); the teacher's outputs on them are "
@@ -394,6 +403,12 @@ class CompileConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_classes is not None and self.num_classes < 1:
             raise UsageError(f"--num-classes must be at least 1, got {self.num_classes}")
+        if self.min_accuracy is not None and not 0 < self.min_accuracy <= 1:
+            raise UsageError(f"--min-accuracy must be a fraction in (0, 1], e.g. 0.85, got {self.min_accuracy}")
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
+            raise UsageError(f"--max-accuracy-drop is in points (0-100), e.g. 3, got {self.max_accuracy_drop}")
+        if self.min_speedup is not None and not (math.isfinite(self.min_speedup) and self.min_speedup > 0):
+            raise UsageError(f"--min-speedup must be a positive factor, e.g. 1.5, got {self.min_speedup}")
         if self.distiller_iterations < 1 or self.synthetic_images < 1 or self.synthetic_steps < 1:
             raise UsageError("--distiller-iterations, --synthetic-images and --synthetic-steps must be at least 1")
 

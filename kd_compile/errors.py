@@ -83,5 +83,12 @@ class TrainingError(KdCompileError):
     exit_code = 12
 
 
+class QualityGateError(KdCompileError):
+    """The run finished, but the student fails a gate (--min-accuracy, --max-accuracy-drop,
+    --min-speedup); the artifacts and the report are written."""
+
+    exit_code = 13
+
+
 class CandidateError(Exception):
     """A single candidate failed (NaN loss, export error). Recorded; the search goes on."""

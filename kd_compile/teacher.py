@@ -223,6 +223,11 @@ def load_teacher(
             num_classes,
             str(path),
         )
+    from .students.specs import build_spec, is_spec  # lazy: the students package imports timm
+
+    if arch is None and is_spec(str(path)):
+        module, spec_shape = build_spec(str(path), num_classes)
+        return _finish(module, {"format": "spec", "arch": str(path)}, input_shape or spec_shape, num_classes, str(path))
     if not p.exists():
         raise CheckpointError(f"teacher checkpoint not found: {p}")
     if p.is_dir():

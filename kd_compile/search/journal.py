@@ -38,6 +38,7 @@ class Journal:
         self.path = Path(path)
         self._fh = None
         self.rounds: list[list[int]] = []
+        self.finished: dict[str, Any] | None = None  # the "final" record of a finished run
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.stat().st_size > 0
@@ -82,6 +83,7 @@ class Journal:
         if resume and self.exists():
             old, past, other = self.read()
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
+            self.finished = next((r for r in other if r.get("type") == "final"), None)
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("version") != VERSION:
