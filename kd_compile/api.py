@@ -139,7 +139,9 @@ def _run(
 
     tch, data = inputs.teacher, inputs.data
     journal = Journal(inputs.out / "journal.jsonl")
-    past = journal.open(_journal_header(cfg, inputs, target), resume=cfg.resume)
+    header = _journal_header(cfg, inputs, target)
+    # resuming: the journal is checked first; a fresh one is written only once the teacher is
+    past = journal.open(header, resume=True) if cfg.resume else []
     if journal.finished is not None:
         done = _finished_result(inputs.out, past)
         if done is not None:  # --resume on a finished run: its result, nothing retrained
@@ -152,9 +154,12 @@ def _run(
     spec = InputSpec(tuple(tch.input_shape))
     t_counts, t_lat = costs(tch.module, spec, target, plan=plan)
     acc_teacher = float(knowledge.teacher_val_acc)
+    _check_teacher_accuracy(acc_teacher, tch, data, rep)
     ref = Reference(t_counts.params, t_counts.flops, t_lat.latency_ms, acc_teacher, cfg.target_acc or acc_teacher)
     run = _run_context(cfg, family, target, ref, plan, data, knowledge)
     timings["teacher"] = time.perf_counter() - t0
+    if not cfg.resume:
+        past = journal.open(header, resume=False)
 
     space = searched_space(family, search_kd=True)
     strategy = _strategy(cfg, space)
@@ -337,6 +342,24 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
         )
     reasons = sorted({t.error or "" for t in trials})[:3]
     return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
+
+
+def _check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Reporter) -> None:
+    """Say the teacher's accuracy before the search, and stop when it is near chance: then the
+    teacher is not being run the way it was trained (input size, normalisation), and every
+    figure after it would be meaningless."""
+    from .errors import DataError
+
+    chance = 1.0 / max(1, tch.num_classes)
+    n_val = int(data.x_val.shape[0])
+    rep.message(f"teacher: {acc:.2%} validation accuracy on {n_val:,} images of {data.name} (chance {chance:.1%})")
+    if acc < chance + 0.1 * (1 - chance):
+        raise DataError(
+            f"the teacher scores {acc:.1%} on the validation data, near chance ({chance:.1%}): it is probably "
+            f"fed another input size or normalisation than it was trained with (here {tuple(tch.input_shape)}, "
+            f"mean {tuple(round(m, 3) for m in data.mean)})",
+            hint="pass --input-shape and the teacher's --mean/--std, or the data it was trained on",
+        )
 
 
 def _finished_result(out: Path, trials: list[Trial]) -> CompileResult | None:

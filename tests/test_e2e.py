@@ -192,3 +192,22 @@ def test_a_run_whose_every_candidate_is_slower_ends_with_a_clear_error(digits_te
         kd_compile.compile(str(digits_teacher), out=tmp_path / "slow", **opts)
     assert e.value.exit_code == 6 and "the teacher's" in str(e.value)
     assert not (tmp_path / "slow" / "student.pt").exists()
+
+
+def test_a_teacher_at_chance_stops_before_the_search(digits_teacher, tmp_path):
+    """A teacher scoring near chance is not being run the way it was trained: stop (exit 4)
+    with what it was fed, instead of distilling noise for the whole budget."""
+    import numpy as np
+
+    from kd_compile.data import load_data
+    from kd_compile.errors import DataError
+
+    d = load_data("digits", image_size=12)
+    rng = np.random.default_rng(0)
+    p = tmp_path / "shuffled.npz"
+    x = np.concatenate([d.x_train.numpy(), d.x_val.numpy()])
+    y = rng.permutation(np.concatenate([d.y_train.numpy(), d.y_val.numpy()]))  # labels unrelated to images
+    np.savez(p, x=x, y=y)
+    with pytest.raises(DataError, match="near chance") as e:
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "chance", data=str(p), **SMALL)
+    assert e.value.exit_code == 4 and not (tmp_path / "chance" / "journal.jsonl").exists()
