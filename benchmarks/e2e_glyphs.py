@@ -1,14 +1,16 @@
-"""End-to-end benchmark of the bundled glyphs example (issue: kd-compile end to end).
+"""End-to-end benchmark of the bundled glyphs example, repeated over seeds.
 
-Runs exactly what a user runs::
+Runs exactly what a user runs, once per seed::
 
-    kd-compile examples/glyphs/teacher.pt --target 2080ti --max-params <teacher params / 10>
+    kd-compile examples/glyphs/teacher.pt --target 2080ti --max-params <teacher params / 10> --seed S
 
-(training the teacher first with examples/glyphs/train_teacher.py when it is missing) and prints
-wall time, teacher and student accuracy, the params ratio, candidates evaluated, and the share of
-time spent outside training.
+(training the teacher first with examples/glyphs/train_teacher.py when it is missing) and prints,
+per seed and as mean and standard deviation over the seeds: wall time, teacher and student
+accuracy (with KD and its CE-only twin), the params ratio, the speed-up on the target (with how it
+was obtained) and on this CPU (measured), and the candidates evaluated. The figures are written to
+``benchmarks/results/e2e_glyphs.json``.
 
-    python benchmarks/e2e_glyphs.py [--out runs/bench-e2e] [--strategy turbo] [--budget N]
+    python benchmarks/e2e_glyphs.py [--seeds 3] [--strategy turbo] [--budget N] [--target 2080ti]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -24,14 +27,52 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "examples" / "glyphs" / "teacher.pt"
+RESULTS = ROOT / "benchmarks" / "results" / "e2e_glyphs.json"
+
+
+def _run(cmd: list[str], out: Path) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        sys.exit(proc.returncode)
+    r = json.loads((out / "report.json").read_text())
+    s, t, sp = r["student"], r["teacher"], r.get("speedup") or {}
+    return {
+        "wall_s": wall,
+        "teacher_acc": t["accuracy"],
+        "student_acc": s["accuracy"],
+        "student_acc_ce": s["accuracy_without_kd"],
+        "kd_gain_points": None if s["kd_gain"] is None else 100 * s["kd_gain"],
+        "gap_points": 100 * (t["accuracy"] - s["accuracy"]),
+        "params": s["params"],
+        "params_ratio": s["params_ratio"],
+        "speedup_target": sp.get("target"),
+        "speedup_method": sp.get("method"),
+        "speedup_cpu": (sp.get("local_cpu") or {}).get("speedup"),
+        "evaluated": r["search"]["evaluated"],
+        "statuses": r["search"]["statuses"],
+        "share_outside_training": r["run"]["share_outside_training"],
+        "arch": s["arch"],
+    }
+
+
+def _stats(rows: list[dict], key: str) -> tuple[float, float] | None:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    if not vals:
+        return None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
+    ap.add_argument("--seeds", type=int, default=3, help="repeat the whole run with seeds 0..N-1")
     ap.add_argument("--strategy", default="turbo")
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--target", default="2080ti")
+    ap.add_argument("--max-params", default=None, help="default: a tenth of the teacher's parameters")
     args = ap.parse_args()
 
     if not TEACHER.is_file():
@@ -39,45 +80,52 @@ def main() -> None:
     from kd_compile.teacher import load_teacher
 
     params_t = load_teacher(TEACHER).params
-    limit = f"{params_t / 10 / 1000:.0f}K"
+    limit = args.max_params or f"{params_t / 10 / 1000:.0f}K"
     exe = Path(sys.executable).with_name("kd-compile")
-    cmd = [
-        str(exe),
-        str(TEACHER),
-        "--target",
-        args.target,
-        "--max-params",
-        limit,
-        "--strategy",
-        args.strategy,
-        "--out",
-        str(args.out),
-        "--force",
-        "--json",
-    ]
+    base = [str(exe), str(TEACHER), "--target", args.target, "--max-params", limit, "--strategy", args.strategy]
     if args.budget:
-        cmd += ["--budget", str(args.budget)]
-    print("command:", " ".join(cmd))
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:])
-        sys.exit(proc.returncode)
-    r = json.loads((args.out / "report.json").read_text())
-    s, t = r["student"], r["teacher"]
-    tm = r["run"]["timings_s"]
-    print(f"wall time                 {wall:8.1f} s  (goal < 300 s)")
-    print(f"teacher accuracy          {t['accuracy']:8.2%}  params {t['params']:,}")
-    print(f"student accuracy (KD)     {s['accuracy']:8.2%}  params {s['params']:,}  ({s['arch']})")
-    if s["accuracy_without_kd"] is not None:
-        print(f"student accuracy (no KD)  {s['accuracy_without_kd']:8.2%}  -> KD gain {100 * s['kd_gain']:+.2f} points")
-    print(f"accuracy gap to teacher   {100 * (t['accuracy'] - s['accuracy']):8.2f} points  (goal <= 3)")
-    print(f"params ratio              {s['params_ratio']:8.3f}  (goal <= 0.12)")
-    print(f"candidates evaluated      {r['search']['evaluated']:8d}  {r['search']['statuses']}")
-    print(f"share outside training    {r['run']['share_outside_training']:8.2%}")
-    print("timings (s):", ", ".join(f"{k} {v:.1f}" for k, v in tm.items()))
+        base += ["--budget", str(args.budget)]
+    print("command:", " ".join(base), "--seed S --out ... --force --json")
+    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
+    print(f"machine: {machine}")
+    rows = []
+    for seed in range(args.seeds):
+        out = args.out / f"seed{seed}"
+        row = _run([*base, "--seed", str(seed), "--out", str(out), "--force", "--json"], out)
+        rows.append({"seed": seed, **row})
+        cpu = "-" if row["speedup_cpu"] is None else f"{row['speedup_cpu']:.2f}x"
+        print(
+            f"seed {seed}: {row['wall_s']:6.1f} s  teacher {row['teacher_acc']:.2%}  student {row['student_acc']:.2%} "
+            f"(CE {row['student_acc_ce']:.2%})  params {row['params']:,} ({row['params_ratio']:.3f})  "
+            f"speed-up {row['speedup_target']:.2f}x on {args.target} ({row['speedup_method']}), {cpu} on this CPU  "
+            f"{row['arch']}"
+        )
+    print(f"\nover {len(rows)} seeds, mean ± standard deviation:")
+    summary = {}
+    for key, label, fmt in (
+        ("wall_s", "wall time (s)", "{:.1f} ± {:.1f}"),
+        ("teacher_acc", "teacher accuracy", "{:.2%} ± {:.2%}"),
+        ("student_acc", "student accuracy (KD)", "{:.2%} ± {:.2%}"),
+        ("student_acc_ce", "student accuracy (CE twin)", "{:.2%} ± {:.2%}"),
+        ("kd_gain_points", "KD gain (points)", "{:+.2f} ± {:.2f}"),
+        ("gap_points", "gap to teacher (points)", "{:.2f} ± {:.2f}"),
+        ("params_ratio", "params ratio", "{:.3f} ± {:.3f}"),
+        ("speedup_target", f"speed-up on {args.target}", "{:.2f}x ± {:.2f}"),
+        ("speedup_cpu", "speed-up on this CPU (measured)", "{:.2f}x ± {:.2f}"),
+        ("share_outside_training", "share of time outside training", "{:.1%} ± {:.1%}"),
+    ):
+        st = _stats(rows, key)
+        if st is not None:
+            summary[key] = {"mean": st[0], "std": st[1]}
+            print(f"  {label:<34} {fmt.format(*st)}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"command": " ".join(base), "machine": machine, "seeds": rows, "summary": summary}, indent=2, default=str
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
