@@ -18,12 +18,13 @@ from .base import Strategy, create_strategy, get_strategy, list_strategies, regi
 from .journal import Journal
 from .loop import SearchResult, run_search
 from .mobo import Objective
-from .space import ComposedSpace, Config, Param, ParamSpace
+from .space import ComposedSpace, Config, Feasible, Param, ParamSpace
 from .trial import Suggestion, Trial, TrialStatus, best_trial, pareto_mask, pareto_trials
 
 __all__ = [
     "ComposedSpace",
     "Config",
+    "Feasible",
     "Journal",
     "Objective",
     "Param",

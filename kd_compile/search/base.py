@@ -9,20 +9,32 @@ Fidelity: a float in (0, 1], the share of the proxy training budget a suggestion
 The training budget counts full-fidelity trainings: the search loop charges a trial at
 fidelity f with f of it, so a multi-fidelity strategy given ``budget=B`` may run, say, 3B
 evaluations at fidelity 1/3.
+
+Feasibility: ``feasible=`` (a pure, cheap predicate on a config, e.g. an analytic parameter
+count against ``--max-params``) rides on the strategy's copy of the space
+(``ParamSpace.with_constraint``), so the shared candidate helpers of ``gp.py`` drop
+infeasible configs before any proposal exists. Every built-in strategy generates through
+them; when a bounded number of tries finds no new feasible config, a strategy proposes its
+best-effort (new but infeasible) config instead, so ``ask(n)`` still returns n: such
+proposals are counted in ``Strategy.infeasible_proposals``. With ``feasible=None`` nothing
+changes (same proposals, draw for draw).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
 from ..registry import Registry
-from .space import ParamSpace
+from .space import Feasible, ParamSpace
 from .trial import Suggestion, Trial, best_trial
 
 __all__ = ["Strategy", "create_strategy", "get_strategy", "list_strategies", "register_strategy"]
+
+_log = logging.getLogger(__name__)
 
 
 class Strategy:
@@ -33,18 +45,35 @@ class Strategy:
         seed: seed for every random choice the strategy makes.
         budget: the training budget the loop will spend, in full-fidelity trainings (a trial
             at fidelity f costs f); strategies may plan with it.
+        feasible: a predicate ``feasible(config) -> bool``, pure and cheap (see the module
+            docstring); ``self.space`` is then ``space.with_constraint(feasible)``, and
+            candidates it rejects are never proposed while a feasible new one can be found.
+            None: no filtering (proposals exactly as without the option).
     """
 
     name = "base"
     multi_fidelity = False
     multi_objective = False
 
-    def __init__(self, space: ParamSpace, seed: int = 0, budget: int | None = None, **options: Any):
+    def __init__(
+        self,
+        space: ParamSpace,
+        seed: int = 0,
+        budget: int | None = None,
+        *,
+        feasible: Feasible | None = None,
+        **options: Any,
+    ):
         if options:
             raise UsageError(f"strategy '{self.name}' got unknown options: {', '.join(sorted(options))}")
-        self.space = space
+        if feasible is not None and not callable(feasible):
+            raise UsageError(f"strategy '{self.name}': feasible must be a callable config -> bool")
+        self.space = space.with_constraint(feasible)
         self.budget = budget
         self.trials: list[Trial] = []
+        #: proposals the space's constraint rejects (best-effort fallbacks when no feasible new
+        #: config was found within the bounded tries); always 0 without a constraint
+        self.infeasible_proposals = 0
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -58,6 +87,11 @@ class Strategy:
         out = self._ask(n)
         if len(out) != n:
             raise RuntimeError(f"strategy {self.name} returned {len(out)} suggestions, asked {n}")
+        if self.space.constraint is not None:
+            bad = sum(1 for s in out if not self.space.feasible(s.config))
+            if bad:
+                self.infeasible_proposals += bad
+                _log.debug("strategy %s: %d of %d proposals infeasible (fallback)", self.name, bad, n)
         return out
 
     def tell(self, trials: list[Trial]) -> None:

@@ -43,7 +43,8 @@ class BOHB(ReplayableStrategy):
     When a rung waits for results (batch or asynchronous asks), the next bracket starts, as
     HpBandSter does with idle workers. New configs come from the KDE-ratio model (Tree Parzen
     densities ``l(x) / g(x)`` of the best 15 % vs the rest, at the highest fidelity with
-    enough results) or, with probability ``random_fraction``, at random.
+    enough results) or, with probability ``random_fraction``, at random; either way a config the
+    feasibility predicate rejects is skipped (and never promoted).
 
     Bracket bookkeeping is recorded at ``ask`` time; the loop's resume replays ``ask``/``tell``
     round by round, which rebuilds it.
@@ -127,7 +128,7 @@ class BOHB(ReplayableStrategy):
             inrung = {key for key, _ in br.members[k]}
             for i in ranked[: br.sizes[k]]:
                 key, cfg = prev[i]
-                if key not in inrung and key not in taken:
+                if key not in inrung and key not in taken and self.space.feasible(cfg):
                     br.members[k].append((key, cfg))
                     return Suggestion(cfg, br.fids[k])
             br.sizes[k] = len(br.members[k])  # too few ok configs to promote: the rung shrinks
@@ -228,6 +229,6 @@ class BOHB(ReplayableStrategy):
         score = self._density(cand, good, bw_g) - self._density(cand, bad, bw_b)
         for i in np.argsort(-score, kind="stable"):
             cfg = self._unvec(cand[i])
-            if self.space.key(cfg) not in taken:
+            if self.space.key(cfg) not in taken and self.space.feasible(cfg):
                 return cfg
         return None

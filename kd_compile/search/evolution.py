@@ -1,7 +1,8 @@
 """Regularised (ageing) evolution (Real et al. 2019) and its mutation operator, ``mutate``.
 
 Tournament selection over the most recent ``population_size`` trials; each child changes one
-parameter of its parent. Draws go through
+parameter of its parent (re-mutated, up to 30 times, until it is new and passes the feasibility
+predicate; then a fresh feasible sample). Draws go through
 :class:`~kd_compile.search.random.ReplayableStrategy`, so a journal replay reproduces them.
 """
 
@@ -103,7 +104,8 @@ class RegularizedEvolution(ReplayableStrategy):
                     # compete too (best_trial keeps only the top fidelity)
                     parent = min(sample, key=fitness)
                     cand = mutate(self.space, parent.config, rng)
-                    if self.space.key(cand) not in taken:
+                    # mutate until new and feasible (bounded; then a fresh feasible sample)
+                    if self.space.key(cand) not in taken and self.space.feasible(cand):
                         child = cand
                         break
             if child is None:

@@ -94,14 +94,23 @@ def seen_keys(space: ParamSpace, trials: Iterable[Trial]) -> set[str]:
 
 
 def unique_new(space: ParamSpace, configs: Sequence[Config], seen: set[str]) -> list[int]:
-    """Indices of ``configs`` whose key is neither in ``seen`` nor repeated earlier in the list."""
+    """Indices of ``configs`` whose key is neither in ``seen`` nor repeated earlier in the list,
+    and that the space's constraint accepts (``space.feasible``; every config without one).
+
+    This is where candidate sets lose their infeasible members: every strategy builds its
+    candidates (designs, trust-region and BO candidate sets, measured configs to promote)
+    through it, before an acquisition picks among them.
+    """
     keep: list[int] = []
     local: set[str] = set()
+    constrained = space.constraint is not None
     for i, c in enumerate(configs):
         k = space.key(c)
         if k in seen or k in local:
             continue
         local.add(k)
+        if constrained and not space.feasible(c):
+            continue
         keep.append(i)
     return keep
 
@@ -130,23 +139,54 @@ def _float64() -> Any:
     return torch.float64
 
 
+#: random draws per suggestion that :func:`fresh_samples` may spend looking for a new *feasible*
+#: config when the space has a constraint (a tight limit can leave a small feasible share)
+FEASIBLE_TRIES = 200
+
+
 def fresh_samples(
     space: ParamSpace, n: int, seen: set[str], rng: np.random.Generator, tries: int = 50
 ) -> list[Config]:
     """``n`` random configs not in ``seen`` (nor repeated); repeats allowed once the space is spent.
+
+    With a constraint on the space (``space.with_constraint``) each suggestion takes the first
+    of up to ``max(tries, FEASIBLE_TRIES) + 1`` draws that is new and feasible; when none is,
+    the best effort: the first new draw (infeasible), else the last draw (a repeat), so ``n``
+    configs always come back. Without a constraint the draws are exactly the unconstrained ones.
 
     Adds the returned keys to ``seen``.
     """
     out: list[Config] = []
     for _ in range(n):
         cfg = space.sample(rng)
-        for _ in range(tries):
-            if space.key(cfg) not in seen:
-                break
-            cfg = space.sample(rng)
+        if space.constraint is None:
+            for _ in range(tries):
+                if space.key(cfg) not in seen:
+                    break
+                cfg = space.sample(rng)
+        else:
+            cfg = _first_feasible(space, cfg, seen, rng, max(tries, FEASIBLE_TRIES))
         seen.add(space.key(cfg))
         out.append(cfg)
     return out
+
+
+def _first_feasible(
+    space: ParamSpace, cfg: Config, seen: set[str], rng: np.random.Generator, tries: int
+) -> Config:
+    """The first of ``cfg`` and up to ``tries`` more draws that is new and feasible; else the
+    first new draw, else the last draw (bounded: never loops on an infeasible space)."""
+    fallback: Config | None = None
+    for i in range(tries + 1):
+        if i:
+            cfg = space.sample(rng)
+        if space.key(cfg) in seen:
+            continue
+        if space.feasible(cfg):
+            return cfg
+        if fallback is None:
+            fallback = cfg
+    return fallback if fallback is not None else cfg
 
 
 def pick_from_unit(
@@ -156,7 +196,8 @@ def pick_from_unit(
     seen: set[str],
     rng: np.random.Generator,
 ) -> list[Config]:
-    """Take the first ``n`` new configs decoded from the rows of ``u``; fill up at random.
+    """Take the first ``n`` new (and feasible, see :func:`unique_new`) configs decoded from the
+    rows of ``u``; fill up at random (:func:`fresh_samples`).
 
     Adds the returned keys to ``seen``.
     """

@@ -5,6 +5,8 @@ The strategy knows no metric: the caller passes the objectives (:class:`Objectiv
 trained candidate), so the compiler's trade-off (accuracy up, latency and parameters down) is
 the API's choice, not this module's. Draws go through
 :class:`~kd_compile.search.random.ReplayableStrategy`, so a journal replay reproduces them.
+The design and the acquisition's candidate set lose the configs a feasibility predicate
+rejects before qNEHVI picks (:func:`~kd_compile.search.gp.unique_new`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@
 
 All evaluate at two fidelities, ``low_fidelity`` and 1.0, and draw through
 :class:`~kd_compile.search.random.ReplayableStrategy`, so a journal replay (``ask``/``tell``
-round by round) reproduces every proposal.
+round by round) reproduces every proposal. Designs, candidate sets and the measured configs
+they promote lose the configs a feasibility predicate rejects before a GP ranks them
+(:func:`~kd_compile.search.gp.unique_new`).
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class LowThenHighFidelity(_TwoFidelity):
                 key=lambda t: float(t.score),  # type: ignore[arg-type]
             )
             seeds = [t.config for t in lo_ok[: self.n_seeds]]
-            seeds = [c for c in seeds if self.space.key(c) not in taken]
+            seeds = [c for c in seeds if self.space.key(c) not in taken and self.space.feasible(c)]
             n_seed = max(0, min(k, self.n_seeds - self.trained(1.0), len(seeds)))
             cfgs = seeds[:n_seed]
             taken.update(self.space.key(c) for c in cfgs)

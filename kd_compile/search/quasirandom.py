@@ -2,8 +2,9 @@
 
 Both map rows of a unit-cube design through the space's encoding and skip rows that decode to a
 config already taken (discrete parameters), so a run never repeats itself while the space has
-unseen configs. Rows are indexed by the number of trials told plus pending, so a journal replay
-(``ask``/``tell`` round by round) proposes the same rows again.
+unseen configs; rows the feasibility predicate rejects are skipped too. Rows are indexed by
+the number of trials told plus pending, so a journal replay (``ask``/``tell`` round by round)
+proposes the same rows again.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ class ReplayableStrategy(Strategy):
 @register_strategy("random")
 class RandomSearch(ReplayableStrategy):
     """Uniform samples from the space (``space.sample``), never repeating a config told or
-    pending while the space still has unseen configs (50 redraws per suggestion)."""
+    pending while the space still has unseen configs (50 redraws per suggestion); with a
+    feasibility predicate, draws it rejects are redrawn too (bounded, see ``fresh_samples``)."""
 
     def _ask(self, n: int) -> list[Suggestion]:
         rng = self.draw_rng()

@@ -15,8 +15,9 @@ choice (one-hot; decode takes the argmax), so a GP kernel never sees a false ord
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,15 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["ComposedSpace", "Config", "Param", "ParamSpace"]
+__all__ = ["ComposedSpace", "Config", "Feasible", "Param", "ParamSpace"]
 
 Config = dict[str, Any]
+
+#: A feasibility predicate: ``feasible(config) -> bool`` on a canonical config. It must be a
+#: pure function of the config (strategies replay a journal by re-asking, and a predicate that
+#: changed its mind would change the proposals), and cheap (strategies call it on every
+#: candidate, e.g. an analytic parameter count).
+Feasible = Callable[[Config], bool]
 
 
 @dataclass(frozen=True)
@@ -130,10 +137,19 @@ class ParamSpace:
     Subclasses may override ``canonical`` (normalise configs that mean the same thing) and
     ``describe`` (a short human string).
 
+    A space may carry a feasibility predicate (:meth:`with_constraint`): strategies generate
+    candidates through the helpers of :mod:`kd_compile.search.gp`, which drop configs that
+    :meth:`feasible` rejects before any proposal exists. Encoding, sampling, ``key`` and
+    ``validate`` ignore it (an infeasible config is still a config of the space).
+
     Args:
         params: the parameters, in encoding order.
         name: the space's name (journals and reports show it).
     """
+
+    #: the feasibility predicate (None: every config is feasible); see :meth:`with_constraint`
+    constraint: Feasible | None = None
+    _feasible_memo: dict[str, bool] | None = None
 
     def __init__(self, params: Sequence[Param], name: str = "space") -> None:
         names = [p.name for p in params]
@@ -223,8 +239,51 @@ class ParamSpace:
     def describe(self, config: Config) -> str:
         return self.key(config)
 
+    # -- feasibility ------------------------------------------------------------------------
+    def with_constraint(self, feasible: Feasible | None) -> ParamSpace:
+        """A copy of this space (same class, same parameters, ``build``/``describe``/parts
+        kept) whose :meth:`feasible` also applies ``feasible``; a space that already has a
+        constraint keeps it (both must hold). ``None`` returns the space itself.
+
+        The predicate gets the canonical config and must be a pure function of it (see
+        :data:`Feasible`); its answers are memoised by ``key``.
+        """
+        if feasible is None:
+            return self
+        out = copy.copy(self)
+        prev = self.constraint
+        out.constraint = feasible if prev is None else _both(prev, feasible)
+        out._feasible_memo = {}
+        return out
+
+    def feasible(self, config: Config) -> bool:
+        """Whether ``config`` passes the space's constraint (always True without one)."""
+        if self.constraint is None:
+            return True
+        memo = self._feasible_memo
+        if memo is None:
+            memo = self._feasible_memo = {}
+        c = self.canonical(config)
+        k = self.key(c)
+        ok = memo.get(k)
+        if ok is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            ok = memo[k] = bool(self.constraint(c))
+        return ok
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "params": [p.to_dict() for p in self.params]}
+
+
+_MEMO_MAX = 200_000  # memoised feasibility answers per space (cleared when full)
+
+
+def _both(a: Feasible, b: Feasible) -> Feasible:
+    def feasible(config: Config) -> bool:
+        return bool(a(config)) and bool(b(config))
+
+    return feasible
 
 
 class ComposedSpace(ParamSpace):

@@ -22,7 +22,9 @@ Choices for the small budgets of KD search (10-60 evaluations; each one a proxy 
   posterior *mean*, not the best raw score (a lucky noisy draw must not anchor the TR).
 * Infeasible trials get a penalty worse than every feasible score
   (:func:`~kd_compile.search.gp.penalised_scores`) and count as non-improving; failed trials
-  are left out of the GP and the state, and never proposed again.
+  are left out of the GP and the state, and never proposed again. Configs a feasibility
+  predicate (``feasible=``) rejects never enter the design or the candidate sets, so an
+  analytic limit (``--max-params``) costs the TR nothing.
 * Unordered ("cat") parameters are one-hot blocks; a perturbed block jumps to a random other
   category with probability ``min(1, length)``, so categories are explored while the TR is
   large and frozen once it has converged (a box around a one-hot corner never changes the
@@ -227,10 +229,13 @@ def tr_candidates(
 def new_candidates(
     space: ParamSpace, raw: np.ndarray, taken: set[str], rng: np.random.Generator, need: int
 ) -> tuple[list[Config], np.ndarray]:
-    """Snap raw candidates to distinct configs not in ``taken``; top up with random ones.
+    """Snap raw candidates to distinct configs not in ``taken`` that the space's constraint
+    accepts; top up with random ones.
 
     A tiny or converged TR over discrete parameters can decode to few new configs, so random
     configs from the whole space are added until ``need`` are available (or the space is spent).
+    Infeasible configs (``space.feasible``) never enter the set, so Thompson sampling cannot
+    pick one and the TR state never counts an analytic rejection as a failure.
 
     Returns:
         (configs, their unit encodings ``(m, dim)``).
@@ -242,7 +247,7 @@ def new_candidates(
         extra_seen = set(taken) | {space.key(c) for c in out}
         before = set(extra_seen)
         extra = fresh_samples(space, need - len(out), extra_seen, rng)
-        out += [c for c in extra if space.key(c) not in before]
+        out += [c for c in extra if space.key(c) not in before and space.feasible(c)]
     return out, encode(space, out)
 
 

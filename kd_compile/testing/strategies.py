@@ -136,9 +136,10 @@ def toy_evaluate(
 
 
 # -- driving a strategy ---------------------------------------------------------------------------
-def make_strategy(name: str, space: ParamSpace, seed: int, budget: int) -> Strategy:
+def make_strategy(name: str, space: ParamSpace, seed: int, budget: int, **options: Any) -> Strategy:
     """Create ``name`` with those of :data:`FAST_OPTIONS` its constructor accepts, and
-    :data:`OBJECTIVES` as ``objectives`` if it takes them."""
+    :data:`OBJECTIVES` as ``objectives`` if it takes them; ``options`` (e.g. ``feasible``) are
+    passed to every strategy."""
     factory = get_strategy(name)
     try:
         accepted = set(inspect.signature(factory).parameters)
@@ -147,7 +148,15 @@ def make_strategy(name: str, space: ParamSpace, seed: int, budget: int) -> Strat
     opts = {k: v for k, v in FAST_OPTIONS.items() if k in accepted}
     if "objectives" in accepted:
         opts["objectives"] = OBJECTIVES
+    opts.update(options)
     return create_strategy(name, space, seed=seed, budget=budget, **opts)
+
+
+def toy_half_feasible(config: Config) -> bool:
+    """A feasibility predicate that rejects about half of :class:`ToySpace` (``width * depth
+    > 100``, a tighter "max params" than :func:`toy_evaluate`'s): what the compiler passes as
+    ``feasible=`` from a student family's analytic parameter count."""
+    return toy_params_ratio(config) <= 0.5
 
 
 @dataclass
@@ -310,6 +319,50 @@ def check_no_repeats(name: str) -> None:
     assert len(set(props)) == len(props), f"{name} repeated a proposal"
 
 
+def check_feasibility_predicate(name: str) -> None:
+    """``feasible=`` filters candidates before they become proposals.
+
+    * A predicate that accepts everything changes nothing: the reference run again, draw for
+      draw (so ``feasible=None`` and an idle predicate cannot perturb a strategy's RNG).
+    * A predicate that rejects about half of the space (:func:`toy_half_feasible`): no
+      proposal breaks it (and ``infeasible_proposals``, the fallback count, stays 0), and a
+      fresh instance replaying the rounds proposes the same (the filter is a pure function).
+    """
+    space = ToySpace()
+    ref = reference_run(name)
+    same = make_strategy(name, space, seed=11, budget=_BUDGET, feasible=lambda c: True)
+    run = drive(same, toy_evaluate(space, with_failures=True), _BATCHES)
+    assert run.proposals == ref.run.proposals, f"{name}: an always-true predicate changed the proposals"
+
+    strat = make_strategy(name, space, seed=11, budget=_BUDGET, feasible=toy_half_feasible)
+    run = drive(strat, toy_evaluate(space, with_failures=True), _BATCHES)
+    bad = [t.config for t in run.trials if not toy_half_feasible(t.config)]
+    assert not bad, f"{name} proposed {len(bad)} configs its feasibility predicate rejects: {bad[:2]}"
+    assert strat.infeasible_proposals == 0
+    replay = make_strategy(name, space, seed=11, budget=_BUDGET, feasible=toy_half_feasible)
+    for i, chunk in enumerate(run.rounds):
+        asked = [(space.key(s.config), s.fidelity) for s in replay.ask(len(chunk))]
+        assert asked == [(space.key(t.config), t.fidelity) for t in chunk], (
+            f"{name}: replay with a feasibility predicate diverged at round {i}"
+        )
+        replay.tell(chunk)
+
+
+def check_infeasible_everywhere_is_bounded(name: str) -> None:
+    """A predicate that rejects every config does not hang the strategy: ``ask(n)`` still
+    returns n distinct best-effort proposals (before and after results arrive, so the
+    model-based paths run too), and ``infeasible_proposals`` counts each of them."""
+    space = ToySpace()
+    strat = make_strategy(name, space, seed=4, budget=_BUDGET, feasible=lambda c: False)
+    run = drive(strat, toy_evaluate(space), [4, 2, 3])
+    for chunk in run.rounds:
+        assert len({(space.key(t.config), t.fidelity) for t in chunk}) == len(chunk)
+    assert strat.infeasible_proposals == len(run.proposals)
+    later = strat.ask(2)
+    assert len({(space.key(s.config), s.fidelity) for s in later}) == 2
+    assert strat.infeasible_proposals == len(run.proposals) + 2
+
+
 CHECKS: list[Callable[[str], None]] = [
     check_proposals_in_space,
     check_ask_before_tell_and_batches,
@@ -317,4 +370,6 @@ CHECKS: list[Callable[[str], None]] = [
     check_deterministic_resume_by_replay,
     check_infeasible_and_failed,
     check_no_repeats,
+    check_feasibility_predicate,
+    check_infeasible_everywhere_is_bounded,
 ]
