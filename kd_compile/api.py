@@ -162,7 +162,7 @@ def _run(
         past = journal.open(header, resume=False)
 
     space = searched_space(family, search_kd=True)
-    strategy = _strategy(cfg, space)
+    strategy = _strategy(cfg, space, family)
     rep.stage(f"search: {cfg.strategy}, {cfg.budget.candidates} candidates")
     rep.search_started(cfg.budget.candidates)
 
@@ -426,10 +426,16 @@ def _check_finite(model: nn.Module) -> None:
         )
 
 
-def _strategy(cfg: CompileConfig, space: Any) -> Any:
+def _strategy(cfg: CompileConfig, space: Any, family: Any) -> Any:
+    """The strategy, given what it needs as data: the objectives (multi-objective strategies) and
+    the analytic params limit as a feasibility predicate, so no proposal breaks it."""
     from .search import create_strategy, get_strategy
 
-    opts = {"objectives": OBJECTIVES} if get_strategy(cfg.strategy).multi_objective else {}
+    opts: dict[str, Any] = {"objectives": OBJECTIVES} if get_strategy(cfg.strategy).multi_objective else {}
+    count = getattr(family, "deployed_params", getattr(family, "estimate_params", None))
+    limit = cfg.constraints.max_params
+    if limit is not None and count is not None:
+        opts["feasible"] = lambda c: count(c) <= limit
     return create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget.candidates, **opts)
 
 

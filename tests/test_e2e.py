@@ -39,6 +39,8 @@ def test_compile_end_to_end(digits_teacher, tmp_path):
     assert 0.0 <= s["accuracy"] <= 1.0 and s["accuracy_without_kd"] is not None
     assert r["teacher"]["latency"]["method"] == "predicted" and r["target"]["name"] == "2080ti"
     assert r["search"]["statuses"]["ok"] >= 1
+    # the params limit is analytic: the strategy never proposes a student that breaks it
+    assert r["search"]["statuses"]["infeasible"] == 0
     # every trained candidate respected the constraint; infeasible ones were never trained
     for c in r["search"]["candidates"]:
         if c["status"] == "ok":
