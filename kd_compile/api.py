@@ -625,6 +625,23 @@ def list_spaces() -> list[str]:
     return _list()
 
 
+def target_calibration(name: str) -> dict[str, Any] | None:
+    """A target's shipped calibration (fitted constants, error bands, what they were fitted on)."""
+    from .profilers.roofline import read_calibration
+
+    try:
+        return read_calibration(name)
+    except (OSError, ValueError, KdCompileError):
+        return None
+
+
+def prediction_band(target: TargetProfile, runtime: str, precision: str, batch: int) -> dict[str, Any]:
+    """The error band every prediction for (target, runtime, precision, batch) carries."""
+    from .profilers.error_bands import error_band
+
+    return error_band(target, runtime, precision, batch)
+
+
 @functools.cache
 def strategy_summaries() -> dict[str, str]:
     """Each registered strategy with the first line of its docstring."""

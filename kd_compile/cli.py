@@ -305,7 +305,7 @@ def _fmt_calibration(d: dict[str, Any]) -> str:
         f"calibrated {d.get('target')} {d.get('runtime')}/{d.get('precision')} on "
         f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, "
         f"Spearman {q.get('spearman', float('nan')):.3f}, "
-        f"median error {q.get('median_ape', float('nan')):.1f}%\n  {consts}"
+        f"median error {100 * q.get('median_ape', float('nan')):.1f}%\n  {consts}"
     )
 
 
@@ -335,14 +335,20 @@ def _latency_status(p: Any) -> str:
     return f"predicted ±{100 * band:.0f}%"
 
 
+def _bands(p: Any) -> dict[str, Any]:
+    """The target's held-out error bands by ``runtime/precision/batch1|large`` (empty: none)."""
+    from . import api
+
+    return (api.target_calibration(p.name) or {}).get("error_bands") or {}
+
+
 def _default_band(p: Any) -> float | None:
-    """The held-out median error of the target's default runtime/precision fit, if it has one."""
-    fit = (p.calibration or {}).get(f"{p.default_runtime}/{p.default_precision}") or {}
-    for where in (fit.get("error_band"), fit.get("quality"), fit):
-        if isinstance(where, dict) and isinstance(where.get("median_ape"), (int, float)):
-            ape = float(where["median_ape"])
-            return ape / 100 if ape > 1.5 else ape  # stored as a fraction or in percent
-    return None
+    """The held-out median error of predictions in the target's default regime (batch 1), as
+    every prediction there carries it (a borrowed band where the regime has no data)."""
+    from . import api
+
+    ape = api.prediction_band(p, p.default_runtime, p.default_precision, 1).get("median_ape")
+    return float(ape) if isinstance(ape, (int, float)) else None
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -375,9 +381,12 @@ def targets_show(
         ("latency", _latency_status(p)),
     ]
     typer.echo(_table(rows))
-    for key, fit in (d.get("calibration") or {}).items():
-        basis = fit.get("fitted_on") or fit.get("basis") or ""
-        typer.echo(f"calibration {key}: {basis if isinstance(basis, str) else ', '.join(map(str, basis))}")
+    bands = _bands(p)
+    if bands:
+        from .report.render import band_phrase
+
+        typer.echo("predictor error, held out (median / 80th percentile of |predicted - measured| / measured):")
+        typer.echo(_table([("  " + regime, band_phrase(b)) for regime, b in sorted(bands.items())]))
     typer.echo("sources:")
     for src in d.get("sources", []):
         typer.echo(f"  - {src}")

@@ -1,36 +1,49 @@
-"""Roofline latency predictor: per-kernel max(compute time, memory time) + launch overhead.
+"""Latency predictor for a device we do not have: per-kernel roofline plus per-kernel fixed costs.
 
-The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runtime would
-launch (:func:`fuse`), then each kernel costs
+The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runtime launches
+(:func:`fuse`). At batch ``b`` each kernel ``k`` costs the larger of what the GPU needs and what the
+host needs to issue it, and a model costs the sum over its kernels::
 
-    t = max(flops / (peak x e_class x ch / (ch + c_half)),  bytes / (bandwidth x e_mem_class))
-        + launch_overhead x runtime_factor x launch_scale
+    gpu_k  = s_roofline x max( b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
+                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0
+    host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
+           = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
+    t      = sum_k max(gpu_k, host_k)
 
-``peak`` is the target's peak for the precision (tensor-core peak for conv/matmul/attention,
-CUDA-core peak for depthwise convs, which cuDNN/TensorRT do not run on tensor cores); bytes are
-counted in fp32 and scaled by the precision's element size. The efficiencies (``e_*``), the
-channel half-saturation ``c_half`` and ``launch_scale`` are fitted per target/runtime/precision by
-:mod:`kd_compile.calibrate` and stored in ``kd_compile/targets/calibration/<target>.json`` with
-the measurement files they were fitted on; without a fit, :data:`DEFAULT_EFFICIENCY` is used.
+with ``J = edge`` on a Jetson and 1 elsewhere.
 
-Fusion rules per runtime (the graph rewrites each runtime is documented to do):
+*From the datasheet* (target TOML): ``P_class`` (tensor-core peak for conv/matmul/attention in
+fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on GPUs whose native
+fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
+``BW`` (DRAM bandwidth) and ``kind`` (``edge-gpu``: a Jetson, whose Arm host pays ``edge``).
+*Counted*: ``F_k`` FLOPs, ``A_k`` activation bytes, ``W_k`` weight bytes (fp32, scaled by the
+precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
+that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
+*Fitted* (:class:`Constants`, 10 numbers, on every measured table together by
+:mod:`kd_compile.calibrate`): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the channel
+half-saturation ``c_half``, the fixed GPU cost per kernel ``t0``, the host costs ``h_lib``,
+``h_pw`` (eager, per ATen op) and ``h_kernel`` (per fused kernel), and the Jetson host factor
+``edge``. A device with measurements also gets *device scales* fitted on its own rows (a device
+without keeps 1): ``s_roofline`` (sustained throughput, e.g. a 70 W T4 that cannot hold its boost
+clock on tensor cores) and ``s_fixed`` per runtime (its host's dispatch speed and launch path).
+``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager
+tables follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the
+pipeline recurrence). Tried and left out because they transferred worse between devices: an
+occupancy term (SMs x tile; the fits drove it to zero), scaling ``t0`` with the boost clock
+(TensorRT batch-1 error with the device left out 35% instead of 31%), and Python module-call
+and view-op host costs (implementation-specific).
 
-* ``tensorrt``: BatchNorm after a conv/linear is folded into its weights; pointwise ops
-  (activations, residual adds, scales) are fused into the preceding kernel; LayerNorm/GroupNorm
-  and pools start a kernel of their own (which absorbs following pointwise ops).
-* ``inductor`` (``torch.compile``): as TensorRT; BN folding under ``torch.no_grad``/freezing.
-* ``onnxruntime``: BN folded into conv; one activation fused into the preceding conv/GEMM
-  (ORT's ``FusedConv``/``FusedGemm``); every other op is its own kernel.
-* ``torch`` (eager): no fusion, every ATen op is a kernel.
+Fusion rules per runtime: :mod:`.fusion`.
+
+Every prediction carries the error band measured for its target, runtime, precision and batch
+regime (:func:`error_band`), from ``kd_compile/targets/calibration/<target>.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,73 +53,62 @@ from ..errors import UsageError
 from ..targets.profile import PRECISIONS, TargetProfile, get_target
 from .base import InputSpec, LayerCost, Measurement, Profiler, register_profiler
 from .counting import OpRecord, trace_ops
+from .error_bands import (
+    CALIBRATION_DIR,
+    SHARED_FIT,
+    batch_regime,
+    error_band,
+    own_calibration,
+    read_calibration,
+    regime_key,
+)
+from .fusion import _KCOLS, RUNTIME_RULES, Kernel, fuse, kernel_rows
 
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibration"
+# re-exported: the kernel grouping (``.fusion``) and the bands (``.error_bands``) are part of this API
+__all__ = [
+    "CALIBRATION_DIR", "RUNTIME_RULES", "SHARED_FIT", "Constants", "DeviceScales", "DeviceTerms", "Kernel",
+    "KernelTable", "RooflineProfiler", "batch_regime", "error_band", "fuse", "kernel_rows", "load_calibration",
+    "read_calibration", "regime_key", "row_seconds",
+]
+
 
 RUNTIME_NAMES = ("tensorrt", "torch", "onnxruntime", "inductor")
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
-# Kernel classes the efficiencies are keyed by.
-KERNEL_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise")
-_CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
-_TENSOR_CORE = (True, False, True, True, False)
-# op class from counting -> kernel class; norm/pool are memory-bound like pointwise ops.
-_TO_KERNEL = {"conv": "conv", "dwconv": "dwconv", "matmul": "matmul", "attention": "attention",
-              "batchnorm": "elementwise", "norm": "elementwise", "pool": "elementwise", "elementwise": "elementwise"}
-
 
 @dataclass(frozen=True)
-class RuntimeRules:
-    """How a runtime groups ops into kernels and what a kernel launch costs.
+class Constants:
+    """The predictor's fitted, device-independent constants (see the module docstring).
 
     Attributes:
-        fold_bn: BatchNorm after conv/linear disappears (weights folded at build time).
-        fuse_pointwise: every pointwise op after any kernel joins it.
-        fuse_one_activation: only a single activation right after conv/GEMM joins it.
-        launch_factor: multiplies the target's per-kernel launch overhead (which is quoted for
-            TensorRT). Eager PyTorch pays the Python/dispatcher cost per op (~2x).
+        e_tc: compute efficiency of conv/matmul/attention on tensor cores (fraction of peak).
+        e_cuda: compute efficiency of conv/matmul/attention on CUDA cores.
+        e_dw: compute efficiency of depthwise convs (CUDA cores).
+        e_mem: fraction of DRAM bandwidth any kernel reaches.
+        c_half: GEMM dimension at which a conv/matmul reaches half its efficiency.
+        t0_us: fixed GPU time per kernel (launch latency, ramp-up and tail), microseconds.
+        h_lib_us: eager host cost of one library ATen op (conv, matmul, norm), microseconds.
+        h_pw_us: eager host cost of one native pointwise/pool ATen op, microseconds.
+        h_kernel_us: host cost per launched kernel for graph runtimes (TensorRT), microseconds.
+        edge: host-cost factor of a Jetson's Arm CPU relative to a desktop/server host.
     """
 
-    fold_bn: bool
-    fuse_pointwise: bool
-    fuse_one_activation: bool
-    launch_factor: float
-
-
-RUNTIME_RULES: dict[str, RuntimeRules] = {
-    "tensorrt": RuntimeRules(True, True, False, 1.0),
-    "inductor": RuntimeRules(True, True, False, 1.5),
-    "onnxruntime": RuntimeRules(True, False, True, 1.0),
-    "torch": RuntimeRules(False, False, False, 2.0),
-}
-
-
-@dataclass(frozen=True)
-class Efficiency:
-    """Fraction of peak each kernel class reaches, plus the launch-overhead scale.
-
-    Attributes:
-        conv, dwconv, matmul, attention: compute efficiency (fraction of peak FLOP/s).
-        mem_compute: memory efficiency (fraction of DRAM bandwidth) of conv/GEMM kernels.
-        mem_elementwise: memory efficiency of pointwise/norm/pool kernels.
-        c_half: channel count at which a GEMM-like kernel reaches half its efficiency.
-        launch_scale: multiplies the per-kernel launch overhead.
-    """
-
-    conv: float = 0.5
-    dwconv: float = 0.3
-    matmul: float = 0.6
-    attention: float = 0.4
-    mem_compute: float = 0.6
-    mem_elementwise: float = 0.7
-    c_half: float = 16.0
-    launch_scale: float = 1.0
+    e_tc: float = 0.6
+    e_cuda: float = 0.5
+    e_dw: float = 0.05
+    e_mem: float = 0.9
+    c_half: float = 30.0
+    t0_us: float = 3.0
+    h_lib_us: float = 40.0
+    h_pw_us: float = 15.0
+    h_kernel_us: float = 8.0
+    edge: float = 2.5
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Efficiency:
+    def from_dict(cls, d: dict[str, Any]) -> Constants:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: float(v) for k, v in d.items() if k in names})
 
@@ -114,176 +116,216 @@ class Efficiency:
         return np.array([getattr(self, f.name) for f in dataclasses.fields(self)], dtype=float)
 
     @classmethod
-    def from_vector(cls, v: Sequence[float]) -> Efficiency:
+    def from_vector(cls, v: Sequence[float]) -> Constants:
         return cls(*[float(x) for x in v])
 
 
-# Hand-set starting values (typical cuDNN/cuBLAS fractions of peak); used only when no fit
-# exists for a target. Fitted values live in targets/calibration/*.json with their sources.
-DEFAULT_EFFICIENCY = Efficiency()
+CONSTANT_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Constants))
+# Rough starting values (used only when no calibration file exists, e.g. a fresh checkout
+# without the committed JSON): typical cuDNN/cuBLAS fractions of peak and dispatch costs of the
+# order the HELP eager tables show. The committed fit replaces them.
+DEFAULT_CONSTANTS = Constants()
 
 
 @dataclass(frozen=True)
-class Kernel:
-    """One launched kernel (a fused group of ops), at batch 1, fp32 bytes."""
-
-    name: str
-    op: str
-    flops: int
-    act_bytes: int
-    weight_bytes: int
-    ch: int
-    n_ops: int
-
-
-def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
-    """Group ATen ops into the kernels ``runtime`` launches (rules in the module docstring).
-
-    A fused follower's output replaces the head's output in the traffic, and any input of the
-    follower that is not the chained tensor (a residual) is still read.
-    """
-    rules = RUNTIME_RULES[runtime]
-    kernels: list[dict[str, Any]] = []
-    for r in ops:
-        k = _TO_KERNEL[r.op]
-        prev = kernels[-1] if kernels else None
-        absorb = False
-        if prev is not None:
-            head = prev["op"]
-            gemm_head = head in ("conv", "dwconv", "matmul")
-            if r.op == "batchnorm" and rules.fold_bn and gemm_head and prev["n_pw"] == 0 or r.op == "elementwise" and rules.fuse_pointwise:  # noqa: E501
-                absorb = True
-            elif r.op == "elementwise" and rules.fuse_one_activation and gemm_head and prev["n_pw"] == 0:
-                absorb = r.in_bytes <= prev["out"]  # a unary activation, not a residual add
-        if absorb and prev is not None:
-            extra = max(0, r.in_bytes - prev["out"])
-            prev["act"] += extra
-            prev["act"] += r.out_bytes - prev["out"]
-            prev["out"] = r.out_bytes
-            prev["w"] += r.weight_bytes
-            prev["flops"] += r.flops
-            prev["n"] += 1
-            prev["n_pw"] += 0 if r.op == "batchnorm" else 1
-            continue
-        kernels.append({"name": r.module or "(model)", "op": r.op, "cls": k, "flops": r.flops,
-                        "act": r.in_bytes + r.out_bytes, "out": r.out_bytes, "w": r.weight_bytes,
-                        "ch": r.ch, "n": 1, "n_pw": 0})
-    return [Kernel(d["name"], d["cls"], d["flops"], max(0, d["act"]), d["w"], d["ch"], d["n"]) for d in kernels]
-
-
-@dataclass(frozen=True)
-class KernelTable:
-    """Kernels of many models as flat arrays, for fast vectorised prediction and fitting.
+class DeviceScales:
+    """Per-device corrections fitted on that device's own measurements (1 = none).
 
     Attributes:
-        model: index of the model each kernel belongs to, shape (K,).
-        cls: kernel class index into ``KERNEL_CLASSES``, shape (K,).
-        flops, act_bytes, weight_bytes, ch: per-kernel values at batch 1, fp32, shape (K,).
-        batch: batch of each model, shape (M,).
-        n_models: M.
+        roofline: multiplies every kernel's compute/memory time (sustained vs datasheet throughput).
+        fixed: multiplies the fixed per-kernel costs (host dispatch, launch), per runtime
+            (``{"tensorrt": 0.8}``); missing runtimes: 1.
     """
 
-    model: np.ndarray
-    cls: np.ndarray
-    flops: np.ndarray
-    act_bytes: np.ndarray
-    weight_bytes: np.ndarray
-    ch: np.ndarray
-    batch: np.ndarray
-    n_models: int
+    roofline: float = 1.0
+    fixed: dict[str, float] = field(default_factory=dict)
+
+    def fixed_for(self, runtime: str) -> float:
+        return float(self.fixed.get(runtime, 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roofline": self.roofline, "fixed": dict(self.fixed)}
 
     @classmethod
-    def build(cls, models: Sequence[Sequence[Kernel]], batches: Sequence[int]) -> KernelTable:
-        idx, c, f, a, w, ch = [], [], [], [], [], []
-        for i, ks in enumerate(models):
-            for k in ks:
-                idx.append(i)
-                c.append(_CLASS_INDEX[k.op])
-                f.append(k.flops)
-                a.append(k.act_bytes)
-                w.append(k.weight_bytes)
-                ch.append(k.ch)
-        return cls(np.array(idx, dtype=np.int64), np.array(c, dtype=np.int64), np.array(f, dtype=float),
-                   np.array(a, dtype=float), np.array(w, dtype=float), np.array(ch, dtype=float),
-                   np.asarray(batches, dtype=float), len(models))
+    def from_dict(cls, d: dict[str, Any] | None) -> DeviceScales:
+        d = d or {}
+        return cls(float(d.get("roofline", 1.0)), {k: float(v) for k, v in (d.get("fixed") or {}).items()})
 
 
 @dataclass(frozen=True)
 class DeviceTerms:
-    """Target numbers the predictor needs, in SI units.
+    """What the predictor takes from a target profile for one runtime and precision.
 
     Attributes:
-        peak: FLOP/s per kernel class, shape (5,) (tensor-core or CUDA-core peak).
-        bandwidth: bytes/s.
-        launch_s: seconds per kernel launch for the runtime (before ``launch_scale``).
+        peak_tc: FLOP/s of conv/matmul/attention (tensor cores where the GPU has them).
+        peak_cuda: FLOP/s of CUDA-core work (depthwise convs; GEMMs without tensor cores).
+        tensor_cores: GEMMs run on tensor cores (``e_tc``) rather than CUDA cores (``e_cuda``).
+        bandwidth: DRAM bytes/s.
         bytes_scale: element size / 4 (ops are counted in fp32).
+        edge: the host is a Jetson's Arm CPU.
+        per_op_host: eager per-op host costs (else per kernel).
+        t0_override_s: the profile's ``launch_overhead_us`` override of ``t0`` in seconds (0: none).
     """
 
-    peak: np.ndarray
+    peak_tc: float
+    peak_cuda: float
+    tensor_cores: bool
     bandwidth: float
-    launch_s: float
     bytes_scale: float
+    edge: bool
+    per_op_host: bool
+    t0_override_s: float = 0.0
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
-        tc = target.peak_for(precision, tensor_cores=True) * 1e12
-        cuda = target.peak_for(precision, tensor_cores=False) * 1e12
+        fp32 = target.peak_for("fp32")
+        cuda = fp32 if precision == "fp32" else max(target.peak_for(precision, tensor_cores=False), fp32)
+        tc = target.peak_for(precision, tensor_cores=True) if precision != "fp32" else fp32
         if precision == "fp32" and runtime in ("tensorrt", "inductor") and target.peak_tflops.get("tf32_tensor"):
             # TensorRT builds with TF32 enabled by default; conv/GEMM then run on tensor cores.
-            tc = target.peak_tflops["tf32_tensor"] * 1e12
-        peak = np.array([tc if t else cuda for t in _TENSOR_CORE])
-        return cls(peak, target.memory_bandwidth_gbs * 1e9,
-                   target.launch_overhead_us * 1e-6 * RUNTIME_RULES[runtime].launch_factor,
-                   BYTES_PER_ELEMENT[precision] / 4.0)
+            tc = target.peak_tflops["tf32_tensor"]
+        tc = max(tc, cuda)  # a runtime never picks a slower path than the CUDA cores
+        return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
+                   BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
+                   RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6)
 
 
-def kernel_times(table: KernelTable, dev: DeviceTerms, eff: Efficiency | np.ndarray) -> np.ndarray:
-    """Seconds per kernel, shape (K,), for each model at its batch."""
-    e = eff.vector() if isinstance(eff, Efficiency) else np.asarray(eff, dtype=float)
-    e_compute = e[:4]
-    mem_c, mem_e, c_half, launch_scale = e[4], e[5], e[6], e[7]
-    b = table.batch[table.model]
-    cls = table.cls
-    gemm = cls < 4
-    ch_fac = np.where((cls == 0) | (cls == 2) | (cls == 3), table.ch / (table.ch + c_half), 1.0)
-    comp_eff = np.where(gemm, e_compute[np.minimum(cls, 3)], 1.0) * ch_fac
-    t_comp = np.where(gemm, b * table.flops / (dev.peak[cls] * comp_eff), 0.0)
-    mem_eff = np.where(gemm, mem_c, mem_e)
-    t_mem = (b * table.act_bytes + table.weight_bytes) * dev.bytes_scale / (dev.bandwidth * mem_eff)
-    return np.maximum(t_comp, t_mem) + dev.launch_s * launch_scale
+DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
+               "t0_override_s", "s_roofline", "s_fixed")
 
 
-def model_times(table: KernelTable, dev: DeviceTerms, eff: Efficiency | np.ndarray) -> np.ndarray:
-    """Seconds per batch for each model, shape (M,)."""
-    return np.bincount(table.model, weights=kernel_times(table, dev, eff), minlength=table.n_models)
+def device_columns(d: DeviceTerms) -> list[float]:
+    """A ``DeviceTerms`` as the first eight ``DEV_COLUMNS`` of a ``KernelTable``."""
+    return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
+            float(d.per_op_host), d.t0_override_s]
 
 
-def load_calibration(target: TargetProfile, runtime: str, precision: str) -> tuple[Efficiency, dict[str, Any]]:
-    """The fitted efficiencies for ``target`` (profile table first, then the JSON file).
+@dataclass(frozen=True)
+class KernelTable:
+    """Kernels of many (model, device, runtime, batch) rows as flat arrays, for fast prediction.
 
-    Falls back to a fit for the same precision under another runtime of the same target, then
-    to :data:`DEFAULT_EFFICIENCY`. The second value says where the constants came from.
+    Identical kernels of one row are stored once with a count (the model is a sum over
+    kernels, so order does not matter).
+
+    Attributes:
+        row: index of the row each kernel belongs to, shape (K,).
+        cls, flops, act, w, ch, n, lib: per-kernel values at batch 1, fp32 (see ``kernel_rows``).
+        count: multiplicity of each stored kernel.
+        batch: batch of each row, shape (M,).
+        dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
+            s_roofline, s_fixed), shape (M, 10).
+        n_rows: M.
     """
-    key = f"{runtime}/{precision}"
-    fits: dict[str, Any] = dict(target.calibration)
-    f = CALIBRATION_DIR / f"{target.name}.json"
-    if f.is_file():
-        data = json.loads(f.read_text(encoding="utf-8"))
-        for k, v in data.get("fits", {}).items():
-            fits.setdefault(k, v)
-    if key in fits:
-        return Efficiency.from_dict(fits[key]["constants"]), {"calibration": key, **_provenance(fits[key])}
-    for k, v in sorted(fits.items()):
-        if k.endswith(f"/{precision}"):
-            # Kernel efficiencies transfer across runtimes; launch costs do not (a fit at
-            # batch 1024 in eager PyTorch says little about TensorRT at batch 1), so reset.
-            eff = dataclasses.replace(Efficiency.from_dict(v["constants"]), launch_scale=1.0)
-            return eff, {"calibration": f"{k} (launch_scale reset to 1)", **_provenance(v)}
-    return DEFAULT_EFFICIENCY, {"calibration": "default (uncalibrated)"}
+
+    row: np.ndarray
+    cls: np.ndarray
+    flops: np.ndarray
+    act: np.ndarray
+    w: np.ndarray
+    ch: np.ndarray
+    n: np.ndarray
+    lib: np.ndarray
+    count: np.ndarray
+    batch: np.ndarray
+    dev: np.ndarray
+    n_rows: int
+
+    @classmethod
+    def build(
+        cls,
+        kernels: Sequence[np.ndarray],
+        batches: Sequence[int],
+        devices: Sequence[DeviceTerms],
+        scales: Sequence[tuple[float, float]] | None = None,
+    ) -> KernelTable:
+        """Table of rows: ``kernels[i]`` (from ``kernel_rows``) at ``batches[i]`` on ``devices[i]``.
+
+        ``scales[i]`` = (s_roofline, s_fixed) of the row's device and runtime (default 1, 1).
+        """
+        parts, idx, cnt = [], [], []
+        for i, k in enumerate(kernels):
+            if len(k):
+                u, c = np.unique(k, axis=0, return_counts=True)
+            else:
+                u, c = np.zeros((0, len(_KCOLS))), np.zeros(0)
+            parts.append(u)
+            cnt.append(c)
+            idx.append(np.full(len(u), i, dtype=np.int64))
+        a = np.concatenate(parts) if parts else np.zeros((0, len(_KCOLS)))
+        sc = list(scales) if scales is not None else [(1.0, 1.0)] * len(kernels)
+        dev = np.array([[*device_columns(d), s[0], s[1]] for d, s in zip(devices, sc, strict=True)],
+                       dtype=float).reshape(-1, len(DEV_COLUMNS))
+        return cls(np.concatenate(idx) if idx else np.zeros(0, np.int64), a[:, 0].astype(np.int64), a[:, 1], a[:, 2],
+                   a[:, 3], a[:, 4], a[:, 5], a[:, 6], np.concatenate(cnt).astype(float) if cnt else np.zeros(0),
+                   np.asarray(batches, dtype=float), dev, len(kernels))
+
+    def subset(self, rows: np.ndarray) -> KernelTable:
+        """The table restricted to the rows where ``rows`` (bool, shape (M,)) is true."""
+        keep = np.asarray(rows, bool)
+        remap = -np.ones(self.n_rows, np.int64)
+        remap[keep] = np.arange(int(keep.sum()))
+        k = keep[self.row]
+        return KernelTable(remap[self.row[k]], self.cls[k], self.flops[k], self.act[k], self.w[k], self.ch[k],
+                           self.n[k], self.lib[k], self.count[k], self.batch[keep], self.dev[keep], int(keep.sum()))
+
+    def with_scales(self, roofline: np.ndarray, fixed: np.ndarray) -> KernelTable:
+        """The same table with per-row device scales replaced."""
+        dev = self.dev.copy()
+        dev[:, 8], dev[:, 9] = roofline, fixed
+        return dataclasses.replace(self, dev=dev)
 
 
-def _provenance(fit: dict[str, Any]) -> dict[str, Any]:
-    return {k: fit[k] for k in ("fitted_on", "quality") if k in fit}
+def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
+    v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
+    e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge = v
+    d = table.dev[table.row]
+    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, s_roof, s_fixed = d.T
+    b = table.batch[table.row]
+    gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
+    dw = table.cls == 1
+    use_tc = gemm & (tcores > 0)
+    peak = np.where(use_tc, peak_tc, peak_cuda)
+    eff = np.where(dw, e_dw, np.where(use_tc, e_tc, e_cuda)) * np.where(gemm, table.ch / (table.ch + c_half), 1.0)
+    t_comp = np.where(gemm | dw, b * table.flops / (peak * np.maximum(eff, 1e-12)), 0.0)
+    t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
+    jetson = np.where(is_edge > 0, edge, 1.0)
+    t0 = np.where(t0_over > 0, t0_over, t0_us * 1e-6 * jetson)
+    gpu = s_roof * np.maximum(t_comp, t_mem) + s_fixed * t0
+    h = np.where(per_op > 0, h_lib * table.lib + h_pw * (table.n - table.lib), h_kernel) * 1e-6
+    host = s_fixed * jetson * h
+    return gpu, host
+
+
+def row_seconds(table: KernelTable, c: Constants | np.ndarray) -> np.ndarray:
+    """Predicted seconds per batch of each row, shape (M,)."""
+    gpu, host = kernel_seconds(table, c)
+    return np.bincount(table.row, weights=table.count * np.maximum(gpu, host), minlength=table.n_rows)
+
+
+# -- calibration files ------------------------------------------------------------------------
+
+
+def load_calibration(target: TargetProfile) -> tuple[Constants, DeviceScales, dict[str, Any]]:
+    """The constants and device scales to predict ``target`` with, and where they came from.
+
+    Order: the target's own calibration file (``calibration/<name>.json``); else the shared
+    all-device fit (``calibration/_all_devices.json``) with unit device scales (a user TOML of a
+    device without measurements); else :data:`DEFAULT_CONSTANTS` (uncalibrated).
+    """
+    doc = own_calibration(target)
+    if doc is not None and "constants" in doc:
+        return (Constants.from_dict(doc["constants"]), DeviceScales.from_dict(doc.get("device_scales")),
+                {"calibration": f"{target.name}.json", "constants_basis": doc.get("constants_basis", "")})
+    shared = read_calibration(SHARED_FIT.stem)
+    if shared is not None and "constants" in shared:
+        return (Constants.from_dict(shared["constants"]), DeviceScales(),
+                {"calibration": f"{SHARED_FIT.name} (no calibration for '{target.name}')",
+                 "constants_basis": shared.get("constants_basis", "")})
+    return DEFAULT_CONSTANTS, DeviceScales(), {"calibration": "default (uncalibrated)"}
+
+
+# -- the profiler ------------------------------------------------------------------------------
 
 
 def predict_kernels(
@@ -292,24 +334,32 @@ def predict_kernels(
     precision: str,
     runtime: str,
     batch: int,
-    eff: Efficiency,
+    constants: Constants,
+    scales: DeviceScales | None = None,
 ) -> tuple[list[Kernel], np.ndarray]:
-    """Kernels of one model and their predicted seconds at ``batch``."""
+    """Kernels of one model and their predicted seconds (one instance each) at ``batch``."""
     kernels = fuse(ops, runtime)
-    table = KernelTable.build([kernels], [batch])
-    return kernels, kernel_times(table, DeviceTerms.of(target, precision, runtime), eff)
+    s = scales or DeviceScales()
+    dev = DeviceTerms.of(target, precision, runtime)
+    rows = kernel_rows(kernels)
+    # one row per kernel so each keeps its own time (no de-duplication)
+    table = KernelTable.build([r[None, :] for r in rows], [batch] * len(rows), [dev] * len(rows),
+                              [(s.roofline, s.fixed_for(runtime))] * len(rows))
+    gpu, host = kernel_seconds(table, constants)
+    return kernels, np.maximum(gpu, host)
 
 
 @register_profiler("roofline")
 class RooflineProfiler(Profiler):
-    """Predicted latency on a target device from counted costs and a fitted roofline.
+    """Predicted latency on a target device from counted costs and the calibrated model.
 
     Args:
         target: a ``TargetProfile`` or a target name/path for ``get_target``.
         precision: ``fp32``/``fp16``/``bf16``/``int8``; default: the target's.
         runtime: ``tensorrt``/``torch``/``onnxruntime``/``inductor``; default: the target's.
         batch: batch to predict for; default: the input spec's.
-        efficiency: override the fitted constants (used by leave-one-device-out benchmarks).
+        constants: override the fitted constants (used by leave-one-out benchmarks).
+        scales: override the device scales (default: the calibration's, or 1 with ``constants``).
     """
 
     name = "roofline"
@@ -320,7 +370,8 @@ class RooflineProfiler(Profiler):
         precision: str | None = None,
         runtime: str | None = None,
         batch: int | None = None,
-        efficiency: Efficiency | None = None,
+        constants: Constants | None = None,
+        scales: DeviceScales | None = None,
     ) -> None:
         self.target = target if isinstance(target, TargetProfile) else get_target(target)
         self.precision = precision or self.target.default_precision
@@ -332,14 +383,17 @@ class RooflineProfiler(Profiler):
         if batch is not None and batch <= 0:
             raise UsageError(f"batch must be positive, got {batch}")
         self.batch = batch
-        if efficiency is not None:
-            self.efficiency, self.source = efficiency, {"calibration": "given"}
+        if constants is not None:
+            self.constants, self.scales = constants, scales or DeviceScales()
+            self.source: dict[str, Any] = {"calibration": "given"}
         else:
-            self.efficiency, self.source = load_calibration(self.target, self.runtime, self.precision)
+            self.constants, fitted, self.source = load_calibration(self.target)
+            self.scales = scales or fitted
 
     def predict_ops(self, ops: Sequence[OpRecord], batch: int) -> Measurement:
         """Predict from already-counted ops (no forward pass)."""
-        kernels, secs = predict_kernels(ops, self.target, self.precision, self.runtime, batch, self.efficiency)
+        kernels, secs = predict_kernels(ops, self.target, self.precision, self.runtime, batch, self.constants,
+                                        self.scales)
         bs = BYTES_PER_ELEMENT[self.precision] / 4.0
         layers = tuple(
             LayerCost(name=k.name, op=k.op, flops=batch * k.flops,
@@ -355,7 +409,13 @@ class RooflineProfiler(Profiler):
             latency_ms=float(secs.sum() * 1e3),
             flops=batch * sum(r.flops for r in ops),
             layers=layers,
-            extra={"kernels": len(kernels), "efficiency": self.efficiency.to_dict(), **self.source},
+            extra={
+                "kernels": len(kernels),
+                "constants": self.constants.to_dict(),
+                "device_scales": self.scales.to_dict(),
+                **self.source,
+                "error_band": error_band(self.target, self.runtime, self.precision, batch),
+            },
         )
 
     def _impl(self, model: nn.Module, input_spec: InputSpec) -> Measurement:

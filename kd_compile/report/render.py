@@ -31,13 +31,16 @@ def speed_phrase(x: float | None) -> str:
 
 
 def band_phrase(band: dict[str, Any] | None) -> str:
-    """The predictor's held-out error for this target and regime, in words."""
+    """The predictor's held-out error for this target and regime, in words, e.g. "±88% median,
+    112% p80 held out (device left out: leave-one-device-out over t4 (13 models, ...))"."""
     if not band:
         return "no calibration error known for this target"
-    ape = band.get("median_ape")
-    what = f"±{100 * ape:.0f}% median error" if isinstance(ape, (int, float)) else "error band"
-    basis = band.get("basis")
-    return f"{what} held out{f' ({basis})' if basis else ''}"
+    ape, p80 = band.get("median_ape"), band.get("p80_ape")
+    if not isinstance(ape, (int, float)):
+        return f"unvalidated ({band.get('basis') or 'no measurements for this runtime'})"
+    what = f"±{100 * ape:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float)) else "")
+    how = "; ".join(str(x) for x in (band.get("transfer"), band.get("basis")) if x)
+    return f"{what} error held out ({how})" if how else f"{what} error held out"
 
 
 def speed_lines(r: dict[str, Any]) -> list[str]:

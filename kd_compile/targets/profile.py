@@ -36,10 +36,12 @@ class TargetProfile:
         memory_bandwidth_gbs: DRAM bandwidth, GB/s.
         memory_gb: device memory, GB.
         compute_units: SMs for GPUs, cores for CPUs.
-        launch_overhead_us: fixed cost per kernel (fused layer) launch, microseconds.
+        launch_overhead_us: optional override of the fitted fixed GPU cost per kernel,
+            microseconds; 0 (the default) uses the calibrated per-runtime constant.
         default_runtime: runtime used when none is asked for.
         default_precision: precision used when none is asked for.
         local: the device is this machine (latency can be measured, not predicted).
+        boost_clock_mhz: GPU boost clock (datasheet), MHz; 0 when not given. Informational.
         sources: citations for the numbers (datasheets, whitepapers).
         calibration: efficiency factors fitted by ``kd-compile calibrate``, keyed by
             ``runtime/precision``; each value holds the fitted constants and the file they were
@@ -57,6 +59,7 @@ class TargetProfile:
     default_runtime: str
     default_precision: str
     local: bool = False
+    boost_clock_mhz: float = 0.0
     sources: tuple[str, ...] = ()
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None
@@ -143,14 +146,21 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         memory_bandwidth_gbs=positive("memory_bandwidth_gbs", need("memory_bandwidth_gbs", (int, float))),
         memory_gb=positive("memory_gb", need("memory_gb", (int, float))),
         compute_units=int(positive("compute_units", need("compute_units", int))),
-        launch_overhead_us=float(need("launch_overhead_us", (int, float))),
+        launch_overhead_us=_nonneg(where, "launch_overhead_us", d.get("launch_overhead_us", 0.0)),
         default_runtime=runtime,
         default_precision=precision,
         local=bool(d.get("local", False)),
+        boost_clock_mhz=_nonneg(where, "boost_clock_mhz", d.get("boost_clock_mhz", 0.0)),
         sources=tuple(sources),
         calibration=calibration,
         path=d.get("path"),
     )
+
+
+def _nonneg(where: str, key: str, v: Any) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        raise TargetError(f"{where}: field '{key}' must be a non-negative number, got {v!r}")
+    return float(v)
 
 
 def _tname(t: type | tuple[type, ...]) -> str:

@@ -11,8 +11,11 @@ from kd_compile.errors import TargetError
 from kd_compile.targets import get_target, list_targets, load_target_file
 from kd_compile.targets.profile import _builtin_dir
 
-EXPECTED = {"2080ti", "rtx3090", "rtx4090", "rtx5090", "t4", "a10", "l4", "a100", "h100",
-            "jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "cpu"}
+EXPECTED = {"1080ti", "titan-x", "titan-xp", "titan-rtx", "v100", "2080ti", "t4", "a10", "a100", "l4", "h100", "h200",
+            "rtx3090", "rtx4090", "rtx5090", "jetson-nano", "jetson-tx2", "jetson-xavier-nx", "jetson-agx-xavier",
+            "jetson-orin-nano", "jetson-agx-orin", "cpu"}
+# Pascal GP102: native fp16 at 1/64 of fp32, so fp32 is the sensible default there.
+SLOW_FP16 = {"1080ti", "titan-x", "titan-xp"}
 
 
 def test_all_expected_targets_exist() -> None:
@@ -27,11 +30,27 @@ def test_builtin_profile_is_valid_and_cited(name: str) -> None:
     assert t.peak_for("fp32") > 0 and t.memory_bandwidth_gbs > 0 and t.compute_units > 0
     if t.kind == "cpu":
         assert t.local and t.default_runtime == "onnxruntime" and t.default_precision == "fp32"
+    elif name in SLOW_FP16:
+        assert not t.local and t.default_runtime == "tensorrt" and t.default_precision == "fp32"
+        assert t.peak_for("fp16") < t.peak_for("fp32") / 32 and "fp16_tensor" not in t.peak_tflops
+        assert t.peak_for("int8") > t.peak_for("fp32")  # DP4A
     else:
         assert not t.local and t.default_runtime == "tensorrt" and t.default_precision == "fp16"
-        # Tensor cores: fp16 tensor peak above fp32, int8 above fp16.
+        # fp16 above fp32 (tensor cores or 2x-rate CUDA cores), int8 not below fp16.
         assert t.peak_for("fp16") > t.peak_for("fp32")
         assert t.peak_for("int8") >= t.peak_for("fp16")
+    if t.kind != "cpu":
+        assert t.boost_clock_mhz > 0 and t.launch_overhead_us == 0  # fixed costs are fitted, not hand-set
+
+
+def test_datacenter_and_jetson_ordering() -> None:
+    assert get_target("h200").memory_bandwidth_gbs > get_target("h100").memory_bandwidth_gbs
+    assert get_target("h200").peak_for("fp16") == get_target("h100").peak_for("fp16")
+    assert get_target("v100").peak_for("fp16") > get_target("t4").peak_for("fp16")
+    assert (get_target("jetson-agx-orin").peak_for("fp16") > get_target("jetson-agx-xavier").peak_for("fp16")
+            > get_target("jetson-xavier-nx").peak_for("fp16") > get_target("jetson-tx2").peak_for("fp16")
+            > get_target("jetson-nano").peak_for("fp16"))
+    assert all(get_target(n).kind == "edge-gpu" for n in EXPECTED if n.startswith("jetson"))
 
 
 def test_newer_gpus_are_faster() -> None:

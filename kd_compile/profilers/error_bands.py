@@ -1,0 +1,91 @@
+"""Error bands of the latency predictor: the calibration files and the band of a prediction.
+
+``kd_compile/targets/calibration/<target>.json`` (written by :mod:`kd_compile.calibrate`) holds,
+per regime ``runtime/precision/batch-regime``, the held-out error of the predictor for that
+target and what it was measured on; ``_all_devices.json`` holds the bands for devices without a
+file of their own (user TOMLs). :func:`error_band` is what every roofline ``Measurement`` carries
+in ``extra["error_band"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..targets.profile import TargetProfile
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibration"
+SHARED_FIT = CALIBRATION_DIR / "_all_devices.json"
+
+
+def batch_regime(batch: int) -> str:
+    """``batch1`` for batch 1 (launch/dispatch-bound), ``large`` otherwise (measured: 32-1024)."""
+    return "batch1" if batch <= 1 else "large"
+
+
+def regime_key(runtime: str, precision: str, batch: int) -> str:
+    """``runtime/precision/batch-regime``, the key of an error band."""
+    return f"{runtime}/{precision}/{batch_regime(batch)}"
+
+
+@lru_cache(maxsize=64)
+def _read_json(path: str, mtime: float) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_calibration(name: str) -> dict[str, Any] | None:
+    """The calibration document of target ``name`` (``calibration/<name>.json``), or None."""
+    f = CALIBRATION_DIR / f"{name}.json"
+    if not f.is_file():
+        return None
+    return _read_json(str(f), f.stat().st_mtime)
+
+
+def own_calibration(target: TargetProfile) -> dict[str, Any] | None:
+    """The calibration file of a built-in (or plugin) target; a user TOML gets none, even if it
+    reuses a built-in name, since its numbers may differ from the profile that was calibrated."""
+    builtin = target.path is None or Path(target.path).resolve().parent == CALIBRATION_DIR.parent
+    return read_calibration(target.name) if builtin else None
+
+
+_PRECISION_FALLBACK = {"bf16": "fp16", "int8": "fp16", "fp16": "fp32", "fp32": "fp16"}
+
+
+def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) -> dict[str, Any]:
+    """The measured error band of predictions for ``target`` in this regime.
+
+    Returns:
+        ``{"median_ape", "p80_ape", "n", "regime", "basis", "transfer", "files"}``: the held-out
+        median and 80th-percentile absolute percentage error (fractions: 0.23 = 23%), the number
+        of held-out predictions they come from, the regime key, what they were measured on, how
+        the target relates to the measurements (``"fitted on this device"``, ``"device left out"``,
+        or ``"proxy: ..."`` when the regime itself has no measurements) and the measured files.
+        ``median_ape`` is None when nothing was measured that could stand for this regime.
+    """
+    key = regime_key(runtime, precision, batch)
+    doc = own_calibration(target)
+    src = "target" if doc is not None else "shared"
+    if doc is None:
+        doc = read_calibration(SHARED_FIT.stem) or {}
+    bands: dict[str, Any] = (doc.get("error_bands", {}) if src == "target"
+                             else doc.get("transfer_bands", {}).get(target.kind, {}))
+    band = bands.get(key)
+    note = ""
+    if band is None:
+        alt = regime_key(runtime, _PRECISION_FALLBACK.get(precision, "fp16"), batch)
+        if alt in bands:
+            band, note = bands[alt], f"proxy: no {precision} measurements, band of {alt}"
+    if band is None:
+        return {"median_ape": None, "p80_ape": None, "n": 0, "regime": key,
+                "basis": f"no measured tables for {runtime} ({precision}) stand for this regime: unvalidated",
+                "transfer": "none", "files": []}
+    out = {"median_ape": band.get("median_ape"), "p80_ape": band.get("p80_ape"), "n": band.get("n", 0),
+           "regime": key, "basis": band.get("basis", ""), "transfer": band.get("transfer", ""),
+           "files": list(band.get("files", []))}
+    if note:
+        out["transfer"] = f"{note}; {out['transfer']}"
+    if src == "shared":
+        out["transfer"] = f"device left out (no calibration file for '{target.name}'); {out['transfer']}"
+    return out
