@@ -169,6 +169,68 @@ def _parse_shape(text: Any, flag: str) -> tuple[int, int, int] | None:
     return parts  # type: ignore[return-value]
 
 
+def _parse_input_size(text: Any, flag: str) -> tuple[int, int] | None:
+    """``32`` (square) or ``32x48`` / ``32,48`` (H then W) -> (H, W)."""
+    if text is None:
+        return None
+    bad = UsageError(f"{flag} must be H or HxW (e.g. 32 or 224x224), got '{text}'")
+    if isinstance(text, (tuple, list)):
+        parts = tuple(text)
+    elif isinstance(text, int) and not isinstance(text, bool):
+        parts = (text,)
+    else:
+        try:
+            parts = tuple(int(x) for x in re.split(r"[xX,*]", str(text).strip()))
+        except ValueError:
+            raise bad from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
+        raise bad
+    return parts  # type: ignore[return-value]
+
+
+def _parse_channel_values(positive: bool) -> Callable[[Any, str], tuple[float, ...] | None]:
+    """A parser of one or three comma-separated finite numbers (per-channel mean or std)."""
+
+    def parse(text: Any, flag: str) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        what = "positive numbers" if positive else "numbers"
+        bad = UsageError(f"{flag} must be three comma-separated {what} or one (e.g. 0.485,0.456,0.406), got '{text}'")
+        items = list(text) if isinstance(text, (tuple, list)) else str(text).replace(" ", ",").split(",")
+        try:
+            values = tuple(float(v) for v in items if not (isinstance(v, str) and not v.strip()))
+        except (TypeError, ValueError):
+            raise bad from None
+        if len(values) not in (1, 3) or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+            raise bad
+        return values
+
+    return parse
+
+
+def _parse_interpolation(text: Any, flag: str) -> str | None:
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    if value not in ("bilinear", "bicubic", "nearest"):
+        raise UsageError(f"{flag} must be bilinear, bicubic or nearest, got '{text}'")
+    return value
+
+
+def _parse_crop_pct(text: Any, flag: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be a fraction in (0, 1], e.g. 0.875, got '{text}'") from None
+    if isinstance(text, bool) or not 0 < value <= 1:
+        raise UsageError(f"{flag} must be a fraction in (0, 1], e.g. 0.875, got '{text}'")
+    return value
+
+
 def _optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return lambda v, flag: None if v is None else parse(v, flag)
 
@@ -296,6 +358,38 @@ class CompileConfig:
     arch: str | None = option(None, "timm architecture for a state_dict/safetensors teacher.")
     input_shape: tuple[int, int, int] | None = option(
         None, "Teacher input C,H,W when the checkpoint lacks it.", parse=_parse_shape, cli_type=str
+    )
+    input_size: tuple[int, int] | None = option(
+        None,
+        "Teacher input resolution H or HxW (channels from the checkpoint, or --input-shape C,H,W); "
+        "default: the checkpoint's, else the data's.",
+        parse=_parse_input_size,
+        cli_type=str,
+    )
+    mean: tuple[float, ...] | None = option(
+        None,
+        "Teacher normalisation mean of x/255, three comma-separated values or one; default: the "
+        "checkpoint's, else timm's pretrained_cfg, else the data's own.",
+        parse=_parse_channel_values(positive=False),
+        cli_type=str,
+    )
+    std: tuple[float, ...] | None = option(
+        None,
+        "Teacher normalisation std of x/255, three comma-separated values or one; default as --mean.",
+        parse=_parse_channel_values(positive=True),
+        cli_type=str,
+    )
+    interpolation: str | None = option(
+        None,
+        "Resize filter for the teacher's input: bilinear | bicubic | nearest; default: the checkpoint's, "
+        "else bilinear.",
+        parse=_parse_interpolation,
+    )
+    crop_pct: float | None = option(
+        None,
+        "Centre-crop fraction in (0, 1]: resize to size/crop-pct and keep the centre (timm's evaluation "
+        "crop); default: the checkpoint's, else 1 (no crop).",
+        parse=_parse_crop_pct,
     )
     num_classes: int | None = option(None, "Teacher class count (checked against the checkpoint).")
     compare_ce: bool = option(True, "Also train the chosen student without KD, for the report.")

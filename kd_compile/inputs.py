@@ -51,10 +51,15 @@ class RunInputs:
 
 
 def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
-    """Load the teacher and the data; raise a ``KdCompileError`` on bad input. Writes nothing."""
+    """Load the teacher and the data; raise a ``KdCompileError`` on bad input. Writes nothing.
+
+    The data is prepared the way the teacher expects (``Teacher.preprocessing``: size, channels,
+    resize filter, centre crop) and normalised with the teacher's mean/std; the data's own
+    statistics are used only when the teacher brings none, and the teacher's record says so.
+    """
     import torch
 
-    from .data import load_data
+    from .data import load_data, native_shape
     from .teacher import load_teacher
 
     reporter.stage("loading teacher")
@@ -62,20 +67,35 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
         cfg.teacher,
         arch=cfg.arch,
         input_shape=cfg.input_shape,
+        input_size=cfg.input_size,
         num_classes=cfg.num_classes,
+        mean=cfg.mean,
+        std=cfg.std,
+        interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct,
+        # weights that do not record their input size are run at the size of the data given
+        data_shape=native_shape(cfg.data),
         trust_checkpoint=cfg.trust_checkpoint,
     )
+    for note in tch.meta.get("notes", ()):
+        reporter.message(f"note: {note}")
     torch.manual_seed(cfg.seed)
     reporter.stage("loading data")
+    pre = tch.preprocessing
     data_free = cfg.data is None and not tch.meta.get("data")
     if data_free:
         data = synthesize_data(tch, cfg, reporter)
     else:
+        teacher_file = Path(cfg.teacher)
         data = load_data(
             cfg.data,
             hint=tch.meta.get("data"),
-            image_size=tch.input_shape[1],
+            # a path in the checkpoint's data hint may not lead outside the checkpoint's folder
+            hint_root=teacher_file.resolve().parent if teacher_file.is_file() else None,
+            image_size=(int(tch.input_shape[1]), int(tch.input_shape[2])),
             channels=tch.input_shape[0],
+            interpolation=pre.interpolation if pre is not None else None,
+            crop_pct=pre.crop_pct if pre is not None else None,
             seed=cfg.seed,
         )
     if data.num_classes != tch.num_classes:
@@ -84,9 +104,16 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
         )
     if tch.input_shape[1:] != data.input_shape[1:] or tch.input_shape[0] != data.input_shape[0]:
         raise DataError(f"data images are {data.input_shape}, the teacher expects {tch.input_shape}")
-    norm = tch.meta.get("normalize")
-    if norm:
-        data = data.replace(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    if pre is not None and (pre.mean is None or pre.std is None) and not data_free:
+        reporter.message(
+            "note: the teacher records no normalisation: using the data's own mean/std "
+            f"{tuple(round(m, 3) for m in data.mean)}/{tuple(round(v, 3) for v in data.std)} "
+            "(pass --mean/--std if it was trained with others)"
+        )
+    # the teacher is normalised the way it was trained; the data's statistics fill only a gap
+    tch = tch.with_stats(data.mean, data.std, "data")
+    assert tch.preprocessing is not None and tch.preprocessing.mean is not None and tch.preprocessing.std is not None
+    data = data.replace(mean=tuple(tch.preprocessing.mean), std=tuple(tch.preprocessing.std))
     source = data
     if cfg.augment_views:
         # seeded augmented views, replayable, so the teacher's outputs on them are cached too

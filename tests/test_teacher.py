@@ -43,12 +43,15 @@ def test_torchscript_with_metadata(tmp_path):
     _same(t.module, m)
 
 
-def test_torchscript_needs_shape_without_metadata(tmp_path):
+def test_torchscript_shape_from_trace_else_needed(tmp_path):
     p = tmp_path / "t.pt"
     torch.jit.save(torch.jit.trace(_net(), torch.zeros(1, 1, 12, 12)), str(p))
+    assert load_teacher(p).input_shape == (1, 12, 12)  # the traced example input
+    s = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(_net()), str(s))
     with pytest.raises(CheckpointError, match="input shape is unknown"):
-        load_teacher(p)
-    t = load_teacher(p, input_shape=(1, 12, 12))
+        load_teacher(s)
+    t = load_teacher(s, input_shape=(1, 12, 12))
     assert t.num_classes == 5
 
 

@@ -20,10 +20,13 @@ Entry point: ``load_data(spec, hint=..., image_size=..., channels=..., seed=...)
   holding class subfolders). Images are read with PIL, resized to ``image_size`` (else to the
   first image's size) and kept grayscale when every image is (``files.py``).
 
-``image_size``/``channels`` adapt any dataset to a teacher's input: bilinear
-``torch.nn.functional.interpolate`` (antialiased when downscaling), 1->3 channels by repeat,
-3->1 by ITU-R 601 luminance (``bundle.py``). With ``spec=None`` the ``hint`` a teacher
-checkpoint carries (``DataBundle.hint()``) is loaded instead (``load.py``).
+``image_size``/``channels``/``interpolation``/``crop_pct`` adapt any dataset to a teacher's
+input (``Preprocessing``, ``preprocess.py``): ``torch.nn.functional.interpolate`` or PIL with the
+teacher's filter (bilinear by default, antialiased when downscaling), an optional centre crop as
+timm evaluates (resize to size / crop_pct, keep the centre), 1->3 channels by repeat, 3->1 by
+ITU-R 601 luminance (``bundle.py``). With ``spec=None`` the ``hint`` a teacher checkpoint carries
+(``DataBundle.hint()``) is loaded instead, confined to the checkpoint's folder (``load.py``).
+``native_shape(spec)`` reads the size a dataset's images have without loading them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from kd_compile.paths import cache_dir
 from .bundle import DataBundle
 from .digits import DIGITS_DEFAULTS
 from .glyphs import GLYPH_CHARS, GLYPH_FONTS, GLYPHS_DEFAULTS, GLYPHS_VERSION, render_glyphs
-from .load import DATASETS, builtin_datasets, load_data
+from .load import DATASETS, builtin_datasets, load_data, native_shape
+from .preprocess import INTERPOLATIONS, Preprocessing
 
 __all__ = [
     "DATASETS",
@@ -43,9 +47,12 @@ __all__ = [
     "GLYPHS_VERSION",
     "GLYPH_CHARS",
     "GLYPH_FONTS",
+    "INTERPOLATIONS",
     "DataBundle",
+    "Preprocessing",
     "builtin_datasets",
     "cache_dir",
     "load_data",
+    "native_shape",
     "render_glyphs",
 ]

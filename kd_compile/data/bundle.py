@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from kd_compile.errors import DataError
 
+from .preprocess import INTERPOLATIONS, center_crop_box, scaled_size
+
 __all__ = [
     "VAL_FRACTION",
     "DataBundle",
@@ -101,13 +103,22 @@ class RawData:
     meta: dict[str, Any]
 
 
-def finish_bundle(raw: RawData, *, image_size: int | None, channels: int | None) -> DataBundle:
+def finish_bundle(
+    raw: RawData,
+    *,
+    image_size: int | tuple[int, int] | None,
+    channels: int | None,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+) -> DataBundle:
     """Validate a loader's output, adapt its shape and wrap it as a ``DataBundle``.
 
     Args:
         raw: the loader's arrays, names and meta.
-        image_size: resize to (image_size, image_size); ``None`` keeps the size.
+        image_size: resize to (image_size, image_size) or (H, W); ``None`` keeps the size.
         channels: 1 or 3 to convert channels; ``None`` keeps them.
+        interpolation: resize filter (``preprocess.INTERPOLATIONS``).
+        crop_pct: centre-crop fraction; below 1, resize to ``image_size / crop_pct`` and crop.
 
     Returns:
         The bundle, with per-channel mean/std of the (adapted) train images and
@@ -135,10 +146,16 @@ def finish_bundle(raw: RawData, *, image_size: int | None, channels: int | None)
 
     x_train = torch.from_numpy(np.ascontiguousarray(raw.x_train))
     x_val = torch.from_numpy(np.ascontiguousarray(raw.x_val))
-    x_train, x_val = (adapt_images(x, image_size, channels) for x in (x_train, x_val))
+    x_train, x_val = (
+        adapt_images(x, image_size, channels, interpolation=interpolation, crop_pct=crop_pct)
+        for x in (x_train, x_val)
+    )
     mean, std = channel_stats(x_train)
     meta = dict(raw.meta)
     meta["input_shape"] = [int(s) for s in x_train.shape[1:]]
+    if image_size is not None and (interpolation != "bilinear" or crop_pct < 1.0):
+        # recorded so that a data hint built from this bundle prepares images the same way
+        meta["interpolation"], meta["crop_pct"] = interpolation, float(crop_pct)
     return DataBundle(
         name=name,
         x_train=x_train,
@@ -153,35 +170,51 @@ def finish_bundle(raw: RawData, *, image_size: int | None, channels: int | None)
     )
 
 
-def adapt_images(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> uint8 (N, C', S, S): resize and channel conversion.
+def adapt_images(
+    x: torch.Tensor,
+    image_size: int | tuple[int, int] | None,
+    channels: int | None,
+    *,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C', H', W'): resize, centre crop and channel conversion.
 
     Args:
         x: uint8 images (N, C, H, W).
-        image_size: target side S (bilinear, antialiased when shrinking); ``None`` keeps H, W.
+        image_size: target side S or (H', W') (antialiased when shrinking, except ``nearest``);
+            ``None`` keeps H, W.
         channels: 3 repeats a gray channel, 1 takes ITU-R 601 luminance; ``None`` keeps C.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
+        crop_pct: below 1, resize to ``preprocess.scaled_size`` and centre-crop the target
+            (timm's evaluation transform); 1 resizes straight to the target.
 
     Returns:
         Contiguous uint8 images.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if not 0.0 < crop_pct <= 1.0:
+        raise DataError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     if channels is not None and x.shape[1] != channels:
         if channels == 3:
             x = x.repeat(1, 3, 1, 1)
         else:
             w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             x = _chunked(x, lambda c: (c.float() * w).sum(1, keepdim=True))
-    if image_size is not None and tuple(x.shape[2:]) != (image_size, image_size):
-        down = image_size < x.shape[2] or image_size < x.shape[3]
-        x = _chunked(
-            x,
-            lambda c: F.interpolate(
-                c.float(),
-                size=(image_size, image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=down,
-            ),
-        )
+    if image_size is None:
+        return x.contiguous()
+    target = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    src = (int(x.shape[2]), int(x.shape[3]))
+    scaled = scaled_size(src, target, crop_pct)
+    if src != scaled:
+        down = scaled[0] < src[0] or scaled[1] < src[1]
+        mode = "nearest-exact" if interpolation == "nearest" else interpolation
+        kw: dict[str, Any] = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": down}
+        x = _chunked(x, lambda c: F.interpolate(c.float(), size=scaled, mode=mode, **kw))
+    if scaled != target:
+        top, left = center_crop_box(scaled, target)
+        x = x[:, :, top : top + target[0], left : left + target[1]]
     return x.contiguous()
 
 

@@ -1,7 +1,10 @@
 """Datasets from files: ``.npz`` arrays (with their validation) and ImageFolder trees.
 
 Both loaders return a ``RawData`` for ``finish_bundle``: uint8 (N, C, H, W) images and int64
-labels, split as the source says or by the seeded stratified 80/20 split.
+labels, split as the source says or by the seeded stratified 80/20 split. A folder's images are
+resized (and centre-cropped) with PIL as they are read, with the teacher's filter. The image
+shape of either source can also be read from headers alone (``npz_image_shape``,
+``folder_image_shape``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import numpy as np
 from kd_compile.errors import DataError
 
 from .bundle import RawData, stratified_split
+from .preprocess import center_crop_box, scaled_size
 
-__all__ = ["IMAGE_EXTS", "VAL_DIRS", "load_folder", "load_npz"]
+__all__ = ["IMAGE_EXTS", "VAL_DIRS", "folder_image_shape", "load_folder", "load_npz", "npz_image_shape"]
 
 #: File suffixes (lower case) read as images in an ImageFolder tree.
 IMAGE_EXTS = frozenset(
@@ -193,7 +197,15 @@ def _image_files(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
+def load_folder(
+    root: Path,
+    *,
+    image_size: int | tuple[int, int] | None,
+    seed: int,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    confine: Path | None = None,
+) -> RawData:
     """Read an ImageFolder tree: one subfolder per class, or ``train/`` and ``val/`` of those.
 
     Images are converted to RGB, resized to ``image_size`` (else to the first image's size) and
@@ -201,14 +213,28 @@ def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
 
     Args:
         root: the folder.
-        image_size: side to resize to while reading; ``None`` takes the first image's size.
+        image_size: side (or (H, W)) to resize to while reading; ``None`` takes the first
+            image's size.
         seed: seed of the stratified 80/20 split when the tree has no ``train``/``val`` folders.
+        interpolation: PIL resize filter: ``bilinear``, ``bicubic`` or ``nearest``.
+        crop_pct: below 1, resize to ``image_size / crop_pct`` and centre-crop ``image_size``
+            (``preprocess.scaled_size``); needs ``image_size``.
+        confine: refuse image files that resolve outside this folder (a tree named by a path
+            read from a file must not reach elsewhere through links).
 
     Raises:
-        DataError: no images, fewer than two classes, an unreadable image.
+        DataError: no images, fewer than two classes, an unreadable image, a file outside
+            ``confine``.
     """
     from PIL import Image  # lazy: PIL is only needed for folders
 
+    filters = {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "nearest": Image.Resampling.NEAREST,
+    }
+    if interpolation not in filters:
+        raise DataError(f"interpolation must be one of {', '.join(filters)}, got {interpolation!r}")
     subdirs = {p.name.lower(): p for p in _class_dirs(root)}
     val_dir = next((subdirs[v] for v in VAL_DIRS if v in subdirs), None)
     pre_split = "train" in subdirs and val_dir is not None and bool(_class_dirs(subdirs["train"]))
@@ -230,7 +256,15 @@ def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
     if len(names) < 2:
         raise DataError(f"{root}: need at least 2 classes (subfolders), found {len(names)}")
 
-    size: tuple[int, int] | None = (image_size, image_size) if image_size else None
+    size: tuple[int, int] | None = None
+    if image_size:
+        size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    if confine is not None:
+        fence = confine.resolve()
+        for items in files.values():
+            for f, _ in items:
+                if not f.resolve().is_relative_to(fence):
+                    raise DataError(f"image {f} resolves outside {fence}; refusing to read it")
     arrays: dict[str, list[np.ndarray]] = {}
     all_gray = True
     for part, items in files.items():
@@ -243,9 +277,13 @@ def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
                 raise DataError(f"cannot read image {f}: {type(e).__name__}") from None
             if size is None:
                 size = (im.height, im.width)
-            if (im.height, im.width) != size:
+            scaled = scaled_size((im.height, im.width), size, crop_pct)
+            if (im.height, im.width) != scaled:
                 # PIL's resize widens its filter when shrinking, i.e. it antialiases.
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                im = im.resize((scaled[1], scaled[0]), filters[interpolation])
+            if scaled != size:
+                top, left = center_crop_box(scaled, size)
+                im = im.crop((left, top, left + size[1], top + size[0]))
             a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
             all_gray = all_gray and bool((a[0] == a[1]).all() and (a[1] == a[2]).all())
             arrays[part].append(a)
@@ -266,3 +304,55 @@ def load_folder(root: Path, *, image_size: int | None, seed: int) -> RawData:
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
         meta["split"] = f"stratified 80/20, seed {seed}"
     return RawData(str(root), x_tr, y_tr, x_va, y_va, names, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# native shape, without loading
+# --------------------------------------------------------------------------------------------
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(C, H, W) of one image of an array of ``shape``, read as ``_images_from_array`` reads it."""
+    if len(shape) == 3:
+        return 1, int(shape[1]), int(shape[2])
+    if len(shape) != 4:
+        return None
+    c, h, w = (shape[3], shape[1], shape[2]) if shape[-1] <= 4 and shape[1] > 4 else shape[1:]
+    c = {4: 3, 2: 1}.get(int(c), int(c))
+    return (c, int(h), int(w)) if c in (1, 3) else None
+
+
+def npz_image_shape(path: Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of the images of an ``.npz``, from the array header only; ``None`` if unknown."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            member = next((m for m in ("x_train.npy", "x.npy") if m in names), None)
+            if member is None:
+                return None
+            with zf.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, _ = read(f)
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error):
+        return None
+    return _chw(tuple(shape))
+
+
+def folder_image_shape(root: Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first image of an ImageFolder tree (its header only); ``None`` if unknown.
+
+    C is 1 for a gray (``L``/``1``/``I``) first image, else 3.
+    """
+    from PIL import Image
+
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    base = subdirs["train"] if "train" in subdirs and _class_dirs(subdirs["train"]) else root
+    for c in _class_dirs(base):
+        for f in _image_files(c):
+            try:
+                with Image.open(f) as im:
+                    return (1 if im.mode in ("L", "1", "I", "I;16", "F") else 3), im.height, im.width
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return None
+    return None

@@ -201,7 +201,9 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
 
     handles = []
     for m in model.modules():
-        if m is model:
+        # ScriptModules refuse Python hooks; their ops (the tracer still sees them) count
+        # towards the innermost eager module around them, the root for a TorchScript model
+        if m is model or isinstance(m, torch.jit.ScriptModule):
             continue
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
