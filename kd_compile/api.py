@@ -469,6 +469,7 @@ def _export(
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),
             "normalize": {"mean": list(data.mean), "std": list(data.std)},
+            "preprocessing": inputs.teacher.meta.get("preprocessing"),
             "accuracy": accuracy,
             "class_names": list(data.class_names),
             "target": target.name,

@@ -13,6 +13,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _floats(v: Any) -> str:
+    return "-" if not v else "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+
 def _gain(x: float | None) -> str:
     return "-" if x is None else f"KD gain {100 * x:+.2f} points"
 
@@ -69,17 +73,20 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"Target **{tg['display_name']}** (`{tg['name']}`, {tg['runtime']}, {tg['precision']}). "
         f"Strategy `{r['search']['strategy']}` over the `{r['search']['space']}` space; "
-        f"{r['search']['evaluated']} candidates evaluated ({r['search']['statuses']}).",
+        f"{r['search']['evaluated']} candidates evaluated "
+        f"({', '.join(f'{n} {k}' for k, n in r['search']['statuses'].items())}). "
+        f"Accuracies on {r['run']['data']['val']:,} validation images of `{r['run']['data']['name']}`.",
         "",
         "| | teacher | student | ratio |",
         "| --- | --- | --- | --- |",
         f"| validation accuracy | {_pct(t['accuracy'])} | {_pct(s['accuracy'])} | "
-        f"{s['accuracy'] - t['accuracy']:+.2%} |",
+        f"{100 * (s['accuracy'] - t['accuracy']):+.2f} points |",
         f"| accuracy without KD (same architecture, CE only) | | {_pct(s['accuracy_without_kd'])} | "
         f"{_gain(s['kd_gain'])} |",
         f"| parameters | {format_count(t['params'])} | {format_count(s['params'])} | {s['params_ratio']:.3f} |",
         f"| FLOPs | {format_count(t['flops'])} | {format_count(s['flops'])} | {s['flops_ratio']:.3f} |",
-        f"| latency on target | {_ms(t['latency'])} | {_ms(s['latency'])} | {s['latency_ratio']:.3f} |",
+        f"| latency on target | {_ms(t['latency'])} | {_ms(s['latency'])} | "
+        f"{s['latency_ratio']:.3f} ({speed_phrase(1 / s['latency_ratio'] if s['latency_ratio'] else None)}) |",
         "",
         f"Student: `{s['arch']}`. TRADE score {s['trade_score']:.4g} (s = {s['s']:.3f}, "
         f"acc_target = {_pct(r['objective']['acc_target'])}).",
@@ -87,6 +94,19 @@ def render_markdown(r: dict[str, Any]) -> str:
         "Latency numbers say how they were obtained: *measured* numbers come from running the model, "
         "*predicted* ones from the roofline model of the target profile.",
     ]
+    pre = t.get("preprocessing") or {}
+    if pre:
+        src = pre.get("sources") or {}
+        fields = [
+            f"input {'x'.join(str(v) for v in pre.get('input_shape', []))} ({src.get('size', '?')})",
+            f"mean {_floats(pre.get('mean'))} ({src.get('mean', '?')})",
+            f"std {_floats(pre.get('std'))} ({src.get('std', '?')})",
+            f"{pre.get('interpolation', '?')} resize ({src.get('interpolation', '?')})",
+            f"crop {pre.get('crop_pct', 1.0):g} ({src.get('crop_pct', '?')})",
+        ]
+        lines += ["", "Teacher preprocessing (where each value came from): " + "; ".join(fields) + "."]
+    for note in t.get("notes") or []:
+        lines.append(f"Note: {note}")
     if r["run"].get("data_free"):
         lines += [
             "",

@@ -122,6 +122,8 @@ def build_report(**k: Any) -> dict[str, Any]:
             "latency": _m(t_lat),
             "input_shape": list(tch.input_shape),
             "num_classes": tch.num_classes,
+            "preprocessing": tch.meta.get("preprocessing"),
+            "notes": list(tch.meta.get("notes") or []),
         },
         "student": {
             "arch": k["student_arch"],
