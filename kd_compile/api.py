@@ -22,7 +22,7 @@ import torch.nn as nn
 from . import __version__
 from .config import CompileConfig
 from .errors import CandidateError, KdCompileError, SearchError, TrainingError, UsageError
-from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, latency_on_target, searched_space
+from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
 from .latency import is_local, plan_latency, resolve_target
 from .profilers import InputSpec
 from .search.score import cost_term, trade_score
@@ -132,8 +132,9 @@ def _run(
 ) -> CompileResult:  # fmt: skip
     """compile's work once its inputs are validated and ``--out`` is locked: cache the teacher's
     outputs, search, train the chosen student, export, report."""
+    from . import ship
     from .final import search_distiller_for, train_final
-    from .inputs import publish, staging_dir
+    from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
     from .search import Journal, run_search
 
@@ -150,11 +151,11 @@ def _run(
             return done
     t0 = time.perf_counter()
     rep.stage("teacher: caching logits")
-    knowledge = _teacher_knowledge(cfg, tch.module, data)
+    knowledge = teacher_knowledge(cfg, tch.module, data)
     spec = InputSpec(tuple(tch.input_shape))
     t_counts, t_lat = costs(tch.module, spec, target, plan=plan)
     acc_teacher = float(knowledge.teacher_val_acc)
-    _check_teacher_accuracy(acc_teacher, tch, data, rep)
+    check_teacher_accuracy(acc_teacher, tch, data, rep)
     ref = Reference(t_counts.params, t_counts.flops, t_lat.latency_ms, acc_teacher, cfg.target_acc or acc_teacher)
     run = _run_context(cfg, family, target, ref, plan, data, knowledge)
     timings["teacher"] = time.perf_counter() - t0
@@ -206,7 +207,7 @@ def _run(
     s_acc = float(final.kd.val_acc)
     staging = staging_dir(inputs.out)  # published into --out only when complete and checked
     try:
-        written, s_counts, s_lat, extra = _export(
+        written, s_counts, s_lat, extra = ship.export(
             cfg, final.student, family, best.config, s_acc, inputs, run, rep, staging
         )
     except BaseException:
@@ -224,11 +225,11 @@ def _run(
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
-    report["gates"] = _gates(cfg, report)
+    report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
     result = CompileResult(final.student, best.config, report, sr.trials, pareto, artifacts)
-    _enforce_gates(report["gates"])
+    ship.enforce_gates(report["gates"])
     return result
 
 
@@ -254,27 +255,6 @@ def _check_names(cfg: CompileConfig) -> None:
     get_space(cfg.space)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
-
-
-def _teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any:
-    """The teacher's outputs, computed once and stored under the cache folder (reused by any run
-    with the same teacher weights and data, augmented views included)."""
-    from .distill import TeacherCache
-    from .paths import cache_dir
-
-    try:
-        folder: Path | None = cache_dir("teacher", create=True)
-    except OSError:  # a read-only home: the cache still works, in memory
-        folder = None
-    cache = TeacherCache.build(
-        teacher.to(cfg.device),
-        data,
-        device=cfg.device,
-        cache_dir=folder,
-        augment_seed=cfg.seed if cfg.augment_views else None,
-    )
-    teacher.cpu()
-    return cache
 
 
 def _run_context(
@@ -344,24 +324,6 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
     return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
 
 
-def _check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Reporter) -> None:
-    """Say the teacher's accuracy before the search, and stop when it is near chance: then the
-    teacher is not being run the way it was trained (input size, normalisation), and every
-    figure after it would be meaningless."""
-    from .errors import DataError
-
-    chance = 1.0 / max(1, tch.num_classes)
-    n_val = int(data.x_val.shape[0])
-    rep.message(f"teacher: {acc:.2%} validation accuracy on {n_val:,} images of {data.name} (chance {chance:.1%})")
-    if acc < chance + 0.1 * (1 - chance):
-        raise DataError(
-            f"the teacher scores {acc:.1%} on the validation data, near chance ({chance:.1%}): it is probably "
-            f"fed another input size or normalisation than it was trained with (here {tuple(tch.input_shape)}, "
-            f"mean {tuple(round(m, 3) for m in data.mean)})",
-            hint="pass --input-shape and the teacher's --mean/--std, or the data it was trained on",
-        )
-
-
 def _finished_result(out: Path, trials: list[Trial]) -> CompileResult | None:
     """The result of a finished run in ``out`` (its report and student), or None when its
     artifacts are not all there (then the run finishes them again)."""
@@ -378,52 +340,6 @@ def _finished_result(out: Path, trials: list[Trial]) -> CompileResult | None:
     artifacts = {n: out / n for n in report.get("artifacts", {}) if (out / n).is_file()} | paths
     pareto = report.get("search", {}).get("pareto", [])
     return CompileResult(student, report["student"]["config"], report, trials, pareto, artifacts)
-
-
-def _gates(cfg: CompileConfig, report: dict[str, Any]) -> dict[str, Any]:
-    """The quality gates asked for, each with its threshold, the value found and whether it passed."""
-    s, t = report["student"], report["teacher"]
-    drop = 100 * (t["accuracy"] - s["accuracy"])
-    speedup = (report.get("speedup") or {}).get("target")
-    gates: dict[str, Any] = {}
-    if cfg.min_accuracy is not None:
-        gates["min_accuracy"] = {
-            "threshold": cfg.min_accuracy,
-            "value": s["accuracy"],
-            "passed": s["accuracy"] >= cfg.min_accuracy,
-        }
-    if cfg.max_accuracy_drop is not None:
-        gates["max_accuracy_drop"] = {
-            "threshold": cfg.max_accuracy_drop,
-            "value": drop,
-            "passed": drop <= cfg.max_accuracy_drop,
-        }
-    if cfg.min_speedup is not None:
-        ok = speedup is not None and speedup >= cfg.min_speedup
-        gates["min_speedup"] = {"threshold": cfg.min_speedup, "value": speedup, "passed": ok}
-    return gates
-
-
-def _enforce_gates(gates: dict[str, Any]) -> None:
-    from .errors import QualityGateError
-
-    failed = [f"{k} (needed {g['threshold']:g}, got {g['value']:.4g})" for k, g in gates.items() if not g["passed"]]
-    if failed:
-        raise QualityGateError(
-            f"quality gate failed: {'; '.join(failed)}", hint="the student and the report were written to --out"
-        )
-
-
-def _check_finite(model: nn.Module) -> None:
-    """A student with a NaN or infinite weight or BatchNorm statistic is never shipped."""
-    from .errors import TrainingError
-
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise TrainingError(
-            f"the final student has non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}",
-            hint="lower --lr, or shorten --final-epochs",
-        )
 
 
 def _strategy(cfg: CompileConfig, space: Any, family: Any) -> Any:
@@ -443,57 +359,6 @@ def _workers(cfg: CompileConfig) -> int:
     from .executors import parallel_workers
 
     return parallel_workers() if cfg.workers == 0 else cfg.workers
-
-
-def _export(
-    cfg: CompileConfig, student: nn.Module, family: Any, config: dict[str, Any], accuracy: float,
-    inputs: Any, run: RunContext, rep: Reporter, folder: Path,
-) -> tuple[dict[str, Path], Any, Any, dict[str, Any]]:  # fmt: skip
-    """Write student.pt/.onnx; get the student's latency on the target and, when the target is
-    not this machine, measure student and teacher here too (an honest local number: this CPU,
-    and the local GPU when there is one)."""
-    from .export import export_student
-    from .latency import plan_latency
-
-    target = run.target
-    data = inputs.data
-    spec = InputSpec(tuple(inputs.teacher.input_shape))
-    _check_finite(student)
-    artifacts = export_student(
-        student,
-        family,
-        config,
-        spec,
-        folder,
-        meta={
-            "teacher": str(cfg.teacher),
-            "data": inputs.source.hint(),
-            "normalize": {"mean": list(data.mean), "std": list(data.std)},
-            "preprocessing": inputs.teacher.meta.get("preprocessing"),
-            "accuracy": accuracy,
-            "class_names": list(data.class_names),
-            "target": target.name,
-            "kd_compile_version": __version__,
-        },
-    )
-    s_counts, s_lat = costs(student, spec, target, plan=run.latency)
-    extra: dict[str, Any] = {}
-    if run.latency.method == "predict":
-        local = [("cpu", get_target("cpu"))]
-        if torch.cuda.is_available():
-            from .latency import local_target
-
-            local.append(("gpu", local_target()))
-        for where, tgt in local:
-            try:
-                lp = plan_latency(tgt, "measure")
-                extra[f"student_{where}"] = latency_on_target(student, spec, tgt, plan=lp).to_dict(layers=False)
-                extra[f"teacher_{where}"] = latency_on_target(inputs.teacher.module, spec, tgt, plan=lp).to_dict(
-                    layers=False
-                )
-            except KdCompileError as exc:
-                rep.message(f"local {where} measurement skipped: {exc.line()}")
-    return artifacts, s_counts, s_lat, extra
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ __all__ = [
     "claim_out",
     "file_id",
     "load_inputs",
+    "check_teacher_accuracy",
     "publish",
+    "teacher_knowledge",
 ]
 
 ARTIFACTS = ("journal.jsonl", "student.pt", "student.onnx", "report.json", "report.md", "trace.png")
@@ -274,3 +276,42 @@ def check_feasible(space: Any, constraints: Constraints, rng: np.random.Generato
         f"(the smallest has {format_count(smallest)} parameters)",
         hint="raise --max-params",
     )
+
+
+def teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any:
+    """The teacher's outputs, computed once and stored under the cache folder (reused by any run
+    with the same teacher weights and data, augmented views included)."""
+    from .distill import TeacherCache
+    from .paths import cache_dir
+
+    try:
+        folder: Path | None = cache_dir("teacher", create=True)
+    except OSError:  # a read-only home: the cache still works, in memory
+        folder = None
+    cache = TeacherCache.build(
+        teacher.to(cfg.device),
+        data,
+        device=cfg.device,
+        cache_dir=folder,
+        augment_seed=cfg.seed if cfg.augment_views else None,
+    )
+    teacher.cpu()
+    return cache
+
+
+def check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Any) -> None:
+    """Say the teacher's accuracy before the search, and stop when it is near chance: then the
+    teacher is not being run the way it was trained (input size, normalisation), and every
+    figure after it would be meaningless."""
+    from .errors import DataError
+
+    chance = 1.0 / max(1, tch.num_classes)
+    n_val = int(data.x_val.shape[0])
+    rep.message(f"teacher: {acc:.2%} validation accuracy on {n_val:,} images of {data.name} (chance {chance:.1%})")
+    if acc < chance + 0.1 * (1 - chance):
+        raise DataError(
+            f"the teacher scores {acc:.1%} on the validation data, near chance ({chance:.1%}): it is probably "
+            f"fed another input size or normalisation than it was trained with (here {tuple(tch.input_shape)}, "
+            f"mean {tuple(round(m, 3) for m in data.mean)})",
+            hint="pass --input-shape and the teacher's --mean/--std, or the data it was trained on",
+        )
