@@ -1,0 +1,80 @@
+"""Fit the latency predictor to published measurements and measure its error where it was not fitted.
+
+Measured tables (``shared/data/latency``, read at calibration time, never copied into code; see
+that folder's README for each file's source) become :class:`MeasuredRow` s: one model (an
+architecture spec), one device, runtime, precision and batch, seconds per batch:
+
+* timm ``benchmark-infer-amp-*`` (RTX 3090/4090): eager PyTorch, AMP fp16, batch 256-1024;
+* super-gradients (T4, Jetson Xavier NX): TensorRT fp16, batch 1, ``*_hw_ms`` columns;
+* torch2trt (Jetson AGX Xavier): TensorRT fp16 and eager PyTorch fp16, batch 1;
+* HELP NAS-Bench-201 and FBNet (GTX 1080 Ti, RTX 2080 Ti, Titan X/Xp/RTX): eager fp32 at batch
+  1, 32, 256 (FBNet 1, 32, 64) -- the runtime is undocumented; the data behave like eager PyTorch;
+* Accel-NASBench (RTX 3090, A100): eager AMP fp16 channels_last, batch 128.
+
+Each model is counted once at batch 1 on the ``meta`` device (no weights, no real compute) and
+the counts are cached in ``kd_compile/targets/calibration/layer_costs.json`` (committed data), so
+fitting and benchmarks build no model. NAS spaces are sampled (``NAS_SAMPLE`` architectures per
+space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
+
+:func:`fit_constants` fits the 10 device-independent :class:`Constants` on every device's rows at
+once (robust least squares on log latency, every (device, runtime, batch, table) group weighted
+equally); :func:`fit_scales` fits a device's two scales with the constants fixed.
+:func:`calibrate_all` writes ``calibration/<target>.json`` for every GPU target:
+
+* a device with measurements: constants fitted *without* it (leave-one-device-out) plus its own
+  scales; its error band per regime is the held-out error of 5-fold cross-validation over its
+  models (scales refitted on four folds, the fifth predicted) -- ``"fitted on this device"``;
+* a device without: the constants fitted on all devices, unit scales; its error band per regime
+  is the pooled leave-one-device-out error over the measured devices -- ``"device left out"``.
+
+``calibration/_all_devices.json`` holds the all-device fit and the transfer bands, for user
+TOMLs. :func:`calibrate` (the ``kd-compile calibrate --table`` entry point) fits one target's
+scales to a user's timm-format table.
+
+The parts: :mod:`.tables` (reading the measured tables), :mod:`.counts` (the op-count cache),
+:mod:`.problem` (rows joined with their kernels), :mod:`.fit` (the least-squares fits),
+:mod:`.holdout` (held-out evaluation and error bands), :mod:`.write` (the entry points that write
+the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
+"""
+
+from __future__ import annotations
+
+from .counts import LAYER_COSTS, layer_costs
+from .fit import device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
+from .holdout import KFOLD, bands, kfold_on_device, leave_one_device_out, leave_one_family_out, transfer_bands
+from .problem import Problem, build_problem
+from .synthetic import synthetic_problem
+from .tables import (
+    ACCEL_NASBENCH,
+    CURATED,
+    DEFAULT_DATA_DIR,
+    FAMILIES,
+    HELP_DEVICES,
+    HELP_TABLES,
+    NAS_FIT,
+    NAS_SAMPLE,
+    SG_TO_TIMM,
+    SUPERGRADIENTS,
+    TIMM_TABLES,
+    TORCH2TRT,
+    MeasuredRow,
+    family_of,
+    load_measurements,
+    read_accel_nasbench,
+    read_help,
+    read_supergradients,
+    read_timm_table,
+    read_torch2trt,
+    select_timm,
+)
+from .write import calibrate, calibrate_all, gpu_targets
+
+__all__ = [
+    "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELP_DEVICES", "HELP_TABLES", "KFOLD", "LAYER_COSTS",
+    "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIMM_TABLES", "TORCH2TRT", "MeasuredRow", "Problem",
+    "bands", "build_problem", "calibrate", "calibrate_all", "device_scales", "family_of", "fit_constants", "fit_on",
+    "fit_scales", "gpu_targets", "group_weights", "kfold_on_device", "layer_costs", "leave_one_device_out",
+    "leave_one_family_out", "load_measurements", "predict", "quality", "read_accel_nasbench", "read_help",
+    "read_supergradients", "read_timm_table", "read_torch2trt", "select_timm", "synthetic_problem",
+    "transfer_bands",
+]

@@ -1,0 +1,107 @@
+"""Op counts of the measured models, cached in ``calibration/layer_costs.json``.
+
+Each model is built on the ``meta`` device (no weights, no real compute) and counted once at
+batch 1 in fp32; the cache is committed data, so fitting and benchmarks build no model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..profilers.counting import OpRecord
+from ..profilers.roofline import CALIBRATION_DIR
+
+LAYER_COSTS = CALIBRATION_DIR / "layer_costs.json"
+
+
+def _build(spec: str) -> tuple[Any, tuple[int, int, int]]:
+    """Model (on the meta device) and input shape of a spec; ``timm:<name>@<size>`` sets the size."""
+    import torch
+
+    with torch.device("meta"):
+        if spec.startswith("timm:") and "@" in spec:
+            import timm
+
+            name, size = spec[5:].rsplit("@", 1)
+            last: Exception | None = None
+            for kw in ({}, {"img_size": int(size)}):
+                try:
+                    return timm.create_model(name, pretrained=False, **kw), (3, int(size), int(size))
+                except Exception as exc:  # noqa: BLE001 - some timm models need img_size at build
+                    last = exc
+            raise RuntimeError(f"cannot build {spec}: {last}")
+        from ..students.specs import build_spec
+
+        return build_spec(spec)
+
+
+def _count(spec: str) -> dict[str, Any]:
+    from ..profilers.counting import trace_ops
+
+    model, shape = _build(spec)
+    tr = trace_ops(model, shape)
+    return {"params": tr.params, "flops": tr.total_flops, "ops": [r.to_list()[1:] for r in tr.ops]}
+
+
+def layer_costs(
+    specs: Iterable[str], cache: Path | None = LAYER_COSTS, verbose: bool = False
+) -> dict[str, tuple[list[OpRecord], int]]:
+    """(op records at batch 1 in fp32, parameter count) per spec, from the cache or counted.
+
+    The cache stores each distinct op record once (``ops``) and each model as indices into it
+    (``seq``); module names are not kept. Models that cannot be built are left out (and
+    reported when ``verbose``).
+    """
+    specs = list(specs)
+    ops_table: list[list[Any]] = []
+    entries: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+        if doc.get("format") == 2:
+            ops_table, entries = doc["ops"], doc["entries"]
+    index = {tuple(o): i for i, o in enumerate(ops_table)}
+    changed = False
+    for spec in dict.fromkeys(specs):
+        if spec in entries:
+            continue
+        t0 = time.perf_counter()
+        try:
+            c = _count(spec)
+        except Exception as exc:  # noqa: BLE001 - one unbuildable model must not stop calibration
+            if verbose:
+                print(f"  skip {spec}: {str(exc)[:120]}")
+            entries[spec] = {"error": str(exc)[:200]}  # remembered: not tried again
+            changed = True
+            continue
+        seq = []
+        for o in c["ops"]:
+            k = tuple(o)
+            if k not in index:
+                index[k] = len(ops_table)
+                ops_table.append(list(o))
+            seq.append(index[k])
+        entries[spec] = {"params": c["params"], "flops": c["flops"], "seq": seq}
+        changed = True
+        if verbose:
+            print(f"  counted {spec[:70]} in {time.perf_counter() - t0:.1f}s", flush=True)
+    if changed and cache is not None:
+        doc = {
+            "about": "Per-op costs at batch 1, fp32, of the models in the measured latency tables, counted by "
+            "kd_compile.profilers.counting on the meta device. 'ops': distinct records [op class, flops, "
+            "weight_bytes, in_bytes, out_bytes, ch]; 'entries': spec -> params, total flops, 'seq' (indices "
+            "into 'ops' in execution order), or 'error' for a model that could not be built. Written by "
+            "kd_compile.calibrate.layer_costs.",
+            "format": 2,
+            "ops": ops_table,
+            "entries": {k: entries[k] for k in sorted(entries)},
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    recs = [OpRecord("", o[0], int(o[1]), int(o[2]), int(o[3]), int(o[4]), int(o[5])) for o in ops_table]
+    wanted = set(specs)
+    return {k: ([recs[i] for i in e["seq"]], int(e["params"])) for k, e in entries.items()
+            if k in wanted and "seq" in e}

@@ -1,0 +1,177 @@
+"""The least-squares fits: device-independent :class:`Constants` and per-device :class:`DeviceScales`.
+
+Robust least squares on log latency, every (device, runtime, batch regime, table) group
+weighted equally (:func:`group_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..profilers.roofline import (
+    CONSTANT_NAMES,
+    DEFAULT_CONSTANTS,
+    Constants,
+    DeviceScales,
+    KernelTable,
+    batch_regime,
+    row_seconds,
+)
+from .problem import Problem
+from .tables import MeasuredRow
+
+
+def group_weights(rows: Sequence[MeasuredRow]) -> np.ndarray:
+    """Weights giving each (device, runtime, batch regime, table) group the same total weight."""
+    groups: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(r.device, r.runtime, batch_regime(r.batch), r.file)].append(i)
+    w = np.zeros(len(rows))
+    for ix in groups.values():
+        w[ix] = 1.0 / len(ix)
+    return w / w.mean() if len(w) else w
+
+
+# Bounds of the fitted constants (physical ranges; the fit runs in log space).
+_LOWER = {"e_tc": 1e-3, "e_cuda": 1e-3, "e_dw": 1e-4, "e_mem": 0.05, "c_half": 0.01, "t0_us": 0.01,
+          "h_lib_us": 0.1, "h_pw_us": 0.1, "h_kernel_us": 0.1, "edge": 0.3}
+_UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.0, "t0_us": 100.0,
+          "h_lib_us": 1000.0, "h_pw_us": 1000.0, "h_kernel_us": 100.0, "edge": 30.0}
+
+
+def quality(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """n, Spearman rank correlation, median / 80th-percentile / mean absolute % error (fractions),
+    share within 35%, RMSE of log ratio."""
+    from scipy.stats import spearmanr
+
+    pred, meas = np.asarray(pred, float), np.asarray(meas, float)
+    ape = np.abs(pred / meas - 1.0)
+    return {
+        "n": len(meas),
+        "spearman": float(spearmanr(pred, meas).statistic) if len(meas) > 2 else float("nan"),
+        "median_ape": float(np.median(ape)) if len(ape) else float("nan"),
+        "p80_ape": float(np.percentile(ape, 80)) if len(ape) else float("nan"),
+        "mean_ape": float(np.mean(ape)) if len(ape) else float("nan"),
+        "within_35": float(np.mean(ape <= 0.35)) if len(ape) else float("nan"),
+        "rmse_log": float(np.sqrt(np.mean(np.log(pred / meas) ** 2))) if len(ape) else float("nan"),
+    }
+
+
+def fit_constants(
+    table: KernelTable,
+    measured_s: np.ndarray,
+    weights: np.ndarray | None = None,
+    x0: Constants | None = None,
+    fixed: Sequence[str] = (),
+    max_nfev: int = 300,
+) -> tuple[Constants, dict[str, float]]:
+    """Robust least-squares fit of the constants on log latency (parameters in log space).
+
+    Args:
+        table: kernels of M rows (with their device terms and scales).
+        measured_s: measured seconds per batch, shape (M,).
+        weights: per-row weights (default 1).
+        x0: starting point (default :data:`DEFAULT_CONSTANTS`).
+        fixed: names of constants held at ``x0``.
+        max_nfev: evaluation budget.
+
+    Returns:
+        The fitted constants and the fit quality on the fitting rows. A constant the rows cannot
+        identify (no tensor-core, CUDA-core, depthwise, eager or graph-runtime or Jetson rows) is
+        held at ``x0``.
+    """
+    from scipy.optimize import least_squares
+
+    start = (x0 or DEFAULT_CONSTANTS).vector()
+    dev = table.dev[table.row]
+    gemm = np.isin(table.cls, (0, 2, 3)) & (table.flops > 0)
+    present = {
+        "e_tc": bool(np.any(gemm & (dev[:, 2] > 0))),
+        "e_cuda": bool(np.any(gemm & (dev[:, 2] == 0))),
+        "e_dw": bool(np.any((table.cls == 1) & (table.flops > 0))),
+        "h_lib_us": bool(np.any(table.dev[:, 6] > 0)),
+        "h_pw_us": bool(np.any(table.dev[:, 6] > 0)),
+        "h_kernel_us": bool(np.any(table.dev[:, 6] == 0)),
+        "edge": bool(np.any(table.dev[:, 5] > 0)) and bool(np.any(table.dev[:, 5] == 0)),
+    }
+    free = [i for i, n in enumerate(CONSTANT_NAMES) if n not in fixed and present.get(n, True)]
+    lo = np.log([_LOWER[CONSTANT_NAMES[i]] for i in free])
+    hi = np.log([_UPPER[CONSTANT_NAMES[i]] for i in free])
+    y = np.log(np.asarray(measured_s, float))
+    sw = np.sqrt(np.ones_like(y) if weights is None else np.asarray(weights, float))
+
+    def full(z: np.ndarray) -> np.ndarray:
+        v = start.copy()
+        v[free] = np.exp(z)
+        return v
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        return sw * (np.log(row_seconds(table, full(z))) - y)
+
+    z0 = np.clip(np.log(start[free]), lo + 1e-6, hi - 1e-6)
+    r = least_squares(resid, z0, bounds=(lo, hi), diff_step=1e-3, max_nfev=max_nfev, loss="soft_l1", f_scale=0.3)
+    c = Constants.from_vector(full(r.x))
+    return c, quality(row_seconds(table, c), np.asarray(measured_s, float))
+
+
+def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]) -> tuple[np.ndarray, np.ndarray]:
+    s = [scales.get(r.device, DeviceScales()) for r in rows]
+    return np.array([x.roofline for x in s]), np.array([x.fixed_for(r.runtime) for x, r in zip(s, rows, strict=True)])
+
+
+def fit_scales(
+    table: KernelTable, measured_s: np.ndarray, rows: Sequence[MeasuredRow], constants: Constants,
+    ridge: float = 0.1,
+) -> DeviceScales:
+    """One device's scales (roofline, and fixed costs per runtime) with the constants fixed.
+
+    Robust least squares on log latency with a weak pull of log(scale) toward 0 (``ridge``), so a
+    handful of rows cannot run a scale away.
+    """
+    from scipy.optimize import least_squares
+
+    runtimes = sorted({r.runtime for r in rows})
+    y = np.log(np.asarray(measured_s, float))
+    rt_idx = np.array([runtimes.index(r.runtime) for r in rows])
+    sw = np.sqrt(group_weights(rows))
+
+    def scaled(z: np.ndarray) -> KernelTable:
+        return table.with_scales(np.full(len(rows), math.exp(z[0])), np.exp(z[1:])[rt_idx])
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        return np.concatenate([sw * (np.log(row_seconds(scaled(z), constants)) - y), ridge * z])
+
+    r = least_squares(resid, np.zeros(1 + len(runtimes)), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
+                      loss="soft_l1", f_scale=0.3)
+    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[1:], strict=True)}
+    return DeviceScales(round(math.exp(r.x[0]), 5), fixed)
+
+
+def predict(problem: Problem, mask: np.ndarray, constants: Constants,
+            scales: dict[str, DeviceScales] | None = None) -> np.ndarray:
+    """Predicted seconds of the rows in ``mask``, with per-device scales (default 1)."""
+    rows = [r for r, m in zip(problem.rows, mask, strict=True) if m]
+    g, h = _scale_columns(rows, scales or {})
+    return row_seconds(problem.table.subset(mask).with_scales(g, h), constants)
+
+
+def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300) -> Constants:
+    """Constants fitted on the rows in ``train`` (and in ``problem.fit_mask``), unit scales."""
+    m = train & problem.fit_mask
+    rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
+    c, _ = fit_constants(problem.table.subset(m), problem.seconds[m], group_weights(rows), x0=x0, max_nfev=max_nfev)
+    return c
+
+
+def device_scales(problem: Problem, train: np.ndarray, constants: Constants) -> dict[str, DeviceScales]:
+    """Scales of every device with rows in ``train``, fitted on those rows with ``constants``."""
+    out = {}
+    for dev in sorted({r.device for r, k in zip(problem.rows, train, strict=True) if k}):
+        m = train & problem.mask(lambda r, d=dev: r.device == d)
+        rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
+        out[dev] = fit_scales(problem.table.subset(m), problem.seconds[m], rows, constants)
+    return out

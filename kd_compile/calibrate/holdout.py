@@ -1,0 +1,154 @@
+"""Held-out evaluation: leave-one-device-out, leave-one-family-out, k-fold over a device's models,
+and the error bands per regime drawn from the held-out predictions."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from ..profilers.roofline import Constants, DeviceScales, regime_key
+from ..targets.profile import get_target
+from .fit import device_scales, fit_on, predict
+from .problem import Problem
+
+KFOLD = 5
+
+
+def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose: bool = False
+                         ) -> tuple[np.ndarray, dict[str, Constants]]:
+    """Predictions of every row by constants fitted without its device (unit scales).
+
+    ``x0`` is the fits' starting point (default :data:`DEFAULT_CONSTANTS`); starting from a fit
+    that saw the held-out device would let it leak in, so callers should not.
+
+    Returns:
+        (predicted seconds per row, the constants fitted without each device).
+    """
+    pred = np.full(len(problem.rows), np.nan)
+    fits = {}
+    for dev in sorted({r.device for r in problem.rows}):
+        t0 = time.perf_counter()
+        held = problem.mask(lambda r, d=dev: r.device == d)
+        fits[dev] = fit_on(problem, ~held, x0)
+        pred[held] = predict(problem, held, fits[dev])
+        if verbose:
+            print(f"  fit without {dev}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return pred, fits
+
+
+def leave_one_family_out(problem: Problem, x0: Constants | None = None, verbose: bool = False
+                         ) -> tuple[np.ndarray, dict[str, Constants], dict[str, dict[str, DeviceScales]]]:
+    """Predictions of every row by constants and device scales fitted without its family.
+
+    Returns:
+        (predicted seconds per row, constants per left-out family, device scales per family).
+    """
+    pred = np.full(len(problem.rows), np.nan)
+    fits, scales = {}, {}
+    for fam in sorted({r.family for r in problem.rows}):
+        t0 = time.perf_counter()
+        held = problem.mask(lambda r, f=fam: r.family == f)
+        fits[fam] = fit_on(problem, ~held, x0)
+        scales[fam] = device_scales(problem, ~held & problem.fit_mask, fits[fam])
+        pred[held] = predict(problem, held, fits[fam], scales[fam])
+        if verbose:
+            print(f"  fit without family {fam}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return pred, fits, scales
+
+
+def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD) -> np.ndarray:
+    """Held-out predictions of ``device`` 's rows: its scales fitted on k-1 folds of its models
+    (``constants`` fixed, fitted without the device), the remaining fold predicted."""
+    on = problem.mask(lambda r: r.device == device)
+    specs = sorted({r.spec for r, m in zip(problem.rows, on, strict=True) if m})
+    rng = np.random.default_rng(0)
+    fold_of = {s: i % k for i, s in enumerate(rng.permutation(specs))}
+    pred = np.full(len(problem.rows), np.nan)
+    for f in range(min(k, len(specs))):
+        test = on & problem.mask(lambda r, f=f: fold_of.get(r.spec) == f)
+        train = on & ~test & problem.fit_mask
+        s = device_scales(problem, train, constants)
+        pred[test] = predict(problem, test, constants, s)
+    return pred
+
+
+def _band(ape: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted median and 80th percentile of absolute percentage errors."""
+    o = np.argsort(ape)
+    a, c = ape[o], np.cumsum(w[o]) / w.sum()
+    return float(a[np.searchsorted(c, 0.5)]), float(a[min(len(a) - 1, np.searchsorted(c, 0.8))])
+
+
+def bands(problem: Problem, pred: np.ndarray, mask: np.ndarray, transfer: str, per_device_weight: bool = True
+          ) -> dict[str, dict[str, Any]]:
+    """Error bands per regime (``runtime/precision/batch-regime``) of the rows in ``mask``.
+
+    With ``per_device_weight`` every device counts equally in the pooled percentiles.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(problem.rows):
+        if mask[i] and np.isfinite(pred[i]):
+            groups[regime_key(r.runtime, r.precision, r.batch)].append(i)
+    out = {}
+    for key, ix in sorted(groups.items()):
+        rows = [problem.rows[i] for i in ix]
+        ape = np.abs(pred[ix] / problem.seconds[ix] - 1)
+        devs = [r.device for r in rows]
+        w = np.array([1.0 / devs.count(d) for d in devs]) if per_device_weight else np.ones(len(ix))
+        med, p80 = _band(ape, w)
+        dev_set, files = sorted(set(devs)), sorted({r.file for r in rows})
+        batches = sorted({r.batch for r in rows})
+        n_models = len({r.spec for r in rows})
+        what = "held-out" if transfer == "fitted on this device" else "leave-one-device-out over"
+        out[key] = {
+            "median_ape": round(med, 4), "p80_ape": round(p80, 4), "n": len(ix),
+            "basis": f"{what} {', '.join(dev_set)} ({n_models} models, batch {'/'.join(map(str, batches))}"
+                     + (", 5-fold over models" if transfer == "fitted on this device" else ", devices weighted equally")
+                     + ")",
+            "transfer": transfer, "files": files, "devices": dev_set, "batches": batches,
+        }
+    return out
+
+
+def _proxy_bands(b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Add bands for regimes without measurements from the closest measured regime, marked proxy.
+
+    TensorRT at large batch: no table measures it; the eager large-batch band stands for it
+    (kernels are compute/memory-bound there; fusion differences are not covered). Eager fp16 at
+    batch 1 without a device's own rows: the eager fp32 batch-1 band (host-bound either way).
+    """
+    out = dict(b)
+    for prec in ("fp16", "fp32"):
+        src = b.get(f"torch/{prec}/large") or b.get(f"torch/{'fp32' if prec == 'fp16' else 'fp16'}/large")
+        if f"tensorrt/{prec}/large" not in out and src:
+            out[f"tensorrt/{prec}/large"] = {**src, "transfer": f"proxy: no TensorRT large-batch tables; eager "
+                                             f"large-batch band; {src['transfer']}"}
+        src1 = b.get(f"torch/{'fp32' if prec == 'fp16' else 'fp16'}/batch1")
+        if f"torch/{prec}/batch1" not in out and src1:
+            out[f"torch/{prec}/batch1"] = {**src1, "transfer": f"proxy: no eager {prec} batch-1 tables for this "
+                                           f"device; {src1['transfer']}"}
+    return out
+
+
+def transfer_bands(problem: Problem, pred_lodo: np.ndarray) -> dict[str, dict[str, dict[str, Any]]]:
+    """Leave-one-device-out bands per device kind (``gpu``: discrete, ``edge-gpu``: Jetson).
+
+    A kind's band in a regime comes from that kind's held-out devices; a regime the kind has no
+    measurements in takes the closest measured regime of the same kind (``_proxy_bands``), then
+    the band pooled over all devices, each marked in ``transfer``.
+    """
+    kinds = {d: get_target(d).kind for d in {r.device for r in problem.rows}}
+    everything = bands(problem, pred_lodo, np.ones(len(problem.rows), bool), "device left out")
+    out = {}
+    for kind in ("gpu", "edge-gpu"):
+        own = _proxy_bands(bands(problem, pred_lodo, problem.mask(lambda r, k=kind: kinds[r.device] == k),
+                                 "device left out"))
+        for key, band in everything.items():
+            if key not in own:
+                own[key] = {**band, "transfer": f"device left out (no {kind} device measured in this regime: "
+                                                f"pooled over all devices)"}
+        out[kind] = _proxy_bands(own)
+    return out

@@ -1,0 +1,65 @@
+"""The measured rows joined with their models' kernels: the :class:`Problem` fits and evaluations run on."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..profilers.roofline import DeviceTerms, KernelTable, fuse, kernel_rows
+from ..targets.profile import get_target
+from .counts import layer_costs
+from .tables import NAS_FIT, MeasuredRow
+
+
+@dataclass
+class Problem:
+    """Measured rows with their kernel table, ready to fit and evaluate.
+
+    Attributes:
+        rows: the measurements.
+        table: their kernels (device scales 1).
+        seconds: measured seconds per batch, shape (M,).
+        flops: FLOPs per sample of each row's model.
+        params: parameters of each row's model.
+        fit_mask: rows a fit may use (all but the NAS architectures beyond ``NAS_FIT``).
+    """
+
+    rows: list[MeasuredRow]
+    table: KernelTable
+    seconds: np.ndarray
+    flops: np.ndarray
+    params: np.ndarray
+    fit_mask: np.ndarray
+
+    def mask(self, pred: Callable[[MeasuredRow], bool]) -> np.ndarray:
+        return np.array([pred(r) for r in self.rows], dtype=bool)
+
+
+def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: int = NAS_FIT) -> Problem:
+    """Count (or load) every row's model and build the kernel table."""
+    costs = layer_costs({r.spec for r in rows}, verbose=verbose)
+    rows = [r for r in rows if r.spec in costs]
+    kern: dict[tuple[str, str], np.ndarray] = {}
+    devs: dict[tuple[str, str, str], DeviceTerms] = {}
+    ks, ds = [], []
+    for r in rows:
+        if (r.spec, r.runtime) not in kern:
+            kern[(r.spec, r.runtime)] = kernel_rows(fuse(costs[r.spec][0], r.runtime))
+        if (r.device, r.precision, r.runtime) not in devs:
+            devs[(r.device, r.precision, r.runtime)] = DeviceTerms.of(get_target(r.device), r.precision, r.runtime)
+        ks.append(kern[(r.spec, r.runtime)])
+        ds.append(devs[(r.device, r.precision, r.runtime)])
+    table = KernelTable.build(ks, [r.batch for r in rows], ds)
+    nas_rank: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in rows:
+        fam = r.spec.split(":", 1)[0]
+        if fam in ("nb201", "fbnet", "anb"):
+            nas_rank[(fam + r.file)].setdefault(r.spec, len(nas_rank[fam + r.file]))
+    fit_mask = np.array([r.spec.split(":", 1)[0] not in ("nb201", "fbnet", "anb")
+                         or nas_rank[r.spec.split(":", 1)[0] + r.file][r.spec] < nas_fit for r in rows])
+    return Problem(rows, table, np.array([r.seconds for r in rows]),
+                   np.array([sum(o.flops for o in costs[r.spec][0]) for r in rows], float),
+                   np.array([costs[r.spec][1] for r in rows], float), fit_mask)

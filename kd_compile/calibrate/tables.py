@@ -1,0 +1,254 @@
+"""Measured latency tables: readers of each published table format and :func:`load_measurements`.
+
+Every reader turns its table's rows into :class:`MeasuredRow` s (one model, one device, runtime,
+precision and batch, seconds per batch); NAS spaces are sampled (``NAS_SAMPLE`` architectures
+per space, seed 0), of which fits use the first ``NAS_FIT``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+
+# ``shared/data/latency`` next to the repository (``KD_LATENCY_DATA`` overrides).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "latency"
+NAS_SAMPLE = 200  # architectures per NAS space counted and evaluated (seed 0)
+NAS_FIT = 100  # of which the fits use the first ones (fit time grows with kernels)
+
+TIMM_TABLES = {
+    "benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv": "rtx3090",
+    "benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv": "rtx4090",
+}
+SUPERGRADIENTS = "supergradients_T4_trt_fp16_bs1_classification.csv"
+TORCH2TRT = "torch2trt-jetson-xavier-trt-fp16-bs1.csv"
+HELP_TABLES = {"help-nb201-latency.csv": "nb201", "help-fbnet-latency.csv": "fbnet"}
+ACCEL_NASBENCH = "accel-nasbench-mbconv.csv"
+# HELP column prefix -> target name (titanx: the Pascal TITAN X, see titan-x.toml)
+HELP_DEVICES = {"1080ti": "1080ti", "2080ti": "2080ti", "titan_rtx": "titan-rtx", "titanx": "titan-x",
+                "titanxp": "titan-xp"}
+# super-gradients model name -> timm model (same architecture; ViTs use patch 16)
+SG_TO_TIMM = {
+    "vit_base": "vit_base_patch16_224", "vit_large": "vit_large_patch16_224", "efficientnet_b0": "efficientnet_b0",
+    "regnetY200": "regnety_002", "regnetY400": "regnety_004", "regnetY600": "regnety_006",
+    "regnetY800": "regnety_008", "resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
+    "mobilenet_v3_large": "mobilenetv3_large_100", "mobilenet_v3_small": "mobilenetv3_small_100",
+    "mobilenet_v2": "mobilenetv2_100",
+}
+
+# A diverse set of timm architectures (convnets, mobile nets, EfficientNets, ResNets, RegNets,
+# ViTs/DeiTs, Swin, ConvNeXt, hybrids), small to large. Only those present in every table are
+# used; the order is the order of preference when ``models`` limits the count.
+CURATED = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet26", "resnet50d",
+    "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "seresnet50", "ecaresnet50d",
+    "resnetrs50", "resnet10t", "resnet14t", "skresnet18", "dla34", "dla60", "densenet121",
+    "densenet169", "vgg11", "vgg16", "vgg19_bn", "inception_v3", "inception_v4", "xception41",
+    "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140", "mobilenetv3_small_100",
+    "mobilenetv3_large_100", "mobilenetv3_small_050", "mobilenetv3_large_075", "mnasnet_100",
+    "mnasnet_small", "fbnetc_100", "spnasnet_100", "lcnet_050", "lcnet_100", "tinynet_a",
+    "tinynet_c", "tinynet_e", "ghostnet_100", "efficientnet_b0", "efficientnet_b1",
+    "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_lite0",
+    "efficientnetv2_rw_s", "efficientnetv2_rw_m", "tf_efficientnetv2_s", "mixnet_s", "mixnet_l",
+    "rexnet_100", "rexnet_150", "regnetx_002", "regnetx_004", "regnetx_016", "regnetx_032",
+    "regnety_002", "regnety_004", "regnety_008", "regnety_016", "regnety_032", "regnety_040",
+    "regnetz_b16", "hrnet_w18_small", "dpn68", "res2net50_26w_4s", "cspresnet50",
+    "cspdarknet53", "darknet53", "repvgg_a2", "repvgg_b1", "gernet_s", "gernet_l",
+    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny",
+    "convnext_small", "convnext_base", "convnextv2_tiny", "vit_tiny_patch16_224",
+    "vit_small_patch16_224", "vit_small_patch32_224", "vit_base_patch16_224",
+    "vit_base_patch32_224", "vit_large_patch16_224", "deit_tiny_patch16_224",
+    "deit_small_patch16_224", "deit_base_patch16_224", "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "beit_base_patch16_224",
+    "cait_xxs24_224", "levit_128", "levit_256", "mobilevit_s", "mobilevit_xs", "edgenext_small",
+    "efficientformer_l1", "poolformer_s12", "mixer_b16_224", "resmlp_12_224", "pit_s_224",
+    "coat_lite_tiny", "crossvit_small_240", "twins_svt_small", "xcit_tiny12_p16_224",
+    "maxvit_tiny_tf_224", "coatnet_0_rw_224", "fastvit_t8", "repvit_m1", "tiny_vit_5m_224",
+    "efficientvit_b0", "mobileone_s0", "hgnet_tiny", "nfnet_l0", "dm_nfnet_f0",
+)
+
+# Architecture families for leave-one-family-out (first matching pattern wins).
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("nb201", r"^nb201:"), ("fbnet", r"^fbnet:"), ("anb", r"^anb:"),
+    ("vit", r"(vit_|deit|beit|cait|pit_|crossvit|twins|xcit|levit|mixer|resmlp|swin|maxvit|coat|"
+            r"efficientformer|poolformer|mobilevit|edgenext|efficientvit|tiny_vit|fastvit)"),
+    ("regnet", r"regnet"), ("efficientnet", r"efficientnet"),
+    ("mobilenet", r"(mobilenet|mnasnet|fbnetc|spnasnet|lcnet|tinynet|ghostnet|rexnet|mixnet|repvit|mobileone|"
+                  r"shufflenet|squeezenet)"),
+    ("convnext", r"convnext"), ("densenet", r"densenet"), ("vgg", r"(vgg|alexnet|repvgg)"),
+    ("resnet", r"(resnet|resnext|res2net|dla|dpn|darknet|gernet|inception|xception|hrnet|hgnet|nfnet)"),
+)
+
+
+def family_of(spec: str) -> str:
+    """The architecture family of a spec (``FAMILIES``), ``other`` when none matches."""
+    for name, pat in FAMILIES:
+        if re.search(pat, spec):
+            return name
+    return "other"
+
+
+@dataclass(frozen=True)
+class MeasuredRow:
+    """One published measurement.
+
+    Attributes:
+        spec: the architecture (``timm:<name>@<size>``, ``torchvision:<name>``, ``nb201:...``,
+            ``fbnet:...``, ``anb:...``).
+        device: target name.
+        runtime: ``torch`` (eager) or ``tensorrt``.
+        precision: ``fp32`` or ``fp16``.
+        batch: batch size.
+        seconds: time per batch.
+        file: name of the measured table.
+    """
+
+    spec: str
+    device: str
+    runtime: str
+    precision: str
+    batch: int
+    seconds: float
+    file: str
+
+    @property
+    def family(self) -> str:
+        return family_of(self.spec)
+
+    @property
+    def group(self) -> tuple[str, str, int, str]:
+        """(device, runtime, batch, file): the unit a Spearman correlation is computed over."""
+        return (self.device, self.runtime, self.batch, self.file)
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+
+def _dict_rows(path: Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precision: str = "fp16") -> list[MeasuredRow]:
+    """Rows of a timm ``benchmark-infer-*.csv`` (columns documented in the data README).
+
+    Raises:
+        UsageError: no row has model, image size, batch and step time.
+    """
+    rows: list[MeasuredRow] = []
+    for r in _dict_rows(path):
+        try:
+            rows.append(MeasuredRow(f"timm:{r['model']}@{int(r['infer_img_size'])}", device, runtime, precision,
+                                    int(r["infer_batch_size"]), float(r["infer_step_time"]) * 1e-3, Path(path).name))
+        except (KeyError, ValueError):
+            continue
+    if not rows:
+        raise UsageError(
+            f"{path}: no timm benchmark rows (need model, infer_img_size, infer_batch_size, infer_step_time)"
+        )
+    return rows
+
+
+def read_supergradients(path: Path) -> list[MeasuredRow]:
+    """T4 and Xavier NX TensorRT fp16 batch-1 rows (``*_hw_ms``: without I/O)."""
+    out = []
+    for r in _dict_rows(path):
+        name = SG_TO_TIMM.get(r.get("sg_model_name", ""))
+        if name is None:
+            continue
+        for col, dev in (("t4_hw_ms", "t4"), ("xaviernx_hw_ms", "jetson-xavier-nx")):
+            if r.get(col):
+                out.append(MeasuredRow(f"timm:{name}@{int(r['resolution'])}", dev, "tensorrt", "fp16", 1,
+                                       float(r[col]) * 1e-3, Path(path).name))
+    return out
+
+
+def read_torch2trt(path: Path) -> list[MeasuredRow]:
+    """Jetson AGX Xavier rows: TensorRT fp16 and eager PyTorch fp16, batch 1, 224 px."""
+    out = []
+    for r in _dict_rows(path):
+        spec = f"torchvision:{r['torchvision_model']}"
+        for col, rt in (("latency_tensorrt_ms", "tensorrt"), ("latency_pytorch_ms", "torch")):
+            if r.get(col):
+                out.append(MeasuredRow(spec, "jetson-agx-xavier", rt, "fp16", 1, float(r[col]) * 1e-3, Path(path).name))
+    return out
+
+
+def _sample(keys: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    keys = sorted(set(keys))
+    return [keys[i] for i in rng.permutation(len(keys))[:n]]
+
+
+def read_help(path: Path, space: str, n: int = NAS_SAMPLE) -> list[MeasuredRow]:
+    """HELP NAS-Bench-201/FBNet rows of ``n`` sampled architectures on the five desktop GPUs."""
+    recs = {f"{space}:{r['arch_str']}": r for r in _dict_rows(path)}
+    col = re.compile(r"^(1080ti|2080ti|titan_rtx|titanx|titanxp)_(\d+)_ms$")
+    out = []
+    for spec in _sample(list(recs), n):
+        for c, v in recs[spec].items():
+            m = col.match(c)
+            if m and v:
+                out.append(MeasuredRow(spec, HELP_DEVICES[m.group(1)], "torch", "fp32", int(m.group(2)),
+                                       float(v) * 1e-3, Path(path).name))
+    return out
+
+
+def read_accel_nasbench(path: Path, n: int = NAS_SAMPLE) -> list[MeasuredRow]:
+    """Accel-NASBench rows of ``n`` sampled architectures: RTX 3090 and A100, batch 128."""
+    from ..students.anb import anb_spec_from_row
+
+    recs: dict[str, dict[str, str]] = {}
+    for r in _dict_rows(path):
+        if r.get("3090_ms_per_batch128") and r.get("a100_ms_per_batch128"):
+            recs.setdefault(f"anb:{anb_spec_from_row(r)}", r)
+    out = []
+    for spec in _sample(list(recs), n):
+        for col, dev in (("3090_ms_per_batch128", "rtx3090"), ("a100_ms_per_batch128", "a100")):
+            out.append(MeasuredRow(spec, dev, "torch", "fp16", 128, float(recs[spec][col]) * 1e-3, Path(path).name))
+    return out
+
+
+def select_timm(rows: Sequence[MeasuredRow], tables: int = 2) -> list[MeasuredRow]:
+    """Rows of curated timm models measured in every timm table, at the smallest common size."""
+    by_model: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        name, size = r.spec[5:].rsplit("@", 1)
+        by_model[name][int(size)].add(r.file)
+    keep = set()
+    for name in CURATED:
+        sizes = sorted(s for s, files in by_model.get(name, {}).items() if len(files) >= tables)
+        if sizes:
+            keep.add(f"timm:{name}@{sizes[0]}")
+    return [r for r in rows if r.spec in keep]
+
+
+def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> list[MeasuredRow]:
+    """Every usable row of the shared measured tables (see the module docstring).
+
+    Raises:
+        UsageError: the folder does not exist.
+    """
+    d = Path(data_dir or os.environ.get("KD_LATENCY_DATA") or DEFAULT_DATA_DIR)
+    if not d.is_dir():
+        raise UsageError(f"measured latency tables not found in {d}", hint="set KD_LATENCY_DATA or pass data_dir")
+    timm_rows = [r for f, dev in TIMM_TABLES.items() if (d / f).is_file() for r in read_timm_table(d / f, dev)]
+    rows = select_timm(timm_rows, tables=sum((d / f).is_file() for f in TIMM_TABLES))
+    if (d / SUPERGRADIENTS).is_file():
+        rows += read_supergradients(d / SUPERGRADIENTS)
+    if (d / TORCH2TRT).is_file():
+        rows += read_torch2trt(d / TORCH2TRT)
+    for f, space in HELP_TABLES.items():
+        if (d / f).is_file():
+            rows += read_help(d / f, space, nas)
+    if (d / ACCEL_NASBENCH).is_file():
+        rows += read_accel_nasbench(d / ACCEL_NASBENCH, nas)
+    return rows

@@ -1,0 +1,189 @@
+"""The entry points that write ``calibration/<target>.json``: :func:`calibrate_all` (every GPU
+target, from the shared tables) and :func:`calibrate` (one target, from a user's timm tables)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..profilers.roofline import (
+    CALIBRATION_DIR,
+    RUNTIME_RULES,
+    SHARED_FIT,
+    Constants,
+    DeviceScales,
+    load_calibration,
+    read_calibration,
+)
+from ..targets.profile import PRECISIONS, get_target, list_targets
+from .fit import device_scales, fit_on, quality
+from .holdout import bands, kfold_on_device, leave_one_device_out, transfer_bands
+from .problem import Problem, build_problem
+from .tables import MeasuredRow, load_measurements, read_timm_table, select_timm
+
+
+def gpu_targets() -> list[str]:
+    """Built-in targets that are GPUs (discrete or Jetson)."""
+    return [n for n in list_targets() if get_target(n).kind != "cpu"]
+
+
+def _rounded(c: Constants) -> dict[str, float]:
+    return {k: float(f"{v:.5g}") for k, v in c.to_dict().items()}
+
+
+def calibrate_all(
+    data_dir: Path | None = None, out_dir: Path = CALIBRATION_DIR, verbose: bool = False,
+    problem: Problem | None = None, lodo: tuple[np.ndarray, dict[str, Constants]] | None = None,
+) -> dict[str, Any]:
+    """Fit on every measured table and write ``<target>.json`` for every GPU target (module docstring).
+
+    Args:
+        data_dir: the measured tables (default ``KD_LATENCY_DATA`` or ``../shared/data/latency``).
+        out_dir: where the calibration files go.
+        verbose: print progress.
+        problem, lodo: reuse an already built problem / leave-one-device-out result.
+
+    Returns:
+        ``{"constants": ..., "targets": {name: {"transfer": ..., "error_bands": ...}}}``.
+    """
+    t_start = time.perf_counter()
+    problem = problem or build_problem(load_measurements(data_dir), verbose=verbose)
+    files = sorted({r.file for r in problem.rows})
+    everything = np.ones(len(problem.rows), bool)
+    c_all = fit_on(problem, everything)
+    if verbose:
+        print(f"  fit on all devices: {time.perf_counter() - t_start:.0f}s", flush=True)
+    pred_lodo, lodo_fits = lodo or leave_one_device_out(problem, verbose=verbose)
+    measured = sorted({r.device for r in problem.rows})
+    transfer = transfer_bands(problem, pred_lodo)
+    shared = {
+        "about": "Latency predictor constants fitted on every measured device together, and the "
+                 "leave-one-device-out error bands used for devices without measurements. Written by "
+                 "kd_compile.calibrate.calibrate_all.",
+        "predictor": "roofline v2 (kd_compile/profilers/roofline.py)",
+        "constants": _rounded(c_all),
+        "constants_basis": f"fitted on all measured devices: {', '.join(measured)}",
+        "fitted_on": files,
+        "transfer_bands": transfer,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SHARED_FIT.name).write_text(json.dumps(shared, indent=1) + "\n", encoding="utf-8")
+    summary: dict[str, Any] = {"constants": shared["constants"], "targets": {}}
+    for name in gpu_targets():
+        if name in measured:
+            c = lodo_fits[name]
+            own = problem.mask(lambda r, n=name: r.device == n)
+            scales = device_scales(problem, own & problem.fit_mask, c)[name]
+            held = kfold_on_device(problem, name, c)
+            own_bands = bands(problem, held, own, "fitted on this device", per_device_weight=False)
+            # regimes the device was not measured in: the transfer band (its scales still apply)
+            kind = get_target(name).kind
+            eb = {**{k: v for k, v in transfer[kind].items() if k not in own_bands}, **own_bands}
+            doc = {
+                "target": name,
+                "predictor": shared["predictor"],
+                "constants": _rounded(c),
+                "constants_basis": f"fitted without {name} (leave-one-device-out) on: "
+                                   f"{', '.join(d for d in measured if d != name)}",
+                "device_scales": scales.to_dict(),
+                "device_scales_fitted_on": sorted({r.file for r, m in zip(problem.rows, own, strict=True) if m}),
+                "fitted_on": files,
+                "error_bands": eb,
+            }
+        else:
+            doc = {
+                "target": name,
+                "predictor": shared["predictor"],
+                "constants": shared["constants"],
+                "constants_basis": shared["constants_basis"],
+                "device_scales": DeviceScales().to_dict(),
+                "device_scales_fitted_on": [],
+                "fitted_on": files,
+                "error_bands": transfer[get_target(name).kind],
+            }
+        (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        summary["targets"][name] = {"measured": name in measured, "error_bands": doc["error_bands"]}
+    if verbose:
+        print(f"  calibration written to {out_dir} in {time.perf_counter() - t_start:.0f}s")
+    return summary
+
+
+def calibrate(
+    target: str,
+    tables: list[Path],
+    runtime: str,
+    precision: str,
+    models: int | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Fit ``target`` 's device scales to the user's measured timm-format tables.
+
+    The constants stay those of the target's calibration (or the all-device fit); the GPU and
+    host scales of the device are fitted on the tables, and the error band of the regime is the
+    5-fold held-out error over the tables' models. Written into ``out`` (default
+    ``kd_compile/targets/calibration/<target>.json``), keeping the file's other bands.
+
+    Args:
+        target: target name or TOML path (peaks and bandwidth come from its profile).
+        tables: timm ``benchmark-infer-*.csv`` files measured on that device.
+        runtime: runtime the tables were measured with (``torch`` for timm's eager benchmark).
+        precision: precision of the tables (``fp16`` for timm's AMP runs).
+        models: use at most this many curated models (default: all in the tables).
+        out: calibration JSON to write/merge into.
+
+    Returns:
+        ``target``, ``runtime``, ``precision``, ``constants``, ``device_scales``, ``fitted_on``
+        (file names), ``models``, ``quality`` (n, spearman, median_ape, p80_ape, ...: held-out,
+        fractions) and ``error_band``.
+    """
+    if runtime not in RUNTIME_RULES:
+        raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_RULES)})")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    if not tables:
+        raise UsageError("calibrate needs at least one measured table")
+    prof = get_target(target)
+    rows: list[MeasuredRow] = []
+    for t in tables:
+        rows += read_timm_table(Path(t), prof.name, runtime, precision)
+    rows = select_timm(rows, tables=1)
+    first: dict[str, MeasuredRow] = {}
+    for r in rows:
+        first.setdefault(r.spec, r)
+    rows = list(first.values())[: models or None]
+    problem = build_problem(rows)
+    if len(problem.rows) < 10:
+        raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
+    constants, _, _ = load_calibration(prof)
+    own = np.ones(len(problem.rows), bool)
+    scales = device_scales(problem, own, constants)[prof.name]
+    held = kfold_on_device(problem, prof.name, constants)
+    q = quality(held, problem.seconds)
+    band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
+    path = out or CALIBRATION_DIR / f"{prof.name}.json"
+    doc: dict[str, Any] = dict(read_calibration(prof.name) or {}) if out is None else {}
+    if path.is_file():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    doc.update(target=prof.name, constants=_rounded(constants),
+               constants_basis=doc.get("constants_basis", "the target's calibration"),
+               device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables])
+    doc.setdefault("error_bands", {}).update(band)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return {
+        "target": prof.name,
+        "runtime": runtime,
+        "precision": precision,
+        "constants": _rounded(constants),
+        "device_scales": scales.to_dict(),
+        "fitted_on": [Path(t).name for t in tables],
+        "models": [r.spec for r in problem.rows],
+        "quality": {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in q.items()},
+        "error_band": next(iter(band.values()), None),
+    }
