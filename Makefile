@@ -20,7 +20,7 @@ examples/glyphs/teacher.pt: | install
 	$(BIN)/python examples/glyphs/train_teacher.py
 
 demo: install examples/glyphs/teacher.pt
-	$(BIN)/kd-compile examples/glyphs/teacher.pt --target 2080ti --max-params 36K --out runs/demo --force
+	$(BIN)/kd-compile examples/glyphs/teacher.pt --target 2080ti --max-params 62K --out runs/demo --force
 
 test: install
 	$(BIN)/ruff check kd_compile tests benchmarks examples

@@ -137,7 +137,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "name": "trade",
             "input_shape": [1, args.size, args.size],
             "num_classes": args.classes,
-            "kwargs": {"width_scale": args.width_scale},
+            "kwargs": {"width_scale": args.width_scale, "block_types": ["fused", "mbconv"]},
         },
         "target": "2080ti",
     }

@@ -220,14 +220,20 @@ def evaluate_candidate(
         metrics["arch"] = family.describe(config)
         limit = run.constraints.max_params
         if limit is not None and hasattr(family, "estimate_params"):
-            n_params = int(family.estimate_params(config))
+            # the deployed count (RepVGG folded) where the family has one: the limit is on what ships
+            n_params = int(getattr(family, "deployed_params", family.estimate_params)(config))
             if n_params > limit:  # rejected before the student is even built
                 metrics["params"] = n_params
                 why = run.constraints.violations(n_params, 0, None, None)
                 return done(TrialStatus.INFEASIBLE, error="; ".join(why))
         torch.manual_seed(run.seed + number)
         model = family.build(config)
-        cnt, lat = costs(model, InputSpec(tuple(family.input_shape)), run.target, fast=True, plan=run.latency)
+        from .students.common import deployed
+
+        # costs of what ships (re-parameterisable blocks folded: a RepVGG block is one conv);
+        # the unfolded model is the one trained below
+        spec = InputSpec(tuple(family.input_shape))
+        cnt, lat = costs(deployed(model), spec, run.target, fast=True, plan=run.latency)
         metrics.update(
             params=int(cnt.params),
             flops=int(cnt.flops),

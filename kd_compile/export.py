@@ -1,5 +1,10 @@
 """Artifacts of the chosen student: ``student.pt``, ``student.onnx`` and, where TensorRT is
-present, a serialized engine."""
+present, a serialized engine.
+
+``student.pt`` holds the trained (unfolded) weights, which ``space.build(config)`` rebuilds;
+``student.onnx`` and the engine hold the deployed form, re-parameterisable blocks folded
+(``students.common.deployed``: a RepVGG block becomes one conv), the form the search costed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from .errors import BackendUnavailableError, ExportError
 from .profilers.base import InputSpec
 from .search.space import Config
 from .students.base import StudentSpace
+from .students.common import deployed
 from .teacher import save_checkpoint
 
 
@@ -48,8 +54,20 @@ def export_student(
     """Write the student's artifacts into ``out`` and return their paths by name.
 
     ``student.pt`` holds the weights plus the config (rebuilt through the registered space;
-    loadable with ``torch.load(weights_only=True)``). ``student.onnx`` is simplified with onnxsim
-    and its outputs are checked against PyTorch with ONNX Runtime (``ExportError`` on mismatch).
+    loadable with ``torch.load(weights_only=True)``). They are the unfolded weights, the state
+    of ``space.build(config)``, so the checkpoint loads like any kd-compile checkpoint and can be
+    fine-tuned; fold it with ``students.common.deployed`` for inference. ``student.onnx`` is the
+    folded student (RepVGG blocks as one conv each), simplified with onnxsim, and its outputs are
+    checked against PyTorch with ONNX Runtime (``ExportError`` on mismatch).
+
+    Args:
+        model: the trained student (unfolded, as ``space.build(config)`` returns it).
+        space: its family.
+        config: its config.
+        spec: the input spec, (N, C, H, W) with the batch of the export.
+        out: the output folder.
+        meta: extra metadata for ``student.pt``.
+        engine: also build a TensorRT engine where TensorRT is present.
     """
     from .profilers.onnx_export import export_onnx
 
@@ -65,7 +83,7 @@ def export_student(
         meta={**meta, "input_shape": list(spec.shape), "num_classes": space.num_classes},
     )
     try:
-        info = export_onnx(model, spec, out / "student.onnx")
+        info = export_onnx(deployed(model), spec, out / "student.onnx")
     except ExportError:
         raise
     except Exception as exc:

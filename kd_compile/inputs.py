@@ -264,10 +264,11 @@ def check_feasible(space: Any, constraints: Constraints, rng: np.random.Generato
     """
     if constraints.max_params is None or not hasattr(space, "estimate_params"):
         return
+    count = getattr(space, "deployed_params", space.estimate_params)  # the limit is on what ships
     candidates = [space.from_unit(np.zeros(space.dim))] + [space.sample(rng) for _ in range(n)]
     smallest = math.inf
     for c in candidates:
-        p = space.estimate_params(c)
+        p = count(c)
         smallest = min(smallest, p)
         if p <= constraints.max_params:
             return

@@ -97,6 +97,9 @@ def export(
             "kd_compile_version": __version__,
         },
     )
+    from .students.common import deployed
+
+    student = deployed(student)  # costs and local timings of what ships (RepVGG folded, as in student.onnx)
     s_counts, s_lat = costs(student, spec, target, plan=run.latency)
     extra: dict[str, Any] = {}
     if run.latency.method == "predict":

@@ -2,12 +2,14 @@
 
 Both families round channel choices the same way, keep the final feature map at least
 ``MIN_FINAL_SIDE`` wide, initialise weights explicitly, expose their stage outputs for feature
-distillation (``feature_layers``) and count parameters exactly without building, cross-checked
-by a build on the meta device (``meta_param_count``).
+distillation (``feature_layers``), count parameters exactly without building, cross-checked
+by a build on the meta device (``meta_param_count``), and are costed and exported in their
+deployed form (``deployed``: re-parameterisable blocks folded).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "MIN_FINAL_SIDE",
     "channel_choices",
     "conv_bn_params",
+    "deployed",
     "feature_layers",
     "init_weights",
     "meta_param_count",
@@ -95,3 +98,31 @@ def meta_param_count(build: Callable[..., nn.Module], config: Config) -> int:
     with torch.device("meta"):
         model = build(config, init=False)
     return sum(p.numel() for p in model.parameters())
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """The inference form of ``model``: a folded deep copy, in eval mode (``model`` is untouched).
+
+    Every re-parameterisable block is folded by timm's ``reparameterize_model`` (a RepVGG
+    block's kxk, 1x1 and identity-BN branches become one kxk conv with bias; modules with
+    ``fuse``/``switch_to_deploy`` are handled the same way). The copy computes what ``model``
+    computes in eval mode (up to float rounding) with the layers that ship, so counts,
+    latencies and the ONNX export are taken on it; the unfolded ``model`` is the one to train.
+    Folding uses the BatchNorm running statistics, hence eval mode: a folded block has no
+    BatchNorm left to train.
+
+    Args:
+        model: any module mapping (N, C, H, W) to (N, num_classes); one without foldable
+            blocks comes back as an equal copy.
+
+    Returns:
+        A new module with the same inputs and outputs as ``model``.
+    """
+    from timm.utils.model import reparameterize_model
+
+    # timm folds the children of the module it is given, so the copy goes in a holder: a
+    # foldable block passed on its own is folded too
+    holder = nn.Sequential(copy.deepcopy(model).eval())
+    with torch.no_grad():  # folding builds new weights from the old: no autograd history
+        reparameterize_model(holder, inplace=True)
+    return holder[0]

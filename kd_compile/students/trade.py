@@ -1,4 +1,4 @@
-"""TRADE's search space: stem -> Fused-MBConv/MBConv stages -> Transformer -> head.
+"""TRADE's search space: stem -> conv stages -> Transformer -> head.
 
 The TRADE paper (Kim et al., "Trust Region Aware architecture search to Distill knowledge
 Effectively") searches ``Stem Conv -> Fused-MBConv & MBConv -> Transformer``: convolutions do
@@ -6,6 +6,13 @@ the early visual processing, optional Transformer blocks sit between the conv ba
 head. Per stage it searches block type, depth, width, kernel, expansion and SE ratio.
 ``TradeSpace`` is that space as a flat list of parameters, so a GP sees a fixed-dimension
 encoding; the network it builds lives in ``students/trade_net.py``.
+
+Beside TRADE's depthwise/SE-heavy Fused-MBConv and MBConv, a stage may use dense 3x3 blocks that
+are fast on GPUs at batch 1 (few, large kernels; 3x3 is the kernel cuDNN and TensorRT run
+fastest, with Winograd): a plain conv, a ResNet basic block and a RepVGG block (three branches
+while training, one conv once folded). Costs count the *deployed* form
+(RepVGG folded, ``common.deployed``), which is what ships: ``deployed_params`` is the count that
+``--max-params`` limits; ``estimate_params`` counts the model ``build`` returns (training form).
 
 Downsampling rule (``stride_plan``), so that the same space serves 16-64 px glyphs and 224 px
 photos: let ``S = min(H, W)``.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from timm.layers import ConvNormAct
@@ -43,6 +51,10 @@ from .common import (
     meta_param_count,
 )
 from .trade_net import (
+    BLOCK_TAGS,
+    BLOCK_TYPES,
+    DENSE_KERNEL,
+    DENSE_TYPES,
     StagePlan,
     TokenTransformer,
     TradeNet,
@@ -95,8 +107,9 @@ def _fmt(v: float) -> str:
 # (24 -> 32 -> 48 -> 96 at four stages); every slot keeps small choices because parameters grow
 # with width^2 * expansion * kernel^2 (Fused-MBConv), and a uniform draw over the unit cube must
 # land often in the 10K-200K region that distillation targets for small glyph datasets.
-# Measured at 24x24x1, 62 classes, 1000 random samples: 30% under 60K parameters, 75% under
-# 200K, median 100K, range 3.5K-3.2M (tests/students/test_trade_space.py asserts >= 25% under 60K).
+# Measured at 24x24x1, 62 classes, 1000 random samples over the five block types: 33% under 60K
+# parameters, 77% under 200K, median 99K, range 3.4K-1.8M (tests/students/test_trade_space.py
+# asserts >= 25% under 60K).
 _STAGE_WIDTHS: tuple[tuple[int, ...], ...] = (
     (8, 16, 24),
     (8, 16, 24, 32),
@@ -109,21 +122,30 @@ _STAGE_WIDTHS: tuple[tuple[int, ...], ...] = (
 
 @register_space("trade")
 class TradeSpace(StudentSpace):
-    """TRADE's search space: stem -> Fused-MBConv/MBConv stages -> Transformer -> head.
+    """TRADE's search space: stem -> conv stages -> Transformer -> head.
 
     Parameters (config keys), flat so the unit-cube encoding has a fixed dimension:
 
     * ``stem_width`` (choice), ``head_width`` (choice; 0 = no 1x1 head conv);
-    * per stage slot ``i`` in 1..max_stages: ``s{i}_type`` (cat "fused"/"mbconv"),
-      ``s{i}_depth`` (int; stage 1: 1..2 as it runs at the highest resolution, later: 0..3
-      so stages can be dropped),
+    * per stage slot ``i`` in 1..max_stages: ``s{i}_type`` (cat over ``block_types``:
+      "fused" Fused-MBConv, "mbconv" MBConv, "conv" plain 3x3 conv, "residual" ResNet basic
+      block, "repvgg" RepVGG block), ``s{i}_depth`` (int; stage 1: 1..2 as it runs at the
+      highest resolution, later: 0..3 so stages can be dropped),
       ``s{i}_width`` (choice, growing with ``i``, times ``width_scale``), ``s{i}_kernel``
-      (3, 5), ``s{i}_expand`` (1, 2, 4, 6), ``s{i}_se`` (0, 0.25);
+      (3, 5), ``s{i}_expand`` (1, 2, 4, 6), ``s{i}_se`` (0, 0.25); the dense types (conv,
+      residual, repvgg) are always 3x3, without expansion or SE, so ``canonical`` fixes those
+      three;
     * with ``transformer=True``: ``tf_depth`` (int 0..2), ``tf_heads`` (1, 2, 4),
       ``tf_mlp_ratio`` (1, 2, 4).
 
-    At 24x24x1 with 62 classes, 1000 random samples span 3.5K to 3.2M parameters: 30% under
-    60K, 75% under 200K, median 100K (``width_scale`` moves the whole range).
+    Counts: ``estimate_params`` is the exact count of the model ``build`` returns (the training
+    form: a RepVGG block has its 3x3, 1x1 and identity branches); ``deployed_params`` is the
+    exact count once RepVGG blocks are folded into one conv each (``common.deployed``), which is
+    what is exported, so it is what ``--max-params`` limits (candidates' params, FLOPs and
+    latency are all measured on the folded student). The two differ only for RepVGG.
+
+    At 24x24x1 with 62 classes, 1000 random samples span 3.4K to 1.8M parameters: 33% under
+    60K, 77% under 200K, median 99K (``width_scale`` moves the whole range).
     """
 
     def __init__(
@@ -136,6 +158,7 @@ class TradeSpace(StudentSpace):
         act: str = "silu",
         drop_rate: float = 0.1,
         drop_path_rate: float = 0.0,
+        block_types: Sequence[str] = BLOCK_TYPES,
     ) -> None:
         """Create the space.
 
@@ -148,12 +171,22 @@ class TradeSpace(StudentSpace):
             act: activation of the conv blocks ("relu", "silu", "gelu", "hardswish").
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth rate of every residual block.
+            block_types: the stage block types to search (a subset of ``BLOCK_TYPES``, in that
+                order in the encoding); ``("fused", "mbconv")`` is the original TRADE space
+                (33 coordinates at four stages with the Transformer).
         """
         if not 1 <= max_stages <= len(_STAGE_WIDTHS):
             raise UsageError(f"max_stages must be in 1..{len(_STAGE_WIDTHS)}, got {max_stages}")
         if width_scale <= 0:
             raise UsageError(f"width_scale must be > 0, got {width_scale}")
         act_layer(act)
+        unknown = [t for t in block_types if t not in BLOCK_TYPES]
+        if not block_types or unknown or len(set(block_types)) != len(block_types):
+            raise UsageError(
+                f"block_types must be distinct names from {', '.join(BLOCK_TYPES)}, got {list(block_types)}"
+            )
+        # the canonical encoding order, whatever order the caller gave
+        self.block_types = tuple(t for t in BLOCK_TYPES if t in block_types)
         self.max_stages = int(max_stages)
         self.width_scale = float(width_scale)
         self.transformer = bool(transformer)
@@ -168,12 +201,13 @@ class TradeSpace(StudentSpace):
         )
         for i in range(1, self.max_stages + 1):
             widths = channel_choices(_STAGE_WIDTHS[i - 1], width_scale)
+            type_default = "fused" if i <= 2 else "mbconv"
             params += [
                 Param(
                     f"s{i}_type",
                     "cat",
-                    choices=("fused", "mbconv"),
-                    default="fused" if i <= 2 else "mbconv",
+                    choices=self.block_types,
+                    default=type_default if type_default in self.block_types else self.block_types[0],
                 ),
                 # stage 1 always exists so every student has at least one conv stage
                 Param(
@@ -208,8 +242,10 @@ class TradeSpace(StudentSpace):
     def canonical(self, config: Config) -> Config:
         """Set the parameters that cannot change the student to fixed defaults.
 
-        Dropped stages (depth 0) get the defaults of their slot; with ``tf_depth == 0`` the
-        Transformer parameters get theirs. Keys not in the space are dropped.
+        Dropped stages (depth 0) get the defaults of their slot; stages of a dense type (conv,
+        residual, repvgg) get the slot's default kernel, expansion and SE ratio (they are always
+        3x3, with no expansion and no SE); with ``tf_depth == 0`` the Transformer parameters get theirs.
+        Keys not in the space are dropped.
 
         Args:
             config: a config (possibly with extra keys).
@@ -221,6 +257,11 @@ class TradeSpace(StudentSpace):
         for i in range(1, self.max_stages + 1):
             if c.get(f"s{i}_depth", 1) == 0:
                 for k in ("type", "width", "kernel", "expand", "se"):
+                    name = f"s{i}_{k}"
+                    if name in c:
+                        c[name] = self.param(name).default
+            elif c.get(f"s{i}_type") in DENSE_TYPES:
+                for k in ("kernel", "expand", "se"):
                     name = f"s{i}_{k}"
                     if name in c:
                         c[name] = self.param(name).default
@@ -252,14 +293,15 @@ class TradeSpace(StudentSpace):
             stride = 2 if i in down else 1
             h, w = _conv_out(h, stride), _conv_out(w, stride)
             out = int(c[f"s{i}_width"])
+            kind = str(c[f"s{i}_type"])
             plans.append(
                 StagePlan(
                     index=i,
-                    type=str(c[f"s{i}_type"]),
+                    type=kind,
                     depth=int(c[f"s{i}_depth"]),
                     in_chs=in_chs,
                     out_chs=out,
-                    kernel=int(c[f"s{i}_kernel"]),
+                    kernel=DENSE_KERNEL if kind in DENSE_TYPES else int(c[f"s{i}_kernel"]),
                     expand=int(c[f"s{i}_expand"]),
                     se=float(c[f"s{i}_se"]),
                     stride=stride,
@@ -320,19 +362,30 @@ class TradeSpace(StudentSpace):
 
     # -- cheap summaries ----------------------------------------------------------------------
     def estimate_params(self, config: Config) -> int:
-        """Exact parameter count of ``build(config)``, computed without building (~0.3 ms).
+        """Exact parameter count of ``build(config)`` (training form), without building (~0.3 ms).
 
         The count follows timm's layer layout; tests compare it with built students, and
         ``count_params_meta`` gives the same number by building on the meta device (~50 ms).
+        A RepVGG stage counts its three training branches; see ``deployed_params``.
         """
+        return self._count(config, deployed=False)
+
+    def deployed_params(self, config: Config) -> int:
+        """Exact parameter count of the deployed student: ``common.deployed(build(config))``.
+
+        RepVGG blocks count as the one 3x3 conv with bias they fold into; every other block
+        is the same as in ``estimate_params``. This is the count ``--max-params`` limits.
+        """
+        return self._count(config, deployed=True)
+
+    def _count(self, config: Config, deployed: bool) -> int:
         c = self.complete(config)
         plans = self.stage_plans(c)
         n = conv_bn_params(self.input_shape[0], int(c["stem_width"]), 3)
         for p in plans:
-            n += block_params(p.type, p.in_chs, p.out_chs, p.kernel, p.expand, p.se)
-            n += (p.depth - 1) * block_params(
-                p.type, p.out_chs, p.out_chs, p.kernel, p.expand, p.se
-            )
+            kw = {"kernel": p.kernel, "expand": p.expand, "se": p.se, "deployed": deployed}
+            n += block_params(p.type, p.in_chs, p.out_chs, stride=p.stride, **kw)
+            n += (p.depth - 1) * block_params(p.type, p.out_chs, p.out_chs, stride=1, **kw)
         feat = plans[-1].out_chs
         if self.transformer and int(c["tf_depth"]) > 0:
             h, w = plans[-1].out_hw
@@ -355,17 +408,18 @@ class TradeSpace(StudentSpace):
         return feature_layers(model)
 
     def describe(self, config: Config) -> str:
-        """Compact architecture string, e.g. ``stem16 | FMB24x1 k3 e1 | MB64x2 k5 e4 se.25 /2 | T1 h2 m2 | head128``.
+        """Compact architecture string, e.g. ``stem16 | FMB24x1 k3 e1 | RV32x2 /2 | T1 h2 m2 | head128``.
 
-        A stage reads ``{FMB|MB}{width}x{depth} k{kernel} e{expand}[ se{ratio}][ /2]`` where
-        ``/2`` marks a stage that starts with a stride-2 block.
+        A Fused-MBConv/MBConv stage reads ``{FMB|MB}{width}x{depth} k{kernel} e{expand}[ se{ratio}]``,
+        a dense 3x3 stage ``{C|R|RV}{width}x{depth}`` (plain conv, residual basic block, RepVGG
+        block); `` /2`` marks a stage that starts with a stride-2 block.
         """
         c = self.complete(config)
         parts = [f"stem{c['stem_width']}" + (" /2" if self.stem_stride == 2 else "")]
         for p in self.stage_plans(c):
-            s = f"{'FMB' if p.type == 'fused' else 'MB'}{p.out_chs}x{p.depth} k{p.kernel} e{p.expand}"
-            if p.se > 0:
-                s += f" se{_fmt(p.se)}"
+            s = f"{BLOCK_TAGS[p.type]}{p.out_chs}x{p.depth}"
+            if p.type not in DENSE_TYPES:
+                s += f" k{p.kernel} e{p.expand}" + (f" se{_fmt(p.se)}" if p.se > 0 else "")
             if p.stride == 2:
                 s += " /2"
             parts.append(s)
@@ -383,6 +437,7 @@ class TradeSpace(StudentSpace):
             act=self.act,
             drop_rate=self.drop_rate,
             drop_path_rate=self.drop_path_rate,
+            block_types=list(self.block_types),
             stem_stride=self.stem_stride,
             n_down=self.n_down,
         )

@@ -1,28 +1,43 @@
 """The TRADE student network: its modules, the conv block of a stage, and exact parameter counts.
 
 ``TradeSpace`` (``students/trade.py``) resolves a config into ``StagePlan``s and assembles a
-``TradeNet`` from timm's building blocks: ``EdgeResidual`` (Fused-MBConv), ``InvertedResidual``
-(MBConv), ``DepthwiseSeparableConv`` (MBConv with expansion 1, as in EfficientNet),
-``SqueezeExcite``, ``ConvNormAct``, ``SelectAdaptivePool2d`` and the ViT ``Block`` inside
-``TokenTransformer``. The counting functions here mirror that layer layout, so
-``TradeSpace.estimate_params`` is exact without building a model.
+``TradeNet`` from timm's building blocks. A stage's block type (``BLOCK_TYPES``) is one of
+
+* ``fused``: ``EdgeResidual`` (Fused-MBConv);
+* ``mbconv``: ``InvertedResidual`` (MBConv), or ``DepthwiseSeparableConv`` for expansion 1 (as
+  in EfficientNet);
+* ``conv``: ``ConvNormAct``, a plain 3x3 conv -> BN -> act;
+* ``residual``: timm's ``byobnet.BasicBlock`` (ResNet basic block: two 3x3 convs, a 1x1
+  projection shortcut when the shape changes);
+* ``repvgg``: timm's ``byobnet.RepVggBlock`` (3x3 + 1x1 + identity-BN branches while training,
+  folded into one 3x3 conv with bias by ``reparameterize()``; ``common.deployed`` folds a model).
+
+The depthwise/SE-heavy Fused-MBConv/MBConv blocks launch several small kernels each, slow at
+batch 1 on GPUs; the last three are dense 3x3 convs, few kernels, fast there. ``SqueezeExcite``,
+``SelectAdaptivePool2d`` and the ViT ``Block`` inside ``TokenTransformer`` complete the network.
+The counting functions here mirror that layer layout, so ``TradeSpace.estimate_params`` (the
+built, training form) and ``TradeSpace.deployed_params`` (RepVGG folded) are exact without
+building a model.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import SelectAdaptivePool2d, make_divisible, trunc_normal_
+from timm.layers import BatchNormAct2d, ConvNormAct, SelectAdaptivePool2d, make_divisible, trunc_normal_
 from timm.models._efficientnet_blocks import (
     DepthwiseSeparableConv,
     EdgeResidual,
     InvertedResidual,
     SqueezeExcite,
 )
+from timm.models.byobnet import BasicBlock, LayerFn, RepVggBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -31,6 +46,10 @@ from .common import conv_bn_params
 
 __all__ = [
     "ACTIVATIONS",
+    "BLOCK_TAGS",
+    "BLOCK_TYPES",
+    "DENSE_KERNEL",
+    "DENSE_TYPES",
     "StagePlan",
     "TokenTransformer",
     "TradeNet",
@@ -46,6 +65,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "hardswish": nn.Hardswish,
 }
+
+
+# Block types of a stage, in the order of the one-hot ``s{i}_type`` encoding: the two original
+# TRADE types first, so configs written before the dense types existed keep their meaning.
+BLOCK_TYPES: tuple[str, ...] = ("fused", "mbconv", "conv", "residual", "repvgg")
+# describe() tag of each type: FMB24x1, MB64x2, C32x2, R32x2, RV32x2
+BLOCK_TAGS: dict[str, str] = {"fused": "FMB", "mbconv": "MB", "conv": "C", "residual": "R", "repvgg": "RV"}
+# Dense types: they have no expansion ratio and no SE, and the space builds them 3x3 only
+# (``DENSE_KERNEL``), the GPU-fast kernel: at batch 1 a 5x5 dense conv costs 25/9 of the
+# parameters and FLOPs for a small gain in receptive field (``conv_block`` builds any odd
+# kernel the plan gives).
+DENSE_TYPES: frozenset[str] = frozenset({"conv", "residual", "repvgg"})
+DENSE_KERNEL = 3
 
 
 def act_layer(name: str) -> type[nn.Module]:
@@ -66,10 +98,11 @@ class StagePlan:
 
     Attributes:
         index: stage slot (1-based, as in the config keys ``s{index}_*``).
-        type: "fused" or "mbconv".
+        type: one of ``BLOCK_TYPES``.
         depth: number of blocks (>= 1; dropped stages have no plan).
         in_chs, out_chs: channels into the first block and out of every block.
-        kernel, expand, se: kernel size, expansion ratio, SE ratio (of the block input).
+        kernel, expand, se: kernel size, expansion ratio, SE ratio (of the block input); the
+            dense types (``DENSE_TYPES``) use only the kernel.
         stride: stride of the first block (1 or 2).
         out_hw: (H, W) of the stage output.
     """
@@ -86,6 +119,22 @@ class StagePlan:
     out_hw: tuple[int, int]
 
 
+def _no_inplace(act: type[nn.Module], inplace: bool = False) -> nn.Module:
+    # timm's byobnet blocks create their activation as act(inplace=True); GELU has no such flag
+    return act()
+
+
+def _byob_layers(act: type[nn.Module]) -> LayerFn:
+    """timm's byobnet layer factories with the space's activation (byobnet's default is ReLU)."""
+    takes_inplace = "inplace" in inspect.signature(act).parameters
+    act_fn: Callable[..., nn.Module] = act if takes_inplace else partial(_no_inplace, act)
+    return LayerFn(
+        conv_norm_act=partial(ConvNormAct, act_layer=act),  # type: ignore[arg-type]
+        norm_act=partial(BatchNormAct2d, act_layer=act),  # type: ignore[arg-type]
+        act=act_fn,  # type: ignore[arg-type]
+    )
+
+
 def conv_block(
     plan: StagePlan, in_chs: int, stride: int, act: type[nn.Module], drop_path_rate: float
 ) -> nn.Module:
@@ -97,7 +146,35 @@ def conv_block(
         stride: 1, or 2 for the first block of a downsampling stage.
         act: activation class of the block.
         drop_path_rate: stochastic depth rate of the residual branch.
+
+    Raises:
+        UsageError: unknown block type.
     """
+    if plan.type == "conv":
+        return ConvNormAct(in_chs, plan.out_chs, plan.kernel, stride=stride, act_layer=act)
+    if plan.type == "residual":
+        # 1x1-conv projection shortcut (ResNet's option B), not byobnet's default avg-pool + 1x1
+        # (ResNet-D): one kernel fewer at batch 1 and no extra op for the predictor to price
+        return BasicBlock(
+            in_chs,
+            plan.out_chs,
+            kernel_size=plan.kernel,
+            stride=stride,
+            downsample="conv1x1",
+            layers=_byob_layers(act),
+            drop_path_rate=drop_path_rate,
+        )
+    if plan.type == "repvgg":
+        return RepVggBlock(
+            in_chs,
+            plan.out_chs,
+            kernel_size=plan.kernel,
+            stride=stride,
+            layers=_byob_layers(act),
+            drop_path_rate=drop_path_rate,
+        )
+    if plan.type not in ("fused", "mbconv"):
+        raise UsageError(f"unknown block type '{plan.type}' (known: {', '.join(BLOCK_TYPES)})")
     # SE width from the block input (EfficientNet's convention), not from the expanded
     # channels, so SE stays a small fraction of the block
     se = partial(SqueezeExcite, rd_channels=max(1, round(in_chs * plan.se))) if plan.se > 0 else None
@@ -214,8 +291,43 @@ def _se_params(chs: int, rd: int) -> int:
     return chs * rd + rd + rd * chs + chs
 
 
-def block_params(kind: str, in_chs: int, out_chs: int, kernel: int, expand: int, se: float) -> int:
-    """Parameters of one block as ``conv_block`` builds it (``kind`` "fused" or "mbconv")."""
+def block_params(
+    kind: str,
+    in_chs: int,
+    out_chs: int,
+    kernel: int,
+    expand: int,
+    se: float,
+    stride: int = 1,
+    deployed: bool = False,
+) -> int:
+    """Parameters of one block as ``conv_block`` builds it.
+
+    Args:
+        kind: the block type (one of ``BLOCK_TYPES``).
+        in_chs, out_chs: input and output channels.
+        kernel, expand, se: kernel size, expansion ratio, SE ratio (the dense types use only
+            the kernel).
+        stride: the block's stride (a residual block's shortcut and a RepVGG block's identity
+            branch depend on it).
+        deployed: count a RepVGG block folded into one kxk conv with bias (what ships), not its
+            training form; every other type is the same in both forms.
+    """
+    if kind == "conv":
+        return conv_bn_params(in_chs, out_chs, kernel)
+    same = in_chs == out_chs and stride == 1
+    if kind == "residual":  # BasicBlock: kxk -> kxk (mid = out rounded to 8), 1x1 shortcut if needed
+        mid = int(make_divisible(out_chs))
+        n = conv_bn_params(in_chs, mid, kernel) + conv_bn_params(mid, out_chs, kernel)
+        return n + (0 if same else conv_bn_params(in_chs, out_chs, 1))
+    if kind == "repvgg":
+        if deployed:  # reparam_conv: one kxk conv with bias
+            return in_chs * out_chs * kernel * kernel + out_chs
+        # conv_kxk + conv_1x1 (each with BN) + identity BN when the shape is kept
+        n = conv_bn_params(in_chs, out_chs, kernel) + conv_bn_params(in_chs, out_chs, 1)
+        return n + (2 * out_chs if same else 0)
+    if kind not in ("fused", "mbconv"):
+        raise UsageError(f"unknown block type '{kind}' (known: {', '.join(BLOCK_TYPES)})")
     rd = max(1, round(in_chs * se)) if se > 0 else 0
     if kind == "fused":  # EdgeResidual: kxk expansion conv -> SE -> 1x1 projection
         mid = int(make_divisible(in_chs * expand))

@@ -206,11 +206,13 @@ class TabularBenchmark:
         sp = s["space"]
         # the table trains every student with one KD alpha/tau, so strategies search the
         # architecture only: the student family, without the KD hyper-parameters
+        kwargs = dict(sp.get("kwargs", {}))
+        if sp["name"] == "trade":
+            # tables built before the dense block types were added hold Fused-MBConv/MBConv
+            # students only: search that space, with the encoding the table was built in
+            kwargs.setdefault("block_types", ["fused", "mbconv"])
         self.space = space or create_space(
-            sp["name"],
-            input_shape=tuple(sp["input_shape"]),
-            num_classes=int(sp["num_classes"]),
-            **sp.get("kwargs", {}),
+            sp["name"], input_shape=tuple(sp["input_shape"]), num_classes=int(sp["num_classes"]), **kwargs
         )
         self.epochs = int(s["epochs"])
         self.archs = self.table.archs

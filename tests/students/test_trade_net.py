@@ -14,9 +14,11 @@ from torch import nn
 
 from kd_compile.errors import UsageError
 from kd_compile.students import create_space
-from kd_compile.students.common import feature_layers
+from kd_compile.students.common import deployed, feature_layers
 from kd_compile.students.trade import TradeSpace
 from kd_compile.students.trade_net import (
+    BLOCK_TYPES,
+    DENSE_TYPES,
     StagePlan,
     TokenTransformer,
     TradeNet,
@@ -64,6 +66,31 @@ def test_block_params_match_built_blocks(kind: str, expand: int, se: float) -> N
         block = conv_block(plan, in_chs, stride, nn.SiLU, 0.0)
         assert param_count(block) == block_params(kind, in_chs, 16, 5, expand, se)
         assert block(torch.randn(1, in_chs, 8, 8)).shape == (1, 16, 8 // stride, 8 // stride)
+
+
+@pytest.mark.parametrize("kind", sorted(DENSE_TYPES))
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+def test_dense_block_params_match_built_blocks(kind: str, kernel: int, act: str) -> None:
+    # every shape case: a downsampling first block, a width change at stride 1, a kept shape
+    # (the residual shortcut and the RepVGG identity branch exist only in the last)
+    plan = StagePlan(1, kind, 1, 12, 16, kernel, 4, 0.25, 2, (4, 4))
+    for in_chs, stride in ((12, 2), (12, 1), (16, 2), (16, 1)):
+        block = conv_block(plan, in_chs, stride, act_layer(act), 0.1)
+        args = (kind, in_chs, 16, kernel, 4, 0.25)
+        assert param_count(block) == block_params(*args, stride=stride), (in_chs, stride)
+        folded = deployed(block)
+        assert param_count(folded) == block_params(*args, stride=stride, deployed=True), (in_chs, stride)
+        x = torch.randn(2, in_chs, 7, 7)
+        assert block(x).shape == folded(x).shape == (2, 16, 4 if stride == 2 else 7, 4 if stride == 2 else 7)
+
+
+def test_unknown_block_type() -> None:
+    assert BLOCK_TYPES == ("fused", "mbconv", "conv", "residual", "repvgg")
+    with pytest.raises(UsageError, match="block type"):
+        conv_block(StagePlan(1, "vgg", 1, 8, 8, 3, 1, 0.0, 1, (4, 4)), 8, 1, nn.ReLU, 0.0)
+    with pytest.raises(UsageError, match="block type"):
+        block_params("vgg", 8, 8, 3, 1, 0.0)
 
 
 def test_act_layer() -> None:
@@ -122,18 +149,21 @@ def _onnx_configs(space: TradeSpace) -> list[dict]:
     cfgs = _samples(space, 3, seed=11)
     tf = dict(cfgs[0], tf_depth=2, tf_heads=4, tf_mlp_ratio=2, s4_depth=1, s4_se=0.25)
     mb = dict(cfgs[1], s1_type="mbconv", s1_expand=1, s2_type="mbconv", s2_depth=2, tf_depth=0)
-    return [space.canonical(c) for c in (tf, mb, cfgs[2])]
+    dense = dict(cfgs[2], s1_type="conv", s2_type="residual", s2_depth=2, s3_type="repvgg", s3_depth=2, s4_depth=0)
+    return [space.canonical(c) for c in (tf, mb, dense)]
 
 
 def test_onnx_legacy_export_matches_onnxruntime(glyph_space: TradeSpace) -> None:
     pytest.importorskip("onnxruntime")
     cfgs = _onnx_configs(glyph_space)
     assert any(int(c["tf_depth"]) > 0 for c in cfgs)
+    assert any("RV" in glyph_space.describe(c) for c in cfgs)
     for cfg in cfgs:
         torch.manual_seed(0)
         model = glyph_space.build(cfg).eval()
-        err = _onnx_check(model, torch.randn(2, 1, 24, 24), dynamo=False)
-        assert err < 1e-4, (glyph_space.describe(cfg), err)
+        for m in (model, deployed(model)):  # the training form and the folded one both export
+            err = _onnx_check(m, torch.randn(2, 1, 24, 24), dynamo=False)
+            assert err < 1e-4, (glyph_space.describe(cfg), err)
 
 
 def test_onnx_dynamo_export_matches_onnxruntime(glyph_space: TradeSpace) -> None:

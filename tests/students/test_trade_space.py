@@ -202,6 +202,27 @@ def test_deterministic_init_and_kd_keys_ignored(glyph_space: TradeSpace) -> None
     assert kd_hparams(cfg) == {"tau": 2.0, "alpha": 0.3}
 
 
+def test_describe_dense_types(glyph_space: TradeSpace) -> None:
+    cfg = dict(
+        glyph_space.default(),
+        stem_width=16,
+        s1_type="conv",
+        s1_depth=1,
+        s1_width=16,
+        s2_type="residual",
+        s2_depth=2,
+        s2_width=32,
+        s3_type="repvgg",
+        s3_depth=2,
+        s3_width=48,
+        s3_se=0.25,
+        s4_depth=0,
+        tf_depth=0,
+        head_width=0,
+    )
+    assert glyph_space.describe(cfg) == "stem16 /2 | C16x1 | R32x2 /2 | RV48x2 /2 | head-"
+
+
 def test_describe(glyph_space: TradeSpace) -> None:
     cfg = dict(
         glyph_space.default(),
@@ -265,9 +286,10 @@ def _composed(**shape) -> tuple[TradeSpace, ComposedSpace]:
 
 
 def test_composed_space_keeps_the_old_encoding() -> None:
-    family, composed = _composed(input_shape=(1, 16, 16), num_classes=10)
-    # the TRADE space before the KD keys left it: 33 architecture coordinates, then kd_tau and
-    # kd_alpha; journals and GP encodings written then line up with the composed space
+    family, composed = _composed(input_shape=(1, 16, 16), num_classes=10, block_types=("fused", "mbconv"))
+    # the TRADE space before the KD keys left it (and before the dense block types): 33
+    # architecture coordinates, then kd_tau and kd_alpha; journals and GP encodings written then
+    # line up with the composed space of the original two block types
     assert family.param_names == TRADE_PARAMS and family.dim == 33
     assert composed.param_names == [*TRADE_PARAMS, "kd_tau", "kd_alpha"]
     assert composed.dim == 35
@@ -296,6 +318,57 @@ def test_composed_canonical_and_key_follow_the_family() -> None:
     base = dict(composed.default(), s3_depth=0, tf_depth=0)
     assert composed.key(dict(base, s3_width=48, tf_heads=4)) == composed.key(base)
     assert composed.key(dict(base, kd_tau=2.0)) != composed.key(base)
+
+
+def test_block_types_extend_the_one_hot_type() -> None:
+    # the dense types come after the original two, so an old config keeps its meaning; each of
+    # the four s{i}_type one-hots grows from 2 to 5 coordinates
+    full, old = TradeSpace(**GLYPH), TradeSpace(**GLYPH, block_types=("fused", "mbconv"))
+    assert full.param_names == old.param_names == TRADE_PARAMS
+    assert full.param("s1_type").choices == ("fused", "mbconv", "conv", "residual", "repvgg")
+    assert full.dim == old.dim + 4 * 3 == 45
+    cfg = old.sample(np.random.default_rng(0))
+    assert full.validate(cfg) == old.validate(cfg)
+    old_coords = [i for i, n in enumerate(_coord_names(full)) if not n.endswith(("=conv", "=residual", "=repvgg"))]
+    np.testing.assert_array_equal(full.to_unit(cfg)[old_coords], old.to_unit(cfg))
+    # a subset is kept in the canonical order; its defaults fall back to the first type
+    dense = TradeSpace(**GLYPH, block_types=("repvgg", "conv"))
+    assert dense.block_types == ("conv", "repvgg") and dense.param("s1_type").default == "conv"
+    assert dense.to_dict()["block_types"] == ["conv", "repvgg"]
+    for bad in ((), ("fused", "fused"), ("resnet",)):
+        with pytest.raises(UsageError, match="block_types"):
+            TradeSpace(**GLYPH, block_types=bad)
+
+
+def _coord_names(space: TradeSpace) -> list[str]:
+    # one name per unit-cube coordinate: a cat parameter "name=choice" per choice
+    out: list[str] = []
+    for p in space.params:
+        out += [f"{p.name}={c}" for c in p.choices] if p.kind == "cat" else [p.name]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["conv", "residual", "repvgg"])
+def test_dense_types_canonical_describe_and_counts(glyph_space: TradeSpace, kind: str) -> None:
+    cfg = dict(glyph_space.default(), s2_type=kind, s2_depth=2, s2_width=32, s2_kernel=5, s2_expand=6, s2_se=0.25)
+    canon = glyph_space.canonical(cfg)
+    # a dense type is 3x3 without expansion or SE: those are reset to the slot's defaults, one key
+    assert (canon["s2_kernel"], canon["s2_expand"], canon["s2_se"]) == (3, glyph_space.param("s2_expand").default, 0.0)
+    assert glyph_space.key(cfg) == glyph_space.key(dict(cfg, s2_kernel=3, s2_expand=2, s2_se=0.0))
+    assert glyph_space.key(cfg) != glyph_space.key(dict(cfg, s2_width=24))
+    assert [p.kernel for p in glyph_space.stage_plans(cfg) if p.index == 2] == [3]
+    tag = {"conv": "C", "residual": "R", "repvgg": "RV"}[kind]
+    assert f"| {tag}32x2 /2 |" in glyph_space.describe(cfg)
+    model = glyph_space.build(cfg)
+    assert glyph_space.estimate_params(cfg) == param_count(model) == glyph_space.count_params_meta(cfg)
+    from kd_compile.students.common import deployed
+
+    folded = param_count(deployed(model))
+    assert glyph_space.deployed_params(cfg) == folded
+    if kind == "repvgg":
+        assert folded < param_count(model)
+    else:
+        assert folded == param_count(model)
 
 
 def test_kd_hparams_of_composed_configs() -> None:
