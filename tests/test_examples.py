@@ -37,8 +37,8 @@ def test_train_teacher_example_writes_a_loadable_teacher(tmp_path):
 def test_python_api_example_compiles_a_student(digits_teacher, tmp_path):
     out = tmp_path / "api"
     res = _run(
-        "python_api.py", "--teacher", str(digits_teacher), "--max-params", "12K", "--max-latency", "none", "--budget", "2",
-        "--proxy-epochs", "0.3", "--final-epochs", "0.5", "--out", str(out),
+        "python_api.py", "--teacher", str(digits_teacher), "--max-params", "12K", "--max-latency", "none",
+        "--budget", "2", "--proxy-epochs", "0.3", "--final-epochs", "0.5", "--out", str(out),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "student " in res.stdout and "Pareto front" in res.stdout
