@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +20,7 @@ from typing import Any
 from ..errors import TargetError
 
 KINDS = ("gpu", "cpu", "edge-gpu")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUNTIMES = ("tensorrt", "torch", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 PEAK_KEYS = ("fp32", "fp16", "fp16_tensor", "bf16_tensor", "tf32_tensor", "int8_tensor")
@@ -111,6 +113,9 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise TargetError(f"{where}: unknown field '{unknown[0]}'{hint}")
     name = need("name", str)
+    if not _NAME_RE.fullmatch(name):
+        # a target's name becomes file names (calibration/<name>.json): it may never be a path
+        raise TargetError(f"{where}: name must be letters, digits, '.', '_' or '-' (no path), got {name!r}")
     kind = need("kind", str)
     if kind not in KINDS:
         raise TargetError(f"{where}: kind must be one of {', '.join(KINDS)}, got '{kind}'")

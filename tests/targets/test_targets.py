@@ -114,3 +114,17 @@ def test_unknown_peak_key(tmp_path: Path) -> None:
     d["peak_tflops"]["fp8_tensor"] = 100.0
     with pytest.raises(TargetError, match="unknown key 'fp8_tensor'"):
         load_target_file(_write(tmp_path, d))
+
+
+@pytest.mark.parametrize("name", ["../../..", "a/b", "..", "", "x" * 80, "name with space"])
+def test_a_target_name_that_is_a_path_is_refused(tmp_path, name):
+    """A target's name becomes a file name (calibration/<name>.json): never a path (exit 5)."""
+    from kd_compile.errors import TargetError
+    from kd_compile.targets import load_target_file
+
+    src = (Path(__file__).resolve().parents[2] / "kd_compile" / "targets" / "t4.toml").read_text()
+    p = tmp_path / "evil.toml"
+    p.write_text(src.replace('name = "t4"', f"name = {name!r}".replace("'", '"'), 1))
+    with pytest.raises(TargetError, match="name must be") as e:
+        load_target_file(p)
+    assert e.value.exit_code == 5
