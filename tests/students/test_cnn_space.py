@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from students_support import GLYPH, samples
 
 from kd_compile.errors import UsageError
 from kd_compile.students import create_space, list_spaces
 from kd_compile.students.cnn import CnnNet, CnnSpace
-from kd_compile.testing.spaces import param_count, single_thread
+from kd_compile.testing.spaces import param_count
 
-GLYPH = {"input_shape": (1, 24, 24), "num_classes": 62}
 RGB32 = {"input_shape": (3, 32, 32), "num_classes": 10}
 
 
-def _samples(space: CnnSpace, n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [space.sample(rng) for _ in range(n)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def test_registered() -> None:
@@ -36,7 +26,7 @@ def test_registered() -> None:
 
 def test_unit_round_trip_is_canonical() -> None:
     space = create_space("cnn", **GLYPH)
-    for cfg in _samples(space, 40, seed=1):
+    for cfg in samples(space, 40, seed=1):
         assert cfg == space.canonical(cfg)
         u = space.to_unit(cfg)
         assert u.shape == (space.dim,) and np.all((u >= 0) & (u <= 1))
@@ -48,7 +38,7 @@ def test_unit_round_trip_is_canonical() -> None:
 def test_estimate_matches_meta_build() -> None:
     for shape in (GLYPH, {"input_shape": (3, 224, 224), "num_classes": 1000}):
         space = create_space("cnn", **shape)
-        for cfg in _samples(space, 15, seed=5):
+        for cfg in samples(space, 15, seed=5):
             assert space.estimate_params(cfg) == space.count_params_meta(cfg), space.describe(cfg)
 
 
@@ -56,7 +46,7 @@ def test_cnn_space() -> None:
     space = create_space("cnn", **RGB32)
     assert isinstance(space, CnnSpace)
     x = torch.randn(2, 3, 32, 32)
-    for cfg in _samples(space, 10, seed=3):
+    for cfg in samples(space, 10, seed=3):
         model = space.build(cfg).eval()
         assert isinstance(model, CnnNet)
         with torch.no_grad():

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from students_support import samples
 from torch import nn
 
 from kd_compile.errors import UsageError
-from kd_compile.students import create_space
 from kd_compile.students.common import deployed, feature_layers
 from kd_compile.students.trade import TradeSpace
 from kd_compile.students.trade_net import (
@@ -27,27 +26,7 @@ from kd_compile.students.trade_net import (
     conv_block,
     transformer_params,
 )
-from kd_compile.testing.spaces import param_count, single_thread
-
-GLYPH = {"input_shape": (1, 24, 24), "num_classes": 62}
-
-
-def _samples(space: TradeSpace, n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [space.sample(rng) for _ in range(n)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def glyph_space() -> TradeSpace:
-    space = create_space("trade", **GLYPH)
-    assert isinstance(space, TradeSpace)
-    return space
+from kd_compile.testing.spaces import param_count
 
 
 def test_token_transformer_projects_to_a_dim_divisible_by_heads() -> None:
@@ -146,7 +125,7 @@ def _onnx_check(model: nn.Module, x: torch.Tensor, **kw) -> float:
 
 
 def _onnx_configs(space: TradeSpace) -> list[dict]:
-    cfgs = _samples(space, 3, seed=11)
+    cfgs = samples(space, 3, seed=11)
     tf = dict(cfgs[0], tf_depth=2, tf_heads=4, tf_mlp_ratio=2, s4_depth=1, s4_se=0.25)
     mb = dict(cfgs[1], s1_type="mbconv", s1_expand=1, s2_type="mbconv", s2_depth=2, tf_depth=0)
     dense = dict(cfgs[2], s1_type="conv", s2_type="residual", s2_depth=2, s3_type="repvgg", s3_depth=2, s4_depth=0)

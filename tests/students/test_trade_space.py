@@ -3,20 +3,18 @@ canonical form, stride rule, counts, describe, and its composition with the KD s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
+from students_support import GLYPH, samples
 from torch import nn
 
 from kd_compile.errors import UsageError
-from kd_compile.search.space import ComposedSpace, ParamSpace
+from kd_compile.search.space import ComposedSpace
 from kd_compile.students import create_space, list_spaces
 from kd_compile.students.trade import TradeSpace, stride_plan
-from kd_compile.testing.spaces import param_count, single_thread
+from kd_compile.testing.spaces import param_count
 
-GLYPH = {"input_shape": (1, 24, 24), "num_classes": 62}
 RGB32 = {"input_shape": (3, 32, 32), "num_classes": 10}
 SEEDS = range(30)
 # The parameter order of the TRADE space at its defaults (4 stage slots, with Transformer): the
@@ -31,22 +29,7 @@ TRADE_PARAMS = [
 ]
 
 
-def _samples(space: ParamSpace, n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [space.sample(rng) for _ in range(n)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def glyph_space() -> TradeSpace:
-    space = create_space("trade", **GLYPH)
-    assert isinstance(space, TradeSpace)
-    return space
 
 
 def test_registered() -> None:
@@ -55,7 +38,7 @@ def test_registered() -> None:
 
 
 def test_unit_round_trip_is_canonical(glyph_space: TradeSpace) -> None:
-    for cfg in _samples(glyph_space, 40, seed=1):
+    for cfg in samples(glyph_space, 40, seed=1):
         assert cfg == glyph_space.canonical(cfg)
         u = glyph_space.to_unit(cfg)
         assert u.shape == (glyph_space.dim,) and np.all((u >= 0) & (u <= 1))
@@ -90,7 +73,7 @@ def test_estimate_matches_meta_build() -> None:
     # the analytic count must follow timm's layer layout; the meta build is the same code as build
     for shape in (GLYPH, {"input_shape": (3, 224, 224), "num_classes": 1000}):
         space = create_space("trade", **shape)
-        for cfg in _samples(space, 15, seed=5):
+        for cfg in samples(space, 15, seed=5):
             assert space.estimate_params(cfg) == space.count_params_meta(cfg), space.describe(cfg)
 
 
@@ -129,7 +112,7 @@ def test_canonical_dedups_dropped_stages_and_transformer(glyph_space: TradeSpace
 
 
 def test_dense_in_small_region(glyph_space: TradeSpace) -> None:
-    counts = np.array([glyph_space.estimate_params(c) for c in _samples(glyph_space, 300, seed=7)])
+    counts = np.array([glyph_space.estimate_params(c) for c in samples(glyph_space, 300, seed=7)])
     frac = float((counts < 60_000).mean())
     print(
         f"\ntrade 24x24x1/62, 300 samples: <60K {frac:.2f}, 10K-200K "
@@ -188,7 +171,7 @@ def test_deterministic_init_and_kd_keys_ignored(glyph_space: TradeSpace) -> None
     from kd_compile.distill.hparams import kd_hparams
 
     # a config with a Transformer (the first ONNX config of test_trade_net.py)
-    tf = dict(_samples(glyph_space, 1, seed=11)[0], tf_depth=2, tf_heads=4, tf_mlp_ratio=2, s4_depth=1, s4_se=0.25)
+    tf = dict(samples(glyph_space, 1, seed=11)[0], tf_depth=2, tf_heads=4, tf_mlp_ratio=2, s4_depth=1, s4_se=0.25)
     cfg = dict(glyph_space.canonical(tf), kd_tau=2.0, kd_alpha=0.3)
     torch.manual_seed(123)
     a = glyph_space.build(cfg).state_dict()
@@ -252,7 +235,7 @@ def test_describe(glyph_space: TradeSpace) -> None:
 def test_space_options_and_errors() -> None:
     no_tf = TradeSpace(**GLYPH, transformer=False)
     assert not any(n.startswith("tf_") for n in no_tf.param_names)
-    for cfg in _samples(no_tf, 10):
+    for cfg in samples(no_tf, 10):
         assert "T" not in no_tf.describe(cfg).split(" | ")[-2]
         assert isinstance(no_tf.build(cfg).tf, nn.Identity)
     wide = TradeSpace(**GLYPH, width_scale=2.0)
@@ -306,7 +289,7 @@ def test_composed_space_keeps_the_old_encoding() -> None:
 
 def test_composed_canonical_and_key_follow_the_family() -> None:
     family, composed = _composed(**GLYPH)
-    for c in _samples(composed, 20, seed=3):
+    for c in samples(composed, 20, seed=3):
         arch = {k: v for k, v in c.items() if k in family.param_names}
         canon = composed.canonical(c)
         assert {k: canon[k] for k in family.param_names} == family.canonical(arch)
