@@ -162,7 +162,7 @@ def _run(
     if not cfg.resume:
         past = journal.open(header, resume=False)
 
-    space = searched_space(family, search_kd=True)
+    space = searched_space(family)
     strategy = _strategy(cfg, space, family)
     rep.stage(f"search: {cfg.strategy}, {cfg.budget.candidates} candidates")
     rep.search_started(cfg.budget.candidates)
@@ -265,7 +265,6 @@ def _run_context(
     return RunContext(
         space=cfg.space,
         space_kwargs=space_kwargs(family),
-        search_kd=True,
         target=target,
         constraints=cfg.constraints,
         budget=cfg.budget,

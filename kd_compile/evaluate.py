@@ -76,7 +76,6 @@ class RunContext:
 
     Attributes:
         space: the student family's registered name; ``space_kwargs`` rebuild it.
-        search_kd: the searched space has the KD hyper-parameters after the family's.
         target: the target device profile.
         constraints: the hard limits.
         budget: proxy-training settings (epochs, data fraction, sparsity, patience, lr).
@@ -91,7 +90,6 @@ class RunContext:
 
     space: str
     space_kwargs: dict[str, Any]
-    search_kd: bool
     target: TargetProfile
     constraints: Constraints
     budget: Budget
@@ -119,11 +117,11 @@ def student_family(run: RunContext) -> Any:
     return _family(run.space, tuple(sorted((k, _hashable(v)) for k, v in run.space_kwargs.items())))
 
 
-def searched_space(family: ParamSpace, search_kd: bool) -> ParamSpace:
-    """The space the strategy searches: the family, then (optionally) the KD hyper-parameters."""
+def searched_space(family: ParamSpace) -> ParamSpace:
+    """The space the strategy searches: the family, then the KD hyper-parameters."""
     from .distill.hparams import kd_space
 
-    return ComposedSpace([family, kd_space()]) if search_kd else ComposedSpace([family])
+    return ComposedSpace([family, kd_space()])
 
 
 def _hashable(v: Any) -> Any:

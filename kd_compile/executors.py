@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TypeVar
 
-__all__ = ["InlineExecutor", "ProcessExecutor", "create_executor", "parallel_workers", "run_jobs"]
+__all__ = ["InlineExecutor", "ProcessExecutor", "parallel_workers", "run_jobs"]
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -56,17 +56,6 @@ class ProcessExecutor:
                 j.threads = threads  # type: ignore[attr-defined]
         with ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=get_context("spawn")) as ex:
             return list(ex.map(fn, jobs))
-
-
-def create_executor(kind: str = "process", workers: int = 0) -> InlineExecutor | ProcessExecutor:
-    """``inline`` or ``process`` (``workers`` 0: ``parallel_workers()``)."""
-    if kind == "inline":
-        return InlineExecutor()
-    if kind == "process":
-        return ProcessExecutor(workers or parallel_workers())
-    from .errors import UsageError
-
-    raise UsageError(f"unknown executor '{kind}' (inline, process)")
 
 
 def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:

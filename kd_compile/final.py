@@ -41,8 +41,7 @@ def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
     if job.threads:
         torch.set_num_threads(job.threads)
     run = job.run
-    torch.manual_seed(run.seed)
-    model = student_family(run).build(job.config)
+    model = _seeded_build(run, job.config)
     tcfg = train_config(run, job.config, run.budget.final_epochs, 1.0, use_kd=job.use_kd)
     res = train_student(model, run.data, tcfg, run.knowledge if job.use_kd else None)
     return {k: v.contiguous() for k, v in model.state_dict().items()}, res

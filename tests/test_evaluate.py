@@ -82,7 +82,6 @@ def run_for(digits, monkeypatch):
         return RunContext(
             space="faulty",
             space_kwargs={"input_shape": list(digits.input_shape), "num_classes": k},
-            search_kd=True,
             target=get_target(target),
             constraints=constraints or Constraints(max_latency=None),
             budget=Budget(proxy_epochs=0.2, proxy_data_fraction=0.3),

@@ -141,7 +141,6 @@ def _run(digits, **constraints):
     return RunContext(
         space="trade",
         space_kwargs={"input_shape": list(digits.input_shape), "num_classes": k},
-        search_kd=True,
         target=target,
         constraints=Constraints(**{"max_latency": None, **constraints}),
         budget=Budget(proxy_epochs=0.2, proxy_data_fraction=0.3),
