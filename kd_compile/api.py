@@ -108,7 +108,7 @@ def compile(  # noqa: A001
         KdCompileError: (subclasses) for every user-caused problem, each with an exit code.
     """
     from .inputs import check_feasible, check_out, claim_out, load_inputs
-    from .students import create_space
+    from .students import space_for_teacher
 
     cfg = _as_config(config, options)
     rep = reporter or Reporter()
@@ -120,7 +120,7 @@ def compile(  # noqa: A001
     check_out(cfg)
     inputs = load_inputs(cfg, rep)
     tch = inputs.teacher
-    family = create_space(cfg.space, input_shape=tuple(tch.input_shape), num_classes=tch.num_classes)
+    family = space_for_teacher(cfg.space, tch)  # teacher-family reads the teacher's timm arch
     check_feasible(family, cfg.constraints, np.random.default_rng(cfg.seed))
     with claim_out(cfg):  # the output folder is this run's until it ends
         return _run(cfg, rep, inputs, family, target, plan, {"load": time.perf_counter() - t_start}, t_start)

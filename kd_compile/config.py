@@ -169,7 +169,9 @@ class CompileConfig:
     constraints: Constraints = field(default_factory=Constraints)
     data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir.")
     strategy: str = option("turbo", "Search strategy (see 'kd-compile strategies').")
-    space: str = option("trade", "Student search space (family).")
+    space: str = option(
+        "trade", "Student search space (family); teacher-family: a timm ResNet/EfficientNet teacher's own family."
+    )
     budget: Budget = field(default_factory=Budget)
     latency: str = option(
         "auto", "measure | predict | auto: measure on the target when it is this machine (auto), else predict."

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..registry import Registry
 from ..search.space import Config, Param, ParamSpace
 
-__all__ = ["StudentSpace", "create_space", "get_space", "list_spaces", "register_space"]
+__all__ = ["StudentSpace", "create_space", "get_space", "list_spaces", "register_space", "space_for_teacher"]
 
 
 class StudentSpace(ParamSpace):
@@ -71,6 +71,20 @@ def get_space(name: str) -> type[StudentSpace]:
 def create_space(name: str, **kwargs: Any) -> StudentSpace:
     """Create a registered family: ``create_space("trade", input_shape=..., num_classes=...)``."""
     return _SPACES.create(name, **kwargs)
+
+
+def space_for_teacher(name: str, teacher: Any) -> StudentSpace:
+    """The family ``name`` for a loaded teacher (``kd_compile.teacher.Teacher``).
+
+    A family that derives itself from the teacher (``from_teacher``, e.g. ``teacher-family``)
+    reads what it needs from it (and refuses, with ``UsageError``, a teacher it cannot use);
+    any other is created for the teacher's input shape and class count.
+    """
+    cls = get_space(name)
+    from_teacher = getattr(cls, "from_teacher", None)
+    if callable(from_teacher):
+        return from_teacher(teacher)
+    return create_space(name, input_shape=tuple(teacher.input_shape), num_classes=teacher.num_classes)
 
 
 def list_spaces() -> list[str]:

@@ -27,7 +27,10 @@ from .common import (
     meta_param_count,
 )
 
-__all__ = ["CnnNet", "CnnSpace"]
+__all__ = ["FULL_RES_FIRST_LAYER_SIDE", "CnnNet", "CnnSpace"]
+
+# Inputs up to this side keep the first layer at full resolution (glyphs, CIFAR, 64 px folders).
+FULL_RES_FIRST_LAYER_SIDE = 64
 
 
 class CnnNet(nn.Module):
@@ -59,7 +62,9 @@ class CnnSpace(StudentSpace):
     Layer ``i`` is conv3x3 (stride 1 or 2) -> BatchNorm -> ReLU. The stride rule is the TRADE
     one without a stem: the last ``n_down`` layers have stride 2, ``n_down`` being the most
     halvings that keep the final side >= ``MIN_FINAL_SIDE``, at most ``depth - 1`` so the first
-    layer always sees full resolution.
+    layer sees full resolution. Above ``FULL_RES_FIRST_LAYER_SIDE`` (64 px) the first layer may
+    downsample too, as a stem would: at 224 px five layers end at 7x7 instead of 14x14, and the
+    second layer no longer runs a wide 3x3 conv over 224x224 (tens of GFLOPs at width 256).
     """
 
     def __init__(
@@ -105,11 +110,13 @@ class CnnSpace(StudentSpace):
 
 
     def strides(self, config: Config) -> list[int]:
-        """Stride of each layer of ``config`` (the last ``n_down`` layers, never the first)."""
+        """Stride of each layer of ``config`` (the last ``n_down`` layers; the first one only
+        above ``FULL_RES_FIRST_LAYER_SIDE``)."""
         depth = int(self.complete(config)["depth"])
         side = min(self.input_shape[1], self.input_shape[2])
+        most = depth - 1 if side <= FULL_RES_FIRST_LAYER_SIDE else depth
         n_down = 0
-        while n_down < depth - 1 and math.ceil(side / 2 ** (n_down + 1)) >= MIN_FINAL_SIDE:
+        while n_down < most and math.ceil(side / 2 ** (n_down + 1)) >= MIN_FINAL_SIDE:
             n_down += 1
         return [2 if i >= depth - n_down else 1 for i in range(depth)]
 
