@@ -22,6 +22,21 @@ from .errors import KdCompileError, UsageError
 # timm still calls torch.jit.script at import; the deprecation is not the user's business
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None):  # noqa: ANN202
+    """kd-compile's own warnings (a rebuilt cache entry, a skipped engine) as one line on
+    stderr, not Python's file:line and source-line pair; other libraries' as Python shows them."""
+    if str(filename).startswith(_PACKAGE_DIR):
+        typer.echo(f"kd-compile: warning: {' '.join(str(message).split())}", err=True)
+        return
+    _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _one_line_warning
+
 
 class _DefaultCompileGroup(TyperGroup):
     """Route ``kd-compile TEACHER ...`` to the ``compile`` command."""
@@ -30,6 +45,33 @@ class _DefaultCompileGroup(TyperGroup):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["compile", *args]
         return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Click's usage errors as one line on stderr (exit 2), not Typer's boxed panel."""
+        try:  # typer >= 0.20 vendors click
+            from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        except ImportError:  # pragma: no cover
+            from click.exceptions import ClickException, NoArgsIsHelpError
+
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError:
+            return super().main(*args, **kwargs)  # the help, as Typer shows it
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            msg = " ".join(exc.format_message().split())
+            typer.echo(f"kd-compile: error: {msg}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("kd-compile: aborted", err=True)
+            sys.exit(130)
+        except KdCompileError as exc:  # raised while parsing shared option types
+            _err(exc)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 app = typer.Typer(
@@ -176,12 +218,20 @@ def _compile(teacher: str, json_out: bool, **options: Any) -> None:
         here = f"; {speed_phrase(local['speedup'])} on this CPU (measured)" if local else ""
         typer.echo(
             f"student {s['arch']}\n"
-            f"  accuracy {s['accuracy']:.2%}{kd}; teacher {t['accuracy']:.2%}\n"
+            f"  {_accuracy_line(r)}{kd}; teacher {t['accuracy']:.2%}\n"
             f"  {speed_phrase(sp.get('target'))} than the teacher on {r['target']['name']} ({how}){here}\n"
             f"  params {s['params']:,} ({s['params_ratio']:.1%} of teacher), "
             f"latency {s['latency']['latency_ms']:.4g} ms vs {t['latency']['latency_ms']:.4g} ms\n"
             f"  wrote {', '.join(str(p) for p in result.artifacts.values())}"
         )
+
+
+def _accuracy_line(r: dict[str, Any]) -> str:
+    """``test accuracy 85.10% (4,000 held-out images; validation 85.60%)``, or validation alone."""
+    s, d = r["student"], r["run"]["data"]
+    if d.get("accuracy_split") == "test":
+        return f"test accuracy {s['accuracy']:.2%} ({d['test']:,} held-out images; validation {s['val_accuracy']:.2%})"
+    return f"validation accuracy {s['accuracy']:.2%} (no test split)"
 
 
 def _compile_command() -> Any:
@@ -228,6 +278,15 @@ def _compile_command() -> Any:
 app.command("compile")(_compile_command())
 
 
+def _teacher_opt(name: str) -> Any:
+    """The Typer option of ``compile``'s teacher option ``name`` (same flag and help), as text:
+    ``api.profile`` parses it with the same parser ``compile`` uses."""
+    from .config import compile_options
+
+    spec = compile_options()[name]
+    return Annotated[str | None, typer.Option(spec.flag, help=spec.help)]
+
+
 @app.command("profile")
 def profile_cmd(
     model: Annotated[str, typer.Argument(help="Checkpoint kd-compile can load, or timm:<model name>.")],
@@ -240,8 +299,15 @@ def profile_cmd(
     layers: Annotated[bool, typer.Option(help="Include the per-layer breakdown.")] = False,
     json_out: JsonOpt = False,
     trust_checkpoint: TrustOpt = False,
+    arch: _teacher_opt("arch") = None,
+    input_shape: _teacher_opt("input_shape") = None,
+    input_size: _teacher_opt("input_size") = None,
+    mean: _teacher_opt("mean") = None,
+    std: _teacher_opt("std") = None,
+    interpolation: _teacher_opt("interpolation") = None,
+    crop_pct: _teacher_opt("crop_pct") = None,
 ) -> None:
-    """Latency, throughput, params and FLOPs of MODEL on a target."""
+    """Latency, throughput, params and FLOPs of MODEL on a target (MODEL loaded with compile's teacher options)."""
     from . import api
 
     d = _run(
@@ -255,6 +321,13 @@ def profile_cmd(
         method=method,
         layers=layers,
         trust_checkpoint=trust_checkpoint,
+        arch=arch,
+        input_shape=input_shape,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
     )
     if json_out:
         typer.echo(json.dumps(d, indent=2, default=str))
@@ -306,6 +379,7 @@ def _fmt_calibration(d: dict[str, Any]) -> str:
         f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, "
         f"Spearman {q.get('spearman', float('nan')):.3f}, "
         f"median error {100 * q.get('median_ape', float('nan')):.1f}%\n  {consts}"
+        + (f"\n  written to {d['written']}" if d.get("written") else "")
     )
 
 

@@ -168,6 +168,14 @@ class CompileConfig:
     )
     constraints: Constraints = field(default_factory=Constraints)
     data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir.")
+    data_mode: str = option(
+        "auto",
+        "memory | stream | auto: stream an ImageFolder from disk through DataLoader workers (auto: when its "
+        "decoded images would exceed 1 GiB) instead of decoding it into memory.",
+    )
+    stream_augment: str = option(
+        "crop+flip", "Train recipe of streamed data: crop+flip | crop | flip | none (random resized crop, flip)."
+    )
     strategy: str = option("turbo", "Search strategy (see 'kd-compile strategies').")
     space: str = option(
         "trade", "Student search space (family); teacher-family: a timm ResNet/EfficientNet teacher's own family."
@@ -181,7 +189,7 @@ class CompileConfig:
     )
     out: Path = option(Path("kd-out"), "Output folder.", parse=lambda v, flag: _path(v, flag))
     seed: int = option(0, "Seed for every random choice.")
-    device: str = option("cpu", "Training device: cpu or cuda[:N].")
+    device: str = option("auto", "Training device: auto (cuda when available, else cpu), cpu or cuda[:N].")
     resume: bool = option(False, "Continue an interrupted run in --out from its journal.")
     force: bool = option(False, "Overwrite kd-compile artifacts in an existing --out.")
     trust_checkpoint: bool = option(False, "Allow unpickling a whole torch.save'd module (runs code).")
@@ -225,15 +233,30 @@ class CompileConfig:
     compare_ce: bool = option(True, "Also train the chosen student without KD, for the report.")
     batch_size: int = option(128, "Batch size of every training.")
     workers: int = option(0, "Processes for independent trainings (0 = one per core, at most 2).")
+    executor: str = option(
+        "local", "Where candidates are evaluated: local (here, one after the other) or ray (Ray tasks, side by side)."
+    )
+    ray_address: str | None = option(
+        None, "Ray cluster for --executor ray: auto (the one this machine joined) or HOST:PORT; default: a local one."
+    )
+    cpus_per_trial: float = option(1.0, "CPUs each candidate reserves with --executor ray.")
+    gpus_per_trial: float | None = option(
+        None, "GPUs each candidate reserves with --executor ray (default: 1 with a cuda --device, else 0)."
+    )
+    parallel_trials: int = option(
+        0, "Candidates evaluated at once with --executor ray (0 = as many as the cluster's CPUs and GPUs hold)."
+    )
     distiller: str = option("kd", "kd (logit KD) or auto (Auto-KD: MCTS over distiller designs).")
     distiller_iterations: int = option(8, "MCTS iterations of the distiller search (--distiller auto).")
     synthetic_images: int = option(2048, "Images to synthesise for data-free runs (no data, no hint).")
     synthetic_steps: int = option(200, "Optimisation steps of the data-free synthesis.")
     min_accuracy: float | None = option(
-        None, "Quality gate: fail (exit 13, after writing the report) if the student's accuracy is below this (0-1)."
+        None, "Quality gate: fail (exit 13, after writing the report) if the student's test accuracy "
+        "is below this (0-1)."
     )
     max_accuracy_drop: float | None = option(
-        None, "Quality gate: fail (exit 13) if the student is more than this many points below the teacher."
+        None, "Quality gate: fail (exit 13) if the student's test accuracy is more than this many points "
+        "below the teacher's."
     )
     min_speedup: float | None = option(
         None, "Quality gate: fail (exit 13) unless the student is at least this many times faster on the target."
@@ -244,6 +267,11 @@ class CompileConfig:
         "cached once. Same optimiser steps per training.",
         name="augment",
     )
+
+    def __post_init__(self) -> None:
+        # --device auto (the default) is resolved once, here: every consumer sees cpu or cuda
+        if self.device == "auto":
+            object.__setattr__(self, "device", resolve_device("auto"))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -318,11 +346,25 @@ class CompileConfig:
         if self.latency not in ("auto", "measure", "predict"):
             raise UsageError(f"--latency must be auto, measure or predict, got '{self.latency}'")
         if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise UsageError(f"--device must be cpu or cuda[:N], got '{self.device}'")
+            raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{self.device}'")
+        if self.data_mode not in ("auto", "memory", "stream"):
+            raise UsageError(f"--data-mode must be auto, memory or stream, got '{self.data_mode}'")
+        if self.stream_augment.strip().lower() not in ("crop+flip", "flip+crop", "crop", "flip", "none"):
+            raise UsageError(f"--stream-augment must be crop+flip, crop, flip or none, got '{self.stream_augment}'")
         if self.seed < 0:
             raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.executor not in ("local", "ray"):
+            raise UsageError(f"--executor must be local or ray, got '{self.executor}'")
+        if self.executor != "ray" and self.ray_address is not None:
+            raise UsageError("--ray-address needs --executor ray")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise UsageError(f"--cpus-per-trial must be a positive number, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise UsageError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.parallel_trials < 0:
+            raise UsageError(f"--parallel-trials must be >= 0, got {self.parallel_trials}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_classes is not None and self.num_classes < 1:
@@ -335,6 +377,32 @@ class CompileConfig:
             raise UsageError(f"--min-speedup must be a positive factor, e.g. 1.5, got {self.min_speedup}")
         if self.distiller_iterations < 1 or self.synthetic_images < 1 or self.synthetic_steps < 1:
             raise UsageError("--distiller-iterations, --synthetic-images and --synthetic-steps must be at least 1")
+        if self.force and self.resume:
+            raise UsageError("--force and --resume contradict each other (overwrite or continue): pass one")
+        # upper bounds far above any real use: an absurd number is a typo, not a week-long run
+        for flag, value, most in (
+            ("--budget", b.candidates, 100_000),
+            ("--proxy-epochs", b.proxy_epochs, 10_000),
+            ("--final-epochs", b.final_epochs, 10_000),
+            ("--seed", self.seed, 2**32 - 1),
+            ("--batch-size", self.batch_size, 65_536),
+            ("--workers", self.workers, 1_024),
+            ("--num-classes", self.num_classes or 1, 100_000),
+            ("--distiller-iterations", self.distiller_iterations, 10_000),
+            ("--synthetic-images", self.synthetic_images, 10_000_000),
+            ("--synthetic-steps", self.synthetic_steps, 1_000_000),
+        ):
+            if value > most:
+                raise UsageError(f"{flag} is at most {most}, got {value:g}")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _path(value: Any, flag: str) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import torch.nn as nn
 
 from .config import CompileConfig, Constraints, format_count
-from .errors import ConstraintError, DataError, OutputExistsError, ResumeError
+from .errors import ConstraintError, DataError, OutputExistsError, ResumeError, UsageError
 
 __all__ = [
     "ARTIFACTS",
@@ -89,17 +89,20 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
         data = synthesize_data(tch, cfg, reporter)
     else:
         teacher_file = Path(cfg.teacher)
-        data = load_data(
-            cfg.data,
-            hint=tch.meta.get("data"),
-            # a path in the checkpoint's data hint may not lead outside the checkpoint's folder
-            hint_root=teacher_file.resolve().parent if teacher_file.is_file() else None,
-            image_size=(int(tch.input_shape[1]), int(tch.input_shape[2])),
-            channels=tch.input_shape[0],
-            interpolation=pre.interpolation if pre is not None else None,
-            crop_pct=pre.crop_pct if pre is not None else None,
-            seed=cfg.seed,
-        )
+        # a path in the checkpoint's data hint may not lead outside the checkpoint's folder
+        hint_root = teacher_file.resolve().parent if teacher_file.is_file() else None
+        data = _open_streamed(cfg, tch, hint_root)
+        if data is None:
+            data = load_data(
+                cfg.data,
+                hint=tch.meta.get("data"),
+                hint_root=hint_root,
+                image_size=(int(tch.input_shape[1]), int(tch.input_shape[2])),
+                channels=tch.input_shape[0],
+                interpolation=pre.interpolation if pre is not None else None,
+                crop_pct=pre.crop_pct if pre is not None else None,
+                seed=cfg.seed,
+            )
     if data.num_classes != tch.num_classes:
         raise DataError(
             f"class-count mismatch: the data has {data.num_classes} classes, the teacher outputs {tch.num_classes}"
@@ -123,6 +126,34 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
 
         data = augmented_bundle(data, cfg.augment_views, seed=cfg.seed)
     return RunInputs(teacher=tch, data=data, source=source, data_free=data_free, out=Path(cfg.out))
+
+
+def _open_streamed(cfg: CompileConfig, tch: Any, hint_root: Path | None) -> Any:
+    """The ImageFolder as ``StreamedData`` when ``--data-mode`` (auto: its decoded size) says to
+    stream it, else ``None`` (the in-memory ``load_data`` path)."""
+    from .data.stream import StreamAugment, open_stream, stream_spec, wants_stream
+
+    spec, confine = stream_spec(cfg.data, tch.meta.get("data"), hint_root)
+    shape = tuple(int(v) for v in tch.input_shape)
+    if spec is None or not wants_stream(spec, cfg.data_mode, shape):  # type: ignore[arg-type]
+        return None
+    if cfg.augment_views:
+        raise UsageError("--augment (in-memory views) does not apply to streamed data; use --stream-augment")
+    if cfg.distiller != "kd":
+        raise UsageError("--distiller auto needs in-memory data; use --data-mode memory or --distiller kd")
+    pre = tch.preprocessing
+    return open_stream(
+        spec,
+        image_size=(shape[1], shape[2]),
+        channels=shape[0],
+        interpolation=pre.interpolation if pre is not None else "bilinear",
+        crop_pct=pre.crop_pct if pre is not None else 1.0,
+        seed=cfg.seed,
+        augment=StreamAugment.parse(cfg.stream_augment),
+        mean=pre.mean if pre is not None else None,
+        std=pre.std if pre is not None else None,
+        confine=confine,
+    )
 
 
 def check_out(cfg: CompileConfig) -> None:
@@ -200,9 +231,13 @@ def claim_out(cfg: CompileConfig) -> OutputLock:
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh folder inside ``out`` where the artifacts are written before they are published."""
+    """A fresh folder inside ``out`` where the artifacts are written before they are published.
+
+    The caller holds ``out`` 's lock, so any other staging folder there is the leftover of a
+    killed run: it is removed."""
+    for old in out.glob(".staging-*"):
+        shutil.rmtree(old, ignore_errors=True)
     d = out / f".staging-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     return d
 
@@ -282,6 +317,7 @@ def check_feasible(space: Any, constraints: Constraints, rng: np.random.Generato
 def teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any:
     """The teacher's outputs, computed once and stored under the cache folder (reused by any run
     with the same teacher weights and data, augmented views included)."""
+    from .data.stream import is_streamed
     from .distill import TeacherCache
     from .paths import cache_dir
 
@@ -289,6 +325,8 @@ def teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any:
         folder: Path | None = cache_dir("teacher", create=True)
     except OSError:  # a read-only home: the cache still works, in memory
         folder = None
+    if is_streamed(data):
+        return _streamed_knowledge(cfg, teacher, data, folder)
     cache = TeacherCache.build(
         teacher.to(cfg.device),
         data,
@@ -300,6 +338,29 @@ def teacher_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any) -> Any:
     return cache
 
 
+def _streamed_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any, folder: Path | None) -> Any:
+    """Top-k soft-label cache or online teacher for streamed data (``distill.topk_cache``): the
+    cache when the run's KD epochs (search budget x proxy epochs x fraction, plus the final
+    training) make its build pay. The choice, its size on disk and speed-up are printed."""
+    import sys
+    import tempfile
+
+    from .distill.topk_cache import stream_knowledge
+
+    b = cfg.budget
+    epochs = [b.proxy_epochs * b.proxy_data_fraction] * b.candidates + [b.final_epochs]
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="kd-topk-"))
+    knowledge = stream_knowledge(
+        teacher, data, epochs_per_training=epochs, device=cfg.device, cache_dir=folder,
+        message=lambda m: print(m, file=sys.stderr),
+    )  # fmt: skip
+    data.knowledge = dict(knowledge.summary)  # for the report
+    if knowledge.summary.get("choice") == "cache":
+        teacher.cpu()  # the cache replaces it; an online teacher stays on the device
+    return knowledge
+
+
 def check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Any) -> None:
     """Say the teacher's accuracy before the search, and stop when it is near chance: then the
     teacher is not being run the way it was trained (input size, normalisation), and every
@@ -307,7 +368,9 @@ def check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Any) -> None:
     from .errors import DataError
 
     chance = 1.0 / max(1, tch.num_classes)
-    n_val = int(data.x_val.shape[0])
+    from .data.stream import split_size
+
+    n_val = split_size(data, "val")
     rep.message(f"teacher: {acc:.2%} validation accuracy on {n_val:,} images of {data.name} (chance {chance:.1%})")
     if acc < chance + 0.1 * (1 - chance):
         raise DataError(

@@ -8,6 +8,7 @@ per space, seed 0), of which fits use the first ``NAS_FIT``.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from collections import defaultdict
@@ -132,9 +133,26 @@ class MeasuredRow:
 # -- readers ---------------------------------------------------------------------------------
 
 
+# a measured table is a few thousand rows; anything far larger is not one (and is not read)
+_MAX_TABLE_BYTES = 64 << 20
+_TIMM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 def _dict_rows(path: Path) -> list[dict[str, str]]:
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+    """The rows of a CSV table (``#`` lines are comments).
+
+    Raises:
+        UsageError: the file is too large, unreadable, not UTF-8 text or not CSV.
+    """
+    try:
+        size = Path(path).stat().st_size
+        if size > _MAX_TABLE_BYTES:
+            raise UsageError(f"{path}: {size} bytes is too large for a measured table")
+        with Path(path).open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(line for line in f if not line.startswith("#")))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).splitlines()[0]
+        raise UsageError(f"{path}: not a readable CSV table ({why})") from None
 
 
 def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precision: str = "fp16") -> list[MeasuredRow]:
@@ -146,10 +164,16 @@ def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precis
     rows: list[MeasuredRow] = []
     for r in _dict_rows(path):
         try:
-            rows.append(MeasuredRow(f"timm:{r['model']}@{int(r['infer_img_size'])}", device, runtime, precision,
-                                    int(r["infer_batch_size"]), float(r["infer_step_time"]) * 1e-3, Path(path).name))
-        except (KeyError, ValueError):
+            size, batch, ms = int(r["infer_img_size"]), int(r["infer_batch_size"]), float(r["infer_step_time"])
+        except (KeyError, TypeError, ValueError):
             continue
+        # a measurement is a positive finite time of a named model; anything else is not one
+        if not (_TIMM_NAME.fullmatch(r.get("model") or "") and 0 < size <= 4096 and 0 < batch <= 1 << 16):
+            continue
+        if not (math.isfinite(ms) and ms > 0):
+            continue
+        rows.append(MeasuredRow(f"timm:{r['model']}@{size}", device, runtime, precision, batch, ms * 1e-3,
+                                Path(path).name))
     if not rows:
         raise UsageError(
             f"{path}: no timm benchmark rows (need model, infer_img_size, infer_batch_size, infer_step_time)"

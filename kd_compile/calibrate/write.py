@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..paths import cache_dir
 from ..profilers.roofline import (
     CALIBRATION_DIR,
     RUNTIME_RULES,
@@ -114,6 +117,39 @@ def calibrate_all(
     return summary
 
 
+def calibration_path(name: str, out: Path | str | None) -> Path:
+    """Where ``calibrate`` writes target ``name`` 's fit: ``out`` (``out/<name>.json`` when it is
+    a folder), else ``<cache>/calibration/<name>.json`` (``kd_compile.paths.cache_dir``), never
+    the installed package, whose files are data shipped with it.
+
+    Raises:
+        UsageError: ``name`` is not one plain file name (a target's name is data from a file).
+    """
+    if not name or Path(name).name != name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"target name {name!r} cannot be a file name")
+    if out is None:
+        return cache_dir("calibration") / f"{name}.json"
+    out = Path(out)
+    return out / f"{name}.json" if out.is_dir() else out
+
+
+def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write the calibration to {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write the calibration to {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def calibrate(
     target: str,
     tables: list[Path],
@@ -127,7 +163,9 @@ def calibrate(
     The constants stay those of the target's calibration (or the all-device fit); the GPU and
     host scales of the device are fitted on the tables, and the error band of the regime is the
     5-fold held-out error over the tables' models. Written into ``out`` (default
-    ``kd_compile/targets/calibration/<target>.json``), keeping the file's other bands.
+    ``<cache>/calibration/<target>.json``, see :func:`calibration_path`; the installed package
+    is never written), keeping the file's other bands (or those of the target's shipped
+    calibration when the file is new).
 
     Args:
         target: target name or TOML path (peaks and bandwidth come from its profile).
@@ -135,12 +173,12 @@ def calibrate(
         runtime: runtime the tables were measured with (``torch`` for timm's eager benchmark).
         precision: precision of the tables (``fp16`` for timm's AMP runs).
         models: use at most this many curated models (default: all in the tables).
-        out: calibration JSON to write/merge into.
+        out: calibration JSON (or folder) to write/merge into.
 
     Returns:
         ``target``, ``runtime``, ``precision``, ``constants``, ``device_scales``, ``fitted_on``
         (file names), ``models``, ``quality`` (n, spearman, median_ape, p80_ape, ...: held-out,
-        fractions) and ``error_band``.
+        fractions), ``error_band`` and ``written`` (the file's path).
     """
     if runtime not in RUNTIME_RULES:
         raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_RULES)})")
@@ -149,6 +187,7 @@ def calibrate(
     if not tables:
         raise UsageError("calibrate needs at least one measured table")
     prof = get_target(target)
+    path = calibration_path(prof.name, out)
     rows: list[MeasuredRow] = []
     for t in tables:
         rows += read_timm_table(Path(t), prof.name, runtime, precision)
@@ -166,16 +205,21 @@ def calibrate(
     held = kfold_on_device(problem, prof.name, constants)
     q = quality(held, problem.seconds)
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
-    path = out or CALIBRATION_DIR / f"{prof.name}.json"
     doc: dict[str, Any] = dict(read_calibration(prof.name) or {}) if out is None else {}
     if path.is_file():
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            why = str(exc).splitlines()[0]
+            hint = "choose another --out"
+            raise UsageError(f"{path} exists and is not a calibration JSON ({why})", hint=hint) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("error_bands", {}), dict):
+            raise UsageError(f"{path} exists and is not a calibration JSON", hint="choose another --out")
     doc.update(target=prof.name, constants=_rounded(constants),
                constants_basis=doc.get("constants_basis", "the target's calibration"),
                device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables])
     doc.setdefault("error_bands", {}).update(band)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    _write_json_atomic(path, doc)
     return {
         "target": prof.name,
         "runtime": runtime,
@@ -186,4 +230,5 @@ def calibrate(
         "models": [r.spec for r in problem.rows],
         "quality": {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in q.items()},
         "error_band": next(iter(band.values()), None),
+        "written": str(path),
     }

@@ -1,7 +1,8 @@
 """Datasets from files: ``.npz`` arrays (with their validation) and ImageFolder trees.
 
 Both loaders return a ``RawData`` for ``finish_bundle``: uint8 (N, C, H, W) images and int64
-labels, split as the source says or by the seeded stratified 80/20 split. A folder's images are
+labels, split into train/val/test as the source says or by ``stratified_split`` (70/15/15; a
+source that brings val but no test gets its test carved from train, fixed whatever the seed). A folder's images are
 resized (and centre-cropped) with PIL as they are read, with the teacher's filter. The image
 shape of either source can also be read from headers alone (``npz_image_shape``,
 ``folder_image_shape``).
@@ -9,6 +10,8 @@ shape of either source can also be read from headers alone (``npz_image_shape``,
 
 from __future__ import annotations
 
+import os
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,17 +21,36 @@ import numpy as np
 
 from kd_compile.errors import DataError
 
-from .bundle import RawData, stratified_split
+from .bundle import TEST_FRACTION, VAL_FRACTION, RawData, stratified_split
 from .preprocess import center_crop_box, scaled_size
 
-__all__ = ["IMAGE_EXTS", "VAL_DIRS", "folder_image_shape", "load_folder", "load_npz", "npz_image_shape"]
+__all__ = [
+    "IMAGE_EXTS",
+    "TEST_DIRS",
+    "VAL_DIRS",
+    "folder_image_shape",
+    "load_folder",
+    "load_npz",
+    "npz_image_shape",
+]
 
 #: File suffixes (lower case) read as images in an ImageFolder tree.
 IMAGE_EXTS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 #: Subfolder names (lower case, in order of preference) taken as the val split next to ``train/``.
-VAL_DIRS = ("val", "valid", "validation", "test")
+VAL_DIRS = ("val", "valid", "validation")
+#: Subfolder names (lower case, in order of preference) taken as the held-out test split.
+TEST_DIRS = ("test", "testing")
+#: Most bytes an ``.npz`` may expand to in memory (also capped by the memory available):
+#: checked from the zip directory and the array headers before anything is decompressed.
+MAX_NPZ_BYTES = 4 << 30
+#: Largest class index a label may hold (ImageNet-21k has 21,841 classes): a label of 2**40
+#: would otherwise make 10**12 class names.
+MAX_CLASSES = 100_000
+#: Share of an ImageFolder's images that may be unreadable (skipped and counted); above it the
+#: folder is refused. Decompression bombs count as unreadable.
+MAX_BAD_FRACTION = 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,18 +61,23 @@ VAL_DIRS = ("val", "valid", "validation", "test")
 def load_npz(path: Path, *, seed: int) -> RawData:
     """Read an ``.npz`` with arrays ``x``/``y`` or ``x_train``/``y_train``/``x_val``/``y_val``.
 
+    Optional ``x_test``/``y_test`` are the held-out test split. Without them the test split is
+    carved from the data (``stratified_split``, 15% per class, fixed whatever the seed): from
+    ``x``/``y`` (70/15/15) or from ``x_train`` (the file's val kept as it is).
+
     Args:
         path: the file.
-        seed: seed of the stratified 80/20 split when the file holds only ``x``/``y``.
+        seed: seed of the train/val part of the split where the file brings no val.
 
     Returns:
         The arrays as ``RawData`` (``class_names`` from an optional ``class_names`` array).
 
     Raises:
         DataError: unreadable file, missing arrays, bad image or label arrays, empty data,
-            train and val images of different shapes.
+            train, val and test images of different shapes.
     """
     try:
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
@@ -58,20 +85,31 @@ def load_npz(path: Path, *, seed: int) -> RawData:
         raise DataError(f"cannot read {path} as .npz: {msg}") from None
     keys = set(arrays)
     src = str(path)
+    x_te = y_te = None
+    if {"x_test", "y_test"} <= keys:
+        x_te = _images_from_array(arrays["x_test"], f"{src} x_test")
+        y_te = _labels_from_array(arrays["y_test"], len(x_te), f"{src} x_test/y_test")
     if {"x_train", "y_train", "x_val", "y_val"} <= keys:
         x_tr = _images_from_array(arrays["x_train"], f"{src} x_train")
         x_va = _images_from_array(arrays["x_val"], f"{src} x_val")
         y_tr = _labels_from_array(arrays["y_train"], len(x_tr), f"{src} x_train/y_train")
         y_va = _labels_from_array(arrays["y_val"], len(x_va), f"{src} x_val/y_val")
         split = "file"
+        if x_te is None:
+            tr, _, te = stratified_split(y_tr, seed, val_fraction=0.0)
+            x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_tr[te], y_tr[te]
+            split = "file train/val; test: stratified 15% of train, fixed"
     elif {"x", "y"} <= keys:
         x = _images_from_array(arrays["x"], src)
         y = _labels_from_array(arrays["y"], len(x), src)
         if len(x) == 0:
             raise DataError(f"dataset is empty: {src} has 0 images")
-        tr, va = stratified_split(y, seed)
+        tr, va, te = stratified_split(y, seed, test_fraction=0.0 if x_te is not None else TEST_FRACTION)
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-        split = f"stratified 80/20, seed {seed}"
+        split = f"stratified, val seed {seed}; test: file"
+        if x_te is None:
+            x_te, y_te = x[te], y[te]
+            split = f"stratified 70/15/15, fixed test, val seed {seed}"
     else:
         raise DataError(
             f"{src}: expected arrays x,y or x_train,y_train,x_val,y_val; "
@@ -82,6 +120,10 @@ def load_npz(path: Path, *, seed: int) -> RawData:
     if x_tr.shape[1:] != x_va.shape[1:]:
         raise DataError(
             f"{src}: train images {x_tr.shape[1:]} and val images {x_va.shape[1:]} differ in shape"
+        )
+    if x_te is not None and x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(
+            f"{src}: train images {x_tr.shape[1:]} and test images {x_te.shape[1:]} differ in shape"
         )
     names = None
     if "class_names" in arrays:
@@ -94,7 +136,68 @@ def load_npz(path: Path, *, seed: int) -> RawData:
         y_va,
         names,
         {"source": "npz", "path": str(path.resolve()), "split": split},
+        x_test=x_te,
+        y_test=y_te,
     )
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return MAX_NPZ_BYTES
+
+
+def _check_npz(path: Path) -> None:
+    """Refuse an ``.npz`` that is not a zip, or whose arrays would not fit in memory, before
+    anything is decompressed: the zip directory's declared sizes and each ``.npy`` header's
+    shape x itemsize are checked (a few KB read, whatever the file's size).
+
+    Raises:
+        DataError: not a zip archive, a member that is not a plain ``.npy`` array, or arrays
+            larger than ``MAX_NPZ_BYTES`` or than the memory available.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"cannot read {path} as .npz: not a zip archive (an .npz is written by numpy.savez)")
+    limit = min(MAX_NPZ_BYTES, _available_memory())
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) > 64:
+            raise DataError(f"{path}: {len(infos)} members; an .npz dataset holds a few arrays")
+        for info in infos:
+            declared = info.file_size
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0), (3, 0)):
+                        raise DataError(f"{path}: {info.filename} has an unknown .npy version {version}")
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=1 << 16)
+                if dtype.hasobject:
+                    raise DataError(f"{path}: {info.filename} holds Python objects (pickled); refusing to read it")
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                declared = max(declared, n * dtype.itemsize)
+            total += declared
+            if total > limit:
+                raise DataError(
+                    f"{path}: its arrays expand to more than {limit / 2**30:.1f} GiB "
+                    f"({info.filename}: {declared / 2**30:.1f} GiB); refusing to load it into memory",
+                    hint="use an ImageFolder tree (streamed) or a smaller file",
+                )
 
 
 def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
@@ -165,6 +268,11 @@ def _labels_from_array(y: np.ndarray, n: int, where: str) -> np.ndarray:
         )
     if len(y) != n:
         raise DataError(f"{where}: x has {n} images but y has {len(y)} labels")
+    if len(y) and (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        # checked before the cast: 2**63 or 1e300 would wrap or saturate in int64
+        top = y.max() if np.issubdtype(y.dtype, np.integer) else np.nanmax(y)
+        if top >= MAX_CLASSES:
+            raise DataError(f"{where}: label {top} is out of range (class indices are 0..{MAX_CLASSES - 1})")
     if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         y = y.astype(np.int64)
     elif np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.rint(y)):
@@ -206,7 +314,12 @@ def load_folder(
     crop_pct: float = 1.0,
     confine: Path | None = None,
 ) -> RawData:
-    """Read an ImageFolder tree: one subfolder per class, or ``train/`` and ``val/`` of those.
+    """Read an ImageFolder tree: one subfolder per class, or ``train/`` with ``val/`` and/or ``test/``.
+
+    ``val/`` (also ``valid``, ``validation``) and ``test/`` (also ``testing``) are separate splits:
+    test is held out from every choice. A missing one is carved from ``train/`` (or, with
+    neither, from the whole tree) by ``stratified_split``: 70/15/15 per class, the test part
+    fixed whatever the seed.
 
     Images are converted to RGB, resized to ``image_size`` (else to the first image's size) and
     kept single-channel when every one of them is gray.
@@ -215,7 +328,7 @@ def load_folder(
         root: the folder.
         image_size: side (or (H, W)) to resize to while reading; ``None`` takes the first
             image's size.
-        seed: seed of the stratified 80/20 split when the tree has no ``train``/``val`` folders.
+        seed: seed of the train/val part of the split when the tree has no ``val`` folder.
         interpolation: PIL resize filter: ``bilinear``, ``bicubic`` or ``nearest``.
         crop_pct: below 1, resize to ``image_size / crop_pct`` and centre-crop ``image_size``
             (``preprocess.scaled_size``); needs ``image_size``.
@@ -237,9 +350,13 @@ def load_folder(
         raise DataError(f"interpolation must be one of {', '.join(filters)}, got {interpolation!r}")
     subdirs = {p.name.lower(): p for p in _class_dirs(root)}
     val_dir = next((subdirs[v] for v in VAL_DIRS if v in subdirs), None)
-    pre_split = "train" in subdirs and val_dir is not None and bool(_class_dirs(subdirs["train"]))
+    test_dir = next((subdirs[v] for v in TEST_DIRS if v in subdirs), None)
+    pre_split = (
+        "train" in subdirs and (val_dir or test_dir) is not None and bool(_class_dirs(subdirs["train"]))
+    )
     if pre_split:
-        sets = {"train": subdirs["train"], "val": val_dir}
+        sets = {"train": subdirs["train"], "val": val_dir, "test": test_dir}
+        sets = {k: d for k, d in sets.items() if d is not None}
         names = sorted({p.name for d in sets.values() for p in _class_dirs(d)})
     else:
         sets = {"all": root}
@@ -267,14 +384,23 @@ def load_folder(
                     raise DataError(f"image {f} resolves outside {fence}; refusing to read it")
     arrays: dict[str, list[np.ndarray]] = {}
     all_gray = True
+    skipped: list[tuple[Path, str]] = []
+    unreadable = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+    kept: dict[str, list[tuple[Path, int]]] = {}
     for part, items in files.items():
         arrays[part] = []
-        for f, _ in items:
+        kept[part] = []
+        for f, c in items:
             try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise DataError(f"cannot read image {f}: {type(e).__name__}") from None
+                with warnings.catch_warnings():
+                    # a decompression bomb (more pixels than PIL allows) is an unreadable file
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        im = im.convert("RGB")
+            except unreadable as e:
+                skipped.append((f, type(e).__name__))
+                continue
+            kept[part].append((f, c))
             if size is None:
                 size = (im.height, im.width)
             scaled = scaled_size((im.height, im.width), size, crop_pct)
@@ -287,6 +413,14 @@ def load_folder(
             a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
             all_gray = all_gray and bool((a[0] == a[1]).all() and (a[1] == a[2]).all())
             arrays[part].append(a)
+    total = sum(len(v) for v in files.values())
+    if skipped and (len(skipped) > MAX_BAD_FRACTION * total or size is None):
+        f, why = skipped[0]
+        raise DataError(
+            f"cannot read image {f}: {why}; {len(skipped)} of {total} images are unreadable "
+            f"(more than {MAX_BAD_FRACTION:.0%} are refused)"
+        )
+    files = kept
     stack = {
         p: (np.stack(v) if v else np.zeros((0, 3, *size), np.uint8))  # type: ignore[misc]
         for p, v in arrays.items()
@@ -294,16 +428,21 @@ def load_folder(
     if all_gray:
         stack = {p: np.ascontiguousarray(v[:, :1]) for p, v in stack.items()}
     labels = {p: np.array([c for _, c in items], dtype=np.int64) for p, items in files.items()}
-    meta: dict[str, Any] = {"source": "folder", "path": str(root.resolve())}
-    if pre_split:
-        x_tr, y_tr, x_va, y_va = stack["train"], labels["train"], stack["val"], labels["val"]
-        meta["split"] = f"folders train/{val_dir.name}"  # type: ignore[union-attr]
-    else:
-        tr, va = stratified_split(labels["all"], seed)
-        x, y = stack["all"], labels["all"]
-        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-        meta["split"] = f"stratified 80/20, seed {seed}"
-    return RawData(str(root), x_tr, y_tr, x_va, y_va, names, meta)
+    meta: dict[str, Any] = {"source": "folder", "path": str(root.resolve()), "skipped_images": len(skipped)}
+    x, y = (stack["train"], labels["train"]) if pre_split else (stack["all"], labels["all"])
+    # the parts the tree lacks are carved from train (or from the whole tree)
+    fractions = {k: 0.0 if k in files else f for k, f in (("val", VAL_FRACTION), ("test", TEST_FRACTION))}
+    tr, va, te = stratified_split(y, seed, val_fraction=fractions["val"], test_fraction=fractions["test"])
+    x_tr, y_tr = x[tr], y[tr]
+    x_va, y_va = (stack["val"], labels["val"]) if "val" in files else (x[va], y[va])
+    x_te, y_te = (stack["test"], labels["test"]) if "test" in files else (x[te], y[te])
+    given = [f"{sets[k].name}/" for k in ("train", "val", "test") if pre_split and k in sets]
+    meta["split"] = (
+        (f"folders {', '.join(given)}" if given else "stratified 70/15/15")
+        + ("" if "test" in files else "; test fixed")
+        + ("" if "val" in files else f"; val seed {seed}")
+    )
+    return RawData(str(root), x_tr, y_tr, x_va, y_va, names, meta, x_test=x_te, y_test=y_te)
 
 
 # --------------------------------------------------------------------------------------------

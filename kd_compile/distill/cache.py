@@ -7,6 +7,12 @@ mode under ``torch.inference_mode``, and keeps float32 logits aligned with the o
 ``cache_dir`` the arrays are written as ``.npy`` files and later opened memory-mapped, keyed by
 a hash of the teacher's state_dict and of the data (plus an augmentation seed where the caller
 uses one), so a second run (or a resumed run) does not run the teacher again.
+
+The cache heals itself: a stored entry is checked before it is used (meta.json readable, each
+file's size, dtype, shape and checksum as recorded), and one that fails is discarded and rebuilt
+with a one-line warning. Files are written to a temporary name and renamed into place, and a
+write that fails (full disk, read-only or missing folder) leaves no temporary file behind and
+keeps the outputs in memory for this run, with a warning, instead of stopping it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +36,31 @@ from torch import nn
 from ..data import DataBundle
 from .capture import FeatureCapture
 
-__all__ = ["CACHE_VERSION", "TeacherCache", "data_fingerprint", "module_fingerprint"]
+__all__ = ["CACHE_VERSION", "CacheWarning", "TeacherCache", "data_fingerprint", "module_fingerprint"]
 
 # bump when the layout or the meaning of the stored arrays changes: old entries are then
 # ignored instead of misread
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+# files up to this size are checked against their recorded checksum on every load (a few
+# hundred MB of logits hash in well under a second); larger ones by size, dtype and shape only
+_HASH_LIMIT = 1 << 30
+
+
+class CacheWarning(UserWarning):
+    """A stored teacher-cache entry was damaged and rebuilt, or could not be written."""
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text.replace("\n", " "), CacheWarning, stacklevel=3)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _hash_tensor(h: Any, t: torch.Tensor) -> None:
@@ -84,23 +112,55 @@ def _feature_file(layer: str, pool: int | None) -> str:
     return f"feat-{safe}-{digest}.npy"
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    # write-then-rename so a concurrent reader never sees a half-written file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def _save_npy_atomic(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Write ``array`` to ``path`` through a temporary file renamed into place (a concurrent or
+    later reader never sees a half-written file; the temporary file is removed on any failure).
+
+    Returns:
+        What ``_load_npy`` checks the file against: size in bytes, dtype, shape, checksum.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
+            f.flush()
+            os.fsync(f.fileno())
+        info = {
+            "bytes": os.path.getsize(tmp),
+            "dtype": str(array.dtype),
+            "shape": list(array.shape),
+            "blake2b": _file_digest(Path(tmp)),
+        }
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return info
 
 
-def _load_npy(path: Path) -> torch.Tensor:
+def _load_npy(path: Path, info: Any = None) -> torch.Tensor:
+    """Memory-map a stored array, checked against ``info`` (from ``_save_npy_atomic``).
+
+    Raises:
+        ValueError: the file is missing, truncated, padded, or its dtype, shape or checksum
+            differ from what was recorded.
+    """
+    if info is not None:
+        if not isinstance(info, dict):
+            raise ValueError(f"{path.name}: no file record")
+        size = path.stat().st_size
+        if size != info.get("bytes"):
+            raise ValueError(f"{path.name}: {size} bytes, expected {info.get('bytes')}")
+        if size <= _HASH_LIMIT and _file_digest(path) != info.get("blake2b"):
+            raise ValueError(f"{path.name}: checksum mismatch")
     # copy-on-write mapping: pages are read lazily, and the array is writable so torch does
     # not warn; writes (there are none) would never reach the file
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    array = np.load(path, mmap_mode="c", allow_pickle=False)
+    if info is not None and (str(array.dtype) != info.get("dtype") or list(array.shape) != info.get("shape")):
+        want = f"{info.get('dtype')} {info.get('shape')}"
+        raise ValueError(f"{path.name}: {array.dtype} {list(array.shape)}, expected {want}")
+    return torch.from_numpy(array)
 
 
 def _pool(feat: torch.Tensor, pool: int | None) -> torch.Tensor:
@@ -220,15 +280,21 @@ class TeacherCache:
         layers = list(dict.fromkeys(feature_layers))
         folder: Path | None = None
         meta: dict[str, Any] = {"augment_seed": augment_seed, "data": data.name, "reused": False}
+        stored_meta: dict[str, Any] | None = None
         if cache_dir is not None:
             assert entry_key is not None
             folder = Path(cache_dir) / f"teacher-{entry_key}"
-            stored = cls._load(folder, layers, feature_pool)
-            if stored is not None:
-                stored.check_aligned(data)
-                return stored
+            stored_meta = _read_meta(folder, entry_key)
+            if stored_meta is not None:
+                try:
+                    stored = cls._load(folder, stored_meta, layers, feature_pool)
+                    if stored is not None:
+                        stored.check_aligned(data)
+                        return stored
+                except (ValueError, OSError, KeyError, TypeError) as exc:
+                    _discard(folder, f"is damaged ({exc})")
+                    stored_meta = None
 
-        have_logits = folder is not None and (folder / "meta.json").exists()
         train_logits, feats = _run_teacher(teacher, data, data.x_train, batch_size, device, layers, feature_pool)
         val_logits, _ = _run_teacher(teacher, data, data.x_val, batch_size, device, [], None)
         cache = cls(
@@ -241,62 +307,86 @@ class TeacherCache:
             feature_pool=feature_pool,
             meta=meta,
         )
-        if folder is not None:
-            cache._store(folder, write_logits=not have_logits)
-            stored = cls._load(folder, layers, feature_pool)
-            assert stored is not None
-            stored.meta["reused"] = False
-            return stored
-        return cache
+        if folder is None:
+            return cache
+        try:
+            cache._store(folder, stored_meta)
+            stored = cls._load(folder, _read_meta(folder, entry_key) or {}, layers, feature_pool)
+            if stored is None:
+                raise ValueError("meta.json is missing after writing it")
+            stored.check_aligned(data)
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            # a full disk, a read-only folder or a file where the folder should be: this run
+            # keeps the outputs in memory; nothing half-written is left for the next one
+            _warn(f"teacher cache: cannot write {folder} ({_reason(exc)}); keeping the teacher's outputs in memory")
+            if stored_meta is None:
+                shutil.rmtree(folder, ignore_errors=True)
+            return cache
+        stored.meta["reused"] = False
+        return stored
 
-    def _store(self, folder: Path, *, write_logits: bool) -> None:
+    def _store(self, folder: Path, stored_meta: dict[str, Any] | None) -> None:
+        """Write the logits (unless ``stored_meta``, a checked entry, already holds them) and
+        the feature maps, then meta.json, whose presence marks the entry as complete."""
         folder.mkdir(parents=True, exist_ok=True)
-        meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if write_logits or not meta:
-            _save_npy_atomic(folder / "train_logits.npy", self.train_logits.numpy())
-            _save_npy_atomic(folder / "val_logits.npy", self.val_logits.numpy())
+        meta = stored_meta
+        if meta is None:
+            # an entry without a verified meta.json is rewritten whole
+            (folder / "meta.json").unlink(missing_ok=True)
             meta = {
                 "version": CACHE_VERSION,
                 "key": self.key,
                 "teacher_val_acc": self.teacher_val_acc,
                 "teacher_train_acc": self.teacher_train_acc,
-                "train_shape": list(self.train_logits.shape),
-                "val_shape": list(self.val_logits.shape),
                 "augment_seed": self.meta.get("augment_seed"),
                 "data": self.meta.get("data"),
+                "files": {
+                    "train_logits.npy": _save_npy_atomic(folder / "train_logits.npy", self.train_logits.numpy()),
+                    "val_logits.npy": _save_npy_atomic(folder / "val_logits.npy", self.val_logits.numpy()),
+                },
                 "features": {},
             }
         for layer, feat in self.train_features.items():
             fname = _feature_file(layer, self.feature_pool)
-            _save_npy_atomic(folder / fname, feat.numpy())
+            meta["files"][fname] = _save_npy_atomic(folder / fname, feat.numpy())
             meta["features"][f"{layer}|{self.feature_pool}"] = fname
-        # meta.json is written last: its presence marks the logits as complete
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, meta_path)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".meta.json.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / "meta.json")
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     @classmethod
-    def _load(cls, folder: Path, layers: Sequence[str], pool: int | None) -> TeacherCache | None:
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            return None
-        if meta.get("version") != CACHE_VERSION:
-            return None
+    def _load(cls, folder: Path, meta: dict[str, Any], layers: Sequence[str], pool: int | None) -> TeacherCache | None:
+        """The stored entry checked file by file, or None when a requested feature map was
+        never stored (the caller computes it and adds it to the entry).
+
+        Raises:
+            ValueError, KeyError, TypeError, OSError: the entry is damaged.
+        """
+        files = meta["files"]
+        train_logits = _load_npy(folder / "train_logits.npy", files["train_logits.npy"])
+        val_logits = _load_npy(folder / "val_logits.npy", files["val_logits.npy"])
+        for name, t in (("train_logits", train_logits), ("val_logits", val_logits)):
+            if t.dim() != 2 or t.dtype != torch.float32:
+                raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected float32 (N, K)")
         feats: dict[str, torch.Tensor] = {}
         for layer in layers:
             fname = meta["features"].get(f"{layer}|{pool}")
-            if fname is None or not (folder / fname).exists():
-                return None  # a requested feature map is missing: recompute
-            feats[layer] = _load_npy(folder / fname)
+            if fname is None:
+                return None
+            if not isinstance(fname, str) or Path(fname).name != fname or fname not in files:
+                raise ValueError(f"bad feature file name {fname!r}")
+            feats[layer] = _load_npy(folder / fname, files[fname])
         return cls(
-            train_logits=_load_npy(folder / "train_logits.npy"),
-            val_logits=_load_npy(folder / "val_logits.npy"),
+            train_logits=train_logits,
+            val_logits=val_logits,
             teacher_val_acc=float(meta["teacher_val_acc"]),
             teacher_train_acc=float(meta["teacher_train_acc"]),
             train_features=feats,
@@ -327,6 +417,46 @@ class TeacherCache:
             teacher_val_acc=_accuracy(val_logits, y_val),
             teacher_train_acc=_accuracy(train_logits, y_train) if y_train is not None else float("nan"),
         )
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (text or type(exc).__name__).splitlines()[0]
+
+
+def _discard(folder: Path, why: str) -> None:
+    _warn(f"teacher cache entry {folder.name} {why}; discarding it and running the teacher again")
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists() and not folder.is_dir():
+        folder.unlink(missing_ok=True)
+
+
+def _read_meta(folder: Path, key: str) -> dict[str, Any] | None:
+    """The entry's meta.json when it is present and well-formed; None when there is no entry
+    (or one of an older layout). A damaged one is discarded, with a warning."""
+    meta_path = folder / "meta.json"
+    try:
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        _discard(folder, f"has an unreadable meta.json ({_reason(exc)})")
+        return None
+    if isinstance(meta, dict) and meta.get("version") != CACHE_VERSION and "version" in meta:
+        shutil.rmtree(folder, ignore_errors=True)  # an older layout: silently replaced
+        return None
+    ok = (
+        isinstance(meta, dict)
+        and meta.get("key") == key
+        and isinstance(meta.get("files"), dict)
+        and isinstance(meta.get("features"), dict)
+        and all(isinstance(meta["files"].get(n), dict) for n in ("train_logits.npy", "val_logits.npy"))
+        and all(isinstance(meta.get(k), (int, float)) for k in ("teacher_val_acc", "teacher_train_acc"))
+    )
+    if not ok:
+        _discard(folder, "has a meta.json that does not describe it")
+        return None
+    return meta
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -3,8 +3,9 @@
 ``kd_compile/targets/calibration/<target>.json`` (written by :mod:`kd_compile.calibrate`) holds,
 per regime ``runtime/precision/batch-regime``, the held-out error of the predictor for that
 target and what it was measured on; ``_all_devices.json`` holds the bands for devices without a
-file of their own (user TOMLs). :func:`error_band` is what every roofline ``Measurement`` carries
-in ``extra["error_band"]``.
+file of their own (user TOMLs). A user's own fit (``kd-compile calibrate`` without ``--out``,
+``<cache>/calibration/<target>.json``) takes precedence over the shipped file.
+:func:`error_band` is what every roofline ``Measurement`` carries in ``extra["error_band"]``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..paths import cache_dir
 from ..targets.profile import TargetProfile
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibration"
@@ -43,9 +45,33 @@ def read_calibration(name: str) -> dict[str, Any] | None:
     return _read_json(str(f), f.stat().st_mtime)
 
 
+def user_calibration_file(name: str) -> Path:
+    """Where ``kd-compile calibrate`` keeps a user's own fit of target ``name`` without ``--out``:
+    ``<cache>/calibration/<name>.json`` (``kd_compile.paths.cache_dir``), never the package."""
+    return cache_dir("calibration") / f"{name}.json"
+
+
+def user_calibration(name: str) -> dict[str, Any] | None:
+    """The user's own calibration of target ``name`` (written by ``kd-compile calibrate``), or None
+    when there is none or it is unreadable (a damaged file is ignored, the shipped one used)."""
+    f = user_calibration_file(name)
+    try:
+        doc = _read_json(str(f), f.stat().st_mtime) if f.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("target") != name or not isinstance(doc.get("constants"), dict):
+        return None
+    return {**doc, "source": str(f)}
+
+
 def own_calibration(target: TargetProfile) -> dict[str, Any] | None:
-    """The calibration file of a built-in (or plugin) target; a user TOML gets none, even if it
-    reuses a built-in name, since its numbers may differ from the profile that was calibrated."""
+    """The calibration of ``target``: the user's own fit (``kd-compile calibrate``, written to the
+    user cache) when there is one, else the shipped file of a built-in (or plugin) target; a user
+    TOML gets no shipped file, even if it reuses a built-in name, since its numbers may differ
+    from the profile that was calibrated."""
+    mine = user_calibration(target.name)
+    if mine is not None:
+        return mine
     builtin = target.path is None or Path(target.path).resolve().parent == CALIBRATION_DIR.parent
     return read_calibration(target.name) if builtin else None
 

@@ -309,14 +309,16 @@ def row_seconds(table: KernelTable, c: Constants | np.ndarray) -> np.ndarray:
 def load_calibration(target: TargetProfile) -> tuple[Constants, DeviceScales, dict[str, Any]]:
     """The constants and device scales to predict ``target`` with, and where they came from.
 
-    Order: the target's own calibration file (``calibration/<name>.json``); else the shared
+    Order: the user's own fit (``kd-compile calibrate``: ``<cache>/calibration/<name>.json``); the
+    target's shipped calibration file (``calibration/<name>.json``); else the shared
     all-device fit (``calibration/_all_devices.json``) with unit device scales (a user TOML of a
     device without measurements); else :data:`DEFAULT_CONSTANTS` (uncalibrated).
     """
     doc = own_calibration(target)
     if doc is not None and "constants" in doc:
+        where = f"{doc['source']} (your calibration)" if "source" in doc else f"{target.name}.json"
         return (Constants.from_dict(doc["constants"]), DeviceScales.from_dict(doc.get("device_scales")),
-                {"calibration": f"{target.name}.json", "constants_basis": doc.get("constants_basis", "")})
+                {"calibration": where, "constants_basis": doc.get("constants_basis", "")})
     shared = read_calibration(SHARED_FIT.stem)
     if shared is not None and "constants" in shared:
         return (Constants.from_dict(shared["constants"]), DeviceScales(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,6 +25,17 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUNTIMES = ("tensorrt", "torch", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 PEAK_KEYS = ("fp32", "fp16", "fp16_tensor", "bf16_tensor", "tf32_tensor", "int8_tensor")
+_MAX_TOML_BYTES = 1 << 20
+# upper bounds far above any device, so that a typo (or a hostile file) cannot make every
+# predicted latency zero; numbers are also required to be finite
+_LIMITS = {
+    "peak_tflops": 1e6,
+    "memory_bandwidth_gbs": 1e6,
+    "memory_gb": 1e6,
+    "compute_units": 1e7,
+    "launch_overhead_us": 1e6,
+    "boost_clock_mhz": 1e5,
+}
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,10 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         return v
 
     def positive(key: str, v: float) -> float:
-        if not v > 0:
-            raise TargetError(f"{where}: field '{key}' must be positive, got {v!r}")
+        if not (_finite(v) and v > 0):
+            raise TargetError(f"{where}: field '{key}' must be a positive finite number, got {v!r}")
+        if v > _LIMITS[key]:
+            raise TargetError(f"{where}: field '{key}' is {v!r}, above the plausible maximum {_LIMITS[key]:g}")
         return float(v)
 
     known = {f.name for f in dataclasses.fields(TargetProfile)}
@@ -126,8 +140,10 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
     for k, v in peaks.items():
         if k not in PEAK_KEYS:
             raise TargetError(f"{where}: peak_tflops has unknown key '{k}' (known: {', '.join(PEAK_KEYS)})")
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise TargetError(f"{where}: peak_tflops.{k} must be a positive number, got {v!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (_finite(v) and 0 < v):
+            raise TargetError(f"{where}: peak_tflops.{k} must be a positive finite number, got {v!r}")
+        if v > _LIMITS["peak_tflops"]:
+            raise TargetError(f"{where}: peak_tflops.{k} is {v!r}, above the plausible maximum 1e+06")
         clean_peaks[k] = float(v)
     runtime = need("default_runtime", str)
     if runtime not in RUNTIMES:
@@ -143,9 +159,18 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
     calibration = d.get("calibration", {})
     if not isinstance(calibration, dict):
         raise TargetError(f"{where}: calibration must be a table")
+    display_name = d.get("display_name", name)
+    if not isinstance(display_name, str):
+        raise TargetError(f"{where}: field 'display_name' must be a string, got {display_name!r}")
+    local = d.get("local", False)
+    if not isinstance(local, bool):
+        raise TargetError(f"{where}: field 'local' must be true or false, got {local!r}")
+    path = d.get("path")
+    if path is not None and not isinstance(path, str):
+        raise TargetError(f"{where}: field 'path' must be a string, got {path!r}")
     return TargetProfile(
         name=name,
-        display_name=str(d.get("display_name", name)),
+        display_name=display_name,
         kind=kind,
         peak_tflops=clean_peaks,
         memory_bandwidth_gbs=positive("memory_bandwidth_gbs", need("memory_bandwidth_gbs", (int, float))),
@@ -154,17 +179,26 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         launch_overhead_us=_nonneg(where, "launch_overhead_us", d.get("launch_overhead_us", 0.0)),
         default_runtime=runtime,
         default_precision=precision,
-        local=bool(d.get("local", False)),
+        local=local,
         boost_clock_mhz=_nonneg(where, "boost_clock_mhz", d.get("boost_clock_mhz", 0.0)),
         sources=tuple(sources),
         calibration=calibration,
-        path=d.get("path"),
+        path=path,
     )
 
 
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
 def _nonneg(where: str, key: str, v: Any) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-        raise TargetError(f"{where}: field '{key}' must be a non-negative number, got {v!r}")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (_finite(v) and v >= 0):
+        raise TargetError(f"{where}: field '{key}' must be a non-negative finite number, got {v!r}")
+    if v > _LIMITS[key]:
+        raise TargetError(f"{where}: field '{key}' is {v!r}, above the plausible maximum {_LIMITS[key]:g}")
     return float(v)
 
 
@@ -180,9 +214,14 @@ def load_target_file(path: str | Path) -> TargetProfile:
     if not p.is_file():
         raise TargetError(f"target file not found: {p}")
     try:
+        if p.stat().st_size > _MAX_TOML_BYTES:
+            raise TargetError(f"{p}: {p.stat().st_size} bytes is too large for a device profile")
         data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TargetError(f"{p}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else "too deeply nested"
+        raise TargetError(f"{p}: not valid TOML ({why})") from None
+    except OSError as exc:
+        raise TargetError(f"{p}: cannot read it ({exc.strerror or exc})") from None
     data.setdefault("path", str(p))
     return _validate(data, str(p))
 

@@ -25,7 +25,16 @@ from ..errors import CheckpointError
 from .checkpoint import FORMAT, META_FILE, build_from_checkpoint
 from .layouts import _arch_in, _describe_keys, _find_weights, _meta_from_object
 from .preprocessing import _check_meta_agrees, _offer_data, _offer_meta, _offer_timm, _Offers
-from .safety import _check_graph, _check_pt2, _check_torchscript, _first_line, _load_object, _refused, _Unsafe
+from .safety import (
+    _check_graph,
+    _check_pt2,
+    _check_torchscript,
+    _first_byte,
+    _first_line,
+    _load_object,
+    _refused,
+    _Unsafe,
+)
 from .timm_arch import timm_with_weights
 
 
@@ -240,7 +249,7 @@ def load_pickle(
     """A ``torch.save`` checkpoint (``names``: its zip members, none for a legacy pickle): a
     kd-compile checkpoint, a training dict or state_dict naming its timm architecture, or (only
     with ``trust``) a pickled module."""
-    if not names and not p.read_bytes()[:1] == b"\x80":
+    if not names and _first_byte(p) != b"\x80":
         raise CheckpointError(
             f"cannot read checkpoint {p}: corrupt or not a PyTorch file (neither a zip archive nor a pickle)"
         )

@@ -33,6 +33,15 @@ def _zip_names(path: Path) -> list[str]:
         return []
 
 
+def _first_byte(path: Path) -> bytes:
+    """The file's first byte (b"" when empty or unreadable), without reading the rest of it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1)
+    except OSError:
+        return b""
+
+
 class _Unsafe(Exception):
     """Loading the file as data was refused: it pickles code, not just tensors."""
 

@@ -24,7 +24,7 @@ from .preprocessing import (
     _Offers,
     _timm_data_config,
 )
-from .safety import _first_line, _load_object, _zip_names
+from .safety import _first_byte, _first_line, _load_object, _zip_names
 
 
 def load_timm_name(name: str, offers: _Offers, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
@@ -73,7 +73,7 @@ def _read_weights(p: Path, trust: bool) -> tuple[dict[str, torch.Tensor], dict[s
                 raise CheckpointError(f"{p}: metadata {META_FILE} is not valid JSON") from None
         return sd, meta, None
     names = _zip_names(p)
-    if not names and not p.read_bytes()[:1] == b"\x80":
+    if not names and _first_byte(p) != b"\x80":
         raise CheckpointError(
             f"cannot read checkpoint {p}: corrupt or not a PyTorch file (neither a zip archive nor a pickle)"
         )

@@ -1,0 +1,134 @@
+"""``kd-compile calibrate`` writes where the user can see it, never into the installed package,
+and names read from files never leave their folder; bad tables are usage errors (issue 14)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kd_compile.calibrate import DEFAULT_DATA_DIR
+from kd_compile.calibrate.write import calibration_path
+from kd_compile.cli import app
+from kd_compile.errors import UsageError
+from kd_compile.profilers.error_bands import CALIBRATION_DIR
+
+TABLE = DEFAULT_DATA_DIR / "benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv"
+needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"measured table not present: {TABLE}")
+runner = CliRunner()
+
+
+def _package_state() -> dict[str, str]:
+    files = sorted(p for p in CALIBRATION_DIR.iterdir() if p.is_file())
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _calibrate(*extra: str):
+    return runner.invoke(app, ["calibrate", "--target", "rtx3090", "--table", str(TABLE), "--models", "12", *extra])
+
+
+@needs_table
+def test_without_out_it_writes_to_the_user_cache_and_says_where(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
+    before = _package_state()
+    res = _calibrate()
+    assert res.exit_code == 0, res.output
+    written = tmp_path / "cache" / "calibration" / "rtx3090.json"
+    assert written.is_file() and f"written to {written}" in res.output
+    assert _package_state() == before  # the installed package is untouched
+
+
+@needs_table
+def test_out_folder_gets_the_target_file_and_no_temp_file(tmp_path: Path) -> None:
+    res = _calibrate("--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["rtx3090.json"]
+
+
+@needs_table
+def test_an_existing_out_that_is_not_calibration_json_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "mine.json"
+    out.write_text("precious notes, not JSON")
+    res = _calibrate("--out", str(out))
+    assert res.exit_code == UsageError.exit_code and "not a calibration JSON" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert out.read_text() == "precious notes, not JSON"
+
+
+@pytest.mark.parametrize("name", ["..", "../evil", "a/b", "", ".", "a\\b"])
+def test_a_name_never_becomes_a_path(name: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        calibration_path(name, None)
+    with pytest.raises(UsageError):
+        calibration_path(name, tmp_path)
+
+
+def test_calibration_path_defaults_outside_the_package(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    assert calibration_path("t4", None) == tmp_path / "calibration" / "t4.json"
+    assert CALIBRATION_DIR not in calibration_path("t4", None).parents
+    assert calibration_path("t4", tmp_path / "x.json") == tmp_path / "x.json"
+
+
+BAD_TABLES = {
+    "not UTF-8": b"model,infer_img_size\n\xff\xfe\xfa,224\n",
+    "no rows": b"model,infer_img_size,infer_batch_size,infer_step_time\n",
+    "NaN and negative times": (
+        b"model,infer_img_size,infer_batch_size,infer_step_time\n"
+        + b"".join(f"resnet{i},224,256,{t}\n".encode() for i, t in enumerate(["nan", "-3.0", "inf", "0"] * 5))
+    ),
+    "path-like model names": (
+        b"model,infer_img_size,infer_batch_size,infer_step_time\n"
+        + b"".join(f"../../m{i},224,256,12.5\n".encode() for i in range(20))
+    ),
+    "absurd sizes": (
+        b"model,infer_img_size,infer_batch_size,infer_step_time\n"
+        + b"".join(f"resnet18,{10**12},{-i},12.5\n".encode() for i in range(20))
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TABLES), ids=list(BAD_TABLES))
+def test_a_bad_table_is_a_usage_error(tmp_path: Path, monkeypatch, case: str) -> None:
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "table.csv"
+    table.write_bytes(BAD_TABLES[case])
+    res = runner.invoke(app, ["calibrate", "--target", "rtx3090", "--table", str(table)])
+    assert res.exit_code == UsageError.exit_code, res.output
+    out = res.output.strip()
+    assert len(out.splitlines()) == 1 and out.startswith("kd-compile: error:") and "internal error" not in out
+    assert not (tmp_path / "cache" / "calibration").exists()
+
+
+def test_a_huge_table_is_not_read(tmp_path: Path) -> None:
+    table = tmp_path / "huge.csv"
+    with open(table, "wb") as f:
+        f.truncate(1 << 30)  # sparse
+    res = runner.invoke(app, ["calibrate", "--target", "rtx3090", "--table", str(table)])
+    assert res.exit_code == UsageError.exit_code and "too large" in res.output
+    assert os.path.getsize(table) == 1 << 30
+
+
+@needs_table
+def test_the_users_calibration_is_what_later_predictions_use(tmp_path: Path, monkeypatch) -> None:
+    """A fit written to the user cache (no --out) is read back: later predictions for that target
+    use its device scales and say where the calibration came from; a damaged file is ignored."""
+    from kd_compile.profilers.roofline import load_calibration
+    from kd_compile.targets import get_target
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
+    _, shipped_scales, shipped = load_calibration(get_target("rtx3090"))
+    res = _calibrate()
+    assert res.exit_code == 0, res.output
+    written = tmp_path / "cache" / "calibration" / "rtx3090.json"
+    _, scales, where = load_calibration(get_target("rtx3090"))
+    assert str(written) in where["calibration"] and str(written) not in shipped["calibration"]
+    import json
+
+    assert scales.to_dict() == json.loads(written.read_text())["device_scales"]
+    written.write_text("{ not json")
+    _, scales2, where2 = load_calibration(get_target("rtx3090"))
+    assert where2 == shipped and scales2 == shipped_scales
