@@ -27,8 +27,36 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python benchmarks/e2e_glyphs.py
+# make bench: every benchmark whose figures the README quotes, each writing benchmarks/results/*.json
+# (tests/test_readme_figures.py checks the README against those files). Hours on a 2-core CPU;
+# run one part with e.g. `make bench-fidelity`.
+BENCH_PARTS := bench-e2e bench-latency bench-difficulty bench-fidelity bench-distill bench-strategies
+.PHONY: $(BENCH_PARTS)
+
+bench: $(BENCH_PARTS)
+
+bench-e2e: install examples/glyphs/teacher.pt
+	$(BIN)/python benchmarks/e2e_glyphs.py --seeds 3 --max-params 62K
+
+bench-latency: install
+	$(BIN)/python benchmarks/latency_accuracy.py
+
+bench-difficulty: install
+	$(BIN)/python benchmarks/glyphs_difficulty.py --threads 1
+
+bench-fidelity: install
+	$(BIN)/python benchmarks/fidelity.py
+
+bench-distill: install examples/glyphs/teacher.pt
+	$(BIN)/python benchmarks/distill.py
+
+# the README's strategy table, in the runs it quotes (rows merge into strategies.json)
+bench-strategies: install
+	$(BIN)/python benchmarks/strategies.py --only random,sobol,lhs,evolution,turbo,turbo-m,bohb,lf-gpr
+	$(BIN)/python benchmarks/strategies.py --only random,lf-then-hf
+	$(BIN)/python benchmarks/strategies.py --only random,mfkd
+	$(BIN)/python benchmarks/strategies.py --only random,mobo --max-seconds 900 --min-seeds 5
+	$(BIN)/python benchmarks/strategies.py --only random,lf-gpr,turbo --charge-repeats
 
 lint: install
 	$(BIN)/ruff check kd_compile tests benchmarks examples

@@ -11,11 +11,14 @@ where CE proxies get 0.06.
 Run::
 
     .venv/bin/python benchmarks/fidelity.py [--table benchmarks/data/nas_kd_glyphs.jsonl]
+
+Writes the rows to ``benchmarks/results/fidelity.json`` (``--results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -33,12 +36,14 @@ if str(ROOT) not in sys.path:
 from kd_compile.testing.tabular import TabularBenchmark, load_table
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "fidelity.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the tau intervals")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="JSON to write the rows to")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     # a proxy with every accuracy equal (all at chance) has no defined correlation: printed as nan
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'tau(acc)':>8} {'95% CI':>15} {'pearson':>7} {'tau(score)':>10}"
     )
     rows = []
+    kept: list[dict] = []  # what --results keeps
     for bench, loss in ((ce, "ce"), (kd, "kd")):
         for lv in bench.levels:
             if loss == "kd" and lv == full:
@@ -86,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 boots.append(stats.kendalltau(x[b], y[b]).statistic)
             lo, hi = np.nanpercentile(boots, [2.5, 97.5])
             rows.append((loss, lv, tau, r, tau_s))
+            kept.append(
+                {"loss": loss, "fraction": lv.fraction, "epoch": lv.epoch, "fidelity": lv.fidelity, "n": int(m.sum()),
+                 "tau": float(tau), "tau_ci95": [float(lo), float(hi)], "pearson": float(r), "tau_score": float(tau_s)}
+            )  # fmt: skip
             print(
                 f"{loss:4} {lv.fraction:8.4f} {lv.epoch:5d} {lv.fidelity:8.4f} {int(m.sum()):4d} "
                 f"{np.median(x[m]):7.3f} {tau:8.3f} [{lo:6.3f},{hi:6.3f}] {r:7.3f} {tau_s:10.3f}"
@@ -97,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             c = ce_by[(lv.fraction, lv.epoch)]
             print(f"  fraction {lv.fraction:.4f} epoch {lv.epoch}: CE {c:.3f} -> KD {tau:.3f} ({tau - c:+.3f})")
     print(f"\n({time.perf_counter() - t0:.1f} s)")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    full_level = {"loss": "kd", "fraction": full.fraction, "epoch": full.epoch}
+    doc = {"table": args.table.name, "full": full_level, "rows": kept}
+    args.results.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.results}")
     return 0
 
 

@@ -12,20 +12,26 @@ Run (prints the command, machine, and one line per model):
 Models: six 3x3 conv+BN+ReLU layers of widths (w, w, 2w, 2w, 4w, 4w), 2x2 max-pool after the
 2nd and 4th, global average pool, linear head; w = 7, 13, 32 give ~15K, ~50K, ~300K params.
 Training: AdamW (lr 3e-3, wd 5e-4), one-cycle schedule, batch 128, no augmentation, 2 threads.
+Nothing is chosen on val here (fixed epochs), so val and test accuracy are both unbiased; both are
+printed and written to ``benchmarks/results/glyphs_difficulty.json`` (``--results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from kd_compile.data import load_data
+
+RESULTS = Path(__file__).resolve().parent / "results" / "glyphs_difficulty.json"
 
 
 def cnn(width: int, in_ch: int, num_classes: int) -> nn.Sequential:
@@ -74,6 +80,14 @@ def train_eval(
     return float((pred == yva).float().mean()), time.perf_counter() - t0
 
 
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on ``x``."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 1024]).argmax(1) for i in range(0, len(x), 1024)])
+    return float((pred == y).float().mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="glyphs")
@@ -81,6 +95,7 @@ def main() -> None:
     ap.add_argument("--widths", default="7,13,32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="JSON to write the rows to")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -99,13 +114,21 @@ def main() -> None:
     )
     xtr, ytr = data.train_tensors()
     xva, yva = data.val_tensors()
-    print(f"{'width':>5} {'params':>8} {'val_acc':>8} {'train_s':>8}  ({args.epochs} epochs)")
+    xte, yte = data.test_tensors()
+    print(f"{'width':>5} {'params':>8} {'val_acc':>8} {'test_acc':>8} {'train_s':>8}  ({args.epochs} epochs)")
+    rows = []
     for w in (int(s) for s in args.widths.split(",")):
         torch.manual_seed(args.seed)
         model = cnn(w, data.input_shape[0], data.num_classes)
         params = sum(p.numel() for p in model.parameters())
         acc, secs = train_eval(model, xtr, ytr, xva, yva, args.epochs, args.seed)
-        print(f"{w:>5} {params:>8} {acc:>8.4f} {secs:>8.1f}", flush=True)
+        test_acc = accuracy(model, xte, yte)
+        print(f"{w:>5} {params:>8} {acc:>8.4f} {test_acc:>8.4f} {secs:>8.1f}", flush=True)
+        rows.append({"width": w, "params": params, "val_acc": acc, "test_acc": test_acc, "train_s": secs})
+    doc = {"command": " ".join(sys.argv), "data": data.name, "epochs": args.epochs, "models": rows}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,16 @@ multi-fidelity strategies beat single-fidelity ones at equal training cost.
 Run::
 
     .venv/bin/python benchmarks/strategies.py [--seeds 20] [--budget 50] [--only turbo,random]
+
+Each strategy's row is merged into ``benchmarks/results/strategies.json``
+(``strategies_charge_repeats.json`` with ``--charge-repeats``; ``--results`` elsewhere), the
+file the README's table is checked against (``tests/test_readme_figures.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import re
 import sys
@@ -62,6 +67,7 @@ from kd_compile.search import Strategy, create_strategy, list_strategies
 from kd_compile.testing.tabular import OBJECTIVES, TabularBenchmark, TabularRun, run_strategy
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 # modest GP settings so that the GP strategies run in minutes (passed where accepted)
 GP_OPTIONS: dict[str, Any] = {"n_candidates": 200, "gp_maxiter": 30, "mc_samples": 16}
 
@@ -97,6 +103,24 @@ def median_curve(runs: list[TabularRun], grid: np.ndarray) -> np.ndarray:
     return np.median(np.array([[r.regret_at_cost(c) for c in grid] for r in runs]), axis=0)
 
 
+def save_results(path: Path, settings: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    """Merge this run's per-strategy rows into ``path`` (JSON): the README's table is built from
+    several ``--only`` runs, so rows of other strategies are kept when the settings are the same
+    (a file written with other settings is replaced)."""
+    doc: dict[str, Any] = {"settings": settings, "strategies": {}}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if old.get("settings") == settings:
+            doc["strategies"] = dict(old.get("strategies") or {})
+    doc["strategies"].update(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
@@ -124,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("final", "data"),
         help="equal-fidelity levels: annealed readout (final) or larger data fraction (data)",
     )
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON the rows are merged into (default benchmarks/results/strategies.json, "
+        "strategies_charge_repeats.json with --charge-repeats); 'none' writes nothing",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_all = time.perf_counter()
@@ -145,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = np.arange(1, n + 1, dtype=float)
     results: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = {}  # what --results keeps
     target: float | None = None
     head = f"{'strategy':11} {'mf':2} " + " ".join(f"{'regret@' + str(c):>22}" for c in checks)
     print(head + f" {'mean@' + str(n):>8} {'best':>5} {'evals':>5} {'archs':>5} {'match':>6} {'seeds':>5} {'time':>6}")
@@ -179,6 +211,20 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         results[name] = {"mf": mf, "final": float(curve[-1]), "mean": mean, "match": match}
+        rows[name] = {
+            "mf": mf,
+            "regret": {  # median and quartiles over seeds after each checkpoint cost
+                str(c): dict(zip(("q1", "median", "q3"), map(float, np.percentile(at, [25, 50, 75]))))
+                for c, at in ((c, [r.regret_at_cost(c) for r in runs]) for c in checks)
+            },
+            "mean": mean,
+            "best": best,
+            "evals": evals,
+            "archs": archs,
+            "match": match,
+            "seeds": len(runs),
+            "seconds": secs,
+        }
     if target is not None:
         print(
             f"\nrandom's median regret at cost {n}: {target:.4f} ('match' = first cost where a "
@@ -202,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                 + f" -> {len(beat)}/{len(mf)} beat it"
             )
     print(f"\n(total {time.perf_counter() - t_all:.0f} s)")
+    if str(args.results).lower() != "none" and rows:
+        default = "strategies_charge_repeats.json" if args.charge_repeats else "strategies.json"
+        settings = {
+            "table": args.table.name, "budget": n, "checkpoints": checks, "score": args.score, "tie": args.tie,
+            "charge_repeats": args.charge_repeats, "gp_options": GP_OPTIONS,
+        }  # fmt: skip
+        save_results(args.results or RESULTS_DIR / default, settings, rows)
     return 0
 
 

@@ -1,5 +1,8 @@
 """After the search: the distiller search (``--distiller auto``) and the final training of the
-chosen student with KD and, for the report, without (side by side in two processes on CPU)."""
+chosen student with KD and, for the report, without (side by side in two processes on CPU).
+
+The final students are scored once on the data's held-out test split (``held_out_accuracy``), which
+no choice before has seen; their validation accuracy is kept beside it."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from .config import CompileConfig
 from .evaluate import RunContext, student_family, train_config
 from .search.space import Config
 
-__all__ = ["FinalResult", "TrainJob", "run_train_job", "search_distiller_for", "train_final"]
+__all__ = ["FinalResult", "TrainJob", "held_out_accuracy", "run_train_job", "search_distiller_for", "train_final"]
 
 
 @dataclass
@@ -49,12 +52,37 @@ def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
 
 @dataclass
 class FinalResult:
-    """The trained student and its results (``ce`` is None without ``--compare-ce``)."""
+    """The trained student and its results (``ce`` is None without ``--compare-ce``).
+
+    ``test_acc``/``test_acc_ce``: the KD student's and its CE-only twin's accuracy on the test
+    split, measured once after training; ``None`` where the data has no test split (data-free).
+    """
 
     student: nn.Module
     kd: Any
     ce: Any | None
     seconds: float
+    test_acc: float | None = None
+    test_acc_ce: float | None = None
+
+
+def held_out_accuracy(model: nn.Module, data: Any, device: str | None = None) -> float | None:
+    """Top-1 accuracy of ``model`` on ``data``'s held-out test split; ``None`` when it has none.
+
+    Called once per model at the end of a run (teacher, final students): nothing is chosen on it.
+    Runs where the model is (``device`` overrides).
+    """
+    from .distill import evaluate
+
+    if not getattr(data, "has_test", False):
+        return None
+    if getattr(data, "streamed", False):  # a streamed folder: read through its DataLoader
+        from .distill.topk_cache import streamed_accuracy
+
+        dev = device or next((p.device for p in model.parameters()), "cpu")
+        return float(streamed_accuracy(model, data, "test", device=dev))
+    x, y = data.test_tensors()
+    return float(evaluate(model, x, y, device=device))
 
 
 def search_distiller_for(
@@ -101,17 +129,23 @@ def train_final(
         # the KD student and its CE-only twin are independent: train them side by side
         reporter.stage(f"final training with KD and without (comparison), {workers} processes")
         jobs = [TrainJob(run, config, use_kd) for use_kd in (True, False)]
-        (sd_kd, res_kd), (_, res_ce) = run_jobs(run_train_job, jobs, workers)
-        student = student_family(run).build(config)
+        (sd_kd, res_kd), (sd_ce, res_ce) = run_jobs(run_train_job, jobs, workers)
+        student, twin = student_family(run).build(config), student_family(run).build(config)
         student.load_state_dict(sd_kd)
-        return FinalResult(student.eval(), res_kd, res_ce, time.perf_counter() - t0)
+        twin.load_state_dict(sd_ce)
+        return FinalResult(
+            student.eval(), res_kd, res_ce, time.perf_counter() - t0,
+            held_out_accuracy(student, run.data), held_out_accuracy(twin, run.data),
+        )  # fmt: skip
     reporter.stage("final training with KD")
     student, res_kd = _train_inline(run, config, True, reporter, teacher, distiller)
-    res_ce = None
+    res_ce, acc_ce = None, None
     if cfg.compare_ce:
         reporter.stage("final training without KD (comparison)")
-        _, res_ce = _train_inline(run, config, False, reporter, teacher, None)
-    return FinalResult(student, res_kd, res_ce, time.perf_counter() - t0)
+        twin, res_ce = _train_inline(run, config, False, reporter, teacher, None)
+        acc_ce = held_out_accuracy(twin, run.data)
+    acc = held_out_accuracy(student, run.data)
+    return FinalResult(student, res_kd, res_ce, time.perf_counter() - t0, acc, acc_ce)
 
 
 def _train_inline(

@@ -26,17 +26,20 @@ def gates(cfg: CompileConfig, report: dict[str, Any]) -> dict[str, Any]:
     drop = 100 * (t["accuracy"] - s["accuracy"])
     speedup = (report.get("speedup") or {}).get("target")
     gates: dict[str, Any] = {}
+    split = s.get("accuracy_split", "val")  # the report's headline accuracies: test where the data has it
     if cfg.min_accuracy is not None:
         gates["min_accuracy"] = {
             "threshold": cfg.min_accuracy,
             "value": s["accuracy"],
             "passed": s["accuracy"] >= cfg.min_accuracy,
+            "split": split,
         }
     if cfg.max_accuracy_drop is not None:
         gates["max_accuracy_drop"] = {
             "threshold": cfg.max_accuracy_drop,
             "value": drop,
             "passed": drop <= cfg.max_accuracy_drop,
+            "split": split,
         }
     if cfg.min_speedup is not None:
         ok = speedup is not None and speedup >= cfg.min_speedup
@@ -70,9 +73,10 @@ def export(
     cfg: CompileConfig, student: nn.Module, family: Any, config: dict[str, Any], accuracy: float,
     inputs: Any, run: RunContext, rep: Any, folder: Path,
 ) -> tuple[dict[str, Path], Any, Any, dict[str, Any]]:  # fmt: skip
-    """Write student.pt/.onnx; get the student's latency on the target and, when the target is
-    not this machine, measure student and teacher here too (an honest local number: this CPU,
-    and the local GPU when there is one)."""
+    """Write student.pt/.onnx/.torchscript.pt/.pt2; get the student's latency on the target and,
+    when the target is not this machine, measure student and teacher here too (an honest local
+    number: this CPU, and the local GPU when there is one) beside the predictor's figure for the
+    same device. ``extra["exports"]`` holds each export's parity check (or why it was left out)."""
     from .export import export_student
     from .latency import plan_latency
 
@@ -80,12 +84,14 @@ def export(
     data = inputs.data
     spec = InputSpec(tuple(inputs.teacher.input_shape))
     check_finite(student)
+    checks: dict[str, Any] = {}  # per exported file: its parity check, or why it was left out
     artifacts = export_student(
         student,
         family,
         config,
         spec,
         folder,
+        checks=checks,
         meta={
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),
@@ -97,6 +103,9 @@ def export(
             "kd_compile_version": __version__,
         },
     )
+    for name, c in checks.items():
+        if c.get("status") == "failed":
+            rep.message(f"warning: {name} was not written: {c.get('error')}")
     from .students.common import deployed
 
     student = deployed(student)  # costs and local timings of what ships (RepVGG folded, as in student.onnx)
@@ -117,4 +126,12 @@ def export(
                 )
             except KdCompileError as exc:
                 rep.message(f"local {where} measurement skipped: {exc.line()}")
+                continue
+            try:  # the predictor on the device just measured: predicted against measured, in the report
+                pp = plan_latency(tgt, "predict")
+                for who, m in (("student", student), ("teacher", inputs.teacher.module)):
+                    extra[f"{who}_{where}"]["predicted_ms"] = latency_on_target(m, spec, tgt, plan=pp).latency_ms
+            except Exception as exc:  # a comparison figure only: never worth the run
+                rep.message(f"no prediction for this machine's {where}: {type(exc).__name__}: {exc}")
+    extra["exports"] = checks  # report.json lifts it out of the measurements (report.schema.build_report)
     return artifacts, s_counts, s_lat, extra

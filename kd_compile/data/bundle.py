@@ -2,8 +2,14 @@
 
 Loaders return a ``RawData`` (numpy, uint8 NCHW images, int64 labels); ``finish_bundle`` checks
 it, adapts it to the requested shape and computes the normalisation, so every source ends in the
-same validated ``DataBundle``. ``stratified_split`` is the one seeded train/val split used where
-a source brings none.
+same validated ``DataBundle``: train, val and a held-out test split. ``stratified_split`` is the one
+seeded train/val/test split used where a source brings none (``VAL_FRACTION``/``TEST_FRACTION``,
+70/15/15 per class); the streamed folder loader takes the same function and fractions.
+
+Why three splits: the search, proxy early stopping, the distiller search and every other choice
+select on val, so val accuracy is optimistic; test is read once, at the end, for the figures a
+user decides from. The test part of a seeded split is drawn with a fixed seed (``TEST_SEED``),
+so a run with another ``--seed`` (and the teacher, trained with its own) never trains on it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from kd_compile.errors import DataError
 from .preprocess import INTERPOLATIONS, center_crop_box, scaled_size
 
 __all__ = [
+    "TEST_FRACTION",
+    "TEST_SEED",
     "VAL_FRACTION",
     "DataBundle",
     "RawData",
@@ -32,12 +40,16 @@ __all__ = [
 ]
 
 #: Share of each class that goes to val when a source has no split of its own.
-VAL_FRACTION = 0.2
+VAL_FRACTION = 0.15
+#: Share of each class held out for test when a source has no test split of its own.
+TEST_FRACTION = 0.15
+#: Seed of the test part of every seeded split: fixed, so no run seed moves a test image into train.
+TEST_SEED = 0
 
 
 @dataclass
 class DataBundle:
-    """A dataset split into train and val.
+    """A dataset split into train, val (for every choice) and test (read once, at the end).
 
     Attributes:
         name: the spec it was loaded from (``glyphs``, ``digits``, a path).
@@ -48,7 +60,10 @@ class DataBundle:
         num_classes: number of classes.
         class_names: one name per class.
         mean, std: per-channel normalisation applied to x / 255.
-        meta: free-form (generator seed, resolution, source).
+        meta: free-form (generator seed, resolution, source, ``split``).
+        x_test: uint8 tensor (T, C, H, W), or ``None`` where there is no test split (bundles made
+            in code, data-free images); never used for a choice, only for the final figures.
+        y_test: int64 tensor (T,), or ``None``.
     """
 
     name: str
@@ -61,6 +76,13 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the bundle holds a non-empty test split."""
+        return self.x_test is not None and self.y_test is not None and len(self.x_test) > 0
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -80,6 +102,16 @@ class DataBundle:
     def val_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float32 val images and their int64 labels."""
         return self.normalize(self.x_val), self.y_val
+
+    def test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 test images and their int64 labels (only for the final figures).
+
+        Raises:
+            DataError: the bundle has no test split (``has_test`` is False).
+        """
+        if not self.has_test:
+            raise DataError(f"{self.name}: the data has no test split")
+        return self.normalize(self.x_test), self.y_test  # type: ignore[arg-type]
 
     def hint(self) -> dict[str, Any]:
         """What a teacher checkpoint stores so the same data can be loaded without --data."""
@@ -101,6 +133,8 @@ class RawData:
     y_val: np.ndarray
     class_names: list[str] | None
     meta: dict[str, Any]
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
 
 def finish_bundle(
@@ -122,17 +156,27 @@ def finish_bundle(
 
     Returns:
         The bundle, with per-channel mean/std of the (adapted) train images and
-        ``meta["input_shape"]`` set.
+        ``meta["input_shape"]`` set; the test split is adapted like the others.
 
     Raises:
-        DataError: an empty train or val split, or fewer than two classes in train.
+        DataError: an empty train, val or (when given) test split, fewer than two classes in
+            train, or test images of another shape than train's.
     """
     name = raw.name
     if len(raw.x_train) == 0:
         raise DataError(f"dataset is empty: {name} has no training images")
     if len(raw.x_val) == 0:
         raise DataError(f"{name}: the validation split is empty")
-    present = np.unique(np.concatenate([raw.y_train, raw.y_val]))
+    has_test = raw.x_test is not None and raw.y_test is not None
+    if has_test and len(raw.x_test) == 0:  # type: ignore[arg-type]
+        raise DataError(f"{name}: the test split is empty")
+    if has_test and raw.x_test.shape[1:] != raw.x_train.shape[1:]:  # type: ignore[union-attr]
+        raise DataError(
+            f"{name}: train images {raw.x_train.shape[1:]} and test images "
+            f"{raw.x_test.shape[1:]} differ in shape"  # type: ignore[union-attr]
+        )
+    parts = [raw.y_train, raw.y_val] + ([raw.y_test] if has_test else [])
+    present = np.unique(np.concatenate(parts))  # type: ignore[arg-type]
     if len(np.unique(raw.y_train)) < 2:
         raise DataError(
             f"{name}: need at least 2 classes, found {len(np.unique(raw.y_train))} in train"
@@ -150,6 +194,16 @@ def finish_bundle(
         adapt_images(x, image_size, channels, interpolation=interpolation, crop_pct=crop_pct)
         for x in (x_train, x_val)
     )
+    x_test = y_test = None
+    if has_test:
+        x_test = adapt_images(
+            torch.from_numpy(np.ascontiguousarray(raw.x_test)),
+            image_size,
+            channels,
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+        )
+        y_test = torch.from_numpy(raw.y_test.astype(np.int64))  # type: ignore[union-attr]
     mean, std = channel_stats(x_train)
     meta = dict(raw.meta)
     meta["input_shape"] = [int(s) for s in x_train.shape[1:]]
@@ -167,6 +221,8 @@ def finish_bundle(
         mean=mean,
         std=std,
         meta=meta,
+        x_test=x_test,
+        y_test=y_test,
     )
 
 
@@ -250,23 +306,52 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(v), 6) for v in std)
 
 
-def stratified_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed seeded 80/20 split per class -> (train_idx, val_idx), each sorted.
+def stratified_split(
+    y: np.ndarray,
+    seed: int,
+    *,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded per-class split -> (train_idx, val_idx, test_idx), each sorted.
 
-    Classes with one sample stay in train; at least one sample goes to val.
+    The test part is drawn first, with the fixed ``TEST_SEED`` (so it is the same whatever
+    ``seed`` is), then val from the rest with ``seed``. Each class gives ``round(n * fraction)``
+    samples to a part; a class with one sample stays in train, and a part asked for
+    (fraction > 0) gets at least one sample when train can spare it. Used by the digits, npz and
+    folder loaders (and the streamed folder loader) wherever a source brings no split; a source
+    that brings val but no test calls it with ``val_fraction=0``.
 
     Args:
         y: int labels (N,).
-        seed: split seed (mixed with a constant so it differs from generator streams).
+        seed: seed of the train/val part (mixed with a constant so it differs from generator
+            streams).
+        val_fraction: share of each class for val (0.15; 0 for none).
+        test_fraction: share of each class for test (0.15; 0 for none).
+
+    Raises:
+        ValueError: fractions outside [0, 1) or summing to 1 or more.
     """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"split fractions must be in [0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
+    y = np.asarray(y)
+    test_rng = np.random.default_rng([TEST_SEED, 104729])
     rng = np.random.default_rng([seed, 7919])
-    train, val = [], []
+    train, val, test = [], [], []
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = round(len(idx) * VAL_FRACTION) if len(idx) > 1 else 0
-        val.append(idx[:k])
-        train.append(idx[k:])
-    tr, va = np.concatenate(train), np.concatenate(val)
-    if len(va) == 0 and len(tr) > 1:
+        members = np.flatnonzero(y == c)
+        idx = test_rng.permutation(members)
+        k_te = round(len(idx) * test_fraction) if len(idx) > 1 else 0
+        test.append(idx[:k_te])
+        rest = rng.permutation(idx[k_te:])
+        k_va = round(len(members) * val_fraction) if len(rest) > 1 else 0
+        k_va = min(k_va, len(rest) - 1) if len(rest) > 1 else 0
+        val.append(rest[:k_va])
+        train.append(rest[k_va:])
+    tr, va, te = (np.concatenate(p).astype(np.int64) for p in (train, val, test))
+    # a part asked for but empty (every class too small): take one sample from train
+    if test_fraction > 0 and len(te) == 0 and len(tr) > 1:
+        te, tr = tr[-1:], tr[:-1]
+    if val_fraction > 0 and len(va) == 0 and len(tr) > 1:
         va, tr = tr[:1], tr[1:]
-    return np.sort(tr), np.sort(va)
+    return np.sort(tr), np.sort(va), np.sort(te)

@@ -10,7 +10,12 @@ is a batched ``grid_sample`` at 2x resolution and a 2x average-pool; 24K images 
 take ~4 s of one CPU core. Results are cached as ``.npz`` under ``$KD_COMPILE_CACHE``
 (default ``~/.cache/kd_compile``), keyed by every option and ``GLYPHS_VERSION``.
 
-Defaults: 24x24 grayscale, 20,000 train / 4,000 val (balanced over the 62 classes). Why: the
+Train, val and test are three independent streams of one seed (``SeedSequence(seed).spawn``):
+changing one count never changes the other sets. The test set (``test=N``; by default as many
+images as val) is its own cache file, so train/val caches made before it existed still hit; it
+is held out from every choice and read once, for the final figures.
+
+Defaults: 24x24 grayscale, 20,000 train / 4,000 val / 4,000 test (balanced over the 62 classes). Why: the
 end-to-end example trains a teacher, ~10 short students and a final student on 2 CPU cores in
 a few minutes; 24 px keeps every character legible, and at 24 px the ~300K-parameter CNN of
 the benchmark costs ~21M multiply-adds per image (~1.3T per training epoch), so 20 px is the
@@ -18,8 +23,8 @@ option to take when the teacher's time matters more. 20K/4K is enough for accura
 students by more than their noise (a 4K val set gives about +-0.6 percentage-point standard
 error at 85%). The difficulty is tuned so that capacity matters
 (``benchmarks/glyphs_difficulty.py`` trains ~15K, ~50K and ~300K-parameter CNNs for 6 epochs
-of AdamW; measured with version 3: 15.7K params 76.7%, 50.9K params 87.8%, 295K params 91.5%
-val accuracy; the bundled example's 358K teacher reaches 84.9% at 20 px with 12,000 train
+of AdamW; measured with version 3, ``benchmarks/results/glyphs_difficulty.json``: about 76%, 88%
+and 92% val accuracy; the bundled example's 358K teacher reaches 84.9% at 20 px with 12,000 train
 images). Version 3 halved the occlusions and softened rotation, shear and noise of version 2, on
 which the 358K teacher stopped at 75% and a distilled tenth of it stayed 10 points below. Some
 classes are genuinely confusable (0/O/o, 1/l/I, c/C, s/S, v/V, ...), which caps accuracy below
@@ -52,6 +57,7 @@ __all__ = [
     "GLYPH_FONTS",
     "glyph_atlas",
     "glyph_cache_path",
+    "glyph_test_cache_path",
     "load_glyphs",
     "render_glyphs",
 ]
@@ -63,7 +69,8 @@ GLYPHS_VERSION = 3
 GLYPH_CHARS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 #: Options of the ``glyphs:`` spec and their defaults.
-GLYPHS_DEFAULTS: dict[str, int] = {"size": 24, "train": 20000, "val": 4000, "seed": 0, "classes": 62}
+#: ``test=0`` (the default) means as many test images as val images.
+GLYPHS_DEFAULTS: dict[str, int] = {"size": 24, "train": 20000, "val": 4000, "test": 0, "seed": 0, "classes": 62}
 
 #: Font files (under matplotlib's mpl-data/fonts/ttf) used for glyphs, in a fixed order.
 GLYPH_FONTS: tuple[str, ...] = (
@@ -344,14 +351,38 @@ def glyph_cache_path(opts: dict[str, int]) -> Path:
     Returns:
         ``cache_dir() / "glyphs-v{version}-s{size}-n{train}-{val}-seed{seed}-{digest}.npz"``.
     """
-    # the default class count stays out of the key, so caches made before the option still hit
-    kopts = {k: v for k, v in opts.items() if not (k == "classes" and v == len(GLYPH_CHARS))}
+    # the default class count stays out of the key, so caches made before the option still hit;
+    # the test set has a cache file of its own (glyph_test_cache_path)
+    kopts = {k: v for k, v in opts.items() if k != "test" and not (k == "classes" and v == len(GLYPH_CHARS))}
     key = json.dumps({"v": GLYPHS_VERSION, "fonts": GLYPH_FONTS, **kopts}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / (
         f"glyphs-v{GLYPHS_VERSION}-s{opts['size']}-n{opts['train']}-{opts['val']}"
         f"-seed{opts['seed']}-{digest}.npz"
     )
+
+
+def glyph_test_cache_path(opts: dict[str, int]) -> Path:
+    """The cache file of one glyphs test set: keyed by size, seed, classes, test count, fonts and version.
+
+    Args:
+        opts: the complete options, ``test`` resolved to a count.
+    """
+    kopts = {k: opts[k] for k in ("size", "seed", "classes", "test")}
+    key = json.dumps({"v": GLYPHS_VERSION, "fonts": GLYPH_FONTS, "part": "test", **kopts}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / f"glyphs-v{GLYPHS_VERSION}-s{opts['size']}-test{opts['test']}-seed{opts['seed']}-{digest}.npz"
+
+
+def _cached(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, or ``None`` when it is missing or unreadable (then regenerated)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None  # a corrupt cache entry is regenerated and overwritten
 
 
 def load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) -> RawData:
@@ -367,8 +398,8 @@ def load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) -
         The arrays; ``meta`` records every option, the cache file and whether it was a hit.
 
     Raises:
-        DataError: ``size`` outside 16..32, ``train``/``val`` below 1, ``classes`` outside
-            2..62, matplotlib's fonts missing.
+        DataError: ``size`` outside 16..32, ``train``/``val`` below 1, ``test`` below 0,
+            ``classes`` outside 2..62, matplotlib's fonts missing.
     """
     opts = {**GLYPHS_DEFAULTS, "seed": seed}
     if image_size is not None and "size" not in options and 16 <= image_size <= 32:
@@ -379,26 +410,33 @@ def load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) -
     for k in ("train", "val"):
         if opts[k] < 1:
             raise DataError(f"glyphs {k} must be >= 1, got {opts[k]}")
+    if opts["test"] < 0:
+        raise DataError(f"glyphs test must be >= 0 (0: as many as val), got {opts['test']}")
+    explicit_test = opts["test"] > 0
+    if not explicit_test:
+        opts["test"] = opts["val"]
+    # Independent streams of one seed: no set changes with another's count (spawn(3)'s first
+    # two children are spawn(2)'s, so train/val are those of caches made before test existed).
+    s_tr, s_va, s_te = (int(c.generate_state(1)[0]) for c in np.random.SeedSequence(opts["seed"]).spawn(3))
+    kw = {"size": opts["size"], "classes": opts["classes"]}
     path = glyph_cache_path(opts)
-    hit = False
-    arrays: dict[str, np.ndarray] | None = None
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("x_train", "y_train", "x_val", "y_val")}
-            hit = True
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
-            arrays = None  # a corrupt cache entry is regenerated and overwritten
+    arrays = _cached(path, ("x_train", "y_train", "x_val", "y_val"))
+    hit = arrays is not None
     if arrays is None:
-        # Independent streams: the val set does not change with the train count.
-        ss = np.random.SeedSequence(opts["seed"])
-        s_tr, s_va = (int(c.generate_state(1)[0]) for c in ss.spawn(2))
-        kw = {"size": opts["size"], "classes": opts["classes"]}
         x_tr, y_tr = render_glyphs(opts["train"], seed=s_tr, **kw)
         x_va, y_va = render_glyphs(opts["val"], seed=s_va, **kw)
         arrays = {"x_train": x_tr, "y_train": y_tr, "x_val": x_va, "y_val": y_va}
         _write_cache(path, arrays)
+    test_path = glyph_test_cache_path(opts)
+    test = _cached(test_path, ("x_test", "y_test"))
+    hit = hit and test is not None
+    if test is None:
+        x_te, y_te = render_glyphs(opts["test"], seed=s_te, **kw)
+        test = {"x_test": x_te, "y_test": y_te}
+        _write_cache(test_path, test)
     name = "glyphs:" + ",".join(f"{k}={opts[k]}" for k in ("size", "train", "val", "seed"))
+    if explicit_test:
+        name += f",test={opts['test']}"
     if opts["classes"] != len(GLYPH_CHARS):
         name += f",classes={opts['classes']}"
     meta = {
@@ -406,7 +444,9 @@ def load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) -
         "version": GLYPHS_VERSION,
         **opts,
         "cache": str(path),
+        "test_cache": str(test_path),
         "cache_hit": hit,
+        "split": "generated: independent train/val/test streams",
     }
     return RawData(
         name,
@@ -416,6 +456,8 @@ def load_glyphs(options: dict[str, int], *, image_size: int | None, seed: int) -
         arrays["y_val"],
         list(GLYPH_CHARS[: opts["classes"]]),
         meta,
+        x_test=test["x_test"],
+        y_test=test["y_test"],
     )
 
 

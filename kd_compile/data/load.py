@@ -48,7 +48,7 @@ def load_data(
     """Load a dataset into memory as a ``DataBundle``.
 
     Args:
-        spec: ``"digits"``, ``"glyphs"``, ``"glyphs:size=24,train=20000,val=4000,seed=3"``, a
+        spec: ``"digits"``, ``"glyphs"``, ``"glyphs:size=24,train=20000,val=4000,test=4000,seed=3"``, a
             path to an ``.npz`` file or an ImageFolder directory. ``None`` uses ``hint``.
         hint: ``DataBundle.hint()`` as stored in a teacher checkpoint
             (``{"spec": ..., "meta": {...}}``); its recorded input shape, interpolation and
@@ -63,11 +63,12 @@ def load_data(
         interpolation: resize filter, ``bilinear`` (default), ``bicubic`` or ``nearest``.
         crop_pct: centre-crop fraction in (0, 1] (default 1: no crop): images are resized to
             ``image_size / crop_pct`` and the centre ``image_size`` kept, as timm evaluates.
-        seed: seed of generated data and of the train/val split where the data has none; a
-            ``seed=`` option inside the spec wins.
+        seed: seed of generated data and of the train/val split where the data has none (the
+            test part of a split is fixed whatever the seed); a ``seed=`` option inside the spec wins.
 
     Returns:
-        The bundle: ``x_train`` uint8 (N, C, H, W), ``y_train`` int64 (N,), same for val.
+        The bundle: ``x_train`` uint8 (N, C, H, W), ``y_train`` int64 (N,), same for val and
+        for the held-out test split (``x_test``/``y_test``).
 
     Raises:
         DataError: one line naming the problem (missing path, corrupt file, empty data, fewer

@@ -8,9 +8,12 @@ and the API composes the searched space from parts (``ComposedSpace``: the stude
 parameters followed by the KD hyper-parameters of ``kd_compile.distill``).
 
 Encoding for model-based strategies: every parameter maps to one coordinate in [0, 1]
-(``to_unit``/``from_unit``). Integers and ordered choices map to evenly spaced bins (rounded on
-decode), log-scaled floats map through ``log``; unordered categoricals get one coordinate per
-choice (one-hot; decode takes the argmax), so a GP kernel never sees a false order.
+(``to_unit``/``from_unit``). Integers and ordered choices split [0, 1] into equal-width bins, one
+per value (log-spaced for log integers); a value encodes at the centre of its bin and decodes by the
+bin a coordinate falls in, so ``decode(encode(v)) == v`` exactly and a small step from any value
+reaches its lower neighbour as easily as its upper one (a trust region around a middle value can
+move both ways). Floats map linearly (log-scaled ones through ``log``); unordered categoricals get
+one coordinate per choice (one-hot; decode takes the argmax), so a GP kernel never sees a false order.
 """
 
 from __future__ import annotations
@@ -82,17 +85,26 @@ class Param:
         return len(self.choices)
 
     def encode(self, value: Any) -> list[float]:
+        """The value's unit-cube coordinates: one-hot for "cat", the centre of its bin for
+        "int"/"choice" (so ``decode`` inverts it exactly), a linear or log position for "float"."""
         if self.kind == "cat":
             return [1.0 if c == value else 0.0 for c in self.choices]
         if self.kind == "choice":
-            n = len(self.choices)
-            return [0.5 if n == 1 else self.choices.index(value) / (n - 1)]
+            return [(self.choices.index(value) + 0.5) / len(self.choices)]
+        if self.kind == "int":
+            lo, hi, k = int(self.low), int(self.high), int(value)
+            if self.log:
+                # bin k is [log k, log(k + 1)) of [log lo, log(hi + 1)); its centre in log space
+                span = math.log(hi + 1) - math.log(lo)
+                return [((math.log(k) + math.log(k + 1)) / 2 - math.log(lo)) / span]
+            return [(k - lo + 0.5) / (hi - lo + 1)]
         lo, hi = float(self.low), float(self.high)
         if self.log:
             lo, hi, value = math.log(lo), math.log(hi), math.log(value)
         return [0.5 if hi == lo else (float(value) - lo) / (hi - lo)]
 
     def decode(self, u: Sequence[float]) -> Any:
+        """The value whose bin holds ``u`` (clipped to [0, 1]); argmax for "cat"."""
         if self.kind == "cat":
             return self.choices[int(np.argmax(np.asarray(u)))]
         x = min(max(float(u[0]), 0.0), 1.0)

@@ -23,6 +23,13 @@ def check_bundle(b: DataBundle) -> None:
     assert int(b.y_train.max()) < b.num_classes
     assert len(b.mean) == len(b.std) == b.input_shape[0]
     assert list(b.input_shape) == b.meta["input_shape"]
+    # every loader brings a held-out test split, shaped like train
+    assert b.has_test and b.x_test is not None and b.y_test is not None
+    assert b.x_test.dtype == torch.uint8 and b.y_test.dtype == torch.int64
+    assert b.x_test.shape[1:] == b.x_train.shape[1:] and len(b.x_test) == len(b.y_test) > 0
+    assert int(b.y_test.max()) < b.num_classes
+    x, y = b.test_tensors()
+    assert x.dtype == torch.float32 and x.shape == b.x_test.shape and torch.equal(y, b.y_test)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> Path:

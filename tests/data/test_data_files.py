@@ -20,13 +20,16 @@ def test_npz_xy_nhw_uint8_split(tmp_path: Path) -> None:
     p = save_npz(tmp_path / "d.npz", x=x, y=y)
     b = load_data(str(p))
     check_bundle(b)
-    assert b.input_shape == (1, 8, 8) and len(b.x_val) == 20 and len(b.x_train) == 80
-    assert torch.bincount(b.y_val).tolist() == [5, 5, 5, 5]  # stratified
+    # stratified 70/15/15: round(25 * 0.15) = 4 per class in val and in test
+    assert b.input_shape == (1, 8, 8) and len(b.x_val) == 16 and len(b.x_test) == 16 and len(b.x_train) == 68
+    assert torch.bincount(b.y_val).tolist() == [4, 4, 4, 4] and torch.bincount(b.y_test).tolist() == [4, 4, 4, 4]
     # The split is a partition of the original images.
-    all_x = torch.cat([b.x_train, b.x_val])[:, 0].numpy()
+    all_x = torch.cat([b.x_train, b.x_val, b.x_test])[:, 0].numpy()
     assert sorted(map(bytes, all_x)) == sorted(map(bytes, x))
     again, other = load_data(str(p)), load_data(str(p), seed=1)
     assert torch.equal(again.x_val, b.x_val) and not torch.equal(other.x_val, b.x_val)
+    # the seed moves images between train and val, never into or out of test
+    assert torch.equal(other.x_test, b.x_test)
 
 
 def test_npz_pre_split_nhwc_float(tmp_path: Path) -> None:
@@ -43,12 +46,27 @@ def test_npz_pre_split_nhwc_float(tmp_path: Path) -> None:
     )
     b = load_data(str(p))
     check_bundle(b)
-    assert b.input_shape == (3, 6, 6) and len(b.x_train) == 30 and len(b.x_val) == 9
+    # the file's val is kept; test is carved from train (round(10 * 0.15) = 2 per class)
+    assert b.input_shape == (3, 6, 6) and len(b.x_train) == 24 and len(b.x_val) == 9 and len(b.x_test) == 6
     assert b.class_names == ["cat", "dog", "emu"]
-    assert int(b.x_train[0].min()) == 255
-    expect = np.rint(xtr[1].transpose(2, 0, 1) * 255).astype(np.uint8)
-    assert np.array_equal(b.x_train[1].numpy(), expect)
-    assert b.meta["split"] == "file"
+    assert b.meta["split"].startswith("file train/val; test")
+    seen = {bytes(v) for v in torch.cat([b.x_train, b.x_test]).numpy()}
+    assert len(seen) == 30 and not seen & {bytes(v) for v in b.x_val.numpy()}
+    expect = np.rint(xtr[0].transpose(2, 0, 1) * 255).astype(np.uint8)
+    assert int(expect.min()) == 255 and bytes(expect) in seen
+
+
+def test_npz_test_arrays_are_the_test_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 256, (40, 5, 5), dtype=np.uint8), np.arange(40) % 2
+    xte, yte = rng.integers(0, 256, (6, 5, 5), dtype=np.uint8), np.arange(6) % 2
+    b = load_data(str(save_npz(tmp_path / "t.npz", x=x, y=y, x_test=xte, y_test=yte)))
+    check_bundle(b)
+    assert np.array_equal(b.x_test[:, 0].numpy(), xte) and b.y_test.tolist() == yte.tolist()
+    assert len(b.x_train) + len(b.x_val) == 40  # nothing of x is held out when the file has a test split
+    bad = save_npz(tmp_path / "bad.npz", x=x, y=y, x_test=np.zeros((3, 4, 4), np.uint8), y_test=np.zeros(3))
+    with pytest.raises(DataError, match="test images"):
+        load_data(str(bad))
 
 
 def test_npz_nchw_and_float_labels(tmp_path: Path) -> None:
@@ -66,7 +84,8 @@ def test_folder_gray(tmp_path: Path) -> None:
     check_bundle(b)
     assert b.class_names == ["a", "b", "c"]
     assert b.input_shape == (1, 10, 12)  # (C, H, W) of the first image
-    assert len(b.x_train) + len(b.x_val) == 20 and torch.bincount(b.y_val).tolist() == [1, 1, 2]
+    assert len(b.x_train) + len(b.x_val) + len(b.x_test) == 20
+    assert torch.bincount(b.y_val).tolist() == [1, 1, 2] and torch.bincount(b.y_test).tolist() == [1, 1, 2]
 
 
 def test_folder_rgb_resized_and_presplit(tmp_path: Path) -> None:
@@ -75,8 +94,25 @@ def test_folder_rgb_resized_and_presplit(tmp_path: Path) -> None:
     write_folder(root / "val", {"x": 2, "y": 2}, size=(30, 18), mode="RGB")
     b = load_data(str(root), image_size=16)
     check_bundle(b)
-    assert b.input_shape == (3, 16, 16) and len(b.x_train) == 8 and len(b.x_val) == 4
-    assert b.class_names == ["x", "y"] and b.meta["split"] == "folders train/val"
+    # no test/ folder: round(4 * 0.15) = 1 image per class of train/ is held out
+    assert b.input_shape == (3, 16, 16) and len(b.x_train) == 6 and len(b.x_val) == 4 and len(b.x_test) == 2
+    assert b.class_names == ["x", "y"] and b.meta["split"] == "folders train/, val/; test fixed"
+
+
+def test_folder_test_dir_is_test_not_val(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    write_folder(root / "train", {"x": 10, "y": 10})
+    write_folder(root / "test", {"x": 3, "y": 2})
+    b = load_data(str(root))
+    check_bundle(b)
+    # test/ is the test split; val is carved from train/ (round(10 * 0.15) = 2 per class)
+    assert len(b.x_test) == 5 and torch.bincount(b.y_test).tolist() == [3, 2]
+    assert len(b.x_val) == 4 and len(b.x_train) == 16
+    assert b.meta["split"] == "folders train/, test/; val seed 0"
+    write_folder(root / "val", {"x": 1, "y": 1})
+    full = load_data(str(root))
+    assert (len(full.x_train), len(full.x_val), len(full.x_test)) == (20, 2, 5)
+    assert full.meta["split"] == "folders train/, val/, test/"
 
 
 def test_error_corrupt_npz(tmp_path: Path) -> None:

@@ -65,12 +65,32 @@ def test_glyphs_val_does_not_depend_on_train_count() -> None:
     a = load_data("glyphs:size=16,train=62,val=62")
     b = load_data("glyphs:size=16,train=124,val=62")
     assert torch.equal(a.x_val, b.x_val)
+    assert torch.equal(a.x_test, b.x_test)
+
+
+def test_glyphs_test_set_is_its_own_stream() -> None:
+    a = load_data("glyphs:size=16,train=62,val=62")
+    assert len(a.x_test) == 62 and torch.bincount(a.y_test, minlength=62).tolist() == [1] * 62  # as many as val
+    big = load_data("glyphs:size=16,train=62,val=62,test=124")
+    assert big.name.endswith(",test=124") and len(big.x_test) == 124
+    # more test images change neither train nor val, and no test image is a train or val image
+    assert torch.equal(a.x_train, big.x_train) and torch.equal(a.x_val, big.x_val)
+    seen = {bytes(v) for v in torch.cat([a.x_train, a.x_val]).numpy()}
+    assert not seen & {bytes(v) for v in big.x_test.numpy()}
+    with pytest.raises(DataError, match="test must be >= 0"):
+        load_data("glyphs:size=16,train=62,val=62,test=-1")
+
+
+def test_glyphs_train_val_cache_key_ignores_the_test_count(_cache: Path) -> None:
+    a = load_data("glyphs:size=16,train=62,val=62")
+    b = load_data("glyphs:size=16,train=62,val=62,test=124")
+    assert a.meta["cache"] == b.meta["cache"] and a.meta["test_cache"] != b.meta["test_cache"]
 
 
 def test_glyphs_cache_hit(_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_data(SMALL)
-    files = list(_cache.glob("glyphs-v*.npz"))
-    assert len(files) == 1 and first.meta["cache"] == str(files[0])
+    files = sorted(str(f) for f in _cache.glob("glyphs-v*.npz"))
+    assert files == sorted([first.meta["cache"], first.meta["test_cache"]])
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("generator called despite a cached copy")
@@ -80,6 +100,7 @@ def test_glyphs_cache_hit(_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None
     second = load_data(SMALL)
     assert second.meta["cache_hit"] is True
     assert torch.equal(first.x_train, second.x_train) and torch.equal(first.y_val, second.y_val)
+    assert torch.equal(first.x_test, second.x_test)
 
 
 def test_glyphs_corrupt_cache_is_regenerated(_cache: Path) -> None:

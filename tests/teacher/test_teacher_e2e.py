@@ -1,8 +1,8 @@
 """Every documented teacher format through the whole pipeline: load, count, search, train, export.
 
 Each test saves a digits-trained teacher in one format and runs ``kd_compile.compile`` with a
-minimal budget. The teacher's accuracy in the report must equal the one measured when it was
-trained: proof that it is fed the input size and normalisation it was trained with.
+minimal budget. The teacher's validation accuracy in the report must equal the one measured when
+it was trained: proof that it is fed the input size and normalisation it was trained with.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_torchscript_scripted(net_teacher, tmp_path):
     torch.jit.save(torch.jit.script(net_teacher.module), str(p))
     r = _compile(p, tmp_path / "out")  # no --input-shape: the data's size
     assert r["teacher"]["format"] == "torchscript" and r["teacher"]["input_shape"] == [1, 16, 16]
-    assert r["teacher"]["accuracy"] == pytest.approx(net_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(net_teacher.accuracy)
 
 
 def test_torchscript_traced(net_teacher, tmp_path):
@@ -49,7 +49,7 @@ def test_torchscript_traced(net_teacher, tmp_path):
     torch.jit.save(torch.jit.trace(net_teacher.module, torch.zeros(1, 1, 16, 16)), str(p))
     r = _compile(p, tmp_path / "out")
     assert r["teacher"]["format"] == "torchscript"
-    assert r["teacher"]["accuracy"] == pytest.approx(net_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(net_teacher.accuracy)
 
 
 def test_torch_export_batch_one(net_teacher, tmp_path):
@@ -58,7 +58,7 @@ def test_torch_export_batch_one(net_teacher, tmp_path):
     torch.export.save(torch.export.export(net_teacher.module, (torch.randn(1, 1, 16, 16),)), str(p))
     r = _compile(p, tmp_path / "out")
     assert r["teacher"]["format"] == "torch.export"
-    assert r["teacher"]["accuracy"] == pytest.approx(net_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(net_teacher.accuracy)
 
 
 def test_safetensors_with_arch(timm_teacher, tmp_path):
@@ -69,7 +69,7 @@ def test_safetensors_with_arch(timm_teacher, tmp_path):
     r = _compile(p, tmp_path / "out", arch="test_resnet")
     # 16 px (the data's), not timm's 160; timm's mean/std (0.5), not the data's
     assert r["teacher"]["input_shape"] == [3, 16, 16]
-    assert r["teacher"]["accuracy"] == pytest.approx(timm_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(timm_teacher.accuracy)
 
 
 def test_training_dict_with_arch(timm_teacher, tmp_path):
@@ -80,7 +80,7 @@ def test_training_dict_with_arch(timm_teacher, tmp_path):
     torch.save({"epoch": 3, "model": sd, "optimizer": opt.state_dict(), "best_acc": 0.9}, p)
     r = _compile(p, tmp_path / "out", arch="test_resnet")
     assert r["teacher"]["format"] == "timm+state_dict"
-    assert r["teacher"]["accuracy"] == pytest.approx(timm_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(timm_teacher.accuracy)
 
 
 def test_whole_module_with_trust(net_teacher, tmp_path):
@@ -88,4 +88,4 @@ def test_whole_module_with_trust(net_teacher, tmp_path):
     torch.save(net_teacher.module, p)
     r = _compile(p, tmp_path / "out", trust_checkpoint=True)
     assert r["teacher"]["format"] == "pickled-module"
-    assert r["teacher"]["accuracy"] == pytest.approx(net_teacher.accuracy)
+    assert r["teacher"]["val_accuracy"] == pytest.approx(net_teacher.accuracy)

@@ -1,0 +1,270 @@
+"""The README's quoted figures equal the benchmark results they come from (``benchmarks/results/*.json``).
+
+Every measured figure the README quotes is written by a benchmark (``make bench`` runs them); this
+test re-renders each figure from its results file, rounded as the README quotes it, and finds it in
+the README section that quotes it. A figure that was not regenerated after its benchmark changed,
+or a results file regenerated without updating the README, fails here. It only reads files.
+
+A section whose results file does not exist yet is listed in ``PENDING`` with the command that
+writes it; once the file exists, the section is checked (and must leave ``PENDING``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: Sections whose benchmark did not yet write a results file, with the command that writes it.
+PENDING: dict[str, str] = {
+    # the bin-centre encoding of integers/ordinals moved every model-based row; about 1.5 h on one core
+    "strategies": "make bench-strategies",
+    # the README's table predates benchmarks/distill.py writing its figures
+    "distill": "make bench-distill",
+}
+
+
+def _readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def _section(start: str, end: str) -> str:
+    """The README text from the first ``start`` to the next ``end`` after it."""
+    text = _readme()
+    i = text.find(start)
+    assert i >= 0, f"README lost its section starting {start!r}"
+    j = text.find(end, i + len(start))
+    return text[i : j if j >= 0 else len(text)]
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """Cells of every Markdown table row in ``section`` (header and separator rows included),
+    without bold markers."""
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("|") and line.rstrip().endswith("|"):
+            rows.append([c.strip().replace("**", "") for c in line.strip()[1:-1].split("|")])
+    return rows
+
+
+def _pm(mean: float, std: float, fmt: str) -> str:
+    return f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+# -- end to end ------------------------------------------------------------------------------------
+def check_e2e() -> None:
+    doc = _load("e2e_glyphs")
+    sec = _section("**End to end**", "**Glyphs difficulty**")
+    s = doc["summary"]
+    n = len(doc["seeds"])
+    expected = [
+        f"--seeds {n}",
+        f"over {n} seeds",
+        _pm(s["wall_s"]["mean"], s["wall_s"]["std"], "{:.1f}") + " s",
+        f"{s['teacher_acc']['mean']:.2%}",
+        _pm(s["student_acc"]["mean"], s["student_acc"]["std"], "{:.2%}"),
+        "gap " + _pm(s["gap_points"]["mean"], s["gap_points"]["std"], "{:.2f}") + " points",
+        _pm(s["student_acc_ce"]["mean"], s["student_acc_ce"]["std"], "{:.2%}"),
+        f"KD gain {s['kd_gain_points']['mean']:+.2f} ± {s['kd_gain_points']['std']:.2f} points",
+        _pm(s["params_ratio"]["mean"], s["params_ratio"]["std"], "{:.3f}"),
+        f"{s['speedup_target']['mean']:.2f}x ± {s['speedup_target']['std']:.2f}",
+        f"{s['speedup_cpu']['mean']:.2f}x ± {s['speedup_cpu']['std']:.2f}",
+        _pm(s["share_outside_training"]["mean"], s["share_outside_training"]["std"], "{:.1%}"),
+        " / ".join(f"{r['student_acc']:.2%}" for r in doc["seeds"]),
+    ]
+    if doc.get("accuracy_split") == "test":  # accuracies on the held-out test split: the README says so
+        expected += [f"{doc['test_images']:,} held-out test images"]
+    else:
+        expected += ["validation images"]
+    missing = [e for e in expected if e not in sec]
+    assert not missing, f"README's end-to-end figures differ from benchmarks/results/e2e_glyphs.json: {missing}"
+
+
+# -- latency predictor -----------------------------------------------------------------------------
+_RUNTIMES = {"TensorRT": "tensorrt", "eager": "torch"}
+_METHODS = ("predictor", "flops", "params", "nearest-gpu")
+
+
+def check_latency() -> None:
+    doc = _load("latency_accuracy")
+    sec = _section("**Latency predictor**", "Where that leaves the issue's bars")
+    rows = [r for r in _table_rows(sec) if r[0] in ("device", "family")]
+    assert rows, "README's latency table has no rows"
+    key = {"device": "leave_one_device_out", "family": "leave_one_family_out"}
+    wrong = []
+    for row in rows:
+        held, what, cells = row[0], row[1], row[2:]
+        m = re.match(r"(\w+), (\S+) \(([\d,]+)", what)
+        assert m, f"cannot read the latency row {row}"
+        runtime, batch, n = _RUNTIMES[m.group(1)], m.group(2), int(m.group(3).replace(",", ""))
+        found = {r["method"]: r for r in doc[key[held]] if r["runtime"] == runtime and str(r["batch"]) == batch}
+        for method, cell in zip(_METHODS, cells):
+            r = found.get(method)
+            assert r is not None, f"no {held}/{runtime}/{batch}/{method} row in latency_accuracy.json"
+            if r["n"] != n:
+                wrong.append(f"{held} {what}: n {n} != {r['n']}")
+            pcts = re.findall(r"([\d.]+)%", cell)
+            quoted = {
+                "median error": (pcts[0] if pcts else None, f"{100 * r['median_ape']:.1f}"),
+                "within 35%": (pcts[1] if len(pcts) > 1 else None, f"{100 * r['within_35']:.0f}"),
+            }
+            rho = re.search(r"rho ([\d.]+)", cell)
+            quoted["rho"] = (rho.group(1) if rho else None, f"{r['spearman_min']:.2f}")
+            wrong += [
+                f"{held} {what} {method} {name}: README {got} != {want}"
+                for name, (got, want) in quoted.items()
+                if got is not None and got != want
+            ]
+    assert not wrong, "README's latency table differs from benchmarks/results/latency_accuracy.json: " + "; ".join(
+        wrong
+    )
+
+
+# -- strategy benchmark ----------------------------------------------------------------------------
+def _r3(x: float) -> str:
+    """``.077``: a regret as the README's table quotes it."""
+    return f"{x:.3f}".replace("0.", ".", 1) if x < 1 else f"{x:.3f}"
+
+
+def check_strategies() -> None:
+    doc = _load("strategies")
+    sec = _section("## Which search strategy to choose", "Commands:")
+    budget = doc["settings"]["budget"]
+    rows = [r for r in _table_rows(sec) if r[0] in doc["strategies"]]
+    listed = {r[0] for r in rows}
+    assert listed == set(doc["strategies"]), "README's strategy table and strategies.json list other strategies"
+    wrong = []
+    for row in rows:
+        res = doc["strategies"][row[0]]
+        reg = res["regret"]
+        q = reg[str(budget)]
+        expected = [
+            "y" if res["mf"] else "n",
+            *(_r3(reg[c]["median"]) for c in map(str, doc["settings"]["checkpoints"][:-1])),
+            f"{_r3(q['median'])} [{_r3(q['q1'])}, {_r3(q['q3'])}]",
+            f"{res['mean']:.4f}".replace("0.", ".", 1),
+            f"{res['best']:.0%}",
+            res["match"],
+            str(res["seeds"]),
+        ]
+        got = [c.rstrip("*") for c in row[1:]]
+        if got != expected:
+            wrong.append(f"{row[0]}: README {got} != results {expected}")
+    assert not wrong, "README's strategy table differs from benchmarks/results/strategies.json: " + "; ".join(wrong)
+
+
+# -- glyphs difficulty -----------------------------------------------------------------------------
+def check_glyphs_difficulty() -> None:
+    doc = _load("glyphs_difficulty")
+    sec = _section("**Glyphs difficulty**", "**Latency predictor**")
+    expected = [f"{m['params'] / 1000:.1f}K params {m['val_acc']:.1%}" for m in doc["models"]]
+    missing = [e for e in expected if e not in sec]
+    assert not missing, f"README's glyphs-difficulty figures differ from glyphs_difficulty.json: {missing}"
+
+
+# -- fidelity --------------------------------------------------------------------------------------
+def check_fidelity() -> None:
+    doc = _load("fidelity")
+    sec = _section("`python benchmarks/fidelity.py`", "KD proxies rank")
+    taus = {(r["loss"], round(r["fraction"], 4), r["epoch"]): r["tau"] for r in doc["rows"]}
+    frac = {"1/9": round(1 / 9, 4), "1/3": round(1 / 3, 4), "all": 1.0}
+    wrong = []
+    for row in _table_rows(sec):
+        m = re.match(r"(1/9|1/3|all) data, ([\d /]+) epochs?", row[0])
+        if not m:
+            continue
+        epochs = [int(e) for e in m.group(2).split("/")]
+        for loss, cell in (("ce", row[1]), ("kd", row[2])):
+            quoted = [q.strip() for q in cell.split(" / ")]
+            if quoted in (["–"], ["-"]):  # not measured at this level
+                continue
+            assert len(quoted) == len(epochs), f"cannot read the fidelity row {row}"
+            for ep, q in zip(epochs, quoted):
+                tau = taus.get((loss, frac[m.group(1)], ep))
+                if tau is None or q != f"{tau:.3f}":
+                    wrong.append(f"{row[0]} {loss} epoch {ep}: README {q.strip()} != {tau}")
+    assert not wrong, "README's fidelity table differs from benchmarks/results/fidelity.json: " + "; ".join(wrong)
+
+
+# -- distillation engine --------------------------------------------------------------------------
+def check_distill() -> None:
+    doc = _load("distill")
+    sec = _section("**Distillation engine**", "One seed per row")
+    flat = sec.replace("**", "")
+    wrong = [
+        f"timing {t['distiller']}"
+        for t in doc["timing"]
+        if f"{t['online_s']:.3f} s / {t['offline_s']:.3f} s = {t['online_s'] / t['offline_s']:.2f}x" not in flat
+    ]
+    rows = _table_rows(sec)
+    head = next(i for i, r in enumerate(rows) if len(r) > 1 and r[1] == "val acc")
+    body = [r for r in rows[head + 2 :] if len(r) == 3]
+    variants = doc["variants"]
+    assert len(body) == len(variants) + 1, "README's distiller table and distill.json have other rows"
+    for row, v in zip(body, variants):
+        if row[1] != f"{v['val_acc']:.2%}" or not row[2].startswith(f"{v['s_per_epoch']:.2f}"):
+            wrong.append(f"{row[0]}: README {row[1:]} != {v['val_acc']:.2%}, {v['s_per_epoch']:.2f}")
+    free = doc["data_free"]
+    if body[-1][1] != f"{free['val_acc']:.2%}" or f"{free['images']:,} images" not in body[-1][0]:
+        wrong.append(f"data-free: README {body[-1]} != {free}")
+    assert not wrong, "README's distillation figures differ from benchmarks/results/distill.json: " + "; ".join(wrong)
+
+
+# -- streaming data --------------------------------------------------------------------------------
+def check_data_stream() -> None:
+    doc = _load("data_stream")
+    sec = _section("**Streaming data**", "**Distillation engine**")
+    flat = " ".join(sec.split())
+    rows = {(r["kind"], r["size"]): r for r in doc["rows"]}
+    summ = doc["summary"]
+    expected = [
+        f"{doc['n']:,} and {10 * doc['n']:,}",
+        f"{rows['stream', '1N']['images_per_s']:,.0f} and {rows['stream', '10N']['images_per_s']:,.0f} images/s",
+        f"{summ['stream_vs_torchvision_speed']['1N']:.2f}x / {summ['stream_vs_torchvision_speed']['10N']:.2f}x",
+        f"({rows['torchvision', '1N']['images_per_s']:,.0f} and {rows['torchvision', '10N']['images_per_s']:,.0f}",
+        f"streamed {rows['stream', '1N']['peak_rss_mb']:,.0f} MB",
+        f"{rows['stream', '10N']['peak_rss_mb']:,.0f} MB at",
+        f"x{summ['stream_peak_rss_growth_10x']:.2f} for ten times",
+        f"in memory {rows['memory', '1N']['peak_rss_mb']:,.0f} MB and",
+        f"{rows['memory', '10N']['peak_rss_mb']:,.0f} MB (x{summ['memory_peak_rss_growth_10x']:.2f})",
+    ]
+    missing = [e for e in expected if e not in flat]
+    assert not missing, f"README's streaming figures differ from data_stream.json: {missing}"
+
+
+CHECKS: dict[str, Callable[[], None]] = {
+    "e2e_glyphs": check_e2e,
+    "latency_accuracy": check_latency,
+    "strategies": check_strategies,
+    "glyphs_difficulty": check_glyphs_difficulty,
+    "fidelity": check_fidelity,
+    "distill": check_distill,
+    "data_stream": check_data_stream,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_readme_figures_equal_the_results_files(name: str) -> None:
+    if not (RESULTS / f"{name}.json").is_file():
+        assert name in PENDING, f"benchmarks/results/{name}.json is missing: run `make bench`"
+        pytest.skip(f"{name}: no results file yet ({PENDING[name]})")
+    assert name not in PENDING, f"benchmarks/results/{name}.json exists: remove {name!r} from PENDING"
+    CHECKS[name]()
+
+
+def test_every_results_file_is_checked() -> None:
+    """A results file no check reads would let its README figures go stale unnoticed."""
+    files = {p.stem for p in RESULTS.glob("*.json")} - {"strategies_charge_repeats"}
+    assert files <= set(CHECKS), f"results files without a README check: {sorted(files - set(CHECKS))}"
