@@ -5,7 +5,8 @@ minutes. So the loop has no DataLoader (the data are in-memory tensors, normalis
 batches are index slices), teacher logits come from the offline ``TeacherCache`` (indexed by
 sample index), evaluation runs under ``torch.inference_mode`` in large batches, and the whole
 run is reproducible: the same seed gives the same subset, the same batch order and, on CPU
-with the same thread count, bit-identical weights.
+with the same thread count, bit-identical weights. Data too large for memory (``StreamedData``)
+take the streamed loop at the end, ``_train_streamed``, fed by a ``DataLoader``.
 
 What a training is told and reports is in ``train_config.py``; the orthogonality penalty in
 ``regularizers.py``; feature terms in ``distiller.py``.
@@ -17,13 +18,15 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..data.stream import StreamedData, is_streamed, view_seed
 from ..errors import CandidateError
 from .cache import TeacherCache
 from .capture import FeatureCapture
@@ -32,6 +35,7 @@ from .inference import evaluate
 from .losses import KDLoss
 from .regularizers import orthogonal_modules, orthogonality_penalty
 from .sparse import DynamicSparsity
+from .topk_cache import OnlineTeacher, TopKCache, streamed_accuracy
 from .train_config import ExtraLoss, TrainConfig, TrainResult
 
 # TrainConfig, TrainResult and ExtraLoss are re-exported: ``from .trainer import TrainConfig``
@@ -114,9 +118,9 @@ def _lr_lambda(total: int, warmup_frac: float) -> Callable[[int], float]:
 
 def train_student(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | StreamedData,
     cfg: TrainConfig,
-    cache: TeacherCache | None = None,
+    cache: TeacherCache | TopKCache | OnlineTeacher | None = None,
     progress: Callable[[float], None] | None = None,
     *,
     teacher: nn.Module | None = None,
@@ -133,9 +137,11 @@ def train_student(
     Args:
         model: the student (any device; moved to ``cfg.device``).
         data: the bundle; training uses a stratified ``cfg.data_fraction`` of ``x_train``,
-            validation the whole ``x_val``.
+            validation the whole ``x_val``. A ``StreamedData`` trains through its
+            ``DataLoader`` instead (``_train_streamed``).
         cfg: the training configuration.
-        cache: offline teacher outputs (``TeacherCache.build(teacher, data)``).
+        cache: offline teacher outputs (``TeacherCache.build(teacher, data)``); for streamed
+            data a ``TopKCache`` (replayed views) or an ``OnlineTeacher`` (``stream_knowledge``).
         progress: called with the fraction of steps done, in [0, 1] (about 100 calls a run).
         teacher: online teacher, used when ``cache`` is None or lacks the teacher features
             that ``cfg.distiller`` needs.
@@ -153,7 +159,8 @@ def train_student(
     device = torch.device(cfg.device)
     if cfg.use_kd and cache is None and teacher is None:
         raise ValueError("use_kd=True needs a TeacherCache (or an online teacher=)")
-    if cfg.use_kd and cache is not None:
+    streamed = is_streamed(data)
+    if cfg.use_kd and cache is not None and not streamed:
         cache.check_aligned(data)
 
     fork_devices = [device] if device.type == "cuda" else []
@@ -163,6 +170,8 @@ def train_student(
             # seeding here makes dropout & co. reproducible without leaking into the caller's RNG
             torch.manual_seed(cfg.seed)
             extra = extra_loss if cfg.use_kd else None
+            if streamed:
+                return _train_streamed(model, data, cfg, cache, progress, teacher, device, t0, extra)
             return _train(model, data, cfg, cache, progress, teacher, device, t0, extra)
     finally:
         if teacher is not None:
@@ -430,6 +439,199 @@ def _loop(
         model.load_state_dict(best_state)
     model.eval()
     val_acc = evaluate(model, x_val, y_val, device=device)
+    if progress is not None and last_report != 100:
+        progress(1.0)
+    return TrainResult(
+        val_acc=val_acc,
+        train_acc=train_acc,
+        epochs_run=step / steps_per_epoch,
+        steps=step,
+        seconds=time.perf_counter() - t0,
+        history=history,
+        stopped=stopped,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# streamed data (data.stream): batches from a DataLoader, KD from a top-k cache or online
+# --------------------------------------------------------------------------------------------
+
+
+class _Schedule:
+    """The training's batches, as (index, view seed) lists, generated lazily epoch by epoch.
+
+    Epoch e is a seeded permutation of the subset cut into full batches; each item's view seed
+    comes from the top-k cache (so the student replays the cached crops) or from ``view_seed``.
+    Memory is one permutation of the subset, whatever the number of epochs.
+    """
+
+    def __init__(
+        self, subset: np.ndarray, bs: int, total: int, seed: int, data_seed: int, cache: TopKCache | None
+    ) -> None:
+        self.subset, self.bs, self.total, self.seed = subset, bs, total, seed
+        self.data_seed, self.cache = data_seed, cache
+        self.per_epoch = max(1, len(subset) // bs)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step, epoch = 0, 0
+        while step < self.total:
+            rng = np.random.default_rng([self.seed, epoch, 104729])
+            order = self.subset[rng.permutation(len(self.subset))][: self.per_epoch * self.bs]
+            if self.cache is not None:
+                seeds = self.cache.view_seeds(order, epoch).tolist()
+            else:
+                seeds = [view_seed(self.data_seed, int(i), epoch) for i in order]
+            ids = order.tolist()
+            for b in range(self.per_epoch):
+                if step >= self.total:
+                    return
+                lo, hi = b * self.bs, (b + 1) * self.bs
+                yield list(zip(ids[lo:hi], seeds[lo:hi], strict=True))
+                step += 1
+            epoch += 1
+
+
+def _train_streamed(
+    model: nn.Module,
+    data: StreamedData,
+    cfg: TrainConfig,
+    knowledge: TopKCache | OnlineTeacher | TeacherCache | None,
+    progress: Callable[[float], None] | None,
+    teacher: nn.Module | None,
+    device: torch.device,
+    t0: float,
+    extra: ExtraLoss | None = None,
+) -> TrainResult:
+    """The training loop over a streamed ImageFolder.
+
+    Batches come from ``data.loader`` (worker processes decode and augment the next batches
+    while this process computes; pinned memory and non-blocking copies on CUDA), are normalised
+    on the device and fed channels-last under autocast (bf16 on a CUDA device that supports it,
+    ``TrainConfig.amp``). KD targets are the cached top-k soft labels of exactly the view being
+    trained on (``TopKCache.soft_logits``), or the online teacher's logits on the same batch.
+    Validation is streamed too. Feature distillation and extra losses need in-memory data.
+    """
+    if cfg.use_kd and ((cfg.distiller is not None and cfg.distiller.pairs) or extra is not None):
+        raise ValueError("feature distillation needs in-memory data; streamed data support logit KD only")
+    cache = knowledge if isinstance(knowledge, TopKCache) else None
+    online: nn.Module | None = None
+    if cfg.use_kd and cache is None:
+        if isinstance(knowledge, OnlineTeacher):
+            online = knowledge.module
+        elif teacher is not None:
+            online = teacher
+        else:
+            raise ValueError("streamed KD needs a TopKCache or an online teacher (stream_knowledge)")
+        online = online.to(device).eval()
+        if cfg.channels_last:
+            online.to(memory_format=torch.channels_last)
+    subset = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed).numpy()
+    n = len(subset)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.to(device).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    cuda = device.type == "cuda"
+    schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache if cfg.use_kd else None)
+    loader = data.loader("train", batch_size=bs, batches=schedule, train=True, pin_memory=cuda)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac))
+    kind = cfg.distiller.logit if cfg.distiller is not None else cfg.logit_loss
+    crit = KDLoss(cfg.alpha, cfg.tau, kind=kind, label_smoothing=cfg.label_smoothing)
+    half = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
+    forward = torch.compile(model) if cfg.compile else model
+    orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
+    sparse = (
+        DynamicSparsity(model, cfg.sparsity, total, seed=cfg.seed, update_every=cfg.sparse_update_every)
+        if cfg.sparsity > 0
+        else None
+    )
+    evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
+    history: list[dict[str, Any]] = []
+    best_acc, best_state, bad_epochs = -1.0, None, 0
+    stopped, step, train_acc, last_report = "done", 0, 0.0, -1
+    loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
+    for xb, yb, ib, _ in loader:
+        epoch = step // steps_per_epoch
+        x = data.normalize_batch(xb.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+        yd = yb.to(device, non_blocking=True)
+        tb: torch.Tensor | None = None
+        if cfg.use_kd and cache is not None:
+            tb = cache.soft_logits(ib, epoch).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
+            if online is not None:
+                with torch.no_grad():
+                    tb = online(x).float()
+            out = forward(x)
+            loss = crit(out.float(), yd, tb)
+            if orth_mods:
+                loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
+        loss_val = float(loss.detach())
+        if not math.isfinite(loss_val):
+            raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if sparse is not None:
+            sparse.after_step(step + 1, opt)
+        sched.step()
+        step += 1
+        ep_steps += 1
+        loss_sum += loss_val
+        correct += int((out.detach().argmax(dim=1) == yd).sum())
+        seen += int(yd.shape[0])
+        if progress is not None and (100 * step) // total != last_report:
+            last_report = (100 * step) // total
+            progress(step / total)
+        out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
+        if step % steps_per_epoch == 0 or step == total or out_of_time:
+            rec: dict[str, Any] = {
+                "epoch": step / steps_per_epoch,
+                "step": step,
+                "loss": loss_sum / ep_steps,
+                "train_acc": correct / max(1, seen),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                "images_per_s": step * bs / max(1e-9, time.perf_counter() - t0),
+            }
+            if sparse is not None:
+                rec["density"] = sparse.density()
+            if evaluate_epochs:
+                acc = streamed_accuracy(model, data, "val", device=device)
+                rec["val_acc"] = acc
+                if acc > best_acc:
+                    best_acc, bad_epochs = acc, 0
+                    if cfg.early_stop_patience is not None:
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_epochs += 1
+                model.train()
+            history.append(rec)
+            train_acc = rec["train_acc"]
+            loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
+            if out_of_time and step < total:
+                stopped = "time"
+                break
+            if cfg.early_stop_patience is not None and bad_epochs >= cfg.early_stop_patience:
+                stopped = "early_stop" if step < total else stopped
+                break
+    del loader  # stops the workers
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    val_acc = streamed_accuracy(model, data, "val", device=device)
     if progress is not None and last_report != 100:
         progress(1.0)
     return TrainResult(
