@@ -107,6 +107,7 @@ def compile(  # noqa: A001
     Raises:
         KdCompileError: (subclasses) for every user-caused problem, each with an exit code.
     """
+    from .executors import check_executor
     from .inputs import check_feasible, check_out, claim_out, load_inputs
     from .students import space_for_teacher
 
@@ -118,6 +119,7 @@ def compile(  # noqa: A001
     plan = plan_latency(target, cfg.latency)
     _check_names(cfg)
     check_out(cfg)
+    check_executor(cfg.executor, cfg.ray_address)  # Ray installed, its cluster answering
     inputs = load_inputs(cfg, rep)
     tch = inputs.teacher
     family = space_for_teacher(cfg.space, tch)  # teacher-family reads the teacher's timm arch
@@ -133,7 +135,8 @@ def _run(
     """compile's work once its inputs are validated and ``--out`` is locked: cache the teacher's
     outputs, search, train the chosen student, export, report."""
     from . import ship
-    from .final import search_distiller_for, train_final
+    from .executors import candidate_executor
+    from .final import held_out_accuracy, search_distiller_for, train_final
     from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
     from .search import Journal, run_search
@@ -171,10 +174,12 @@ def _run(
         return evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
 
     try:
-        sr = run_search(
-            space, strategy, evaluate, cfg.budget.candidates, journal, past,
-            time_limit_s=cfg.budget.time_limit_s, on_trial=rep.trial,
-        )  # fmt: skip
+        with candidate_executor(cfg.executor, **_executor_options(cfg)) as executor:
+            sr = run_search(
+                space, strategy, evaluate, cfg.budget.candidates, journal, past,
+                time_limit_s=cfg.budget.time_limit_s, on_trial=rep.trial,
+                **executor.search_options(evaluate_candidate, _for_workers(cfg, run)),
+            )  # fmt: skip
     finally:
         rep.search_done()
     timings["training"] = sum(t.metrics.get("train_seconds", 0.0) for t in sr.trials[sr.resumed :])
@@ -197,9 +202,13 @@ def _run(
         journal.close()
         raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
     timings["final_training"] = final.seconds
+    # the held-out test split is read here, once, after every choice was made on val
+    test = {"teacher": held_out_accuracy(tch.module, data), "kd": final.test_acc, "ce": final.test_acc_ce}
     journal.note(
-        "final", config=best.config, val_acc=final.kd.val_acc, val_acc_ce=None if final.ce is None else final.ce.val_acc
-    )
+        "final", config=best.config, val_acc=final.kd.val_acc,
+        val_acc_ce=None if final.ce is None else final.ce.val_acc,
+        test_acc=test["kd"], test_acc_ce=test["ce"], teacher_test_acc=test["teacher"],
+    )  # fmt: skip
     journal.close()
 
     t0 = time.perf_counter()
@@ -208,7 +217,8 @@ def _run(
     staging = staging_dir(inputs.out)  # published into --out only when complete and checked
     try:
         written, s_counts, s_lat, extra = ship.export(
-            cfg, final.student, family, best.config, s_acc, inputs, run, rep, staging
+            cfg, final.student, family, best.config, s_acc if test["kd"] is None else test["kd"], inputs, run, rep,
+            staging,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a half-written export never ships
@@ -221,6 +231,7 @@ def _run(
         cfg=cfg, target=target, teacher=tch, acc_teacher=acc_teacher, acc_target=ref.acc_target,
         t_counts=t_counts, t_lat=t_lat, student_config=best.config, student_arch=family.describe(best.config),
         s_counts=s_counts, s_lat=s_lat, s_acc=s_acc, s_acc_ce=None if final.ce is None else float(final.ce.val_acc),
+        test_acc_teacher=test["teacher"], test_acc=test["kd"], test_acc_ce=test["ce"],
         s_term=s_term, trade=trade_score(s_acc, ref.acc_target, s_term), search=sr, best=best, pareto=pareto,
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
@@ -360,6 +371,24 @@ def _workers(cfg: CompileConfig) -> int:
     return parallel_workers() if cfg.workers == 0 else cfg.workers
 
 
+def _executor_options(cfg: CompileConfig) -> dict[str, Any]:
+    """``candidate_executor``'s options; a candidate on a cuda device reserves one GPU by default."""
+    gpus = cfg.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if cfg.device.startswith("cuda") else 0.0
+    return dict(
+        address=cfg.ray_address, cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=gpus, workers=cfg.parallel_trials
+    )
+
+
+def _for_workers(cfg: CompileConfig, run: RunContext) -> RunContext:
+    """The context candidates get in Ray tasks: the GPU Ray gives a task is its ``cuda:0``."""
+    import dataclasses
+
+    reserves_gpu = bool(_executor_options(cfg)["gpus_per_trial"])
+    return dataclasses.replace(run, device="cuda") if reserves_gpu and run.device.startswith("cuda:") else run
+
+
 # ----------------------------------------------------------------------------------------------
 # profile, calibrate, listings
 
@@ -375,9 +404,18 @@ def profile(
     method: str | None = None,
     layers: bool = False,
     trust_checkpoint: bool = False,
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int, int, int] | str | None = None,
+    arch: str | None = None,
+    input_size: tuple[int, int] | int | str | None = None,
+    mean: tuple[float, ...] | str | None = None,
+    std: tuple[float, ...] | str | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | str | None = None,
 ) -> dict[str, Any]:
     """Profile a model on a target: params, FLOPs and latency (measured or predicted).
+
+    The teacher options are ``compile``'s (same names, same parsing), so a checkpoint is loaded
+    here exactly as a compile run would load it.
 
     Args:
         model: a checkpoint path kd-compile can load, ``timm:<name>`` or an ``nn.Module``.
@@ -388,23 +426,32 @@ def profile(
         image_size: override the input resolution (square).
         method: predict | measure (default: measure when the target is this machine).
         layers: include the per-layer breakdown.
+        trust_checkpoint, input_shape, arch, input_size, mean, std, interpolation, crop_pct: as
+            ``compile``'s options of those names (``--arch`` for a state_dict, ...).
     """
+    from .config import compile_options
     from .profilers import create_profiler
     from .teacher import load_teacher
 
     tgt = resolve_target(target)
     if batch < 1:
         raise UsageError("--batch must be at least 1")
+    opts = compile_options()
+    given = dict(input_shape=input_shape, arch=arch, input_size=input_size, mean=mean, std=std,
+                 interpolation=interpolation, crop_pct=crop_pct)  # fmt: skip
+    kw = {name: opts[name].convert(v) for name, v in given.items() if v is not None}
+    preprocessing = None
     if isinstance(model, nn.Module):
         module = model.eval()
-        shape = input_shape or (3, image_size or 224, image_size or 224)
+        size = kw.get("input_size") or (image_size or 224, image_size or 224)
+        shape = kw.get("input_shape") or (3, *size)
     else:
-        shape_opt = input_shape
-        if image_size is not None and shape_opt is None and str(model).startswith("timm:"):
-            shape_opt = (3, image_size, image_size)
-        tch = load_teacher(str(model), trust_checkpoint=trust_checkpoint, input_shape=shape_opt)
+        if image_size is not None and "input_shape" not in kw and str(model).startswith("timm:"):
+            kw["input_shape"] = (3, image_size, image_size)
+        tch = load_teacher(str(model), trust_checkpoint=trust_checkpoint, **kw)
         module = tch.module
         shape = tch.input_shape
+        preprocessing = tch.meta.get("preprocessing")
         if image_size is not None:
             shape = (shape[0], image_size, image_size)
     spec = InputSpec(tuple(shape), batch=batch)
@@ -444,6 +491,7 @@ def profile(
         params=counts.params,
         flops=counts.flops,
         flops_per_batch=counts.flops * batch if counts.flops else None,
+        preprocessing=preprocessing,
     )
     return d
 

@@ -4,6 +4,13 @@
 journal before the strategy hears of it. On resume the journal's trials are replayed through
 ``strategy.ask``/``tell`` in the same order, so a deterministic strategy ends in the same state
 as if the run had never stopped, and the search continues from there.
+
+A round asks the strategy for a batch of suggestions. Each new candidate gets its trial number
+when it is submitted, so numbers do not depend on which evaluation finishes first; with an
+``evaluate_batch`` (an executor running candidates side by side, e.g. Ray tasks) results arrive
+in any order and the driver (this loop, alone) appends each to the journal as it arrives. The
+round's ``told`` record, written once all its results are in, lists the numbers in suggestion
+order: replay re-asks exactly that round.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .base import Strategy
 from .journal import Journal
@@ -20,6 +28,19 @@ from .space import Config, ParamSpace
 from .trial import Suggestion, Trial, TrialStatus, best_trial
 
 Evaluate = Callable[[Config, float, int], Trial]
+
+
+class Job(NamedTuple):
+    """One candidate to evaluate: ``evaluate(config, fidelity, number)``'s arguments."""
+
+    config: Config
+    fidelity: float
+    number: int
+
+
+# evaluate_batch(jobs) -> the jobs' trials, yielded as each finishes (any order; each trial
+# carries its job's number). It must not raise for a failing candidate.
+EvaluateBatch = Callable[[Sequence[Job]], Iterable[Trial]]
 
 
 @dataclass
@@ -53,6 +74,7 @@ def run_search(
     time_limit_s: float | None = None,
     on_trial: Callable[[Trial], None] | None = None,
     max_infeasible: int | None = None,
+    evaluate_batch: EvaluateBatch | None = None,
 ) -> SearchResult:
     """Spend a training budget of ``n_trials`` full-fidelity evaluations (counting replayed
     ones) and return every trial.
@@ -69,9 +91,11 @@ def run_search(
             ``max_infeasible`` of them.
         journal: an opened journal; each new trial is appended before ``tell``.
         past: trials read from the journal on resume.
-        batch_size: suggestions asked per round.
+        batch_size: suggestions asked per round (with an executor: its free workers).
         time_limit_s: stop asking for new candidates after this many seconds.
         on_trial: callback after each trial (progress display).
+        evaluate_batch: evaluates a round's new candidates side by side, yielding each trial as
+            it finishes; without it they are evaluated one after the other with ``evaluate``.
     """
     t0 = time.perf_counter()
     result = SearchResult(trials=[])
@@ -80,14 +104,15 @@ def run_search(
     result.resumed = len(past)
 
     # replay: complete ask/tell rounds are re-asked and told the recorded answers in order, so
-    # a deterministic strategy reaches the state it had; trials of an unfinished round go into
-    # the cache, and the live loop below re-asks them and finds them there (no retraining).
+    # a deterministic strategy reaches the state it had. Trials of the unfinished round (the
+    # driver stopped before all of its results were in) are kept aside: the live loop re-asks
+    # that round and takes them instead of training them again.
     by_number = {t.number: t for t in past}
     result.trials.extend(sorted(past, key=lambda t: t.number))
-    for t in past:
-        cache[(space.key(t.config), t.fidelity)] = t
+    for t in result.trials:
         if on_trial:
             on_trial(t)
+    told_numbers: set[int] = set()
     for numbers in journal.rounds:
         if not all(n in by_number for n in numbers):
             break
@@ -97,6 +122,13 @@ def run_search(
             if space.key(s.config) != space.key(t.config) or s.fidelity != t.fidelity:
                 result.replay_mismatches += 1
         strategy.tell(chunk)
+        for t in chunk:
+            cache[(space.key(t.config), t.fidelity)] = t
+        told_numbers.update(numbers)
+    pending: dict[tuple[str, float], Trial] = {}
+    for t in sorted(past, key=lambda t: t.number):
+        if t.number not in told_numbers:
+            pending.setdefault((space.key(t.config), t.fidelity), t)
     if result.replay_mismatches:
         warnings.warn(
             f"resume: {result.replay_mismatches} replayed proposals differ from the journal "
@@ -106,10 +138,20 @@ def run_search(
 
     # ``n_trials`` counts training cost (a trial at fidelity f costs f): infeasible candidates
     # cost no training and do not use the budget, but they are capped so a space that is mostly
-    # infeasible still terminates.
-    number = len(result.trials)
-    spent = sum(t.fidelity for t in result.trials if t.status != TrialStatus.INFEASIBLE)
-    infeasible = sum(1 for t in result.trials if t.status == TrialStatus.INFEASIBLE)
+    # infeasible still terminates. Only told trials count: the unfinished round is re-asked.
+    told_trials = [by_number[n] for n in sorted(told_numbers)]
+    spent = sum(t.fidelity for t in told_trials if t.status != TrialStatus.INFEASIBLE)
+    infeasible = sum(1 for t in told_trials if t.status == TrialStatus.INFEASIBLE)
+    taken = set(by_number)  # numbers already in the journal are never given out again
+    next_number = 0
+
+    def new_number() -> int:
+        nonlocal next_number
+        while next_number in taken:
+            next_number += 1
+        taken.add(next_number)
+        return next_number
+
     max_infeasible = max_infeasible if max_infeasible is not None else 20 * n_trials + 50
     asks = 0
     max_asks = 4 * (n_trials + max_infeasible) + 10
@@ -120,28 +162,49 @@ def run_search(
         k = max(1, min(batch_size, math.ceil(n_trials - spent - 1e-9)))
         suggestions: list[Suggestion] = strategy.ask(k)
         asks += 1
-        told: list[Trial] = []
-        for s in suggestions:
-            key = (space.key(s.config), s.fidelity)
-            if key in cache:
-                # already evaluated: tell the known answer again without training it again
-                prev = cache[key]
-                result.duplicates += 1
-                told.append(prev)
+        keys = [(space.key(s.config), s.fidelity) for s in suggestions]
+        jobs: list[Job] = []
+        round_keys: set[tuple[str, float]] = set()
+        arrived: list[Trial] = []
+        for s, key in zip(suggestions, keys):
+            if key in cache or key in round_keys:
+                result.duplicates += 1  # already evaluated: told the known answer, not retrained
                 continue
-            trial = evaluate(s.config, s.fidelity, number)
+            round_keys.add(key)
+            if key in pending:  # evaluated before the driver stopped; journaled, not yet told
+                arrived.append(pending.pop(key))
+                continue
+            jobs.append(Job(s.config, s.fidelity, new_number()))
+        key_of = {j.number: (space.key(j.config), j.fidelity) for j in jobs}
+        fresh: list[Trial] = []
+        for trial in _evaluate_jobs(jobs, evaluate, evaluate_batch):
             journal.append(trial)
-            cache[key] = trial
-            result.trials.append(trial)
-            told.append(trial)
-            number += 1
+            if on_trial:
+                on_trial(trial)
+            fresh.append(trial)
+        if {t.number for t in fresh} != set(key_of):
+            raise RuntimeError("the executor returned other trials than the ones submitted")
+        for trial in fresh:
+            cache[key_of[trial.number]] = trial
+        for trial in arrived:
+            cache[(space.key(trial.config), trial.fidelity)] = trial
+        result.trials.extend(sorted(fresh, key=lambda t: t.number))
+        for trial in [*arrived, *fresh]:
             if trial.status == TrialStatus.INFEASIBLE:
                 infeasible += 1
             else:
                 spent += trial.fidelity
-            if on_trial:
-                on_trial(trial)
+        told = [cache[key] for key in keys]
         journal.told([t.number for t in told])
         strategy.tell(told)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _evaluate_jobs(jobs: list[Job], evaluate: Evaluate, evaluate_batch: EvaluateBatch | None) -> Iterable[Trial]:
+    """The round's trials as they finish: side by side through ``evaluate_batch``, else in turn."""
+    if not jobs:
+        return []
+    if evaluate_batch is None:
+        return (evaluate(j.config, j.fidelity, j.number) for j in jobs)
+    return evaluate_batch(jobs)
