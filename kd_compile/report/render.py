@@ -1,9 +1,8 @@
-"""Render the report as Markdown (and a PNG plot of the search) next to ``report.json``."""
+"""Render the report as Markdown, with the phrases (speed in words, error bands, confidence
+intervals) and the deployment commands the HTML rendering (``html.py``) shares."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from ..config import format_count
@@ -15,6 +14,49 @@ def _pct(x: float | None) -> str:
 
 def _floats(v: Any) -> str:
     return "-" if not v else "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)"
+
+
+def accuracy_phrase(acc: float | None, ci: list[float] | None) -> str:
+    """``91.20% (95% CI 88.1-93.6%)``: an accuracy with its Wilson interval over the validation set."""
+    return _pct(acc) + _ci(ci)
+
+
+def _split_name(r: dict[str, Any]) -> str:
+    """``test`` when the headline accuracies are on the held-out test split, else ``validation``."""
+    return "test" if r["run"]["data"].get("accuracy_split") == "test" else "validation"
+
+
+def _accuracy_sentence(r: dict[str, Any]) -> str:
+    """Which images the accuracies are measured on, and how many."""
+    d = r["run"]["data"]
+    if d.get("accuracy_split") == "test":
+        return (
+            f"Accuracies on {d['test']:,} held-out test images of `{d['name']}` that no choice saw (the search, "
+            f"early stopping and the distiller chose on {d['val']:,} validation images, quoted beside them; trained "
+            f"on {d['train']:,}); 95% confidence intervals are Wilson intervals over the test images."
+        )
+    return (
+        f"Accuracies on {d['val']:,} validation images of `{d['name']}` (trained on {d['train']:,}; the data has "
+        "no test split, so these are the images the choices were made on); 95% confidence intervals are Wilson "
+        "intervals over those images."
+    )
+
+
+def _val_rows(r: dict[str, Any]) -> list[str]:
+    """The validation accuracies beside the test ones (the split every choice was made on)."""
+    t, s = r["teacher"], r["student"]
+    if r["run"]["data"].get("accuracy_split") != "test":
+        return []
+    rows = [
+        f"| validation accuracy (used for choices) | {_pct(t.get('val_accuracy'))} | {_pct(s.get('val_accuracy'))} | |"
+    ]
+    if s.get("val_accuracy_without_kd") is not None:
+        rows.append(f"| validation accuracy without KD | | {_pct(s['val_accuracy_without_kd'])} | |")
+    return rows
 
 
 def _gain(x: float | None) -> str:
@@ -64,6 +106,117 @@ def speed_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _preprocessing(r: dict[str, Any]) -> dict[str, Any]:
+    """The student's input pipeline (the teacher's preprocessing: the student was trained on it)."""
+    t = r["teacher"]
+    pre = dict(t.get("preprocessing") or {})
+    shape = pre.get("input_shape") or t.get("input_shape") or r["run"]["data"]["input_shape"]
+    c, h, w = (int(v) for v in shape[-3:])
+    mean = pre.get("mean") or [0.0] * c
+    std = pre.get("std") or [1.0] * c
+    return {
+        "channels": c, "height": h, "width": w, "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        "interpolation": pre.get("interpolation") or "bilinear", "crop_pct": float(pre.get("crop_pct") or 1.0),
+    }  # fmt: skip
+
+
+def deploy_snippets(r: dict[str, Any]) -> dict[str, str]:
+    """Commands that run the student: ``onnxruntime`` (Python, with the preprocessing spelled out),
+    ``tensorrt`` (trtexec, at the target's precision) and ``torch`` (the TorchScript, ``.pt2`` and
+    ``student.pt`` forms). The values come from the report, and the same values are in the ONNX
+    file's metadata."""
+    p = _preprocessing(r)
+    c, h, w = p["channels"], p["height"], p["width"]
+    mode = "L" if c == 1 else "RGB"
+    interp = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}.get(p["interpolation"], "BILINEAR")
+    if p["crop_pct"] < 1.0:
+        resize = (
+            f"side = int({h} / {p['crop_pct']:g})  # resize the shorter side, then centre-crop {h}x{w} (crop_pct)\n"
+            f"scale = side / min(img.size)\n"
+            f"img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.{interp})\n"
+            f"left, top = (img.width - {w}) // 2, (img.height - {h}) // 2\n"
+            f"img = img.crop((left, top, left + {w}, top + {h}))\n"
+        )
+    else:
+        resize = f"img = img.resize(({w}, {h}), Image.Resampling.{interp})  # straight to the input size\n"
+    chw = "x[None]" if c == 1 else "x.transpose(2, 0, 1)"
+    ort_code = (
+        "import json\n\nimport numpy as np\nimport onnxruntime as ort\nfrom PIL import Image\n\n"
+        'sess = ort.InferenceSession("student.onnx", providers=["CPUExecutionProvider"])\n'
+        "meta = sess.get_modelmeta().custom_metadata_map  # the same preprocessing, read from the file\n"
+        'classes = json.loads(meta["class_names"])\n'
+        f"mean = np.array({p['mean']!r}, dtype=np.float32)\n"
+        f"std = np.array({p['std']!r}, dtype=np.float32)\n\n"
+        f'img = Image.open("image.png").convert("{mode}")\n'
+        + resize
+        + "x = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std  # per channel, on x/255\n"
+        + f"x = np.ascontiguousarray({chw}[None], dtype=np.float32)  # (1, {c}, {h}, {w}), NCHW\n"
+        + "logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]\n"
+        + "print(classes[int(logits.argmax())] if classes else int(logits.argmax()))\n"
+    )
+    prec = {"fp16": " --fp16", "int8": " --int8 --fp16", "bf16": " --bf16"}.get(r["target"].get("precision"), "")
+    trt = (
+        f"trtexec --onnx=student.onnx --saveEngine=student.engine{prec} \\\n"
+        f"    --minShapes=input:1x{c}x{h}x{w} --optShapes=input:1x{c}x{h}x{w} --maxShapes=input:64x{c}x{h}x{w}\n"
+        f"trtexec --loadEngine=student.engine --shapes=input:1x{c}x{h}x{w}  # its latency on this GPU"
+    )
+    torch_code = (
+        "import torch\n\nimport kd_compile\n\n"
+        f"x = torch.randn(1, {c}, {h}, {w})  # preprocessed as above\n"
+        'scripted = torch.jit.load("student.torchscript.pt")  # TorchScript, no kd-compile needed\n'
+        'exported = torch.export.load("student.pt2").module()  # torch.export ExportedProgram\n'
+        'student = kd_compile.load_student("student.pt").module  # trainable weights + config\n'
+        "print(scripted(x).argmax(1), exported(x).argmax(1), student(x).argmax(1))\n"
+    )
+    return {"onnxruntime": ort_code, "tensorrt": trt, "torch": torch_code}
+
+
+def deploy_lines(r: dict[str, Any]) -> list[str]:
+    """The report's Deploy section in Markdown."""
+    p = _preprocessing(r)
+    sn = deploy_snippets(r)
+    return [
+        "## Deploy",
+        "",
+        f"Input: {p['channels']}x{p['height']}x{p['width']} (C x H x W) float32, NCHW; pixels scaled to [0, 1] "
+        f"then normalised with mean {_floats(p['mean'])} and std {_floats(p['std'])}; {p['interpolation']} "
+        f"resize, crop_pct {p['crop_pct']:g}. Output: one logit per class. `student.onnx` carries these values "
+        "and the class names in its metadata.",
+        "",
+        "ONNX Runtime (Python):",
+        "",
+        "```python",
+        sn["onnxruntime"].rstrip(),
+        "```",
+        "",
+        "TensorRT (build an engine from the ONNX file on the deployment GPU, then time it):",
+        "",
+        "```sh",
+        sn["tensorrt"],
+        "```",
+        "",
+        "PyTorch:",
+        "",
+        "```python",
+        sn["torch"].rstrip(),
+        "```",
+        "",
+    ]
+
+
+def calibration_line(r: dict[str, Any]) -> str:
+    """Whether the target's latency figures are measured or predicted, and how far to trust them."""
+    sp, tg = r.get("speedup") or {}, r["target"]
+    if sp.get("method") == "measured":
+        return f"Latency calibration: not needed, latencies on {tg['name']} were measured on the device."
+    band = sp.get("error_band")
+    status = "calibrated" if band and isinstance(band.get("median_ape"), (int, float)) else "uncalibrated"
+    return (
+        f"Latency calibration for {tg['name']} ({tg['runtime']}, {tg['precision']}): {status}; predictor error "
+        f"{band_phrase(band)}."
+    )
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     t, s, tg = r["teacher"], r["student"], r["target"]
     lines = [
@@ -75,18 +228,23 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Strategy `{r['search']['strategy']}` over the `{r['search']['space']}` space; "
         f"{r['search']['evaluated']} candidates evaluated "
         f"({', '.join(f'{n} {k}' for k, n in r['search']['statuses'].items())}). "
-        f"Accuracies on {r['run']['data']['val']:,} validation images of `{r['run']['data']['name']}`.",
+        + _accuracy_sentence(r),
         "",
-        "| | teacher | student | ratio |",
+        calibration_line(r),
+        "",
+        "| | teacher | student | student vs teacher |",
         "| --- | --- | --- | --- |",
-        f"| validation accuracy | {_pct(t['accuracy'])} | {_pct(s['accuracy'])} | "
-        f"{100 * (s['accuracy'] - t['accuracy']):+.2f} points |",
-        f"| accuracy without KD (same architecture, CE only) | | {_pct(s['accuracy_without_kd'])} | "
+        f"| {_split_name(r)} accuracy | {accuracy_phrase(t['accuracy'], t.get('accuracy_ci95'))} | "
+        f"{accuracy_phrase(s['accuracy'], s.get('accuracy_ci95'))} | "
+        f"{100 * (s['accuracy'] - t['accuracy']):+.2f} percentage points |",
+        f"| {_split_name(r)} accuracy without KD (same architecture, CE only) | | {_pct(s['accuracy_without_kd'])} | "
         f"{_gain(s['kd_gain'])} |",
+        *_val_rows(r),
         f"| parameters | {format_count(t['params'])} | {format_count(s['params'])} | {s['params_ratio']:.3f} |",
         f"| FLOPs | {format_count(t['flops'])} | {format_count(s['flops'])} | {s['flops_ratio']:.3f} |",
-        f"| latency on target | {_ms(t['latency'])} | {_ms(s['latency'])} | "
-        f"{s['latency_ratio']:.3f} ({speed_phrase(1 / s['latency_ratio'] if s['latency_ratio'] else None)}) |",
+        f"| latency on target, per batch of {s['latency'].get('batch', 1)} | {_ms(t['latency'])} | "
+        f"{_ms(s['latency'])} | {s['latency_ratio']:.3f}x the teacher's time "
+        f"({speed_phrase(1 / s['latency_ratio'] if s['latency_ratio'] else None)}) |",
         "",
         f"Student: `{s['arch']}`. TRADE score {s['trade_score']:.4g} (s = {s['s']:.3f}, "
         f"acc_target = {_pct(r['objective']['acc_target'])}).",
@@ -120,16 +278,26 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"Distiller found by Auto-KD search (MCTS, {dist.get('iterations')} iterations): "
             f"`{dist['best_describe']}` (reward {dist.get('best_reward', float('nan')):.4g}).",
         ]
-    meas = r.get("measurements") or {}
+    meas = {k: m for k, m in (r.get("measurements") or {}).items() if isinstance(m, dict) and m.get("latency_ms")}
     if meas:
-        lines += ["", "## Measured on this machine", "", "| model | latency | method |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            "## Measured on this machine",
+            "",
+            "| model | latency, ms per batch | predicted by the latency model | method |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, m in meas.items():
-            lines.append(f"| {name} | {m['latency_ms']:.4g} ms | {m['method']} ({m['runtime']}, {m['device']}) |")
+            pred = m.get("predicted_ms")
+            pred_s = "-" if not pred else f"{pred:.4g} ms ({pred / m['latency_ms']:.2f}x the measurement)"
+            lines.append(
+                f"| {name} | {m['latency_ms']:.4g} ms | {pred_s} | {m['method']} ({m['runtime']}, {m['device']}) |"
+            )
     lines += [
         "",
         "## Search trace",
         "",
-        "| # | status | fidelity | accuracy | params | latency ms | score | architecture / reason |",
+        "| # | status | fidelity | proxy accuracy | params | latency, ms | score | architecture / reason |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     n_infeasible = 0
@@ -157,7 +325,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             "",
             "## Pareto front (accuracy, latency, params)",
             "",
-            "| # | accuracy | latency ms | params | architecture |",
+            "| # | proxy accuracy | latency, ms | params | architecture |",
             "| --- | --- | --- | --- | --- |",
         ]
         for p in r["search"]["pareto"]:
@@ -165,6 +333,14 @@ def render_markdown(r: dict[str, Any]) -> str:
                 f"| {p['number']} | {_pct(p['accuracy'])} | {p['latency_ms']:.3g} | "
                 f"{format_count(p['params'])} | {p['arch']} |"
             )
+    lines += ["", *deploy_lines(r)]
+    gates = r.get("gates") or {}
+    if gates:
+        lines += ["## Quality gates", "", "| gate | needed | found | result |", "| --- | --- | --- | --- |"]
+        for name, g in gates.items():
+            val = "-" if g.get("value") is None else f"{g['value']:.4g}"
+            lines.append(f"| {name} | {g['threshold']:g} | {val} | {'passed' if g['passed'] else 'FAILED'} |")
+        lines.append("")
     tm = r["run"]["timings_s"]
     lines += [
         "",
@@ -176,47 +352,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".",
         "",
     ]
+    for w in r.get("warnings") or []:
+        lines += [f"Warning: {w}", ""]
     if "student.engine" not in r["artifacts"]:
         lines += ["No TensorRT engine was built: TensorRT is not installed on this machine.", ""]
     return "\n".join(lines)
-
-
-def _plot(r: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return None
-    cands = [c for c in r["search"]["candidates"] if c["status"] == "ok"]
-    if not cands:
-        return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    tr = [x for x in r["search"]["trace"] if x["best_score"] is not None]
-    a1.plot([x["number"] for x in tr], [x["best_score"] for x in tr], drawstyle="steps-post", label="best")
-    a1.scatter([c["number"] for c in cands], [c["score"] for c in cands], s=12, alpha=0.6, label="candidates")
-    a1.set_xlabel("evaluation")
-    a1.set_ylabel("search score (lower is better)")
-    a1.set_yscale("log")
-    a1.legend()
-    a2.scatter([c["metrics"]["params"] for c in cands], [100 * c["metrics"]["accuracy"] for c in cands], s=14)
-    a2.set_xscale("log")
-    a2.set_xlabel("params")
-    a2.set_ylabel("proxy accuracy %")
-    a2.set_title("candidates")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(r: dict[str, Any], out: Path) -> dict[str, Path]:
-    out = Path(out)
-    paths = {"report.json": out / "report.json", "report.md": out / "report.md"}
-    paths["report.json"].write_text(json.dumps(r, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    paths["report.md"].write_text(render_markdown(r), encoding="utf-8")
-    png = _plot(r, out / "trace.png")
-    if png:
-        paths["trace.png"] = png
-    return paths

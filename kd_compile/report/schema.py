@@ -1,9 +1,17 @@
-"""Report schema (versioned) and the builder that fills it from one compile run."""
+"""Report schema (versioned) and the builder that fills it from one compile run.
+
+The schema is published as a JSON Schema (draft 2020-12), ``report.schema.json`` beside this
+file and shipped in the package (``json_schema()`` reads it), so a CI pipeline can validate a
+``report.json`` with any JSON Schema validator.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +20,48 @@ import torch
 from ..search.score import ACCURACY_WEIGHT
 from ..search.trial import Trial, TrialStatus, pareto_trials
 
-SCHEMA_VERSION = "1.0"
-REQUIRED = ("schema_version", "kd_compile_version", "run", "target", "teacher", "student", "search", "artifacts")
+SCHEMA_VERSION = "1.1"
+REQUIRED = (
+    "schema_version", "kd_compile_version", "run", "target", "teacher", "student", "speedup", "objective", "search",
+    "measurements", "exports", "warnings", "artifacts",
+)  # fmt: skip
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
+MAX_LAYERS = 300  # per-layer rows kept in report.json (a student has far fewer)
+
+
+@cache
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of ``report.json`` (draft 2020-12)."""
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def wilson_interval(p: float | None, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score interval (95% by default) of an accuracy ``p`` measured on ``n`` images:
+    the error band of an accuracy, honest near 0 and 1 and for small ``n``."""
+    if p is None or n <= 0:
+        return None
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def layer_rows(counts: Any, latency: Any) -> dict[str, Any]:
+    """The student's per-layer costs: the latency measurement's layers when they carry a latency
+    (the roofline predictor's kernels, a profiler's layers), else the counted FLOPs/params."""
+    timed = [layer for layer in latency.layers if layer.latency_ms is not None]
+    layers, source = (timed, latency.method) if timed else (list(counts.layers), "counted")
+    rows = [
+        {
+            "name": layer.name,
+            "op": layer.op,
+            "flops": int(layer.flops),
+            "params": int(layer.params),
+            "latency_ms": layer.latency_ms,
+        }
+        for layer in layers[:MAX_LAYERS]
+    ]
+    return {"source": source, "device": latency.device if timed else None, "rows": rows}
 
 
 def pareto_front(trials: list[Trial], objectives: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
@@ -80,6 +128,19 @@ def build_report(**k: Any) -> dict[str, Any]:
                 "fidelity": t.fidelity,
             }
         )
+    extra = dict(k["extra_measurements"])
+    exports = extra.pop("exports", None) or {}  # ship.export's parity checks travel with the measurements
+    from ..data.stream import split_size
+
+    n_val = split_size(k["data"], "val")
+    # headline accuracies are on the held-out test split (read once, at the end); validation
+    # accuracy, on which every choice was made, is kept beside them. No test split (data-free):
+    # validation only, and the report says so.
+    on_test = k.get("test_acc") is not None
+    n_test = split_size(k["data"], "test") if getattr(k["data"], "has_test", False) else 0
+    split, n_acc = ("test", n_test) if on_test else ("val", n_val)
+    t_acc = k["test_acc_teacher"] if on_test else k["acc_teacher"]
+    s_acc, s_acc_ce = (k["test_acc"], k.get("test_acc_ce")) if on_test else (k["s_acc"], k["s_acc_ce"])
     timings = k["timings"]
     outside = timings["total"] - timings.get("training", 0.0) - timings.get("final_training", 0.0)
     report = {
@@ -99,8 +160,12 @@ def build_report(**k: Any) -> dict[str, Any]:
             "data_free": bool(k.get("data_free")),
             "data": {
                 "name": k["data"].name,
-                "train": int(k["data"].x_train.shape[0]),
-                "val": int(k["data"].x_val.shape[0]),
+                "train": split_size(k["data"], "train"),
+                "mode": "stream" if getattr(k["data"], "streamed", False) else "memory",
+                "teacher_knowledge": getattr(k["data"], "knowledge", None) or None,
+                "val": n_val,
+                "test": n_test,
+                "accuracy_split": split,
                 "num_classes": k["data"].num_classes,
                 "input_shape": list(k["data"].input_shape),
             },
@@ -118,7 +183,10 @@ def build_report(**k: Any) -> dict[str, Any]:
             "format": tch.meta.get("format"),
             "params": t_counts.params,
             "flops": t_counts.flops,
-            "accuracy": k["acc_teacher"],
+            "accuracy": t_acc,
+            "accuracy_split": split,
+            "accuracy_ci95": wilson_interval(t_acc, n_acc),
+            "val_accuracy": k["acc_teacher"],
             "latency": _m(t_lat),
             "input_shape": list(tch.input_shape),
             "num_classes": tch.num_classes,
@@ -131,17 +199,22 @@ def build_report(**k: Any) -> dict[str, Any]:
             "params": s_counts.params,
             "flops": s_counts.flops,
             "peak_activation_bytes": s_counts.peak_activation_bytes,
-            "accuracy": k["s_acc"],
-            "accuracy_without_kd": k["s_acc_ce"],
-            "kd_gain": None if k["s_acc_ce"] is None else k["s_acc"] - k["s_acc_ce"],
+            "accuracy": s_acc,
+            "accuracy_split": split,
+            "accuracy_ci95": wilson_interval(s_acc, n_acc),
+            "accuracy_without_kd": s_acc_ce,
+            "kd_gain": None if s_acc_ce is None else s_acc - s_acc_ce,
+            "val_accuracy": k["s_acc"],
+            "val_accuracy_without_kd": k["s_acc_ce"],
             "params_ratio": s_counts.params / t_counts.params,
             "flops_ratio": s_counts.flops / t_counts.flops,
             "latency": _m(s_lat),
             "latency_ratio": s_lat.latency_ms / t_lat.latency_ms,
             "trade_score": k["trade"],
             "s": k["s_term"],
+            "layers": layer_rows(s_counts, s_lat),
         },
-        "speedup": speedups(t_lat, s_lat, k["extra_measurements"]),
+        "speedup": speedups(t_lat, s_lat, extra),
         "objective": {
             "name": "trade",
             "acc_target": k["acc_target"],
@@ -163,7 +236,9 @@ def build_report(**k: Any) -> dict[str, Any]:
             "candidates": [t.to_dict() for t in trials],
             "pareto": k["pareto"],
         },
-        "measurements": k["extra_measurements"],
+        "measurements": extra,
+        "exports": exports,
+        "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"],
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }

@@ -1,0 +1,63 @@
+"""report.md: units that say what they are, speed in words, calibration status, confidence
+intervals and a Deploy section whose ONNX Runtime snippet runs as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _section(md: str, title: str) -> str:
+    start = md.index(f"## {title}")
+    nxt = md.find("\n## ", start + 3)
+    return md[start : nxt if nxt > 0 else None]
+
+
+def _code_blocks(text: str, lang: str) -> list[str]:
+    parts = text.split(f"```{lang}\n")[1:]
+    return [p.split("```", 1)[0] for p in parts]
+
+
+def test_markdown_says_units_speed_calibration_and_intervals(compiled):
+    out, r = compiled
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "percentage points" in md and "% points" not in md
+    sp = r["speedup"]["target"]
+    assert ("faster" if sp >= 1 else "slower") in md.splitlines()[2]
+    assert "Latency calibration for 2080ti" in md and "error held out" in md
+    n = r["run"]["data"]["val"]
+    assert f"{n:,} validation images" in md or f"{r['run']['data'].get('test', 0):,} held-out test images" in md
+    lo, hi = r["student"]["accuracy_ci95"]
+    assert f"95% CI {100 * lo:.1f}-{100 * hi:.1f}%" in md
+    assert "ms per batch" in md and "{'ok'" not in md
+    assert "## Quality gates" in md and "passed" in md
+
+
+def test_the_deploy_snippet_runs_the_student_in_onnx_runtime(compiled, tmp_path):
+    out, r = compiled
+    md = (out / "report.md").read_text(encoding="utf-8")
+    deploy = _section(md, "Deploy")
+    ort_code = _code_blocks(deploy, "python")[0]
+    assert "mean = np.array(" in ort_code and "std = np.array(" in ort_code
+    sh = _code_blocks(deploy, "sh")[0]
+    assert sh.startswith("trtexec --onnx=student.onnx --saveEngine=student.engine --fp16")
+    # run it as written, on an image of the input size, next to the student
+    from PIL import Image
+
+    c, h, w = r["teacher"]["input_shape"]
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), mode="L").save(tmp_path / "image.png")
+    os.symlink(out / "student.onnx", tmp_path / "student.onnx")
+    (tmp_path / "snippet.py").write_text(ort_code, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out / "student.onnx")).metadata_props}
+    classes = json.loads(meta["class_names"]) or list(range(r["run"]["data"]["num_classes"]))
+    assert res.stdout.strip() in [str(x) for x in classes]
