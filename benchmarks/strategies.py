@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f" -> {len(beat)}/{len(mf)} beat it"
             )
     print(f"\n(total {time.perf_counter() - t_all:.0f} s)")
-    if str(args.results).lower() != "none" and rows:
+    if (args.results is None or str(args.results).lower() != "none") and rows:
         default = "strategies_charge_repeats.json" if args.charge_repeats else "strategies.json"
         settings = {
             "table": args.table.name, "budget": n, "checkpoints": checks, "score": args.score, "tie": args.tie,
