@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-e2e")
     ap.add_argument("--seeds", type=int, default=3, help="repeat the whole run with seeds 0..N-1")
-    ap.add_argument("--strategy", default="turbo")
+    ap.add_argument("--strategy", default="auto", help="kd-compile's --strategy (default: its own default)")
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--target", default="2080ti")
     ap.add_argument("--max-params", default=None, help="default: a tenth of the teacher's parameters")

@@ -112,6 +112,7 @@ def compile(  # noqa: A001
     from .students import space_for_teacher
 
     cfg = _as_config(config, options)
+    cfg = _resolved_strategy(cfg)
     rep = reporter or Reporter()
     t_start = time.perf_counter()
     # every input is validated before anything is written or deleted
@@ -255,6 +256,16 @@ def _as_config(config: CompileConfig | str | Path, options: dict[str, Any]) -> C
         config.validate()
         return config
     return CompileConfig.from_options(config, **options)
+
+
+def _resolved_strategy(cfg: CompileConfig) -> CompileConfig:
+    """``--strategy auto`` (the default) becomes the strategy the budget calls for, so the journal,
+    the report and a resume all name the one that ran."""
+    import dataclasses
+
+    from .search import strategy_for_budget
+
+    return dataclasses.replace(cfg, strategy=strategy_for_budget(cfg.strategy, cfg.budget.candidates))
 
 
 def _check_names(cfg: CompileConfig) -> None:

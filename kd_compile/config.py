@@ -176,7 +176,9 @@ class CompileConfig:
     stream_augment: str = option(
         "crop+flip", "Train recipe of streamed data: crop+flip | crop | flip | none (random resized crop, flip)."
     )
-    strategy: str = option("turbo", "Search strategy (see 'kd-compile strategies').")
+    strategy: str = option(
+        "auto", "Search strategy (see 'kd-compile strategies'); auto: sobol below 20 candidates, else turbo."
+    )
     space: str = option(
         "trade", "Student search space (family); teacher-family: a timm ResNet/EfficientNet teacher's own family."
     )

@@ -118,7 +118,7 @@ def test_none_keeps_the_declared_default():
     from kd_compile.config import CompileConfig
 
     c = CompileConfig.from_options("t.pt", budget=None, strategy=None, max_params=None)
-    assert c.budget.candidates == 8 and c.strategy == "turbo" and c.constraints.max_params is None
+    assert c.budget.candidates == 8 and c.strategy == "auto" and c.constraints.max_params is None
 
 
 @pytest.mark.parametrize(

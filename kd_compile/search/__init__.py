@@ -14,7 +14,16 @@ from . import quasirandom as _quasirandom  # noqa: F401
 from . import random as _random  # noqa: F401
 from . import turbo as _turbo  # noqa: F401
 from . import turbo_m as _turbo_m  # noqa: F401
-from .base import Strategy, create_strategy, get_strategy, list_strategies, register_strategy
+from .base import (
+    AUTO,
+    GP_MIN_BUDGET,
+    Strategy,
+    create_strategy,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+    strategy_for_budget,
+)
 from .journal import Journal
 from .loop import SearchResult, run_search
 from .mobo import Objective
@@ -22,6 +31,9 @@ from .space import ComposedSpace, Config, Feasible, Param, ParamSpace
 from .trial import Suggestion, Trial, TrialStatus, best_trial, pareto_mask, pareto_trials
 
 __all__ = [
+    "AUTO",
+    "GP_MIN_BUDGET",
+    "strategy_for_budget",
     "ComposedSpace",
     "Config",
     "Feasible",
