@@ -375,20 +375,7 @@ def _loop(
         xb, yb = x[bi], y[bi]
         with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
             loss, out = batch_loss(xb, yb, bi)
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        if sparse is not None:
-            sparse.after_step(step + 1, opt)
-        sched.step()
+        loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
         step += 1
         ep_steps += 1
         loss_sum += loss_val
@@ -573,20 +560,7 @@ def _train_streamed(
             loss = crit(out.float(), yd, tb)
             if orth_mods:
                 loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        if sparse is not None:
-            sparse.after_step(step + 1, opt)
-        sched.step()
+        loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
         step += 1
         ep_steps += 1
         loss_sum += loss_val
@@ -643,3 +617,30 @@ def _train_streamed(
         history=history,
         stopped=stopped,
     )
+
+
+def _optimizer_step(loss: torch.Tensor, step: int, opt: Any, scaler: Any, sparse: Any, sched: Any) -> float:
+    """One update from ``loss`` (both training loops): refuse a non-finite loss, backward (through
+    the AMP grad scaler when there is one), optimizer step, sparsity schedule, LR schedule.
+
+    Returns:
+        The loss as a float.
+
+    Raises:
+        CandidateError: the loss is NaN or infinite.
+    """
+    loss_val = float(loss.detach())
+    if not math.isfinite(loss_val):
+        raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    if sparse is not None:
+        sparse.after_step(step + 1, opt)
+    sched.step()
+    return loss_val
