@@ -25,8 +25,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 #: Sections whose benchmark did not yet write a results file, with the command that writes it.
 PENDING: dict[str, str] = {
-    # the README's table predates benchmarks/distill.py writing its figures
-    "distill": "make bench-distill",
 }
 
 
