@@ -358,12 +358,9 @@ def _loop(
             loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
         return loss, out
 
-    history: list[dict[str, Any]] = []
-    best_acc, best_state, bad_epochs = -1.0, None, 0
-    stopped = "done"
+    validate = (lambda: evaluate(model, x_val, y_val, device=device)) if evaluate_epochs else None
+    log = _EpochLog(model, opt, sparse, cfg, t0, steps_per_epoch, total, validate)
     step = 0
-    epoch = 0
-    loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
     last_report = -1
     perm = torch.randperm(n, generator=gen).to(device)
     pos = 0
@@ -377,10 +374,7 @@ def _loop(
             loss, out = batch_loss(xb, yb, bi)
         loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
         step += 1
-        ep_steps += 1
-        loss_sum += loss_val
-        correct += int((out.detach().argmax(dim=1) == yb).sum())
-        seen += int(yb.shape[0])
+        log.add(loss_val, out, yb)
         if progress is not None:
             pct = (100 * step) // total
             if pct != last_report:
@@ -388,55 +382,15 @@ def _loop(
                 progress(step / total)
 
         out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-        epoch_end = step % steps_per_epoch == 0 or step == total or out_of_time
-        if epoch_end:
-            epoch += 1
-            rec: dict[str, Any] = {
-                "epoch": step / steps_per_epoch,
-                "step": step,
-                "loss": loss_sum / ep_steps,
-                "train_acc": correct / max(1, seen),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-            if sparse is not None:
-                rec["density"] = sparse.density()
-            if evaluate_epochs:
-                acc = evaluate(model, x_val, y_val, device=device)
-                rec["val_acc"] = acc
-                if acc > best_acc:
-                    best_acc, bad_epochs = acc, 0
-                    if cfg.early_stop_patience is not None:
-                        best_state = copy.deepcopy(model.state_dict())
-                else:
-                    bad_epochs += 1
-                model.train()
-            history.append(rec)
-            train_acc = rec["train_acc"]
-            loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
-            if out_of_time and step < total:
-                stopped = "time"
-                break
-            if cfg.early_stop_patience is not None and bad_epochs >= cfg.early_stop_patience:
-                if step < total:
-                    stopped = "early_stop"
-                break
+        if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
+            break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    log.restore_best()
     model.eval()
     val_acc = evaluate(model, x_val, y_val, device=device)
     if progress is not None and last_report != 100:
         progress(1.0)
-    return TrainResult(
-        val_acc=val_acc,
-        train_acc=train_acc,
-        epochs_run=step / steps_per_epoch,
-        steps=step,
-        seconds=time.perf_counter() - t0,
-        history=history,
-        stopped=stopped,
-    )
+    return log.result(val_acc, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,10 +495,9 @@ def _train_streamed(
         else None
     )
     evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
-    history: list[dict[str, Any]] = []
-    best_acc, best_state, bad_epochs = -1.0, None, 0
-    stopped, step, train_acc, last_report = "done", 0, 0.0, -1
-    loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
+    validate = (lambda: streamed_accuracy(model, data, "val", device=device)) if evaluate_epochs else None
+    log = _EpochLog(model, opt, sparse, cfg, t0, steps_per_epoch, total, validate, batch_size=bs)
+    step, last_report = 0, -1
     for xb, yb, ib, _ in loader:
         epoch = step // steps_per_epoch
         x = data.normalize_batch(xb.to(device, non_blocking=True)).contiguous(memory_format=fmt)
@@ -562,61 +515,20 @@ def _train_streamed(
                 loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
         loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
         step += 1
-        ep_steps += 1
-        loss_sum += loss_val
-        correct += int((out.detach().argmax(dim=1) == yd).sum())
-        seen += int(yd.shape[0])
+        log.add(loss_val, out, yd)
         if progress is not None and (100 * step) // total != last_report:
             last_report = (100 * step) // total
             progress(step / total)
         out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-        if step % steps_per_epoch == 0 or step == total or out_of_time:
-            rec: dict[str, Any] = {
-                "epoch": step / steps_per_epoch,
-                "step": step,
-                "loss": loss_sum / ep_steps,
-                "train_acc": correct / max(1, seen),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-                "images_per_s": step * bs / max(1e-9, time.perf_counter() - t0),
-            }
-            if sparse is not None:
-                rec["density"] = sparse.density()
-            if evaluate_epochs:
-                acc = streamed_accuracy(model, data, "val", device=device)
-                rec["val_acc"] = acc
-                if acc > best_acc:
-                    best_acc, bad_epochs = acc, 0
-                    if cfg.early_stop_patience is not None:
-                        best_state = copy.deepcopy(model.state_dict())
-                else:
-                    bad_epochs += 1
-                model.train()
-            history.append(rec)
-            train_acc = rec["train_acc"]
-            loss_sum, correct, seen, ep_steps = 0.0, 0, 0, 0
-            if out_of_time and step < total:
-                stopped = "time"
-                break
-            if cfg.early_stop_patience is not None and bad_epochs >= cfg.early_stop_patience:
-                stopped = "early_stop" if step < total else stopped
-                break
+        if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
+            break
     del loader  # stops the workers
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    log.restore_best()
     model.eval()
     val_acc = streamed_accuracy(model, data, "val", device=device)
     if progress is not None and last_report != 100:
         progress(1.0)
-    return TrainResult(
-        val_acc=val_acc,
-        train_acc=train_acc,
-        epochs_run=step / steps_per_epoch,
-        steps=step,
-        seconds=time.perf_counter() - t0,
-        history=history,
-        stopped=stopped,
-    )
+    return log.result(val_acc, step)
 
 
 def _optimizer_step(loss: torch.Tensor, step: int, opt: Any, scaler: Any, sparse: Any, sched: Any) -> float:
@@ -644,3 +556,86 @@ def _optimizer_step(loss: torch.Tensor, step: int, opt: Any, scaler: Any, sparse
         sparse.after_step(step + 1, opt)
     sched.step()
     return loss_val
+
+
+class _EpochLog:
+    """The per-epoch bookkeeping both training loops share: running loss and accuracy, one record
+    per epoch (``TrainResult.history``), validation when asked for, and early stopping that keeps
+    the best epoch's weights.
+
+    Args:
+        validate: returns the validation accuracy (the model is put back in train mode after it);
+            ``None`` when epochs are not evaluated.
+        batch_size: when given, each record also carries ``images_per_s`` (the streamed loop).
+    """
+
+    def __init__(
+        self, model: nn.Module, opt: Any, sparse: Any, cfg: TrainConfig, t0: float, steps_per_epoch: int,
+        total: int, validate: Callable[[], float] | None, batch_size: int | None = None,
+    ) -> None:  # fmt: skip
+        self.model, self.opt, self.sparse, self.cfg, self.t0 = model, opt, sparse, cfg, t0
+        self.steps_per_epoch, self.total, self.validate, self.batch_size = steps_per_epoch, total, validate, batch_size
+        self.history: list[dict[str, Any]] = []
+        self.best_acc, self.best_state, self.bad_epochs = -1.0, None, 0
+        self.stopped, self.train_acc = "done", 0.0
+        self.loss_sum, self.correct, self.seen, self.ep_steps = 0.0, 0, 0, 0
+
+    def add(self, loss_val: float, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Count one training step's loss and correct predictions."""
+        self.ep_steps += 1
+        self.loss_sum += loss_val
+        self.correct += int((out.detach().argmax(dim=1) == y).sum())
+        self.seen += int(y.shape[0])
+
+    def end_epoch(self, step: int, out_of_time: bool) -> bool:
+        """Close an epoch at ``step``: record it, validate, track the best. True: stop training
+        (``stopped`` says why: the time limit or early stopping)."""
+        rec: dict[str, Any] = {
+            "epoch": step / self.steps_per_epoch,
+            "step": step,
+            "loss": self.loss_sum / self.ep_steps,
+            "train_acc": self.correct / max(1, self.seen),
+            "lr": self.opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - self.t0,
+        }
+        if self.batch_size is not None:
+            rec["images_per_s"] = step * self.batch_size / max(1e-9, time.perf_counter() - self.t0)
+        if self.sparse is not None:
+            rec["density"] = self.sparse.density()
+        if self.validate is not None:
+            acc = self.validate()
+            rec["val_acc"] = acc
+            if acc > self.best_acc:
+                self.best_acc, self.bad_epochs = acc, 0
+                if self.cfg.early_stop_patience is not None:
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                self.bad_epochs += 1
+            self.model.train()
+        self.history.append(rec)
+        self.train_acc = rec["train_acc"]
+        self.loss_sum, self.correct, self.seen, self.ep_steps = 0.0, 0, 0, 0
+        if out_of_time and step < self.total:
+            self.stopped = "time"
+            return True
+        if self.cfg.early_stop_patience is not None and self.bad_epochs >= self.cfg.early_stop_patience:
+            if step < self.total:
+                self.stopped = "early_stop"
+            return True
+        return False
+
+    def restore_best(self) -> None:
+        """Load the best validated epoch's weights (kept only under early stopping)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def result(self, val_acc: float, step: int) -> TrainResult:
+        return TrainResult(
+            val_acc=val_acc,
+            train_acc=self.train_acc,
+            epochs_run=step / self.steps_per_epoch,
+            steps=step,
+            seconds=time.perf_counter() - self.t0,
+            history=self.history,
+            stopped=self.stopped,
+        )
