@@ -72,11 +72,12 @@ def held_out_accuracy(model: nn.Module, data: Any, device: str | None = None) ->
     Called once per model at the end of a run (teacher, final students): nothing is chosen on it.
     Runs where the model is (``device`` overrides).
     """
+    from .data.stream import is_streamed
     from .distill import evaluate
 
     if not getattr(data, "has_test", False):
         return None
-    if getattr(data, "streamed", False):  # a streamed folder: read through its DataLoader
+    if is_streamed(data):  # a streamed folder: read through its DataLoader
         from .distill.topk_cache import streamed_accuracy
 
         dev = device or next((p.device for p in model.parameters()), "cpu")

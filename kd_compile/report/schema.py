@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..data.stream import is_streamed
 from ..search.score import ACCURACY_WEIGHT
 from ..search.trial import Trial, TrialStatus, pareto_trials
 
@@ -161,7 +162,7 @@ def build_report(**k: Any) -> dict[str, Any]:
             "data": {
                 "name": k["data"].name,
                 "train": split_size(k["data"], "train"),
-                "mode": "stream" if getattr(k["data"], "streamed", False) else "memory",
+                "mode": "stream" if is_streamed(k["data"]) else "memory",
                 "teacher_knowledge": getattr(k["data"], "knowledge", None) or None,
                 "val": n_val,
                 "test": n_test,
