@@ -114,6 +114,45 @@ def _parity(eager: nn.Module, run: Any, x: torch.Tensor, what: str) -> float:
     return diff
 
 
+def _parity_record(
+    fmt: str,
+    eager: nn.Module,
+    loaded: Any,
+    what: str,
+    xs: list[torch.Tensor],
+    *,
+    dynamic: bool,
+    batch: int,
+    optional: tuple[torch.Tensor, ...] = (),
+) -> dict[str, Any]:
+    """Check an exported student loaded back (``loaded``) against the eager one and return the
+    check's record, the same for every exported format.
+
+    Every input of ``xs`` must match (``ExportError`` otherwise); an ``optional`` input that does
+    not marks the file as holding only its export batch size (``dynamic_batch`` False) instead.
+
+    Returns:
+        {status "ok", format, dynamic_batch, batch (None when dynamic, else the fixed batch
+        size), max_abs_diff over the inputs checked, checked_batches}.
+    """
+    diff = max(_parity(eager, loaded, x, what) for x in xs)
+    checked = list(xs)
+    for x in optional:
+        try:
+            diff = max(diff, _parity(eager, loaded, x, what))
+            checked.append(x)
+        except Exception:  # e.g. a trace holds only at the batch size it was traced with
+            dynamic = False
+    return {
+        "status": "ok",
+        "format": fmt,
+        "dynamic_batch": dynamic,
+        "batch": None if dynamic else batch,
+        "max_abs_diff": diff,
+        "checked_batches": [int(x.shape[0]) for x in checked],
+    }
+
+
 def _inputs(spec: InputSpec, batches: tuple[int, ...]) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return [torch.randn((b, *spec.shape), generator=g) for b in batches]
@@ -139,19 +178,10 @@ def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[st
             loaded = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise ExportError(f"TorchScript export failed: {type(exc).__name__}: {exc}") from None
-    diff = _parity(model, loaded, x, "TorchScript student")
-    try:
-        diff, dynamic = max(diff, _parity(model, loaded, other, "TorchScript student")), True
-    except Exception:  # the trace holds only at the batch size it was traced with
-        dynamic = False
-    return {
-        "status": "ok",
-        "format": "torchscript (torch.jit.trace)",
-        "dynamic_batch": dynamic,
-        "batch": None if dynamic else spec.batch,
-        "max_abs_diff": diff,
-        "checked_batches": [spec.batch, spec.batch + 1] if dynamic else [spec.batch],
-    }
+    return _parity_record(
+        "torchscript (torch.jit.trace)", model, loaded, "TorchScript student", [x], dynamic=True, batch=spec.batch,
+        optional=(other,),
+    )  # fmt: skip
 
 
 def export_pt2(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
@@ -181,15 +211,9 @@ def export_pt2(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
             loaded = torch.export.load(str(path)).module()
     except Exception as exc:
         raise ExportError(f".pt2 export failed: {type(exc).__name__}: {exc}") from None
-    diff = max(_parity(model, loaded, x, ".pt2 student") for x in xs)
-    return {
-        "status": "ok",
-        "format": "torch.export (ExportedProgram)",
-        "dynamic_batch": dynamic,
-        "batch": None if dynamic else spec.batch,
-        "max_abs_diff": diff,
-        "checked_batches": [int(x.shape[0]) for x in xs],
-    }
+    return _parity_record(
+        "torch.export (ExportedProgram)", model, loaded, ".pt2 student", xs, dynamic=dynamic, batch=spec.batch
+    )
 
 
 def export_student(

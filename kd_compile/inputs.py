@@ -138,9 +138,11 @@ def _open_streamed(cfg: CompileConfig, tch: Any, hint_root: Path | None) -> Any:
     if spec is None or not wants_stream(spec, cfg.data_mode, shape):  # type: ignore[arg-type]
         return None
     if cfg.augment_views:
-        raise UsageError("--augment (in-memory views) does not apply to streamed data; use --stream-augment")
-    if cfg.distiller != "kd":
-        raise UsageError("--distiller auto needs in-memory data; use --data-mode memory or --distiller kd")
+        # views of a streamed folder are drawn per epoch by the loader: --stream-augment sets them
+        raise UsageError(
+            "--augment N builds in-memory augmented views and does not apply to streamed data; "
+            "use --stream-augment (views drawn per epoch) or --data-mode memory"
+        )
     pre = tch.preprocessing
     return open_stream(
         spec,

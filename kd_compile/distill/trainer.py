@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from ..data.stream import StreamedData, is_streamed, view_seed
 from ..errors import CandidateError
 from .cache import TeacherCache
 from .capture import FeatureCapture
-from .distiller import FeatureDistiller
+from .distiller import DistillerSpec, FeatureDistiller
 from .inference import evaluate
 from .losses import KDLoss
 from .regularizers import orthogonal_modules, orthogonality_penalty
@@ -144,9 +146,10 @@ def train_student(
             data a ``TopKCache`` (replayed views) or an ``OnlineTeacher`` (``stream_knowledge``).
         progress: called with the fraction of steps done, in [0, 1] (about 100 calls a run).
         teacher: online teacher, used when ``cache`` is None or lacks the teacher features
-            that ``cfg.distiller`` needs.
+            that ``cfg.distiller`` needs (on streamed data: whenever it has feature pairs).
         extra_loss: a further loss term on student features (see ``ExtraLoss``); added only
-            when ``cfg.use_kd``.
+            when ``cfg.use_kd``. Its ``index`` is the batch's sample indices into the training
+            set (``x_train``, or the streamed train split).
 
     Returns:
         TrainResult; the model is left trained, in eval mode, on ``cfg.device``.
@@ -178,95 +181,81 @@ def train_student(
             teacher.train(teacher_mode)  # the online teacher ran in eval mode
 
 
-def _train(
-    model: nn.Module,
-    data: DataBundle,
-    cfg: TrainConfig,
-    cache: TeacherCache | None,
-    progress: Callable[[float], None] | None,
-    teacher: nn.Module | None,
-    device: torch.device,
-    t0: float,
-    extra: ExtraLoss | None = None,
-) -> TrainResult:
-    idx = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed)
-    # normalise the subset once; every step is then an index gather on a ready tensor
-    x = data.normalize(data.x_train[idx]).to(device)
-    y = data.y_train[idx].to(device)
-    x_val = data.normalize(data.x_val)
-    if cfg.channels_last and x.dim() == 4:
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        x_val = x_val.contiguous(memory_format=torch.channels_last)
+def _feature_layers(cfg: TrainConfig, extra: ExtraLoss | None) -> tuple[DistillerSpec | None, list[str], list[str]]:
+    """The distiller of a KD training (None: logit KD or CE only) and the student and teacher
+    layers whose outputs must be captured for its feature terms and for ``extra``."""
     spec = cfg.distiller if cfg.use_kd else None
     s_layers = list(spec.student_layers) if spec is not None else []
     if extra is not None:
         s_layers += [n for n in extra.student_layers if n not in s_layers]
     t_layers = spec.teacher_layers if spec is not None else []
-    t_logits: torch.Tensor | None = None
-    t_feats: dict[str, torch.Tensor] = {}
-    online = None
-    if cfg.use_kd:
-        cached_feats = cache is not None and all(n in cache.train_features for n in t_layers)
-        if cache is not None and cached_feats:
-            # one gather out of the (possibly memory-mapped) cache, then it lives in RAM
-            t_logits = cache.train_logits[idx].float().to(device)
-            t_feats = {n: cache.train_features[n][idx].float().to(device) for n in t_layers}
-        elif teacher is not None:
-            online = teacher.to(device).eval()
-        else:
-            raise ValueError(
-                f"the teacher cache holds no features for {t_layers}: build it with "
-                "feature_layers=spec.teacher_layers, or pass teacher= for online distillation"
-            )
+    return spec, s_layers, t_layers
 
-    model.to(device).train()
-    n = int(x.shape[0])
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // bs)
-    total = max(1, round(cfg.epochs * steps_per_epoch))
-    stack = contextlib.ExitStack()
-    s_cap = stack.enter_context(FeatureCapture(model, s_layers)) if s_layers else None
-    t_cap = stack.enter_context(FeatureCapture(online, t_layers)) if t_layers and online is not None else None
+
+@dataclass
+class _Features:
+    """The feature side of a training, the same in both loops: the capture hooks on the student
+    (and on the online teacher), the ``FeatureDistiller`` of ``cfg.distiller``'s pairs, the
+    ``ExtraLoss``, and ``trainable``: the student plus the adapters of both, optimised together
+    (the adapters are dropped after training)."""
+
+    trainable: nn.Module
+    s_cap: FeatureCapture | None = None
+    t_cap: FeatureCapture | None = None
     distiller: FeatureDistiller | None = None
-    trainable: nn.Module = model
-    with stack:
-        extra_module: nn.Module | None = None
-        if (spec is not None and spec.pairs) or extra is not None:
-            assert s_cap is not None
-            s_shapes, t_shapes = _probe_shapes(model, online, x, t_feats, s_cap, t_cap)
-            # adapters are trained with the student (and dropped after)
-            parts: list[nn.Module] = [model]
-            if spec is not None and spec.pairs:
-                distiller = FeatureDistiller(spec, s_shapes, t_shapes, seed=cfg.seed).to(device)
-                parts.append(distiller)
-            if extra is not None:
-                extra_module = extra.setup({n: s_shapes[n] for n in extra.student_layers}, device)
-                parts.append(extra_module.to(device))
-            trainable = nn.ModuleList(parts)
-        return _loop(
-            model,
-            cfg,
-            x,
-            y,
-            x_val,
-            data.y_val,
-            t_logits,
-            t_feats,
-            online,
-            s_cap,
-            t_cap,
-            distiller,
-            trainable,
-            bs,
-            steps_per_epoch,
-            total,
-            progress,
-            device,
-            t0,
-            extra,
-            idx.to(device),
-        )
+    extra: ExtraLoss | None = None
+
+    def terms(self, t_feats: dict[str, torch.Tensor], index: torch.Tensor | None) -> torch.Tensor | None:
+        """The feature-distillation terms of the batch just run (None: there are none).
+
+        Args:
+            t_feats: the teacher's features of the batch, by teacher layer name.
+            index: the batch's sample indices into the training set (for ``extra``).
+        """
+        loss: torch.Tensor | None = None
+        if self.distiller is not None:
+            assert self.s_cap is not None
+            loss = self.distiller(self.s_cap.features, t_feats)
+        if self.extra is not None:
+            assert self.s_cap is not None and index is not None
+            term = self.extra(self.s_cap.features, index)
+            loss = term if loss is None else loss + term
+        return loss
+
+
+def _open_features(
+    stack: contextlib.ExitStack,
+    model: nn.Module,
+    online: nn.Module | None,
+    cfg: TrainConfig,
+    extra: ExtraLoss | None,
+    t_feats: dict[str, torch.Tensor],
+    probe: Callable[[], torch.Tensor],
+    device: torch.device,
+) -> _Features:
+    """Set up the feature side of a training (``_Features``) inside ``stack``.
+
+    Feature shapes are probed on a 2-sample eval-mode pass over ``probe()`` (the in-memory
+    subset, or the first streamed batch), called only when there are feature terms.
+    """
+    spec, s_layers, t_layers = _feature_layers(cfg, extra)
+    feats = _Features(trainable=model, extra=extra)
+    feats.s_cap = stack.enter_context(FeatureCapture(model, s_layers)) if s_layers else None
+    if t_layers and online is not None:
+        feats.t_cap = stack.enter_context(FeatureCapture(online, t_layers))
+    if (spec is None or not spec.pairs) and extra is None:
+        return feats
+    assert feats.s_cap is not None
+    s_shapes, t_shapes = _probe_shapes(model, online, probe(), t_feats, feats.s_cap, feats.t_cap)
+    # adapters are trained with the student (and dropped after)
+    parts: list[nn.Module] = [model]
+    if spec is not None and spec.pairs:
+        feats.distiller = FeatureDistiller(spec, s_shapes, t_shapes, seed=cfg.seed).to(device)
+        parts.append(feats.distiller)
+    if extra is not None:
+        parts.append(extra.setup({n: s_shapes[n] for n in extra.student_layers}, device).to(device))
+    feats.trainable = nn.ModuleList(parts)
+    return feats
 
 
 def _probe_shapes(
@@ -294,6 +283,147 @@ def _probe_shapes(
     return s_shapes, t_shapes
 
 
+@dataclass
+class _Optim:
+    """What both training loops set up identically from a ``TrainConfig``: AdamW over the student
+    and its adapters, the warm-up + cosine LR schedule, the ``KDLoss``, mixed precision (autocast
+    dtype and, for fp16, a gradient scaler), the optionally compiled forward, the orthogonality
+    penalty's modules and dynamic sparsity. Built by ``_build_optim``; one object, so the two
+    loops cannot drift apart."""
+
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    crit: KDLoss
+    half: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    orth_mods: list[nn.Module]
+    sparse: DynamicSparsity | None
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to the mixed-precision dtype, or nothing in full precision."""
+        return torch.autocast(device.type, dtype=self.half) if self.half is not None else contextlib.nullcontext()
+
+    def loss(
+        self,
+        model: nn.Module,
+        out: torch.Tensor,
+        y: torch.Tensor,
+        t_logits: torch.Tensor | None,
+        feats: _Features,
+        t_feats: dict[str, torch.Tensor],
+        index: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One batch's loss: the logit loss, the feature terms, the orthogonality penalty."""
+        loss = self.crit(out.float(), y, t_logits)
+        terms = feats.terms(t_feats, index)
+        if terms is not None:
+            loss = loss + terms
+        if self.orth_mods:
+            loss = loss + self.cfg.orth_weight * orthogonality_penalty(model, self.orth_mods)
+        return loss
+
+    def step(self, loss: torch.Tensor, step: int) -> float:
+        """One update from ``loss``: refuse a non-finite loss, backward (through the AMP grad
+        scaler when there is one), optimizer step, sparsity schedule, LR schedule.
+
+        Returns:
+            The loss as a float.
+
+        Raises:
+            CandidateError: the loss is NaN or infinite.
+        """
+        loss_val = float(loss.detach())
+        if not math.isfinite(loss_val):
+            raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        if self.sparse is not None:
+            self.sparse.after_step(step + 1, self.opt)
+        self.sched.step()
+        return loss_val
+
+
+def _build_optim(model: nn.Module, trainable: nn.Module, cfg: TrainConfig, total: int, device: torch.device) -> _Optim:
+    """The ``_Optim`` of a training of ``total`` steps (``trainable``: the student and adapters)."""
+    opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
+    kind = cfg.distiller.logit if cfg.distiller is not None else cfg.logit_loss
+    half = amp_dtype(cfg.amp, device)
+    return _Optim(
+        cfg=cfg,
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac)),
+        crit=KDLoss(cfg.alpha, cfg.tau, kind=kind, label_smoothing=cfg.label_smoothing),
+        half=half,
+        scaler=torch.amp.GradScaler(device.type) if half == torch.float16 else None,
+        forward=torch.compile(model) if cfg.compile else model,
+        orth_mods=orthogonal_modules(model) if cfg.orth_weight > 0 else [],
+        sparse=(
+            DynamicSparsity(model, cfg.sparsity, total, seed=cfg.seed, update_every=cfg.sparse_update_every)
+            if cfg.sparsity > 0
+            else None
+        ),
+    )
+
+
+def _train(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig,
+    cache: TeacherCache | None,
+    progress: Callable[[float], None] | None,
+    teacher: nn.Module | None,
+    device: torch.device,
+    t0: float,
+    extra: ExtraLoss | None = None,
+) -> TrainResult:
+    idx = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed)
+    # normalise the subset once; every step is then an index gather on a ready tensor
+    x = data.normalize(data.x_train[idx]).to(device)
+    y = data.y_train[idx].to(device)
+    x_val = data.normalize(data.x_val)
+    if cfg.channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
+    _, _, t_layers = _feature_layers(cfg, extra)
+    t_logits: torch.Tensor | None = None
+    t_feats: dict[str, torch.Tensor] = {}
+    online = None
+    if cfg.use_kd:
+        cached_feats = cache is not None and all(n in cache.train_features for n in t_layers)
+        if cache is not None and cached_feats:
+            # one gather out of the (possibly memory-mapped) cache, then it lives in RAM
+            t_logits = cache.train_logits[idx].float().to(device)
+            t_feats = {n: cache.train_features[n][idx].float().to(device) for n in t_layers}
+        elif teacher is not None:
+            online = teacher.to(device).eval()
+        else:
+            raise ValueError(
+                f"the teacher cache holds no features for {t_layers}: build it with "
+                "feature_layers=spec.teacher_layers, or pass teacher= for online distillation"
+            )
+
+    model.to(device).train()
+    n = int(x.shape[0])
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    with contextlib.ExitStack() as stack:
+        feats = _open_features(stack, model, online, cfg, extra, t_feats, lambda: x, device)
+        return _loop(
+            model, cfg, x, y, x_val, data.y_val, t_logits, t_feats, online, feats, bs, steps_per_epoch, total,
+            progress, device, t0, idx.to(device),
+        )  # fmt: skip
+
+
 def _loop(
     model: nn.Module,
     cfg: TrainConfig,
@@ -304,39 +434,23 @@ def _loop(
     t_logits: torch.Tensor | None,
     t_feats: dict[str, torch.Tensor],
     online: nn.Module | None,
-    s_cap: FeatureCapture | None,
-    t_cap: FeatureCapture | None,
-    distiller: FeatureDistiller | None,
-    trainable: nn.Module,
+    feats: _Features,
     bs: int,
     steps_per_epoch: int,
     total: int,
     progress: Callable[[float], None] | None,
     device: torch.device,
     t0: float,
-    extra: ExtraLoss | None,
     index: torch.Tensor,
 ) -> TrainResult:
     n = int(x.shape[0])
-    opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac))
-    kind = cfg.distiller.logit if cfg.distiller is not None else cfg.logit_loss
-    crit = KDLoss(cfg.alpha, cfg.tau, kind=kind, label_smoothing=cfg.label_smoothing)
-    orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
+    optim = _build_optim(model, feats.trainable, cfg, total, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
-    half = amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
-    forward = torch.compile(model) if cfg.compile else model
-    sparse = (
-        DynamicSparsity(model, cfg.sparsity, total, seed=cfg.seed, update_every=cfg.sparse_update_every)
-        if cfg.sparsity > 0
-        else None
-    )
 
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of one batch (and the student's logits)."""
-        out = forward(xb)
+        out = optim.forward(xb)
         tf: dict[str, torch.Tensor] = {}
         tb: torch.Tensor | None = None
         if t_logits is not None:
@@ -345,21 +459,13 @@ def _loop(
         elif online is not None:
             with torch.no_grad():
                 tb = online(xb).float()
-                if t_cap is not None:
-                    tf = dict(t_cap.features)
-        loss = crit(out.float(), yb, tb)
-        if distiller is not None:
-            assert s_cap is not None
-            loss = loss + distiller(s_cap.features, tf)
-        if extra is not None:
-            assert s_cap is not None
-            loss = loss + extra(s_cap.features, index[bi])
-        if orth_mods:
-            loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
+                if feats.t_cap is not None:
+                    tf = dict(feats.t_cap.features)
+        loss = optim.loss(model, out, yb, tb, feats, tf, index[bi] if feats.extra is not None else None)
         return loss, out
 
     validate = (lambda: evaluate(model, x_val, y_val, device=device)) if evaluate_epochs else None
-    log = _EpochLog(model, opt, sparse, cfg, t0, steps_per_epoch, total, validate)
+    log = _EpochLog(model, optim.opt, optim.sparse, cfg, t0, steps_per_epoch, total, validate)
     step = 0
     last_report = -1
     perm = torch.randperm(n, generator=gen).to(device)
@@ -370,9 +476,9 @@ def _loop(
         bi = perm[pos : pos + bs]
         pos += bs
         xb, yb = x[bi], y[bi]
-        with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
+        with optim.autocast(device):
             loss, out = batch_loss(xb, yb, bi)
-        loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
+        loss_val = optim.step(loss, step)
         step += 1
         log.add(loss_val, out, yb)
         if progress is not None:
@@ -435,6 +541,42 @@ class _Schedule:
             epoch += 1
 
 
+def _streamed_teacher(
+    cfg: TrainConfig,
+    knowledge: TopKCache | OnlineTeacher | TeacherCache | None,
+    teacher: nn.Module | None,
+    t_layers: list[str],
+    device: torch.device,
+) -> tuple[TopKCache | None, nn.Module | None]:
+    """Where a streamed training's KD targets come from: (top-k cache, online teacher), one of
+    them set under ``use_kd``.
+
+    A ``TopKCache`` serves logit KD. It holds logits only, so a distiller with feature pairs runs
+    the teacher online on every batch (``knowledge``'s module, or ``teacher``) and then takes
+    the logits from that same pass as well: the exact outputs on the view being trained, at no
+    extra cost, rather than the cache's top-k approximation of them.
+    """
+    if not cfg.use_kd:
+        return None, None
+    if isinstance(knowledge, TopKCache) and not t_layers:
+        return knowledge, None
+    if isinstance(knowledge, OnlineTeacher):
+        online = knowledge.module
+    elif teacher is not None:
+        online = teacher
+    elif isinstance(knowledge, TopKCache):
+        raise ValueError(
+            f"feature distillation on streamed data runs the teacher online for its feature maps {t_layers} "
+            "(the top-k cache holds logits only): pass teacher= or an OnlineTeacher"
+        )
+    else:
+        raise ValueError("streamed KD needs a TopKCache or an online teacher (stream_knowledge)")
+    online = online.to(device).eval()
+    if cfg.channels_last:
+        online.to(memory_format=torch.channels_last)
+    return None, online
+
+
 def _train_streamed(
     model: nn.Module,
     data: StreamedData,
@@ -453,22 +595,13 @@ def _train_streamed(
     on the device and fed channels-last under autocast (bf16 on a CUDA device that supports it,
     ``TrainConfig.amp``). KD targets are the cached top-k soft labels of exactly the view being
     trained on (``TopKCache.soft_logits``), or the online teacher's logits on the same batch.
-    Validation is streamed too. Feature distillation and extra losses need in-memory data.
+    Feature distillation (``cfg.distiller`` pairs) takes the teacher's features, and logits, from
+    the online teacher run on the same batch (``_streamed_teacher``); feature shapes are probed
+    on the first batch. An ``ExtraLoss`` gets the batch's train-split sample indices (under
+    ``--stream-augment`` each epoch sees a new view of that sample). Validation is streamed too.
     """
-    if cfg.use_kd and ((cfg.distiller is not None and cfg.distiller.pairs) or extra is not None):
-        raise ValueError("feature distillation needs in-memory data; streamed data support logit KD only")
-    cache = knowledge if isinstance(knowledge, TopKCache) else None
-    online: nn.Module | None = None
-    if cfg.use_kd and cache is None:
-        if isinstance(knowledge, OnlineTeacher):
-            online = knowledge.module
-        elif teacher is not None:
-            online = teacher
-        else:
-            raise ValueError("streamed KD needs a TopKCache or an online teacher (stream_knowledge)")
-        online = online.to(device).eval()
-        if cfg.channels_last:
-            online.to(memory_format=torch.channels_last)
+    _, _, t_layers = _feature_layers(cfg, extra)
+    cache, online = _streamed_teacher(cfg, knowledge, teacher, t_layers, device)
     subset = stratified_subset(data.y_train, cfg.data_fraction, cfg.seed).numpy()
     n = len(subset)
     bs = min(cfg.batch_size, n)
@@ -479,83 +612,54 @@ def _train_streamed(
     model.to(device).train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     cuda = device.type == "cuda"
-    schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache if cfg.use_kd else None)
+    schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache)
     loader = data.loader("train", batch_size=bs, batches=schedule, train=True, pin_memory=cuda)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup_frac))
-    kind = cfg.distiller.logit if cfg.distiller is not None else cfg.logit_loss
-    crit = KDLoss(cfg.alpha, cfg.tau, kind=kind, label_smoothing=cfg.label_smoothing)
-    half = amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if half == torch.float16 else None
-    forward = torch.compile(model) if cfg.compile else model
-    orth_mods = orthogonal_modules(model) if cfg.orth_weight > 0 else []
-    sparse = (
-        DynamicSparsity(model, cfg.sparsity, total, seed=cfg.seed, update_every=cfg.sparse_update_every)
-        if cfg.sparsity > 0
-        else None
-    )
-    evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
-    validate = (lambda: streamed_accuracy(model, data, "val", device=device)) if evaluate_epochs else None
-    log = _EpochLog(model, opt, sparse, cfg, t0, steps_per_epoch, total, validate, batch_size=bs)
-    step, last_report = 0, -1
-    for xb, yb, ib, _ in loader:
-        epoch = step // steps_per_epoch
-        x = data.normalize_batch(xb.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-        yd = yb.to(device, non_blocking=True)
-        tb: torch.Tensor | None = None
-        if cfg.use_kd and cache is not None:
-            tb = cache.soft_logits(ib, epoch).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=half) if half is not None else contextlib.nullcontext():
-            if online is not None:
-                with torch.no_grad():
-                    tb = online(x).float()
-            out = forward(x)
-            loss = crit(out.float(), yd, tb)
-            if orth_mods:
-                loss = loss + cfg.orth_weight * orthogonality_penalty(model, orth_mods)
-        loss_val = _optimizer_step(loss, step, opt, scaler, sparse, sched)
-        step += 1
-        log.add(loss_val, out, yd)
-        if progress is not None and (100 * step) // total != last_report:
-            last_report = (100 * step) // total
-            progress(step / total)
-        out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-        if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
-            break
-    del loader  # stops the workers
+    batches = iter(loader)
+    first = next(batches)  # total >= 1: there is a first batch; it also serves the shape probe
+
+    def on_device(xb: torch.Tensor) -> torch.Tensor:
+        return data.normalize_batch(xb.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+
+    with contextlib.ExitStack() as stack:
+        feats = _open_features(stack, model, online, cfg, extra, {}, lambda: on_device(first[0]), device)
+        optim = _build_optim(model, feats.trainable, cfg, total, device)
+        evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
+        validate = (lambda: streamed_accuracy(model, data, "val", device=device)) if evaluate_epochs else None
+        log = _EpochLog(model, optim.opt, optim.sparse, cfg, t0, steps_per_epoch, total, validate, batch_size=bs)
+        step, last_report = 0, -1
+        for xb, yb, ib, _ in itertools.chain([first], batches):
+            epoch = step // steps_per_epoch
+            x = on_device(xb)
+            yd = yb.to(device, non_blocking=True)
+            tb: torch.Tensor | None = None
+            tf: dict[str, torch.Tensor] = {}
+            if cache is not None:
+                tb = cache.soft_logits(ib, epoch).to(device, non_blocking=True)
+            with optim.autocast(device):
+                if online is not None:
+                    with torch.no_grad():
+                        tb = online(x).float()
+                        if feats.t_cap is not None:
+                            tf = dict(feats.t_cap.features)
+                out = optim.forward(x)
+                index = ib.to(device, non_blocking=True) if feats.extra is not None else None
+                loss = optim.loss(model, out, yd, tb, feats, tf, index)
+            loss_val = optim.step(loss, step)
+            step += 1
+            log.add(loss_val, out, yd)
+            if progress is not None and (100 * step) // total != last_report:
+                last_report = (100 * step) // total
+                progress(step / total)
+            out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
+            if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
+                break
+    del batches, loader  # stops the workers
     log.restore_best()
     model.eval()
     val_acc = streamed_accuracy(model, data, "val", device=device)
     if progress is not None and last_report != 100:
         progress(1.0)
     return log.result(val_acc, step)
-
-
-def _optimizer_step(loss: torch.Tensor, step: int, opt: Any, scaler: Any, sparse: Any, sched: Any) -> float:
-    """One update from ``loss`` (both training loops): refuse a non-finite loss, backward (through
-    the AMP grad scaler when there is one), optimizer step, sparsity schedule, LR schedule.
-
-    Returns:
-        The loss as a float.
-
-    Raises:
-        CandidateError: the loss is NaN or infinite.
-    """
-    loss_val = float(loss.detach())
-    if not math.isfinite(loss_val):
-        raise CandidateError(f"non-finite training loss ({loss_val}) at step {step}")
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
-    if sparse is not None:
-        sparse.after_step(step + 1, opt)
-    sched.step()
-    return loss_val
 
 
 class _EpochLog:

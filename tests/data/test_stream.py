@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 
 from kd_compile.data import render_glyphs
 from kd_compile.data.stream import StreamAugment, open_stream, split_size, view_seed, wants_stream
+from kd_compile.distill.distiller import DistillerSpec
+from kd_compile.distill.features import FeatureSpec
 from kd_compile.distill.topk_cache import OnlineTeacher, TopKCache, dense_from_topk, stream_knowledge, topk_of
 from kd_compile.distill.trainer import TrainConfig, train_student
 from kd_compile.errors import DataError
@@ -194,21 +197,27 @@ def test_options_device_auto_and_data_mode() -> None:
         CompileConfig.from_options("teacher.pt", stream_augment="mixup")
 
 
-def test_compile_streams_an_imagefolder_end_to_end(digits_teacher: Path, tmp_path: Path) -> None:
-    """The whole run on a streamed folder: KD from the top-k cache, test accuracy, report."""
-    import json
-
-    import kd_compile
+def digits_folder(root: Path) -> tuple[Path, object]:
+    """scikit-learn's digits at 12 px written as a train/val PNG ImageFolder (and the bundle)."""
     from kd_compile.data import load_data
-    from kd_compile.report import validate_report
 
     bundle = load_data("digits", image_size=12)
-    root = tmp_path / "digits"
     for split, (x, y) in {"train": (bundle.x_train, bundle.y_train), "val": (bundle.x_val, bundle.y_val)}.items():
         for i, (img, label) in enumerate(zip(x.numpy(), y.tolist(), strict=True)):
             d = root / split / str(label)
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img[0]).save(d / f"{i:05d}.png")
+    return root, bundle
+
+
+def test_compile_streams_an_imagefolder_end_to_end(digits_teacher: Path, tmp_path: Path) -> None:
+    """The whole run on a streamed folder: KD from the top-k cache, test accuracy, report."""
+    import json
+
+    import kd_compile
+    from kd_compile.report import validate_report
+
+    root, bundle = digits_folder(tmp_path / "digits")
     out = tmp_path / "run"
     kd_compile.compile(
         str(digits_teacher), data=str(root), data_mode="stream", stream_augment="none", out=out, target="2080ti",
@@ -222,3 +231,133 @@ def test_compile_streams_an_imagefolder_end_to_end(digits_teacher: Path, tmp_pat
     assert d["train"] + d["test"] == len(bundle.x_train) and d["val"] == len(bundle.x_val)
     assert d["teacher_knowledge"]["choice"] == "cache" and d["teacher_knowledge"]["disk_bytes"] > 0
     assert r["student"]["accuracy"] > 0.3 and r["teacher"]["accuracy"] > 0.5
+
+
+# --- feature distillation and Auto-KD on streamed data ---------------------------------------
+
+
+MILD = StreamAugment(scale=(0.6, 1.0), hflip=False)  # glyphs: no flips, small crops only
+
+
+def _hint_spec() -> DistillerSpec:
+    """FitNets: the student's second conv (32 channels at width 16) hints the teacher's (64 at
+    width 32) through a learned 1x1 adapter."""
+    return DistillerSpec("kl", (FeatureSpec.named("hint", student="4", teacher="4", weight=1.0),))
+
+
+def test_streamed_feature_distiller_uses_the_online_teacher(folder: Path, teacher: nn.Module, tmp_path: Path) -> None:
+    data = open_stream(folder, image_size=24, channels=1, workers=0, augment=MILD)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, data_fraction=0.5, distiller=_hint_spec())
+    online = OnlineTeacher(teacher, teacher_val_acc=1.0)
+    r1 = train_student(s1 := tiny_cnn(width=16), data, cfg, online)
+    r2 = train_student(s2 := tiny_cnn(width=16), data, cfg, online)
+    assert r1.steps == 2 * (data.size("train") // 2 // 32) and r1.val_acc == r2.val_acc
+    assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values(), strict=True))
+    assert not s1[4]._forward_hooks and not teacher[4]._forward_hooks  # capture hooks removed
+    # the hint term changes training (against logit KD alone, same seed and batches)
+    r_kd = train_student(s_kd := tiny_cnn(width=16), data, dataclasses.replace(cfg, distiller=None), online)
+    assert not torch.equal(s_kd[-1].weight, s1[-1].weight) and r_kd.history[0]["loss"] != r1.history[0]["loss"]
+    # a top-k cache holds logits only: with teacher= the features (and logits) come from the online teacher,
+    # the very run above; without a teacher module it is a clear error
+    cache = TopKCache.build(teacher, data, views=2, k=2, cache_dir=tmp_path)
+    train_student(s3 := tiny_cnn(width=16), data, cfg, cache, teacher=teacher)
+    assert torch.equal(s3[-1].weight, s1[-1].weight)
+    with pytest.raises(ValueError, match="holds logits only"):
+        train_student(tiny_cnn(width=16), data, cfg, cache)
+
+
+class _IndexProbe:
+    """An ``ExtraLoss`` with a trainable 1x1 head on the student's second conv that records the
+    sample indices it is given."""
+
+    student_layers = ("4",)
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module:
+        self.shapes = shapes
+        torch.manual_seed(1)
+        self.head = nn.Conv2d(shapes["4"][0], 1, 1)
+        self.start = self.head.weight.detach().clone()
+        return self.head
+
+    def __call__(self, features: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        self.seen.append(index.cpu())
+        return (self.head(features["4"]) - 1.0).pow(2).mean()
+
+
+def test_streamed_extra_loss_gets_train_indices_and_is_trained(folder: Path, teacher: nn.Module) -> None:
+    from kd_compile.distill.trainer import stratified_subset
+
+    data = open_stream(folder, image_size=24, channels=1, workers=0)
+    cfg = TrainConfig(epochs=1, batch_size=32, data_fraction=0.5, seed=2)
+    probe = _IndexProbe()
+    res = train_student(tiny_cnn(width=16), data, cfg, OnlineTeacher(teacher, 1.0), extra_loss=probe)
+    assert probe.shapes == {"4": (32, 12, 12)}  # probed on the first batch, without the batch dim
+    seen = torch.cat(probe.seen)
+    assert len(probe.seen) == res.steps and seen.numel() == res.steps * 32
+    subset = set(stratified_subset(data.y_train, 0.5, 2).tolist())
+    assert set(seen.tolist()) <= subset and len(set(seen.tolist())) == seen.numel()  # one epoch: no repeats
+    assert not torch.equal(probe.head.weight, probe.start)  # optimised with the student
+
+
+def test_autokd_search_and_training_run_on_streamed_data(folder: Path, teacher: nn.Module) -> None:
+    import math
+
+    from kd_compile.distill.autokd import DistillerChoice, TeacherKnowledge, search_distiller, train_with_distiller
+
+    data = open_stream(folder, image_size=24, channels=1, workers=0, augment=MILD)
+    know = TeacherKnowledge.build(teacher, data, layer="4", gap_samples=20)
+    # streamed: no train features are stored; the teacher runs online, the gap subset is computed once
+    assert know.online and know.train_features is None and know.teacher is teacher
+    assert know.gap_features.shape == (know.gap_index.numel(), 64, 4, 4)  # pooled to 4x4
+    base = TrainConfig(batch_size=32, lr=1e-2)
+    best, report = search_distiller(
+        lambda: tiny_cnn(width=16), data, teacher, None, iterations=2, epochs=0.5, data_fraction=0.3, train_cfg=base,
+        knowledge=know, student_layer="4",
+    )  # fmt: skip
+    rows = [r for r in report["rewards"] if not r["cached"]]
+    assert rows and all(math.isfinite(r["reward"]) and 0.0 <= r["gap"] <= 1.0 for r in rows)
+    assert report["teacher_layer"] == "4" and DistillerChoice.from_dict(report["best"]) == best
+    cfg = dataclasses.replace(base, epochs=1)
+    r1 = train_with_distiller(s1 := tiny_cnn(width=16), data, cfg, None, None, best, knowledge=know, student_layer="4")
+    # the same as a plain streamed training with the choice as a one-pair distiller from the online teacher
+    spec = DistillerSpec("kl", (best.spec(student="4", teacher="4"),))
+    r2 = train_student(s2 := tiny_cnn(width=16), data, dataclasses.replace(cfg, tau=best.temperature, distiller=spec),
+                       teacher=teacher)  # fmt: skip
+    assert r1.val_acc == r2.val_acc and torch.equal(s1[-1].weight, s2[-1].weight)
+
+
+def test_augment_on_streamed_data_is_a_usage_error(digits_teacher: Path, tmp_path: Path) -> None:
+    import kd_compile
+    from kd_compile.errors import UsageError
+
+    root, _ = digits_folder(tmp_path / "digits")
+    with pytest.raises(UsageError, match="does not apply to streamed data; use --stream-augment"):
+        kd_compile.compile(str(digits_teacher), data=str(root), data_mode="stream", augment=2,
+                           out=tmp_path / "run", device="cpu")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compile_distiller_auto_on_streamed_data(digits_teacher: Path, tmp_path: Path) -> None:
+    """``--distiller auto`` on a streamed folder: the MCTS search and the final training with the
+    chosen distiller, the teacher running online for its features."""
+    import json
+
+    import kd_compile
+    from kd_compile.report import validate_report
+
+    root, _ = digits_folder(tmp_path / "digits")
+    out = tmp_path / "run"
+    kd_compile.compile(
+        str(digits_teacher), data=str(root), data_mode="stream", stream_augment="none", out=out, target="2080ti",
+        max_params="12K", budget=2, proxy_epochs=1, final_epochs=2, strategy="random", seed=0, max_latency="none",
+        compare_ce=False, device="cpu", distiller="auto", distiller_iterations=2,
+    )  # fmt: skip
+    r = json.loads((out / "report.json").read_text())
+    validate_report(r)
+    assert r["run"]["data"]["mode"] == "stream"
+    assert r["distiller"]["iterations"] == 2 and len(r["distiller"]["rewards"]) == 2  # the search ran
+    assert r["student"]["accuracy"] > 0.3

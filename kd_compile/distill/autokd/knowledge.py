@@ -1,23 +1,38 @@
 """Teacher knowledge computed once for Auto-KD (its "offline processing"): which layer to
 distil, the teacher's train logits and features, and its features on the val subset that the
 reward's representation gap is measured on.
+
+On streamed data (``data.stream``) the train set neither fits in memory nor shows the same view
+twice, so no train logits or features are stored: the knowledge keeps the teacher itself, which
+runs online next to the student (``trainer`` feature distillation on streamed batches), and only
+the gap subset's features are computed once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...data import DataBundle
+from ...data.stream import StreamedData, is_streamed
 from ..cache import TeacherCache
 from ..capture import FeatureCapture
 from ..inference import predict_logits
 from ..trainer import stratified_subset
 
-__all__ = ["TeacherKnowledge", "features_and_logits", "last_feature_layer", "pool_feature"]
+__all__ = [
+    "TeacherKnowledge",
+    "features_and_logits",
+    "last_feature_layer",
+    "pool_feature",
+    "sample_batch",
+    "streamed_features_and_logits",
+]
 
 
 def last_feature_layer(model: nn.Module, sample: torch.Tensor | None = None) -> str:
@@ -91,33 +106,80 @@ def features_and_logits(
     return torch.cat(logits), torch.cat(feats)
 
 
+def sample_batch(data: DataBundle | StreamedData, n: int = 2) -> torch.Tensor:
+    """The first ``n`` val images, normalised (a probe batch for ``last_feature_layer``)."""
+    if not is_streamed(data):
+        return data.normalize(data.x_val[:n])
+    loader = data.loader("val", batch_size=n, batches=[[(i, 0) for i in range(min(n, data.size("val")))]], workers=0)
+    xb = next(iter(loader))[0]
+    return data.normalize_batch(xb)
+
+
+def streamed_features_and_logits(
+    model: nn.Module,
+    data: StreamedData,
+    split: str,
+    layer: str,
+    pool: int | None,
+    index: torch.Tensor | np.ndarray | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``features_and_logits`` over a streamed split (evaluation transforms, in order), on the
+    samples ``index`` (default: all), read through the split's ``DataLoader``."""
+    ids = [int(i) for i in (range(data.size(split)) if index is None else index)]
+    batches = [[(i, 0) for i in ids[s : s + batch_size]] for s in range(0, len(ids), batch_size)]
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    dev = torch.device(device)
+    try:
+        with torch.inference_mode(), FeatureCapture(model, [layer]) as cap:
+            for xb, *_ in data.loader(split, batch_size=batch_size, batches=batches, pin_memory=dev.type == "cuda"):
+                out = model(data.normalize_batch(xb.to(dev, non_blocking=True)))
+                logits.append(out.float().cpu())
+                feats.append(pool_feature(cap.features[layer], pool).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(feats)
+
+
 @dataclass
 class TeacherKnowledge:
     """Everything the distiller search needs from the teacher, computed once.
 
     Attributes:
         layer: teacher module name whose features are distilled (its last feature map).
-        train_logits: float32 (N, K), aligned with ``data.x_train``.
-        train_features: float32 (N, C, h, w) teacher features on ``data.x_train``.
+        train_logits: float32 (N, K), aligned with ``data.x_train``; None on streamed data.
+        train_features: float32 (N, C, h, w) teacher features on ``data.x_train``; None on
+            streamed data.
         gap_index: int64 (G,) indices into ``data.x_val`` of the samples the representation
             gap is measured on (a fixed stratified subset).
         gap_features: float32 (G, C, h, w) teacher features on those samples.
         feature_pool: maps larger than this were average-pooled to it (None: full size).
         val_logits: float32 (M, K) teacher logits on ``data.x_val``.
+        teacher: on streamed data, the teacher itself: it runs online on every training batch
+            and provides the features of exactly the view being trained on.
     """
 
     layer: str
-    train_logits: torch.Tensor
-    train_features: torch.Tensor
+    train_logits: torch.Tensor | None
+    train_features: torch.Tensor | None
     gap_index: torch.Tensor
     gap_features: torch.Tensor
     feature_pool: int | None = 4
     val_logits: torch.Tensor | None = None
+    teacher: nn.Module | None = None
+
+    @property
+    def online(self) -> bool:
+        """True when the teacher runs online (streamed data): no train features are stored."""
+        return self.train_features is None
 
     def logit_cache(self) -> TeacherCache:
         """The teacher logits as a ``TeacherCache`` for ``train_student``."""
-        if self.val_logits is None:
-            raise ValueError("this TeacherKnowledge holds no val logits; build it with build()")
+        if self.val_logits is None or self.train_logits is None:
+            raise ValueError("this TeacherKnowledge holds no train/val logits; build it with build() on in-memory data")
         return TeacherCache(
             train_logits=self.train_logits,
             val_logits=self.val_logits,
@@ -128,9 +190,9 @@ class TeacherKnowledge:
     def build(
         cls,
         teacher: nn.Module | None,
-        data: DataBundle,
+        data: DataBundle | StreamedData,
         *,
-        cache: TeacherCache | None = None,
+        cache: Any = None,
         layer: str | None = None,
         feature_pool: int | None = 4,
         gap_samples: int = 256,
@@ -144,8 +206,10 @@ class TeacherKnowledge:
             teacher: the teacher (always needed: the reward's gap uses its val features;
                 with a ``cache`` that holds the train logits and ``layer`` features at the same
                 pooling, it only runs on the ``gap_samples`` val images).
-            data: the bundle.
-            cache: reused for the train logits (and features, when it holds them).
+            data: the bundle, or streamed data (then only the gap features are computed and
+                the knowledge keeps ``teacher`` to run online).
+            cache: a ``TeacherCache``, reused for the train logits (and features, when it
+                holds them); ignored on streamed data (a top-k cache holds no features).
             layer: teacher feature layer; default ``last_feature_layer(teacher, ...)``.
             feature_pool: average-pool maps larger than this (memory: the features of the whole
                 train set are held); None keeps full size.
@@ -161,6 +225,8 @@ class TeacherKnowledge:
             raise ValueError(
                 "distilling with an Auto-KD distiller needs the teacher module (teacher=) for its feature maps"
             )
+        if is_streamed(data):
+            return cls._build_streamed(teacher, data, layer, feature_pool, gap_samples, seed, device, batch_size)
         x_val = data.normalize(data.x_val)
         layer = layer or last_feature_layer(teacher, x_val[:2].to(device))
         orig = next(iter(teacher.parameters()), torch.empty(0)).device
@@ -194,4 +260,31 @@ class TeacherKnowledge:
             gap_features=gap_feats.contiguous(),
             feature_pool=feature_pool,
             val_logits=val_logits.contiguous(),
+        )
+
+    @classmethod
+    def _build_streamed(
+        cls, teacher: nn.Module, data: StreamedData, layer: str | None, feature_pool: int | None,
+        gap_samples: int, seed: int, device: str, batch_size: int,
+    ) -> TeacherKnowledge:  # fmt: skip
+        """``build`` on streamed data: the layer and the gap subset's features; the teacher is kept."""
+        orig = next(iter(teacher.parameters()), torch.empty(0)).device
+        teacher.to(device)
+        try:
+            layer = layer or last_feature_layer(teacher, sample_batch(data).to(device))
+            frac = min(1.0, gap_samples / max(1, data.size("val")))
+            gap_index = stratified_subset(data.y_val, frac, seed)
+            _, gap_feats = streamed_features_and_logits(
+                teacher, data, "val", layer, feature_pool, gap_index, batch_size, device
+            )
+        finally:
+            teacher.to(orig)
+        return cls(
+            layer=layer,
+            train_logits=None,
+            train_features=None,
+            gap_index=gap_index,
+            gap_features=gap_feats.contiguous(),
+            feature_pool=feature_pool,
+            teacher=teacher,
         )

@@ -3,8 +3,11 @@ distiller search itself.
 
 Training with a ``DistillerChoice`` is ``trainer.train_student`` with the choice's
 ``FeatureLoss`` plugged in as an ``ExtraLoss`` (``_ChoiceLoss``): the same subset, batch order,
-optimiser, schedule and logit loss as any other training. ``search_distiller`` runs
-``mcts.mcts_search`` over a ``DistillerTree`` with ``distiller_reward``-style proxy rewards.
+optimiser, schedule and logit loss as any other training. On streamed data the choice becomes a
+one-pair ``DistillerSpec`` distilled from the online teacher (the same ``FeatureLoss``, fed the
+teacher's features of the very view being trained), and the reward's val pass is streamed.
+``search_distiller`` runs ``mcts.mcts_search`` over a ``DistillerTree`` with
+``distiller_reward``-style proxy rewards.
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data import DataBundle
+from ...data.stream import StreamedData, is_streamed
 from ...errors import CandidateError
-from ..cache import TeacherCache
-from ..distiller import FeatureLoss
+from ..distiller import DistillerSpec, FeatureLoss
 from ..features import cka_loss
 from ..train_config import TrainConfig, TrainResult
 from ..trainer import train_student
-from .knowledge import TeacherKnowledge, features_and_logits, last_feature_layer
+from .knowledge import (
+    TeacherKnowledge,
+    features_and_logits,
+    last_feature_layer,
+    sample_batch,
+    streamed_features_and_logits,
+)
 from .mcts import mcts_search
 from .space import DistillerChoice, DistillerTree
 
@@ -47,28 +56,30 @@ class _ChoiceLoss:
 
     def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module:
         (shape,) = shapes.values()
+        assert self.knowledge.train_features is not None
         t_shape = tuple(self.knowledge.train_features.shape[1:])
         self.loss = FeatureLoss(self.spec, shape, t_shape, seed=self.seed)
         self.t_feats = self.knowledge.train_features.to(device)
         return self.loss
 
     def __call__(self, features: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-        assert self.loss is not None
+        assert self.loss is not None and self.t_feats is not None
         (layer,) = self.student_layers
         return self.loss(features[layer], self.t_feats[index.to(self.t_feats.device)])
 
 
-def _student_layer(model: nn.Module, data: DataBundle, layer: str | None) -> str:
+def _student_layer(model: nn.Module, data: DataBundle | StreamedData, layer: str | None) -> str:
     if layer is not None:
         return layer
-    return last_feature_layer(model, data.normalize(data.x_val[:2]))
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    return last_feature_layer(model, sample_batch(data).to(device))
 
 
 def train_with_distiller(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | StreamedData,
     cfg: TrainConfig,
-    cache: TeacherCache | None,
+    cache: Any,
     teacher: nn.Module | None,
     choice: DistillerChoice,
     *,
@@ -82,13 +93,16 @@ def train_with_distiller(
     ``loss = KDLoss(cfg.alpha, choice.temperature, kind=cfg.logit_loss)(s, y, t) +
     FeatureLoss(choice.spec())(f_S, f_T)`` on the student's last feature map and the teacher's
     (``knowledge.layer``); ``cfg.tau`` and ``cfg.distiller`` are ignored (the choice sets the
-    temperature and the feature term). ``cfg.use_kd=False`` trains with CE only.
+    temperature and the feature term). ``cfg.use_kd=False`` trains with CE only. On streamed
+    data the term is ``cfg.distiller``'s one pair, the teacher running online
+    (``knowledge.teacher``, or ``teacher``) for its features and logits of each batch.
 
     Args:
         model: the student (trained in place, left in eval mode on ``cfg.device``).
-        data: the bundle.
+        data: the bundle, or streamed data.
         cfg: the training configuration.
-        cache: offline teacher logits (and features) aligned with ``data``; may be None.
+        cache: offline teacher logits (and features) aligned with ``data`` (a
+            ``TeacherCache``); may be None; unused on streamed data.
         teacher: the teacher; needed unless ``knowledge`` is given.
         choice: the distiller.
         knowledge: teacher knowledge from ``TeacherKnowledge.build`` (reuse it across calls).
@@ -111,6 +125,8 @@ def train_with_distiller(
     if not cfg.use_kd:
         return train_student(model, data, dataclasses.replace(cfg, distiller=None), progress=progress)
     layer = _student_layer(model, data, student_layer)
+    if knowledge.online:
+        return _train_online(model, data, cfg, knowledge.teacher or teacher, choice, layer, knowledge.layer, progress)
     term = _ChoiceLoss(choice, layer, knowledge, cfg.seed)
     try:
         return train_student(
@@ -125,9 +141,54 @@ def train_with_distiller(
         raise CandidateError(f"{exc} with distiller {choice.describe()}") from exc
 
 
+def _train_online(
+    model: nn.Module,
+    data: DataBundle | StreamedData,
+    cfg: TrainConfig,
+    teacher: nn.Module | None,
+    choice: DistillerChoice,
+    layer: str,
+    teacher_layer: str,
+    progress: Callable[[float], None] | None,
+) -> TrainResult:
+    """``train_with_distiller`` with the teacher online: the choice as a one-pair distiller (the
+    same ``FeatureLoss``, seed and logit loss as ``_ChoiceLoss``)."""
+    if teacher is None:
+        raise ValueError("distilling with an Auto-KD distiller on streamed data needs the teacher module (teacher=)")
+    spec = DistillerSpec(cfg.logit_loss, (choice.spec(student=layer, teacher=teacher_layer),))
+    try:
+        return train_student(
+            model,
+            data,
+            dataclasses.replace(cfg, tau=choice.temperature, distiller=spec),
+            None,
+            progress,
+            teacher=teacher,
+        )
+    except CandidateError as exc:
+        raise CandidateError(f"{exc} with distiller {choice.describe()}") from exc
+
+
+def _val_ce_and_gap_features(
+    model: nn.Module, data: DataBundle | StreamedData, layer: str, knowledge: TeacherKnowledge, device: torch.device
+) -> tuple[float, torch.Tensor]:
+    """The student's val cross-entropy and its ``layer`` features on the gap subset."""
+    if is_streamed(data):
+        logits, _ = streamed_features_and_logits(model, data, "val", layer, None, device=device)
+        _, s_gap = streamed_features_and_logits(
+            model, data, "val", layer, knowledge.feature_pool, knowledge.gap_index, device=device
+        )
+        return float(F.cross_entropy(logits, data.y_val)), s_gap
+    x_val = data.normalize(data.x_val)
+    logits, _ = features_and_logits(model, x_val, layer, None, device=device)
+    val_ce = float(F.cross_entropy(logits, data.y_val))
+    _, s_gap = features_and_logits(model, x_val[knowledge.gap_index], layer, knowledge.feature_pool, device=device)
+    return val_ce, s_gap
+
+
 def _reward_details(
     student_builder: Callable[[], nn.Module],
-    data: DataBundle,
+    data: DataBundle | StreamedData,
     knowledge: TeacherKnowledge,
     choice: DistillerChoice,
     train_cfg: TrainConfig,
@@ -152,11 +213,7 @@ def _reward_details(
     except CandidateError as exc:
         return {"reward": -math.inf, "error": str(exc)}
     layer = _student_layer(model, data, student_layer)
-    device = torch.device(train_cfg.device)
-    x_val = data.normalize(data.x_val)
-    logits, _ = features_and_logits(model, x_val, layer, None, device=device)
-    val_ce = float(F.cross_entropy(logits, data.y_val))
-    _, s_gap = features_and_logits(model, x_val[knowledge.gap_index], layer, knowledge.feature_pool, device=device)
+    val_ce, s_gap = _val_ce_and_gap_features(model, data, layer, knowledge, torch.device(train_cfg.device))
     gap = float(cka_loss(s_gap, knowledge.gap_features))
     reward = -val_ce - gap_weight * gap
     if not math.isfinite(reward):
@@ -172,7 +229,7 @@ def _reward_details(
 
 def distiller_reward(
     student_builder: Callable[[], nn.Module],
-    data: DataBundle,
+    data: DataBundle | StreamedData,
     cache_or_teacher: TeacherKnowledge | nn.Module,
     choice: DistillerChoice,
     train_cfg: TrainConfig,
@@ -214,9 +271,9 @@ def distiller_reward(
 
 def search_distiller(
     student_builder: Callable[[], nn.Module],
-    data: DataBundle,
+    data: DataBundle | StreamedData,
     teacher: nn.Module,
-    cache: TeacherCache | None,
+    cache: Any,
     *,
     iterations: int = 8,
     epochs: float = 0.5,
@@ -242,7 +299,8 @@ def search_distiller(
         student_builder: builds an untrained student (called once per evaluated distiller).
         data: the bundle.
         teacher: the teacher.
-        cache: offline teacher logits aligned with ``data`` (optional).
+        cache: offline teacher logits aligned with ``data`` (a ``TeacherCache``, optional;
+            unused on streamed data, where the teacher runs online).
         iterations: MCTS iterations (about one proxy training each).
         epochs: proxy training epochs.
         data_fraction: proxy training subset.
