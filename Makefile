@@ -30,7 +30,7 @@ test: install
 # make bench: every benchmark whose figures the README quotes, each writing benchmarks/results/*.json
 # (tests/test_readme_figures.py checks the README against those files). Hours on a 2-core CPU;
 # run one part with e.g. `make bench-fidelity`.
-BENCH_PARTS := bench-e2e bench-latency bench-difficulty bench-fidelity bench-distill bench-strategies
+BENCH_PARTS := bench-e2e bench-latency bench-ort bench-difficulty bench-fidelity bench-distill bench-strategies
 .PHONY: $(BENCH_PARTS)
 
 bench: $(BENCH_PARTS)
@@ -40,6 +40,10 @@ bench-e2e: install examples/glyphs/teacher.pt
 
 bench-latency: install
 	$(BIN)/python benchmarks/latency_accuracy.py
+
+# ONNX Runtime repeatability (about a minute; run it alone: other processes move the figures)
+bench-ort: install
+	$(BIN)/python benchmarks/ort_stability.py
 
 bench-difficulty: install
 	$(BIN)/python benchmarks/glyphs_difficulty.py --threads 1

@@ -21,6 +21,8 @@ highest fidelity evaluated) after a cost of 10, 25 and ``--budget``; the median 
 evaluations made ("evals"); the median number of distinct table architectures they mapped to
 ("archs"); the mean regret at ``--budget`` and the share of seeds whose incumbent is the
 table's best architecture ("best"; regrets are quantised by the table, so medians often tie);
+a 95 % confidence interval of the median regret at ``--budget`` over the seeds ("median CI95";
+percentile bootstrap; the results rows also hold mean +- 1.96 SE as ``ci95_mean``);
 the cost at which the strategy's median regret first reaches random search's median regret at
 ``--budget`` ("match", ">budget" when it does not); the seeds run (``--max-seconds``
 may stop a slow strategy early, after ``--min-seeds``).
@@ -35,19 +37,33 @@ trust region hardest), a repeat is charged like a new training. "evals" counts r
 Issue goals checked: turbo reaches random's median best at N=50 within 25 evaluations;
 multi-fidelity strategies beat single-fidelity ones at equal training cost.
 
+Replicates: where the table holds replicate trainings (``make_tabular.py --replicate-top``),
+an architecture's full-fidelity value is the mean over its training seeds, so the table's best
+and every regret are computed on means (a strategy still observes the recorded seed-0 run).
+
+GP settings: ``--gp-settings shipped`` (default) creates every strategy with its own defaults,
+the settings the compiler's search runs with; ``--gp-settings fast`` passes ``GP_OPTIONS``
+(fewer candidates, L-BFGS iterations and MC samples) for quick looks. Measured on the committed
+table, one seed of turbo at budget 50 (``--seeds 1 --only turbo``, ``OMP_NUM_THREADS=1``, this
+project's 2-core machine, with another job running): 48 s with ``shipped``, 9 s with ``fast``
+(the same regret, 0.006, on that seed).
+
 Run::
 
     .venv/bin/python benchmarks/strategies.py [--seeds 20] [--budget 50] [--only turbo,random]
+    .venv/bin/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl
 
 Each strategy's row is merged into ``benchmarks/results/strategies.json``
-(``strategies_charge_repeats.json`` with ``--charge-repeats``; ``--results`` elsewhere), the
-file the README's table is checked against (``tests/test_readme_figures.py``).
+(``strategies_charge_repeats.json`` with ``--charge-repeats``; ``strategies_<table>.json`` for
+another ``--table``, e.g. ``strategies_glyphs10.json``; ``--results`` elsewhere), the file the
+README's table is checked against (``tests/test_readme_figures.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import sys
@@ -68,15 +84,21 @@ from kd_compile.testing.tabular import OBJECTIVES, TabularBenchmark, TabularRun,
 
 DEFAULT_TABLE = ROOT / "benchmarks" / "data" / "nas_kd_glyphs.jsonl"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-# modest GP settings so that the GP strategies run in minutes (passed where accepted)
+# --gp-settings fast: modest GP settings so that the GP strategies run in minutes (passed where
+# accepted); the default, "shipped", passes none of them: the strategies' own defaults, which are
+# what the compiler's search runs with
 GP_OPTIONS: dict[str, Any] = {"n_candidates": 200, "gp_maxiter": 30, "mc_samples": 16}
+GP_SETTINGS: dict[str, dict[str, Any]] = {"shipped": {}, "fast": GP_OPTIONS}
+BOOTSTRAP = 2000  # resamples of the bootstrap CI of the median regret
 
 
-def make_strategy(name: str, bench: TabularBenchmark, seed: int, budget: int) -> Strategy:
-    """Create ``name`` with those of ``GP_OPTIONS`` it accepts, and the table's metrics as
-    ``objectives`` if it takes them (a multi-objective strategy); an option it rejects by name
-    is dropped and creation retried; any other error is raised."""
-    opts = {**GP_OPTIONS, "objectives": OBJECTIVES}
+def make_strategy(
+    name: str, bench: TabularBenchmark, seed: int, budget: int, gp_options: dict[str, Any] | None = None
+) -> Strategy:
+    """Create ``name`` with those of ``gp_options`` (default ``GP_OPTIONS``) it accepts, and the
+    table's metrics as ``objectives`` if it takes them (a multi-objective strategy); an option it
+    rejects by name is dropped and creation retried; any other error is raised."""
+    opts = {**(GP_OPTIONS if gp_options is None else gp_options), "objectives": OBJECTIVES}
     while True:
         try:
             return create_strategy(name, bench.space, seed=seed, budget=budget, **opts)
@@ -96,6 +118,37 @@ def quartiles(v: list[float]) -> str:
         return f"{'inf':>22}"
     q1, med, q3 = np.percentile(a, [25, 50, 75])
     return f"{med:7.3f} [{q1:6.3f},{q3:6.3f}]"
+
+
+def ci95(v: list[float], seed: int = 0) -> dict[str, list[float]]:
+    """95 % confidence intervals over seeds of the regrets ``v`` (one per strategy seed).
+
+    ``median``: percentile bootstrap of the median (``BOOTSTRAP`` resamples, seeded, so the same
+    regrets give the same interval; the outer order statistics are taken, no interpolation, so a
+    seed that found nothing, regret ``inf``, widens the interval instead of making it ``nan``).
+    ``mean``: mean +- 1.96 standard errors (``inf`` when a regret is; a single seed gives ``nan``
+    bounds: no spread to measure)."""
+    a = np.asarray(v, dtype=float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(a[rng.integers(0, a.size, size=(BOOTSTRAP, a.size))], axis=1)
+    lo, hi = np.quantile(meds, 0.025, method="lower"), np.quantile(meds, 0.975, method="higher")
+    if np.isfinite(a).all() and a.size > 1:
+        half = 1.96 * a.std(ddof=1) / np.sqrt(a.size)
+        mean = [float(a.mean() - half), float(a.mean() + half)]
+    else:
+        mean = [float(a.mean()), float(a.mean())] if a.size > 1 else [math.nan, math.nan]
+    return {"median": [float(lo), float(hi)], "mean": mean}
+
+
+def default_results(table: Path, charge_repeats: bool) -> Path:
+    """``strategies.json`` for the committed table; ``strategies_<table>.json`` for another one
+    (``nas_kd_glyphs10.jsonl`` -> ``strategies_glyphs10.json``), so a second table's rows never
+    replace the README's; ``_charge_repeats`` is appended with ``--charge-repeats``."""
+    stem = "strategies"
+    if table.resolve() != DEFAULT_TABLE.resolve():
+        name = table.name.split(".")[0]
+        stem += "_" + (name[len("nas_kd_") :] if name.startswith("nas_kd_") else name)
+    return RESULTS_DIR / (stem + ("_charge_repeats" if charge_repeats else "") + ".json")
 
 
 def median_curve(runs: list[TabularRun], grid: np.ndarray) -> np.ndarray:
@@ -153,9 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="JSON the rows are merged into (default benchmarks/results/strategies.json, "
-        "strategies_charge_repeats.json with --charge-repeats); 'none' writes nothing",
+        "strategies_charge_repeats.json with --charge-repeats, strategies_<table>.json for another "
+        "--table); 'none' writes nothing",
+    )
+    ap.add_argument(
+        "--gp-settings",
+        default="shipped",
+        choices=tuple(GP_SETTINGS),
+        help="shipped: the GP strategies' own defaults, as the compiler runs them (default); "
+        f"fast: {GP_OPTIONS} for quick looks",
     )
     args = ap.parse_args(argv)
+    if not args.table.is_file():
+        raise SystemExit(f"error: --table {args.table}: no such file")
+    gp_options = GP_SETTINGS[args.gp_settings]
     torch.set_num_threads(1)
     t_all = time.perf_counter()
     bench = TabularBenchmark(args.table, score=args.score, tie=args.tie)
@@ -168,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"table {args.table.name}: {len(bench.archs)} archs, levels "
         f"{', '.join(f'{lv.fidelity:.3g}' for lv in bench.levels)}; score={args.score}, tie={args.tie}; "
-        f"best full score {bench.best_full_score:.4f}, median {np.median(bench.full_scores):.4f}"
+        f"best full score {bench.best_full_score:.4f}, median {np.median(bench.full_scores):.4f}; "
+        f"{len(bench.replicated)} archs with replicate seeds (full fidelity: mean over seeds); "
+        f"gp settings {args.gp_settings} {gp_options or '(strategy defaults)'}"
     )
     if n >= len(bench.archs) / 2:
         print(f"NOTE: budget {n} is >= half the table ({len(bench.archs)} archs): regrets saturate")
@@ -179,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}  # what --results keeps
     target: float | None = None
     head = f"{'strategy':11} {'mf':2} " + " ".join(f"{'regret@' + str(c):>22}" for c in checks)
-    print(head + f" {'mean@' + str(n):>8} {'best':>5} {'evals':>5} {'archs':>5} {'match':>6} {'seeds':>5} {'time':>6}")
+    print(
+        head + f" {'median CI95@' + str(n):>17} {'mean@' + str(n):>8} {'best':>5} {'evals':>5} {'archs':>5} "
+        f"{'match':>6} {'seeds':>5} {'time':>6}"
+    )
     for name in names:
         t0 = time.perf_counter()
         runs: list[TabularRun] = []
@@ -187,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 if args.max_seconds > 0 and seed >= args.min_seeds and time.perf_counter() - t0 > args.max_seconds:
                     break
-                strat = make_strategy(name, bench, seed, n)
+                strat = make_strategy(name, bench, seed, n, gp_options)
                 runs.append(run_strategy(bench, strat, max_cost=n, charge_repeats=args.charge_repeats))
         except Exception as exc:  # noqa: BLE001 -- a broken strategy is reported and skipped
             print(f"{name:11} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
@@ -205,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         final = np.array([r.regret_at_cost(n) for r in runs])
         mean = float(final.mean())  # inf when a seed found nothing (regrets are >= 0)
         best = float(np.mean(final <= 1e-12))  # share of seeds whose incumbent is the table's best
+        ci = ci95(final.tolist())
+        ci_txt = "[{:6.3f},{:6.3f}]".format(*ci["median"])
         print(
-            f"{name:11} {'y' if mf else 'n':2} {cols} {mean:8.4f} {best:5.0%} {evals:5d} {archs:5d} {match:>6} "
+            f"{name:11} {'y' if mf else 'n':2} {cols} {ci_txt:>17} {mean:8.4f} {best:5.0%} {evals:5d} {archs:5d} "
+            f"{match:>6} "
             f"{len(runs):5d} {secs:5.0f}s",
             flush=True,
         )
@@ -218,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                 for c, at in ((c, [r.regret_at_cost(c) for r in runs]) for c in checks)
             },
             "mean": mean,
+            # 95 % CIs over the seeds of the regret at --budget: bootstrap of the median, mean +- 1.96 SE
+            "ci95_median": ci["median"],
+            "ci95_mean": ci["mean"],
             "best": best,
             "evals": evals,
             "archs": archs,
@@ -249,12 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"\n(total {time.perf_counter() - t_all:.0f} s)")
     if (args.results is None or str(args.results).lower() != "none") and rows:
-        default = "strategies_charge_repeats.json" if args.charge_repeats else "strategies.json"
         settings = {
             "table": args.table.name, "budget": n, "checkpoints": checks, "score": args.score, "tie": args.tie,
-            "charge_repeats": args.charge_repeats, "gp_options": GP_OPTIONS,
+            "charge_repeats": args.charge_repeats, "gp_settings": args.gp_settings, "gp_options": gp_options,
+            "replicated_archs": len(bench.replicated),
         }  # fmt: skip
-        save_results(args.results or RESULTS_DIR / default, settings, rows)
+        save_results(args.results or default_results(args.table, args.charge_repeats), settings, rows)
     return 0
 
 

@@ -3,6 +3,9 @@
 The table (``benchmarks/make_tabular.py``, JSON lines: a header line, then one line per
 architecture) holds TRADE students trained on glyphs with CE and with KD at several fidelity
 levels, plus each student's params, FLOPs and predicted 2080 Ti latency, and the teacher's.
+Every one of those runs uses training seed 0. ``replicate`` lines (``make_tabular.py
+--replicate-top``) add, for the top architectures, full-data KD runs with other training seeds
+(other initial weights and batch order).
 
 How a lookup works (``TabularBenchmark.evaluate``):
 
@@ -28,6 +31,12 @@ How a lookup works (``TabularBenchmark.evaluate``):
   with ``s = cost_term(params, flops, latency)`` relative to the teacher's and accuracy relative
   to the teacher's val accuracy (``accuracy_weight`` 4): the objective the compiler's search
   optimises. ``score="error"``: ``1 - val_acc``.
+* **Replicates.** The *full-fidelity value* of an architecture with replicates is the mean of
+  its full-fidelity accuracies over its training seeds (seed 0 included); ``full_scores`` (and
+  so the table's best and every regret) are scores of those means. A lookup still answers with
+  the recorded seed-0 run (``accuracy``/``score``, what one training gives a search), and adds
+  ``full_score``, the mean's. ``seed_accuracies`` gives the per-seed values and
+  ``full_accuracy_se`` the standard error of their mean.
 * **Regret** of a set of trials: the full-fidelity score of the incumbent's architecture minus
   the best full-fidelity score in the table. The incumbent is ``best_trial``'s: the best trial at
   the highest fidelity evaluated so far (for single-fidelity runs: the best-found full-fidelity
@@ -91,7 +100,9 @@ class TabularArch:
         describe: compact architecture string.
         params, flops, latency_ms: counted params, FLOPs (2 x MACs, batch 1), predicted
             2080 Ti latency (batch 1).
-        acc: ``{(loss, fraction, epoch): val_acc}`` with loss ``"ce"``/``"kd"``.
+        acc: ``{(loss, fraction, epoch): val_acc}`` with loss ``"ce"``/``"kd"`` (training seed 0).
+        replicates: ``{seed: {(loss, fraction, epoch): val_acc}}`` of the replicate runs with
+            training seeds other than 0 (empty for most rows).
     """
 
     index: int
@@ -101,6 +112,7 @@ class TabularArch:
     flops: int
     latency_ms: float
     acc: dict[tuple[str, float, int], float] = field(default_factory=dict)
+    replicates: dict[int, dict[tuple[str, float, int], float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,11 +145,20 @@ def _row(rec: dict[str, Any]) -> TabularArch:
     )
 
 
+def _replicate(rec: dict[str, Any]) -> tuple[int, int, dict[tuple[str, float, int], float]]:
+    """``(arch, seed, {(loss, fraction, epoch): val_acc})`` of a ``replicate`` line."""
+    loss, frac = str(rec.get("loss", "kd")), _frac(rec.get("fraction", 1.0))
+    accs = rec.get("val_acc_by_epoch") or []
+    return int(rec["arch"]), int(rec["seed"]), {(loss, frac, e): float(a) for e, a in enumerate(accs, start=1)}
+
+
 def load_table(path: str | Path) -> Table:
     """Read a table written by ``benchmarks/make_tabular.py`` (``.jsonl`` or ``.jsonl.gz``).
 
     Lines that do not parse (a run killed mid-write) are skipped. Failed runs (``error``)
-    leave their (loss, fraction) readouts absent.
+    leave their (loss, fraction) readouts absent. ``replicate`` lines are attached to their
+    architecture's ``replicates`` (a failed replicate, or one of an architecture not in the
+    table, is skipped; seed 0 is the architecture line's own run and is never replaced).
 
     Raises:
         ValueError: no header line, or no architecture.
@@ -146,6 +167,7 @@ def load_table(path: str | Path) -> Table:
     opener = gzip.open if path.suffix == ".gz" else open
     header: dict[str, Any] | None = None
     archs: dict[int, TabularArch] = {}
+    reps: list[tuple[int, int, dict[tuple[str, float, int], float]]] = []
     with opener(path, "rt") as fh:
         for line in fh:
             if not line.strip():
@@ -162,6 +184,14 @@ def load_table(path: str | Path) -> Table:
                 except (KeyError, TypeError, ValueError):  # malformed line: skipped like a cut one
                     continue
                 archs[row.index] = row
+            elif rec.get("kind") == "replicate" and "error" not in rec:
+                try:
+                    reps.append(_replicate(rec))
+                except (KeyError, TypeError, ValueError):
+                    continue
+    for i, seed, acc in reps:
+        if i in archs and seed != 0 and acc:
+            archs[i].replicates[seed] = acc
     if header is None:
         raise ValueError(f"{path}: no header line")
     if not archs:
@@ -221,7 +251,8 @@ class TabularBenchmark:
         self._keys = {self.space.key(self._strip(a.config)): i for i, a in enumerate(self.archs)}
         self.levels = self._levels()
         self.full_level = max(self.levels, key=lambda lv: (lv.fidelity, lv.fraction))
-        self.full_scores = np.array([self.score_at(i, self.full_level) for i in range(len(self.archs))])
+        self.replicated = [i for i, a in enumerate(self.archs) if len(self.seed_accuracies(i)) > 1]
+        self.full_scores = np.array([self._full_score(i) for i in range(len(self.archs))])
         finite = self.full_scores[np.isfinite(self.full_scores)]
         if finite.size == 0:
             raise ValueError("no architecture has a full-fidelity result")
@@ -291,10 +322,36 @@ class TabularBenchmark:
         acc = self.accuracy(index, level)
         return math.inf if acc is None else self.score_of(index, acc)
 
+    def seed_accuracies(self, index: int, level: Level | None = None) -> dict[int, float]:
+        """``{training seed: val accuracy}`` of row ``index`` at ``level`` (default: the full
+        fidelity): seed 0 (the row's own run) and every replicate that recorded it."""
+        lv = level or self.full_level
+        key = (self.loss, _frac(lv.fraction), lv.epoch)
+        a = self.archs[index]
+        out = {0: a.acc[key]} if key in a.acc else {}
+        out.update({s: r[key] for s, r in sorted(a.replicates.items()) if key in r})
+        return out
+
+    def full_accuracy(self, index: int) -> float | None:
+        """The full-fidelity value of row ``index``: the mean accuracy over its seeds (None when
+        no run of it recorded the full fidelity)."""
+        v = list(self.seed_accuracies(index).values())
+        return float(np.mean(v)) if v else None
+
+    def full_accuracy_se(self, index: int) -> float:
+        """Standard error of ``full_accuracy`` (sample std / sqrt(seeds)); ``nan`` with one seed."""
+        v = np.asarray(list(self.seed_accuracies(index).values()), dtype=float)
+        return float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else math.nan
+
+    def _full_score(self, index: int) -> float:
+        acc = self.full_accuracy(index)
+        return math.inf if acc is None else self.score_of(index, acc)
+
     def evaluate(self, config: Config, fidelity: float = 1.0) -> dict[str, Any]:
         """Metrics of the table architecture nearest to ``config`` at the level nearest to
         ``fidelity``: arch, accuracy, params, flops, latency_ms, fidelity (of the level used,
-        = its cost), fraction, epoch, score (inf when the recorded run failed), full_score."""
+        = its cost), fraction, epoch, score (inf when the recorded run failed; both of the
+        seed-0 run), full_score (of the mean over seeds, the value regret uses)."""
         i = self.nearest(config)
         lv = self.level(fidelity)
         acc = self.accuracy(i, lv)

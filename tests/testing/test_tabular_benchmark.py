@@ -293,3 +293,41 @@ def test_mobo_runs_on_the_table_with_its_objectives(table_path: Path) -> None:
     assert run.costs[-1] >= 5 - 1e-9
     assert {o.name for o in OBJECTIVES} <= set(run.trials[0].metrics)
     assert strat.pareto_front() and all(t.ok for t in strat.pareto_front())
+
+
+def _add_replicates(path: Path, reps: dict[tuple[int, int], float]) -> None:
+    """Append ``replicate`` lines ({(arch, seed): full-fidelity acc}) as ``make_tabular`` writes them."""
+    with path.open("a") as fh:
+        for (i, seed), acc in reps.items():
+            rec = {"kind": "replicate", "arch": i, "seed": seed, "loss": "kd", "fraction": 1.0,
+                   "val_acc_by_epoch": [acc / 2, acc * 0.9, acc], "val_acc": acc, "seconds": 1.0}  # fmt: skip
+            fh.write(json.dumps(rec) + "\n")
+        fh.write(json.dumps({"kind": "replicate", "arch": 5, "seed": 9, "error": "RuntimeError: boom"}) + "\n")
+        fh.write(json.dumps({"kind": "replicate", "arch": 42, "seed": 1, "val_acc_by_epoch": [0.9]}) + "\n")
+
+
+def test_full_fidelity_values_are_means_over_replicate_seeds(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    write_table(p, broken_line=False)
+    a5, a4 = _acc(5, "kd", 1.0, 3), _acc(4, "kd", 1.0, 3)  # 0.35 > 0.30 at seed 0
+    # arch 5's seed-0 run was lucky: its other seeds are worse than arch 4's
+    _add_replicates(p, {(5, 1): 0.25, (5, 2): 0.26, (4, 1): 0.31, (4, 2): 0.29})
+    bench = TabularBenchmark(p, score="error")
+    assert bench.replicated == [4, 5]  # a failed replicate and one of an unknown arch are skipped
+    assert bench.seed_accuracies(5) == {0: a5, 1: 0.25, 2: 0.26}
+    assert bench.seed_accuracies(0) == {0: _acc(0, "kd", 1.0, 3)}
+    assert bench.full_accuracy(5) == pytest.approx((a5 + 0.25 + 0.26) / 3)
+    assert bench.full_accuracy_se(4) == pytest.approx(np.std([a4, 0.31, 0.29], ddof=1) / math.sqrt(3))
+    assert math.isnan(bench.full_accuracy_se(0))
+    # the table's best is arch 4 on means; regrets are computed on means
+    assert int(np.argmin(bench.full_scores)) == 4
+    assert bench.best_full_score == pytest.approx(1 - (a4 + 0.31 + 0.29) / 3)
+    # a lookup answers with the seed-0 run (one training), and carries the mean's full score
+    m = bench.evaluate(bench.archs[5].config, 1.0)
+    assert m["accuracy"] == a5 and m["score"] == pytest.approx(1 - a5)
+    assert m["full_score"] == pytest.approx(bench.full_scores[5])
+    t = Trial(number=0, config=bench.archs[5].config, status=TrialStatus.OK, score=m["score"], fidelity=1.0, metrics=m)
+    assert bench.regret([t]) == pytest.approx(bench.full_scores[5] - bench.full_scores[4]) and bench.regret([t]) > 0
+    # lower levels keep the seed-0 readouts; the replicates' epoch readouts exist at fraction 1 only
+    lv = bench.level(1 / 3)
+    assert bench.seed_accuracies(5, lv) == {0: _acc(5, "kd", 1 / 3, 3)}

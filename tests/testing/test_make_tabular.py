@@ -1,0 +1,127 @@
+"""benchmarks/make_tabular.py on a tiny real table: the main run, then the replicate mode
+(top-N by full-fidelity KD accuracy, other training seeds, appended, resumable), read back by
+``TabularBenchmark`` as means over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from kd_compile.testing.tabular import TabularBenchmark
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# 4 students, 10 classes, 16 px, 60 train / 20 val images, a 1-epoch teacher, 2-epoch KD runs on
+# all the data only (no CE runs): a few seconds in all
+TINY = [
+    "--archs", "4", "--classes", "10", "--train", "60", "--val", "20", "--teacher-epochs", "1",
+    "--epochs", "2", "--fractions", "1", "--ce-fractions", "", "--batch-size", "20",
+    "--min-params", "0", "--max-flops", "1e9", "--workers", "1",
+]  # fmt: skip
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_tabular", ROOT / "benchmarks" / "make_tabular.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_tabular", mod)  # spawn workers pickle its functions by module name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def mt() -> ModuleType:
+    return _module()
+
+
+@pytest.fixture(scope="module")
+def table(mt: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny table built by the generator's main run; returns (table, workdir)."""
+    d = tmp_path_factory.mktemp("tabular")
+    out, work = d / "t.jsonl", d / "work"
+    assert mt.main([*TINY, "--out", str(out), "--workdir", str(work)]) == 0
+    return out, work
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _replicate(mt: ModuleType, out: Path, work: Path, *extra: str) -> int:
+    args = ["--replicate-top", "2", "--replicate-seeds", "1,2", "--out", str(out), "--workdir", str(work), *extra]
+    return mt.main(args)
+
+
+def test_replicates_the_top_archs_with_other_seeds_and_resumes(mt: ModuleType, table: tuple[Path, Path]) -> None:
+    out, work = table
+    recs = _lines(out)
+    archs = [r for r in recs if r["kind"] == "arch"]
+    assert len(archs) == 4
+    settings = recs[0]["settings"]
+    full = {a["index"]: mt.full_accuracy(a, settings) for a in archs}
+    top = sorted(full, key=lambda i: (-full[i], i))[:2]
+
+    assert _replicate(mt, out, work) == 0
+    reps = [r for r in _lines(out) if r["kind"] == "replicate"]
+    assert sorted((r["arch"], r["seed"]) for r in reps) == sorted((i, s) for i in top for s in (1, 2))
+    for r in reps:
+        assert "error" not in r, r
+        assert len(r["val_acc_by_epoch"]) == 2 and r["val_acc"] == r["val_acc_by_epoch"][-1]
+        assert 0.0 <= r["val_acc"] <= 1.0 and r["loss"] == "kd" and r["fraction"] == 1.0
+
+    # finished: a rerun trains nothing; a line cut by a kill is redone, and only it
+    n = len(out.read_text().splitlines())
+    assert _replicate(mt, out, work) == 0
+    assert len(out.read_text().splitlines()) == n
+    text = out.read_text().splitlines()
+    cut = json.loads(text[-1])
+    out.write_text("\n".join(text[:-1]) + "\n" + text[-1][:25] + "\n")
+    assert _replicate(mt, out, work) == 0
+    again = [r for r in _lines_skipping_cut(out) if r["kind"] == "replicate"]
+    assert sorted((r["arch"], r["seed"]) for r in again) == sorted((r["arch"], r["seed"]) for r in reps)
+    redone = next(r for r in again if (r["arch"], r["seed"]) == (cut["arch"], cut["seed"]))
+    assert redone["val_acc_by_epoch"] == cut["val_acc_by_epoch"]  # the same seed trains the same
+
+    # the benchmark's full-fidelity value is the mean over seed 0 and the replicates
+    bench = TabularBenchmark(out, score="error")
+    assert sorted(bench.replicated) == sorted(top)
+    for i in top:
+        accs = bench.seed_accuracies(i)
+        assert sorted(accs) == [0, 1, 2] and accs[0] == full[i]
+        assert bench.full_accuracy(i) == pytest.approx(np.mean(list(accs.values())))
+        assert bench.full_scores[i] == pytest.approx(1 - np.mean(list(accs.values())))
+
+
+def _lines_skipping_cut(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def test_replicate_seeds_must_be_positive_distinct_integers(mt: ModuleType) -> None:
+    assert mt.parse_seeds("1,2") == [1, 2]
+    for bad in ("0,1", "1,1", "a", "", "-1"):
+        with pytest.raises(ValueError, match="replicate-seeds"):
+            mt.parse_seeds(bad)
+
+
+def test_replicate_needs_a_table(mt: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _replicate(mt, tmp_path / "none.jsonl", tmp_path / "w") == 2
+    assert "no table to replicate" in capsys.readouterr().err
+    assert _replicate(mt, tmp_path / "none.jsonl", tmp_path / "w", "--replicate-seeds", "0") == 2
+
+
+def test_init_seeds_are_the_tables_for_seed_0_and_distinct_otherwise(mt: ModuleType) -> None:
+    assert mt.init_seed(7, 0) == 1007  # the committed table's initial weights
+    seeds = {mt.init_seed(i, s) for i in range(300) for s in range(3)}
+    assert len(seeds) == 900
