@@ -30,7 +30,7 @@ line records them and a mismatch stops the run). Line 1 is the header (settings,
 fidelity levels); every other line is one student.
 
 Replicates (``--replicate-top N --replicate-seeds 1,2``): for an existing table, the top ``N``
-architectures by full-fidelity KD val accuracy (seed 0; ties to the lower index) are trained
+architectures by full-fidelity KD val accuracy (ties to the lower index) are trained
 again at the full fidelity (all the data, ``epochs`` epochs, KD) with each other training seed
 ``s``: other initial weights (seed ``1000 + index + 100000 * s``) and another batch order
 (``TrainConfig.seed = s``); same data, teacher (cache) and schedule. Each training appends a line
@@ -39,8 +39,11 @@ again at the full fidelity (all the data, ``epochs`` epochs, KD) with each other
 accuracies when it failed), flushed as it finishes, so a killed run resumes; ``--workers`` as in
 the main run. The table's settings are read from its header (the other table options are not
 used in this mode). ``kd_compile.testing.tabular`` then takes an architecture's full-fidelity
-value as the mean over its seeds (seed 0 included). A table extended later may change its top
-``N``: rerunning adds the replicates of the new members only. Measured on the committed table
+value as the mean over its seeds (seed 0 included). The top ``N`` is ranked by the mean over the
+seeds each arch has so far, and re-ranked after each round of replicates, until the top ``N`` by
+their means are all replicated (seed 0's leaders were partly lucky: once they are averaged, an
+unreplicated arch can enter). A table extended later may change its top ``N``: rerunning adds
+the replicates of the new members only. Measured on the committed table
 (``--replicate-top 3 --replicate-seeds 1 --workers 1``, one thread, another job running):
 1.8-4.0 s per replicate training (2.9 s mean), plus about 60 s for the teacher when
 ``--workdir`` does not hold it; so 30 archs x 2 seeds is about 3 minutes with one worker. The
@@ -426,10 +429,32 @@ def full_accuracy(rec: dict[str, Any], settings: dict[str, Any]) -> float | None
     return None
 
 
-def top_archs(done: dict[int, dict[str, Any]], settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The ``n`` table lines with the highest full-fidelity KD accuracy (ties: lower index)."""
-    scored = [(acc, i) for i, rec in done.items() if (acc := full_accuracy(rec, settings)) is not None]
+def mean_accuracy(
+    rec: dict[str, Any], settings: dict[str, Any], reps: dict[tuple[int, int], dict[str, Any]]
+) -> float | None:
+    """Full-fidelity KD val accuracy of a table line, averaged over seed 0 and its finished replicates."""
+    acc = full_accuracy(rec, settings)
+    if acc is None:
+        return None
+    i = int(rec["index"])
+    vals = [acc] + [float(r["val_acc"]) for (a, _), r in reps.items() if a == i and "val_acc" in r]
+    return float(np.mean(vals))
+
+
+def top_archs(
+    done: dict[int, dict[str, Any]],
+    settings: dict[str, Any],
+    n: int,
+    reps: dict[tuple[int, int], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``n`` table lines with the highest full-fidelity KD accuracy, each the mean over the
+    seeds it has so far (``reps``: its replicate lines; seed 0 alone without); ties: lower index."""
+    reps = reps or {}
+    scored = [(acc, i) for i, rec in done.items() if (acc := mean_accuracy(rec, settings, reps)) is not None]
     return [done[i] for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:n]]
+
+
+REPLICATE_ROUNDS = 10  # rounds of re-ranking by the means so far (see ``replicate``)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -456,14 +481,19 @@ def replicate(args: argparse.Namespace) -> int:
         print(f"error: {args.out} holds no table to replicate (run the main mode first)", file=sys.stderr)
         return 2
     settings = header["settings"]
-    top = top_archs(done, settings, args.replicate_top)
-    have = read_replicates(args.out)
-    jobs = [
-        {"index": int(rec["index"]), "config": rec["config"], "seed": s}
-        for rec in top
-        for s in seeds
-        if (int(rec["index"]), s) not in have
-    ]
+
+    def missing() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        top = top_archs(done, settings, args.replicate_top, read_replicates(args.out))
+        have = read_replicates(args.out)
+        jobs = [
+            {"index": int(rec["index"]), "config": rec["config"], "seed": s}
+            for rec in top
+            for s in seeds
+            if (int(rec["index"]), s) not in have
+        ]
+        return top, jobs
+
+    top, jobs = missing()
     print(
         f"# {' '.join(sys.argv)}\n# {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.workers} worker(s) x {args.threads} thread(s)\n"
@@ -493,7 +523,16 @@ def replicate(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    _map_jobs(run_replicate, jobs, settings, args, write)
+    # winner's curse: the seed-0 leaders were partly lucky, so once their means are known an
+    # unreplicated arch can enter the top N; rank again by the means so far and replicate the
+    # newcomers, until the top N are all replicated (bounded rounds)
+    for _ in range(REPLICATE_ROUNDS):
+        if not jobs:
+            break
+        _map_jobs(run_replicate, jobs, settings, args, write)
+        top, jobs = missing()
+        if jobs:
+            print(f"{len(jobs)} trainings for archs that entered the top {len(top)} by their means", flush=True)
     print(
         f"done: {len(read_replicates(args.out))} replicate lines in {args.out}; {len(secs)} trainings here, "
         f"{np.mean(secs):.1f} s each on average; elapsed {time.perf_counter() - t_start:.0f} s"
