@@ -23,7 +23,7 @@ from . import __version__
 from .config import CompileConfig
 from .errors import CandidateError, KdCompileError, SearchError, TrainingError, UsageError
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
-from .latency import is_local, plan_latency, resolve_target
+from .latency import plan_latency, resolve_target
 from .profilers import InputSpec
 from .search.score import cost_term, trade_score
 from .search.trial import Trial
@@ -431,8 +431,9 @@ def profile(
     Args:
         model: a checkpoint path kd-compile can load, ``timm:<name>`` or an ``nn.Module``.
         target: a target name or TOML path.
-        runtime: tensorrt | torch | onnxruntime (default: the target's).
-        precision: fp32 | fp16 | int8 (default: the target's).
+        runtime: tensorrt | torch (eager) | onnxruntime (default: measuring a GPU, the best one
+            installed here; else the target's). The choice is ``latency.plan_latency``'s.
+        precision: fp32 | fp16 | bf16 | int8 (default: the target's).
         batch: batch size.
         image_size: override the input resolution (square).
         method: predict | measure (default: measure when the target is this machine).
@@ -447,6 +448,7 @@ def profile(
     tgt = resolve_target(target)
     if batch < 1:
         raise UsageError("--batch must be at least 1")
+    plan = plan_latency(tgt, method or "auto", runtime, precision, flag="--method")
     opts = compile_options()
     given = dict(input_shape=input_shape, arch=arch, input_size=input_size, mean=mean, std=std,
                  interpolation=interpolation, crop_pct=crop_pct)  # fmt: skip
@@ -466,34 +468,11 @@ def profile(
         if image_size is not None:
             shape = (shape[0], image_size, image_size)
     spec = InputSpec(tuple(shape), batch=batch)
-    runtime = runtime or tgt.default_runtime
-    precision = precision or tgt.default_precision
-    if method is None or method == "auto":
-        method = "measure" if is_local(tgt) else "predict"
-    if method not in ("measure", "predict"):
-        raise UsageError(f"--method must be predict, measure or auto, got '{method}'")
     from .profilers.counting import count
 
     counts = count(module, spec.with_batch(1))
-    if method == "predict":
-        with create_profiler("roofline", target=tgt, precision=precision, runtime=runtime) as p:
-            m = p.profile(module, spec)
-    else:
-        if not is_local(tgt):
-            raise UsageError(
-                f"cannot measure on '{tgt.name}' from this machine",
-                hint="use --method predict, or run on that device, or --target local",
-            )
-        name = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorrt": "tensorrt"}.get(runtime)
-        if name is None:
-            raise UsageError(f"unknown runtime '{runtime}' (tensorrt, torch, onnxruntime)")
-        gpu = tgt.kind != "cpu"
-        if name == "onnxruntime":
-            opts: dict[str, Any] = {"provider": "cuda"} if gpu else {}
-        else:
-            opts = {"precision": precision, **({"device": "cuda"} if name == "torch" and gpu else {})}
-        with create_profiler(name, **opts) as p:
-            m = p.profile(module, spec)
+    with create_profiler(plan.profiler, **plan.options) as p:
+        m = p.profile(module, spec)
     d = m.to_dict(layers=layers)
     d.update(
         model=str(model) if not isinstance(model, nn.Module) else type(model).__name__,

@@ -1,6 +1,7 @@
 """Latency on the target: measured where the hardware is, predicted where it is not.
 
-``plan_latency(target, method)`` decides, once per run, how candidates' latencies are obtained:
+``plan_latency(target, method, runtime, precision)`` decides, once per run, how candidates'
+latencies are obtained:
 
 * **measure** when the target is this machine — the ``cpu`` target (ONNX Runtime on this CPU),
   a GPU target whose name matches the local CUDA device, or ``--target local`` — in the
@@ -8,6 +9,9 @@
   provider (``onnxruntime-gpu``), else torch with CUDA graphs and CUDA events;
 * **predict** otherwise, with the calibrated predictor (``roofline``), whose measurements carry
   their error band.
+
+An explicit runtime or precision (``profile --runtime/--precision``) is honoured: measured in
+that runtime (``torch``: eager PyTorch, like the predictor's ``torch``) or predicted for it.
 
 ``--latency measure|predict|auto`` (``auto``: measure when possible). Measurements are cached
 on disk (``cache_dir("latency")``) by (architecture, device, runtime and version, precision,
@@ -98,11 +102,13 @@ def resolve_target(name: str) -> TargetProfile:
     return local_target() if name == "local" else get_target(name)
 
 
-def _gpu_runtime(target: TargetProfile) -> tuple[str, dict[str, Any]]:
+MEASURING_RUNTIMES = ("tensorrt", "onnxruntime", "torch")
+
+
+def _gpu_runtime(target: TargetProfile, precision: str) -> tuple[str, dict[str, Any]]:
     """The best measuring runtime available for a local GPU, in the target's preference order."""
     from .profilers.onnxrt import available_providers
 
-    precision = target.default_precision
     try:
         import tensorrt  # noqa: F401
 
@@ -111,30 +117,74 @@ def _gpu_runtime(target: TargetProfile) -> tuple[str, dict[str, Any]]:
         pass
     if "cuda" in available_providers():
         return "onnxruntime", {"provider": "cuda"}
+    # no deployment runtime here: CUDA graphs stand in for one (no per-op host dispatch)
     return "torch", {"precision": precision, "device": "cuda", "cuda_graphs": True}
 
 
-def plan_latency(target: TargetProfile, method: str = "auto") -> LatencyPlan:
+def _measuring_options(runtime: str, precision: str, gpu: bool) -> dict[str, Any]:
+    """Profiler options of an explicitly requested measuring runtime (``torch`` is eager PyTorch,
+    as the predictor's ``torch`` runtime is)."""
+    if runtime == "onnxruntime":
+        return {"provider": "cuda"} if gpu else {}
+    if runtime == "tensorrt" and not gpu:
+        raise UsageError("runtime 'tensorrt' needs a GPU target", hint="use --runtime onnxruntime or torch on a CPU")
+    return {"precision": precision, **({"device": "cuda"} if runtime == "torch" and gpu else {})}
+
+
+def plan_latency(
+    target: TargetProfile,
+    method: str = "auto",
+    runtime: str | None = None,
+    precision: str | None = None,
+    *,
+    flag: str = "--latency",
+) -> LatencyPlan:
     """Decide how latencies on ``target`` are obtained (see the module docstring).
 
+    Args:
+        target: the device.
+        method: ``auto`` | ``measure`` | ``predict`` (None: ``auto``).
+        runtime: a runtime to measure or predict in (default: the best available one here when
+            measuring a GPU, the target's default otherwise).
+        precision: fp32 | fp16 | bf16 | int8 (default: the target's).
+        flag: the command-line option ``method`` came from, for error messages.
+
     Raises:
-        UsageError: ``method="measure"`` for a target that is not this machine.
+        UsageError: an unknown method, runtime or precision; ``method="measure"`` for a target
+            that is not this machine, or a runtime that cannot measure it.
     """
+    from .profilers.roofline import RUNTIME_NAMES
+    from .targets.profile import PRECISIONS
+
+    method = method or "auto"
     if method not in LATENCY_METHODS:
-        raise UsageError(f"--latency must be one of {', '.join(LATENCY_METHODS)}, got '{method}'")
+        raise UsageError(f"{flag} must be one of {', '.join(LATENCY_METHODS)}, got '{method}'")
+    if runtime is not None and runtime not in RUNTIME_NAMES:
+        raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_NAMES)})")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
     local = is_local(target)
     if method == "measure" and not local:
         raise UsageError(
             f"cannot measure on '{target.name}' from this machine ({local_gpu_name() or 'no GPU'})",
-            hint="use --latency predict (or auto), or run on that device, or --target local",
+            hint=f"use {flag} predict (or auto), or run on that device, or --target local",
         )
     if method == "predict" or not local:
-        return LatencyPlan("predict", "roofline", {"target": target}, f"predicted:{target.name}")
+        given = {k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None}
+        return LatencyPlan("predict", "roofline", {"target": target, **given}, f"predicted:{target.name}")
+    if runtime is not None and runtime not in MEASURING_RUNTIMES:
+        raise UsageError(f"runtime '{runtime}' can only be predicted here (measured: {', '.join(MEASURING_RUNTIMES)})",
+                         hint=f"use {flag} predict")
+    prec = precision or target.default_precision
     if target.kind == "cpu":
         from .profilers.devices import cpu_device
 
-        return LatencyPlan("measure", "onnxruntime", {}, cpu_device())
-    name, opts = _gpu_runtime(target)
+        name = runtime or "onnxruntime"
+        return LatencyPlan("measure", name, _measuring_options(name, prec, gpu=False), cpu_device())
+    if runtime is None:
+        name, opts = _gpu_runtime(target, prec)
+    else:
+        name, opts = runtime, _measuring_options(runtime, prec, gpu=True)
     return LatencyPlan("measure", name, opts, f"cuda:{local_gpu_name()}")
 
 

@@ -37,6 +37,30 @@ def test_a_remote_gpu_is_predicted_and_cannot_be_measured():
         plan_latency(get_target("cpu"), "guess")
 
 
+def test_an_explicit_runtime_and_precision_are_honoured():
+    cpu = get_target("cpu")
+    eager = plan_latency(cpu, "measure", runtime="torch", precision="fp32")
+    assert (eager.method, eager.profiler, eager.options) == ("measure", "torch", {"precision": "fp32"})
+    assert plan_latency(cpu, "auto", runtime="onnxruntime").options == {}
+    pred = plan_latency(get_target("t4"), "predict", runtime="torch", precision="fp32")
+    assert pred.profiler == "roofline" and pred.options["runtime"] == "torch" and pred.options["precision"] == "fp32"
+    assert set(plan_latency(get_target("t4"), "predict").options) == {"target"}  # the target's own defaults
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runtime": "tvm"}, "unknown runtime 'tvm'"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"runtime": "tensorrt", "method": "measure"}, "needs a GPU"),
+        ({"runtime": "inductor", "method": "measure"}, "can only be predicted"),
+    ],
+)
+def test_a_runtime_or_precision_that_cannot_be_used_is_a_usage_error(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        plan_latency(get_target("cpu"), **{"method": "auto", **kwargs})
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, local is that GPU")
 def test_local_without_a_gpu_is_this_cpu():
     assert local_target().name == "cpu" and resolve_target("local").local
@@ -74,3 +98,11 @@ def test_the_local_gpu_is_measured_in_its_runtime(tmp_path):
     assert plan.method == "measure" and plan.device.startswith("cuda:")
     m = measure_or_predict(_net(), SPEC, plan, fast=True, cache=MeasurementCache(tmp_path))
     assert m.method == "measured" and m.latency_ms > 0 and m.device.startswith("cuda:")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_explicit_runtime_on_the_local_gpu_is_measured_in_it():
+    eager = plan_latency(local_target(), "measure", runtime="torch", precision="fp32")
+    assert eager.profiler == "torch" and eager.options == {"precision": "fp32", "device": "cuda"}  # eager: no graphs
+    assert plan_latency(local_target(), "measure", runtime="onnxruntime").options == {"provider": "cuda"}

@@ -51,3 +51,14 @@ def test_a_bad_arch_is_a_one_line_exit_3(state_dict_teacher):
 def test_a_bad_preprocessing_value_is_a_usage_error(state_dict_teacher):
     res = CliRunner().invoke(app, ["profile", str(state_dict_teacher), "--arch", "resnet18", "--mean", "1,2"])
     assert res.exit_code == UsageError.exit_code and "--mean" in res.output
+
+
+def test_profile_honours_the_runtime_and_refuses_an_unknown_one(state_dict_teacher):
+    eager = api.profile(str(state_dict_teacher), arch="resnet18", input_shape=(3, 32, 32), target="t4",
+                        method="predict", runtime="torch", precision="fp32")  # fmt: skip
+    assert eager["runtime"] == "torch" and eager["precision"] == "fp32" and eager["method"] == "predicted"
+    res = CliRunner().invoke(app, ["profile", str(state_dict_teacher), "--arch", "resnet18", "--runtime", "tvm"])
+    assert res.exit_code == UsageError.exit_code and "unknown runtime 'tvm'" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["profile", str(state_dict_teacher), "--arch", "resnet18", "--method", "guess"])
+    assert res.exit_code == UsageError.exit_code and "--method must be one of" in res.output

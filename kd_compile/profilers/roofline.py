@@ -31,7 +31,15 @@ tables follow best (in-device fits: 1-4% median error versus 2-4% and worse rank
 pipeline recurrence). Tried and left out because they transferred worse between devices: an
 occupancy term (SMs x tile; the fits drove it to zero), scaling ``t0`` with the boost clock
 (TensorRT batch-1 error with the device left out 35% instead of 31%), and Python module-call
-and view-op host costs (implementation-specific).
+and view-op host costs (implementation-specific). Also tried against the eager batch-32/64 ranks
+with the device left out (min Spearman 0.940/0.951), none lifting batch 32: a GEMM-rows
+half-saturation (batch x output pixels, 0.918/0.923), a bandwidth half-saturation per kernel (fitted
+to ~0), a separate bandwidth efficiency for pointwise kernels (0.942/0.954), a soft max of GPU and
+host time (0.936/0.935), depthwise convs as native (non-cuDNN) ops on the host (0.930/0.942), and
+``t0`` as a floor under eager kernels rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%,
+eager batch 1 within-35% 79% -> 77%). What limits batch 32 is the host: HELP's 2080 Ti machine
+dispatches library ops relatively faster (in-device h_lib 49 us vs 74 us fitted elsewhere), which no
+datasheet term predicts; its own host constants alone would give 0.967.
 
 Fusion rules per runtime: :mod:`.fusion`.
 
