@@ -167,7 +167,6 @@ def _run(
         past = journal.open(header, resume=False)
 
     space = searched_space(family)
-    strategy = _strategy(cfg, space, family)
     rep.stage(f"search: {cfg.strategy}, {cfg.budget.candidates} candidates")
     rep.search_started(cfg.budget.candidates)
 
@@ -176,6 +175,7 @@ def _run(
 
     try:
         with candidate_executor(cfg.executor, **_executor_options(cfg)) as executor:
+            strategy = _strategy(cfg, space, family, run, executor.workers)
             sr = run_search(
                 space, strategy, evaluate, cfg.budget.candidates, journal, past,
                 time_limit_s=cfg.budget.time_limit_s, on_trial=rep.trial,
@@ -363,16 +363,29 @@ def _finished_result(out: Path, trials: list[Trial]) -> CompileResult | None:
     return CompileResult(student, report["student"]["config"], report, trials, pareto, artifacts)
 
 
-def _strategy(cfg: CompileConfig, space: Any, family: Any) -> Any:
-    """The strategy, given what it needs as data: the objectives (multi-objective strategies) and
-    the analytic params limit as a feasibility predicate, so no proposal breaks it."""
+def _strategy(cfg: CompileConfig, space: Any, family: Any, run: RunContext, workers: int = 1) -> Any:
+    """The strategy, given what it needs as data: the objectives (multi-objective strategies);
+    the analytic params limit as a feasibility predicate, so no proposal breaks it; the run's
+    other constraints known without training (FLOPs, memory, predicted latency) as its screen of
+    proposals (``evaluate.proposal_screen``); and, where it takes one, the batch size (TuRBO's
+    batch mode: q proposals a round by Thompson sampling, the trust region updated once a batch)
+    as ``workers``, the number of candidates the executor trains side by side."""
+    import inspect
+
+    from .evaluate import proposal_screen
     from .search import create_strategy, get_strategy
 
-    opts: dict[str, Any] = {"objectives": OBJECTIVES} if get_strategy(cfg.strategy).multi_objective else {}
+    cls = get_strategy(cfg.strategy)
+    opts: dict[str, Any] = {"objectives": OBJECTIVES} if cls.multi_objective else {}
     count = getattr(family, "deployed_params", getattr(family, "estimate_params", None))
     limit = cfg.constraints.max_params
     if limit is not None and count is not None:
         opts["feasible"] = lambda c: count(c) <= limit
+    screen = proposal_screen(run)
+    if screen is not None:
+        opts["screen"] = screen
+    if workers > 1 and "batch_size" in inspect.signature(cls).parameters:
+        opts["batch_size"] = workers
     return create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget.candidates, **opts)
 
 

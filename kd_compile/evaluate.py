@@ -159,6 +159,50 @@ def costs(
     return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr, plan=plan)
 
 
+def checked_costs(run: RunContext, model: nn.Module, *, latency: bool = True) -> tuple[Any, Any, list[str]]:
+    """(counts, latency on the target or None, constraint violations) of a candidate as it ships
+    (re-parameterisable blocks folded: a RepVGG block is one conv; ``model`` itself, the one
+    trained, is not changed). ``latency=False`` leaves the latency out (None) and so its limit
+    unchecked. The one check behind both the evaluator and the proposal screen."""
+    from .profilers.counting import count, trace_ops
+    from .students.common import deployed
+
+    family = student_family(run)
+    shipped = deployed(model)
+    spec = InputSpec(tuple(family.input_shape))
+    tr = trace_ops(shipped, tuple(spec.shape))
+    cnt = count(shipped, spec, trace=tr)
+    lat = latency_on_target(shipped, spec, run.target, fast=True, trace=tr, plan=run.latency) if latency else None
+    viol = run.constraints.violations(
+        int(cnt.params),
+        int(cnt.flops),
+        None if lat is None else float(lat.latency_ms),
+        cnt.peak_activation_bytes,
+        teacher_latency_ms=run.reference.latency_ms,
+    )
+    return cnt, lat, viol
+
+
+def proposal_screen(run: RunContext) -> Callable[[Config], bool] | None:
+    """The strategy's ``screen=``: whether a proposal passes the run's constraints that are known
+    without training or measuring -- FLOPs and activation memory always, latency when it is
+    predicted (``run.latency.method == "predict"``) -- by :func:`checked_costs`, the evaluator's
+    own check. A latency that is measured stays for the evaluator to find (seconds a candidate).
+    None when there is nothing to screen."""
+    c = run.constraints
+    predicted = run.latency.method == "predict" and c.max_latency is not None
+    if not (predicted or c.max_flops is not None or c.max_memory_bytes is not None):
+        return None
+    family = student_family(run)
+
+    def screen(config: Config) -> bool:
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
+            model = family.build(config)
+        return not checked_costs(run, model, latency=predicted)[2]
+
+    return screen
+
+
 # ----------------------------------------------------------------------------------------------
 # training settings
 
@@ -226,25 +270,13 @@ def evaluate_candidate(
                 return done(TrialStatus.INFEASIBLE, error="; ".join(why))
         torch.manual_seed(run.seed + number)
         model = family.build(config)
-        from .students.common import deployed
-
-        # costs of what ships (re-parameterisable blocks folded: a RepVGG block is one conv);
-        # the unfolded model is the one trained below
-        spec = InputSpec(tuple(family.input_shape))
-        cnt, lat = costs(deployed(model), spec, run.target, fast=True, plan=run.latency)
+        cnt, lat, viol = checked_costs(run, model)
         metrics.update(
             params=int(cnt.params),
             flops=int(cnt.flops),
             latency_ms=float(lat.latency_ms),
             latency_method=lat.method,
             memory_bytes=int(cnt.peak_activation_bytes or 0),
-        )
-        viol = run.constraints.violations(
-            int(cnt.params),
-            int(cnt.flops),
-            float(lat.latency_ms),
-            cnt.peak_activation_bytes,
-            teacher_latency_ms=run.reference.latency_ms,
         )
         if viol:
             return done(TrialStatus.INFEASIBLE, error="; ".join(viol))

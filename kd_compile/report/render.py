@@ -320,6 +320,13 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{n_infeasible} further candidates violated a constraint and were rejected before any "
             "training (listed with the reason in report.json).",
         ]
+    screened = r["search"].get("screened", 0)
+    if screened:
+        lines += [
+            "",
+            f"{screened} proposals were screened out before evaluation: their FLOPs, memory or "
+            "predicted latency broke a constraint, known without training.",
+        ]
     if r["search"]["pareto"]:
         lines += [
             "",

@@ -231,6 +231,7 @@ def build_report(**k: Any) -> dict[str, Any]:
             "statuses": statuses,
             "resumed": sr.resumed,
             "duplicates": sr.duplicates,
+            "screened": sr.screened,
             "stopped_by_time": sr.stopped_by_time,
             "best_number": best.number,
             "trace": trace,

@@ -18,6 +18,17 @@ them; when a bounded number of tries finds no new feasible config, a strategy pr
 best-effort (new but infeasible) config instead, so ``ask(n)`` still returns n: such
 proposals are counted in ``Strategy.infeasible_proposals``. With ``feasible=None`` nothing
 changes (same proposals, draw for draw).
+
+Screening: ``screen=`` is a second, *costly* pure predicate (e.g. build the student and predict
+its latency on the target: tens of milliseconds, too slow for the thousands of candidates a GP
+strategy scores). It is applied lazily, to proposals only: ``ask`` drops the proposals it
+rejects, remembers their keys (``excluded_keys``: a strategy never proposes them again) and asks
+``_ask`` again (for twice as many as are missing, doubling each round, up to 16 n; the first that
+pass are kept), in at most :data:`SCREEN_ROUNDS` rounds; after that it returns
+the rejected proposals as a best effort (counted in ``infeasible_proposals``). Screened-out
+configs are not told as trials: the predicate is known, there is nothing to learn from them
+(``Strategy.screened`` counts them). The search loop replays a journal round by round, so a
+resumed strategy screens out the same configs and proposes what the original run proposed.
 """
 
 from __future__ import annotations
@@ -29,10 +40,13 @@ import numpy as np
 
 from ..errors import UsageError
 from ..registry import Registry
-from .space import Feasible, ParamSpace
+from .space import Config, Feasible, ParamSpace
 from .trial import Suggestion, Trial, best_trial
 
-__all__ = ["Strategy", "create_strategy", "get_strategy", "list_strategies", "register_strategy"]
+#: rounds of re-asking for proposals the screen rejected, before a best-effort fallback
+SCREEN_ROUNDS = 8
+
+__all__ = ["SCREEN_ROUNDS", "Strategy", "create_strategy", "get_strategy", "list_strategies", "register_strategy"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +63,8 @@ class Strategy:
             docstring); ``self.space`` is then ``space.with_constraint(feasible)``, and
             candidates it rejects are never proposed while a feasible new one can be found.
             None: no filtering (proposals exactly as without the option).
+        screen: a costly pure predicate ``screen(config) -> bool`` applied to proposals only
+            (module docstring); None: no screening.
     """
 
     name = "base"
@@ -62,13 +78,22 @@ class Strategy:
         budget: int | None = None,
         *,
         feasible: Feasible | None = None,
+        screen: Feasible | None = None,
         **options: Any,
     ):
         if options:
             raise UsageError(f"strategy '{self.name}' got unknown options: {', '.join(sorted(options))}")
         if feasible is not None and not callable(feasible):
             raise UsageError(f"strategy '{self.name}': feasible must be a callable config -> bool")
+        if screen is not None and not callable(screen):
+            raise UsageError(f"strategy '{self.name}': screen must be a callable config -> bool")
         self.space = space.with_constraint(feasible)
+        self.screen = screen
+        self._screen_memo: dict[str, bool] = {}
+        #: keys of configs the screen rejected (never proposed again), and of those kept so far
+        #: in the ask being screened (so a re-ask does not repeat them)
+        self._screened_keys: set[str] = set()
+        self._reserved: set[str] = set()
         self.budget = budget
         self.trials: list[Trial] = []
         #: proposals the space's constraint rejects (best-effort fallbacks when no feasible new
@@ -84,11 +109,11 @@ class Strategy:
     def ask(self, n: int = 1) -> list[Suggestion]:
         if n < 1:
             raise ValueError("ask(n) needs n >= 1")
-        out = self._ask(n)
-        if len(out) != n:
-            raise RuntimeError(f"strategy {self.name} returned {len(out)} suggestions, asked {n}")
-        if self.space.constraint is not None:
-            bad = sum(1 for s in out if not self.space.feasible(s.config))
+        out = self._checked_ask(n)
+        if self.screen is not None:
+            out = self._screened(out, n)
+        if self.space.constraint is not None or self.screen is not None:
+            bad = sum(1 for s in out if not (self.space.feasible(s.config) and self.passes_screen(s.config)))
             if bad:
                 self.infeasible_proposals += bad
                 _log.debug("strategy %s: %d of %d proposals infeasible (fallback)", self.name, bad, n)
@@ -97,6 +122,61 @@ class Strategy:
     def tell(self, trials: list[Trial]) -> None:
         self.trials.extend(trials)
         self._tell(trials)
+
+    @property
+    def screened(self) -> int:
+        """How many distinct configs the screen has rejected so far (never trained)."""
+        return len(self._screened_keys)
+
+    def excluded_keys(self) -> set[str]:
+        """Keys a proposal must avoid besides the told and pending ones: configs the screen
+        rejected, and those already kept in the ask being screened."""
+        return self._screened_keys | self._reserved
+
+    def passes_screen(self, config: Config) -> bool:
+        """Whether ``config`` passes the screen (memoised by key; True without a screen)."""
+        if self.screen is None:
+            return True
+        k = self.space.key(config)
+        ok = self._screen_memo.get(k)
+        if ok is None:
+            ok = self._screen_memo[k] = bool(self.screen(self.space.canonical(config)))
+        return ok
+
+    def _checked_ask(self, n: int) -> list[Suggestion]:
+        out = self._ask(n)
+        if len(out) != n:
+            raise RuntimeError(f"strategy {self.name} returned {len(out)} suggestions, asked {n}")
+        return out
+
+    def _screened(self, out: list[Suggestion], n: int) -> list[Suggestion]:
+        """``n`` proposals that pass the screen: rejected ones are excluded and asked again, in
+        at most :data:`SCREEN_ROUNDS` rounds, then filled with the rejected (best effort)."""
+        kept: list[Suggestion] = []
+        rejected: list[Suggestion] = []
+        batch = out
+        try:
+            for round_ in range(SCREEN_ROUNDS + 1):
+                for s in batch:
+                    k = self.space.key(s.config)
+                    if self.passes_screen(s.config):
+                        if len(kept) < n:
+                            kept.append(s)
+                            self._reserved.add(k)
+                    else:
+                        self._screened_keys.add(k)
+                        rejected.append(s)
+                if len(kept) >= n or round_ == SCREEN_ROUNDS:
+                    break
+                # ask for more than are missing, doubling each round (up to 16 n): a model whose
+                # favourite region the screen rejects would otherwise spend a fit per exclusion
+                batch = self._checked_ask(min((n - len(kept)) * 2 ** (round_ + 1), 16 * n))
+        finally:
+            self._reserved.clear()
+        if len(kept) < n:
+            _log.debug("strategy %s: screen left %d of %d proposals; best effort", self.name, len(kept), n)
+            kept += rejected[: n - len(kept)]
+        return kept
 
     # -- hooks -------------------------------------------------------------------------------
     def _ask(self, n: int) -> list[Suggestion]:

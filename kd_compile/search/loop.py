@@ -50,6 +50,8 @@ class SearchResult:
     duplicates: int = 0
     stopped_by_time: bool = False
     replay_mismatches: int = 0
+    #: proposals the strategy's screen rejected before they reached the evaluator (never trained)
+    screened: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -197,6 +199,7 @@ def run_search(
         told = [cache[key] for key in keys]
         journal.told([t.number for t in told])
         strategy.tell(told)
+    result.screened = int(getattr(strategy, "screened", 0))
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -58,7 +58,7 @@ class ReplayableStrategy(Strategy):
         """
         told = [t for t in self.trials if fidelity is None or t.fidelity == fidelity]
         pend = {k for k, f in self._pending if fidelity is None or f == fidelity}
-        return seen_keys(self.space, told) | pend
+        return seen_keys(self.space, told) | pend | self.excluded_keys()
 
 
 @register_strategy("random")

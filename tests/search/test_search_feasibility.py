@@ -242,3 +242,61 @@ def test_search_loop_spends_nothing_on_predicate_rejected_candidates(name: str, 
     assert len(res.trials) == 10
     assert all(t.status == TrialStatus.OK for t in res.trials)
     assert all(toy_params_ratio(t.config) <= 0.5 for t in res.trials)
+
+
+# -- the screen: a costly predicate, applied to proposals only --------------------------------------
+class _CountingScreen:
+    """``toy_half_feasible`` as a screen, counting its calls (it must see proposals only)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seen: list[str] = []
+
+    def __call__(self, config) -> bool:
+        self.calls += 1
+        self.seen.append(ToySpace().key(config))
+        return toy_half_feasible(config)
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_no_proposal_breaks_the_screen_and_ask_still_returns_n(name: str) -> None:
+    space = ToySpace()
+    screen = _CountingScreen()
+    strat = make_strategy(name, space, seed=2, budget=15, screen=screen)
+    run = drive(strat, _half_rejecting_evaluate(space), ASKS)
+    assert len(run.proposals) == sum(ASKS)
+    assert all(toy_half_feasible(t.config) for t in run.trials)
+    assert not [t for t in run.trials if t.status == TrialStatus.INFEASIBLE]
+    assert strat.infeasible_proposals == 0
+    # screened-out configs are remembered and never told; each config is screened once (memoised)
+    told = {space.key(t.config) for t in strat.trials}
+    assert strat.screened > 0 and not (strat.excluded_keys() & told)
+    assert len(set(screen.seen)) == len(screen.seen) and told <= set(screen.seen)
+
+
+def test_the_screen_is_lazy_and_replays_the_same_proposals() -> None:
+    """TuRBO scores hundreds of candidates an ask; the screen sees only what it proposes. Replayed
+    round by round (as the search loop resumes), a fresh strategy proposes the same configs."""
+    space = ToySpace()
+    runs = []
+    for _ in range(2):
+        screen = _CountingScreen()
+        strat = make_strategy("turbo", space, seed=3, budget=15, screen=screen)
+        runs.append((drive(strat, _half_rejecting_evaluate(space), [1] * 12), screen, strat))
+    (a, screen_a, strat_a), (b, _, _) = runs
+    assert a.proposals == b.proposals
+    assert screen_a.calls < strat_a.n_candidates  # only proposals were screened
+
+
+def test_an_always_false_screen_falls_back_within_bounds() -> None:
+    space = ToySpace()
+    strat = make_strategy("random", space, seed=0, budget=8, screen=lambda c: False)
+    t0 = time.perf_counter()
+    (got,) = [strat.ask(2)]
+    assert len(got) == 2 and strat.infeasible_proposals == 2
+    assert time.perf_counter() - t0 < 10.0
+
+
+def test_a_screen_must_be_callable() -> None:
+    with pytest.raises(UsageError):
+        create_strategy("random", ToySpace(), seed=0, screen=1)
