@@ -167,7 +167,7 @@ class CompileConfig:
         "2080ti", "Target device name, path to a device .toml, or local (this machine's GPU or CPU).", short="-t"
     )
     constraints: Constraints = field(default_factory=Constraints)
-    data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir.")
+    data: str | None = option(None, "glyphs | digits | path/to/data.npz | ImageFolder dir | tar shards.")
     data_mode: str = option(
         "auto",
         "memory | stream | auto: stream an ImageFolder from disk through DataLoader workers (auto: when its "

@@ -129,22 +129,25 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
 
 
 def _open_streamed(cfg: CompileConfig, tch: Any, hint_root: Path | None) -> Any:
-    """The ImageFolder as ``StreamedData`` when ``--data-mode`` (auto: its decoded size) says to
-    stream it, else ``None`` (the in-memory ``load_data`` path)."""
+    """The ImageFolder or tar shards as ``StreamedData`` when ``--data-mode`` (auto: the decoded
+    size) says to stream them; tar shards that stay in memory are read through the same source
+    into a ``DataBundle``; else ``None`` (the in-memory ``load_data`` path)."""
+    from .data.shards import is_shard_spec
     from .data.stream import StreamAugment, open_stream, stream_spec, wants_stream
 
     spec, confine = stream_spec(cfg.data, tch.meta.get("data"), hint_root)
     shape = tuple(int(v) for v in tch.input_shape)
-    if spec is None or not wants_stream(spec, cfg.data_mode, shape):  # type: ignore[arg-type]
+    stream = spec is not None and wants_stream(spec, cfg.data_mode, shape)  # type: ignore[arg-type]
+    if spec is None or not (stream or is_shard_spec(spec)):
         return None
-    if cfg.augment_views:
+    if stream and cfg.augment_views:
         # views of a streamed folder are drawn per epoch by the loader: --stream-augment sets them
         raise UsageError(
             "--augment N builds in-memory augmented views and does not apply to streamed data; "
             "use --stream-augment (views drawn per epoch) or --data-mode memory"
         )
     pre = tch.preprocessing
-    return open_stream(
+    data = open_stream(
         spec,
         image_size=(shape[1], shape[2]),
         channels=shape[0],
@@ -155,7 +158,9 @@ def _open_streamed(cfg: CompileConfig, tch: Any, hint_root: Path | None) -> Any:
         mean=pre.mean if pre is not None else None,
         std=pre.std if pre is not None else None,
         confine=confine,
+        workers=None if stream else 0,
     )
+    return data if stream else data.in_memory()
 
 
 def check_out(cfg: CompileConfig) -> None:

@@ -6,6 +6,7 @@ tinted (a random colour gain per image), so the folder looks like what a
 user brings: RGB PNG files in class folders, read from disk.
 
     python examples/imagefolder/make_data.py [--out examples/imagefolder/data] [--per-class 300] [--classes 10]
+        [--size 64]
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     ap.add_argument("--out", type=Path, default=HERE / "data")
     ap.add_argument("--per-class", type=int, default=300, help="training images per class")
     ap.add_argument("--classes", type=int, default=10, help="first K characters (10: the digits)")
+    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    counts = write_folder(args.out, args.per_class, args.classes, seed=args.seed)
+    if args.per_class < 1 or args.classes < 2 or args.size < 8:
+        ap.error("need --per-class >= 1, --classes >= 2 and --size >= 8")
+    counts = write_folder(args.out, args.per_class, args.classes, size=args.size, seed=args.seed)
     print(f"wrote {sum(counts.values())} PNG images to {args.out}: {counts}")
     return counts
 

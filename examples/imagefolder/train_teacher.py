@@ -8,7 +8,7 @@ write it, ``{"arch", "model": state_dict, "num_classes", "input_size", "mean", "
 kd-compile reads the architecture, the input size and the normalisation from it and loads the
 weights with ``torch.load(weights_only=True)`` (no ``--trust-checkpoint``).
 
-    python examples/imagefolder/train_teacher.py [--data examples/imagefolder/data] [--epochs 10]
+    python examples/imagefolder/train_teacher.py [--data examples/imagefolder/data] [--epochs 10] [--size 32]
 """
 
 from __future__ import annotations
@@ -37,15 +37,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--out", type=Path, default=HERE / "teacher.pt")
     ap.add_argument("--epochs", type=float, default=10)
+    ap.add_argument("--size", type=int, default=SIZE, help="teacher input side (px), in the checkpoint")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     # characters are not mirror-symmetric: crops, no flips
-    data = open_stream(args.data, image_size=SIZE, channels=3, augment=StreamAugment(scale=(0.6, 1.0), hflip=False))
+    augment = StreamAugment(scale=(0.6, 1.0), hflip=False)
+    data = open_stream(args.data, image_size=args.size, channels=3, augment=augment)
     torch.manual_seed(0)
     model = timm.create_model(ARCH, num_classes=data.num_classes, pretrained=False)
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=32, lr=3e-3, use_kd=False, device=args.device, seed=0, eval_every_epoch=True
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=3e-3,
+        use_kd=False,
+        device=args.device,
+        seed=0,
+        eval_every_epoch=True,
     )
     res = train_student(model, data, cfg)
     for h in res.history:
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             "model": model.state_dict(),
             "num_classes": data.num_classes,
             "class_names": data.class_names,
-            "input_size": [3, SIZE, SIZE],
+            "input_size": [3, args.size, args.size],
             "mean": list(data.mean),
             "std": list(data.std),
             "epoch": args.epochs,
