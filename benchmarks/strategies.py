@@ -300,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": len(runs),
             "seconds": secs,
         }
+        # each strategy's row is saved as soon as it is done: a long run stopped later keeps it
+        if args.results is None or str(args.results).lower() != "none":
+            settings = {
+                "table": args.table.name, "budget": n, "checkpoints": checks, "score": args.score, "tie": args.tie,
+                "charge_repeats": args.charge_repeats, "gp_settings": args.gp_settings, "gp_options": gp_options,
+                "replicated_archs": len(bench.replicated),
+            }  # fmt: skip
+            save_results(args.results or default_results(args.table, args.charge_repeats), settings, {name: rows[name]})
     if target is not None:
         print(
             f"\nrandom's median regret at cost {n}: {target:.4f} ('match' = first cost where a "
@@ -323,13 +331,6 @@ def main(argv: list[str] | None = None) -> int:
                 + f" -> {len(beat)}/{len(mf)} beat it"
             )
     print(f"\n(total {time.perf_counter() - t_all:.0f} s)")
-    if (args.results is None or str(args.results).lower() != "none") and rows:
-        settings = {
-            "table": args.table.name, "budget": n, "checkpoints": checks, "score": args.score, "tie": args.tie,
-            "charge_repeats": args.charge_repeats, "gp_settings": args.gp_settings, "gp_options": gp_options,
-            "replicated_archs": len(bench.replicated),
-        }  # fmt: skip
-        save_results(args.results or default_results(args.table, args.charge_repeats), settings, rows)
     return 0
 
 
