@@ -62,6 +62,8 @@ def _run(cmd: list[str], out: Path) -> dict:
         "speedup_cpu": (sp.get("local_cpu") or {}).get("speedup"),
         "evaluated": r["search"]["evaluated"],
         "statuses": r["search"]["statuses"],
+        # proposals the screen rejected before evaluation (predicted latency, FLOPs, memory)
+        "screened": r["search"].get("screened", 0),
         "share_outside_training": r["run"]["share_outside_training"],
         "arch": s["arch"],
     }

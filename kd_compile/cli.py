@@ -471,12 +471,12 @@ def strategies_cmd() -> None:
     """List the registered search strategies."""
     from . import api
     from .config import compile_options
-    from .search import AUTO, GP_MIN_BUDGET
+    from .search import AUTO, GP_MIN_BUDGET, GP_STRATEGY
 
     default = compile_options()["strategy"].default
     rows = [("STRATEGY", "DESCRIPTION")]
     if default == AUTO:
-        why = f"sobol below {GP_MIN_BUDGET} candidates (too few points for a GP), else turbo."
+        why = f"sobol below {GP_MIN_BUDGET} candidates (too few points for a GP), else {GP_STRATEGY}."
         rows.append((f"{AUTO} (default)", why))
     rows += [(f"{n} (default)" if n == default else n, d) for n, d in _run(api.strategy_summaries).items()]
     typer.echo(_table(rows))

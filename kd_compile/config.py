@@ -177,7 +177,7 @@ class CompileConfig:
         "crop+flip", "Train recipe of streamed data: crop+flip | crop | flip | none (random resized crop, flip)."
     )
     strategy: str = option(
-        "auto", "Search strategy (see 'kd-compile strategies'); auto: sobol below 20 candidates, else turbo."
+        "auto", "Search strategy (see 'kd-compile strategies'); auto: sobol below 20 candidates, else turbo-m."
     )
     space: str = option(
         "trade", "Student search space (family); teacher-family: a timm ResNet/EfficientNet teacher's own family."

@@ -44,6 +44,8 @@ def test_compile_end_to_end(digits_teacher, tmp_path):
     assert r["search"]["statuses"]["ok"] >= 1
     # the params limit is analytic: the strategy never proposes a student that breaks it
     assert r["search"]["statuses"]["infeasible"] == 0
+    # so the search trains as many candidates as its budget
+    assert r["search"]["statuses"]["ok"] + r["search"]["statuses"]["failed"] == SMALL["budget"]
     # every trained candidate respected the constraint; infeasible ones were never trained
     for c in r["search"]["candidates"]:
         if c["status"] == "ok":

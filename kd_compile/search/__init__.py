@@ -17,6 +17,7 @@ from . import turbo_m as _turbo_m  # noqa: F401
 from .base import (
     AUTO,
     GP_MIN_BUDGET,
+    GP_STRATEGY,
     Strategy,
     create_strategy,
     get_strategy,
@@ -33,6 +34,7 @@ from .trial import Suggestion, Trial, TrialStatus, best_trial, pareto_mask, pare
 __all__ = [
     "AUTO",
     "GP_MIN_BUDGET",
+    "GP_STRATEGY",
     "strategy_for_budget",
     "ComposedSpace",
     "Config",
