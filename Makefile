@@ -56,15 +56,15 @@ bench-distill: install examples/glyphs/teacher.pt
 
 # the README's strategy table, in the runs it quotes (rows merge into strategies.json)
 # the main table, then the 10-class table that only confirms its rankings (shipped GP settings;
-# about 2 h 20 min of one core for the main table, 1 h 30 min for the second; two at a time fit 2 cores)
+# about 1 h 30 min of one core for the main table and 1 h for the second; two at a time fit 2 cores;
+# lf-then-hf and mfkd fit a GP at almost every cheap evaluation, so they run 5 seeds)
 bench-strategies: install
 	$(BIN)/python benchmarks/strategies.py --only random,sobol,lhs,evolution,turbo,turbo-m,bohb
-	$(BIN)/python benchmarks/strategies.py --only random,lf-gpr,lf-then-hf
-	$(BIN)/python benchmarks/strategies.py --only random,mfkd
-	$(BIN)/python benchmarks/strategies.py --only random,mobo --max-seconds 900 --min-seeds 5
+	$(BIN)/python benchmarks/strategies.py --only random,lf-gpr
+	$(BIN)/python benchmarks/strategies.py --only random,lf-then-hf --max-seconds 540 --min-seeds 5
+	$(BIN)/python benchmarks/strategies.py --only random,mfkd --max-seconds 540 --min-seeds 5
 	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,sobol,lhs,evolution,turbo,turbo-m,bohb
-	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,lf-gpr,lf-then-hf
-	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,mfkd
+	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,lf-gpr
 
 lint: install
 	$(BIN)/ruff check kd_compile tests benchmarks examples
