@@ -93,6 +93,20 @@ def check_e2e() -> None:
     assert not missing, f"README's end-to-end figures differ from benchmarks/results/e2e_glyphs.json: {missing}"
 
 
+def check_e2e_turbo() -> None:
+    """The same runs with ``--strategy turbo``, quoted beside the default's."""
+    doc = _load("e2e_glyphs_turbo")
+    sec = _section("**End to end**", "**Glyphs difficulty**")
+    s = doc["summary"]
+    seed1 = doc["seeds"][1]["student_acc"]
+    expected = [
+        "gave " + _pm(s["student_acc"]["mean"], s["student_acc"]["std"], "{:.2%}"),
+        f"(a {s['gap_points']['mean']:.2f}-point gap; seed 1 at {seed1:.2%})",
+    ]
+    missing = [e for e in expected if e not in " ".join(sec.split())]
+    assert not missing, f"README's turbo end-to-end figures differ from e2e_glyphs_turbo.json: {missing}"
+
+
 # -- latency predictor -----------------------------------------------------------------------------
 _RUNTIMES = {"TensorRT": "tensorrt", "eager": "torch"}
 _METHODS = ("predictor", "flops", "params", "nearest-gpu")
@@ -282,6 +296,7 @@ def check_ort_stability() -> None:
 
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
+    "e2e_glyphs_turbo": check_e2e_turbo,
     "latency_accuracy": check_latency,
     "strategies": check_strategies,
     "strategies_glyphs10": check_strategies_glyphs10,

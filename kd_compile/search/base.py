@@ -233,8 +233,8 @@ AUTO = "auto"
 #: Fewest candidates for which ``auto`` fits a model (TuRBO-m). Below it a GP over the searched
 #: space (about 35 dimensions for TRADE with the KD parameters) would be fitted on fewer points
 #: than the space has dimensions, and a quasi-random design spends the budget better: on the
-#: bundled glyph example at budget 8, sobol gave 85.62% +- 1.09 test accuracy over 3 seeds against
-#: turbo's 83.16% +- 3.10 (``benchmarks/e2e_glyphs.py --seeds 3 --strategy ...``).
+#: bundled glyph example at budget 8, sobol gave 86.04% +- 0.37 test accuracy over 3 seeds against
+#: turbo's 82.32% +- 2.39 (``benchmarks/e2e_glyphs.py --seeds 3 --strategy ...``).
 GP_MIN_BUDGET = 20
 #: The model-based strategy ``auto`` runs from :data:`GP_MIN_BUDGET` candidates: on the tabular
 #: benchmark with the shipped GP settings (README, strategy tables, 20 seeds) turbo-m (several
