@@ -55,6 +55,12 @@ def _table_rows(section: str) -> list[list[str]]:
     return rows
 
 
+def _assert_quoted(expected: list[str], text: str, what: str, source: str) -> None:
+    """Every rendered figure in ``expected`` appears in the README ``text``."""
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"README's {what} figures differ from {source}: {missing}"
+
+
 def _pm(mean: float, std: float, fmt: str) -> str:
     return f"{fmt.format(mean)} ± {fmt.format(std)}"
 
@@ -89,8 +95,7 @@ def check_e2e() -> None:
         expected += [f"{doc['test_images']:,} held-out test images"]
     else:
         expected += ["validation images"]
-    missing = [e for e in expected if e not in sec]
-    assert not missing, f"README's end-to-end figures differ from benchmarks/results/e2e_glyphs.json: {missing}"
+    _assert_quoted(expected, sec, "end-to-end", "benchmarks/results/e2e_glyphs.json")
 
 
 def check_e2e_turbo() -> None:
@@ -103,8 +108,7 @@ def check_e2e_turbo() -> None:
         "gave " + _pm(s["student_acc"]["mean"], s["student_acc"]["std"], "{:.2%}"),
         f"(a {s['gap_points']['mean']:.2f}-point gap; seed 1 at {seed1:.2%})",
     ]
-    missing = [e for e in expected if e not in " ".join(sec.split())]
-    assert not missing, f"README's turbo end-to-end figures differ from e2e_glyphs_turbo.json: {missing}"
+    _assert_quoted(expected, " ".join(sec.split()), "turbo end-to-end", "e2e_glyphs_turbo.json")
 
 
 # -- latency predictor -----------------------------------------------------------------------------
@@ -203,8 +207,7 @@ def check_glyphs_difficulty() -> None:
     doc = _load("glyphs_difficulty")
     sec = _section("**Glyphs difficulty**", "**Latency predictor**")
     expected = [f"{m['params'] / 1000:.1f}K params {m['val_acc']:.1%}" for m in doc["models"]]
-    missing = [e for e in expected if e not in sec]
-    assert not missing, f"README's glyphs-difficulty figures differ from glyphs_difficulty.json: {missing}"
+    _assert_quoted(expected, sec, "glyphs-difficulty", "glyphs_difficulty.json")
 
 
 # -- fidelity --------------------------------------------------------------------------------------
@@ -273,8 +276,7 @@ def check_data_stream() -> None:
         f"in memory {rows['memory', '1N']['peak_rss_mb']:,.0f} MB and",
         f"{rows['memory', '10N']['peak_rss_mb']:,.0f} MB (x{summ['memory_peak_rss_growth_10x']:.2f})",
     ]
-    missing = [e for e in expected if e not in flat]
-    assert not missing, f"README's streaming figures differ from data_stream.json: {missing}"
+    _assert_quoted(expected, flat, "streaming", "data_stream.json")
 
 
 # -- ONNX Runtime repeatability -------------------------------------------------------------------
@@ -290,8 +292,7 @@ def check_ort_stability() -> None:
         f"load average {doc['machine']['load_start'].split()[0]} at the start",
         f"medians up to {max(r18):.2f} ms against {min(r18):.2f} ms",
     ]
-    missing = [e for e in expected if e not in sec]
-    assert not missing, f"README's ONNX Runtime figures differ from ort_stability.json: {missing}"
+    _assert_quoted(expected, sec, "ONNX Runtime", "ort_stability.json")
 
 
 CHECKS: dict[str, Callable[[], None]] = {
