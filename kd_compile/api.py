@@ -185,20 +185,20 @@ def _run(
         rep.search_done()
     timings["training"] = sum(t.metrics.get("train_seconds", 0.0) for t in sr.trials[sr.resumed :])
     timings["costs"] = sum(t.duration_s for t in sr.trials[sr.resumed :]) - timings["training"]
-    best = sr.best()
-    if best is None:
+    chosen = sr.recommendation  # the strategy's result: its best trial, or a model's pick
+    if chosen is None:
         journal.close()
         raise _no_student(cfg, sr.trials, ref, target)
 
     distiller, distiller_report = None, None
     if cfg.distiller == "auto":
         t0 = time.perf_counter()
-        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, best.config, tch.module, rep)
+        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, chosen.config, tch.module, rep)
         distiller = (choice, dknowledge)
         timings["distiller_search"] = time.perf_counter() - t0
     workers = _workers(cfg)
     try:
-        final = train_final(cfg, run, best.config, rep, workers=workers, teacher=tch.module, distiller=distiller)
+        final = train_final(cfg, run, chosen.config, rep, workers=workers, teacher=tch.module, distiller=distiller)
     except CandidateError as exc:
         journal.close()
         raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
@@ -206,7 +206,7 @@ def _run(
     # the held-out test split is read here, once, after every choice was made on val
     test = {"teacher": held_out_accuracy(tch.module, data), "kd": final.test_acc, "ce": final.test_acc_ce}
     journal.note(
-        "final", config=best.config, val_acc=final.kd.val_acc,
+        "final", config=chosen.config, val_acc=final.kd.val_acc,
         val_acc_ce=None if final.ce is None else final.ce.val_acc,
         test_acc=test["kd"], test_acc_ce=test["ce"], teacher_test_acc=test["teacher"],
     )  # fmt: skip
@@ -218,7 +218,7 @@ def _run(
     staging = staging_dir(inputs.out)  # published into --out only when complete and checked
     try:
         written, s_counts, s_lat, extra = ship.export(
-            cfg, final.student, family, best.config, s_acc if test["kd"] is None else test["kd"], inputs, run, rep,
+            cfg, final.student, family, chosen.config, s_acc if test["kd"] is None else test["kd"], inputs, run, rep,
             staging,
         )
     except BaseException:
@@ -230,17 +230,17 @@ def _run(
     pareto = pareto_front(sr.trials, [(o.name, o.maximise) for o in OBJECTIVES])
     report = build_report(
         cfg=cfg, target=target, teacher=tch, acc_teacher=acc_teacher, acc_target=ref.acc_target,
-        t_counts=t_counts, t_lat=t_lat, student_config=best.config, student_arch=family.describe(best.config),
+        t_counts=t_counts, t_lat=t_lat, student_config=chosen.config, student_arch=family.describe(chosen.config),
         s_counts=s_counts, s_lat=s_lat, s_acc=s_acc, s_acc_ce=None if final.ce is None else float(final.ce.val_acc),
         test_acc_teacher=test["teacher"], test_acc=test["kd"], test_acc_ce=test["ce"],
-        s_term=s_term, trade=trade_score(s_acc, ref.acc_target, s_term), search=sr, best=best, pareto=pareto,
+        s_term=s_term, trade=trade_score(s_acc, ref.acc_target, s_term), search=sr, chosen=chosen, pareto=pareto,
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
     report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
-    result = CompileResult(final.student, best.config, report, sr.trials, pareto, artifacts)
+    result = CompileResult(final.student, chosen.config, report, sr.trials, pareto, artifacts)
     ship.enforce_gates(report["gates"])
     return result
 

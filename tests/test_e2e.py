@@ -46,6 +46,11 @@ def test_compile_end_to_end(digits_teacher, tmp_path):
     assert r["search"]["statuses"]["infeasible"] == 0
     # so the search trains as many candidates as its budget
     assert r["search"]["statuses"]["ok"] + r["search"]["statuses"]["failed"] == SMALL["budget"]
+    # random's result is its best trial, and the report says which
+    best = min((c for c in r["search"]["candidates"] if c["status"] == "ok"), key=lambda c: c["score"])
+    assert r["search"]["chosen"] == {"by": "the best trial at the highest fidelity", "number": best["number"],
+                                     "trained_at_fidelity": 1.0}  # fmt: skip
+    assert r["search"]["best_number"] == best["number"] and r["student"]["config"] == best["config"]
     # every trained candidate respected the constraint; infeasible ones were never trained
     for c in r["search"]["candidates"]:
         if c["status"] == "ok":
@@ -70,6 +75,24 @@ def test_compile_end_to_end(digits_teacher, tmp_path):
     assert lead.startswith("**On NVIDIA GeForce RTX 2080 Ti: the student is ")
     assert ("faster" in lead) == (sp["target"] >= 1) and ("slower" in lead) == (sp["target"] < 1)
     assert sp["local_cpu"]["speedup"] > 0 and "this machine's CPU" in md
+
+
+def test_lf_gpr_ships_its_gp_argmax_and_the_report_says_it_was_not_trained_in_full(digits_teacher, tmp_path):
+    """lf-gpr (Trofimov et al.'s Algorithm 1) spends the budget at low fidelity and ships the GP's
+    argmax: the report must not present it as a candidate measured at full fidelity."""
+    out = tmp_path / "run"
+    res = kd_compile.compile(str(digits_teacher), out=out, **{**SMALL, "strategy": "lf-gpr", "budget": 2})
+    r = json.loads((out / "report.json").read_text())
+    validate_report(r)
+    fids = {c["fidelity"] for c in r["search"]["candidates"]}
+    assert max(fids) < 1.0  # nothing trained at full fidelity during the search
+    chosen = r["search"]["chosen"]
+    assert chosen["by"].startswith("lf-gpr: the argmax of a GP on")
+    assert chosen["trained_at_fidelity"] is None or chosen["trained_at_fidelity"] < 1.0
+    assert r["student"]["config"] == res.config
+    md = (out / "report.md").read_text()
+    assert "Student chosen by lf-gpr: the argmax of a GP" in md
+    assert ("never trained during the search" in md) == (chosen["number"] is None)
 
 
 class _KillAfter(Reporter):

@@ -320,6 +320,20 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{n_infeasible} further candidates violated a constraint and were rejected before any "
             "training (listed with the reason in report.json).",
         ]
+    chosen = r["search"].get("chosen")
+    if chosen is not None:
+        if chosen["number"] is None:
+            how = "it was never trained during the search; the final training is its first"
+        elif chosen["trained_at_fidelity"] is not None and chosen["trained_at_fidelity"] < 1.0:
+            how = (
+                f"the search trained it only at fidelity {chosen['trained_at_fidelity']:.2g} "
+                f"(candidate {chosen['number']})"
+            )
+        else:
+            how = f"candidate {chosen['number']}"
+        lines += ["", f"Student chosen by {chosen['by']}: {how}."]
+    for note in r["search"].get("notes") or []:
+        lines += ["", f"Note: {note}"]
     screened = r["search"].get("screened", 0)
     if screened:
         lines += [

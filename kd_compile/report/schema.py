@@ -111,7 +111,7 @@ def build_report(**k: Any) -> dict[str, Any]:
     """Assemble the report dict from the pieces ``api.compile`` computed (keyword arguments)."""
     from .. import __version__
 
-    cfg, target, tch, sr, best = k["cfg"], k["target"], k["teacher"], k["search"], k["best"]
+    cfg, target, tch, sr, chosen = k["cfg"], k["target"], k["teacher"], k["search"], k["chosen"]
     t_counts, t_lat, s_counts, s_lat = k["t_counts"], k["t_lat"], k["s_counts"], k["s_lat"]
     trials = sr.trials
     statuses = {str(s): sum(1 for t in trials if t.status is s) for s in TrialStatus}
@@ -233,7 +233,15 @@ def build_report(**k: Any) -> dict[str, Any]:
             "duplicates": sr.duplicates,
             "screened": sr.screened,
             "stopped_by_time": sr.stopped_by_time,
-            "best_number": best.number,
+            # the trial that trained the chosen student during the search (None: a model's pick
+            # that the search never trained, e.g. lf-gpr's GP argmax) and how it was chosen
+            "best_number": None if chosen.trial is None else chosen.trial.number,
+            "chosen": {
+                "by": chosen.by,
+                "number": None if chosen.trial is None else chosen.trial.number,
+                "trained_at_fidelity": chosen.trained_at,
+            },
+            "notes": list(sr.notes),
             "trace": trace,
             "candidates": [t.to_dict() for t in trials],
             "pareto": k["pareto"],

@@ -34,6 +34,7 @@ resumed strategy screens out the same configs and proposes what the original run
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ SCREEN_ROUNDS = 8
 __all__ = [
     "GP_STRATEGY",
     "SCREEN_ROUNDS",
+    "Recommendation",
     "Strategy",
     "create_strategy",
     "get_strategy",
@@ -57,6 +59,27 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What a strategy hands back as its result once the search is over.
+
+    Attributes:
+        config: the recommended config (the student the compiler trains in full).
+        trial: the trial that evaluated this config during the search, at the highest fidelity
+            it was evaluated at; None when the search never trained it (a model's prediction).
+        by: how it was chosen, in words (the report quotes it).
+    """
+
+    config: Config
+    trial: Trial | None
+    by: str
+
+    @property
+    def trained_at(self) -> float | None:
+        """The fidelity the recommended config was trained at during the search (None: never)."""
+        return None if self.trial is None else float(self.trial.fidelity)
 
 
 class Strategy:
@@ -78,6 +101,9 @@ class Strategy:
     name = "base"
     multi_fidelity = False
     multi_objective = False
+    #: True when ``recommend`` fits a model (seconds), so a benchmark calls it only where it
+    #: reads the result (``kd_compile.testing.tabular.run_strategy``); False: it is a lookup
+    costly_recommend = False
 
     def __init__(
         self,
@@ -201,6 +227,15 @@ class Strategy:
     def best(self) -> Trial | None:
         """The best trial told so far (``best_trial``'s rule)."""
         return best_trial(self.trials)
+
+    def recommend(self) -> Recommendation | None:
+        """The strategy's result from the trials told so far: by default the best trial
+        (``best_trial``'s rule: the lowest score among the ok trials at the highest fidelity).
+        A strategy whose method returns something else (e.g. a model's argmax that was never
+        trained, Trofimov et al.'s Algorithm 1) overrides it. None when nothing can be
+        recommended (no ok trial)."""
+        b = self.best()
+        return None if b is None else Recommendation(b.config, b, "the best trial at the highest fidelity")
 
 
 _STRATEGIES: Registry[Strategy] = Registry("strategies", UsageError)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .base import Strategy
+from .base import Recommendation, Strategy
 from .journal import Journal
 from .space import Config, ParamSpace
 from .trial import Suggestion, Trial, TrialStatus, best_trial
@@ -54,6 +54,8 @@ class SearchResult:
     screened: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: the strategy's result (``Strategy.recommend``) once the search is over; None: no ok trial
+    recommendation: Recommendation | None = None
 
     @property
     def ok_trials(self) -> list[Trial]:
@@ -200,8 +202,20 @@ def run_search(
         journal.told([t.number for t in told])
         strategy.tell(told)
     result.screened = int(getattr(strategy, "screened", 0))
+    result.recommendation = _recommend(strategy, result)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _recommend(strategy: Strategy, result: SearchResult) -> Recommendation | None:
+    """The strategy's recommendation; a strategy whose ``recommend`` raises (a model that will
+    not fit) falls back to the best trial, with a note in the result."""
+    try:
+        return strategy.recommend()
+    except Exception as exc:  # noqa: BLE001 -- a plugin's model failing must not lose the search
+        why = f"{type(exc).__name__}: {exc}"
+        result.notes.append(f"{strategy.name}: recommend() failed ({why}); the best trial is used")
+        return Strategy.recommend(strategy)
 
 
 def _evaluate_jobs(jobs: list[Job], evaluate: Evaluate, evaluate_batch: EvaluateBatch | None) -> Iterable[Trial]:

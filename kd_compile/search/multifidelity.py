@@ -1,8 +1,11 @@
-"""Two-fidelity GP strategies: ``lf-gpr``, ``lf-then-hf`` and ``mfkd``, on a shared base.
+"""Two-fidelity GP strategies: ``lf-gpr``, ``lf-gpr-hybrid``, ``lf-then-hf`` and ``mfkd``.
 
-* ``lf-gpr``: "NAS with low-fidelity evaluations only" (Trofimov et al., Alg. 1): a
-  space-filling design at low fidelity, a GP on the low-fidelity scores, then the GP's best
-  predicted configs are evaluated at full fidelity.
+* ``lf-gpr``: "NAS with low-fidelity evaluations only" (Trofimov et al., Alg. 1): the whole
+  budget as a random (scrambled-Sobol) sample at low fidelity, a GP on those scores, and as the
+  result the GP's argmax over the space (:meth:`Strategy.recommend`), a config that may never
+  have been trained: the compiler's final training is its first full training.
+* ``lf-gpr-hybrid``: the same low-fidelity design and GP on three quarters of the budget, then
+  full-fidelity checks of the GP's favourites, the best checked one being the result.
 * ``lf-then-hf``: Trofimov et al., Alg. 2: GP-BO at low fidelity, then GP-BO at full fidelity
   started from the best low-fidelity configs.
 * ``mfkd``: MF-KD's two-fidelity co-kriging ``y_high = rho * y_low + delta`` with a UCB rule for
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import register_strategy
+from .base import Recommendation, register_strategy
 from .gp import (
     bo_candidates,
     bo_propose,
@@ -41,7 +44,7 @@ from .random import ReplayableStrategy
 from .space import Config, ParamSpace
 from .trial import Suggestion, TrialStatus
 
-__all__ = ["LowFidelityGPR", "LowThenHighFidelity", "MultiFidelityCoKriging"]
+__all__ = ["LowFidelityGPR", "LowFidelityGPRHybrid", "LowThenHighFidelity", "MultiFidelityCoKriging"]
 
 
 class _TwoFidelity(ReplayableStrategy):
@@ -124,6 +127,57 @@ def _default_low_runs(budget: int | None, share: float, n_init: int, low: float)
 
 @register_strategy("lf-gpr")
 class LowFidelityGPR(_TwoFidelity):
+    """Trofimov et al.'s Algorithm 1: NAS with low-fidelity evaluations only.
+
+    Every suggestion is the next point of a scrambled-Sobol design at ``low_fidelity`` (the
+    paper samples uniformly at random; a scrambled Sobol sequence is a random sample that
+    covers the space more evenly), so the whole training budget, ``budget / low_fidelity``
+    evaluations, goes to the low-fidelity sample and none to full fidelity. The result
+    (:meth:`recommend`) is the argmax of a GP fitted to the low-fidelity scores, over the
+    measured configs plus ``n_candidates`` candidates, half Sobol points over the whole space and
+    half perturbations of the best measured configs (the paper's argmax is over its whole finite
+    space; ours is too large to enumerate, so the argmax is taken over that candidate set).
+    Candidates break no feasibility constraint and pass the strategy's screen; the argmax may
+    be a config that was never trained.
+    """
+
+    costly_recommend = True
+
+    def _ask(self, n: int) -> list[Suggestion]:
+        rng = self.draw_rng()
+        return [Suggestion(c, self.low) for c in self.design(n, self.low, self.taken_keys(self.low), rng)]
+
+    def recommend(self) -> Recommendation | None:
+        configs, y = self.data(self.low)
+        ok = [t for t in self.trials if t.ok]
+        if not ok:
+            return None
+        if len(configs) < 3:  # too few points for a GP: the best measured config
+            return super().recommend()
+        x = encode(self.space, configs)
+        # seeded by the trials told (not by draws), so the same trials give the same argmax
+        seed = derive_seed(self.seed, "recommend", len(self.trials))
+        with torch_seeded(seed):
+            model = fit_gp(x, -y, maxiter=self.gp_maxiter)
+            top = x[np.argsort(y)[: max(1, min(5, len(y) // 3))]]
+            fresh, _ = snap(self.space, bo_candidates(self.space, top, self.n_candidates, derive_seed(seed, "cand")))
+            pool = list(configs) + fresh
+            keep = [i for i in unique_new(self.space, pool, set()) if self.passes_screen(pool[i])]
+            if not keep:
+                return super().recommend()
+            cands = [pool[i] for i in keep]
+            mean, _ = posterior_mean_std(model, encode(self.space, cands))
+        pick = cands[int(np.argmax(mean))]
+        key = self.space.key(pick)
+        measured = [t for t in ok if self.space.key(t.config) == key]
+        trial = max(measured, key=lambda t: t.fidelity) if measured else None
+        return Recommendation(
+            self.space.canonical(pick), trial, f"lf-gpr: the argmax of a GP on {len(configs)} low-fidelity scores"
+        )
+
+
+@register_strategy("lf-gpr-hybrid")
+class LowFidelityGPRHybrid(_TwoFidelity):
     """Low-fidelity design, a GP on its scores, full-fidelity checks of the GP's favourites.
 
     The first ``low_share`` of the budget evaluates a scrambled-Sobol design at

@@ -37,10 +37,11 @@ How a lookup works (``TabularBenchmark.evaluate``):
   the recorded seed-0 run (``accuracy``/``score``, what one training gives a search), and adds
   ``full_score``, the mean's. ``seed_accuracies`` gives the per-seed values and
   ``full_accuracy_se`` the standard error of their mean.
-* **Regret** of a set of trials: the full-fidelity score of the incumbent's architecture minus
-  the best full-fidelity score in the table. The incumbent is ``best_trial``'s: the best trial at
-  the highest fidelity evaluated so far (for single-fidelity runs: the best-found full-fidelity
-  score).
+* **Regret** of a run after some trials: the full-fidelity score of the architecture the
+  strategy recommends (``Strategy.recommend``) minus the best full-fidelity score in the table.
+  By default that is ``best_trial``'s incumbent: the best trial at the highest fidelity evaluated
+  so far (for single-fidelity runs: the best-found full-fidelity score); ``lf-gpr``
+  (Trofimov et al.'s Algorithm 1) recommends its GP's argmax, which it may never have trained.
 * **Objectives** for a multi-objective strategy: the lookup reports ``accuracy``,
   ``latency_ms`` and ``params``, the metrics of :data:`OBJECTIVES` (re-exported from
   ``kd_compile.testing.strategies``; pass it as the strategy's ``objectives`` option).
@@ -58,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from ..search import Strategy
+from ..search import Recommendation, Strategy
 from ..search.score import cost_term, search_score
 from ..search.space import Config, ParamSpace
 from ..search.trial import Trial, TrialStatus, best_trial
@@ -381,7 +382,16 @@ class TabularBenchmark:
         inc = best_trial(trials)
         if inc is None:
             return math.inf
-        i = int(inc.metrics["arch"]) if "arch" in inc.metrics else self.nearest(inc.config)
+        return self.regret_of(Recommendation(inc.config, inc, "best trial"))
+
+    def regret_of(self, rec: Recommendation | None) -> float:
+        """Regret of a strategy's recommendation (``Strategy.recommend``): the full-fidelity
+        score of the architecture it names minus the table's best (its trial's recorded
+        architecture when it has one, else the nearest to its config); ``inf`` for None."""
+        if rec is None:
+            return math.inf
+        t = rec.trial
+        i = int(t.metrics["arch"]) if t is not None and "arch" in t.metrics else self.nearest(rec.config)
         return float(self.full_scores[i]) - self.best_full_score
 
 
@@ -449,6 +459,11 @@ def run_strategy(
     else:
         allowance = math.ceil(max_cost) if free_repeats is None else int(free_repeats)
     repeats = 0
+    # regret is the regret of ``strategy.recommend()``; a strategy whose recommendation fits a
+    # model (``costly_recommend``) is asked only where ``regret_at_cost`` reads it at an integer
+    # cost: after the last trial at or below each integer (found when the next trial's cost is
+    # known, before it is told), and after the last trial; other entries repeat the last value
+    every = not getattr(strategy, "costly_recommend", False)
     while cost < max_cost - 1e-9 and len(trials) < cap:
         sug = strategy.ask(1)[0]
         config = bench.space.canonical(sug.config)
@@ -466,12 +481,16 @@ def run_strategy(
             metrics=m,
             error=None if ok else "recorded run failed",
         )
-        strategy.tell([t])
-        trials.append(t)
         if m["repeat"]:
             repeats += 1
-        if not m["repeat"] or repeats > allowance:
-            cost += m["fidelity"]
+        new_cost = cost + (m["fidelity"] if not m["repeat"] or repeats > allowance else 0.0)
+        if not every and trials and math.floor(new_cost - 1e-9) >= math.ceil(cost - 1e-9):
+            regrets[-1] = bench.regret_of(strategy.recommend())  # an integer in [cost, new_cost)
+        strategy.tell([t])
+        trials.append(t)
+        cost = new_cost
         costs.append(cost)
-        regrets.append(bench.regret(trials))
+        regrets.append(bench.regret_of(strategy.recommend()) if every else (regrets[-1] if regrets else math.inf))
+    if not every and trials:
+        regrets[-1] = bench.regret_of(strategy.recommend())
     return TabularRun(trials, costs, regrets)

@@ -11,10 +11,10 @@ from kd_compile.testing.strategies import ToySpace, toy_evaluate
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", ["random", "lf-gpr"])
+@pytest.mark.parametrize("name", ["random", "lf-gpr-hybrid"])
 def test_search_loop_budget_is_training_cost(name: str, tmp_path) -> None:
     space = ToySpace()
-    opts = {"gp_maxiter": 8, "n_candidates": 64} if name == "lf-gpr" else {}
+    opts = {"gp_maxiter": 8, "n_candidates": 64} if name == "lf-gpr-hybrid" else {}
     strat = create_strategy(name, space, seed=0, budget=3, **opts)
     journal = Journal(tmp_path / "j.jsonl")
     journal.open({"fingerprint": "x"}, resume=False)

@@ -11,7 +11,10 @@ from kd_compile.testing.strategies import CHECKS, ToySpace
 
 torch.set_num_threads(1)
 
-BUILTINS = {"bohb", "evolution", "lf-gpr", "lf-then-hf", "lhs", "mfkd", "mobo", "random", "sobol", "turbo", "turbo-m"}
+BUILTINS = {
+    "bohb", "evolution", "lf-gpr", "lf-gpr-hybrid", "lf-then-hf", "lhs", "mfkd", "mobo", "random", "sobol", "turbo",
+    "turbo-m",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

@@ -222,6 +222,30 @@ def test_run_strategy_is_deterministic_and_spends_the_budget(table_path: Path) -
     assert a.regret_at_cost(0.5) == math.inf
 
 
+def test_a_costly_recommendation_is_read_only_where_regret_at_cost_needs_it(table_path: Path) -> None:
+    """lf-gpr recommends a GP's argmax (``costly_recommend``): ``run_strategy`` asks for it only
+    after the last trial at or below each integer cost, and the regret there is the regret of
+    the recommendation, the same as asking after every trial would give."""
+    from kd_compile.search.multifidelity import LowFidelityGPR
+
+    class EveryTrial(LowFidelityGPR):
+        costly_recommend = False
+
+    bench = TabularBenchmark(table_path)
+    opts = dict(seed=1, budget=3, gp_maxiter=8, n_candidates=64)
+    lazy = run_strategy(bench, LowFidelityGPR(bench.space, **opts), max_cost=3)
+    full = run_strategy(bench, EveryTrial(bench.space, **opts), max_cost=3)
+    assert [t.config for t in lazy.trials] == [t.config for t in full.trials]
+    assert all(t.fidelity < 1 for t in lazy.trials)  # Algorithm 1: low fidelity only
+    for c in (1.0, 2.0, 3.0):
+        assert lazy.regret_at_cost(c) == full.regret_at_cost(c)
+    # the regret is the recommendation's (the GP argmax), not the best low-fidelity trial's
+    strat = EveryTrial(bench.space, **opts)
+    for t in full.trials:
+        strat.tell([t])
+    assert full.regrets[-1] == bench.regret_of(strat.recommend())
+
+
 def test_run_strategy_charges_the_fidelity_of_each_evaluation(table_path: Path) -> None:
     bench = TabularBenchmark(table_path)
     strat = create_strategy("bohb", bench.space, seed=0, budget=10)
