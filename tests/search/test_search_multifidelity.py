@@ -99,8 +99,20 @@ def test_mfkd_warm_up_then_both_fidelities() -> None:
     k = fids.index(1.0)
     assert all(f == pytest.approx(1 / 3) for f in fids[:k]) and set(fids[k:]) == {1.0}
     assert _trained(trials[:k], full=False) == 4
-    trials += _drive_until(strat, ev, lambda ts: len(ts) >= 6)
-    assert all(t.fidelity == pytest.approx(1 / 3) or t.fidelity == 1.0 for t in trials)
+    # then MF-KD's rule: every point at full fidelity, from the co-kriging model (rho fitted)
+    more = _drive_until(strat, ev, lambda ts: len(ts) >= 4)
+    assert {t.fidelity for t in more} == {1.0} and strat.rho is not None
+
+
+def test_mfkd_with_gamma_goes_back_to_low_fidelity_where_the_model_is_unsure() -> None:
+    space = ToySpace()
+    strat = create_strategy(
+        "mfkd", space, seed=0, budget=20, n_init=3, n_high_init=2, gamma=0.05, gp_maxiter=8, n_candidates=64
+    )
+    ev = toy_evaluate(space)
+    trials = _drive_until(strat, ev, lambda ts: len(ts) >= 14, cap=14)
+    after = trials[5:]
+    assert any(t.fidelity < 1 for t in after) and any(t.fidelity == 1.0 for t in after)
 
 
 def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
