@@ -27,6 +27,9 @@ from .journal import Journal
 from .space import Config, ParamSpace
 from .trial import Suggestion, Trial, TrialStatus, best_trial
 
+#: rounds in a row of nothing but best-effort infeasible proposals after which a search ends
+HOPELESS_ROUNDS = 3
+
 Evaluate = Callable[[Config, float, int], Trial]
 
 
@@ -92,7 +95,12 @@ def run_search(
             at fidelity f uses f of it, so single-fidelity strategies get ``n_trials``
             evaluations and multi-fidelity ones more, at the same training cost; infeasible
             candidates are rejected before training and not counted, up to
-            ``max_infeasible`` of them.
+            ``max_infeasible`` of them. The search also ends after
+            :data:`HOPELESS_ROUNDS` rounds in a row in which the strategy could propose nothing
+            but best-effort infeasible configs (``Strategy.infeasible_proposals``: no new config
+            passed its constraint and screen in all its tries), noted in ``notes``: a space
+            without a feasible config left would otherwise spend ``max_infeasible`` rounds of
+            screening (minutes) before the same conclusion.
         journal: an opened journal; each new trial is appended before ``tell``.
         past: trials read from the journal on resume.
         batch_size: suggestions asked per round (with an executor: its free workers).
@@ -159,13 +167,22 @@ def run_search(
     max_infeasible = max_infeasible if max_infeasible is not None else 20 * n_trials + 50
     asks = 0
     max_asks = 4 * (n_trials + max_infeasible) + 10
+    hopeless = 0
     while spent < n_trials - 1e-9 and infeasible < max_infeasible and asks < max_asks:
         if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
             result.stopped_by_time = True
             break
+        if hopeless >= HOPELESS_ROUNDS:
+            result.notes.append(
+                f"the search stopped after {hopeless} rounds in a row in which the strategy found no new "
+                "candidate that meets the constraints known before training"
+            )
+            break
         k = max(1, min(batch_size, math.ceil(n_trials - spent - 1e-9)))
+        before = int(getattr(strategy, "infeasible_proposals", 0))
         suggestions: list[Suggestion] = strategy.ask(k)
         asks += 1
+        hopeless = hopeless + 1 if int(getattr(strategy, "infeasible_proposals", 0)) - before >= k else 0
         keys = [(space.key(s.config), s.fidelity) for s in suggestions]
         jobs: list[Job] = []
         round_keys: set[tuple[str, float]] = set()

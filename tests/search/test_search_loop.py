@@ -33,3 +33,22 @@ def test_search_loop_budget_is_training_cost(name: str, tmp_path) -> None:
         assert sum(t.status != "infeasible" for t in low) == 7
         assert any(t.status == "infeasible" for t in low)  # the toy space has some
     assert res.best() == strat.best()  # one rule for the best trial, loop and strategy alike
+
+
+def test_a_space_with_no_feasible_config_ends_the_search_after_a_few_hopeless_rounds(tmp_path) -> None:
+    """When no new config passes the constraint, each round brings only best-effort infeasible
+    proposals: the loop stops after HOPELESS_ROUNDS of them instead of max_infeasible rounds."""
+    from kd_compile.search.loop import HOPELESS_ROUNDS
+
+    space = ToySpace()
+    strat = create_strategy("random", space, seed=0, budget=5, feasible=lambda c: False)
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.open({"fingerprint": "x"}, resume=False)
+    res = run_search(space, strat, toy_evaluate(space), 5, journal)
+    assert len(res.trials) == HOPELESS_ROUNDS  # one proposal a round, each a best effort
+    assert any("no new candidate that meets the constraints" in n for n in res.notes)
+    # a space with feasible configs is not cut short
+    journal = Journal(tmp_path / "k.jsonl")
+    journal.open({"fingerprint": "x"}, resume=False)
+    ok = run_search(space, create_strategy("random", space, seed=0, budget=5), toy_evaluate(space), 5, journal)
+    assert not ok.notes and len(ok.trials) == 5
