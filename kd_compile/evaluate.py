@@ -26,6 +26,7 @@ import torch.nn as nn
 from .config import Budget, Constraints
 from .latency import LatencyPlan
 from .profilers import InputSpec, Measurement
+from .search.gp import CONSTRAINT_METRIC
 from .search.mobo import Objective
 from .search.score import ACCURACY_WEIGHT, cost_term, search_score, trade_score
 from .search.space import ComposedSpace, Config, ParamSpace
@@ -278,6 +279,10 @@ def evaluate_candidate(
             latency_method=lat.method,
             memory_bytes=int(cnt.peak_activation_bytes or 0),
         )
+        limit_ms = run.constraints.latency_limit_ms(run.reference.latency_ms)
+        if lat.method == "measured" and limit_ms:
+            # a constraint only a measurement finds: the strategy learns it (SCBO, search/gp.py)
+            metrics[CONSTRAINT_METRIC] = {"latency": float(lat.latency_ms) / limit_ms - 1.0}
         if viol:
             return done(TrialStatus.INFEASIBLE, error="; ".join(viol))
         from .distill import train_student

@@ -137,3 +137,19 @@ def test_the_run_context_crosses_a_process_boundary(run_for):
     a = evaluate_candidate(run, {"fault": "none"}, 0.5, 1)
     b = evaluate_candidate(back, {"fault": "none"}, 0.5, 1)
     assert a.metrics["accuracy"] == b.metrics["accuracy"] and a.score == b.score
+
+
+def test_a_measured_latency_limit_is_recorded_for_the_strategy_to_learn(run_for):
+    """On the cpu target the latency is measured, so its limit is a constraint only the
+    evaluator finds: the trial carries ``latency / limit - 1`` (SCBO's constraint value); a
+    predicted latency (2080ti) is screened before proposal and carries none."""
+    from kd_compile.config import LatencyLimit
+    from kd_compile.search.gp import CONSTRAINT_METRIC
+
+    tight = Constraints(max_latency=LatencyLimit(1e-6))  # no student is that fast
+    t = evaluate_candidate(run_for("cpu", constraints=tight), {"fault": "none"}, 1.0, 0)
+    assert t.status is TrialStatus.INFEASIBLE and t.metrics["latency_method"] == "measured"
+    assert t.metrics[CONSTRAINT_METRIC]["latency"] == pytest.approx(t.metrics["latency_ms"] / 1e-6 - 1.0)
+    loose = Constraints(max_latency=LatencyLimit(1e6))
+    loose = evaluate_candidate(run_for("2080ti", constraints=loose), {"fault": "none"}, 1.0, 0)
+    assert loose.status is TrialStatus.OK and CONSTRAINT_METRIC not in loose.metrics

@@ -428,3 +428,70 @@ def bo_propose(
     if len(out) < n:
         out += fresh_samples(space, n - len(out), taken, rng)
     return out
+
+
+# -- learned constraints (SCBO) -----------------------------------------------------------------
+#: ``Trial.metrics`` key of the constraints that need a measurement (e.g. a measured latency):
+#: ``{name: value}``, feasible when ``value <= 0`` (the evaluator records ``latency / limit - 1``).
+#: Constraints known without training are filtered before a proposal exists and never need this.
+CONSTRAINT_METRIC = "constraints"
+
+
+def constraint_data(space: ParamSpace, trials: Sequence[Trial]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per learned constraint, the unit-cube inputs and values ``(x (m, d), c (m,))`` of the
+    trials that measured it (any status: an infeasible trial is the most informative one)."""
+    rows: dict[str, list[tuple[Config, float]]] = {}
+    for t in trials:
+        for name, v in (t.metrics.get(CONSTRAINT_METRIC) or {}).items():
+            if is_finite(v):
+                rows.setdefault(str(name), []).append((t.config, float(v)))
+    return {k: (encode(space, [c for c, _ in r]), np.array([v for _, v in r])) for k, r in rows.items()}
+
+
+def violation_draws(
+    space: ParamSpace, trials: Sequence[Trial], x: np.ndarray, n: int, *, maxiter: int = 200
+) -> np.ndarray | None:
+    """SCBO's constraint model (Eriksson & Poloczek 2021): a GP on each learned constraint and
+    ``n`` joint posterior draws of it at the candidates ``x`` ``(N, d)``; returns the total
+    violation per draw and candidate, ``sum max(c, 0)``, shape ``(n, N)``. None when no
+    constraint has two measurements or none was ever violated (nothing to learn yet)."""
+    data = {k: v for k, v in constraint_data(space, trials).items() if len(v[1]) >= 2 and (v[1] > 0).any()}
+    if not data:
+        return None
+    total = np.zeros((n, len(x)))
+    for xc, c in data.values():
+        model = fit_gp(xc, c, maxiter=maxiter)
+        total += np.maximum(thompson_values(model, x, n), 0.0)
+    return total
+
+
+def scbo_key(values: np.ndarray, violation: np.ndarray | None, available: np.ndarray) -> np.ndarray:
+    """SCBO's ranking of candidates in one posterior draw (larger is better): among the
+    ``available`` candidates whose drawn constraints all hold, the drawn objective; when none
+    holds, the negative drawn violation. Unavailable candidates rank ``-inf``. Without
+    ``violation`` it is the draw itself (plain Thompson sampling).
+
+    Args:
+        values: the objective draw ``(N,)``, larger is better.
+        violation: the total violation draw ``(N,)`` (a row of :func:`violation_draws`) or None.
+        available: ``(N,)`` bool, candidates that may still be picked.
+    """
+    if violation is None:
+        key = values
+    else:
+        ok = violation <= 0
+        key = np.where(ok, values, -np.inf) if (ok & available).any() else -violation
+    return np.where(available, key, -np.inf)
+
+
+def scbo_pick(values: np.ndarray, violation: np.ndarray | None) -> list[int]:
+    """One distinct candidate per draw by :func:`scbo_key`: ``values`` ``(n, N)`` objective
+    draws, ``violation`` ``(n, N)`` violation draws or None. Returns up to ``n`` indices."""
+    n, m = values.shape
+    available = np.ones(m, dtype=bool)
+    out: list[int] = []
+    for i in range(min(n, m)):
+        j = int(np.argmax(scbo_key(values[i], None if violation is None else violation[i], available)))
+        available[j] = False
+        out.append(j)
+    return out

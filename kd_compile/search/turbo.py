@@ -25,6 +25,12 @@ Choices for the small budgets of KD search (10-60 evaluations; each one a proxy 
   are left out of the GP and the state, and never proposed again. Configs a feasibility
   predicate (``feasible=``) rejects never enter the design or the candidate sets, so an
   analytic limit (``--max-params``) costs the TR nothing.
+* Constraints that need a measurement (a latency measured on this machine; trials carry them in
+  ``metrics["constraints"]``, :data:`~kd_compile.search.gp.CONSTRAINT_METRIC`) are learned as in
+  SCBO (Eriksson & Poloczek 2021): once one has been broken, a GP on each constraint is drawn
+  jointly with the objective, and each Thompson draw takes the best candidate whose drawn
+  constraints hold (the least violating one when none does). Until then, and in runs without
+  such constraints, proposals are plain Thompson samples.
 * Unordered ("cat") parameters are one-hot blocks; a perturbed block jumps to a random other
   category with probability ``min(1, length)``, so categories are explored while the TR is
   large and frozen once it has converged (a box around a one-hot corner never changes the
@@ -57,11 +63,14 @@ from .gp import (
     penalised_scores,
     pick_from_unit,
     posterior_mean_std,
+    scbo_pick,
     snap,
     sobol,
     thompson_pick,
+    thompson_values,
     torch_seeded,
     unique_new,
+    violation_draws,
 )
 from .random import ReplayableStrategy
 from .space import Config, ParamSpace
@@ -382,7 +391,10 @@ class Turbo(ReplayableStrategy):
             configs, cx = new_candidates(self.space, raw, taken, rng, n)
             if not configs:
                 return fresh_samples(self.space, n, taken, rng)
-            idx = thompson_pick(model, cx, n)
+            # SCBO: where a measured constraint (e.g. latency on this machine) has been broken,
+            # a GP on it filters each Thompson draw; without one, plain Thompson sampling
+            viol = violation_draws(self.space, self.trials, cx, n, maxiter=self.gp_maxiter)
+            idx = thompson_pick(model, cx, n) if viol is None else scbo_pick(thompson_values(model, cx, n), viol)
         out = [configs[i] for i in idx]
         taken.update(self.space.key(c) for c in out)
         if len(out) < n:

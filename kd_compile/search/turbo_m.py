@@ -2,7 +2,7 @@
 
 Each region has its own state, initial design and GP on its own points (the state rules and
 candidate generation are :mod:`kd_compile.search.turbo`'s); batch slots go to the region whose
-Thompson sample is best.
+Thompson sample is best, with SCBO's rule for learned (measured) constraints as in TuRBO-1.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from .gp import (
     penalised_scores,
     pick_from_unit,
     posterior_mean_std,
+    scbo_key,
     sobol,
     thompson_values,
     torch_seeded,
+    violation_draws,
 )
 from .space import Config, ParamSpace
 from .trial import Suggestion, Trial
@@ -104,6 +106,7 @@ class TurboM(Turbo):
         left = n - len(chosen)
         if left and models:
             pool: list[tuple[Config, int]] = []
+            pool_x: list[np.ndarray] = []
             draws: list[np.ndarray] = []
             for r, state, used, y in models:
                 x = encode(self.space, [t.config for t in used])
@@ -122,14 +125,20 @@ class TurboM(Turbo):
                     if configs:
                         draws.append(thompson_values(model, cx, left))
                         pool += [(c, r) for c in configs]
+                        pool_x.append(cx)
             if pool:
                 vals = np.concatenate(draws, axis=1)  # (left, total candidates)
-                used_idx: set[int] = set()
+                # SCBO (see turbo.py): a GP on each measured constraint, once one was broken
+                with torch_seeded(self.draw_seed("constraints")):
+                    px = np.concatenate(pool_x)
+                    viol = violation_draws(self.space, self.trials, px, left, maxiter=self.gp_maxiter)
                 pool_keys = [self.space.key(c) for c, _ in pool]
+                available = np.ones(len(pool), dtype=bool)
                 for i in range(left):
-                    for j in np.argsort(-vals[i], kind="stable"):
-                        if int(j) not in used_idx and pool_keys[j] not in taken:
-                            used_idx.add(int(j))
+                    key = scbo_key(vals[i], None if viol is None else viol[i], available)
+                    for j in np.argsort(-key, kind="stable"):
+                        if available[j] and pool_keys[j] not in taken:
+                            available[j] = False
                             taken.add(pool_keys[j])
                             chosen.append(pool[int(j)])
                             break
