@@ -30,13 +30,15 @@ test: install
 # make bench: every benchmark whose figures the README quotes, each writing benchmarks/results/*.json
 # (tests/test_readme_figures.py checks the README against those files). Hours on a 2-core CPU;
 # run one part with e.g. `make bench-fidelity`.
-BENCH_PARTS := bench-e2e bench-latency bench-ort bench-difficulty bench-fidelity bench-distill bench-strategies
+BENCH_PARTS := bench-e2e bench-latency bench-ort bench-difficulty bench-fidelity bench-distill bench-stream bench-strategies \
+	bench-scbo
 .PHONY: $(BENCH_PARTS)
 
 bench: $(BENCH_PARTS)
 
 bench-e2e: install examples/glyphs/teacher.pt
 	$(BIN)/python benchmarks/e2e_glyphs.py --seeds 3 --max-params 62K
+	$(BIN)/python benchmarks/e2e_glyphs.py --seeds 3 --max-params 62K --strategy turbo --results benchmarks/results/e2e_glyphs_turbo.json
 
 bench-latency: install
 	$(BIN)/python benchmarks/latency_accuracy.py
@@ -53,6 +55,13 @@ bench-fidelity: install
 
 bench-distill: install examples/glyphs/teacher.pt
 	$(BIN)/python benchmarks/distill.py
+
+bench-stream: install
+	$(BIN)/python benchmarks/data_stream.py
+
+# TuRBO with and without the learned (SCBO) constraint on the toy problem (about 15 min)
+bench-scbo: install
+	$(BIN)/python benchmarks/scbo_toy.py
 
 # the README's strategy table, in the runs it quotes (rows merge into strategies.json)
 # the main table, then the 10-class table that only confirms its rankings (shipped GP settings;
