@@ -295,6 +295,29 @@ def check_ort_stability() -> None:
     _assert_quoted(expected, sec, "ONNX Runtime", "ort_stability.json")
 
 
+# -- learned constraints (SCBO) on the toy problem ------------------------------------------------
+def check_scbo_toy() -> None:
+    doc = _load("scbo_toy")
+    sec = _section("A latency that is *measured*", "**Glyphs difficulty**")
+    mode_name = {"penalty": "penalty only", "learned": "learned (SCBO)"}
+    expected = []
+    for key, r in doc["rows"].items():
+        name, mode = key.split("/")
+        expected.append(
+            [
+                name,
+                mode_name[mode],
+                f"{r['infeasible_after_design']['mean']:.1f} ± {r['infeasible_after_design']['sd']:.1f}",
+                f"{r['feasible_share']['mean']:.2f} ± {r['feasible_share']['sd']:.2f}",
+                f"{r['best_score']['mean']:.3f} ± {r['best_score']['sd']:.3f}",
+            ]
+        )
+    rows = _table_rows(sec)
+    missing = [e for e in expected if e not in rows]
+    assert not missing, f"README's learned-constraint table differs from scbo_toy.json: {missing}"
+    assert f"{doc['settings']['seeds']} seeds" in sec and f"budget {doc['settings']['budget']}" in sec
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
@@ -306,6 +329,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "distill": check_distill,
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
+    "scbo_toy": check_scbo_toy,
 }
 
 

@@ -162,12 +162,15 @@ class LowFidelityGPR(_TwoFidelity):
             top = x[np.argsort(y)[: max(1, min(5, len(y) // 3))]]
             fresh, _ = snap(self.space, bo_candidates(self.space, top, self.n_candidates, derive_seed(seed, "cand")))
             pool = list(configs) + fresh
-            keep = [i for i in unique_new(self.space, pool, set()) if self.passes_screen(pool[i])]
-            if not keep:
+            cands = [pool[i] for i in unique_new(self.space, pool, set())]
+            if not cands:
                 return super().recommend()
-            cands = [pool[i] for i in keep]
             mean, _ = posterior_mean_std(model, encode(self.space, cands))
-        pick = cands[int(np.argmax(mean))]
+        # the best predicted config that passes the screen (screened lazily, best first: a
+        # screen costs tens of milliseconds a config)
+        pick = next((cands[i] for i in np.argsort(-mean, kind="stable") if self.passes_screen(cands[i])), None)
+        if pick is None:
+            return super().recommend()
         key = self.space.key(pick)
         measured = [t for t in ok if self.space.key(t.config) == key]
         trial = max(measured, key=lambda t: t.fidelity) if measured else None

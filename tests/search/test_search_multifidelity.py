@@ -134,3 +134,23 @@ def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
 def test_low_fidelity_must_be_below_one() -> None:
     with pytest.raises(ValueError, match="low_fidelity"):
         create_strategy("lf-gpr", ToySpace(), seed=0, low_fidelity=1.0)
+
+
+def test_lf_gpr_screens_its_argmax_lazily_best_first() -> None:
+    """The argmax must pass the strategy's screen; the screen (costly) is applied to the GP's
+    ranking best first, not to the whole candidate set."""
+    space = ToySpace()
+    calls: list[str] = []
+    first = create_strategy("lf-gpr", space, seed=0, budget=3, gp_maxiter=8, n_candidates=64)
+    trials = _drive_until(first, toy_evaluate(space), lambda ts: len(ts) >= 9, cap=9)
+    favourite = space.key(first.recommend().config)
+
+    def screen(config) -> bool:
+        calls.append(space.key(config))
+        return space.key(config) != favourite
+
+    strat = create_strategy("lf-gpr", space, seed=0, budget=3, gp_maxiter=8, n_candidates=64, screen=screen)
+    strat.tell(trials)
+    calls.clear()
+    rec = strat.recommend()
+    assert space.key(rec.config) != favourite and calls[0] == favourite and len(calls) == 2
