@@ -18,11 +18,11 @@ BoTorch and GPyTorch are imported lazily (architecture convention 4).
 
 from __future__ import annotations
 
-import logging
-import warnings
 from typing import Any
 
 import numpy as np
+
+from .gp import fit_mll
 
 __all__ = ["fit_cokriging", "predict", "rho_of"]
 
@@ -110,7 +110,6 @@ def fit_cokriging(
         The fitted BoTorch ``SingleTaskGP`` over ``(n, d + 1)`` inputs, in eval mode.
     """
     import torch
-    from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
     from botorch.models.utils.gpytorch_modules import (
@@ -118,7 +117,6 @@ def fit_cokriging(
         get_gaussian_likelihood_with_lognormal_prior,
     )
     from gpytorch.kernels import ScaleKernel
-    from gpytorch.mlls import ExactMarginalLogLikelihood
 
     ar1, fmean = _modules()
     d = np.asarray(x_low).shape[1]
@@ -136,15 +134,7 @@ def fit_cokriging(
         likelihood=get_gaussian_likelihood_with_lognormal_prior(),
         outcome_transform=Standardize(m=1),
     )
-    mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": int(maxiter)}})
-        except Exception as exc:  # noqa: BLE001 -- a failed fit must not end a search
-            logging.getLogger(__name__).debug("co-kriging fit failed, using initial values: %s", exc)
-    model.eval()
-    return model
+    return fit_mll(model, maxiter, "co-kriging")
 
 
 def rho_of(model: Any) -> float:

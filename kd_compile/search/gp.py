@@ -265,14 +265,12 @@ def fit_gp(x: np.ndarray, y: np.ndarray, *, maxiter: int = 200) -> SingleTaskGP:
         The fitted ``SingleTaskGP`` in eval mode.
     """
     import torch
-    from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.outcome import Standardize
     from botorch.models.utils.gpytorch_modules import (
         get_covar_module_with_dim_scaled_prior,
         get_gaussian_likelihood_with_lognormal_prior,
     )
-    from gpytorch.mlls import ExactMarginalLogLikelihood
 
     tx = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     ty = torch.as_tensor(np.asarray(y), dtype=torch.float64).reshape(-1, 1)
@@ -284,14 +282,23 @@ def fit_gp(x: np.ndarray, y: np.ndarray, *, maxiter: int = 200) -> SingleTaskGP:
         likelihood=get_gaussian_likelihood_with_lognormal_prior(),
         outcome_transform=Standardize(m=1),
     )
+    return fit_mll(model, maxiter)
+
+
+def fit_mll(model: Any, maxiter: int, what: str = "GP") -> Any:
+    """Fit a BoTorch model's hyper-parameters by exact marginal likelihood (L-BFGS,
+    ``maxiter`` iterations) and return it in eval mode. A failed fit must not end a search: the
+    model keeps its initial hyper-parameters (logged at debug level)."""
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": int(maxiter)}})
         except Exception as exc:  # noqa: BLE001
-            # a failed fit must not end a search: keep the initial hyperparameters
-            logging.getLogger(__name__).debug("GP fit failed, using initial values: %s", exc)
+            logging.getLogger(__name__).debug("%s fit failed, using initial values: %s", what, exc)
     model.eval()
     return model
 
