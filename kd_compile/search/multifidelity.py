@@ -295,7 +295,7 @@ class MultiFidelityCoKriging(_TwoFidelity):
     fidelity. The result is the best trial at full fidelity (the paper's "best validation score
     after E2 epochs").
 
-    Departures from the paper, each an option: the exploration term is ``beta * std`` where the
+    Departures from the paper: the exploration term is ``beta * std`` where the
     paper writes ``beta * Var`` (the standard deviation makes ``beta`` independent of the
     score's units); the candidates are ``n_candidates`` Sobol points *plus the configs measured
     at low fidelity* (the paper draws N = 5000 random architectures from NAS-Bench-201's 15,625,
