@@ -65,15 +65,17 @@ bench-scbo: install
 
 # the README's strategy table, in the runs it quotes (rows merge into strategies.json)
 # the main table, then the 10-class table that only confirms its rankings (shipped GP settings;
-# about 1 h 30 min of one core for the main table and 1 h for the second; two at a time fit 2 cores;
-# lf-then-hf and mfkd fit a GP at almost every cheap evaluation, so they run 5 seeds)
+# about 2 h 30 min of one core for each table; two at a time fit 2 cores). The model-fitting
+# multi-fidelity strategies and mobo take minutes a seed, so --max-seconds stops adding seeds
+# after 20 (mobo 15) minutes once 5 have run.
 bench-strategies: install
 	$(BIN)/python benchmarks/strategies.py --only random,sobol,lhs,evolution,turbo,turbo-m,bohb
-	$(BIN)/python benchmarks/strategies.py --only random,lf-gpr
+	$(BIN)/python benchmarks/strategies.py --only random,lf-gpr,lf-gpr-hybrid,mfkd --max-seconds 1200 --min-seeds 5
 	$(BIN)/python benchmarks/strategies.py --only random,lf-then-hf --max-seconds 540 --min-seeds 5
-	$(BIN)/python benchmarks/strategies.py --only random,mfkd --max-seconds 540 --min-seeds 5
+	$(BIN)/python benchmarks/strategies.py --only random,mobo --max-seconds 900 --min-seeds 5
 	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,sobol,lhs,evolution,turbo,turbo-m,bohb
-	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,lf-gpr
+	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,lf-gpr,lf-gpr-hybrid,mfkd,lf-then-hf --max-seconds 1200 --min-seeds 5
+	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,mobo --max-seconds 900 --min-seeds 5
 
 lint: install
 	$(BIN)/ruff check kd_compile tests benchmarks examples
