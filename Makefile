@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean gpu-check
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,11 @@ bench-strategies: install
 	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,sobol,lhs,evolution,turbo,turbo-m,bohb
 	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,lf-gpr,lf-gpr-hybrid,mfkd,lf-then-hf --max-seconds 1200 --min-seeds 5
 	$(BIN)/python benchmarks/strategies.py --table benchmarks/data/nas_kd_glyphs10.jsonl --only random,mobo --max-seconds 900 --min-seeds 5
+
+# on a machine with a CUDA GPU (not part of make bench): latency measured against predicted and
+# training throughput, CPU against GPU (benchmarks/results/gpu_check.json)
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: install
 	$(BIN)/ruff check kd_compile tests benchmarks examples
