@@ -24,6 +24,7 @@ from .config import CompileConfig
 from .errors import CandidateError, KdCompileError, SearchError, TrainingError, UsageError
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
 from .latency import plan_latency, resolve_target
+from .parsing import kv_options
 from .profilers import InputSpec
 from .search.score import cost_term, trade_score
 from .search.trial import Trial
@@ -273,10 +274,40 @@ def _check_names(cfg: CompileConfig) -> None:
     from .search import get_strategy
     from .students import get_space
 
-    get_strategy(cfg.strategy)
+    cls = get_strategy(cfg.strategy)
     get_space(cfg.space)
+    _check_strategy_options(cfg, cls)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
+
+
+#: strategy options kd-compile sets itself from the run (never from --strategy-options)
+_RUN_SET_OPTIONS = ("space", "seed", "budget", "feasible", "screen", "objectives", "self")
+
+
+def _check_strategy_options(cfg: CompileConfig, cls: type) -> None:
+    """``--strategy-options`` keys the strategy does not take fail now, naming the ones it does
+    (the keyword parameters of its ``__init__`` and its bases'), before any work."""
+    import inspect
+
+    given = kv_options(cfg.strategy_options)
+    if not given:
+        return
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
+    allowed = sorted(names - set(_RUN_SET_OPTIONS))
+    for key in given:
+        if key in _RUN_SET_OPTIONS:
+            raise UsageError(f"--strategy-options: '{key}' is set by kd-compile from the run")
+        if key not in allowed:
+            raise UsageError(
+                f"--strategy-options: strategy '{cfg.strategy}' has no option '{key}'",
+                hint=f"its options: {', '.join(allowed) or 'none'}",
+            )
 
 
 def _run_context(
@@ -386,7 +417,15 @@ def _strategy(cfg: CompileConfig, space: Any, family: Any, run: RunContext, work
         opts["screen"] = screen
     if workers > 1 and "batch_size" in inspect.signature(cls).parameters:
         opts["batch_size"] = workers
-    return create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget.candidates, **opts)
+    given = kv_options(cfg.strategy_options)  # --strategy-options (checked by _check_strategy_options)
+    try:
+        return create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget.candidates, **{**opts, **given})
+    except (TypeError, ValueError) as exc:
+        if not given:
+            raise
+        raise UsageError(
+            f"--strategy-options {cfg.strategy_options} does not suit strategy '{cfg.strategy}': {exc}"
+        ) from None
 
 
 def _workers(cfg: CompileConfig) -> int:

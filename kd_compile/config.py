@@ -28,6 +28,7 @@ from .parsing import (  # noqa: F401  (the public parsers are re-exported: calle
     parse_crop_pct,
     parse_input_size,
     parse_interpolation,
+    parse_kv_options,
     parse_latency_limit,
     parse_latency_ms,
     parse_shape,
@@ -178,6 +179,13 @@ class CompileConfig:
     )
     strategy: str = option(
         "auto", "Search strategy (see 'kd-compile strategies'); auto: sobol below 20 candidates, else turbo-m."
+    )
+    strategy_options: str = option(
+        "",
+        "Options of the strategy as KEY=VALUE[,KEY=VALUE] (e.g. n_init=12; gamma=0.25 for mfkd; "
+        "learn_constraints=false for turbo/turbo-m); the strategy's docstring lists them, and an "
+        "unknown one is an error.",
+        parse=parse_kv_options,
     )
     space: str = option(
         "trade", "Student search space (family); teacher-family: a timm ResNet/EfficientNet teacher's own family."

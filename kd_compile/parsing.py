@@ -196,3 +196,62 @@ def parse_crop_pct(text: Any, flag: str) -> float | None:
 
 def optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return lambda v, flag: None if v is None else parse(v, flag)
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _kv_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_kv_options(text: Any, flag: str) -> str:
+    """``KEY=VALUE[,KEY=VALUE...]`` (or a dict from the Python API) as its canonical text: keys
+    sorted, no spaces, ``""`` for none. Values are read by :func:`kv_options`.
+
+    Raises:
+        UsageError: an entry without ``=``, a key that is not a name, or a key given twice.
+    """
+    if text is None or text == "" or text == {}:
+        return ""
+    if isinstance(text, dict):
+        items = [(str(k), "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                 for k, v in text.items()]  # fmt: skip
+    else:
+        items = []
+        for part in (p.strip() for p in str(text).split(",")):
+            if not part:
+                continue
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise UsageError(f"{flag} takes KEY=VALUE pairs separated by commas (e.g. n_init=12), got '{part}'")
+            items.append((key.strip(), value.strip()))
+    keys = [k for k, _ in items]
+    for k in keys:
+        if not _KEY_RE.match(k):
+            raise UsageError(f"{flag}: '{k}' is not an option name")
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"{flag}: '{next(k for k in keys if keys.count(k) > 1)}' is given twice")
+    if any("," in v for _, v in items):
+        raise UsageError(f"{flag}: a value may not contain ','")
+    return ",".join(f"{k}={v}" for k, v in sorted(items))
+
+
+def kv_options(text: str) -> dict[str, Any]:
+    """The options of a canonical ``KEY=VALUE,...`` text (``parse_kv_options``), each value read
+    as a bool (``true``/``false``), None (``none``), an int, a float, or else left as text."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (text or "").split(",")):
+        key, _, value = part.partition("=")
+        out[key] = _kv_value(value)
+    return out

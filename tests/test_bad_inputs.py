@@ -277,6 +277,9 @@ CLI: dict[str, tuple[Callable[[Ctx], list[str]], int]] = {
     "--budget 0": (_opt("--budget", "0"), 2),
     "--budget -3": (_opt("--budget", "-3"), 2),
     "--budget 10**30": (_opt("--budget", str(10**30)), 2),
+    "--strategy-options no '='": (_opt("--strategy-options", "n_init"), 2),
+    "--strategy-options unknown key": (_opt("--strategy-options", "no_such=1"), 2),
+    "--strategy-options run-set key": (_opt("--strategy-options", "budget=3"), 2),
     "--max-params 1e400": (_opt("--max-params", "1e400"), 2),
     "--max-params -4M": (_opt("--max-params", "-4M"), 2),
     "--max-params nan": (_opt("--max-params", "nan"), 2),
@@ -441,6 +444,8 @@ API: dict[str, tuple[dict[str, Any], int]] = {
     "batch_size='big'": ({"batch_size": "big"}, 2),
     "target=42": ({"target": 42}, 2),
     "unknown option": ({"no_such_option": 1}, 2),
+    "strategy_options unknown": ({"strategy": "sobol", "strategy_options": {"n_init": 3}}, 2),
+    "strategy_options wrong type": ({"strategy": "turbo", "strategy_options": "learn_constraints=maybe"}, 2),
     "data missing": ({"data": "/nonexistent/data.npz"}, 4),
     "target unknown": ({"target": "rtx2080"}, 5),
 }

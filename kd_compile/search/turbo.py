@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from .base import register_strategy
 from .gp import (
     derive_seed,
@@ -270,6 +271,8 @@ class Turbo(ReplayableStrategy):
         failure_tolerance, success_tolerance, length_init, length_min, length_max: TR rules.
         n_candidates: Sobol candidates per proposal (default ``min(2000, max(500, 100 dim))``).
         gp_maxiter: L-BFGS iterations of each GP fit.
+        learn_constraints: learn measured constraints with a GP once one was broken (SCBO;
+            default True); False leaves them to the penalised score alone.
     """
 
     def __init__(
@@ -287,9 +290,14 @@ class Turbo(ReplayableStrategy):
         length_max: float = 1.6,
         n_candidates: int | None = None,
         gp_maxiter: int = 200,
+        learn_constraints: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(space, seed=seed, budget=budget, **options)
+        if not isinstance(learn_constraints, bool):
+            raise UsageError(f"strategy '{self.name}': learn_constraints must be true or false")
+        #: fit a GP on measured constraints once one was broken (SCBO); False: the penalty only
+        self.learn_constraints = learn_constraints
         self.n_init = int(n_init) if n_init else default_n_init(space, budget)
         self.batch_size = max(1, int(batch_size))
         remaining = None if budget is None else max(0, budget - self.n_init)
@@ -300,6 +308,13 @@ class Turbo(ReplayableStrategy):
         self.length_init, self.length_min, self.length_max = length_init, length_min, length_max
         self.n_candidates = int(n_candidates or min(2000, max(500, 100 * space.dim)))
         self.gp_maxiter = int(gp_maxiter)
+
+    def _violation_draws(self, cx: np.ndarray, n: int) -> np.ndarray | None:
+        """SCBO's draws of the measured constraints at the candidates ``cx`` (None: nothing to
+        learn yet, or ``learn_constraints`` is off)."""
+        if not self.learn_constraints:
+            return None
+        return violation_draws(self.space, self.trials, cx, n, maxiter=self.gp_maxiter)
 
     # -- state ---------------------------------------------------------------------------
     def new_state(self) -> TurboState:
@@ -393,7 +408,7 @@ class Turbo(ReplayableStrategy):
                 return fresh_samples(self.space, n, taken, rng)
             # SCBO: where a measured constraint (e.g. latency on this machine) has been broken,
             # a GP on it filters each Thompson draw; without one, plain Thompson sampling
-            viol = violation_draws(self.space, self.trials, cx, n, maxiter=self.gp_maxiter)
+            viol = self._violation_draws(cx, n)
             idx = thompson_pick(model, cx, n) if viol is None else scbo_pick(thompson_values(model, cx, n), viol)
         out = [configs[i] for i in idx]
         taken.update(self.space.key(c) for c in out)

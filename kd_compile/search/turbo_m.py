@@ -25,7 +25,6 @@ from .gp import (
     sobol,
     thompson_values,
     torch_seeded,
-    violation_draws,
 )
 from .space import Config, ParamSpace
 from .trial import Suggestion, Trial
@@ -131,7 +130,7 @@ class TurboM(Turbo):
                 # SCBO (see turbo.py): a GP on each measured constraint, once one was broken
                 with torch_seeded(self.draw_seed("constraints")):
                     px = np.concatenate(pool_x)
-                    viol = violation_draws(self.space, self.trials, px, left, maxiter=self.gp_maxiter)
+                    viol = self._violation_draws(px, left)
                 pool_keys = [self.space.key(c) for c, _ in pool]
                 available = np.ones(len(pool), dtype=bool)
                 for i in range(left):
