@@ -318,6 +318,39 @@ def check_scbo_toy() -> None:
     assert f"{doc['settings']['seeds']} seeds" in sec and f"budget {doc['settings']['budget']}" in sec
 
 
+# -- learned constraints on real measured latency (the cpu target) ---------------------------------
+def check_scbo_cpu() -> None:
+    """``e2e_glyphs.py --target cpu --max-latency 0.5x --strategy turbo-m --budget 20`` with the
+    constraint learned and with the penalty only (``--strategy-options learn_constraints=false``)."""
+    sec = _section("A latency that is *measured*", "**Glyphs difficulty**")
+    rows = _table_rows(sec)
+    expected = []
+    for mode, name in (("learned", "learned (SCBO)"), ("penalty", "penalty only")):
+        doc = _load(f"scbo_cpu_{mode}")
+        s, seeds = doc["summary"], doc["seeds"]
+        slow = [r["statuses"].get("infeasible", 0) for r in seeds]
+        expected.append(
+            [
+                name,
+                " / ".join(str(v) for v in slow),
+                " / ".join(f"{r['student_acc']:.2%}" for r in seeds),
+                f"{s['speedup_target']['mean']:.2f}x ± {s['speedup_target']['std']:.2f}",
+                f"{s['wall_s']['mean']:.0f} ± {s['wall_s']['std']:.0f} s",
+            ]
+        )
+        assert f"--seeds {len(seeds)}" in sec
+    missing = [e for e in expected if e not in rows]
+    assert not missing, f"README's measured-latency SCBO table differs from scbo_cpu_*.json: {missing}"
+    share = {m: _load(f"scbo_cpu_{m}")["summary"]["share_outside_training"]["mean"] for m in ("penalty", "learned")}
+    slow = {}
+    for m in ("learned", "penalty"):
+        counts = [r["statuses"].get("infeasible", 0) for r in _load(f"scbo_cpu_{m}")["seeds"]]
+        slow[m] = sum(counts) / len(counts)
+    quoted = [f"from {share['penalty']:.1%} to {share['learned']:.1%}",
+              f"({slow['learned']:.1f} against {slow['penalty']:.1f})"]  # fmt: skip
+    _assert_quoted(quoted, " ".join(sec.split()), "measured-latency SCBO", "scbo_cpu_*.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
@@ -330,6 +363,8 @@ CHECKS: dict[str, Callable[[], None]] = {
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
     "scbo_toy": check_scbo_toy,
+    "scbo_cpu_learned": check_scbo_cpu,
+    "scbo_cpu_penalty": check_scbo_cpu,
 }
 
 
