@@ -3,26 +3,18 @@ with --quick: every row it writes is a measurement (or a recorded error), never 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check_bench", ROOT / "benchmarks" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check_bench", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gpu_check.py", "gpu_check_bench")
 
 
 @pytest.mark.slow

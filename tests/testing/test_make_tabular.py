@@ -4,18 +4,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_support import load_benchmark
 
 from kd_compile.testing.tabular import TabularBenchmark
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # 4 students, 10 classes, 16 px, 60 train / 20 val images, a 1-epoch teacher, 2-epoch KD runs on
 # all the data only (no CE runs): a few seconds in all
@@ -27,12 +24,7 @@ TINY = [
 
 
 def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_tabular", ROOT / "benchmarks" / "make_tabular.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_tabular", mod)  # spawn workers pickle its functions by module name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("make_tabular.py", "make_tabular")
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,14 @@ file of another table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_support import load_benchmark
 from test_tabular_benchmark import write_table  # the synthetic table of the benchmark's tests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sb() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("strategies_bench", ROOT / "benchmarks" / "strategies.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("strategies_bench", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("strategies.py", "strategies_bench")
 
 
 def test_ci95_brackets_the_median_and_the_mean(sb: ModuleType) -> None:
