@@ -67,12 +67,35 @@ def local_gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def gpu_name_matches(target: TargetProfile, gpu_name: str) -> bool:
+    """Whether a CUDA device named ``gpu_name`` (as ``torch.cuda.get_device_name`` gives it) is the
+    GPU that ``target`` describes.
+
+    Either the names agree once vendor words and punctuation are dropped, or the target's name is
+    one to three consecutive words of the device's name ("NVIDIA H100 80GB HBM3" is ``h100``,
+    "Tesla T4" is ``t4``, "NVIDIA GeForce RTX 2080 Ti" is ``2080ti``, "NVIDIA A100-SXM4-40GB" is
+    ``a100`` and not ``a10``). A board variant (PCIe or SXM, memory size) is still that GPU: the
+    measurement is of the device itself. A Jetson's CUDA name ("Xavier", "Orin") does not tell its
+    module apart, so a Jetson target matches only by its full name.
+    """
+    if target.kind == "cpu" or not gpu_name:
+        return False
+    if _norm(gpu_name) == _norm(target.display_name):
+        return True
+    if target.kind != "gpu":
+        return False
+    words = re.findall(r"[a-z0-9]+", gpu_name.lower())
+    key = _norm(target.name)
+    return any("".join(words[i : i + n]) == key for n in (1, 2, 3) for i in range(len(words)))
+
+
 def is_local(target: TargetProfile) -> bool:
-    """The target is this machine: the local CPU profile, or a GPU named as the local one."""
+    """The target is this machine: the local CPU profile, or a GPU named as the local one
+    (:func:`gpu_name_matches`)."""
     if target.local:
         return True
     gpu = local_gpu_name()
-    return gpu is not None and target.kind != "cpu" and _norm(gpu) == _norm(target.display_name)
+    return gpu is not None and gpu_name_matches(target, gpu)
 
 
 def local_target() -> TargetProfile:

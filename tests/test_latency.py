@@ -8,9 +8,16 @@ import torch
 import torch.nn as nn
 
 from kd_compile.errors import UsageError
-from kd_compile.latency import MeasurementCache, local_target, measure_or_predict, plan_latency, resolve_target
+from kd_compile.latency import (
+    MeasurementCache,
+    gpu_name_matches,
+    local_target,
+    measure_or_predict,
+    plan_latency,
+    resolve_target,
+)
 from kd_compile.profilers import InputSpec
-from kd_compile.targets import get_target
+from kd_compile.targets import get_target, list_targets
 
 SPEC = InputSpec((1, 12, 12))
 
@@ -106,3 +113,37 @@ def test_an_explicit_runtime_on_the_local_gpu_is_measured_in_it():
     eager = plan_latency(local_target(), "measure", runtime="torch", precision="fp32")
     assert eager.profiler == "torch" and eager.options == {"precision": "fp32", "device": "cuda"}  # eager: no graphs
     assert plan_latency(local_target(), "measure", runtime="onnxruntime").options == {"provider": "cuda"}
+
+
+# the names torch.cuda.get_device_name gives on these GPUs -> the one target each is (None: none)
+CUDA_NAMES = {
+    "NVIDIA H100 80GB HBM3": "h100",
+    "NVIDIA H100 PCIe": "h100",
+    "NVIDIA H200": "h200",
+    "NVIDIA A100-SXM4-40GB": "a100",
+    "NVIDIA A100 80GB PCIe": "a100",
+    "NVIDIA A10": "a10",
+    "NVIDIA A10G": None,  # AWS's variant of the A10: no profile of its own
+    "Tesla T4": "t4",
+    "NVIDIA L4": "l4",
+    "Tesla V100-SXM2-16GB": "v100",
+    "NVIDIA GeForce RTX 2080 Ti": "2080ti",
+    "NVIDIA GeForce GTX 1080 Ti": "1080ti",
+    "NVIDIA GeForce RTX 3090": "rtx3090",
+    "NVIDIA GeForce RTX 4090": "rtx4090",
+    "NVIDIA TITAN RTX": "titan-rtx",
+    "NVIDIA TITAN Xp": "titan-xp",
+    "NVIDIA TITAN X (Pascal)": "titan-x",
+    "NVIDIA GeForce RTX 4080": None,
+    "Xavier": None,  # a Jetson's CUDA name does not say which module it is
+    "Orin": None,
+}
+
+
+@pytest.mark.parametrize("gpu", list(CUDA_NAMES))
+def test_a_local_gpu_is_the_target_it_names(gpu: str) -> None:
+    """--target h100 on an H100 measures there: torch's device name is matched to the profile even
+    when the board variant differs from the profile's display name, and never to a neighbour."""
+    matches = [n for n in list_targets() if gpu_name_matches(get_target(n), gpu)]
+    want = CUDA_NAMES[gpu]
+    assert matches == ([want] if want else []), f"{gpu!r} matched {matches}"
