@@ -158,6 +158,7 @@ def test_bf16_autocast_training_runs_on_cpu(digits: DataBundle, teacher: SmallCN
     assert half.val_acc > 0.4 and abs(half.val_acc - full.val_acc) < 0.15
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_amp_and_compile(digits: DataBundle, teacher: SmallCNN) -> None:
     cache = TeacherCache.build(teacher, digits)
