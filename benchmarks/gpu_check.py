@@ -104,17 +104,11 @@ def environment() -> dict[str, Any]:
 
 
 def matching_target() -> str | None:
-    """The registered target profile whose display name is the local GPU's (as ``is_local``)."""
-    from kd_compile.latency import is_local
-    from kd_compile.targets import get_target, list_targets
+    """The registered target profile that is the local GPU (``kd_compile.latency.local_gpu_profile``)."""
+    from kd_compile.latency import local_gpu_profile
 
-    if not torch.cuda.is_available():
-        return None
-    for name in list_targets():
-        t = get_target(name)
-        if t.kind != "cpu" and is_local(t):
-            return name
-    return None
+    t = local_gpu_profile()
+    return None if t is None else t.name
 
 
 def _profile(spec: str, **kw: Any) -> dict[str, Any]:

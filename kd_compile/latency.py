@@ -89,6 +89,22 @@ def gpu_name_matches(target: TargetProfile, gpu_name: str) -> bool:
     return any("".join(words[i : i + n]) == key for n in (1, 2, 3) for i in range(len(words)))
 
 
+def local_gpu_profile() -> TargetProfile | None:
+    """The registered GPU profile that is the local CUDA device (:func:`gpu_name_matches`), or None
+    (no GPU here, or none of the profiles is it). ``--target local`` carries no specs to predict
+    with; this profile does, so a prediction can be set beside the local measurement."""
+    from .targets import list_targets
+
+    gpu = local_gpu_name()
+    if gpu is None:
+        return None
+    for name in list_targets():
+        t = get_target(name)
+        if gpu_name_matches(t, gpu):
+            return t
+    return None
+
+
 def is_local(target: TargetProfile) -> bool:
     """The target is this machine: the local CPU profile, or a GPU named as the local one
     (:func:`gpu_name_matches`)."""

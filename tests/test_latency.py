@@ -147,3 +147,16 @@ def test_a_local_gpu_is_the_target_it_names(gpu: str) -> None:
     matches = [n for n in list_targets() if gpu_name_matches(get_target(n), gpu)]
     want = CUDA_NAMES[gpu]
     assert matches == ([want] if want else []), f"{gpu!r} matched {matches}"
+
+
+def test_the_local_gpu_profile_is_the_matching_target(monkeypatch) -> None:
+    """The profile a local GPU's prediction is made with (beside its measurement in the report):
+    the target it names, or none (``--target local`` itself has no specs to predict with)."""
+    import kd_compile.latency as lat
+
+    monkeypatch.setattr(lat, "local_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    assert lat.local_gpu_profile().name == "h100"
+    monkeypatch.setattr(lat, "local_gpu_name", lambda: "NVIDIA GeForce RTX 4080")
+    assert lat.local_gpu_profile() is None
+    monkeypatch.setattr(lat, "local_gpu_name", lambda: None)
+    assert lat.local_gpu_profile() is None
