@@ -208,6 +208,15 @@ def plan_latency(
             f"cannot measure on '{target.name}' from this machine ({local_gpu_name() or 'no GPU'})",
             hint=f"use {flag} predict (or auto), or run on that device, or --target local",
         )
+    if method == "predict" and target.local and target.kind == "gpu":
+        # --target local describes this GPU for measuring; its specs are placeholders
+        profile = local_gpu_profile()
+        if profile is None:
+            raise UsageError(
+                f"no target profile describes this GPU ({local_gpu_name()}), so it cannot be predicted",
+                hint=f"use {flag} measure (or auto) with --target local, or name a target",
+            )
+        target = profile
     if method == "predict" or not local:
         given = {k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None}
         return LatencyPlan("predict", "roofline", {"target": target, **given}, f"predicted:{target.name}")

@@ -160,3 +160,22 @@ def test_the_local_gpu_profile_is_the_matching_target(monkeypatch) -> None:
     assert lat.local_gpu_profile() is None
     monkeypatch.setattr(lat, "local_gpu_name", lambda: None)
     assert lat.local_gpu_profile() is None
+
+
+def test_predicting_the_local_gpu_uses_its_profile_or_refuses(monkeypatch) -> None:
+    """``--target local --method predict`` on a GPU: predicted with the profile that is this GPU,
+    never with ``local``'s placeholder specs; a GPU no profile describes is a clear error."""
+    import kd_compile.latency as lat
+
+    monkeypatch.setattr(lat, "local_gpu_name", lambda: "Tesla T4")
+    monkeypatch.setattr(lat.torch.cuda, "get_device_properties", lambda i: _Props())
+    plan = plan_latency(lat.local_target(), "predict")
+    assert plan.method == "predict" and plan.options["target"].name == "t4"
+    monkeypatch.setattr(lat, "local_gpu_name", lambda: "NVIDIA GeForce RTX 4080")
+    with pytest.raises(UsageError, match="no target profile describes this GPU"):
+        plan_latency(lat.local_target(), "predict")
+
+
+class _Props:
+    total_memory = 16 * 2**30
+    multi_processor_count = 40
