@@ -107,7 +107,18 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     chain = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
-    return ort.InferenceSession(str(path), so, providers=chain)
+    sess = ort.InferenceSession(str(path), so, providers=chain)
+    if PROVIDERS[provider] not in sess.get_providers():
+        # ORT falls back to the CPU, with only a log line, when a GPU provider fails to start
+        # (no CUDA/cuDNN libraries it can load): a number timed so would be the CPU's
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"ONNX Runtime could not start {PROVIDERS[provider]} "
+            f"(the session runs on {', '.join(sess.get_providers())})",
+            hint="check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed",
+        )
+    return sess
 
 
 def _feed_for(sess: Any, spec: InputSpec | None) -> tuple[dict[str, np.ndarray], InputSpec]:

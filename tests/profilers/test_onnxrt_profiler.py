@@ -130,3 +130,20 @@ def test_onnxruntime_private_folder_removed_on_close(tmp_path: Path) -> None:
     with OnnxRuntimeProfiler(threads=1, cache_dir=tmp_path, timing=FAST) as p:
         p.profile(tiny_cnn(), SPEC)
     assert list(tmp_path.glob("*.onnx"))  # the caller's folder is kept
+
+
+def test_a_gpu_provider_that_falls_back_to_the_cpu_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """ORT runs a session on the CPU, with only a log line, when the GPU provider it was asked
+    for does not start; nothing timed on that session may be called a GPU measurement. (Here the
+    CPU build is told it has CUDA: ORT then builds the session on the CPU, as it does when
+    onnxruntime-gpu cannot load its CUDA libraries.)"""
+    import kd_compile.profilers.onnxrt as onnxrt
+    from kd_compile.errors import BackendUnavailableError
+
+    if "cuda" in onnxrt.available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    info = export_onnx(tiny_cnn(), InputSpec((3, 16, 16), batch=1), tmp_path / "m.onnx", dynamic_batch=False)
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["cpu", "cuda"])
+    with pytest.raises(BackendUnavailableError, match="could not start CUDAExecutionProvider"):
+        onnxrt.make_session(info.path, 1, "cuda")
+    assert "CPUExecutionProvider" in onnxrt.make_session(info.path, 1, "cpu").get_providers()
