@@ -146,7 +146,7 @@ MEASURING_RUNTIMES = ("tensorrt", "onnxruntime", "torch")
 
 def _gpu_runtime(target: TargetProfile, precision: str) -> tuple[str, dict[str, Any]]:
     """The best measuring runtime available for a local GPU, in the target's preference order."""
-    from .profilers.onnxrt import available_providers
+    from .profilers.onnxrt import provider_starts
 
     try:
         import tensorrt  # noqa: F401
@@ -154,7 +154,7 @@ def _gpu_runtime(target: TargetProfile, precision: str) -> tuple[str, dict[str, 
         return "tensorrt", {"precision": precision}
     except Exception:  # not installed, or its libraries are missing
         pass
-    if "cuda" in available_providers():
+    if provider_starts("cuda"):  # listed *and* able to start (else ORT runs on the CPU)
         return "onnxruntime", {"provider": "cuda"}
     # no deployment runtime here: CUDA graphs stand in for one (no per-op host dispatch)
     return "torch", {"precision": precision, "device": "cuda", "cuda_graphs": True}

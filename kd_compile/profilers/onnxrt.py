@@ -25,6 +25,7 @@ estimates the uncontended latency and stays repeatable on a loaded machine.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,33 @@ def available_providers() -> list[str]:
         return []
     have = set(ort.get_available_providers())
     return [k for k, v in PROVIDERS.items() if v in have]
+
+
+@functools.cache
+def provider_starts(provider: str) -> bool:
+    """Whether ONNX Runtime's ``provider`` actually runs a session here: built in (it is in
+    :func:`available_providers`) *and* able to start (a GPU provider whose CUDA libraries do not
+    load is listed, yet ORT quietly runs its sessions on the CPU). Probed once per process on a
+    one-op model."""
+    if provider == "cpu":
+        return True
+    if provider not in available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ort = lazy_import("onnxruntime", ORT_HINT)
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(),
+            providers=[PROVIDERS[provider], "CPUExecutionProvider"],
+        )
+    except Exception:  # noqa: BLE001 -- a provider that cannot start is the answer, not an error
+        return False
+    return PROVIDERS[provider] in sess.get_providers()
 
 
 def make_session(path: str | Path, threads: int | None = None, provider: str = "cpu") -> Any:

@@ -147,3 +147,19 @@ def test_a_gpu_provider_that_falls_back_to_the_cpu_is_refused(tmp_path: Path, mo
     with pytest.raises(BackendUnavailableError, match="could not start CUDAExecutionProvider"):
         onnxrt.make_session(info.path, 1, "cuda")
     assert "CPUExecutionProvider" in onnxrt.make_session(info.path, 1, "cpu").get_providers()
+
+
+def test_a_provider_is_used_only_if_it_starts(monkeypatch) -> None:
+    """The measuring runtime for a local GPU picks ORT CUDA only when its provider starts a real
+    session: listed but unable to start (the CPU build told it has CUDA) is not enough."""
+    import kd_compile.profilers.onnxrt as onnxrt
+
+    assert onnxrt.provider_starts("cpu")
+    if "cuda" in onnxrt.available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["cpu", "cuda"])
+    onnxrt.provider_starts.cache_clear()
+    try:
+        assert not onnxrt.provider_starts("cuda")
+    finally:
+        onnxrt.provider_starts.cache_clear()
