@@ -78,7 +78,7 @@ def export(
     number: this CPU, and the local GPU when there is one) beside the predictor's figure for the
     same device. ``extra["exports"]`` holds each export's parity check (or why it was left out)."""
     from .export import export_student
-    from .latency import local_gpu_profile, plan_latency
+    from .latency import plan_latency
 
     target = run.target
     data = inputs.data
@@ -128,11 +128,7 @@ def export(
                 rep.message(f"local {where} measurement skipped: {exc.line()}")
                 continue
             try:  # the predictor on the device just measured: predicted against measured, in the report
-                ptgt = tgt if where == "cpu" else local_gpu_profile()  # `local` has no specs to predict with
-                if ptgt is None:
-                    rep.message("no prediction for this machine's gpu: no target profile is this GPU")
-                    continue
-                pp = plan_latency(ptgt, "predict")
+                pp = plan_latency(tgt, "predict")
                 for who, m in (("student", student), ("teacher", inputs.teacher.module)):
                     extra[f"{who}_{where}"]["predicted_ms"] = latency_on_target(m, spec, tgt, plan=pp).latency_ms
             except Exception as exc:  # a comparison figure only: never worth the run
