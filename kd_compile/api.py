@@ -281,27 +281,14 @@ def _check_names(cfg: CompileConfig) -> None:
         raise UsageError("--device cuda asked for, but no CUDA device is available")
 
 
-#: strategy options kd-compile sets itself from the run (never from --strategy-options)
-_RUN_SET_OPTIONS = ("space", "seed", "budget", "feasible", "screen", "objectives", "self")
-
-
 def _check_strategy_options(cfg: CompileConfig, cls: type) -> None:
     """``--strategy-options`` keys the strategy does not take fail now, naming the ones it does
-    (the keyword parameters of its ``__init__`` and its bases'), before any work."""
-    import inspect
+    (``search.strategy_options``), before any work."""
+    from .search import RUN_SET_OPTIONS, strategy_options
 
-    given = kv_options(cfg.strategy_options)
-    if not given:
-        return
-    names: set[str] = set()
-    for klass in inspect.getmro(cls):
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
-    allowed = sorted(names - set(_RUN_SET_OPTIONS))
-    for key in given:
-        if key in _RUN_SET_OPTIONS:
+    allowed = strategy_options(cls)
+    for key in kv_options(cfg.strategy_options):
+        if key in RUN_SET_OPTIONS:
             raise UsageError(f"--strategy-options: '{key}' is set by kd-compile from the run")
         if key not in allowed:
             raise UsageError(
@@ -598,6 +585,13 @@ def prediction_band(target: TargetProfile, runtime: str, precision: str, batch: 
 
 
 @functools.cache
+def strategy_option_names() -> dict[str, list[str]]:
+    """Each registered strategy with the options it takes (``--strategy-options`` keys)."""
+    from .search import get_strategy, strategy_options
+
+    return {n: strategy_options(get_strategy(n)) for n in list_strategies()}
+
+
 def strategy_summaries() -> dict[str, str]:
     """Each registered strategy with the first line of its docstring."""
     from .search import get_strategy

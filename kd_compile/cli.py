@@ -467,7 +467,11 @@ def targets_show(
 
 
 @app.command("strategies")
-def strategies_cmd() -> None:
+def strategies_cmd(
+    options: Annotated[
+        bool, typer.Option("--options", help="Also list each strategy's options (--strategy-options KEY=VALUE).")
+    ] = False,
+) -> None:
     """List the registered search strategies."""
     from . import api
     from .config import compile_options
@@ -479,6 +483,10 @@ def strategies_cmd() -> None:
         why = f"sobol below {GP_MIN_BUDGET} candidates (too few points for a GP), else {GP_STRATEGY}."
         rows.append((f"{AUTO} (default)", why))
     rows += [(f"{n} (default)" if n == default else n, d) for n, d in _run(api.strategy_summaries).items()]
+    if options:
+        names = _run(api.strategy_option_names)
+        rows = [(*r, "OPTIONS" if i == 0 else ", ".join(names.get(r[0].split()[0], [])) or "-")
+                for i, r in enumerate(rows)]  # fmt: skip
     typer.echo(_table(rows))
 
 

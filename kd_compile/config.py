@@ -183,8 +183,8 @@ class CompileConfig:
     strategy_options: str = option(
         "",
         "Options of the strategy as KEY=VALUE[,KEY=VALUE] (e.g. n_init=12; gamma=0.25 for mfkd; "
-        "learn_constraints=false for turbo/turbo-m); the strategy's docstring lists them, and an "
-        "unknown one is an error.",
+        "learn_constraints=false for turbo/turbo-m); 'kd-compile strategies --options' lists them, and "
+        "an unknown one is an error.",
         parse=parse_kv_options,
     )
     space: str = option(

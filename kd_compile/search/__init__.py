@@ -18,6 +18,7 @@ from .base import (
     AUTO,
     GP_MIN_BUDGET,
     GP_STRATEGY,
+    RUN_SET_OPTIONS,
     Recommendation,
     Strategy,
     create_strategy,
@@ -25,6 +26,7 @@ from .base import (
     list_strategies,
     register_strategy,
     strategy_for_budget,
+    strategy_options,
 )
 from .journal import Journal
 from .loop import SearchResult, run_search
@@ -44,6 +46,7 @@ __all__ = [
     "Objective",
     "Param",
     "ParamSpace",
+    "RUN_SET_OPTIONS",
     "Recommendation",
     "SearchResult",
     "Strategy",
@@ -58,4 +61,5 @@ __all__ = [
     "pareto_trials",
     "register_strategy",
     "run_search",
+    "strategy_options",
 ]

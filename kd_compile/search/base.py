@@ -49,6 +49,7 @@ SCREEN_ROUNDS = 8
 
 __all__ = [
     "GP_STRATEGY",
+    "RUN_SET_OPTIONS",
     "SCREEN_ROUNDS",
     "Recommendation",
     "Strategy",
@@ -56,6 +57,7 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "register_strategy",
+    "strategy_options",
 ]
 
 _log = logging.getLogger(__name__)
@@ -252,6 +254,24 @@ def register_strategy(name: str):
         return _STRATEGIES.register(name)(cls)
 
     return deco
+
+
+#: constructor arguments kd-compile sets from the run itself, never from ``--strategy-options``
+RUN_SET_OPTIONS = ("space", "seed", "budget", "feasible", "screen", "objectives")
+
+
+def strategy_options(cls: type[Strategy]) -> list[str]:
+    """The options a strategy class takes (``--strategy-options`` keys): the keyword parameters
+    of its ``__init__`` and its bases', less those the run sets (:data:`RUN_SET_OPTIONS`)."""
+    import inspect
+
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
+    return sorted(names - set(RUN_SET_OPTIONS) - {"self"})
 
 
 def create_strategy(name: str, space: ParamSpace, seed: int = 0, **kwargs: Any) -> Strategy:

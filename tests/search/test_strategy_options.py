@@ -48,3 +48,42 @@ def test_turbo_without_learned_constraints_leaves_them_to_the_penalty() -> None:
     assert len(off.ask(2)) == 2  # and it still proposes
     with pytest.raises(UsageError):
         create_strategy("turbo-m", space, seed=0, learn_constraints="no")
+
+
+def test_every_listed_option_is_taken_by_its_strategy() -> None:
+    """What `kd-compile strategies --options` lists (search.strategy_options) is exactly what each
+    strategy accepts: each listed option, given its own default, builds the strategy."""
+    import inspect
+
+    from kd_compile.search import RUN_SET_OPTIONS, Objective, get_strategy, list_strategies, strategy_options
+    from kd_compile.testing.strategies import ToySpace
+
+    space = ToySpace()
+    assert {"learn_constraints", "n_init"} <= set(strategy_options(get_strategy("turbo")))
+    for name in list_strategies():
+        cls = get_strategy(name)
+        listed = strategy_options(cls)
+        assert not set(listed) & set(RUN_SET_OPTIONS)
+        defaults = {}
+        for klass in inspect.getmro(cls):
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                for p in inspect.signature(init).parameters.values():
+                    if p.name in listed and p.default is not p.empty:
+                        defaults.setdefault(p.name, p.default)
+        extra = {"objectives": [Objective("acc", True), Objective("lat", False)]} if cls.multi_objective else {}
+        for opt, value in defaults.items():
+            create_strategy(name, space, seed=0, budget=10, **extra, **{opt: value})
+        with pytest.raises(UsageError):
+            create_strategy(name, space, seed=0, budget=10, **extra, no_such_option=1)
+
+
+def test_the_cli_lists_the_options() -> None:
+    from typer.testing import CliRunner
+
+    from kd_compile.cli import app
+
+    res = CliRunner().invoke(app, ["strategies", "--options"])
+    assert res.exit_code == 0 and "OPTIONS" in res.output
+    turbo = next(line for line in res.output.splitlines() if line.startswith("turbo "))
+    assert "learn_constraints" in turbo and "n_init" in turbo
