@@ -324,15 +324,15 @@ def check_scbo_cpu() -> None:
     constraint learned and with the penalty only (``--strategy-options learn_constraints=false``)."""
     sec = _section("A latency that is *measured*", "**Glyphs difficulty**")
     rows = _table_rows(sec)
+    docs = {m: _load(f"scbo_cpu_{m}") for m in ("learned", "penalty")}
+    slow = {m: [r["statuses"].get("infeasible", 0) for r in d["seeds"]] for m, d in docs.items()}
     expected = []
     for mode, name in (("learned", "learned (SCBO)"), ("penalty", "penalty only")):
-        doc = _load(f"scbo_cpu_{mode}")
-        s, seeds = doc["summary"], doc["seeds"]
-        slow = [r["statuses"].get("infeasible", 0) for r in seeds]
+        s, seeds = docs[mode]["summary"], docs[mode]["seeds"]
         expected.append(
             [
                 name,
-                " / ".join(str(v) for v in slow),
+                " / ".join(str(v) for v in slow[mode]),
                 " / ".join(f"{r['student_acc']:.2%}" for r in seeds),
                 f"{s['speedup_target']['mean']:.2f}x ± {s['speedup_target']['std']:.2f}",
                 f"{s['wall_s']['mean']:.0f} ± {s['wall_s']['std']:.0f} s",
@@ -341,13 +341,10 @@ def check_scbo_cpu() -> None:
         assert f"--seeds {len(seeds)}" in sec
     missing = [e for e in expected if e not in rows]
     assert not missing, f"README's measured-latency SCBO table differs from scbo_cpu_*.json: {missing}"
-    share = {m: _load(f"scbo_cpu_{m}")["summary"]["share_outside_training"]["mean"] for m in ("penalty", "learned")}
-    slow = {}
-    for m in ("learned", "penalty"):
-        counts = [r["statuses"].get("infeasible", 0) for r in _load(f"scbo_cpu_{m}")["seeds"]]
-        slow[m] = sum(counts) / len(counts)
+    share = {m: d["summary"]["share_outside_training"]["mean"] for m, d in docs.items()}
+    mean_slow = {m: sum(v) / len(v) for m, v in slow.items()}
     quoted = [f"from {share['penalty']:.1%} to {share['learned']:.1%}",
-              f"({slow['learned']:.1f} against {slow['penalty']:.1f})"]  # fmt: skip
+              f"({mean_slow['learned']:.1f} against {mean_slow['penalty']:.1f})"]  # fmt: skip
     _assert_quoted(quoted, " ".join(sec.split()), "measured-latency SCBO", "scbo_cpu_*.json")
 
 
