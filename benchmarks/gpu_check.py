@@ -84,13 +84,14 @@ def _why(exc: BaseException) -> str:
 
 
 def environment() -> dict[str, Any]:
+    from kd_compile.latency import local_gpu_name
     from kd_compile.profilers.onnxrt import available_providers
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": local_gpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "onnxruntime_providers": sorted(available_providers()),
     }

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k}={v:.3g}" for k, v in constants.to_dict().items()))  # fmt: skip
         ratios = []
         for j in sel:
-            r = problem.rows[idx[j]]
+            r = rows[j]
             ratio = pred[j] / r.seconds
             ratios.append(ratio)
             print(f"  {r.spec:45} measured {r.seconds * 1e3:8.3f} ms  predicted {pred[j] * 1e3:8.3f} ms  x{ratio:.2f}")
