@@ -16,6 +16,9 @@ from ..profilers.counting import OpRecord
 from ..profilers.roofline import CALIBRATION_DIR
 
 LAYER_COSTS = CALIBRATION_DIR / "layer_costs.json"
+# 3: op records carry ``moved_bytes`` (a concat's inputs a graph runtime must copy); an older
+# cache is recounted
+_FORMAT = 3
 
 
 def _build(spec: str) -> tuple[Any, tuple[int, int, int]]:
@@ -61,7 +64,7 @@ def layer_costs(
     entries: dict[str, Any] = {}
     if cache is not None and cache.is_file():
         doc = json.loads(cache.read_text(encoding="utf-8"))
-        if doc.get("format") == 2:
+        if doc.get("format") == _FORMAT:
             ops_table, entries = doc["ops"], doc["entries"]
     index = {tuple(o): i for i, o in enumerate(ops_table)}
     changed = False
@@ -92,16 +95,16 @@ def layer_costs(
         doc = {
             "about": "Per-op costs at batch 1, fp32, of the models in the measured latency tables, counted by "
             "kd_compile.profilers.counting on the meta device. 'ops': distinct records [op class, flops, "
-            "weight_bytes, in_bytes, out_bytes, ch]; 'entries': spec -> params, total flops, 'seq' (indices "
-            "into 'ops' in execution order), or 'error' for a model that could not be built. Written by "
+            "weight_bytes, in_bytes, out_bytes, ch, moved_bytes]; 'entries': spec -> params, total flops, "
+            "'seq' (indices into 'ops' in execution order), or 'error' for a model that could not be built. Written by "
             "kd_compile.calibrate.layer_costs.",
-            "format": 2,
+            "format": _FORMAT,
             "ops": ops_table,
             "entries": {k: entries[k] for k in sorted(entries)},
         }
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-    recs = [OpRecord("", o[0], int(o[1]), int(o[2]), int(o[3]), int(o[4]), int(o[5])) for o in ops_table]
+    recs = [OpRecord.from_list(["", *o]) for o in ops_table]
     wanted = set(specs)
     return {k: ([recs[i] for i in e["seq"]], int(e["params"])) for k, e in entries.items()
             if k in wanted and "seq" in e}

@@ -15,6 +15,9 @@ so that the total it reports is the total we return. FLOPs = 2 x MACs, as that c
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from .base import InputSpec, LayerCost, Measurement, Profiler, register_profiler
 
 # Op classes the roofline model gives distinct efficiencies to.
-OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "batchnorm", "norm", "pool", "elementwise")
+OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "batchnorm", "norm", "pool", "elementwise", "copy", "concat")
 
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm"}
 # BatchNorm is its own class: inference runtimes fold it into the preceding conv.
@@ -39,6 +42,10 @@ _NORM = {
     "_fused_rms_norm",
 }
 _POOL_PREFIX = ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "mean", "sum", "amax")
+# Data movement that a graph runtime cannot fold into a neighbouring kernel's epilogue: a copy
+# into a new layout (a transpose/shuffle made contiguous) runs as a kernel of its own.
+_COPY = {"clone", "copy", "copy_"}
+_CONCAT = {"cat", "concat", "concatenate", "stack"}
 # Ops that allocate or describe memory without moving activations.
 _NO_COST = {"empty", "empty_like", "zeros", "ones", "full", "arange", "empty_strided", "scalar_tensor", "lift_fresh"}
 
@@ -55,8 +62,13 @@ class OpRecord:
         in_bytes: bytes of activation inputs read.
         out_bytes: bytes of outputs written.
         ch: the smaller GEMM dimension for conv/matmul/attention (input channels per group vs
-            output channels, K vs N, head dim); 0 for other ops. Small values waste tensor-core
-            tiles, which the roofline model charges for.
+            output channels, K vs N, head dim); for a concat, how many of its inputs a graph
+            runtime must copy (see ``moved_bytes``); 0 for other ops. Small GEMM dimensions waste
+            tensor-core tiles, which the roofline model charges for.
+        moved_bytes: for a concat, the bytes of the inputs that cannot be written in place into
+            the output (TensorRT's concat elimination needs every input produced by a layer and
+            read by nothing else; an input that other layers also read, or that is a view of
+            another tensor, is copied, as in a DenseNet block); 0 for other ops.
     """
 
     module: str
@@ -66,13 +78,16 @@ class OpRecord:
     in_bytes: int
     out_bytes: int
     ch: int = 0
+    moved_bytes: int = 0
 
     def to_list(self) -> list[Any]:
-        return [self.module, self.op, self.flops, self.weight_bytes, self.in_bytes, self.out_bytes, self.ch]
+        return [self.module, self.op, self.flops, self.weight_bytes, self.in_bytes, self.out_bytes, self.ch,
+                self.moved_bytes]
 
     @classmethod
     def from_list(cls, v: Sequence[Any]) -> OpRecord:
-        return cls(str(v[0]), str(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]))
+        return cls(str(v[0]), str(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]),
+                   int(v[7]) if len(v) > 7 else 0)
 
 
 @dataclass(frozen=True)
@@ -128,17 +143,40 @@ def _classify(name: str, args: tuple[Any, ...], out: Any) -> tuple[str, int]:
         return "norm", 0
     if name.startswith(_POOL_PREFIX):
         return "pool", 0
+    if name in _COPY:
+        return "copy", 0
+    if name in _CONCAT:
+        return "concat", 0
     return "elementwise", 0
 
 
 class _Tracer(TorchDispatchMode):
-    """Records every costed ATen op with the module that dispatched it."""
+    """Records every costed ATen op with the module that dispatched it.
+
+    It also follows which op produced each activation and how many ops read it, so that each
+    concat can be told which of its inputs a graph runtime must copy (:meth:`finish`).
+    """
 
     def __init__(self, weight_ids: set[int], stack: list[str]) -> None:
         super().__init__()
         self.weight_ids = weight_ids
         self.stack = stack
         self.ops: list[OpRecord] = []
+        self._made: dict[int, tuple[weakref.ref, int]] = {}  # id(tensor) -> (tensor, producing op)
+        self._readers: dict[int, int] = defaultdict(int)  # producing op -> ops reading its output
+        self._concats: list[tuple[int, list[tuple[int | None, int]]]] = []  # op, [(producer, bytes)]
+
+    def _producer(self, t: torch.Tensor) -> int | None:
+        hit = self._made.get(id(t))
+        return hit[1] if hit is not None and hit[0]() is t else None
+
+    def finish(self) -> list[OpRecord]:
+        """The records, each concat carrying the inputs a graph runtime must copy."""
+        ops = list(self.ops)
+        for i, ins in self._concats:
+            moved = [b for p, b in ins if p is None or self._readers[p] > 1]
+            ops[i] = dataclasses.replace(ops[i], ch=len(moved), moved_bytes=sum(moved))
+        return ops
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -159,6 +197,15 @@ class _Tracer(TorchDispatchMode):
         if packet in flop_registry:
             flops = int(flop_registry[packet](*args, **kwargs, out_val=out))
         op, ch = _classify(name, args, out)
+        acts = [t for t in ins if id(t) not in self.weight_ids]
+        for t in acts:
+            p = self._producer(t)
+            if p is not None:
+                self._readers[p] += 1
+        if op == "concat":
+            self._concats.append((len(self.ops), [(self._producer(t), _nbytes(t)) for t in acts]))
+        for t in outs:
+            self._made[id(t)] = (weakref.ref(t), len(self.ops))
         self.ops.append(OpRecord(self.stack[-1], op, flops, w, a, o, ch))
         return out
 
@@ -225,7 +272,7 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     used = {r.module for r in tracer.ops}
     layer_types = {k: v for k, v in layer_types.items() if k in used}
     return OpTrace(
-        ops=tuple(tracer.ops),
+        ops=tuple(tracer.finish()),
         params=sum(p.numel() for p in model.parameters()),
         weight_bytes=sum(_nbytes(t) for t in weights),
         total_flops=int(fc.get_total_flops()),

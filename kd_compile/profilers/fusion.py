@@ -3,13 +3,17 @@
 Fusion rules per runtime (the graph rewrites each runtime is documented to do):
 
 * ``tensorrt``: BatchNorm after a conv/linear is folded into its weights; pointwise ops
-  (activations, residual adds, scales) are fused into the preceding kernel; LayerNorm/GroupNorm
-  and pools start a kernel of their own (which absorbs following pointwise ops).
+  (activations, residual adds, scales) are fused into the preceding kernel; LayerNorm/GroupNorm,
+  pools and layout copies (a transpose or channel shuffle made contiguous) start a kernel of
+  their own (which absorbs following pointwise ops). A concat costs nothing when its producers
+  can write into the output in place (concat elimination); each input it must copy (one that
+  other layers also read, or a view) is a copy kernel of its own, so a DenseNet block, whose
+  every concat re-reads all earlier features, launches one copy per earlier layer.
 * ``inductor`` (``torch.compile``): as TensorRT; BN folding under ``torch.no_grad``/freezing.
 * ``onnxruntime``: BN folded into conv; one activation fused into the preceding conv/GEMM
   (ORT's ``FusedConv``/``FusedGemm``); every other op is its own kernel.
 * ``torch`` (eager): no fusion, every ATen op is a kernel, and each pays the framework's
-  dispatch on the host.
+  dispatch on the host. A concat is one kernel (ONNX Runtime's too).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ KERNEL_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise")
 _CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
 # op class from counting -> kernel class; norm/pool are memory-bound like pointwise ops.
 _TO_KERNEL = {"conv": "conv", "dwconv": "dwconv", "matmul": "matmul", "attention": "attention",
-              "batchnorm": "elementwise", "norm": "elementwise", "pool": "elementwise", "elementwise": "elementwise"}
+              "batchnorm": "elementwise", "norm": "elementwise", "pool": "elementwise", "elementwise": "elementwise",
+              "copy": "elementwise", "concat": "elementwise"}
 # ATen ops that go through a library call (cuDNN/cuBLAS/fused norm kernels): heavier to dispatch.
 LIBRARY_OPS = frozenset({"conv", "dwconv", "matmul", "attention", "batchnorm", "norm"})
 
@@ -40,6 +45,8 @@ class RuntimeRules:
         fold_bn: BatchNorm after conv/linear disappears (weights folded at build time).
         fuse_pointwise: every pointwise op after any kernel joins it.
         fuse_one_activation: only a single activation right after conv/GEMM joins it.
+        eliminate_concat: a concat's producers write into its output; only the inputs that
+            cannot (``OpRecord.moved_bytes``) are copied, one kernel each.
         per_op_host: the host pays per ATen op by op class (eager framework dispatch) rather
             than a flat cost per launched kernel.
     """
@@ -48,11 +55,12 @@ class RuntimeRules:
     fuse_pointwise: bool
     fuse_one_activation: bool
     per_op_host: bool
+    eliminate_concat: bool = False
 
 
 RUNTIME_RULES: dict[str, RuntimeRules] = {
-    "tensorrt": RuntimeRules(True, True, False, False),
-    "inductor": RuntimeRules(True, True, False, False),
+    "tensorrt": RuntimeRules(True, True, False, False, eliminate_concat=True),
+    "inductor": RuntimeRules(True, True, False, False, eliminate_concat=True),
     "onnxruntime": RuntimeRules(True, False, True, False),
     "torch": RuntimeRules(False, False, False, True),
 }
@@ -93,6 +101,16 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
     kernels: list[dict[str, Any]] = []
     for r in ops:
         prev = kernels[-1] if kernels else None
+        if r.op == "concat" and rules.eliminate_concat:
+            if r.ch == 0 and prev is not None:
+                prev["n"] += 1  # written in place; what follows cannot fold into the producers
+                prev["n_pw"] += 1
+                continue
+            for _ in range(r.ch):
+                each = r.moved_bytes // max(r.ch, 1)
+                kernels.append({"name": r.module or "(model)", "op": "concat", "cls": "elementwise", "flops": 0,
+                                "act": 2 * each, "out": each, "w": 0, "ch": 0, "n": 1, "n_pw": 1, "lib": 0})
+            continue
         absorb = False
         if prev is not None:
             gemm_head = prev["op"] in ("conv", "dwconv", "matmul")

@@ -5,41 +5,50 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 host needs to issue it, and a model costs the sum over its kernels::
 
     gpu_k  = s_roofline x max( b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
-                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0
+                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0 x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
     t      = sum_k max(gpu_k, host_k)
 
-with ``J = edge`` on a Jetson and 1 elsewhere.
+with ``J = edge`` on a Jetson and 1 elsewhere; ``t0`` is a number of GPU cycles, written as the
+time it takes at ``f0`` = 1.5 GHz, so a GPU with boost clock ``f`` pays ``t0 x f0 / f``.
 
 *From the datasheet* (target TOML): ``P_class`` (tensor-core peak for conv/matmul/attention in
 fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on GPUs whose native
 fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
-``BW`` (DRAM bandwidth) and ``kind`` (``edge-gpu``: a Jetson, whose Arm host pays ``edge``).
+``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``) and ``kind`` (``edge-gpu``: a
+Jetson, whose Arm host pays ``edge``).
 *Counted*: ``F_k`` FLOPs, ``A_k`` activation bytes, ``W_k`` weight bytes (fp32, scaled by the
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
 *Fitted* (:class:`Constants`, 10 numbers, on every measured table together by
 :mod:`kd_compile.calibrate`): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the channel
-half-saturation ``c_half``, the fixed GPU cost per kernel ``t0``, the host costs ``h_lib``,
-``h_pw`` (eager, per ATen op) and ``h_kernel`` (per fused kernel), and the Jetson host factor
-``edge``. A device with measurements also gets *device scales* fitted on its own rows (a device
+half-saturation ``c_half``, the fixed GPU cost per kernel ``t0``, the host costs ``h_lib``, ``h_pw``
+(eager, per ATen op) and ``h_kernel`` (per fused kernel), and the Jetson host factor ``edge``. Graph
+runtimes' kernels follow :mod:`.fusion`: a concat whose inputs other layers also read is copied
+input by input (a DenseNet block on TensorRT), and a layout copy is a kernel of its own. Those two
+rules and cycle-counted ``t0`` together moved TensorRT batch 1 with the device left out from 52% of
+models within 35% to 88% (``benchmarks/latency_accuracy.py``): without the copies, DenseNets on a
+Jetson ran 2.5-3.7x slower than predicted and the fit inflated every kernel's fixed cost to make up
+for it. A device with measurements also gets *device scales* fitted on its own rows (a device
 without keeps 1): ``s_roofline`` (sustained throughput, e.g. a 70 W T4 that cannot hold its boost
 clock on tensor cores) and ``s_fixed`` per runtime (its host's dispatch speed and launch path).
-``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager
-tables follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the
-pipeline recurrence). Tried and left out because they transferred worse between devices: an
-occupancy term (SMs x tile; the fits drove it to zero), scaling ``t0`` with the boost clock
-(TensorRT batch-1 error with the device left out 35% instead of 31%), and Python module-call
-and view-op host costs (implementation-specific). Also tried against the eager batch-32/64 ranks
-with the device left out (min Spearman 0.940/0.951), none lifting batch 32: a GEMM-rows
-half-saturation (batch x output pixels, 0.918/0.923), a bandwidth half-saturation per kernel (fitted
-to ~0), a separate bandwidth efficiency for pointwise kernels (0.942/0.954), a soft max of GPU and
-host time (0.936/0.935), depthwise convs as native (non-cuDNN) ops on the host (0.930/0.942), and
-``t0`` as a floor under eager kernels rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%,
-eager batch 1 within-35% 79% -> 77%). What limits batch 32 is the host: HELP's 2080 Ti machine
-dispatches library ops relatively faster (in-device h_lib 49 us vs 74 us fitted elsewhere), which no
-datasheet term predicts; its own host constants alone would give 0.967.
+``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
+follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
+recurrence). Tried and left out because they transferred worse between devices: an occupancy term
+(SMs x tile; the fits drove it to zero), a power-limited tensor-core peak (``1/P + 1/(k x TDP)``:
+TensorRT batch-1 within-35% with the device left out 88% -> 89%, eager batch-32 minimum Spearman
+0.940 -> 0.936), and Python module-call and view-op host costs (implementation-specific). Also tried
+(before the copy rules) against the eager batch-32/64 ranks with the device left out (min Spearman
+then 0.940/0.951), none
+lifting batch 32: a GEMM-rows half-saturation (batch x output pixels, 0.918/0.923), a bandwidth
+half-saturation per kernel (fitted to ~0), a separate bandwidth efficiency for pointwise kernels
+(0.942/0.954), a soft max of GPU and host time (0.936/0.935), depthwise convs as native (non-cuDNN)
+ops on the host (0.930/0.942), and ``t0`` as a floor under eager kernels rather than added
+(0.939/0.955; TensorRT batch-1 31% -> 25%, eager batch 1 within-35% 79% -> 77%). What limits batch
+32 is the host: HELP's 2080 Ti machine dispatches library ops relatively faster (in-device h_lib 49
+us vs 74 us fitted elsewhere), which no datasheet term predicts; its own host constants alone would
+give 0.967.
 
 Fusion rules per runtime: :mod:`.fusion`.
 
@@ -82,6 +91,8 @@ __all__ = [
 
 RUNTIME_NAMES = ("tensorrt", "torch", "onnxruntime", "inductor")
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# The clock ``t0`` (fixed GPU cycles per kernel) is quoted at: a GPU at f GHz pays t0 x 1.5 / f.
+T0_CLOCK_GHZ = 1.5
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,8 @@ class Constants:
         e_dw: compute efficiency of depthwise convs (CUDA cores).
         e_mem: fraction of DRAM bandwidth any kernel reaches.
         c_half: GEMM dimension at which a conv/matmul reaches half its efficiency.
-        t0_us: fixed GPU time per kernel (launch latency, ramp-up and tail), microseconds.
+        t0_us: fixed GPU time per kernel (launch latency, ramp-up and tail), microseconds at
+            ``T0_CLOCK_GHZ`` (it is a number of GPU cycles).
         h_lib_us: eager host cost of one library ATen op (conv, matmul, norm), microseconds.
         h_pw_us: eager host cost of one native pointwise/pool ATen op, microseconds.
         h_kernel_us: host cost per launched kernel for graph runtimes (TensorRT), microseconds.
@@ -173,6 +185,7 @@ class DeviceTerms:
         edge: the host is a Jetson's Arm CPU.
         per_op_host: eager per-op host costs (else per kernel).
         t0_override_s: the profile's ``launch_overhead_us`` override of ``t0`` in seconds (0: none).
+        clock_ghz: the GPU's boost clock (``t0`` is GPU cycles); 0 when the profile has none.
     """
 
     peak_tc: float
@@ -183,6 +196,7 @@ class DeviceTerms:
     edge: bool
     per_op_host: bool
     t0_override_s: float = 0.0
+    clock_ghz: float = 0.0
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
@@ -195,17 +209,18 @@ class DeviceTerms:
         tc = max(tc, cuda)  # a runtime never picks a slower path than the CUDA cores
         return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
                    BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
-                   RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6)
+                   RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6,
+                   target.boost_clock_mhz / 1e3)
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "s_roofline", "s_fixed")
+               "t0_override_s", "clock_ghz", "s_roofline", "s_fixed")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
-    """A ``DeviceTerms`` as the first eight ``DEV_COLUMNS`` of a ``KernelTable``."""
+    """A ``DeviceTerms`` as the first nine ``DEV_COLUMNS`` of a ``KernelTable``."""
     return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
-            float(d.per_op_host), d.t0_override_s]
+            float(d.per_op_host), d.t0_override_s, d.clock_ghz]
 
 
 @dataclass(frozen=True)
@@ -221,7 +236,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed), shape (M, 10).
+            s_roofline, s_fixed), shape (M, 11).
         n_rows: M.
     """
 
@@ -279,7 +294,7 @@ class KernelTable:
     def with_scales(self, roofline: np.ndarray, fixed: np.ndarray) -> KernelTable:
         """The same table with per-row device scales replaced."""
         dev = self.dev.copy()
-        dev[:, 8], dev[:, 9] = roofline, fixed
+        dev[:, -2], dev[:, -1] = roofline, fixed
         return dataclasses.replace(self, dev=dev)
 
 
@@ -288,7 +303,7 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
     e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge = v
     d = table.dev[table.row]
-    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, s_roof, s_fixed = d.T
+    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed = d.T
     b = table.batch[table.row]
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
     dw = table.cls == 1
@@ -298,7 +313,8 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     t_comp = np.where(gemm | dw, b * table.flops / (peak * np.maximum(eff, 1e-12)), 0.0)
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
     jetson = np.where(is_edge > 0, edge, 1.0)
-    t0 = np.where(t0_over > 0, t0_over, t0_us * 1e-6 * jetson)
+    cycles = np.where(clk > 0, T0_CLOCK_GHZ / np.maximum(clk, 1e-9), 1.0)  # t0 is GPU cycles
+    t0 = np.where(t0_over > 0, t0_over, t0_us * 1e-6 * jetson * cycles)
     gpu = s_roof * np.maximum(t_comp, t_mem) + s_fixed * t0
     h = np.where(per_op > 0, h_lib * table.lib + h_pw * (table.n - table.lib), h_kernel) * 1e-6
     host = s_fixed * jetson * h

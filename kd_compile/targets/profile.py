@@ -55,7 +55,8 @@ class TargetProfile:
         default_runtime: runtime used when none is asked for.
         default_precision: precision used when none is asked for.
         local: the device is this machine (latency can be measured, not predicted).
-        boost_clock_mhz: GPU boost clock (datasheet), MHz; 0 when not given. Informational.
+        boost_clock_mhz: GPU boost clock (datasheet), MHz; 0 when not given. The predictor's
+            fixed GPU cost per kernel is a number of cycles at this clock (``roofline``).
         sources: citations for the numbers (datasheets, whitepapers).
         calibration: efficiency factors fitted by ``kd-compile calibrate``, keyed by
             ``runtime/precision``; each value holds the fitted constants and the file they were

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,8 @@ from torch import nn
 
 from kd_compile.calibrate import fit_constants, synthetic_problem
 from kd_compile.profilers import InputSpec, create_profiler
-from kd_compile.profilers.counting import OpRecord
-from kd_compile.profilers.roofline import Constants, DeviceScales, RooflineProfiler, fuse
+from kd_compile.profilers.counting import OpRecord, trace_ops
+from kd_compile.profilers.roofline import T0_CLOCK_GHZ, Constants, DeviceScales, RooflineProfiler, fuse
 from kd_compile.targets import get_target
 
 torch.set_num_threads(1)
@@ -22,11 +24,16 @@ def _matmul(flops: int, act: int = 1000, w: int = 1000) -> list[OpRecord]:
     return [OpRecord("fc", "matmul", flops, w, act // 2, act // 2, 1024)]
 
 
+def _t0_ms(target: str) -> float:
+    """The fixed GPU cost of one kernel on ``target``: ``t0`` GPU cycles at its boost clock."""
+    return C.t0_us * 1e-3 * T0_CLOCK_GHZ / (get_target(target).boost_clock_mhz / 1e3)
+
+
 def test_compute_bound_monotone_in_flops() -> None:
     p = RooflineProfiler("rtx3090", precision="fp16", runtime="tensorrt", constants=C)
     lat = [p.predict_ops(_matmul(f), batch=1).latency_ms for f in (10**10, 2 * 10**10, 4 * 10**10)]
     assert lat[0] < lat[1] < lat[2]
-    t0 = C.t0_us * 1e-3
+    t0 = _t0_ms("rtx3090")
     # compute-bound: time above the fixed GPU cost doubles with FLOPs
     assert (lat[2] - t0) == pytest.approx(2 * (lat[1] - t0), rel=1e-6)
     peak = get_target("rtx3090").peak_for("fp16") * 1e12 * C.e_tc * 1024 / (1024 + C.c_half)
@@ -38,7 +45,7 @@ def test_memory_bound_uses_bandwidth() -> None:
     p = RooflineProfiler(t, precision="fp32", runtime="tensorrt", constants=C)
     ops = [OpRecord("x", "elementwise", 0, 0, 4 * 10**8, 4 * 10**8, 0)]
     lat = p.predict_ops(ops, batch=1).latency_ms
-    expected = 8e8 / (t.memory_bandwidth_gbs * 1e9 * C.e_mem) * 1e3 + C.t0_us * 1e-3
+    expected = 8e8 / (t.memory_bandwidth_gbs * 1e9 * C.e_mem) * 1e3 + _t0_ms("t4")
     assert lat == pytest.approx(expected, rel=1e-9)
     p16 = RooflineProfiler(t, precision="fp16", runtime="tensorrt", constants=C)
     assert p16.predict_ops(ops, batch=1).latency_ms < lat  # half the bytes
@@ -103,3 +110,72 @@ def test_fit_recovers_known_constants() -> None:
     for k, v in true.to_dict().items():
         assert getattr(fit, k) == pytest.approx(v, rel=0.1), k
     assert q["median_ape"] < 0.01 and q["spearman"] > 0.99
+
+
+def test_fixed_gpu_cost_is_cycles_at_the_boost_clock() -> None:
+    """A launch-bound kernel costs ``t0`` GPU cycles: a GPU with a lower boost clock pays more,
+    in proportion, and a profile without a clock pays ``t0`` as quoted (at ``T0_CLOCK_GHZ``)."""
+    c = Constants(**{**C.to_dict(), "h_kernel_us": 0.01})  # the GPU side binds, not the host
+    ops = [OpRecord("x", "elementwise", 0, 0, 8, 8, 0)]
+    t4 = get_target("t4")
+    slow = dataclasses.replace(t4, name="t4-slow", boost_clock_mhz=t4.boost_clock_mhz / 2)
+    bare = dataclasses.replace(t4, name="t4-bare", boost_clock_mhz=0.0)
+    lat = {t.name: RooflineProfiler(t, "fp16", "tensorrt", constants=c).predict_ops(ops, 1).latency_ms
+           for t in (t4, slow, bare)}
+    assert lat["t4"] == pytest.approx(_t0_ms("t4"), rel=1e-3)
+    assert lat["t4-slow"] == pytest.approx(2 * lat["t4"], rel=1e-3)
+    assert lat["t4-bare"] == pytest.approx(C.t0_us * 1e-3, rel=1e-3)
+
+
+class _Dense(nn.Module):
+    """A DenseNet-style block: every layer reads the concat of all earlier features."""
+
+    def __init__(self, c: int = 8, layers: int = 4) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c * (i + 1), c, 3, padding=1) for i in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for conv in self.convs:
+            feats.append(conv(torch.cat(feats, 1)))
+        return torch.cat(feats, 1)
+
+
+class _Fire(nn.Module):
+    """A SqueezeNet fire module: two branches, each read only by the concat."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+
+
+def test_concat_inputs_read_elsewhere_are_counted_as_moved() -> None:
+    dense = [o for o in trace_ops(_Dense(), (8, 8, 8)).ops if o.op == "concat"]
+    # layer i's concat (i >= 2 inputs) copies every input: the block input and earlier features
+    # are read by later concats too; only the last concat's newest feature is read once
+    assert [o.ch for o in dense] == [1, 2, 3, 4, 4]
+    assert dense[-1].moved_bytes == 4 * 8 * 8 * 8 * 4 and dense[-1].in_bytes == 5 * 8 * 8 * 8 * 4
+    fire = [o for o in trace_ops(_Fire(), (8, 8, 8)).ops if o.op == "concat"]
+    assert [(o.ch, o.moved_bytes) for o in fire] == [(0, 0)]
+
+
+def test_tensorrt_copies_concat_inputs_and_layout_copies_run_alone() -> None:
+    """TensorRT: a concat that cannot be eliminated is one copy kernel per moved input; an
+    eliminated one adds no kernel but keeps the next BatchNorm from folding into the producer;
+    a layout copy is never fused into the kernel before it. Eager and ORT: a concat is one op."""
+    conv = OpRecord("conv", "conv", 10**6, 100, 1000, 1000, 64)
+    bn = OpRecord("bn", "batchnorm", 0, 32, 3000, 3000, 0)
+    moved = OpRecord("cat", "concat", 0, 0, 3000, 3000, 2, 2000)
+    kept = fuse([conv, moved, bn], "tensorrt")
+    assert [k.op for k in kept] == ["conv", "elementwise", "elementwise", "elementwise"]
+    assert [k.act_bytes for k in kept[1:3]] == [2000, 2000]  # each reads and writes its input
+    free = fuse([conv, dataclasses.replace(moved, ch=0, moved_bytes=0), bn], "tensorrt")
+    assert len(free) == 2 and free[0].n_ops == 2  # concat in place; the BN after it stays a kernel
+    assert len(fuse([conv, OpRecord("bn", "batchnorm", 0, 32, 1000, 1000, 0)], "tensorrt")) == 1
+    for rt in ("torch", "onnxruntime"):
+        assert sum(k.op == "elementwise" for k in fuse([conv, moved], rt)) == 1
+    copy = OpRecord("shuffle", "copy", 0, 0, 1000, 1000, 0)
+    assert len(fuse([conv, copy], "tensorrt")) == 2 and len(fuse([conv, copy], "onnxruntime")) == 2
