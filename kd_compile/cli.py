@@ -337,6 +337,10 @@ def profile_cmd(
         f"({d['latency_per_image_ms']:.4g} ms/image, {d['throughput']:.4g} img/s), {d['method']} with "
         f"{d['runtime']} {d['precision']}; params {d['params']:,}, FLOPs {d['flops']:,}/image"
     )
+    if d["method"] == "predicted":
+        from .report.render import band_phrase
+
+        typer.echo(f"  error band: {band_phrase((d.get('extra') or {}).get('error_band'))}")
     if layers:
         for layer in d["layers"]:
             lat = layer.get("latency_ms")

@@ -183,6 +183,12 @@ def test_profile_measures_here_and_predicts_elsewhere(digits_teacher):
     assert d["method"] == "measured" and d["latency_ms"] > 0 and d["runtime"] == "onnxruntime"
     there = run("profile", str(digits_teacher), "--target", "2080ti", "--json")
     assert there.exit_code == 0 and json.loads(there.stdout)["method"] == "predicted"
+    band = json.loads(there.stdout)["extra"]["error_band"]
+    line = run("profile", str(digits_teacher), "--target", "2080ti")
+    assert line.exit_code == 0 and "predicted with tensorrt fp16" in line.stdout
+    # the plain line carries the same held-out error band as the JSON
+    assert f"error band: ±{100 * band['median_ape']:.0f}% median" in line.stdout and band["basis"] in line.stdout
+    assert "error band" not in run("profile", str(digits_teacher), "--target", "cpu").stdout  # measured
     refused = run("profile", str(digits_teacher), "--target", "2080ti", "--method", "measure")
     if not torch.cuda.is_available():
         assert refused.exit_code == UsageError.exit_code and "cannot measure on '2080ti'" in _one_line_error(refused)
