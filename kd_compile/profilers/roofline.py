@@ -38,17 +38,18 @@ follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for t
 recurrence). Tried and left out because they transferred worse between devices: an occupancy term
 (SMs x tile; the fits drove it to zero), a power-limited tensor-core peak (``1/P + 1/(k x TDP)``:
 TensorRT batch-1 within-35% with the device left out 88% -> 89%, eager batch-32 minimum Spearman
-0.940 -> 0.936), and Python module-call and view-op host costs (implementation-specific). Also tried
+0.940 -> 0.936), a GEMM-rows half-saturation (rows = 2 F_k / W_k per kernel, so batch-1 convs on 7x7
+maps lose tensor-core tiles: TensorRT batch-1 within-35% 88% -> 59%, eager batch-32 minimum Spearman
+0.940 -> 0.919), and Python module-call and view-op host costs (implementation-specific). Also tried
 (before the copy rules) against the eager batch-32/64 ranks with the device left out (min Spearman
-then 0.940/0.951), none
-lifting batch 32: a GEMM-rows half-saturation (batch x output pixels, 0.918/0.923), a bandwidth
-half-saturation per kernel (fitted to ~0), a separate bandwidth efficiency for pointwise kernels
-(0.942/0.954), a soft max of GPU and host time (0.936/0.935), depthwise convs as native (non-cuDNN)
-ops on the host (0.930/0.942), and ``t0`` as a floor under eager kernels rather than added
-(0.939/0.955; TensorRT batch-1 31% -> 25%, eager batch 1 within-35% 79% -> 77%). What limits batch
-32 is the host: HELP's 2080 Ti machine dispatches library ops relatively faster (in-device h_lib 49
-us vs 74 us fitted elsewhere), which no datasheet term predicts; its own host constants alone would
-give 0.967.
+then 0.940/0.951), none lifting batch 32: a GEMM-rows half-saturation (batch x output pixels,
+0.918/0.923), a bandwidth half-saturation per kernel (fitted to ~0), a separate bandwidth efficiency
+for pointwise kernels (0.942/0.954), a soft max of GPU and host time (0.936/0.935), depthwise convs
+as native (non-cuDNN) ops on the host (0.930/0.942), and ``t0`` as a floor under eager kernels
+rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%, eager batch 1 within-35% 79% -> 77%).
+What limits batch 32 is the host: HELP's 2080 Ti machine dispatches library ops relatively faster
+(in-device h_lib 49 us vs 74 us fitted elsewhere), which no datasheet term predicts; its own host
+constants alone would give 0.967.
 
 Fusion rules per runtime: :mod:`.fusion`.
 

@@ -77,8 +77,8 @@ def speed_phrase(x: float | None) -> str:
 
 
 def band_phrase(band: dict[str, Any] | None) -> str:
-    """The predictor's held-out error for this target and regime, in words, e.g. "±88% median,
-    112% p80 held out (device left out: leave-one-device-out over t4 (13 models, ...))"."""
+    """The predictor's held-out error for this target and regime, in words, e.g. "±30% median,
+    34% p80 held out (device left out: leave-one-device-out over t4 (13 models, ...))"."""
     if not band:
         return "no calibration error known for this target"
     ape, p80 = band.get("median_ape"), band.get("p80_ape")
