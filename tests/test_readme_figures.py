@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from kd_compile.calibrate import NAS_FIT
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,6 +151,20 @@ def check_latency() -> None:
     assert not wrong, "README's latency table differs from benchmarks/results/latency_accuracy.json: " + "; ".join(
         wrong
     )
+    sens = doc.get("sensitivity_nas_fit") or []
+    if sens:  # the re-runs with other NAS shares in the fits, quoted in order of the share
+        text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
+        default = next(r for r in sens if r["nas_fit"] == NAS_FIT)
+        expected = [
+            " / ".join(str(r["nas_fit"]) for r in sens),
+            " / ".join(f"{100 * r['tensorrt_within_35']:.0f}%" for r in sens) + " within 35%",
+            "median error " + " / ".join(f"{100 * r['tensorrt_median_ape']:.1f}%" for r in sens),
+            "eager batch-32 Spearman min " + " / ".join(f"{r['eager_b32_spearman_min']:.3f}" for r in sens),
+            "batch 64 " + " / ".join(f"{r['eager_b64_spearman_min']:.3f}" for r in sens),
+            f"T4 falling from {100 * default['tensorrt_within_35_by_device']['t4']:.0f}% to "
+            f"{100 * sens[-1]['tensorrt_within_35_by_device']['t4']:.0f}%",
+        ]
+        _assert_quoted(expected, text, "latency sensitivity", "latency_accuracy.json (sensitivity_nas_fit)")
 
 
 # -- strategy benchmark ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,22 @@ class Problem:
     def mask(self, pred: Callable[[MeasuredRow], bool]) -> np.ndarray:
         return np.array([pred(r) for r in self.rows], dtype=bool)
 
+    def with_nas_fit(self, nas_fit: int) -> Problem:
+        """The same rows, with the fits using the first ``nas_fit`` architectures of each NAS table."""
+        return dataclasses.replace(self, fit_mask=nas_fit_mask(self.rows, nas_fit))
+
+
+def nas_fit_mask(rows: Sequence[MeasuredRow], nas_fit: int) -> np.ndarray:
+    """Rows a fit may use: every non-NAS row, and the first ``nas_fit`` architectures (in table
+    order) of each NAS-Bench-201 / FBNet / Accel-NASBench table."""
+    nas_rank: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in rows:
+        fam = r.spec.split(":", 1)[0]
+        if fam in ("nb201", "fbnet", "anb"):
+            nas_rank[(fam + r.file)].setdefault(r.spec, len(nas_rank[fam + r.file]))
+    return np.array([r.spec.split(":", 1)[0] not in ("nb201", "fbnet", "anb")
+                     or nas_rank[r.spec.split(":", 1)[0] + r.file][r.spec] < nas_fit for r in rows], dtype=bool)
+
 
 def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: int = NAS_FIT) -> Problem:
     """Count (or load) every row's model and build the kernel table."""
@@ -53,13 +70,7 @@ def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: i
         ks.append(kern[(r.spec, r.runtime)])
         ds.append(devs[(r.device, r.precision, r.runtime)])
     table = KernelTable.build(ks, [r.batch for r in rows], ds)
-    nas_rank: dict[str, dict[str, int]] = defaultdict(dict)
-    for r in rows:
-        fam = r.spec.split(":", 1)[0]
-        if fam in ("nb201", "fbnet", "anb"):
-            nas_rank[(fam + r.file)].setdefault(r.spec, len(nas_rank[fam + r.file]))
-    fit_mask = np.array([r.spec.split(":", 1)[0] not in ("nb201", "fbnet", "anb")
-                         or nas_rank[r.spec.split(":", 1)[0] + r.file][r.spec] < nas_fit for r in rows])
+    fit_mask = nas_fit_mask(rows, nas_fit)
     return Problem(rows, table, np.array([r.seconds for r in rows]),
                    np.array([sum(o.flops for o in costs[r.spec][0]) for r in rows], float),
                    np.array([costs[r.spec][1] for r in rows], float), fit_mask)

@@ -152,3 +152,19 @@ def test_held_out_architectures_fall_within_the_stated_band() -> None:
                     within.append(e <= band["p80_ape"])
     assert np.mean(within) >= 0.6, f"only {np.mean(within):.0%} within the stated p80 band"
     assert np.median(ape) <= 1.5 * np.median(stated) + 0.02
+
+
+def test_nas_fit_mask_keeps_every_named_model_and_the_first_nas_architectures_per_table() -> None:
+    from kd_compile.calibrate.problem import nas_fit_mask
+    from kd_compile.calibrate.tables import MeasuredRow
+
+    def row(spec: str, file: str, device: str = "2080ti", batch: int = 1) -> MeasuredRow:
+        return MeasuredRow(spec, device, "torch", "fp32", batch, 1e-3, file)
+
+    rows = [row(f"nb201:a{i}", "nb.csv") for i in range(4)]
+    rows += [row(f"nb201:a{i}", "nb.csv", batch=32) for i in (3, 0)]  # same architectures, other batch
+    rows += [row(f"fbnet:f{i}", "fb.csv") for i in range(3)] + [row("timm:resnet18@224", "t.csv")]
+    m = nas_fit_mask(rows, 2)
+    # the first two architectures of each table (in table order) fit, at every batch they appear in
+    assert m.tolist() == [True, True, False, False, False, True, True, True, False, True]
+    assert nas_fit_mask(rows, 0).tolist() == [False] * 9 + [True]
