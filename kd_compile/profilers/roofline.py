@@ -5,13 +5,15 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 host needs to issue it, and a model costs the sum over its kernels::
 
     gpu_k  = s_roofline x max( b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
-                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0 x f0 / f
+                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
     t      = sum_k max(gpu_k, host_k)
 
-with ``J = edge`` on a Jetson and 1 elsewhere; ``t0`` is a number of GPU cycles, written as the
-time it takes at ``f0`` = 1.5 GHz, so a GPU with boost clock ``f`` pays ``t0 x f0 / f``.
+with ``J = edge`` on a Jetson and 1 elsewhere; ``t0_rt`` is ``t0`` for an eager ATen op and
+``t0_graph`` for a kernel of a graph runtime (TensorRT & co, back to back on one stream), each a
+number of GPU cycles written as the time it takes at ``f0`` = 1.5 GHz, so a GPU with boost clock
+``f`` pays ``t0_rt x f0 / f``.
 
 *From the datasheet* (target TOML): ``P_class`` (tensor-core peak for conv/matmul/attention in
 fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on GPUs whose native
@@ -21,35 +23,38 @@ Jetson, whose Arm host pays ``edge``).
 *Counted*: ``F_k`` FLOPs, ``A_k`` activation bytes, ``W_k`` weight bytes (fp32, scaled by the
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
-*Fitted* (:class:`Constants`, 10 numbers, on every measured table together by
+*Fitted* (:class:`Constants`, 11 numbers, on every measured table together by
 :mod:`kd_compile.calibrate`): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the channel
-half-saturation ``c_half``, the fixed GPU cost per kernel ``t0``, the host costs ``h_lib``, ``h_pw``
-(eager, per ATen op) and ``h_kernel`` (per fused kernel), and the Jetson host factor ``edge``. Graph
-runtimes' kernels follow :mod:`.fusion`: a concat whose inputs other layers also read is copied
-input by input (a DenseNet block on TensorRT), and a layout copy is a kernel of its own. Those two
-rules and cycle-counted ``t0`` together moved TensorRT batch 1 with the device left out from 52% of
-models within 35% to 88% (``benchmarks/latency_accuracy.py``): without the copies, DenseNets on a
+half-saturation ``c_half``, the fixed GPU cost per kernel ``t0`` (eager) and ``t0_graph`` (graph
+runtimes), the host costs ``h_lib``, ``h_pw`` (eager, per ATen op) and ``h_kernel`` (per fused
+kernel), and the Jetson host factor ``edge``. Graph runtimes' kernels follow :mod:`.fusion`: a
+concat whose inputs other layers also read is copied input by input (a DenseNet block on TensorRT),
+and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed costs and a
+``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables' per-op GPU
+overhead no longer sets it) together moved TensorRT batch 1 with the device left out from 52% of
+models within 35% to 89% (``benchmarks/latency_accuracy.py``; 86-89% whatever share of the NAS
+tables the fits use, against 70-92% with one shared ``t0``): without the copies, DenseNets on a
 Jetson ran 2.5-3.7x slower than predicted and the fit inflated every kernel's fixed cost to make up
 for it. A device with measurements also gets *device scales* fitted on its own rows (a device
 without keeps 1): ``s_roofline`` (sustained throughput, e.g. a 70 W T4 that cannot hold its boost
 clock on tensor cores) and ``s_fixed`` per runtime (its host's dispatch speed and launch path).
 ``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
 follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
-recurrence). Tried and left out because they transferred worse between devices: an occupancy term
-(SMs x tile; the fits drove it to zero), a power-limited tensor-core peak (``1/P + 1/(k x TDP)``:
-TensorRT batch-1 within-35% with the device left out 88% -> 89%, eager batch-32 minimum Spearman
-0.940 -> 0.936), a GEMM-rows half-saturation (rows = 2 F_k / W_k per kernel, so batch-1 convs on 7x7
-maps lose tensor-core tiles: TensorRT batch-1 within-35% 88% -> 59%, eager batch-32 minimum Spearman
-0.940 -> 0.919), and Python module-call and view-op host costs (implementation-specific). Also tried
-(before the copy rules) against the eager batch-32/64 ranks with the device left out (min Spearman
-then 0.940/0.951), none lifting batch 32: a GEMM-rows half-saturation (batch x output pixels,
-0.918/0.923), a bandwidth half-saturation per kernel (fitted to ~0), a separate bandwidth efficiency
-for pointwise kernels (0.942/0.954), a soft max of GPU and host time (0.936/0.935), depthwise convs
-as native (non-cuDNN) ops on the host (0.930/0.942), and ``t0`` as a floor under eager kernels
-rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%, eager batch 1 within-35% 79% -> 77%).
-What limits batch 32 is the host: HELP's 2080 Ti machine dispatches library ops relatively faster
-(in-device h_lib 49 us vs 74 us fitted elsewhere), which no datasheet term predicts; its own host
-constants alone would give 0.967.
+recurrence). Tried and left out because they transferred worse between devices (figures from before
+``t0_graph``): an occupancy term (SMs x tile; the fits drove it to zero), a power-limited
+tensor-core peak (``1/P + 1/(k x TDP)``: TensorRT batch-1 within-35% with the device left out 88% ->
+89%, eager batch-32 minimum Spearman 0.940 -> 0.936), a GEMM-rows half-saturation (rows = 2 F_k /
+W_k per kernel, so batch-1 convs on 7x7 maps lose tensor-core tiles: TensorRT batch-1 within-35% 88%
+-> 59%, eager batch-32 minimum Spearman 0.940 -> 0.919), and Python module-call and view-op host
+costs (implementation-specific). Also tried (before the copy rules) against the eager batch-32/64
+ranks with the device left out (min Spearman then 0.940/0.951), none lifting batch 32: a GEMM-rows
+half-saturation (batch x output pixels, 0.918/0.923), a bandwidth half-saturation per kernel (fitted
+to ~0), a separate bandwidth efficiency for pointwise kernels (0.942/0.954), a soft max of GPU and
+host time (0.936/0.935), depthwise convs as native (non-cuDNN) ops on the host (0.930/0.942), and
+``t0`` as a floor under eager kernels rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%,
+eager batch 1 within-35% 79% -> 77%). What limits batch 32 is the host: HELP's 2080 Ti machine
+dispatches library ops relatively faster (in-device h_lib 49 us vs 74 us fitted elsewhere), which no
+datasheet term predicts; its own host constants alone would give 0.967.
 
 Fusion rules per runtime: :mod:`.fusion`.
 
@@ -106,8 +111,10 @@ class Constants:
         e_dw: compute efficiency of depthwise convs (CUDA cores).
         e_mem: fraction of DRAM bandwidth any kernel reaches.
         c_half: GEMM dimension at which a conv/matmul reaches half its efficiency.
-        t0_us: fixed GPU time per kernel (launch latency, ramp-up and tail), microseconds at
-            ``T0_CLOCK_GHZ`` (it is a number of GPU cycles).
+        t0_us: fixed GPU time per eager ATen op (launch latency, ramp-up and tail, and any extra
+            kernels a library call runs), microseconds at ``T0_CLOCK_GHZ`` (GPU cycles).
+        t0_graph_us: the same per kernel of a graph runtime (TensorRT, ``torch.compile``, ONNX
+            Runtime), whose kernels follow each other on one stream.
         h_lib_us: eager host cost of one library ATen op (conv, matmul, norm), microseconds.
         h_pw_us: eager host cost of one native pointwise/pool ATen op, microseconds.
         h_kernel_us: host cost per launched kernel for graph runtimes (TensorRT), microseconds.
@@ -124,6 +131,7 @@ class Constants:
     h_pw_us: float = 15.0
     h_kernel_us: float = 8.0
     edge: float = 2.5
+    t0_graph_us: float = 3.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -302,7 +310,7 @@ class KernelTable:
 def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
-    e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge = v
+    e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph = v
     d = table.dev[table.row]
     peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed = d.T
     b = table.batch[table.row]
@@ -315,7 +323,7 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
     jetson = np.where(is_edge > 0, edge, 1.0)
     cycles = np.where(clk > 0, T0_CLOCK_GHZ / np.maximum(clk, 1e-9), 1.0)  # t0 is GPU cycles
-    t0 = np.where(t0_over > 0, t0_over, t0_us * 1e-6 * jetson * cycles)
+    t0 = np.where(t0_over > 0, t0_over, np.where(per_op > 0, t0_us, t0_graph) * 1e-6 * jetson * cycles)
     gpu = s_roof * np.maximum(t_comp, t_mem) + s_fixed * t0
     h = np.where(per_op > 0, h_lib * table.lib + h_pw * (table.n - table.lib), h_kernel) * 1e-6
     host = s_fixed * jetson * h

@@ -77,7 +77,7 @@ def speed_phrase(x: float | None) -> str:
 
 
 def band_phrase(band: dict[str, Any] | None) -> str:
-    """The predictor's held-out error for this target and regime, in words, e.g. "±30% median,
+    """The predictor's held-out error for this target and regime, in words, e.g. "±16% median,
     34% p80 held out (device left out: leave-one-device-out over t4 (13 models, ...))"."""
     if not band:
         return "no calibration error known for this target"

@@ -17,16 +17,18 @@ from kd_compile.targets import get_target
 
 torch.set_num_threads(1)
 C = Constants(e_tc=0.5, e_cuda=0.5, e_dw=0.1, e_mem=0.7, c_half=16.0, t0_us=2.0, h_lib_us=30.0, h_pw_us=10.0,
-              h_kernel_us=4.0, edge=3.0)
+              h_kernel_us=4.0, edge=3.0, t0_graph_us=1.5)
 
 
 def _matmul(flops: int, act: int = 1000, w: int = 1000) -> list[OpRecord]:
     return [OpRecord("fc", "matmul", flops, w, act // 2, act // 2, 1024)]
 
 
-def _t0_ms(target: str) -> float:
-    """The fixed GPU cost of one kernel on ``target``: ``t0`` GPU cycles at its boost clock."""
-    return C.t0_us * 1e-3 * T0_CLOCK_GHZ / (get_target(target).boost_clock_mhz / 1e3)
+def _t0_ms(target: str, runtime: str = "tensorrt") -> float:
+    """The fixed GPU cost of one kernel on ``target``: ``t0`` (eager) or ``t0_graph`` (graph
+    runtimes) GPU cycles at its boost clock."""
+    t0 = C.t0_us if runtime == "torch" else C.t0_graph_us
+    return t0 * 1e-3 * T0_CLOCK_GHZ / (get_target(target).boost_clock_mhz / 1e3)
 
 
 def test_compute_bound_monotone_in_flops() -> None:
@@ -102,8 +104,8 @@ def test_tensorrt_fuses_conv_bn_act() -> None:
 
 
 def test_fit_recovers_known_constants() -> None:
-    true = Constants(e_tc=0.55, e_cuda=0.4, e_dw=0.08, e_mem=0.8, c_half=24.0, t0_us=2.5, h_lib_us=45.0,
-                     h_pw_us=15.0, h_kernel_us=6.0, edge=2.8)
+    true = Constants(e_tc=0.55, e_cuda=0.4, e_dw=0.08, e_mem=0.8, c_half=24.0, t0_us=20.0, h_lib_us=45.0,
+                     h_pw_us=15.0, h_kernel_us=6.0, edge=2.8, t0_graph_us=1.8)
     table, secs, w = synthetic_problem(true, n_models=60, seed=1)
     noisy = secs * np.exp(np.random.default_rng(2).normal(0, 0.003, len(secs)))
     fit, q = fit_constants(table, noisy, w)
@@ -124,7 +126,11 @@ def test_fixed_gpu_cost_is_cycles_at_the_boost_clock() -> None:
            for t in (t4, slow, bare)}
     assert lat["t4"] == pytest.approx(_t0_ms("t4"), rel=1e-3)
     assert lat["t4-slow"] == pytest.approx(2 * lat["t4"], rel=1e-3)
-    assert lat["t4-bare"] == pytest.approx(C.t0_us * 1e-3, rel=1e-3)
+    assert lat["t4-bare"] == pytest.approx(C.t0_graph_us * 1e-3, rel=1e-3)
+    # eager ATen ops pay their own fixed cost, also in cycles
+    big = [OpRecord("x", "elementwise", 0, 0, 8, 8, 0)]
+    eager = RooflineProfiler(t4, "fp16", "torch", constants=Constants(**{**c.to_dict(), "h_pw_us": 0.01}))
+    assert eager.predict_ops(big, 1).latency_ms == pytest.approx(_t0_ms("t4", "torch"), rel=1e-3)
 
 
 class _Dense(nn.Module):
