@@ -247,7 +247,7 @@ def _lodo_headline(problem: Problem, pred: np.ndarray, summary: list[dict[str, A
     by_dev = {}
     for dev in trt["devices"]:
         ix = problem.mask(lambda r, d=dev: r.device == d and r.runtime == "tensorrt" and r.batch == 1)
-        by_dev[dev] = float(np.mean(np.abs(pred[ix] / problem.seconds[ix] - 1) <= 0.35))
+        by_dev[dev] = quality(pred[ix], problem.seconds[ix])["within_35"]
     return {"nas_fit": nas_fit, "tensorrt_within_35": trt["within_35"], "tensorrt_median_ape": trt["median_ape"],
             "tensorrt_within_35_by_device": by_dev, "eager_b32_spearman_min": eager["32"]["spearman_min"],
             "eager_b64_spearman_min": eager["64"]["spearman_min"]}

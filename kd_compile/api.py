@@ -592,6 +592,7 @@ def strategy_option_names() -> dict[str, list[str]]:
     return {n: strategy_options(get_strategy(n)) for n in list_strategies()}
 
 
+@functools.cache
 def strategy_summaries() -> dict[str, str]:
     """Each registered strategy with the first line of its docstring."""
     from .search import get_strategy

@@ -190,14 +190,14 @@ class _Tracer(TorchDispatchMode):
         outs = _tensors(out)
         if not outs:
             return out
+        acts = [t for t in ins if id(t) not in self.weight_ids]
         w = sum(_nbytes(t) for t in ins if id(t) in self.weight_ids)
-        a = sum(_nbytes(t) for t in ins if id(t) not in self.weight_ids)
+        a = sum(_nbytes(t) for t in acts)
         o = sum(_nbytes(t) for t in outs)
         flops = 0
         if packet in flop_registry:
             flops = int(flop_registry[packet](*args, **kwargs, out_val=out))
         op, ch = _classify(name, args, out)
-        acts = [t for t in ins if id(t) not in self.weight_ids]
         for t in acts:
             p = self._producer(t)
             if p is not None:

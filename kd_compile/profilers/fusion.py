@@ -106,8 +106,8 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
                 prev["n"] += 1  # written in place; what follows cannot fold into the producers
                 prev["n_pw"] += 1
                 continue
+            each = r.moved_bytes // r.ch if r.ch else 0
             for _ in range(r.ch):
-                each = r.moved_bytes // max(r.ch, 1)
                 kernels.append({"name": r.module or "(model)", "op": "concat", "cls": "elementwise", "flops": 0,
                                 "act": 2 * each, "out": each, "w": 0, "ch": 0, "n": 1, "n_pw": 1, "lib": 0})
             continue
