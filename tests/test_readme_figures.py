@@ -298,6 +298,29 @@ def check_data_stream() -> None:
     _assert_quoted(expected, flat, "streaming", "data_stream.json")
 
 
+# -- what HELP's columns allow (oracle ceiling) ----------------------------------------------------
+def check_help_ceiling() -> None:
+    doc = _load("help_ceiling")
+    sec = " ".join(_section("How much ranking HELP's columns allow", "The same benchmark re-runs").split())
+    ceil = {(r["table"].split("-")[1], r["device"], r["batch"]): r for r in doc["ceiling"]}
+    quoted = {("fbnet", "1080ti", 32), ("fbnet", "1080ti", 1)}
+    others = [r["rho_mean"] for k, r in ceil.items() if k not in quoted]
+    blocks = {(r["device"], r["batch"]): r for r in doc["fbnet_blocks"]}
+    shuffle = [r["shuffle_over_block"] for r in doc["fbnet_blocks"]]
+    predicted = [r["predicted_shuffle_over_block"] for r in doc["fbnet_blocks"]]
+    expected = [
+        *(_pm(ceil[k]["rho_mean"], ceil[k]["rho_sd"], "{:.3f}") for k in sorted(quoted, key=lambda k: -k[2])),
+        f"{min(others):.3f}-{max(others):.3f}",
+        f"within {ceil[('fbnet', '1080ti', 32)]['rho_mean'] - 0.95:.3f}",
+        *(f"{blocks[('1080ti', b)]['block_us']:.0f} us" for b in (32, 1, 64)),
+        f"adds {min(shuffle):.2f}-{max(shuffle):.2f} of a plain block's cost, the predictor "
+        f"{min(predicted):.2f}-{max(predicted):.2f}",
+        f"{doc['settings']['splits']} random splits",
+    ]
+    assert doc["ceiling"] and len(doc["fbnet_blocks"]) == 15
+    _assert_quoted(expected, sec, "oracle ceiling", "help_ceiling.json")
+
+
 # -- ONNX Runtime repeatability -------------------------------------------------------------------
 def check_ort_stability() -> None:
     doc = _load("ort_stability")
@@ -371,6 +394,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
     "latency_accuracy": check_latency,
+    "help_ceiling": check_help_ceiling,
     "strategies": check_strategies,
     "strategies_glyphs10": check_strategies_glyphs10,
     "glyphs_difficulty": check_glyphs_difficulty,

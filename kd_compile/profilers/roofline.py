@@ -54,7 +54,17 @@ host time (0.936/0.935), depthwise convs as native (non-cuDNN) ops on the host (
 ``t0`` as a floor under eager kernels rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%,
 eager batch 1 within-35% 79% -> 77%). What limits batch 32 is the host: HELP's 2080 Ti machine
 dispatches library ops relatively faster (in-device h_lib 49 us vs 74 us fitted elsewhere), which no
-datasheet term predicts; its own host constants alone would give 0.967.
+datasheet term predicts; its own host constants alone would give 0.967. How much ranking each HELP
+column allows at all (an additive oracle fitted on the column itself) and where the FBNet blocks'
+costs go: ``benchmarks/help_ceiling.py``. Tried after the ``t0_graph`` fit (min Spearman at batch
+32/64 then 0.944/0.950, TensorRT batch 1 89%): the channel shuffle's three view ops as host-only
+eager ops at ``h_pw`` (the shuffle costs 0.18-0.25 of a block on every HELP GPU, 0.10-0.13
+predicted): 0.955/0.944, TensorRT 88%, so batch 32 passes and batch 64 fails; a depthwise rate
+of SMs x clock x 64 lanes (Pascal and GA10x-and-later SMs double their FP32 lanes, and HELP's
+depthwise costs do follow SMs x clock on four of its five GPUs): 0.925/0.929, TensorRT 82% (the
+held-out T4 46%); ``h_kernel`` fixed at ~0: 0.942/0.950, TensorRT 89% (no gain, but the held-out T4
+no longer flips between 85% and 38% when the eager tables change slightly: the fit otherwise
+trades ``h_kernel`` against ``t0_graph``).
 
 Fusion rules per runtime: :mod:`.fusion`.
 
