@@ -20,7 +20,7 @@ It also decomposes the FBNet columns (5,000 architectures each) into what one bl
   calibration of each device), which shows the dispatch cost of the shuffle's views that the
   predictor does not count.
 
-Run (about 10 s; reads only ``../shared/data/latency/``)::
+Run (about 5 s; reads only ``../shared/data/latency/``)::
 
     python benchmarks/help_ceiling.py [--splits 5] [--results benchmarks/results/help_ceiling.json]
 """
@@ -41,32 +41,33 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kd_compile.calibrate.tables import DEFAULT_DATA_DIR  # noqa: E402
+from kd_compile.students.fbnet import DOWN_POSITIONS, FBNET_LAYOUT, FBNET_OPS, parse_fbnet  # noqa: E402
+from kd_compile.students.nb201 import NB201_OPS, parse_nb201  # noqa: E402
 
 DEVICES = {"1080ti": "1080ti", "2080ti": "2080ti", "titan_rtx": "titan-rtx", "titanx": "titan-x", "titanxp": "titan-xp"}
-FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
-NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-# FBNet positions whose block keeps its shape (identity skip) beyond the 32x32 stage; positions
-# 9, 13, 17 and 21 change shape (the skip there is a 1x1 conv + BN + ReLU)
-SAME_SHAPE = (6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20)
-PROJ = (9, 13, 17, 21)
+# FBNet positions beyond the 32x32 stage (5 on): those whose block keeps its shape (identity skip),
+# and those that change it (9, 13, 17, 21: the skip there is a 1x1 conv + BN + ReLU)
+SAME_SHAPE = [p for p, (_, c_in, c_out, _) in enumerate(FBNET_LAYOUT)
+              if p > 5 and c_in == c_out and p not in DOWN_POSITIONS]
+PROJ = [p for p in range(6, len(FBNET_LAYOUT)) if p not in SAME_SHAPE]
 TEST = 1000
 
 
-def _fbnet_design(rows: list[dict[str, str]]) -> np.ndarray:
-    x = np.zeros((len(rows), 22 * len(FBNET_OPS)))
-    for i, r in enumerate(rows):
-        for p, op in enumerate(r["arch_str"].split("|")):
-            x[i, p * len(FBNET_OPS) + FBNET_OPS.index(op)] = 1.0
+def _design(archs: list[tuple[str, ...]], ops: tuple[str, ...]) -> np.ndarray:
+    """One-hot (position, op) rows of architectures given as op sequences."""
+    x = np.zeros((len(archs), len(archs[0]) * len(ops)))
+    for i, arch in enumerate(archs):
+        for p, op in enumerate(arch):
+            x[i, p * len(ops) + ops.index(op)] = 1.0
     return x
+
+
+def _fbnet_design(rows: list[dict[str, str]]) -> np.ndarray:
+    return _design([parse_fbnet(r["arch_str"]) for r in rows], FBNET_OPS)
 
 
 def _nb201_design(rows: list[dict[str, str]]) -> np.ndarray:
-    x = np.zeros((len(rows), 6 * len(NB201_OPS)))
-    for i, r in enumerate(rows):
-        edges = [tok.split("~")[0] for tok in r["arch_str"].replace("+", "").split("|") if tok]
-        for e, op in enumerate(edges):
-            x[i, e * len(NB201_OPS) + NB201_OPS.index(op)] = 1.0
-    return x
+    return _design([parse_nb201(r["arch_str"]) for r in rows], NB201_OPS)
 
 
 def ceiling(x: np.ndarray, y: np.ndarray, splits: int) -> list[float]:
@@ -86,35 +87,46 @@ def ceiling(x: np.ndarray, y: np.ndarray, splits: int) -> list[float]:
 def block_costs(x: np.ndarray, y_ms: np.ndarray) -> dict[str, float]:
     """FBNet per-block costs (microseconds) from the additive fit on every architecture."""
     coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y_ms, rcond=None)
-    m = coef[:-1].reshape(22, len(FBNET_OPS)) * 1e3
+    m = coef[:-1].reshape(len(FBNET_LAYOUT), len(FBNET_OPS)) * 1e3
     m = m - m[:, [FBNET_OPS.index("skip")]]
     k3, g2 = FBNET_OPS.index("k3_e1"), FBNET_OPS.index("k3_e1_g2")
-    block = float(np.mean(m[list(SAME_SHAPE), k3]))
-    proj = block - float(np.mean(m[list(PROJ), k3]))
-    shuffle = float(np.mean(m[list(SAME_SHAPE), g2] - m[list(SAME_SHAPE), k3]))
+    block = float(np.mean(m[SAME_SHAPE, k3]))
+    proj = block - float(np.mean(m[PROJ, k3]))
+    shuffle = float(np.mean(m[SAME_SHAPE, g2] - m[SAME_SHAPE, k3]))
     return {"block_us": round(block, 1), "proj_us": round(proj, 1), "shuffle_us": round(shuffle, 1),
             "shuffle_over_block": round(shuffle / block, 3)}
 
 
-def predicted_shuffle_share(device: str, batch: int) -> float:
-    """The predictor's share: (k3_e1_g2 - k3_e1) / (k3_e1 - skip) over the same positions."""
+def uniform_fbnet_ops() -> dict[str, tuple]:
+    """Counted ops (``OpRecord`` s) of the FBNets with ``k3_e1``, ``k3_e1_g2`` or ``skip`` at every
+    position, built on the meta device."""
     import torch
 
-    from kd_compile.calibrate.counts import _build
     from kd_compile.profilers.counting import trace_ops
+    from kd_compile.students.specs import build_spec
+
+    out = {}
+    for op in ("k3_e1", "k3_e1_g2", "skip"):
+        with torch.device("meta"):
+            model, shape = build_spec("fbnet:" + "|".join([op] * len(FBNET_LAYOUT)))
+        out[op] = trace_ops(model, shape).ops
+    return out
+
+
+def predicted_shuffle_share(ops: dict[str, tuple], device: str, batch: int) -> float:
+    """The predictor's share: (k3_e1_g2 - k3_e1) / (k3_e1 - skip) over the same positions, from
+    the ``uniform_fbnet_ops`` with the shipped calibration of ``device``."""
     from kd_compile.profilers.roofline import RooflineProfiler
 
-    torch.set_num_threads(1)
     prof = RooflineProfiler(device, precision="fp32", runtime="torch")
     per_pos = {}
-    for op in ("k3_e1", "k3_e1_g2", "skip"):
-        model, shape = _build("fbnet:" + "|".join([op] * 22))
-        m = prof.predict_ops(trace_ops(model, shape).ops, batch)
-        cost = np.zeros(22)
+    for op, records in ops.items():
+        m = prof.predict_ops(records, batch)
+        cost = np.zeros(len(FBNET_LAYOUT))
         for layer in m.layers:
             if layer.name.startswith("blocks."):
                 cost[int(layer.name.split(".")[1])] += layer.latency_ms
-        per_pos[op] = cost[list(SAME_SHAPE)]
+        per_pos[op] = cost[SAME_SHAPE]
     block = per_pos["k3_e1"] - per_pos["skip"]
     return round(float(np.mean(per_pos["k3_e1_g2"] - per_pos["k3_e1"]) / np.mean(block)), 3)
 
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    uniform = uniform_fbnet_ops()
     doc: dict = {"ceiling": [], "fbnet_blocks": [], "about": __doc__.split("\n\n")[0],
                  "settings": {"splits": args.splits, "held_out": TEST}}
     for table, design, batches in (("help-fbnet-latency.csv", _fbnet_design, (1, 32, 64)),
@@ -144,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                                        "rho_mean": round(float(np.mean(rho)), 4),
                                        "rho_sd": round(float(np.std(rho)), 4)})
                 if table.startswith("help-fbnet"):
+                    share = predicted_shuffle_share(uniform, dev, b)
                     doc["fbnet_blocks"].append({"device": dev, "batch": b, **block_costs(x, y),
-                                                "predicted_shuffle_over_block": predicted_shuffle_share(dev, b)})
+                                                "predicted_shuffle_over_block": share})
     print(f"oracle ceiling: additive per-layer fit on all but {TEST} of a column's own architectures, "
           f"Spearman rho on those {TEST} over {args.splits} random splits (mean +- sd)")
     for r in doc["ceiling"]:
