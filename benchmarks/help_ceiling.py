@@ -17,10 +17,11 @@ It also decomposes the FBNet columns (5,000 architectures each) into what one bl
 * ``shuffle_over_block``: what the ``_g2`` variant (grouped 1x1 convs and a channel shuffle:
   ``view``, ``permute``, ``contiguous``, ``view``) adds, as a share of ``block_us``. The
   predictor's share is printed beside it (computed from the counted ops with the shipped
-  calibration of each device), which shows the dispatch cost of the shuffle's views that the
-  predictor does not count.
+  calibration of each device): it checks that the predictor charges the host dispatch of the
+  shuffle's three view calls (it charged the copy alone, half the measured share, until the op
+  tracer counted view calls).
 
-Run (about 5 s; reads only ``../shared/data/latency/``)::
+Run (about 6 s; reads only ``../shared/data/latency/``)::
 
     python benchmarks/help_ceiling.py [--splits 5] [--results benchmarks/results/help_ceiling.json]
 """

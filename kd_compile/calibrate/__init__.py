@@ -16,9 +16,10 @@ the counts are cached in ``kd_compile/targets/calibration/layer_costs.json`` (co
 fitting and benchmarks build no model. NAS spaces are sampled (``NAS_SAMPLE`` architectures per
 space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
 
-:func:`fit_constants` fits the 10 device-independent :class:`Constants` on every device's rows at
-once (robust least squares on log latency, every (device, runtime, batch, table) group weighted
-equally); :func:`fit_scales` fits a device's two scales with the constants fixed.
+:func:`fit_on` fits the device-independent :class:`Constants` (9 of them; the ``HELD`` ones keep
+their default) on every device's rows at once (robust least squares on log latency, every
+(device, runtime, batch, table) group weighted equally); :func:`fit_scales` fits a device's two
+scales with the constants fixed.
 :func:`calibrate_all` writes ``calibration/<target>.json`` for every GPU target:
 
 * a device with measurements: constants fitted *without* it (leave-one-device-out) plus its own
@@ -40,7 +41,7 @@ the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
 from __future__ import annotations
 
 from .counts import LAYER_COSTS, layer_costs
-from .fit import device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
+from .fit import HELD, device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
 from .holdout import KFOLD, bands, kfold_on_device, leave_one_device_out, leave_one_family_out, transfer_bands
 from .problem import Problem, build_problem
 from .synthetic import synthetic_problem
@@ -70,10 +71,10 @@ from .tables import (
 from .write import calibrate, calibrate_all, gpu_targets
 
 __all__ = [
-    "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELP_DEVICES", "HELP_TABLES", "KFOLD", "LAYER_COSTS",
-    "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIMM_TABLES", "TORCH2TRT", "MeasuredRow", "Problem",
-    "bands", "build_problem", "calibrate", "calibrate_all", "device_scales", "family_of", "fit_constants", "fit_on",
-    "fit_scales", "gpu_targets", "group_weights", "kfold_on_device", "layer_costs", "leave_one_device_out",
+    "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_TABLES", "KFOLD",
+    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIMM_TABLES", "TORCH2TRT", "MeasuredRow",
+    "Problem", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales", "family_of", "fit_constants",
+    "fit_on", "fit_scales", "gpu_targets", "group_weights", "kfold_on_device", "layer_costs", "leave_one_device_out",
     "leave_one_family_out", "load_measurements", "predict", "quality", "read_accel_nasbench", "read_help",
     "read_supergradients", "read_timm_table", "read_torch2trt", "select_timm", "synthetic_problem",
     "transfer_bands",

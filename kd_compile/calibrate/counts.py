@@ -16,9 +16,9 @@ from ..profilers.counting import OpRecord
 from ..profilers.roofline import CALIBRATION_DIR
 
 LAYER_COSTS = CALIBRATION_DIR / "layer_costs.json"
-# 3: op records carry ``moved_bytes`` (a concat's inputs a graph runtime must copy); an older
-# cache is recounted
-_FORMAT = 3
+# 3: op records carry ``moved_bytes`` (a concat's inputs a graph runtime must copy); 4: Python-level
+# view calls are recorded (op ``view``); an older cache is recounted
+_FORMAT = 4
 
 
 def _build(spec: str) -> tuple[Any, tuple[int, int, int]]:

@@ -6,6 +6,7 @@ weighted equally (:func:`group_weights`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,6 +42,13 @@ _LOWER = {"e_tc": 1e-3, "e_cuda": 1e-3, "e_dw": 1e-4, "e_mem": 0.05, "c_half": 0
           "h_lib_us": 0.1, "h_pw_us": 0.1, "h_kernel_us": 0.1, "edge": 0.3, "t0_graph_us": 0.01}
 _UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.0, "t0_us": 100.0,
           "h_lib_us": 1000.0, "h_pw_us": 1000.0, "h_kernel_us": 100.0, "edge": 30.0, "t0_graph_us": 100.0}
+
+
+# Constants every fit holds at their ``DEFAULT_CONSTANTS`` value (see the roofline docstring):
+# ``t0_us``, an eager op's fixed GPU cost, which the eager tables cannot tell from the host cost of
+# pointwise ops, and ``h_kernel_us``, a graph runtime's host cost per kernel, which the TensorRT
+# tables cannot tell from ``t0_graph_us``.
+HELD: tuple[str, ...] = ("t0_us", "h_kernel_us")
 
 
 def quality(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -113,7 +121,7 @@ def fit_constants(
     def resid(z: np.ndarray) -> np.ndarray:
         return sw * (np.log(row_seconds(table, full(z))) - y)
 
-    z0 = np.clip(np.log(start[free]), lo + 1e-6, hi - 1e-6)
+    z0 = np.clip(np.log(np.maximum(start[free], 1e-12)), lo + 1e-6, hi - 1e-6)
     r = least_squares(resid, z0, bounds=(lo, hi), diff_step=1e-3, max_nfev=max_nfev, loss="soft_l1", f_scale=0.3)
     c = Constants.from_vector(full(r.x))
     return c, quality(row_seconds(table, c), np.asarray(measured_s, float))
@@ -161,10 +169,13 @@ def predict(problem: Problem, mask: np.ndarray, constants: Constants,
 
 
 def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300) -> Constants:
-    """Constants fitted on the rows in ``train`` (and in ``problem.fit_mask``), unit scales."""
+    """Constants fitted on the rows in ``train`` (and in ``problem.fit_mask``), unit scales; the
+    ``HELD`` constants keep their ``DEFAULT_CONSTANTS`` value whatever ``x0`` says."""
     m = train & problem.fit_mask
     rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
-    c, _ = fit_constants(problem.table.subset(m), problem.seconds[m], group_weights(rows), x0=x0, max_nfev=max_nfev)
+    start = dataclasses.replace(x0 or DEFAULT_CONSTANTS, **{k: getattr(DEFAULT_CONSTANTS, k) for k in HELD})
+    c, _ = fit_constants(problem.table.subset(m), problem.seconds[m], group_weights(rows), x0=start,
+                         fixed=HELD, max_nfev=max_nfev)
     return c
 
 

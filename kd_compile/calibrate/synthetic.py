@@ -22,6 +22,7 @@ def synthetic_problem(
     from ..profilers.fusion import KERNEL_CLASSES, Kernel
 
     rng = np.random.default_rng(seed)
+    classes = [c for c in KERNEL_CLASSES if c != "view"]
     setups = [("rtx3090", "fp16", "torch"), ("1080ti", "fp32", "torch"), ("t4", "fp16", "tensorrt"),
               ("jetson-agx-xavier", "fp16", "tensorrt"), ("jetson-agx-xavier", "fp16", "torch"),
               ("2080ti", "fp32", "torch")]
@@ -30,7 +31,7 @@ def synthetic_problem(
     for _ in range(n_models):
         kern = []
         for _ in range(int(rng.integers(8, 40))):
-            op = KERNEL_CLASSES[int(rng.integers(0, len(KERNEL_CLASSES)))]
+            op = classes[int(rng.integers(0, len(classes)))]
             act = float(10 ** rng.uniform(3, 7))
             flops = 0.0 if op == "elementwise" else act * float(10 ** rng.uniform(-1, 3))
             n = int(rng.integers(1, 4))

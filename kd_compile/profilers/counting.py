@@ -3,10 +3,16 @@
 One forward pass at batch 1 (on the device the model's parameters live on: CPU, or ``meta``
 for a model built under ``torch.device("meta")``, which costs no real compute) is traced at the
 ATen level. Every non-view ATen op becomes an :class:`OpRecord` attributed to the innermost
-module that was running when it was dispatched; a *layer* is the set of ops of one module
-(leaf modules, plus the functional ops a non-leaf module runs itself, such as a residual add
-or ``scaled_dot_product_attention``). Counts at batch 1 are scaled to the requested batch:
-FLOPs and activation bytes are per sample, weight bytes are not.
+module that was running when it was dispatched, and so does every call the model makes from Python
+that returns only views of its inputs (``x.view``, ``transpose``, ``permute``, ``flatten``,
+``chunk``, slicing: op class ``view``). A view moves no data and launches no kernel, but eager
+PyTorch dispatches it on the host like any other call (a channel shuffle, three views and a
+copy, adds 0.18-0.25 of an FBNet block's time on every HELP GPU, about twice what its copy alone
+was predicted to: ``benchmarks/help_ceiling.py``); views that an ATen op makes internally
+(``linear``'s transposed weight) are part of that op's dispatch and are not counted. A *layer* is
+the set of ops of one module (leaf modules, plus the functional ops a non-leaf module runs
+itself, such as a residual add or ``scaled_dot_product_attention``). Counts at batch 1 are scaled
+to the requested batch: FLOPs and activation bytes are per sample, weight bytes are not.
 
 FLOPs come from ``torch.utils.flop_counter``: each op is counted with the same formula table
 (``flop_registry``) that ``FlopCounterMode`` uses, and ``FlopCounterMode`` runs around the trace
@@ -24,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -31,7 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from .base import InputSpec, LayerCost, Measurement, Profiler, register_profiler
 
 # Op classes the roofline model gives distinct efficiencies to.
-OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "batchnorm", "norm", "pool", "elementwise", "copy", "concat")
+OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "batchnorm", "norm", "pool", "elementwise", "copy", "concat",
+              "view")
 
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm"}
 # BatchNorm is its own class: inference runtimes fold it into the preceding conv.
@@ -95,7 +103,8 @@ class OpTrace:
     """Everything counted in one forward at batch 1.
 
     Attributes:
-        ops: non-view ATen ops in execution order.
+        ops: non-view ATen ops and Python-level view calls (op ``view``, no cost but the
+            host's dispatch) in execution order.
         params: number of parameters.
         weight_bytes: bytes of parameters and buffers.
         total_flops: ``FlopCounterMode.get_total_flops()`` for the same forward.
@@ -210,6 +219,33 @@ class _Tracer(TorchDispatchMode):
         return out
 
 
+class _ViewCalls(TorchFunctionMode):
+    """Records each Python-level call that returns only views of its inputs as a ``view`` op.
+
+    A torch-function mode sees the calls the model's Python code makes, not the ATen ops they
+    decompose into (the mode is off while its handler runs), so ``x.view(...)`` counts once and
+    ``linear``'s internal weight transpose not at all. An in-place op returns its input and is not
+    a view call; a copy (``contiguous`` of a transposed tensor, ``reshape`` that must copy) is an
+    ATen op the dispatch tracer records.
+    """
+
+    def __init__(self, tracer: _Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = _tensors(out)
+        if outs:
+            ins = _tensors((args, kwargs))
+            roots = {id(t._base if t._base is not None else t) for t in ins}
+            # a view of an input (not one of an internal result, as a 3-D ``linear``'s output is)
+            if all(t._base is not None and id(t._base) in roots for t in outs) and not any(
+                    t is i for t in outs for i in ins):
+                self.tracer.ops.append(OpRecord(self.tracer.stack[-1], "view", 0, 0, 0, 0, 0))
+        return out
+
+
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     """Run one forward at batch 1 and record its ops (see module docstring).
 
@@ -260,7 +296,7 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     fc = FlopCounterMode(display=False)
     tracer = _Tracer(weight_ids, stack)
     try:
-        with torch.no_grad(), fc, tracer:
+        with torch.no_grad(), fc, tracer, _ViewCalls(tracer):
             out = model(x)
         peak = max(peak, _nbytes(x) + sum(_nbytes(t) for t in _tensors(out)))
     finally:
@@ -292,6 +328,8 @@ def layers_from_ops(
     """
     order: dict[str, list[OpRecord]] = {}
     for r in ops:
+        if r.op == "view":  # no FLOPs, no bytes: not a layer of its own
+            continue
         order.setdefault(r.module, []).append(r)
     out: list[LayerCost] = []
     for name, rs in order.items():
@@ -323,7 +361,7 @@ def count(model: nn.Module, input_spec: InputSpec, trace: OpTrace | None = None)
         ``Measurement(method="counted", device="any", runtime="none")`` with ``params``,
         ``flops`` (2 x MACs per batch), ``activation_bytes`` (sum of leaf-module outputs),
         ``weight_bytes``, ``peak_activation_bytes`` and ``layers``; ``extra["ops"]`` holds the
-        number of costed ATen ops. The sum of layer FLOPs equals ``flops``.
+        number of costed ATen ops (view calls not included). The sum of layer FLOPs equals ``flops``.
         ``trace``: a ``trace_ops`` result for this model and shape, to avoid a second forward.
     """
     tr = trace if trace is not None else trace_ops(model, tuple(input_spec.shape))
@@ -348,7 +386,7 @@ def count(model: nn.Module, input_spec: InputSpec, trace: OpTrace | None = None)
         weight_bytes=tr.weight_bytes,
         peak_activation_bytes=b * tr.peak_act_bytes,
         layers=tuple(layers),
-        extra={"ops": len(tr.ops), "input_shape": list(input_spec.shape)},
+        extra={"ops": sum(r.op != "view" for r in tr.ops), "input_shape": list(input_spec.shape)},
     )
 
 

@@ -13,7 +13,9 @@ Fusion rules per runtime (the graph rewrites each runtime is documented to do):
 * ``onnxruntime``: BN folded into conv; one activation fused into the preceding conv/GEMM
   (ORT's ``FusedConv``/``FusedGemm``); every other op is its own kernel.
 * ``torch`` (eager): no fusion, every ATen op is a kernel, and each pays the framework's
-  dispatch on the host. A concat is one kernel (ONNX Runtime's too).
+  dispatch on the host. A concat is one kernel (ONNX Runtime's too). A Python-level view call
+  (``view``, ``transpose``, slicing) is a host-only "kernel": dispatched like any op, no GPU work.
+  Graph runtimes resolve views at build time: they launch nothing for them.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import numpy as np
 from .counting import OpRecord
 
 # Kernel classes: GEMM-like classes have their own compute efficiency.
-KERNEL_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise")
+KERNEL_CLASSES = ("conv", "dwconv", "matmul", "attention", "elementwise", "view")
 _CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
 # op class from counting -> kernel class; norm/pool are memory-bound like pointwise ops.
 _TO_KERNEL = {"conv": "conv", "dwconv": "dwconv", "matmul": "matmul", "attention": "attention",
               "batchnorm": "elementwise", "norm": "elementwise", "pool": "elementwise", "elementwise": "elementwise",
-              "copy": "elementwise", "concat": "elementwise"}
+              "copy": "elementwise", "concat": "elementwise", "view": "view"}
 # ATen ops that go through a library call (cuDNN/cuBLAS/fused norm kernels): heavier to dispatch.
 LIBRARY_OPS = frozenset({"conv", "dwconv", "matmul", "attention", "batchnorm", "norm"})
 
@@ -100,6 +102,8 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
     rules = RUNTIME_RULES[runtime]
     kernels: list[dict[str, Any]] = []
     for r in ops:
+        if r.op == "view" and not rules.per_op_host:
+            continue  # resolved when the graph is built
         prev = kernels[-1] if kernels else None
         if r.op == "concat" and rules.eliminate_concat:
             if r.ch == 0 and prev is not None:

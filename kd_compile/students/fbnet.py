@@ -92,7 +92,11 @@ def _decode(op: str) -> tuple[int, int, int]:
 
 
 class ChannelShuffle(nn.Module):
-    """ShuffleNet's channel shuffle: (N, C, H, W) -> (N, C, H, W), channels interleaved by group."""
+    """ShuffleNet's channel shuffle: (N, C, H, W) -> (N, C, H, W), channels interleaved by group.
+
+    Written as HW-NAS-Bench's FBNet writes it (``view``, ``permute``, ``contiguous``, ``view``),
+    so that eager PyTorch dispatches the same calls as in the measured HELP tables.
+    """
 
     def __init__(self, groups: int) -> None:
         super().__init__()
@@ -101,7 +105,7 @@ class ChannelShuffle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""
         n, c, h, w = x.shape
-        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return x.view(n, self.groups, c // self.groups, h, w).permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
 
 
 class FBNetBlock(nn.Module):

@@ -85,3 +85,28 @@ def test_functional_ops_in_parent_are_attributed() -> None:
     assert sum(layer.flops for layer in m.layers) == m.flops
     assert m.flops == 2 * 4 * 6 * 6 + 2 * 4 * 6 * 4 + 2 * 4 * 4 * 6
     assert any(layer.name == "(model)" and layer.flops > 0 for layer in m.layers)
+
+
+class _Shuffle(nn.Module):
+    """HW-NAS-Bench's channel shuffle, then a 3-D linear (whose internal views are not calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = x.view(n, 2, c // 2, h, w)
+        y = torch.transpose(y, 1, 2).contiguous()
+        y = y.view(n, -1, h, w).relu_()  # in place: returns its input, not a view call
+        return self.fc(y.flatten(2))
+
+
+def test_python_level_view_calls_are_recorded_once_each() -> None:
+    tr = trace_ops(_Shuffle(), (4, 2, 2))
+    assert [r.op for r in tr.ops] == ["view", "view", "copy", "view", "elementwise", "view", "matmul"]
+    views = [r for r in tr.ops if r.op == "view"]
+    assert all((r.flops, r.in_bytes, r.out_bytes, r.weight_bytes) == (0, 0, 0, 0) for r in views)
+    assert views[-1].module == ""  # the flatten is the root's own call; linear's views are internal
+    m = count(_Shuffle(), InputSpec((4, 2, 2)))
+    assert m.extra["ops"] == 3 and all(layer.op != "view" for layer in m.layers)

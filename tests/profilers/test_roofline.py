@@ -108,7 +108,8 @@ def test_fit_recovers_known_constants() -> None:
                      h_pw_us=15.0, h_kernel_us=6.0, edge=2.8, t0_graph_us=1.8)
     table, secs, w = synthetic_problem(true, n_models=60, seed=1)
     noisy = secs * np.exp(np.random.default_rng(2).normal(0, 0.003, len(secs)))
-    fit, q = fit_constants(table, noisy, w)
+    # every constant free (calibrate's fits hold two); h_kernel's default, 0 (held), is no start
+    fit, q = fit_constants(table, noisy, w, x0=Constants(h_kernel_us=8.0))
     for k, v in true.to_dict().items():
         assert getattr(fit, k) == pytest.approx(v, rel=0.1), k
     assert q["median_ape"] < 0.01 and q["spearman"] > 0.99
@@ -185,3 +186,42 @@ def test_tensorrt_copies_concat_inputs_and_layout_copies_run_alone() -> None:
         assert sum(k.op == "elementwise" for k in fuse([conv, moved], rt)) == 1
     copy = OpRecord("shuffle", "copy", 0, 0, 1000, 1000, 0)
     assert len(fuse([conv, copy], "tensorrt")) == 2 and len(fuse([conv, copy], "onnxruntime")) == 2
+
+
+def test_view_calls_cost_eager_dispatch_only_and_nothing_in_graph_runtimes() -> None:
+    """A Python-level view is a host-only op in eager PyTorch (``h_pw``, no GPU time, so no
+    ``t0``) and launches nothing in TensorRT, ONNX Runtime or ``torch.compile``."""
+    conv = OpRecord("conv", "conv", 10**6, 100, 1000, 1000, 64)
+    view = OpRecord("shuffle", "view", 0, 0, 0, 0, 0)
+    for rt in ("tensorrt", "onnxruntime", "inductor"):
+        assert fuse([conv, view], rt) == fuse([conv], rt)
+    eager = fuse([conv, view, view], "torch")
+    assert [k.op for k in eager] == ["conv", "view", "view"]
+    for target in ("2080ti", "jetson-agx-xavier"):
+        p = RooflineProfiler(target, "fp32", "torch", constants=C)
+        alone = p.predict_ops([view], 1)
+        edge = C.edge if get_target(target).kind == "edge-gpu" else 1.0
+        assert alone.latency_ms == pytest.approx(C.h_pw_us * 1e-3 * edge, rel=1e-9)
+        # no GPU time even at a batch where every real kernel is GPU-bound
+        assert p.predict_ops([conv, view], 4096).latency_ms == pytest.approx(
+            p.predict_ops([conv], 4096).latency_ms + alone.latency_ms, rel=1e-9)
+
+
+def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
+    """``fit_on`` holds ``calibrate.HELD`` at their defaults, whatever the data and the start say;
+    the other constants move."""
+    from kd_compile.calibrate import HELD, fit_on
+    from kd_compile.calibrate.problem import Problem
+    from kd_compile.calibrate.tables import MeasuredRow
+    from kd_compile.profilers.roofline import DEFAULT_CONSTANTS
+
+    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0)
+    table, secs, _ = synthetic_problem(true, n_models=20, seed=3)
+    rows = [MeasuredRow(f"m{i}", "d", "torch", "fp32", 1, float(x), "t") for i, x in enumerate(secs)]
+    ones = np.ones(len(rows))
+    problem = Problem(rows, table, np.asarray(secs), ones, ones, ones.astype(bool))
+    fit = fit_on(problem, np.ones(len(rows), bool), x0=true, max_nfev=30)
+    assert set(HELD) == {"t0_us", "h_kernel_us"}
+    for k in HELD:
+        assert getattr(fit, k) == getattr(DEFAULT_CONSTANTS, k)
+    assert fit.h_lib_us != DEFAULT_CONSTANTS.h_lib_us
