@@ -78,7 +78,13 @@ bar for the other (views alone 0.955/0.944; ``t0`` at most 5 us alone 0.940/0.95
 us instead of 5: 0.954/0.958 and 0.956/0.957, TensorRT 88% both. ``h_kernel`` is held at 0 because
 the TensorRT tables cannot tell it from ``t0_graph`` (both are per-kernel costs, and on the Jetsons,
 the only TensorRT devices left when the T4 is held out, ``edge`` multiplies both): fitted, the
-held-out T4 went from 77-85% to 46% within 35% as the NAS share of the fits changed.
+held-out T4 went from 77-85% to 46% within 35% as the NAS share of the fits changed. Tried against
+TensorRT batch 1 with the family left out (66% within 35%, the AGX Xavier's VGGs 1.44x too slow
+once its device scales are fitted without them) and left out: separate compute and memory device
+scales (48% on the AGX Xavier against 52%, VGG 1.45-1.67x), and a stronger pull of the device
+scales toward 1 (ridge 0.1 -> 2: 85%, but the devices' own 5-fold error, the criterion such a prior
+is chosen on, goes from 9.2% to 10.2%; choosing it on the family-left-out figure would select on
+the test).
 
 Fusion rules per runtime: :mod:`.fusion`.
 
