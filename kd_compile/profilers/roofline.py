@@ -32,9 +32,9 @@ the eager host costs ``h_lib`` and ``h_pw`` (per ATen op), and the Jetson host f
 held: ``t0`` (an eager op's fixed GPU cost, 5 us) and ``h_kernel`` (a graph runtime's host cost per
 kernel, 0), for the reasons at the end of this paragraph. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
-block on TensorRT), and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed costs and a
-``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables' per-op GPU
-overhead no longer sets it) together moved TensorRT batch 1 with the device left out from 52% of
+block on TensorRT), and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed
+costs and a ``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables'
+per-op GPU overhead no longer sets it) together moved TensorRT batch 1 with the device left out from 52% of
 models within 35% to 89% (``benchmarks/latency_accuracy.py``; 86-89% whatever share of the NAS
 tables the fits use, against 70-92% with one shared ``t0``): without the copies, DenseNets on a
 Jetson ran 2.5-3.7x slower than predicted and the fit inflated every kernel's fixed cost to make up
@@ -182,9 +182,10 @@ class Constants:
 
 
 CONSTANT_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Constants))
-# Rough starting values (used only when no calibration file exists, e.g. a fresh checkout
-# without the committed JSON): typical cuDNN/cuBLAS fractions of peak and dispatch costs of the
-# order the HELP eager tables show. The committed fit replaces them.
+# The fits' starting point and the values of the constants they hold (``calibrate.HELD``: t0_us,
+# h_kernel_us); used as they are only when no calibration file exists (a fresh checkout without
+# the committed JSON): typical cuDNN/cuBLAS fractions of peak and dispatch costs of the order the
+# HELP eager tables show.
 DEFAULT_CONSTANTS = Constants()
 
 
