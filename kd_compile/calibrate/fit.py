@@ -129,14 +129,15 @@ def fit_constants(
 
 def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]) -> tuple[np.ndarray, np.ndarray]:
     s = [scales.get(r.device, DeviceScales()) for r in rows]
-    return np.array([x.roofline for x in s]), np.array([x.fixed_for(r.runtime) for x, r in zip(s, rows, strict=True)])
+    return (np.array([x.roofline_for(r.runtime) for x, r in zip(s, rows, strict=True)]),
+            np.array([x.fixed_for(r.runtime) for x, r in zip(s, rows, strict=True)]))
 
 
 def fit_scales(
     table: KernelTable, measured_s: np.ndarray, rows: Sequence[MeasuredRow], constants: Constants,
     ridge: float = 0.1,
 ) -> DeviceScales:
-    """One device's scales (roofline, and fixed costs per runtime) with the constants fixed.
+    """One device's scales (roofline and fixed costs, each per runtime) with the constants fixed.
 
     Robust least squares on log latency with a weak pull of log(scale) toward 0 (``ridge``), so a
     handful of rows cannot run a scale away.
@@ -148,16 +149,19 @@ def fit_scales(
     rt_idx = np.array([runtimes.index(r.runtime) for r in rows])
     sw = np.sqrt(group_weights(rows))
 
+    k = len(runtimes)
+
     def scaled(z: np.ndarray) -> KernelTable:
-        return table.with_scales(np.full(len(rows), math.exp(z[0])), np.exp(z[1:])[rt_idx])
+        return table.with_scales(np.exp(z[:k])[rt_idx], np.exp(z[k:])[rt_idx])
 
     def resid(z: np.ndarray) -> np.ndarray:
         return np.concatenate([sw * (np.log(row_seconds(scaled(z), constants)) - y), ridge * z])
 
-    r = least_squares(resid, np.zeros(1 + len(runtimes)), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
+    r = least_squares(resid, np.zeros(2 * k), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
                       loss="soft_l1", f_scale=0.3)
-    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[1:], strict=True)}
-    return DeviceScales(round(math.exp(r.x[0]), 5), fixed)
+    roof = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[:k], strict=True)}
+    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[k:], strict=True)}
+    return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof)
 
 
 def predict(problem: Problem, mask: np.ndarray, constants: Constants,

@@ -39,52 +39,15 @@ models within 35% to 89% (``benchmarks/latency_accuracy.py``; 86-89% whatever sh
 tables the fits use, against 70-92% with one shared ``t0``): without the copies, DenseNets on a
 Jetson ran 2.5-3.7x slower than predicted and the fit inflated every kernel's fixed cost to make up
 for it. A device with measurements also gets *device scales* fitted on its own rows (a device
-without keeps 1): ``s_roofline`` (sustained throughput, e.g. a 70 W T4 that cannot hold its boost
-clock on tensor cores) and ``s_fixed`` per runtime (its host's dispatch speed and launch path).
+without keeps 1), each per runtime measured there: ``s_roofline`` (sustained throughput, e.g. a 70 W
+T4 that cannot hold its boost clock on tensor cores; per runtime because TensorRT's tuned tactics
+and eager cuDNN reach different shares of one datasheet: on the AGX Xavier one shared scale left
+VGG 1.40x too slow in TensorRT and 0.72x in eager fp16, and per runtime the device's own 5-fold
+median error went from 17.8% to 9.9%) and ``s_fixed`` (its host's dispatch speed and launch path).
 ``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
 follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
-recurrence). Tried and left out because they transferred worse between devices (figures from before
-``t0_graph``): an occupancy term (SMs x tile; the fits drove it to zero), a power-limited
-tensor-core peak (``1/P + 1/(k x TDP)``: TensorRT batch-1 within-35% with the device left out 88% ->
-89%, eager batch-32 minimum Spearman 0.940 -> 0.936), a GEMM-rows half-saturation (rows = 2 F_k /
-W_k per kernel, so batch-1 convs on 7x7 maps lose tensor-core tiles: TensorRT batch-1 within-35% 88%
--> 59%, eager batch-32 minimum Spearman 0.940 -> 0.919), and Python module-call and view-op host
-costs (implementation-specific). Also tried (before the copy rules) against the eager batch-32/64
-ranks with the device left out (min Spearman then 0.940/0.951), none lifting batch 32: a GEMM-rows
-half-saturation (batch x output pixels, 0.918/0.923), a bandwidth half-saturation per kernel (fitted
-to ~0), a separate bandwidth efficiency for pointwise kernels (0.942/0.954), a soft max of GPU and
-host time (0.936/0.935), depthwise convs as native (non-cuDNN) ops on the host (0.930/0.942), and
-``t0`` as a floor under eager kernels rather than added (0.939/0.955; TensorRT batch-1 31% -> 25%,
-eager batch 1 within-35% 79% -> 77%). What limits batch 32 is the host: HELP's 2080 Ti machine
-dispatches library ops relatively faster (in-device h_lib 49 us vs 74 us fitted elsewhere), which no
-datasheet term predicts; its own host constants alone would give 0.967. How much ranking each HELP
-column allows at all (an additive oracle fitted on the column itself) and where the FBNet blocks'
-costs go: ``benchmarks/help_ceiling.py``. Tried after the ``t0_graph`` fit (min Spearman at batch
-32/64 then 0.944/0.950, TensorRT batch 1 89%): the channel shuffle's three view ops as host-only
-eager ops at ``h_pw`` (the shuffle costs 0.18-0.25 of a block on every HELP GPU, 0.10-0.13
-predicted): 0.955/0.944, TensorRT 88%, so batch 32 passes and batch 64 fails; a depthwise rate
-of SMs x clock x 64 lanes (Pascal and GA10x-and-later SMs double their FP32 lanes, and HELP's
-depthwise costs do follow SMs x clock on four of its five GPUs): 0.925/0.929, TensorRT 82% (the
-held-out T4 46%); ``h_kernel`` fixed at ~0: 0.942/0.950, TensorRT 89% (no gain, but the held-out T4
-no longer flips between 85% and 38% when the eager tables change slightly: the fit otherwise trades
-``h_kernel`` against ``t0_graph``). What then moved eager batch 32/64 with the device left out from
-0.944/0.950 to 0.954/0.957 (TensorRT batch 1 89% -> 87% within 35%, 87-89% whatever NAS share the
-fits use): counting eager view calls (:mod:`.counting`; our FBNet's shuffle is written as
-HW-NAS-Bench's, ``view``, ``permute``, ``contiguous``, ``view``) *and* holding ``t0`` at 5 us.
-Fitted, ``t0`` rose to 27 us and ``h_pw`` fell to 2 us: a pointwise op costs max(t0, h_pw) either
-way, so the fit put its host dispatch on the GPU side, where it ignored a faster host and gave every
-batch-64 kernel, even one on a 4x4 map, at least 27 us of GPU time. Either change alone trades one
-bar for the other (views alone 0.955/0.944; ``t0`` at most 5 us alone 0.940/0.956). Held at 3 or 8
-us instead of 5: 0.954/0.958 and 0.956/0.957, TensorRT 88% both. ``h_kernel`` is held at 0 because
-the TensorRT tables cannot tell it from ``t0_graph`` (both are per-kernel costs, and on the Jetsons,
-the only TensorRT devices left when the T4 is held out, ``edge`` multiplies both): fitted, the
-held-out T4 went from 77-85% to 46% within 35% as the NAS share of the fits changed. Tried against
-TensorRT batch 1 with the family left out (66% within 35%, the AGX Xavier's VGGs 1.44x too slow
-once its device scales are fitted without them) and left out: separate compute and memory device
-scales (48% on the AGX Xavier against 52%, VGG 1.45-1.67x), and a stronger pull of the device
-scales toward 1 (ridge 0.1 -> 2: 85%, but the devices' own 5-fold error, the criterion such a prior
-is chosen on, goes from 9.2% to 10.2%; choosing it on the family-left-out figure would select on
-the test).
+recurrence). What was tried and left out, with its figures, and what moved which bar:
+``docs/latency-predictor.md``.
 
 Fusion rules per runtime: :mod:`.fusion`.
 
@@ -194,24 +157,38 @@ class DeviceScales:
     """Per-device corrections fitted on that device's own measurements (1 = none).
 
     Attributes:
-        roofline: multiplies every kernel's compute/memory time (sustained vs datasheet throughput).
+        roofline: multiplies every kernel's compute/memory time (sustained vs datasheet throughput)
+            for a runtime without a scale of its own in ``roofline_by_runtime``; a fit sets it to
+            the geometric mean of those.
         fixed: multiplies the fixed per-kernel costs (host dispatch, launch), per runtime
             (``{"tensorrt": 0.8}``); missing runtimes: 1.
+        roofline_by_runtime: the roofline scale of each runtime measured on the device (TensorRT's
+            tuned tactics and eager PyTorch's cuDNN heuristics reach different shares of the same
+            datasheet: on the AGX Xavier VGG runs at the predicted rate in TensorRT and at half of
+            it in eager fp16).
     """
 
     roofline: float = 1.0
     fixed: dict[str, float] = field(default_factory=dict)
+    roofline_by_runtime: dict[str, float] = field(default_factory=dict)
 
     def fixed_for(self, runtime: str) -> float:
         return float(self.fixed.get(runtime, 1.0))
 
+    def roofline_for(self, runtime: str) -> float:
+        return float(self.roofline_by_runtime.get(runtime, self.roofline))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"roofline": self.roofline, "fixed": dict(self.fixed)}
+        d: dict[str, Any] = {"roofline": self.roofline, "fixed": dict(self.fixed)}
+        if self.roofline_by_runtime:
+            d["roofline_by_runtime"] = dict(self.roofline_by_runtime)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DeviceScales:
         d = d or {}
-        return cls(float(d.get("roofline", 1.0)), {k: float(v) for k, v in (d.get("fixed") or {}).items()})
+        return cls(float(d.get("roofline", 1.0)), {k: float(v) for k, v in (d.get("fixed") or {}).items()},
+                   {k: float(v) for k, v in (d.get("roofline_by_runtime") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -412,7 +389,7 @@ def predict_kernels(
     rows = kernel_rows(kernels)
     # one row per kernel so each keeps its own time (no de-duplication)
     table = KernelTable.build([r[None, :] for r in rows], [batch] * len(rows), [dev] * len(rows),
-                              [(s.roofline, s.fixed_for(runtime))] * len(rows))
+                              [(s.roofline_for(runtime), s.fixed_for(runtime))] * len(rows))
     gpu, host = kernel_seconds(table, constants)
     return kernels, np.maximum(gpu, host)
 

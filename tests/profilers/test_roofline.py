@@ -225,3 +225,34 @@ def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
     for k in HELD:
         assert getattr(fit, k) == getattr(DEFAULT_CONSTANTS, k)
     assert fit.h_lib_us != DEFAULT_CONSTANTS.h_lib_us
+
+
+def test_device_roofline_scale_is_fitted_per_runtime() -> None:
+    """A device measured in two runtimes gets a roofline scale for each (TensorRT's tactics and
+    eager cuDNN reach different shares of one datasheet); a runtime it was not measured in falls
+    back to their geometric mean, and the scales survive a calibration file."""
+    from kd_compile.calibrate import fit_scales
+    from kd_compile.calibrate.tables import MeasuredRow
+    from kd_compile.profilers.roofline import DeviceTerms, KernelTable, kernel_rows, row_seconds
+
+    rng = np.random.default_rng(0)
+    agx = get_target("jetson-agx-xavier")
+    kernels, batches, devs, rows = [], [], [], []
+    for i in range(40):
+        runtime = ("tensorrt", "torch")[i % 2]
+        ops = [OpRecord("c", "conv", int(10 ** rng.uniform(8, 10)), 10**5, 10**5, 10**5, 64),
+               OpRecord("a", "elementwise", 0, 0, 10**5, 10**5, 0)] * int(rng.integers(1, 20))
+        kernels.append(kernel_rows(fuse(ops, runtime)))
+        batches.append(1)
+        devs.append(DeviceTerms.of(agx, "fp16", runtime))
+        rows.append(MeasuredRow(f"m{i // 2}", agx.name, runtime, "fp16", 1, 0.0, "t"))
+    table = KernelTable.build(kernels, batches, devs)
+    truth = {"tensorrt": 1.2, "torch": 2.4}
+    roof = np.array([truth[r.runtime] for r in rows])
+    secs = row_seconds(table.with_scales(roof, np.ones(len(rows))), C)
+    s = fit_scales(table, secs, rows, C, ridge=0.0)
+    for rt, v in truth.items():
+        assert s.roofline_for(rt) == pytest.approx(v, rel=0.02)
+    assert s.roofline_for("onnxruntime") == pytest.approx((1.2 * 2.4) ** 0.5, rel=0.02)
+    assert DeviceScales.from_dict(s.to_dict()) == s
+    assert DeviceScales.from_dict({"roofline": 1.5}).roofline_for("torch") == 1.5  # older files
