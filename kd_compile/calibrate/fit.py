@@ -44,7 +44,7 @@ _UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.
           "h_lib_us": 1000.0, "h_pw_us": 1000.0, "h_kernel_us": 100.0, "edge": 30.0, "t0_graph_us": 100.0}
 
 
-# Constants every fit holds at their ``DEFAULT_CONSTANTS`` value (see the roofline docstring):
+# Constants every fit holds at their ``DEFAULT_CONSTANTS`` value (docs/latency-predictor.md):
 # ``t0_us``, an eager op's fixed GPU cost, which the eager tables cannot tell from the host cost of
 # pointwise ops, and ``h_kernel_us``, a graph runtime's host cost per kernel, which the TensorRT
 # tables cannot tell from ``t0_graph_us``.

@@ -30,7 +30,7 @@ that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
 channel half-saturation ``c_half``, the fixed GPU cost per kernel ``t0_graph`` of graph runtimes,
 the eager host costs ``h_lib`` and ``h_pw`` (per ATen op), and the Jetson host factor ``edge``;
 held: ``t0`` (an eager op's fixed GPU cost, 5 us) and ``h_kernel`` (a graph runtime's host cost per
-kernel, 0), for the reasons at the end of this paragraph. Graph runtimes' kernels follow
+kernel, 0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
 block on TensorRT), and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed
 costs and a ``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables'
