@@ -146,7 +146,7 @@ def nearest_gpu(problem: Problem, test: np.ndarray, constants: Constants, scales
             continue
         d = DeviceTerms.of(get_target(near), r.precision, r.runtime)
         s = scales.get(near, DeviceScales())
-        dev[j] = [*device_columns(d), s.roofline_for(r.runtime), s.fixed_for(r.runtime)]
+        dev[j] = [*device_columns(d), s.roofline_for(r.runtime), s.fixed_for(r.runtime), s.memory_for(r.runtime)]
         ratio[j] = d.peak_tc / problem.table.dev[i, 0]
     p = row_seconds(dataclasses.replace(sub, dev=dev), constants)
     out[idx] = p * ratio

@@ -127,20 +127,24 @@ def fit_constants(
     return c, quality(row_seconds(table, c), np.asarray(measured_s, float))
 
 
-def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]) -> tuple[np.ndarray, np.ndarray]:
+def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = [scales.get(r.device, DeviceScales()) for r in rows]
     return (np.array([x.roofline_for(r.runtime) for x, r in zip(s, rows, strict=True)]),
-            np.array([x.fixed_for(r.runtime) for x, r in zip(s, rows, strict=True)]))
+            np.array([x.fixed_for(r.runtime) for x, r in zip(s, rows, strict=True)]),
+            np.array([x.memory_for(r.runtime) for x, r in zip(s, rows, strict=True)]))
 
 
 def fit_scales(
     table: KernelTable, measured_s: np.ndarray, rows: Sequence[MeasuredRow], constants: Constants,
     ridge: float = 0.1,
 ) -> DeviceScales:
-    """One device's scales (roofline and fixed costs, each per runtime) with the constants fixed.
+    """One device's scales (compute, memory and fixed costs, each per runtime) with the constants
+    fixed.
 
-    Robust least squares on log latency with a weak pull of log(scale) toward 0 (``ridge``), so a
-    handful of rows cannot run a scale away.
+    Robust least squares on log latency with a weak pull of every log(scale) toward 0 (``ridge``),
+    so a handful of rows cannot run a scale away, and a scale the device's rows say little about
+    (the compute scale of a device measured only on host- and memory-bound networks) stays near 1.
     """
     from scipy.optimize import least_squares
 
@@ -152,24 +156,26 @@ def fit_scales(
     k = len(runtimes)
 
     def scaled(z: np.ndarray) -> KernelTable:
-        return table.with_scales(np.exp(z[:k])[rt_idx], np.exp(z[k:])[rt_idx])
+        return table.with_scales(np.exp(z[:k])[rt_idx], np.exp(z[k:2 * k])[rt_idx], np.exp(z[2 * k:])[rt_idx])
 
     def resid(z: np.ndarray) -> np.ndarray:
         return np.concatenate([sw * (np.log(row_seconds(scaled(z), constants)) - y), ridge * z])
 
-    r = least_squares(resid, np.zeros(2 * k), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
+    r = least_squares(resid, np.zeros(3 * k), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
                       loss="soft_l1", f_scale=0.3)
     roof = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[:k], strict=True)}
-    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[k:], strict=True)}
-    return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof)
+    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[k:2 * k], strict=True)}
+    mem = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[2 * k:], strict=True)}
+    return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof,
+                        round(math.exp(float(np.mean(r.x[2 * k:]))), 5), mem)
 
 
 def predict(problem: Problem, mask: np.ndarray, constants: Constants,
             scales: dict[str, DeviceScales] | None = None) -> np.ndarray:
     """Predicted seconds of the rows in ``mask``, with per-device scales (default 1)."""
     rows = [r for r, m in zip(problem.rows, mask, strict=True) if m]
-    g, h = _scale_columns(rows, scales or {})
-    return row_seconds(problem.table.subset(mask).with_scales(g, h), constants)
+    g, h, m = _scale_columns(rows, scales or {})
+    return row_seconds(problem.table.subset(mask).with_scales(g, h, m), constants)
 
 
 def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300) -> Constants:

@@ -4,8 +4,8 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 (:func:`fuse`). At batch ``b`` each kernel ``k`` costs the larger of what the GPU needs and what the
 host needs to issue it, and a model costs the sum over its kernels::
 
-    gpu_k  = s_roofline x max( b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
-                               (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
+    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
+                  s_memory x (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
     t      = sum_k max(gpu_k, host_k)
@@ -43,7 +43,10 @@ without keeps 1), each per runtime measured there: ``s_roofline`` (sustained thr
 T4 that cannot hold its boost clock on tensor cores; per runtime because TensorRT's tuned tactics
 and eager cuDNN reach different shares of one datasheet: on the AGX Xavier one shared scale left
 VGG 1.40x too slow in TensorRT and 0.72x in eager fp16, and per runtime the device's own 5-fold
-median error went from 17.8% to 9.9%) and ``s_fixed`` (its host's dispatch speed and launch path).
+median error went from 17.8% to 9.9%), ``s_memory`` (its sustained share of DRAM bandwidth, and
+of caches, which is not its share of peak FLOP/s: with one scale for both, the devices' own 5-fold
+median error averaged 8.5%, with two 6.6%, better on every device) and ``s_fixed`` (its host's
+dispatch speed and launch path).
 ``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
 follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
 recurrence). What was tried and left out, with its figures, and what moved which bar:
@@ -157,20 +160,27 @@ class DeviceScales:
     """Per-device corrections fitted on that device's own measurements (1 = none).
 
     Attributes:
-        roofline: multiplies every kernel's compute/memory time (sustained vs datasheet throughput)
-            for a runtime without a scale of its own in ``roofline_by_runtime``; a fit sets it to
-            the geometric mean of those.
+        roofline: multiplies every kernel's compute time (sustained vs datasheet throughput) for a
+            runtime without a scale of its own in ``roofline_by_runtime``; a fit sets it to the
+            geometric mean of those.
         fixed: multiplies the fixed per-kernel costs (host dispatch, launch), per runtime
             (``{"tensorrt": 0.8}``); missing runtimes: 1.
-        roofline_by_runtime: the roofline scale of each runtime measured on the device (TensorRT's
+        roofline_by_runtime: the compute scale of each runtime measured on the device (TensorRT's
             tuned tactics and eager PyTorch's cuDNN heuristics reach different shares of the same
             datasheet: on the AGX Xavier VGG runs at the predicted rate in TensorRT and at half of
             it in eager fp16).
+        memory: multiplies every kernel's memory time for a runtime without a scale of its own in
+            ``memory_by_runtime`` (a fit: their geometric mean); ``None`` (files written before
+            the memory scale had its own): the compute scale.
+        memory_by_runtime: the memory scale of each runtime measured on the device (a device's
+            sustained share of its DRAM bandwidth and caches is not its share of its peak FLOP/s).
     """
 
     roofline: float = 1.0
     fixed: dict[str, float] = field(default_factory=dict)
     roofline_by_runtime: dict[str, float] = field(default_factory=dict)
+    memory: float | None = None
+    memory_by_runtime: dict[str, float] = field(default_factory=dict)
 
     def fixed_for(self, runtime: str) -> float:
         return float(self.fixed.get(runtime, 1.0))
@@ -178,17 +188,28 @@ class DeviceScales:
     def roofline_for(self, runtime: str) -> float:
         return float(self.roofline_by_runtime.get(runtime, self.roofline))
 
+    def memory_for(self, runtime: str) -> float:
+        if runtime in self.memory_by_runtime:
+            return float(self.memory_by_runtime[runtime])
+        return self.roofline_for(runtime) if self.memory is None else float(self.memory)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"roofline": self.roofline, "fixed": dict(self.fixed)}
         if self.roofline_by_runtime:
             d["roofline_by_runtime"] = dict(self.roofline_by_runtime)
+        if self.memory is not None:
+            d["memory"] = self.memory
+        if self.memory_by_runtime:
+            d["memory_by_runtime"] = dict(self.memory_by_runtime)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DeviceScales:
         d = d or {}
         return cls(float(d.get("roofline", 1.0)), {k: float(v) for k, v in (d.get("fixed") or {}).items()},
-                   {k: float(v) for k, v in (d.get("roofline_by_runtime") or {}).items()})
+                   {k: float(v) for k, v in (d.get("roofline_by_runtime") or {}).items()},
+                   None if d.get("memory") is None else float(d["memory"]),
+                   {k: float(v) for k, v in (d.get("memory_by_runtime") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -233,7 +254,7 @@ class DeviceTerms:
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "clock_ghz", "s_roofline", "s_fixed")
+               "t0_override_s", "clock_ghz", "s_roofline", "s_fixed", "s_memory")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
@@ -255,7 +276,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed), shape (M, 11).
+            s_roofline, s_fixed, s_memory), shape (M, 12).
         n_rows: M.
     """
 
@@ -278,11 +299,12 @@ class KernelTable:
         kernels: Sequence[np.ndarray],
         batches: Sequence[int],
         devices: Sequence[DeviceTerms],
-        scales: Sequence[tuple[float, float]] | None = None,
+        scales: Sequence[tuple[float, ...]] | None = None,
     ) -> KernelTable:
         """Table of rows: ``kernels[i]`` (from ``kernel_rows``) at ``batches[i]`` on ``devices[i]``.
 
-        ``scales[i]`` = (s_roofline, s_fixed) of the row's device and runtime (default 1, 1).
+        ``scales[i]`` = (s_roofline, s_fixed[, s_memory]) of the row's device and runtime (default
+        1, 1; s_memory defaults to s_roofline).
         """
         parts, idx, cnt = [], [], []
         for i, k in enumerate(kernels):
@@ -295,7 +317,8 @@ class KernelTable:
             idx.append(np.full(len(u), i, dtype=np.int64))
         a = np.concatenate(parts) if parts else np.zeros((0, len(_KCOLS)))
         sc = list(scales) if scales is not None else [(1.0, 1.0)] * len(kernels)
-        dev = np.array([[*device_columns(d), s[0], s[1]] for d, s in zip(devices, sc, strict=True)],
+        dev = np.array([[*device_columns(d), s[0], s[1], s[2] if len(s) > 2 else s[0]]
+                        for d, s in zip(devices, sc, strict=True)],
                        dtype=float).reshape(-1, len(DEV_COLUMNS))
         return cls(np.concatenate(idx) if idx else np.zeros(0, np.int64), a[:, 0].astype(np.int64), a[:, 1], a[:, 2],
                    a[:, 3], a[:, 4], a[:, 5], a[:, 6], np.concatenate(cnt).astype(float) if cnt else np.zeros(0),
@@ -310,10 +333,10 @@ class KernelTable:
         return KernelTable(remap[self.row[k]], self.cls[k], self.flops[k], self.act[k], self.w[k], self.ch[k],
                            self.n[k], self.lib[k], self.count[k], self.batch[keep], self.dev[keep], int(keep.sum()))
 
-    def with_scales(self, roofline: np.ndarray, fixed: np.ndarray) -> KernelTable:
-        """The same table with per-row device scales replaced."""
+    def with_scales(self, roofline: np.ndarray, fixed: np.ndarray, memory: np.ndarray | None = None) -> KernelTable:
+        """The same table with per-row device scales replaced (``memory`` default: ``roofline``)."""
         dev = self.dev.copy()
-        dev[:, -2], dev[:, -1] = roofline, fixed
+        dev[:, -3], dev[:, -2], dev[:, -1] = roofline, fixed, roofline if memory is None else memory
         return dataclasses.replace(self, dev=dev)
 
 
@@ -322,7 +345,7 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
     e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph = v
     d = table.dev[table.row]
-    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed = d.T
+    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed, s_mem = d.T
     b = table.batch[table.row]
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
     dw = table.cls == 1
@@ -334,7 +357,7 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     jetson = np.where(is_edge > 0, edge, 1.0)
     cycles = np.where(clk > 0, T0_CLOCK_GHZ / np.maximum(clk, 1e-9), 1.0)  # t0 is GPU cycles
     t0 = np.where(t0_over > 0, t0_over, np.where(per_op > 0, t0_us, t0_graph) * 1e-6 * jetson * cycles)
-    gpu = np.where(table.cls == _VIEW, 0.0, s_roof * np.maximum(t_comp, t_mem) + s_fixed * t0)
+    gpu = np.where(table.cls == _VIEW, 0.0, np.maximum(s_roof * t_comp, s_mem * t_mem) + s_fixed * t0)
     h = np.where(per_op > 0, h_lib * table.lib + h_pw * (table.n - table.lib), h_kernel) * 1e-6
     host = s_fixed * jetson * h
     return gpu, host
@@ -389,7 +412,7 @@ def predict_kernels(
     rows = kernel_rows(kernels)
     # one row per kernel so each keeps its own time (no de-duplication)
     table = KernelTable.build([r[None, :] for r in rows], [batch] * len(rows), [dev] * len(rows),
-                              [(s.roofline_for(runtime), s.fixed_for(runtime))] * len(rows))
+                              [(s.roofline_for(runtime), s.fixed_for(runtime), s.memory_for(runtime))] * len(rows))
     gpu, host = kernel_seconds(table, constants)
     return kernels, np.maximum(gpu, host)
 

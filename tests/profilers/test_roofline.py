@@ -256,3 +256,38 @@ def test_device_roofline_scale_is_fitted_per_runtime() -> None:
     assert s.roofline_for("onnxruntime") == pytest.approx((1.2 * 2.4) ** 0.5, rel=0.02)
     assert DeviceScales.from_dict(s.to_dict()) == s
     assert DeviceScales.from_dict({"roofline": 1.5}).roofline_for("torch") == 1.5  # older files
+
+
+def test_device_memory_scale_is_fitted_apart_from_compute() -> None:
+    """A device whose sustained DRAM share differs from its share of peak FLOP/s gets a memory
+    scale of its own: known compute and memory scales are recovered from compute-bound and
+    memory-bound networks, one shared scale cannot fit both, and a file written before the memory
+    scale existed keeps using the compute scale for memory."""
+    from kd_compile.calibrate import fit_scales
+    from kd_compile.calibrate.tables import MeasuredRow
+    from kd_compile.profilers.roofline import DeviceTerms, KernelTable, kernel_rows, row_seconds
+
+    rng = np.random.default_rng(1)
+    t4 = get_target("t4")
+    kernels, rows = [], []
+    for i in range(40):
+        n = int(rng.integers(1, 20))
+        if i % 2:  # compute-bound: large GEMMs, little traffic
+            ops = [OpRecord("c", "conv", int(10 ** rng.uniform(9, 10)), 10**4, 10**4, 10**4, 256)] * n
+        else:  # memory-bound: large pointwise traffic
+            ops = [OpRecord("a", "elementwise", 0, 0, int(10 ** rng.uniform(7, 8)), 10**7, 0)] * n
+        kernels.append(kernel_rows(fuse(ops, "tensorrt")))
+        rows.append(MeasuredRow(f"m{i}", t4.name, "tensorrt", "fp16", 1, 0.0, "t"))
+    devs = [DeviceTerms.of(t4, "fp16", "tensorrt")] * len(rows)
+    table = KernelTable.build(kernels, [1] * len(rows), devs)
+    ones = np.ones(len(rows))
+    secs = row_seconds(table.with_scales(2.0 * ones, ones, 0.5 * ones), C)
+    s = fit_scales(table, secs, rows, C, ridge=0.0)
+    assert s.roofline_for("tensorrt") == pytest.approx(2.0, rel=0.03)
+    assert s.memory_for("tensorrt") == pytest.approx(0.5, rel=0.03)
+    shared = row_seconds(table.with_scales(ones, ones), C)  # one scale: the best is the geometric mean
+    ratio = secs / shared
+    assert ratio.max() / ratio.min() > 3.0
+    assert DeviceScales.from_dict(s.to_dict()) == s
+    old = DeviceScales.from_dict({"roofline": 1.5, "roofline_by_runtime": {"tensorrt": 1.2}})
+    assert old.memory_for("tensorrt") == 1.2 and old.memory_for("torch") == 1.5
