@@ -4,7 +4,7 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 (:func:`fuse`). At batch ``b`` each kernel ``k`` costs the larger of what the GPU needs and what the
 host needs to issue it, and a model costs the sum over its kernels::
 
-    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x ch_k / (ch_k + c_half)),
+    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x ch_k / (ch_k + c_half_rt)),
                   s_memory x (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
@@ -26,11 +26,12 @@ Jetson, whose Arm host pays ``edge``).
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
 *Fitted* (:class:`Constants`: 9 numbers fitted on every measured table together by
-:mod:`kd_compile.calibrate`, 2 held): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the
-channel half-saturation ``c_half``, the fixed GPU cost per kernel ``t0_graph`` of graph runtimes,
-the eager host costs ``h_lib`` and ``h_pw`` (per ATen op), and the Jetson host factor ``edge``;
-held: ``t0`` (an eager op's fixed GPU cost, 5 us) and ``h_kernel`` (a graph runtime's host cost per
-kernel, 0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
+:mod:`kd_compile.calibrate`, 3 held): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the
+channel half-saturation ``c_half_rt`` of graph runtimes' kernels (``c_half_graph``), the fixed GPU
+cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and ``h_pw`` (per
+ATen op), and the Jetson host factor ``edge``; held: ``t0`` (an eager op's fixed GPU cost, 5 us),
+``c_half`` (eager ops' channel half-saturation, 16) and ``h_kernel`` (a graph runtime's host cost
+per kernel, 0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
 block on TensorRT), and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed
 costs and a ``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables'
@@ -107,7 +108,8 @@ class Constants:
         e_cuda: compute efficiency of conv/matmul/attention on CUDA cores.
         e_dw: compute efficiency of depthwise convs (CUDA cores).
         e_mem: fraction of DRAM bandwidth any kernel reaches.
-        c_half: GEMM dimension at which a conv/matmul reaches half its efficiency.
+        c_half: GEMM dimension at which an eager conv/matmul reaches half its efficiency. Held at
+            16 (``calibrate.HELD``): fitted apart from ``c_half_graph`` it runs to 0.
         t0_us: fixed GPU time per eager ATen op (launch latency, ramp-up and tail), microseconds
             at ``T0_CLOCK_GHZ`` (GPU cycles). Held at 5 us, not fitted (``calibrate.HELD``).
         t0_graph_us: the same per kernel of a graph runtime (TensorRT, ``torch.compile``, ONNX
@@ -117,19 +119,22 @@ class Constants:
         h_kernel_us: host cost per launched kernel for graph runtimes (TensorRT), microseconds.
             Held at 0, not fitted (``calibrate.HELD``).
         edge: host-cost factor of a Jetson's Arm CPU relative to a desktop/server host.
+        c_half_graph: the same as ``c_half`` for a graph runtime's kernels (TensorRT picks each
+            layer's tactic by timing it; eager cuDNN by heuristics). Fitted.
     """
 
     e_tc: float = 0.6
     e_cuda: float = 0.5
     e_dw: float = 0.05
     e_mem: float = 0.9
-    c_half: float = 30.0
+    c_half: float = 16.0
     t0_us: float = 5.0
     h_lib_us: float = 40.0
     h_pw_us: float = 15.0
     h_kernel_us: float = 0.0
     edge: float = 2.5
     t0_graph_us: float = 3.0
+    c_half_graph: float = 30.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -343,10 +348,11 @@ class KernelTable:
 def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
-    e_tc, e_cuda, e_dw, e_mem, c_half, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph = v
+    e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph = v
     d = table.dev[table.row]
     peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed, s_mem = d.T
     b = table.batch[table.row]
+    c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
     dw = table.cls == 1
     use_tc = gemm & (tcores > 0)

@@ -38,7 +38,7 @@ def test_compute_bound_monotone_in_flops() -> None:
     t0 = _t0_ms("rtx3090")
     # compute-bound: time above the fixed GPU cost doubles with FLOPs
     assert (lat[2] - t0) == pytest.approx(2 * (lat[1] - t0), rel=1e-6)
-    peak = get_target("rtx3090").peak_for("fp16") * 1e12 * C.e_tc * 1024 / (1024 + C.c_half)
+    peak = get_target("rtx3090").peak_for("fp16") * 1e12 * C.e_tc * 1024 / (1024 + C.c_half_graph)
     assert lat[1] == pytest.approx(2e10 / peak * 1e3 + t0, rel=1e-6)
 
 
@@ -105,7 +105,7 @@ def test_tensorrt_fuses_conv_bn_act() -> None:
 
 def test_fit_recovers_known_constants() -> None:
     true = Constants(e_tc=0.55, e_cuda=0.4, e_dw=0.08, e_mem=0.8, c_half=24.0, t0_us=20.0, h_lib_us=45.0,
-                     h_pw_us=15.0, h_kernel_us=6.0, edge=2.8, t0_graph_us=1.8)
+                     h_pw_us=15.0, h_kernel_us=6.0, edge=2.8, t0_graph_us=1.8, c_half_graph=60.0)
     table, secs, w = synthetic_problem(true, n_models=60, seed=1)
     noisy = secs * np.exp(np.random.default_rng(2).normal(0, 0.003, len(secs)))
     # every constant free (calibrate's fits hold two); h_kernel's default, 0 (held), is no start
@@ -215,13 +215,13 @@ def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
     from kd_compile.calibrate.tables import MeasuredRow
     from kd_compile.profilers.roofline import DEFAULT_CONSTANTS
 
-    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0)
+    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0, c_half=40.0)
     table, secs, _ = synthetic_problem(true, n_models=20, seed=3)
     rows = [MeasuredRow(f"m{i}", "d", "torch", "fp32", 1, float(x), "t") for i, x in enumerate(secs)]
     ones = np.ones(len(rows))
     problem = Problem(rows, table, np.asarray(secs), ones, ones, ones.astype(bool))
     fit = fit_on(problem, np.ones(len(rows), bool), x0=true, max_nfev=30)
-    assert set(HELD) == {"t0_us", "h_kernel_us"}
+    assert set(HELD) == {"t0_us", "h_kernel_us", "c_half"}
     for k in HELD:
         assert getattr(fit, k) == getattr(DEFAULT_CONSTANTS, k)
     assert fit.h_lib_us != DEFAULT_CONSTANTS.h_lib_us
@@ -291,3 +291,16 @@ def test_device_memory_scale_is_fitted_apart_from_compute() -> None:
     assert DeviceScales.from_dict(s.to_dict()) == s
     old = DeviceScales.from_dict({"roofline": 1.5, "roofline_by_runtime": {"tensorrt": 1.2}})
     assert old.memory_for("tensorrt") == 1.2 and old.memory_for("torch") == 1.5
+
+
+def test_channel_penalty_is_per_runtime_kind() -> None:
+    """A conv with few channels is charged ``c_half`` in eager PyTorch and ``c_half_graph`` in a
+    graph runtime (TensorRT times each layer's tactics; eager cuDNN picks by heuristics)."""
+    c = dataclasses.replace(C, c_half=16.0, c_half_graph=64.0, t0_us=1e-3, t0_graph_us=1e-3, h_lib_us=0.1,
+                            h_pw_us=0.1, h_kernel_us=0.0)
+    conv = [OpRecord("c", "conv", 10**11, 10**3, 10**3, 10**3, 16)]  # compute-bound, 16 channels
+    t = get_target("a100")
+    full = t.peak_for("fp16", tensor_cores=True) * 1e12 * c.e_tc
+    for runtime, c_half in (("torch", 16.0), ("tensorrt", 64.0), ("onnxruntime", 64.0)):
+        ms = RooflineProfiler(t, "fp16", runtime, constants=c).predict_ops(conv, 1).latency_ms
+        assert ms == pytest.approx(1e11 / (full * 16 / (16 + c_half)) * 1e3, rel=1e-3), runtime
