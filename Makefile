@@ -43,6 +43,7 @@ bench-e2e: install examples/glyphs/teacher.pt
 bench-latency: install
 	$(BIN)/python benchmarks/latency_accuracy.py
 	$(BIN)/python benchmarks/help_ceiling.py
+	$(BIN)/python benchmarks/latency_choices.py
 
 # ONNX Runtime repeatability (about a minute; run it alone: other processes move the figures)
 bench-ort: install

@@ -390,10 +390,43 @@ def check_scbo_cpu() -> None:
     _assert_quoted(quoted, " ".join(sec.split()), "measured-latency SCBO", "scbo_cpu_*.json")
 
 
+def check_latency_choices() -> None:
+    """How the predictor's structure was chosen (``benchmarks/latency_choices.py``)."""
+    doc = _load("latency_choices")
+    text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
+    k = {name: r["mean"] for name, r in doc["kfold"].items()}
+    own = doc["kfold"]["shipped"]["per_device"]
+    one = doc["kfold"]["one scale for compute and memory"]["per_device"]
+    old = doc["kfold"]["one c_half, fitted"]["per_device"]
+    sel = doc["selection"]
+    pen = doc["channel_penalty_all_devices"]
+    names = ("shipped", "one c_half, fitted", "one c_half, held at 16")
+    expected = [
+        f"the mean of the per-device medians is {k['shipped']:.2%} against {k['one scale for compute and memory']:.2%}",
+        f"lower on {sum(own[d] < one[d] for d in own)} of {len(own)} devices",
+        f"(`c_half_graph`, fitted: {pen['shipped']['c_half_graph']:.0f})",
+        f"one `c_half` for both had been fitted at {pen['one c_half, fitted']['c_half']:.0f}",
+        f"the eager one runs to {pen['eager c_half fitted too']['c_half']:g}",
+        f"5-fold error is {k['eager c_half fitted too']:.2%} against {k['shipped']:.2%} held",
+        f"{sel['t4'][names[0]]:.1%} against {sel['t4'][names[1]]:.1%} (one `c_half` fitted, as before) and "
+        f"{sel['t4'][names[2]]:.1%} (one held at 16) with the T4",
+        f"{sel['jetson-xavier-nx'][names[0]]:.1%} against {sel['jetson-xavier-nx'][names[1]]:.1%} and "
+        f"{sel['jetson-xavier-nx'][names[2]]:.1%} with the Xavier NX",
+        f"{sel['jetson-agx-xavier'][names[0]]:.1%} against {sel['jetson-agx-xavier'][names[1]]:.1%} and "
+        f"{sel['jetson-agx-xavier'][names[2]]:.1%} with the AGX",
+        f"{k['shipped']:.2%} against {k['one c_half, fitted']:.2%} with one `c_half` (Xavier NX "
+        f"{own['jetson-xavier-nx']:.1%} against {old['jetson-xavier-nx']:.1%}, "
+        f"T4 {own['t4']:.1%} against {old['t4']:.1%})",
+    ]
+    assert all(min(by, key=by.get) == "shipped" for by in sel.values()), "a test device did not select the shipped"
+    _assert_quoted(expected, text, "structure choice", "benchmarks/results/latency_choices.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
     "latency_accuracy": check_latency,
+    "latency_choices": check_latency_choices,
     "help_ceiling": check_help_ceiling,
     "strategies": check_strategies,
     "strategies_glyphs10": check_strategies_glyphs10,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -80,6 +80,7 @@ def fit_constants(
     x0: Constants | None = None,
     fixed: Sequence[str] = (),
     max_nfev: int = 300,
+    tie: Mapping[str, str] | None = None,
 ) -> tuple[Constants, dict[str, float]]:
     """Robust least-squares fit of the constants on log latency (parameters in log space).
 
@@ -90,6 +91,8 @@ def fit_constants(
         x0: starting point (default :data:`DEFAULT_CONSTANTS`).
         fixed: names of constants held at ``x0``.
         max_nfev: evaluation budget.
+        tie: constants that take another's value rather than their own (``{"c_half_graph":
+            "c_half"}``: one channel penalty for every runtime), to compare model structures.
 
     Returns:
         The fitted constants and the fit quality on the fitting rows. A constant the rows cannot
@@ -112,7 +115,9 @@ def fit_constants(
         "c_half_graph": bool(np.any(table.dev[:, 6] == 0)),
         "edge": bool(np.any(table.dev[:, 5] > 0)) and bool(np.any(table.dev[:, 5] == 0)),
     }
-    free = [i for i, n in enumerate(CONSTANT_NAMES) if n not in fixed and present.get(n, True)]
+    tied = [(CONSTANT_NAMES.index(a), CONSTANT_NAMES.index(b)) for a, b in (tie or {}).items()]
+    free = [i for i, n in enumerate(CONSTANT_NAMES)
+            if n not in fixed and n not in (tie or {}) and present.get(n, True)]
     lo = np.log([_LOWER[CONSTANT_NAMES[i]] for i in free])
     hi = np.log([_UPPER[CONSTANT_NAMES[i]] for i in free])
     y = np.log(np.asarray(measured_s, float))
@@ -121,6 +126,8 @@ def fit_constants(
     def full(z: np.ndarray) -> np.ndarray:
         v = start.copy()
         v[free] = np.exp(z)
+        for a, b in tied:
+            v[a] = v[b]
         return v
 
     def resid(z: np.ndarray) -> np.ndarray:
@@ -142,7 +149,7 @@ def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]
 
 def fit_scales(
     table: KernelTable, measured_s: np.ndarray, rows: Sequence[MeasuredRow], constants: Constants,
-    ridge: float = 0.1,
+    ridge: float = 0.1, separate_memory: bool = True,
 ) -> DeviceScales:
     """One device's scales (compute, memory and fixed costs, each per runtime) with the constants
     fixed.
@@ -150,6 +157,7 @@ def fit_scales(
     Robust least squares on log latency with a weak pull of every log(scale) toward 0 (``ridge``),
     so a handful of rows cannot run a scale away, and a scale the device's rows say little about
     (the compute scale of a device measured only on host- and memory-bound networks) stays near 1.
+    ``separate_memory=False``: one scale for compute and memory time (to compare structures).
     """
     from scipy.optimize import least_squares
 
@@ -159,17 +167,20 @@ def fit_scales(
     sw = np.sqrt(group_weights(rows))
 
     k = len(runtimes)
+    m0 = 2 * k if separate_memory else 0  # where the memory scales start in z
 
     def scaled(z: np.ndarray) -> KernelTable:
-        return table.with_scales(np.exp(z[:k])[rt_idx], np.exp(z[k:2 * k])[rt_idx], np.exp(z[2 * k:])[rt_idx])
+        return table.with_scales(np.exp(z[:k])[rt_idx], np.exp(z[k:2 * k])[rt_idx], np.exp(z[m0:m0 + k])[rt_idx])
 
     def resid(z: np.ndarray) -> np.ndarray:
         return np.concatenate([sw * (np.log(row_seconds(scaled(z), constants)) - y), ridge * z])
 
-    r = least_squares(resid, np.zeros(3 * k), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3,
-                      loss="soft_l1", f_scale=0.3)
+    r = least_squares(resid, np.zeros((3 if separate_memory else 2) * k), bounds=(np.log(0.05), np.log(20.0)),
+                      diff_step=1e-3, loss="soft_l1", f_scale=0.3)
     roof = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[:k], strict=True)}
     fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[k:2 * k], strict=True)}
+    if not separate_memory:
+        return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof)
     mem = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[2 * k:], strict=True)}
     return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof,
                         round(math.exp(float(np.mean(r.x[2 * k:]))), 5), mem)
@@ -183,22 +194,26 @@ def predict(problem: Problem, mask: np.ndarray, constants: Constants,
     return row_seconds(problem.table.subset(mask).with_scales(g, h, m), constants)
 
 
-def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300) -> Constants:
+def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300,
+           held: Sequence[str] = HELD, tie: Mapping[str, str] | None = None) -> Constants:
     """Constants fitted on the rows in ``train`` (and in ``problem.fit_mask``), unit scales; the
-    ``HELD`` constants keep their ``DEFAULT_CONSTANTS`` value whatever ``x0`` says."""
+    ``held`` constants (default ``HELD``) keep their ``DEFAULT_CONSTANTS`` value whatever ``x0``
+    says; ``tie`` as in :func:`fit_constants`."""
     m = train & problem.fit_mask
     rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
-    start = dataclasses.replace(x0 or DEFAULT_CONSTANTS, **{k: getattr(DEFAULT_CONSTANTS, k) for k in HELD})
+    start = dataclasses.replace(x0 or DEFAULT_CONSTANTS, **{k: getattr(DEFAULT_CONSTANTS, k) for k in held})
     c, _ = fit_constants(problem.table.subset(m), problem.seconds[m], group_weights(rows), x0=start,
-                         fixed=HELD, max_nfev=max_nfev)
+                         fixed=held, max_nfev=max_nfev, tie=tie)
     return c
 
 
-def device_scales(problem: Problem, train: np.ndarray, constants: Constants) -> dict[str, DeviceScales]:
+def device_scales(problem: Problem, train: np.ndarray, constants: Constants, separate_memory: bool = True
+                  ) -> dict[str, DeviceScales]:
     """Scales of every device with rows in ``train``, fitted on those rows with ``constants``."""
     out = {}
     for dev in sorted({r.device for r, k in zip(problem.rows, train, strict=True) if k}):
         m = train & problem.mask(lambda r, d=dev: r.device == d)
         rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
-        out[dev] = fit_scales(problem.table.subset(m), problem.seconds[m], rows, constants)
+        out[dev] = fit_scales(problem.table.subset(m), problem.seconds[m], rows, constants,
+                              separate_memory=separate_memory)
     return out

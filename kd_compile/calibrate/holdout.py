@@ -59,7 +59,8 @@ def leave_one_family_out(problem: Problem, x0: Constants | None = None, verbose:
     return pred, fits, scales
 
 
-def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD) -> np.ndarray:
+def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD,
+                    separate_memory: bool = True) -> np.ndarray:
     """Held-out predictions of ``device`` 's rows: its scales fitted on k-1 folds of its models
     (``constants`` fixed, fitted without the device), the remaining fold predicted."""
     on = problem.mask(lambda r: r.device == device)
@@ -70,7 +71,7 @@ def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int 
     for f in range(min(k, len(specs))):
         test = on & problem.mask(lambda r, f=f: fold_of.get(r.spec) == f)
         train = on & ~test & problem.fit_mask
-        s = device_scales(problem, train, constants)
+        s = device_scales(problem, train, constants, separate_memory)
         pred[test] = predict(problem, test, constants, s)
     return pred
 

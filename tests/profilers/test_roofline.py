@@ -304,3 +304,21 @@ def test_channel_penalty_is_per_runtime_kind() -> None:
     for runtime, c_half in (("torch", 16.0), ("tensorrt", 64.0), ("onnxruntime", 64.0)):
         ms = RooflineProfiler(t, "fp16", runtime, constants=c).predict_ops(conv, 1).latency_ms
         assert ms == pytest.approx(1e11 / (full * 16 / (16 + c_half)) * 1e3, rel=1e-3), runtime
+
+
+def test_structure_alternatives_for_the_choice_benchmark() -> None:
+    """``benchmarks/latency_choices.py`` compares structures through two switches: a tied constant
+    takes another's fitted value, and ``separate_memory=False`` fits one scale for compute and
+    memory (a file without a memory scale then uses the compute scale)."""
+    from kd_compile.calibrate import fit_constants, fit_scales
+    from kd_compile.calibrate.tables import MeasuredRow
+
+    true = dataclasses.replace(C, c_half=24.0, c_half_graph=24.0)
+    table, secs, w = synthetic_problem(true, n_models=30, seed=4)
+    fit, _ = fit_constants(table, secs, w, x0=Constants(h_kernel_us=8.0), tie={"c_half_graph": "c_half"},
+                           max_nfev=60)
+    assert fit.c_half_graph == fit.c_half
+    rows = [MeasuredRow(f"m{i}", "t4", "tensorrt", "fp16", 1, float(x), "t") for i, x in enumerate(secs)]
+    s = fit_scales(table, secs, rows, C, separate_memory=False)
+    assert s.memory is None and not s.memory_by_runtime
+    assert s.memory_for("tensorrt") == s.roofline_for("tensorrt")

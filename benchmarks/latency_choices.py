@@ -1,0 +1,146 @@
+"""How the latency predictor's structure was chosen: each choice compared on data its test never sees.
+
+The test figures (``benchmarks/latency_accuracy.py``: a device or a family left out) must not pick
+the model they report on. Two selection criteria do, each for the part of the model it speaks to:
+
+* **Device scales** (what a device with its own measurements fits on them): each device's own
+  5-fold error over its models (``calibrate.kfold_on_device``: constants fitted without the
+  device, as shipped; its scales fitted on four folds of its models, the fifth predicted). Printed:
+  the median absolute percentage error per device and the mean over devices, for the shipped
+  scales (compute, memory and fixed cost, each per runtime) and for one scale for compute and
+  memory time; and, with the shipped scales, for the constants' alternatives below and for the
+  eager ``c_half`` fitted rather than held.
+* **Device-independent constants** (what a device without measurements, the default ``2080ti``
+  in TensorRT among them, is predicted with): nested leave-one-device-out over the TensorRT
+  devices. For each pair of them, constants fitted without both predict each one's TensorRT
+  batch-1 rows; with one device held out as the test, a structure is judged on the other two,
+  predicted by fits that also leave out the test device. Printed for the shipped constants (graph
+  runtimes' own channel penalty ``c_half_graph`` fitted, eager ``c_half`` held at 16), one
+  ``c_half`` for every runtime fitted, and one held at 16.
+
+Run (about 4 minutes; reads only ``../shared/data/latency/``)::
+
+    python benchmarks/latency_choices.py [--results benchmarks/results/latency_choices.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kd_compile.calibrate import (  # noqa: E402
+    HELD,
+    build_problem,
+    fit_on,
+    kfold_on_device,
+    load_measurements,
+    predict,
+)
+from kd_compile.calibrate.problem import Problem  # noqa: E402
+
+HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # the eager c_half fitted, not held
+# name -> (held constants, tied constants) of each structure compared for the constants
+STRUCTURES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "shipped": (HELD, {}),
+    "one c_half, fitted": (HELD_BUT_C_HALF, {"c_half_graph": "c_half"}),
+    "one c_half, held at 16": (HELD, {"c_half_graph": "c_half"}),
+}
+
+
+def kfold_errors(problem: Problem, separate_memory: bool, held: tuple[str, ...] = HELD,
+                 tie: dict[str, str] | None = None) -> dict[str, float]:
+    """Median APE of each device's own 5-fold held-out predictions (constants fitted without it)."""
+    out = {}
+    for dev in sorted({r.device for r in problem.rows}):
+        c = fit_on(problem, ~problem.mask(lambda r, d=dev: r.device == d), held=held, tie=tie)
+        pred = kfold_on_device(problem, dev, c, separate_memory=separate_memory)
+        on = problem.mask(lambda r, d=dev: r.device == d)
+        out[dev] = round(float(np.median(np.abs(pred[on] / problem.seconds[on] - 1))), 4)
+    return out
+
+
+def nested_lodo(problem: Problem, held: tuple[str, ...], tie: dict[str, str]) -> list[dict]:
+    """For each pair of TensorRT devices, constants fitted without both predict each one."""
+    trt = sorted({r.device for r in problem.rows if r.runtime == "tensorrt"})
+    out = []
+    for a, b in itertools.combinations(trt, 2):
+        c = fit_on(problem, ~problem.mask(lambda r, p=(a, b): r.device in p), held=held, tie=tie)
+        for d in (a, b):
+            m = problem.mask(lambda r, d=d: r.device == d and r.runtime == "tensorrt" and r.batch == 1)
+            ape = np.abs(predict(problem, m, c) / problem.seconds[m] - 1)
+            out.append({"without": [a, b], "device": d, "median_ape": round(float(np.median(ape)), 4)})
+    return out
+
+
+def selection(nested: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per test device: each structure's mean inner median error (the other TensorRT devices,
+    each predicted by fits without it and the test device)."""
+    devices = sorted({r["device"] for rows in nested.values() for r in rows})
+    out = {}
+    for test in devices:
+        out[test] = {name: round(float(np.mean([r["median_ape"] for r in rows
+                                                if test in r["without"] and r["device"] != test])), 4)
+                     for name, rows in nested.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "latency_choices.json")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    problem = build_problem(load_measurements())
+    doc: dict = {"about": __doc__.split("\n\n")[0], "kfold": {}, "nested_lodo": {}}
+    for name, separate, held, tie in (
+        ("shipped", True, HELD, None),
+        ("one scale for compute and memory", False, HELD, None),
+        ("one c_half, fitted", True, *STRUCTURES["one c_half, fitted"]),
+        ("eager c_half fitted too", True, HELD_BUT_C_HALF, None),
+    ):
+        per = kfold_errors(problem, separate, held, tie)
+        doc["kfold"][name] = {"per_device": per, "mean": round(float(np.mean(list(per.values()))), 4)}
+    print("device scales: each device's own 5-fold median error (constants fitted without the device)")
+    for name, r in doc["kfold"].items():
+        print(f"  {name:34} mean {100 * r['mean']:.2f}%  " + "  ".join(
+            f"{d} {100 * v:.1f}%" for d, v in r["per_device"].items()))
+    everything = np.ones(len(problem.rows), bool)
+    doc["channel_penalty_all_devices"] = {}
+    for name, (held, tie) in {**STRUCTURES, "eager c_half fitted too": (HELD_BUT_C_HALF, {})}.items():
+        c = fit_on(problem, everything, held=held, tie=tie)
+        doc["channel_penalty_all_devices"][name] = {"c_half": round(c.c_half, 2),
+                                                    "c_half_graph": round(c.c_half_graph, 2)}
+    print("channel half-saturation fitted on all devices (eager c_half, graph runtimes' c_half_graph):")
+    for name, v in doc["channel_penalty_all_devices"].items():
+        print(f"  {name:24} c_half {v['c_half']:g}  c_half_graph {v['c_half_graph']:g}")
+    for name, (held, tie) in STRUCTURES.items():
+        doc["nested_lodo"][name] = nested_lodo(problem, held, tie)
+    doc["selection"] = selection(doc["nested_lodo"])
+    print("constants: nested leave-one-device-out over the TensorRT devices, median error of the inner "
+          "predictions (fits without both devices)")
+    for name, rows in doc["nested_lodo"].items():
+        print(f"  {name:24} " + "  ".join(f"{r['device']} w/o {'+'.join(r['without'])}: {100 * r['median_ape']:.1f}%"
+                                          for r in rows))
+    print("selection: mean inner median error with each device held out as the test (lower is chosen)")
+    for test, by in doc["selection"].items():
+        best = min(by, key=by.get)
+        print(f"  test {test:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    doc["machine"] = f"{os.cpu_count()} CPUs"
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.results} ({doc['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
