@@ -33,9 +33,20 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from .base import InputSpec, LayerCost, Measurement, Profiler, register_profiler
+
+# PyTorch counts the FLOPs of its CUDA attention kernels but not of the CPU one a model traced on
+# this machine dispatches to (it would count 0 FLOPs for every attention): the same formula.
+_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+if _CPU_SDPA is not None and _CPU_SDPA not in flop_registry:
+
+    @register_flop_formula(_CPU_SDPA)
+    def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                       **kwargs: Any) -> int:
+        return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
 
 # Op classes the roofline model gives distinct efficiencies to.
 OP_CLASSES = ("conv", "dwconv", "matmul", "attention", "batchnorm", "norm", "pool", "elementwise", "copy", "concat",
@@ -175,6 +186,11 @@ class _Tracer(TorchDispatchMode):
         self._readers: dict[int, int] = defaultdict(int)  # producing op -> ops reading its output
         self._concats: list[tuple[int, list[tuple[int | None, int]]]] = []  # op, [(producer, bytes)]
 
+    def _is_weight(self, t: torch.Tensor) -> bool:
+        """A parameter or buffer, or a view of one (``linear`` on a 3-D input multiplies by the
+        transposed weight, a view: its bytes are read once per batch, not once per sample)."""
+        return id(t) in self.weight_ids or (t._base is not None and id(t._base) in self.weight_ids)
+
     def _producer(self, t: torch.Tensor) -> int | None:
         hit = self._made.get(id(t))
         return hit[1] if hit is not None and hit[0]() is t else None
@@ -199,8 +215,9 @@ class _Tracer(TorchDispatchMode):
         outs = _tensors(out)
         if not outs:
             return out
-        acts = [t for t in ins if id(t) not in self.weight_ids]
-        w = sum(_nbytes(t) for t in ins if id(t) in self.weight_ids)
+        weight = [self._is_weight(t) for t in ins]
+        acts = [t for t, is_w in zip(ins, weight, strict=True) if not is_w]
+        w = sum(_nbytes(t) for t, is_w in zip(ins, weight, strict=True) if is_w)
         a = sum(_nbytes(t) for t in acts)
         o = sum(_nbytes(t) for t in outs)
         flops = 0

@@ -110,3 +110,31 @@ def test_python_level_view_calls_are_recorded_once_each() -> None:
     assert views[-1].module == ""  # the flatten is the root's own call; linear's views are internal
     m = count(_Shuffle(), InputSpec((4, 2, 2)))
     assert m.extra["ops"] == 3 and all(layer.op != "view" for layer in m.layers)
+
+
+class _Tokens(nn.Module):
+    """A transformer-like block on a (tokens, features) input: 3-D linears and attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.proj = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, c // 2).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_linear_on_tokens_reads_its_weight_as_weight_and_attention_has_flops() -> None:
+    """``linear`` on a 3-D input multiplies by a transposed view of the weight: those bytes are
+    weight bytes (read once per batch), not activation bytes (read per sample). Attention on this
+    machine's CPU kernel is counted with PyTorch's own attention formula, and the ops' FLOPs add up
+    to the total."""
+    tr = trace_ops(_Tokens(), (10, 32))
+    qkv = next(r for r in tr.ops if r.module == "qkv" and r.op == "matmul")
+    assert qkv.weight_bytes == (32 * 96 + 96) * 4
+    assert qkv.in_bytes == 10 * 32 * 4
+    attn = next(r for r in tr.ops if r.op == "attention")
+    assert attn.flops == 2 * 2 * (2 * 10 * 10 * 16)  # QK^T and AV, 2 heads of 16 dims, 10 tokens
+    assert sum(r.flops for r in tr.ops) == tr.total_flops
