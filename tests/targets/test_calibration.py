@@ -83,7 +83,7 @@ def test_calibration_cites_the_files_it_was_fitted_on(name: str) -> None:
 
 def test_op_count_cache_is_compact_and_cited() -> None:
     doc = json.loads(LAYER_COSTS.read_text(encoding="utf-8"))
-    assert doc["format"] == 4 and "counting" in doc["about"]
+    assert doc["format"] == 5 and "counting" in doc["about"]
     assert {len(o) for o in doc["ops"]} == {7}  # [op class, flops, weights, in, out, ch, moved_bytes]
     dense = [doc["ops"][i] for i in doc["entries"]["torchvision:densenet121"]["seq"]]
     assert sum(o[5] for o in dense if o[0] == "concat") == 593  # copied concat inputs, see fusion
@@ -92,6 +92,9 @@ def test_op_count_cache_is_compact_and_cited() -> None:
     shuffled = next(k for k in doc["entries"] if k.startswith("fbnet:") and "_g2" in k)
     fb = [doc["ops"][i][0] for i in doc["entries"][shuffled]["seq"]]
     assert fb.count("view") == 3 * shuffled.count("_g2") + 1  # + the classifier's flatten
+    # a ViT's linears read their (transposed) weights as weights: ViT-B/16's MLP fc1, 768 x 3072 + bias
+    vit = [doc["ops"][i] for i in doc["entries"]["timm:vit_base_patch16_224@224"]["seq"]]
+    assert max(o[2] for o in vit if o[0] == "matmul") == (768 * 3072 + 3072) * 4
     assert LAYER_COSTS.stat().st_size < 4_000_000
 
 
