@@ -408,7 +408,7 @@ def check_latency_choices() -> None:
         f"the mean of the per-device medians is {k['shipped']:.2%} against {k['one scale for compute and memory']:.2%}",
         f"lower on {sum(own[d] < one[d] for d in own)} of {len(own)} devices",
         f"(`c_half_graph`, fitted: {pen['shipped']['c_half_graph']:.0f})",
-        f"one `c_half` for both had been fitted at {pen['one c_half, fitted']['c_half']:.0f}",
+        f"one `c_half` for both fits at {pen['one c_half, fitted']['c_half']:.0f}",
         f"the eager one runs to {pen['eager c_half fitted too']['c_half']:g}",
         f"5-fold error is {k['eager c_half fitted too']:.2%} against {k['shipped']:.2%} held",
         f"(mean inner median error {sel['t4'][names[0]]:.1%} against {sel['t4'][names[1]]:.1%} for one `c_half` "

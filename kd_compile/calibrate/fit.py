@@ -50,8 +50,8 @@ _UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.
 # ``t0_us``, an eager op's fixed GPU cost, which the eager tables cannot tell from the host cost of
 # pointwise ops; ``h_kernel_us``, a graph runtime's host cost per kernel, which the TensorRT
 # tables cannot tell from ``t0_graph_us``; and ``c_half``, eager ops' channel half-saturation, which
-# fitted apart from the graph runtimes' ``c_half_graph`` runs to 0 and leaves the devices' own
-# 5-fold error worse (6.93% against 6.88% held at 16).
+# fitted apart from the graph runtimes' ``c_half_graph`` runs to 0.01 and leaves the devices' own
+# 5-fold error no better (``benchmarks/latency_choices.py``).
 HELD: tuple[str, ...] = ("t0_us", "h_kernel_us", "c_half")
 
 
