@@ -20,7 +20,7 @@ the model they report on. Two selection criteria do, each for the part of the mo
   device predicted by the structure its own inner comparison chose (what the procedure "choose,
   then fit" reaches on a device it never saw), beside the shipped structure's figure.
 
-Run (about 4 minutes; reads only ``../shared/data/latency/``)::
+Run (about 3 minutes; reads only ``../shared/data/latency/``)::
 
     python benchmarks/latency_choices.py [--results benchmarks/results/latency_choices.json]
 """
@@ -45,10 +45,12 @@ from kd_compile.calibrate import (  # noqa: E402
     build_problem,
     fit_on,
     kfold_on_device,
+    leave_one_device_out,
     load_measurements,
     predict,
 )
 from kd_compile.calibrate.problem import Problem  # noqa: E402
+from kd_compile.profilers.roofline import Constants  # noqa: E402
 
 HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # the eager c_half fitted, not held
 # name -> (held constants, tied constants) of each structure compared for the constants
@@ -59,12 +61,11 @@ STRUCTURES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 }
 
 
-def kfold_errors(problem: Problem, separate_memory: bool, held: tuple[str, ...] = HELD,
-                 tie: dict[str, str] | None = None) -> dict[str, float]:
-    """Median APE of each device's own 5-fold held-out predictions (constants fitted without it)."""
+def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool) -> dict[str, float]:
+    """Median APE of each device's own 5-fold held-out predictions, with the constants ``fits``
+    fitted without it."""
     out = {}
-    for dev in sorted({r.device for r in problem.rows}):
-        c = fit_on(problem, ~problem.mask(lambda r, d=dev: r.device == d), held=held, tie=tie)
+    for dev, c in fits.items():
         pred = kfold_on_device(problem, dev, c, separate_memory=separate_memory)
         on = problem.mask(lambda r, d=dev: r.device == d)
         out[dev] = round(float(np.median(np.abs(pred[on] / problem.seconds[on] - 1))), 4)
@@ -96,13 +97,12 @@ def selection(nested: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def lodo_trt(problem: Problem, held: tuple[str, ...], tie: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Each TensorRT device's batch-1 rows predicted by constants fitted without it (its test)."""
+def lodo_trt(problem: Problem, pred: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each TensorRT device's batch-1 error in leave-one-device-out predictions ``pred`` (its test)."""
     out = {}
     for d in sorted({r.device for r in problem.rows if r.runtime == "tensorrt"}):
-        c = fit_on(problem, ~problem.mask(lambda r, d=d: r.device == d), held=held, tie=tie)
         m = problem.mask(lambda r, d=d: r.device == d and r.runtime == "tensorrt" and r.batch == 1)
-        ape = np.abs(predict(problem, m, c) / problem.seconds[m] - 1)
+        ape = np.abs(pred[m] / problem.seconds[m] - 1)
         out[d] = {"median_ape": round(float(np.median(ape)), 4), "within_35": round(float(np.mean(ape <= 0.35)), 4)}
     return out
 
@@ -114,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     problem = build_problem(load_measurements())
     doc: dict = {"about": __doc__.split("\n\n")[0], "kfold": {}, "nested_lodo": {}}
-    for name, separate, held, tie in (
-        ("shipped", True, HELD, None),
-        ("one scale for compute and memory", False, HELD, None),
-        ("one c_half, fitted", True, *STRUCTURES["one c_half, fitted"]),
-        ("eager c_half fitted too", True, HELD_BUT_C_HALF, None),
+    # leave-one-device-out once per structure: its fits serve the k-fold and the TensorRT test figures
+    lodo = {name: leave_one_device_out(problem, held=held, tie=tie)
+            for name, (held, tie) in {**STRUCTURES, "eager c_half fitted too": (HELD_BUT_C_HALF, {})}.items()}
+    for name, structure, separate in (
+        ("shipped", "shipped", True),
+        ("one scale for compute and memory", "shipped", False),
+        ("one c_half, fitted", "one c_half, fitted", True),
+        ("eager c_half fitted too", "eager c_half fitted too", True),
     ):
-        per = kfold_errors(problem, separate, held, tie)
+        per = kfold_errors(problem, lodo[structure][1], separate)
         doc["kfold"][name] = {"per_device": per, "mean": round(float(np.mean(list(per.values()))), 4)}
     print("device scales: each device's own 5-fold median error (constants fitted without the device)")
     for name, r in doc["kfold"].items():
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (held, tie) in STRUCTURES.items():
         doc["nested_lodo"][name] = nested_lodo(problem, held, tie)
     doc["selection"] = selection(doc["nested_lodo"])
-    test = {name: lodo_trt(problem, held, tie) for name, (held, tie) in STRUCTURES.items()}
+    test = {name: lodo_trt(problem, lodo[name][0]) for name in STRUCTURES}
     doc["lodo_trt"] = test
     doc["outer"] = {}
     for dev, by in doc["selection"].items():
@@ -153,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:24} " + "  ".join(f"{r['device']} w/o {'+'.join(r['without'])}: {100 * r['median_ape']:.1f}%"
                                           for r in rows))
     print("selection: mean inner median error with each device held out as the test (lower is chosen)")
-    for test, by in doc["selection"].items():
+    for dev, by in doc["selection"].items():
         best = min(by, key=by.get)
-        print(f"  test {test:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+        print(f"  test {dev:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
     print("outer: each test device predicted, without it, by the structure its own comparison chose")
     for dev, r in doc["outer"].items():
         print(f"  {dev:18} {r['selected']:24} median {100 * r['median_ape']:.1f}%, "

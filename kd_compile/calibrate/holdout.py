@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..profilers.roofline import Constants, DeviceScales, regime_key
 from ..targets.profile import get_target
-from .fit import device_scales, fit_on, predict
+from .fit import HELD, device_scales, fit_on, predict
 from .problem import Problem
 
 KFOLD = 5
 
 
-def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose: bool = False
+def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose: bool = False,
+                         held: Sequence[str] = HELD, tie: Mapping[str, str] | None = None
                          ) -> tuple[np.ndarray, dict[str, Constants]]:
     """Predictions of every row by constants fitted without its device (unit scales).
 
     ``x0`` is the fits' starting point (default :data:`DEFAULT_CONSTANTS`); starting from a fit
-    that saw the held-out device would let it leak in, so callers should not.
+    that saw the held-out device would let it leak in, so callers should not. ``held`` and ``tie``
+    as in :func:`fit_on` (another model structure, for ``benchmarks/latency_choices.py``).
 
     Returns:
         (predicted seconds per row, the constants fitted without each device).
@@ -31,9 +34,9 @@ def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose:
     fits = {}
     for dev in sorted({r.device for r in problem.rows}):
         t0 = time.perf_counter()
-        held = problem.mask(lambda r, d=dev: r.device == d)
-        fits[dev] = fit_on(problem, ~held, x0)
-        pred[held] = predict(problem, held, fits[dev])
+        out = problem.mask(lambda r, d=dev: r.device == d)
+        fits[dev] = fit_on(problem, ~out, x0, held=held, tie=tie)
+        pred[out] = predict(problem, out, fits[dev])
         if verbose:
             print(f"  fit without {dev}: {time.perf_counter() - t0:.0f}s", flush=True)
     return pred, fits
