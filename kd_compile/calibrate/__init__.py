@@ -18,8 +18,8 @@ space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
 
 :func:`fit_on` fits the device-independent :class:`Constants` (9 of them; the ``HELD`` ones keep
 their default) on every device's rows at once (robust least squares on log latency, every
-(device, runtime, batch, table) group weighted equally); :func:`fit_scales` fits a device's two
-scales with the constants fixed.
+(device, runtime, batch, table) group weighted equally); :func:`fit_scales` fits a device's
+compute, memory and fixed-cost scales, each per runtime, with the constants fixed.
 :func:`calibrate_all` writes ``calibration/<target>.json`` for every GPU target:
 
 * a device with measurements: constants fitted *without* it (leave-one-device-out) plus its own
