@@ -2,7 +2,8 @@
 
 One run prints, side by side, for the predictor and three baselines, the median absolute
 percentage error (APE), the share of models within 35% and Spearman's rho (median and minimum
-over (device, table, batch) groups) against every measured table in ``shared/data/latency``:
+over (device, table, batch) groups) against every measured table in ``shared/data/latency`` and
+the tables the package ships (``kd_compile/calibrate/data``: torch2trt's Jetson Nano):
 
 * **leave-one-device-out** (LODO): the constants are fitted without the device (unit device
   scales: a device without measurements), then the device's rows are predicted;

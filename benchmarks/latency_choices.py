@@ -8,15 +8,15 @@ the model they report on. Two selection criteria do, each for the part of the mo
   device, as shipped; its scales fitted on four folds of its models, the fifth predicted). Printed:
   the median absolute percentage error per device and the mean over devices, for the shipped
   scales (compute, memory and fixed cost, each per runtime) and for one scale for compute and
-  memory time; and, with the shipped scales, for the constants' alternatives below and for the
-  eager ``c_half`` fitted rather than held.
+  memory time; and, with the shipped scales, for the constants' alternatives below and for both
+  channel half-saturations fitted apart.
 * **Device-independent constants** (what a device without measurements, the default ``2080ti``
   in TensorRT among them, is predicted with): nested leave-one-device-out over the TensorRT
   devices. For each pair of them, constants fitted without both predict each one's TensorRT
   batch-1 rows; with one device held out as the test, a structure is judged on the other two,
-  predicted by fits that also leave out the test device. Printed for the shipped constants (graph
-  runtimes' own channel penalty ``c_half_graph`` fitted, eager ``c_half`` held at 16), one
-  ``c_half`` for every runtime fitted, and one held at 16; then the outer estimate: each test
+  predicted by fits that also leave out the test device. Printed for the shipped constants (one
+  channel half-saturation ``c_half`` for every runtime, held at 16), the same fitted, and graph
+  runtimes' own ``c_half_graph`` fitted beside the held eager one; then the outer estimate: each test
   device predicted by the structure its own inner comparison chose (what the procedure "choose,
   then fit" reaches on a device it never saw), beside the shipped structure's figure.
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from kd_compile.calibrate import (  # noqa: E402
     HELD,
+    TIED,
     build_problem,
     fit_on,
     kfold_on_device,
@@ -52,13 +53,14 @@ from kd_compile.calibrate import (  # noqa: E402
 from kd_compile.calibrate.problem import Problem  # noqa: E402
 from kd_compile.profilers.roofline import Constants  # noqa: E402
 
-HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # the eager c_half fitted, not held
+HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # c_half fitted, not held
 # name -> (held constants, tied constants) of each structure compared for the constants
 STRUCTURES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    "shipped": (HELD, {}),
-    "one c_half, fitted": (HELD_BUT_C_HALF, {"c_half_graph": "c_half"}),
-    "one c_half, held at 16": (HELD, {"c_half_graph": "c_half"}),
+    "shipped": (HELD, dict(TIED)),  # one c_half for every runtime, held at 16
+    "one c_half, fitted": (HELD_BUT_C_HALF, dict(TIED)),
+    "own c_half_graph, fitted": (HELD, {}),
 }
+BOTH_APART = "c_half and c_half_graph fitted"  # only for the k-fold and the fitted values
 
 
 def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool) -> dict[str, float]:
@@ -116,12 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"about": __doc__.split("\n\n")[0], "kfold": {}, "nested_lodo": {}}
     # leave-one-device-out once per structure: its fits serve the k-fold and the TensorRT test figures
     lodo = {name: leave_one_device_out(problem, held=held, tie=tie)
-            for name, (held, tie) in {**STRUCTURES, "eager c_half fitted too": (HELD_BUT_C_HALF, {})}.items()}
+            for name, (held, tie) in {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}.items()}
     for name, structure, separate in (
         ("shipped", "shipped", True),
         ("one scale for compute and memory", "shipped", False),
-        ("one c_half, fitted", "one c_half, fitted", True),
-        ("eager c_half fitted too", "eager c_half fitted too", True),
+        *((n, n, True) for n in (*list(STRUCTURES)[1:], BOTH_APART)),
     ):
         per = kfold_errors(problem, lodo[structure][1], separate)
         doc["kfold"][name] = {"per_device": per, "mean": round(float(np.mean(list(per.values()))), 4)}
@@ -131,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{d} {100 * v:.1f}%" for d, v in r["per_device"].items()))
     everything = np.ones(len(problem.rows), bool)
     doc["channel_penalty_all_devices"] = {}
-    for name, (held, tie) in {**STRUCTURES, "eager c_half fitted too": (HELD_BUT_C_HALF, {})}.items():
+    for name, (held, tie) in {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}.items():
         c = fit_on(problem, everything, held=held, tie=tie)
         doc["channel_penalty_all_devices"][name] = {"c_half": round(c.c_half, 2),
                                                     "c_half_graph": round(c.c_half_graph, 2)}
     print("channel half-saturation fitted on all devices (eager c_half, graph runtimes' c_half_graph):")
     for name, v in doc["channel_penalty_all_devices"].items():
-        print(f"  {name:24} c_half {v['c_half']:g}  c_half_graph {v['c_half_graph']:g}")
+        print(f"  {name:30} c_half {v['c_half']:g}  c_half_graph {v['c_half_graph']:g}")
     for name, (held, tie) in STRUCTURES.items():
         doc["nested_lodo"][name] = nested_lodo(problem, held, tie)
     doc["selection"] = selection(doc["nested_lodo"])

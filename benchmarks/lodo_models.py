@@ -31,7 +31,7 @@ from kd_compile.calibrate import build_problem, fit_on, load_measurements, predi
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", default="t4,jetson-xavier-nx,jetson-agx-xavier")
+    ap.add_argument("--devices", default="t4,jetson-xavier-nx,jetson-agx-xavier,jetson-nano")
     ap.add_argument("--runtime", default="tensorrt", help="tensorrt | torch")
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args(argv)

@@ -118,7 +118,8 @@ _RUNTIMES = {"TensorRT": "tensorrt", "eager": "torch"}
 _METHODS = ("predictor", "flops", "params", "nearest-gpu")
 
 
-_DEVICE_NAMES = {"t4": "T4", "jetson-xavier-nx": "Jetson Xavier NX", "jetson-agx-xavier": "AGX Xavier"}
+_DEVICE_NAMES = {"t4": "T4", "jetson-xavier-nx": "Jetson Xavier NX", "jetson-agx-xavier": "AGX Xavier",
+                 "jetson-nano": "Jetson Nano"}
 
 
 def check_latency() -> None:
@@ -397,41 +398,31 @@ def check_latency_choices() -> None:
     k = {name: r["mean"] for name, r in doc["kfold"].items()}
     own = doc["kfold"]["shipped"]["per_device"]
     one = doc["kfold"]["one scale for compute and memory"]["per_device"]
-    old = doc["kfold"]["one c_half, fitted"]["per_device"]
     sel = doc["selection"]
     pen = doc["channel_penalty_all_devices"]
-    names = ("shipped", "one c_half, fitted", "one c_half, held at 16")
+    names = ("shipped", "own c_half_graph, fitted", "one c_half, fitted")
     outer, lodo = doc["outer"], doc["lodo_trt"]
-    shipped_within = sum(r["within_35"] for r in lodo[names[0]].values()) / len(lodo[names[0]])
-    held_within = sum(r["within_35"] for r in lodo[names[2]].values()) / len(lodo[names[2]])
+    within = {n: sum(r["within_35"] for r in lodo[n].values()) / len(lodo[n]) for n in names}
+    chosen = {dev: min(by, key=by.get) for dev, by in sel.items()}
     expected = [
         f"the mean of the per-device medians is {k['shipped']:.2%} against {k['one scale for compute and memory']:.2%}",
         f"lower on {sum(own[d] < one[d] for d in own)} of {len(own)} devices",
-        f"(`c_half_graph`, fitted: {pen['shipped']['c_half_graph']:.0f})",
-        f"one `c_half` for both fits at {pen['one c_half, fitted']['c_half']:.0f}",
-        f"the eager one runs to {pen['eager c_half fitted too']['c_half']:g}",
-        f"5-fold error is {k['eager c_half fitted too']:.2%} against {k['shipped']:.2%} held",
-        f"(mean inner median error {sel['t4'][names[0]]:.1%} against {sel['t4'][names[1]]:.1%} for one `c_half` "
-        f"fitted and {sel['t4'][names[2]]:.1%} for one held at 16)",
-        f"({sel['jetson-xavier-nx'][names[0]]:.1%} against {sel['jetson-xavier-nx'][names[1]]:.1%} and "
-        f"{sel['jetson-xavier-nx'][names[2]]:.1%})",
-        f"({sel['jetson-agx-xavier'][names[0]]:.1%} against {sel['jetson-agx-xavier'][names[1]]:.1%} and "
-        f"{sel['jetson-agx-xavier'][names[2]]:.1%}:",
-        f"is {doc['outer_within_35']:.0%} within 35% (T4 {outer['t4']['within_35']:.0%}, Xavier NX "
-        f"{outer['jetson-xavier-nx']['within_35']:.0%}, AGX Xavier {outer['jetson-agx-xavier']['within_35']:.0%}",
-        f"against the shipped structure's {shipped_within:.0%}",
-        f"({doc['overall_mean_inner'][names[2]]:.1%} against {doc['overall_mean_inner'][names[0]]:.1%})",
-        f"(median errors T4 {lodo[names[0]]['t4']['median_ape']:.1%}, Xavier NX "
-        f"{lodo[names[0]]['jetson-xavier-nx']['median_ape']:.1%}, AGX Xavier "
-        f"{lodo[names[0]]['jetson-agx-xavier']['median_ape']:.1%} against {lodo[names[2]]['t4']['median_ape']:.1%}, "
-        f"{lodo[names[2]]['jetson-xavier-nx']['median_ape']:.1%}, "
-        f"{lodo[names[2]]['jetson-agx-xavier']['median_ape']:.1%} with one `c_half` held at 16; "
-        f"{shipped_within:.0%} against {held_within:.0%} within 35%)",
-        f"{k['shipped']:.2%} against {k['one c_half, fitted']:.2%} with one `c_half` (Xavier NX "
-        f"{own['jetson-xavier-nx']:.1%} against {old['jetson-xavier-nx']:.1%}, "
-        f"T4 {own['t4']:.1%} against {old['t4']:.1%})",
+        f"(fitted: {pen[names[1]]['c_half_graph']:.0f})",
+        f"one `c_half` fitted (it runs to {pen[names[2]]['c_half']:.1f})",
+        f"shipped {k['shipped']:.2%}, own `c_half_graph` {k[names[1]]:.2%}, one `c_half` fitted {k[names[2]]:.2%}",
+        f"is {doc['outer_within_35']:.0%} within 35% ("
+        + ", ".join(f"{_DEVICE_NAMES[d]} {outer[d]['within_35']:.0%}" for d in _DEVICE_NAMES) + ")",
+        f"against the shipped structure's {within['shipped']:.0%}",
+        "mean of all twelve inner errors: " + ", ".join(f"{doc['overall_mean_inner'][n]:.1%}" for n in names),
     ]
-    chosen = {dev: min(by, key=by.get) for dev, by in sel.items()}
+    for d in _DEVICE_NAMES:
+        by = sel[d]
+        expected.append(f"{_DEVICE_NAMES[d]} as the test: " + ", ".join(f"{by[n]:.1%}" for n in names))
+    for n in names:
+        who = [_DEVICE_NAMES[d] for d in _DEVICE_NAMES if chosen[d] == n]
+        if who:
+            expected.append(f"{' and '.join(who) if len(who) < 3 else ', '.join(who[:-1]) + ' and ' + who[-1]}: "
+                            f"{'shipped' if n == 'shipped' else n}")
     assert all(outer[d]["selected"] == c for d, c in chosen.items()), "the outer estimate uses another structure"
     _assert_quoted(expected, text, "structure choice", "benchmarks/results/latency_choices.json")
 

@@ -6,7 +6,8 @@ architecture spec), one device, runtime, precision and batch, seconds per batch:
 
 * timm ``benchmark-infer-amp-*`` (RTX 3090/4090): eager PyTorch, AMP fp16, batch 256-1024;
 * super-gradients (T4, Jetson Xavier NX): TensorRT fp16, batch 1, ``*_hw_ms`` columns;
-* torch2trt (Jetson AGX Xavier): TensorRT fp16 and eager PyTorch fp16, batch 1;
+* torch2trt (Jetson AGX Xavier; Jetson Nano, a table shipped in ``kd_compile/calibrate/data``
+  because the shared folder lacks it): TensorRT fp16 and eager PyTorch fp16, batch 1;
 * HELP NAS-Bench-201 and FBNet (GTX 1080 Ti, RTX 2080 Ti, Titan X/Xp/RTX): eager fp32 at batch
   1, 32, 256 (FBNet 1, 32, 64) -- the runtime is undocumented; the data behave like eager PyTorch;
 * Accel-NASBench (RTX 3090, A100): eager AMP fp16 channels_last, batch 128.
@@ -16,10 +17,11 @@ the counts are cached in ``kd_compile/targets/calibration/layer_costs.json`` (co
 fitting and benchmarks build no model. NAS spaces are sampled (``NAS_SAMPLE`` architectures per
 space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
 
-:func:`fit_on` fits the device-independent :class:`Constants` (9 of them; the ``HELD`` ones keep
-their default) on every device's rows at once (robust least squares on log latency, every
-(device, runtime, batch, table) group weighted equally); :func:`fit_scales` fits a device's
-compute, memory and fixed-cost scales, each per runtime, with the constants fixed.
+:func:`fit_on` fits the device-independent :class:`Constants` (8 of them; the ``HELD`` ones keep
+their default, the ``TIED`` one takes another's value) on every device's rows at once (robust
+least squares on log latency, every (device, runtime, batch, table) group weighted equally);
+:func:`fit_scales` fits a device's compute, memory and fixed-cost scales, each per runtime, with
+the constants fixed.
 :func:`calibrate_all` writes ``calibration/<target>.json`` for every GPU target:
 
 * a device with measurements: constants fitted *without* it (leave-one-device-out) plus its own
@@ -41,7 +43,7 @@ the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
 from __future__ import annotations
 
 from .counts import LAYER_COSTS, layer_costs
-from .fit import HELD, device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
+from .fit import HELD, TIED, device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
 from .holdout import KFOLD, bands, kfold_on_device, leave_one_device_out, leave_one_family_out, transfer_bands
 from .problem import Problem, build_problem
 from .synthetic import synthetic_problem
@@ -72,7 +74,8 @@ from .write import calibrate, calibrate_all, gpu_targets
 
 __all__ = [
     "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_TABLES", "KFOLD",
-    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIMM_TABLES", "TORCH2TRT", "MeasuredRow",
+    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED", "TIMM_TABLES", "TORCH2TRT",
+    "MeasuredRow",
     "Problem", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales", "family_of", "fit_constants",
     "fit_on", "fit_scales", "gpu_targets", "group_weights", "kfold_on_device", "layer_costs", "leave_one_device_out",
     "leave_one_family_out", "load_measurements", "predict", "quality", "read_accel_nasbench", "read_help",

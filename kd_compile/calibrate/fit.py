@@ -10,6 +10,7 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 
@@ -49,10 +50,14 @@ _UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.
 # Constants every fit holds at their ``DEFAULT_CONSTANTS`` value (docs/latency-predictor.md):
 # ``t0_us``, an eager op's fixed GPU cost, which the eager tables cannot tell from the host cost of
 # pointwise ops; ``h_kernel_us``, a graph runtime's host cost per kernel, which the TensorRT
-# tables cannot tell from ``t0_graph_us``; and ``c_half``, eager ops' channel half-saturation, which
-# fitted apart from the graph runtimes' ``c_half_graph`` runs to 0.01 and leaves the devices' own
-# 5-fold error no better (``benchmarks/latency_choices.py``).
+# tables cannot tell from ``t0_graph_us``; and ``c_half``, the channel half-saturation, which
+# fitted runs to 16.4 with ``c_half_graph`` tied to it, or to 10.7 beside a ``c_half_graph`` of its
+# own, and leaves the devices' own 5-fold error no better (``benchmarks/latency_choices.py``).
 HELD: tuple[str, ...] = ("t0_us", "h_kernel_us", "c_half")
+# Constants that take another's value in every fit: graph runtimes' channel half-saturation is the
+# eager one (held at 16). Fitted apart, ``c_half_graph`` lost the nested leave-one-device-out
+# comparison over the four TensorRT devices on three of them (``benchmarks/latency_choices.py``).
+TIED: Mapping[str, str] = MappingProxyType({"c_half_graph": "c_half"})
 
 
 def quality(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -195,10 +200,10 @@ def predict(problem: Problem, mask: np.ndarray, constants: Constants,
 
 
 def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300,
-           held: Sequence[str] = HELD, tie: Mapping[str, str] | None = None) -> Constants:
+           held: Sequence[str] = HELD, tie: Mapping[str, str] | None = TIED) -> Constants:
     """Constants fitted on the rows in ``train`` (and in ``problem.fit_mask``), unit scales; the
     ``held`` constants (default ``HELD``) keep their ``DEFAULT_CONSTANTS`` value whatever ``x0``
-    says; ``tie`` as in :func:`fit_constants`."""
+    says; ``tie`` (default ``TIED``; ``None``: none) as in :func:`fit_constants`."""
     m = train & problem.fit_mask
     rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
     start = dataclasses.replace(x0 or DEFAULT_CONSTANTS, **{k: getattr(DEFAULT_CONSTANTS, k) for k in held})

@@ -12,14 +12,14 @@ import numpy as np
 
 from ..profilers.roofline import Constants, DeviceScales, regime_key
 from ..targets.profile import get_target
-from .fit import HELD, device_scales, fit_on, predict
+from .fit import HELD, TIED, device_scales, fit_on, predict
 from .problem import Problem
 
 KFOLD = 5
 
 
 def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose: bool = False,
-                         held: Sequence[str] = HELD, tie: Mapping[str, str] | None = None
+                         held: Sequence[str] = HELD, tie: Mapping[str, str] | None = TIED
                          ) -> tuple[np.ndarray, dict[str, Constants]]:
     """Predictions of every row by constants fitted without its device (unit scales).
 

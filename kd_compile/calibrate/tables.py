@@ -22,6 +22,9 @@ from ..errors import UsageError
 
 # ``shared/data/latency`` next to the repository (``KD_LATENCY_DATA`` overrides).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "latency"
+# Published tables the shared folder lacks, shipped in the package (sources in its README.md); a
+# file of the same name in the data folder takes precedence.
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
 NAS_SAMPLE = 200  # architectures per NAS space counted and evaluated (seed 0)
 NAS_FIT = 100  # of which the fits use the first ones (fit time grows with kernels)
 
@@ -30,7 +33,9 @@ TIMM_TABLES = {
     "benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv": "rtx4090",
 }
 SUPERGRADIENTS = "supergradients_T4_trt_fp16_bs1_classification.csv"
-TORCH2TRT = "torch2trt-jetson-xavier-trt-fp16-bs1.csv"
+# torch2trt's benchmark tables -> target name. The Jetson Nano's ships with kd-compile (``BUNDLED_DIR``).
+TORCH2TRT = {"torch2trt-jetson-xavier-trt-fp16-bs1.csv": "jetson-agx-xavier",
+             "torch2trt-jetson-nano-trt-fp16-bs1.csv": "jetson-nano"}
 HELP_TABLES = {"help-nb201-latency.csv": "nb201", "help-fbnet-latency.csv": "fbnet"}
 ACCEL_NASBENCH = "accel-nasbench-mbconv.csv"
 # HELP column prefix -> target name (titanx: the Pascal TITAN X, see titan-x.toml)
@@ -195,14 +200,14 @@ def read_supergradients(path: Path) -> list[MeasuredRow]:
     return out
 
 
-def read_torch2trt(path: Path) -> list[MeasuredRow]:
-    """Jetson AGX Xavier rows: TensorRT fp16 and eager PyTorch fp16, batch 1, 224 px."""
+def read_torch2trt(path: Path, device: str = "jetson-agx-xavier") -> list[MeasuredRow]:
+    """Rows of one of torch2trt's Jetson tables: TensorRT fp16 and eager PyTorch fp16, batch 1, 224 px."""
     out = []
     for r in _dict_rows(path):
         spec = f"torchvision:{r['torchvision_model']}"
         for col, rt in (("latency_tensorrt_ms", "tensorrt"), ("latency_pytorch_ms", "torch")):
             if r.get(col):
-                out.append(MeasuredRow(spec, "jetson-agx-xavier", rt, "fp16", 1, float(r[col]) * 1e-3, Path(path).name))
+                out.append(MeasuredRow(spec, device, rt, "fp16", 1, float(r[col]) * 1e-3, Path(path).name))
     return out
 
 
@@ -256,7 +261,7 @@ def select_timm(rows: Sequence[MeasuredRow], tables: int = 2) -> list[MeasuredRo
 
 
 def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> list[MeasuredRow]:
-    """Every usable row of the shared measured tables (see the module docstring).
+    """Every usable row of the shared measured tables and of the bundled ones (see the module docstring).
 
     Raises:
         UsageError: the folder does not exist.
@@ -268,8 +273,10 @@ def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> li
     rows = select_timm(timm_rows, tables=sum((d / f).is_file() for f in TIMM_TABLES))
     if (d / SUPERGRADIENTS).is_file():
         rows += read_supergradients(d / SUPERGRADIENTS)
-    if (d / TORCH2TRT).is_file():
-        rows += read_torch2trt(d / TORCH2TRT)
+    for f, dev in TORCH2TRT.items():
+        path = d / f if (d / f).is_file() else BUNDLED_DIR / f
+        if path.is_file():
+            rows += read_torch2trt(path, dev)
     for f, space in HELP_TABLES.items():
         if (d / f).is_file():
             rows += read_help(d / f, space, nas)

@@ -4,7 +4,7 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 (:func:`fuse`). At batch ``b`` each kernel ``k`` costs the larger of what the GPU needs and what the
 host needs to issue it, and a model costs the sum over its kernels::
 
-    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x ch_k / (ch_k + c_half_rt)),
+    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x pen_k),   pen_k = ch_k / (ch_k + c_half_rt)
                   s_memory x (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
@@ -22,24 +22,23 @@ fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on 
 fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
 ``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``) and ``kind`` (``edge-gpu``: a
 Jetson, whose Arm host pays ``edge``).
+A graph runtime's conv/matmul on a GPU without tensor cores (Jetson Nano, TX2; Pascal) runs at
+``e_tc`` with ``pen_k = 1``: its tuned CUDA-core tactics reach the share of peak its tensor-core
+ones do, with no tile waste on small channels (eager CUDA-core GEMMs keep ``e_cuda`` and ``c_half``;
+why: ``docs/latency-predictor.md``, from torch2trt's Jetson Nano table).
 *Counted*: ``F_k`` FLOPs, ``A_k`` activation bytes, ``W_k`` weight bytes (fp32, scaled by the
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
-*Fitted* (:class:`Constants`: 9 numbers fitted on every measured table together by
-:mod:`kd_compile.calibrate`, 3 held): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``, the
-channel half-saturation ``c_half_rt`` of graph runtimes' kernels (``c_half_graph``), the fixed GPU
-cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and ``h_pw`` (per
-ATen op), and the Jetson host factor ``edge``; held: ``t0`` (an eager op's fixed GPU cost, 5 us),
-``c_half`` (eager ops' channel half-saturation, 16) and ``h_kernel`` (a graph runtime's host cost
-per kernel, 0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
+*Fitted* (:class:`Constants`: 8 numbers fitted on every measured table together by
+:mod:`kd_compile.calibrate`, 4 held or tied): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``,
+the fixed GPU cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and
+``h_pw`` (per ATen op), and the Jetson host factor ``edge``; held: ``t0`` (an eager op's fixed GPU
+cost, 5 us), ``c_half`` (the channel half-saturation, 16; graph runtimes' ``c_half_graph`` is tied
+to it) and ``h_kernel`` (a graph runtime's host cost per kernel, 0), for the reasons in
+``docs/latency-predictor.md``. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
-block on TensorRT), and a layout copy is a kernel of its own. Those two rules, cycle-counted fixed
-costs and a ``t0_graph`` of its own (fitted on the TensorRT rows alone, so that the eager tables'
-per-op GPU overhead no longer sets it) together moved TensorRT batch 1 with the device left out from 52% of
-models within 35% to 89% (``benchmarks/latency_accuracy.py``; 86-89% whatever share of the NAS
-tables the fits use, against 70-92% with one shared ``t0``): without the copies, DenseNets on a
-Jetson ran 2.5-3.7x slower than predicted and the fit inflated every kernel's fixed cost to make up
-for it. A device with measurements also gets *device scales* fitted on its own rows (a device
+block on TensorRT), and a layout copy is a kernel of its own (what each rule moved:
+``docs/latency-predictor.md``). A device with measurements also gets *device scales* fitted on its own rows (a device
 without keeps 1), each per runtime measured there: ``s_roofline`` (sustained throughput, e.g. a 70 W
 T4 that cannot hold its boost clock on tensor cores; per runtime because TensorRT's tuned tactics
 and eager cuDNN reach different shares of one datasheet: on the AGX Xavier one shared scale left
@@ -104,12 +103,12 @@ class Constants:
     """The predictor's fitted, device-independent constants (see the module docstring).
 
     Attributes:
-        e_tc: compute efficiency of conv/matmul/attention on tensor cores (fraction of peak).
-        e_cuda: compute efficiency of conv/matmul/attention on CUDA cores.
+        e_tc: compute efficiency of conv/matmul/attention on tensor cores, and of a graph runtime's on CUDA cores.
+        e_cuda: compute efficiency of eager conv/matmul/attention on CUDA cores.
         e_dw: compute efficiency of depthwise convs (CUDA cores).
         e_mem: fraction of DRAM bandwidth any kernel reaches.
         c_half: GEMM dimension at which an eager conv/matmul reaches half its efficiency. Held at
-            16 (``calibrate.HELD``): fitted apart from ``c_half_graph`` it runs to 0.
+            16 (``calibrate.HELD``): fitted, it runs to 16.4 (``benchmarks/latency_choices.py``).
         t0_us: fixed GPU time per eager ATen op (launch latency, ramp-up and tail), microseconds
             at ``T0_CLOCK_GHZ`` (GPU cycles). Held at 5 us, not fitted (``calibrate.HELD``).
         t0_graph_us: the same per kernel of a graph runtime (TensorRT, ``torch.compile``, ONNX
@@ -119,8 +118,8 @@ class Constants:
         h_kernel_us: host cost per launched kernel for graph runtimes (TensorRT), microseconds.
             Held at 0, not fitted (``calibrate.HELD``).
         edge: host-cost factor of a Jetson's Arm CPU relative to a desktop/server host.
-        c_half_graph: the same as ``c_half`` for a graph runtime's kernels (TensorRT picks each
-            layer's tactic by timing it; eager cuDNN by heuristics). Fitted.
+        c_half_graph: the same as ``c_half`` for a graph runtime's tensor-core kernels. Tied to
+            ``c_half`` (``calibrate.TIED``); fitted apart only to compare structures.
     """
 
     e_tc: float = 0.6
@@ -134,7 +133,7 @@ class Constants:
     h_kernel_us: float = 0.0
     edge: float = 2.5
     t0_graph_us: float = 3.0
-    c_half_graph: float = 30.0
+    c_half_graph: float = 16.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -357,7 +356,9 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     dw = table.cls == 1
     use_tc = gemm & (tcores > 0)
     peak = np.where(use_tc, peak_tc, peak_cuda)
-    eff = np.where(dw, e_dw, np.where(use_tc, e_tc, e_cuda)) * np.where(gemm, table.ch / (table.ch + c_half), 1.0)
+    graph_cuda = gemm & ~use_tc & (per_op == 0)  # a graph runtime's GEMM on CUDA cores: see the module docstring
+    eff = (np.where(dw, e_dw, np.where(use_tc | graph_cuda, e_tc, e_cuda))
+           * np.where(gemm & ~graph_cuda, table.ch / (table.ch + c_half), 1.0))
     t_comp = np.where(gemm | dw, b * table.flops / (peak * np.maximum(eff, 1e-12)), 0.0)
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
     jetson = np.where(is_edge > 0, edge, 1.0)

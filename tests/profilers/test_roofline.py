@@ -208,15 +208,16 @@ def test_view_calls_cost_eager_dispatch_only_and_nothing_in_graph_runtimes() -> 
 
 
 def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
-    """``fit_on`` holds ``calibrate.HELD`` at their defaults, whatever the data and the start say;
-    the other constants move."""
-    from kd_compile.calibrate import HELD, fit_on
+    """``fit_on`` holds ``calibrate.HELD`` at their defaults, whatever the data and the start say,
+    ties ``calibrate.TIED`` to their partner (one channel penalty for every runtime) unless told
+    otherwise; the other constants move."""
+    from kd_compile.calibrate import HELD, TIED, fit_on
     from kd_compile.calibrate.problem import Problem
     from kd_compile.calibrate.tables import MeasuredRow
     from kd_compile.profilers.roofline import DEFAULT_CONSTANTS
 
-    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0, c_half=40.0)
-    table, secs, _ = synthetic_problem(true, n_models=20, seed=3)
+    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0, c_half=40.0, c_half_graph=60.0)
+    table, secs, _ = synthetic_problem(true, n_models=20, seed=3)  # eager and TensorRT rows
     rows = [MeasuredRow(f"m{i}", "d", "torch", "fp32", 1, float(x), "t") for i, x in enumerate(secs)]
     ones = np.ones(len(rows))
     problem = Problem(rows, table, np.asarray(secs), ones, ones, ones.astype(bool))
@@ -225,6 +226,9 @@ def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
     for k in HELD:
         assert getattr(fit, k) == getattr(DEFAULT_CONSTANTS, k)
     assert fit.h_lib_us != DEFAULT_CONSTANTS.h_lib_us
+    assert dict(TIED) == {"c_half_graph": "c_half"} and fit.c_half_graph == fit.c_half == 16.0
+    apart = fit_on(problem, np.ones(len(rows), bool), x0=true, max_nfev=30, tie=None)
+    assert apart.c_half == 16.0 and apart.c_half_graph != 16.0
 
 
 def test_device_roofline_scale_is_fitted_per_runtime() -> None:
@@ -304,6 +308,27 @@ def test_channel_penalty_is_per_runtime_kind() -> None:
     for runtime, c_half in (("torch", 16.0), ("tensorrt", 64.0), ("onnxruntime", 64.0)):
         ms = RooflineProfiler(t, "fp16", runtime, constants=c).predict_ops(conv, 1).latency_ms
         assert ms == pytest.approx(1e11 / (full * 16 / (16 + c_half)) * 1e3, rel=1e-3), runtime
+
+
+def test_graph_runtime_gemm_on_cuda_cores_runs_at_e_tc_without_channel_penalty() -> None:
+    """On a GPU without tensor cores (Jetson Nano), TensorRT's conv runs at ``e_tc`` of the CUDA-core
+    peak and pays no channel penalty (no tensor-core tiles to waste), while eager PyTorch's runs at
+    ``e_cuda`` with ``c_half``; on a tensor-core GPU both runtimes keep the penalty."""
+    c = dataclasses.replace(C, e_tc=0.8, e_cuda=0.4, c_half=16.0, c_half_graph=64.0, t0_us=1e-3,
+                            t0_graph_us=1e-3, h_lib_us=0.1, h_pw_us=0.1, h_kernel_us=0.0)
+    conv = [OpRecord("c", "conv", 10**10, 10**3, 10**3, 10**3, 8)]  # compute-bound, 8 channels
+    nano = get_target("jetson-nano")
+    assert not nano.peak_tflops.get("fp16_tensor")
+    cuda = nano.peak_for("fp16", tensor_cores=False) * 1e12
+    ms = {rt: RooflineProfiler(nano, "fp16", rt, constants=c).predict_ops(conv, 1).latency_ms
+          for rt in ("tensorrt", "onnxruntime", "torch")}
+    assert ms["tensorrt"] == pytest.approx(1e10 / (cuda * 0.8) * 1e3, rel=1e-3)
+    assert ms["onnxruntime"] == pytest.approx(ms["tensorrt"], rel=1e-6)
+    assert ms["torch"] == pytest.approx(1e10 / (cuda * 0.4 * 8 / (8 + 16)) * 1e3, rel=1e-3)
+    xavier = get_target("jetson-agx-xavier")  # tensor cores: TensorRT keeps c_half_graph
+    tc = xavier.peak_for("fp16", tensor_cores=True) * 1e12
+    trt = RooflineProfiler(xavier, "fp16", "tensorrt", constants=c).predict_ops(conv, 1).latency_ms
+    assert trt == pytest.approx(1e10 / (tc * 0.8 * 8 / (8 + 64)) * 1e3, rel=1e-3)
 
 
 def test_structure_alternatives_for_the_choice_benchmark() -> None:

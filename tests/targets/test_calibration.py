@@ -25,15 +25,16 @@ from kd_compile.calibrate import (
     TORCH2TRT,
     gpu_targets,
 )
+from kd_compile.calibrate.tables import BUNDLED_DIR, load_measurements
 from kd_compile.profilers import InputSpec, Measurement, create_profiler
 from kd_compile.profilers.roofline import CALIBRATION_DIR, SHARED_FIT, RooflineProfiler, error_band
 from kd_compile.targets import get_target
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "latency"
-KNOWN_TABLES = {*TIMM_TABLES, SUPERGRADIENTS, TORCH2TRT, *HELP_TABLES, ACCEL_NASBENCH}
+KNOWN_TABLES = {*TIMM_TABLES, SUPERGRADIENTS, *TORCH2TRT, *HELP_TABLES, ACCEL_NASBENCH}
 REGIMES = ("tensorrt/fp16/batch1", "tensorrt/fp16/large", "torch/fp16/batch1", "torch/fp16/large",
            "torch/fp32/batch1", "torch/fp32/large")
-MEASURED = {"t4": "tensorrt/fp16/batch1", "jetson-xavier-nx": "tensorrt/fp16/batch1",
+MEASURED = {"t4": "tensorrt/fp16/batch1", "jetson-xavier-nx": "tensorrt/fp16/batch1", "jetson-nano": "tensorrt/fp16/batch1",
             "jetson-agx-xavier": "tensorrt/fp16/batch1", "rtx3090": "torch/fp16/large", "rtx4090": "torch/fp16/large",
             "a100": "torch/fp16/large", "2080ti": "torch/fp32/batch1", "1080ti": "torch/fp32/large",
             "titan-x": "torch/fp32/large", "titan-xp": "torch/fp32/large", "titan-rtx": "torch/fp32/batch1"}
@@ -78,7 +79,7 @@ def test_calibration_cites_the_files_it_was_fitted_on(name: str) -> None:
         assert doc["device_scales_fitted_on"]
     if SHARED.is_dir():
         for f in doc["fitted_on"]:
-            assert (SHARED / f).is_file(), f
+            assert (SHARED / f).is_file() or (BUNDLED_DIR / f).is_file(), f
 
 
 def test_op_count_cache_is_compact_and_cited() -> None:
@@ -159,6 +160,27 @@ def test_held_out_architectures_fall_within_the_stated_band() -> None:
                     within.append(e <= band["p80_ape"])
     assert np.mean(within) >= 0.6, f"only {np.mean(within):.0%} within the stated p80 band"
     assert np.median(ape) <= 1.5 * np.median(stated) + 0.02
+
+
+def test_bundled_jetson_nano_table_is_read_unless_the_data_folder_has_its_own(tmp_path: Path) -> None:
+    """torch2trt's Jetson Nano table ships in the package: read from there when the data folder
+    lacks it (TensorRT and eager rows of the same 18 torchvision models), from the folder when
+    it has a file of that name."""
+    name = next(f for f, dev in TORCH2TRT.items() if dev == "jetson-nano")
+    assert (BUNDLED_DIR / name).is_file()
+    rows = load_measurements(tmp_path)  # an empty data folder: the bundled tables alone
+    assert {r.device for r in rows} == {"jetson-nano"} and {r.file for r in rows} == {name}
+    trt = {r.spec: r.seconds for r in rows if r.runtime == "tensorrt"}
+    eager = {r.spec: r.seconds for r in rows if r.runtime == "torch"}
+    assert len(trt) == 18 and set(trt) == set(eager)
+    assert trt["torchvision:resnet50"] == pytest.approx(29.8e-3)  # JETSON_NANO.md, TensorRT column
+    assert all(r.precision == "fp16" and r.batch == 1 for r in rows)
+    assert all(trt[s] < eager[s] for s in trt)  # TensorRT beats eager on every model of the table
+    lines = (BUNDLED_DIR / name).read_text(encoding="utf-8").splitlines()
+    own = [ln for ln in lines if ln.startswith(("device,", "jetson_nano,")) and "resnet18" not in ln]
+    (tmp_path / name).write_text("\n".join(own[:2]) + "\n", encoding="utf-8")
+    mine = load_measurements(tmp_path)
+    assert len(mine) == 2 and {r.file for r in mine} == {name}  # the folder's copy, not the bundled one
 
 
 def test_nas_fit_mask_keeps_every_named_model_and_the_first_nas_architectures_per_table() -> None:
