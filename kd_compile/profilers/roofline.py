@@ -22,7 +22,7 @@ fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on 
 fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
 ``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``) and ``kind`` (``edge-gpu``: a
 Jetson, whose Arm host pays ``edge``).
-A graph runtime's conv/matmul on a GPU without tensor cores (Jetson Nano, TX2; Pascal) runs at
+A graph runtime's conv/matmul off tensor cores (Jetson Nano, TX2, Pascal; fp32 on Turing) runs at
 ``e_tc`` with ``pen_k = 1``: its tuned CUDA-core tactics reach the share of peak its tensor-core
 ones do, with no tile waste on small channels (eager CUDA-core GEMMs keep ``e_cuda`` and ``c_half``;
 why: ``docs/latency-predictor.md``, from torch2trt's Jetson Nano table).

@@ -34,8 +34,9 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "laten
 KNOWN_TABLES = {*TIMM_TABLES, SUPERGRADIENTS, *TORCH2TRT, *HELP_TABLES, ACCEL_NASBENCH}
 REGIMES = ("tensorrt/fp16/batch1", "tensorrt/fp16/large", "torch/fp16/batch1", "torch/fp16/large",
            "torch/fp32/batch1", "torch/fp32/large")
-MEASURED = {"t4": "tensorrt/fp16/batch1", "jetson-xavier-nx": "tensorrt/fp16/batch1", "jetson-nano": "tensorrt/fp16/batch1",
-            "jetson-agx-xavier": "tensorrt/fp16/batch1", "rtx3090": "torch/fp16/large", "rtx4090": "torch/fp16/large",
+MEASURED = {"t4": "tensorrt/fp16/batch1", "jetson-xavier-nx": "tensorrt/fp16/batch1",
+            "jetson-nano": "tensorrt/fp16/batch1", "jetson-agx-xavier": "tensorrt/fp16/batch1",
+            "rtx3090": "torch/fp16/large", "rtx4090": "torch/fp16/large",
             "a100": "torch/fp16/large", "2080ti": "torch/fp32/batch1", "1080ti": "torch/fp32/large",
             "titan-x": "torch/fp32/large", "titan-xp": "torch/fp32/large", "titan-rtx": "torch/fp32/batch1"}
 
