@@ -13,7 +13,7 @@ the model they report on. Two selection criteria do, each for the part of the mo
 * **Device-independent constants** (what a device without measurements, the default ``2080ti``
   in TensorRT among them, is predicted with): nested leave-one-device-out over the TensorRT
   devices. For each pair of them, constants fitted without both predict each one's TensorRT
-  batch-1 rows; with one device held out as the test, a structure is judged on the other two,
+  batch-1 rows; with one device held out as the test, a structure is judged on the others,
   predicted by fits that also leave out the test device. Printed for the shipped constants (one
   channel half-saturation ``c_half`` for every runtime, held at 16), the same fitted, and graph
   runtimes' own ``c_half_graph`` fitted beside the held eager one; then the outer estimate: each test
