@@ -61,6 +61,16 @@ STRUCTURES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "own c_half_graph, fitted": (HELD, {}),
 }
 BOTH_APART = "c_half and c_half_graph fitted"  # only for the k-fold and the fitted values
+WITH_BOTH_APART = {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}
+
+
+def trt_devices(problem: Problem) -> list[str]:
+    return sorted({r.device for r in problem.rows if r.runtime == "tensorrt"})
+
+
+def trt_batch1(problem: Problem, device: str) -> np.ndarray:
+    """The rows of ``device`` 's TensorRT batch-1 models."""
+    return problem.mask(lambda r: r.device == device and r.runtime == "tensorrt" and r.batch == 1)
 
 
 def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool) -> dict[str, float]:
@@ -76,12 +86,11 @@ def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: 
 
 def nested_lodo(problem: Problem, held: tuple[str, ...], tie: dict[str, str]) -> list[dict]:
     """For each pair of TensorRT devices, constants fitted without both predict each one."""
-    trt = sorted({r.device for r in problem.rows if r.runtime == "tensorrt"})
     out = []
-    for a, b in itertools.combinations(trt, 2):
+    for a, b in itertools.combinations(trt_devices(problem), 2):
         c = fit_on(problem, ~problem.mask(lambda r, p=(a, b): r.device in p), held=held, tie=tie)
         for d in (a, b):
-            m = problem.mask(lambda r, d=d: r.device == d and r.runtime == "tensorrt" and r.batch == 1)
+            m = trt_batch1(problem, d)
             ape = np.abs(predict(problem, m, c) / problem.seconds[m] - 1)
             out.append({"without": [a, b], "device": d, "median_ape": round(float(np.median(ape)), 4)})
     return out
@@ -102,8 +111,8 @@ def selection(nested: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 def lodo_trt(problem: Problem, pred: np.ndarray) -> dict[str, dict[str, float]]:
     """Each TensorRT device's batch-1 error in leave-one-device-out predictions ``pred`` (its test)."""
     out = {}
-    for d in sorted({r.device for r in problem.rows if r.runtime == "tensorrt"}):
-        m = problem.mask(lambda r, d=d: r.device == d and r.runtime == "tensorrt" and r.batch == 1)
+    for d in trt_devices(problem):
+        m = trt_batch1(problem, d)
         ape = np.abs(pred[m] / problem.seconds[m] - 1)
         out[d] = {"median_ape": round(float(np.median(ape)), 4), "within_35": round(float(np.mean(ape <= 0.35)), 4)}
     return out
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"about": __doc__.split("\n\n")[0], "kfold": {}, "nested_lodo": {}}
     # leave-one-device-out once per structure: its fits serve the k-fold and the TensorRT test figures
     lodo = {name: leave_one_device_out(problem, held=held, tie=tie)
-            for name, (held, tie) in {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}.items()}
+            for name, (held, tie) in WITH_BOTH_APART.items()}
     for name, structure, separate in (
         ("shipped", "shipped", True),
         ("one scale for compute and memory", "shipped", False),
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{d} {100 * v:.1f}%" for d, v in r["per_device"].items()))
     everything = np.ones(len(problem.rows), bool)
     doc["channel_penalty_all_devices"] = {}
-    for name, (held, tie) in {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}.items():
+    for name, (held, tie) in WITH_BOTH_APART.items():
         c = fit_on(problem, everything, held=held, tie=tie)
         doc["channel_penalty_all_devices"][name] = {"c_half": round(c.c_half, 2),
                                                     "c_half_graph": round(c.c_half_graph, 2)}

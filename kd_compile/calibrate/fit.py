@@ -182,13 +182,17 @@ def fit_scales(
 
     r = least_squares(resid, np.zeros((3 if separate_memory else 2) * k), bounds=(np.log(0.05), np.log(20.0)),
                       diff_step=1e-3, loss="soft_l1", f_scale=0.3)
-    roof = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[:k], strict=True)}
-    fixed = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[k:2 * k], strict=True)}
+    def per_runtime(z: np.ndarray) -> dict[str, float]:
+        return {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, z, strict=True)}
+
+    def geomean(z: np.ndarray) -> float:
+        return round(math.exp(float(np.mean(z))), 5)
+
+    roof, fixed = r.x[:k], r.x[k:2 * k]
     if not separate_memory:
-        return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof)
-    mem = {rt: round(math.exp(v), 5) for rt, v in zip(runtimes, r.x[2 * k:], strict=True)}
-    return DeviceScales(round(math.exp(float(np.mean(r.x[:k]))), 5), fixed, roof,
-                        round(math.exp(float(np.mean(r.x[2 * k:]))), 5), mem)
+        return DeviceScales(geomean(roof), per_runtime(fixed), per_runtime(roof))
+    mem = r.x[2 * k:]
+    return DeviceScales(geomean(roof), per_runtime(fixed), per_runtime(roof), geomean(mem), per_runtime(mem))
 
 
 def predict(problem: Problem, mask: np.ndarray, constants: Constants,

@@ -44,8 +44,8 @@ T4 that cannot hold its boost clock on tensor cores; per runtime because TensorR
 and eager cuDNN reach different shares of one datasheet: on the AGX Xavier one shared scale left
 VGG 1.40x too slow in TensorRT and 0.72x in eager fp16, and per runtime the device's own 5-fold
 median error went from 17.8% to 9.9%), ``s_memory`` (its sustained share of DRAM bandwidth, and
-of caches, which is not its share of peak FLOP/s: with one scale for both, the devices' own 5-fold
-median error averaged 8.3%, with two 6.7%, lower on 8 of 11 devices: ``benchmarks/latency_choices.py``)
+of caches, which is not its share of peak FLOP/s; chosen on the devices' own 5-fold error over
+their models against one scale for both: ``benchmarks/latency_choices.py``)
 and ``s_fixed`` (its host's dispatch speed and launch path).
 ``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
 follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
