@@ -10,6 +10,9 @@ the tables the package ships (``kd_compile/calibrate/data``: torch2trt's Jetson 
 * **leave-one-family-out** (LOFO): constants and device scales are fitted without an
   architecture family (NAS-Bench-201, FBNet, Accel-NASBench, ResNet-like, RegNet, mobile nets,
   EfficientNet, ViT-like, ConvNeXt, DenseNet, VGG-like, other), then the family is predicted.
+  The device scales' pull toward 1 (``ridge``) is chosen without the family too, by
+  leave-one-family-out over the other families (``calibrate.family_ridge``), as the shipped
+  calibration chooses it over all of them.
 
 Baselines (each fitted on the same training rows as the predictor, per runtime and batch regime):
 
@@ -57,6 +60,7 @@ from kd_compile.calibrate import (  # noqa: E402
     build_problem,
     calibrate_all,
     device_scales,
+    family_ridge,
     fit_on,
     group_weights,
     leave_one_device_out,
@@ -296,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     everything = np.ones(len(problem.rows), bool)
     c_all = fit_on(problem, everything)
     print("constants (all devices):", ", ".join(f"{k}={v:.3g}" for k, v in c_all.to_dict().items()))
+    ridge, ridge_scores = family_ridge(problem, everything, c_all)
+    print(f"device scales' ridge (chosen by leave-one-family-out over all families): {ridge:g}; scores "
+          + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()))
     devices = {r.device for r in problem.rows}
 
     print("\nleave-one-device-out fits:")
@@ -307,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         held = problem.mask(lambda r, d=dev: r.device == d)
         base_l["flops"][held] = proportional(problem, problem.flops, ~held & problem.fit_mask, held, False)[held]
         base_l["params"][held] = proportional(problem, problem.params, ~held & problem.fit_mask, held, False)[held]
-        sc = device_scales(problem, ~held & problem.fit_mask, fits[dev])
+        sc = device_scales(problem, ~held & problem.fit_mask, fits[dev], ridge=ridge)
         base_l["nearest-gpu"][held] = nearest_gpu(problem, held, fits[dev], sc, devices)[held]
     lodo_preds.update(base_l)
     lodo = summarize(problem, lodo_preds)
@@ -325,9 +332,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     lofo: list[dict[str, Any]] = []
     lofo_preds: dict[str, np.ndarray] = {}
+    lofo_ridges: dict[str, float] = {}
     if not args.no_lofo:
         print("\nleave-one-family-out fits:")
-        pf, ffits, fscales = leave_one_family_out(problem, verbose=True)
+        pf, ffits, fscales, lofo_ridges = leave_one_family_out(problem, verbose=True)
         lofo_preds = {"predictor": pf}
         base_f = {k: np.full(len(pf), np.nan) for k in ("flops", "params", "nearest-gpu")}
         for fam in sorted({r.family for r in problem.rows}):
@@ -337,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             base_f["nearest-gpu"][held] = nearest_gpu(problem, held, ffits[fam], fscales[fam], devices)[held]
         lofo_preds.update(base_f)
         lofo = summarize(problem, lofo_preds)
-        print(_fmt(lofo, "\nLEAVE ONE FAMILY OUT (predictor: constants and device scales fitted without the family)"))
+        print(_fmt(lofo, "\nLEAVE ONE FAMILY OUT (predictor: constants, device scales and their ridge "
+                                 "fitted without the family)"))
 
     checks = bars(lodo, lofo)
     print("\nbars:")
@@ -349,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rows": len(problem.rows),
         "constants_all_devices": c_all.to_dict(),
         "constants_without_device": {d: c.to_dict() for d, c in fits.items()},
+        "device_scales_ridge": {"value": ridge, "scores": ridge_scores, "chosen_without_each_family": lofo_ridges},
         "leave_one_device_out": lodo,
         "leave_one_family_out": lofo,
         "groups_lodo": per_group(problem, lodo_preds),

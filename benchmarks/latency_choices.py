@@ -7,9 +7,11 @@ the model they report on. Two selection criteria do, each for the part of the mo
   5-fold error over its models (``calibrate.kfold_on_device``: constants fitted without the
   device, as shipped; its scales fitted on four folds of its models, the fifth predicted). Printed:
   the median absolute percentage error per device and the mean over devices, for the shipped
-  scales (compute, memory and fixed cost, each per runtime) and for one scale for compute and
-  memory time; and, with the shipped scales, for the constants' alternatives below and for both
-  channel half-saturations fitted apart.
+  scales (compute, memory and fixed cost, each per runtime, pulled toward 1 with the ridge the
+  calibration chose: ``calibrate.family_ridge``), for one scale for compute and memory time, and
+  for the weakest pull toward 1 (a random split of models favours it: a fold's family is in its
+  other folds, where the ridge is chosen on families left out); and, with the shipped scales, for
+  the constants' alternatives below and for both channel half-saturations fitted apart.
 * **Device-independent constants** (what a device without measurements, the default ``2080ti``
   in TensorRT among them, is predicted with): nested leave-one-device-out over the TensorRT
   devices. For each pair of them, constants fitted without both predict each one's TensorRT
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from kd_compile.calibrate import (  # noqa: E402
     HELD,
+    RIDGES,
     TIED,
     build_problem,
     fit_on,
@@ -51,6 +54,7 @@ from kd_compile.calibrate import (  # noqa: E402
     predict,
 )
 from kd_compile.calibrate.problem import Problem  # noqa: E402
+from kd_compile.calibrate.write import shipped_ridge  # noqa: E402
 from kd_compile.profilers.roofline import Constants  # noqa: E402
 
 HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # c_half fitted, not held
@@ -73,12 +77,13 @@ def trt_batch1(problem: Problem, device: str) -> np.ndarray:
     return problem.mask(lambda r: r.device == device and r.runtime == "tensorrt" and r.batch == 1)
 
 
-def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool) -> dict[str, float]:
+def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool, ridge: float
+                 ) -> dict[str, float]:
     """Median APE of each device's own 5-fold held-out predictions, with the constants ``fits``
-    fitted without it."""
+    fitted without it and the device scales' pull toward 1 ``ridge``."""
     out = {}
     for dev, c in fits.items():
-        pred = kfold_on_device(problem, dev, c, separate_memory=separate_memory)
+        pred = kfold_on_device(problem, dev, c, separate_memory=separate_memory, ridge=ridge)
         on = problem.mask(lambda r, d=dev: r.device == d)
         out[dev] = round(float(np.median(np.abs(pred[on] / problem.seconds[on] - 1))), 4)
     return out
@@ -128,14 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     # leave-one-device-out once per structure: its fits serve the k-fold and the TensorRT test figures
     lodo = {name: leave_one_device_out(problem, held=held, tie=tie)
             for name, (held, tie) in WITH_BOTH_APART.items()}
-    for name, structure, separate in (
-        ("shipped", "shipped", True),
-        ("one scale for compute and memory", "shipped", False),
-        *((n, n, True) for n in (*list(STRUCTURES)[1:], BOTH_APART)),
+    ridge = doc["ridge"] = shipped_ridge()
+    for name, structure, separate, r in (
+        ("shipped", "shipped", True, ridge),
+        ("one scale for compute and memory", "shipped", False, ridge),
+        (f"weakest pull toward 1 (ridge {min(RIDGES):g})", "shipped", True, min(RIDGES)),
+        *((n, n, True, ridge) for n in (*list(STRUCTURES)[1:], BOTH_APART)),
     ):
-        per = kfold_errors(problem, lodo[structure][1], separate)
+        per = kfold_errors(problem, lodo[structure][1], separate, r)
         doc["kfold"][name] = {"per_device": per, "mean": round(float(np.mean(list(per.values()))), 4)}
-    print("device scales: each device's own 5-fold median error (constants fitted without the device)")
+    print(f"device scales: each device's own 5-fold median error (constants fitted without the device; "
+          f"scales' ridge {ridge:g} as shipped, chosen by leave-one-family-out)")
     for name, r in doc["kfold"].items():
         print(f"  {name:34} mean {100 * r['mean']:.2f}%  " + "  ".join(
             f"{d} {100 * v:.1f}%" for d, v in r["per_device"].items()))

@@ -21,7 +21,8 @@ space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
 their default, the ``TIED`` one takes another's value) on every device's rows at once (robust
 least squares on log latency, every (device, runtime, batch, table) group weighted equally);
 :func:`fit_scales` fits a device's compute, memory and fixed-cost scales, each per runtime, with
-the constants fixed.
+the constants fixed and a pull toward 1 whose strength :func:`family_ridge` chooses by how well
+the scales predict an architecture family they were not fitted on.
 :func:`calibrate_all` writes ``calibration/<target>.json`` for every GPU target:
 
 * a device with measurements: constants fitted *without* it (leave-one-device-out) plus its own
@@ -44,7 +45,16 @@ from __future__ import annotations
 
 from .counts import LAYER_COSTS, layer_costs
 from .fit import HELD, TIED, device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
-from .holdout import KFOLD, bands, kfold_on_device, leave_one_device_out, leave_one_family_out, transfer_bands
+from .holdout import (
+    KFOLD,
+    RIDGES,
+    bands,
+    family_ridge,
+    kfold_on_device,
+    leave_one_device_out,
+    leave_one_family_out,
+    transfer_bands,
+)
 from .problem import Problem, build_problem
 from .synthetic import synthetic_problem
 from .tables import (
@@ -75,10 +85,9 @@ from .write import calibrate, calibrate_all, gpu_targets
 __all__ = [
     "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_TABLES", "KFOLD",
     "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED", "TIMM_TABLES", "TORCH2TRT",
-    "MeasuredRow",
-    "Problem", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales", "family_of", "fit_constants",
-    "fit_on", "fit_scales", "gpu_targets", "group_weights", "kfold_on_device", "layer_costs", "leave_one_device_out",
-    "leave_one_family_out", "load_measurements", "predict", "quality", "read_accel_nasbench", "read_help",
-    "read_supergradients", "read_timm_table", "read_torch2trt", "select_timm", "synthetic_problem",
-    "transfer_bands",
+    "MeasuredRow", "Problem", "RIDGES", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales",
+    "family_of", "family_ridge", "fit_constants", "fit_on", "fit_scales", "gpu_targets", "group_weights",
+    "kfold_on_device", "layer_costs", "leave_one_device_out", "leave_one_family_out", "load_measurements", "predict",
+    "quality", "read_accel_nasbench", "read_help", "read_supergradients", "read_timm_table", "read_torch2trt",
+    "select_timm", "synthetic_problem", "transfer_bands",
 ]

@@ -58,6 +58,9 @@ HELD: tuple[str, ...] = ("t0_us", "h_kernel_us", "c_half")
 # eager one (held at 16). Fitted apart, ``c_half_graph`` lost the nested leave-one-device-out
 # comparison over the four TensorRT devices on three of them (``benchmarks/latency_choices.py``).
 TIED: Mapping[str, str] = MappingProxyType({"c_half_graph": "c_half"})
+# The pull of device scales toward 1 where no calibration chose one (``fit_scales``); the shipped
+# calibration records the value chosen by leave-one-family-out (``holdout.family_ridge``).
+RIDGE = 0.1
 
 
 def quality(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -154,14 +157,17 @@ def _scale_columns(rows: Sequence[MeasuredRow], scales: dict[str, DeviceScales]
 
 def fit_scales(
     table: KernelTable, measured_s: np.ndarray, rows: Sequence[MeasuredRow], constants: Constants,
-    ridge: float = 0.1, separate_memory: bool = True,
+    ridge: float = RIDGE, separate_memory: bool = True,
 ) -> DeviceScales:
     """One device's scales (compute, memory and fixed costs, each per runtime) with the constants
     fixed.
 
-    Robust least squares on log latency with a weak pull of every log(scale) toward 0 (``ridge``),
+    Robust least squares on log latency with a pull of every log(scale) toward 0 (``ridge``: the
+    penalty is ``ridge x log(scale)`` beside one residual per row, each row weighing 1 on average),
     so a handful of rows cannot run a scale away, and a scale the device's rows say little about
     (the compute scale of a device measured only on host- and memory-bound networks) stays near 1.
+    The calibration chooses ``ridge`` by how well the scales predict an architecture family they
+    were not fitted on (:func:`kd_compile.calibrate.holdout.family_ridge`).
     ``separate_memory=False``: one scale for compute and memory time (to compare structures).
     """
     from scipy.optimize import least_squares
@@ -216,13 +222,16 @@ def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max
     return c
 
 
-def device_scales(problem: Problem, train: np.ndarray, constants: Constants, separate_memory: bool = True
-                  ) -> dict[str, DeviceScales]:
-    """Scales of every device with rows in ``train``, fitted on those rows with ``constants``."""
+def device_scales(problem: Problem, train: np.ndarray, constants: Constants, separate_memory: bool = True,
+                  ridge: float = RIDGE, devices: Sequence[str] | None = None) -> dict[str, DeviceScales]:
+    """Scales of every device with rows in ``train`` (or of those in ``devices``), fitted on those
+    rows with ``constants`` (``ridge`` as in :func:`fit_scales`)."""
     out = {}
     for dev in sorted({r.device for r, k in zip(problem.rows, train, strict=True) if k}):
+        if devices is not None and dev not in devices:
+            continue
         m = train & problem.mask(lambda r, d=dev: r.device == d)
         rows = [r for r, k in zip(problem.rows, m, strict=True) if k]
         out[dev] = fit_scales(problem.table.subset(m), problem.seconds[m], rows, constants,
-                              separate_memory=separate_memory)
+                              ridge=ridge, separate_memory=separate_memory)
     return out

@@ -3,6 +3,7 @@ and the error bands per regime drawn from the held-out predictions."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -10,12 +11,47 @@ from typing import Any
 
 import numpy as np
 
-from ..profilers.roofline import Constants, DeviceScales, regime_key
+from ..profilers.roofline import Constants, DeviceScales, batch_regime, regime_key
 from ..targets.profile import get_target
-from .fit import HELD, TIED, device_scales, fit_on, predict
+from .fit import HELD, RIDGE, TIED, device_scales, fit_on, predict
 from .problem import Problem
 
 KFOLD = 5
+# Candidate pulls of the device scales toward 1 (``fit.fit_scales``'s ``ridge``), from about what a
+# device's rows outweigh at once (0.1) to about unit scales for a device measured on 20 models (30).
+RIDGES: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def family_ridge(problem: Problem, train: np.ndarray, constants: Constants, ridges: Sequence[float] = RIDGES
+                 ) -> tuple[float, dict[float, float]]:
+    """The pull of the device scales toward 1 that best predicts an architecture family the
+    scales were not fitted on.
+
+    Leave-one-family-out over the families in ``train`` with ``constants`` fixed: each device's
+    scales are fitted on its rows in ``train`` outside the family, and the family's rows are
+    predicted. A ridge scores the mean, over (device, runtime, batch regime, table) groups, of the
+    group's median absolute log error; the lowest score wins (the smaller ridge on a tie).
+
+    Returns:
+        (the chosen ridge, the score of every candidate).
+    """
+    train = train & problem.fit_mask
+    fams = sorted({r.family for r, k in zip(problem.rows, train, strict=True) if k})
+    scores: dict[float, float] = {}
+    for ridge in ridges:
+        err = np.full(len(problem.rows), np.nan)
+        for fam in fams:
+            held = train & problem.mask(lambda r, f=fam: r.family == f)
+            devs = {r.device for r, k in zip(problem.rows, held, strict=True) if k}
+            s = device_scales(problem, train & ~held, constants, ridge=ridge, devices=devs)
+            err[held] = np.abs(np.log(predict(problem, held, constants, s) / problem.seconds[held]))
+        groups: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+        for i in np.flatnonzero(np.isfinite(err)):
+            r = problem.rows[i]
+            groups[(r.device, r.runtime, batch_regime(r.batch), r.file)].append(err[i])
+        scores[float(ridge)] = float(np.mean([np.median(v) for v in groups.values()])) if groups else math.inf
+    best = min(scores, key=lambda k: (scores[k], k))
+    return best, scores
 
 
 def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose: bool = False,
@@ -43,29 +79,37 @@ def leave_one_device_out(problem: Problem, x0: Constants | None = None, verbose:
 
 
 def leave_one_family_out(problem: Problem, x0: Constants | None = None, verbose: bool = False
-                         ) -> tuple[np.ndarray, dict[str, Constants], dict[str, dict[str, DeviceScales]]]:
+                         ) -> tuple[np.ndarray, dict[str, Constants], dict[str, dict[str, DeviceScales]],
+                                    dict[str, float]]:
     """Predictions of every row by constants and device scales fitted without its family.
 
+    The device scales' pull toward 1 is chosen without the family too (:func:`family_ridge` over
+    the other families), as the shipped calibration chooses it over all of them.
+
     Returns:
-        (predicted seconds per row, constants per left-out family, device scales per family).
+        (predicted seconds per row, constants per left-out family, device scales per family,
+        the ridge chosen per family).
     """
     pred = np.full(len(problem.rows), np.nan)
-    fits, scales = {}, {}
+    fits, scales, ridges = {}, {}, {}
     for fam in sorted({r.family for r in problem.rows}):
         t0 = time.perf_counter()
         held = problem.mask(lambda r, f=fam: r.family == f)
         fits[fam] = fit_on(problem, ~held, x0)
-        scales[fam] = device_scales(problem, ~held & problem.fit_mask, fits[fam])
+        ridges[fam], _ = family_ridge(problem, ~held, fits[fam])
+        scales[fam] = device_scales(problem, ~held & problem.fit_mask, fits[fam], ridge=ridges[fam])
         pred[held] = predict(problem, held, fits[fam], scales[fam])
         if verbose:
-            print(f"  fit without family {fam}: {time.perf_counter() - t0:.0f}s", flush=True)
-    return pred, fits, scales
+            print(f"  fit without family {fam} (scales' ridge {ridges[fam]:g}): {time.perf_counter() - t0:.0f}s",
+                  flush=True)
+    return pred, fits, scales, ridges
 
 
 def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD,
-                    separate_memory: bool = True) -> np.ndarray:
+                    separate_memory: bool = True, ridge: float = RIDGE) -> np.ndarray:
     """Held-out predictions of ``device`` 's rows: its scales fitted on k-1 folds of its models
-    (``constants`` fixed, fitted without the device), the remaining fold predicted."""
+    (``constants`` fixed, fitted without the device; ``ridge`` as in ``fit.fit_scales``), the
+    remaining fold predicted."""
     on = problem.mask(lambda r: r.device == device)
     specs = sorted({r.spec for r, m in zip(problem.rows, on, strict=True) if m})
     rng = np.random.default_rng(0)
@@ -74,7 +118,7 @@ def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int 
     for f in range(min(k, len(specs))):
         test = on & problem.mask(lambda r, f=f: fold_of.get(r.spec) == f)
         train = on & ~test & problem.fit_mask
-        s = device_scales(problem, train, constants, separate_memory)
+        s = device_scales(problem, train, constants, separate_memory, ridge=ridge)
         pred[test] = predict(problem, test, constants, s)
     return pred
 

@@ -25,8 +25,8 @@ from ..profilers.roofline import (
     read_calibration,
 )
 from ..targets.profile import PRECISIONS, get_target, list_targets
-from .fit import device_scales, fit_on, quality
-from .holdout import bands, kfold_on_device, leave_one_device_out, transfer_bands
+from .fit import RIDGE, device_scales, fit_on, quality
+from .holdout import bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
 from .tables import MeasuredRow, load_measurements, read_timm_table, select_timm
 
@@ -63,6 +63,10 @@ def calibrate_all(
     if verbose:
         print(f"  fit on all devices: {time.perf_counter() - t_start:.0f}s", flush=True)
     pred_lodo, lodo_fits = lodo or leave_one_device_out(problem, verbose=verbose)
+    ridge, ridge_scores = family_ridge(problem, everything, c_all)
+    if verbose:
+        print(f"  device scales' ridge {ridge:g} (leave-one-family-out scores "
+              + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
     measured = sorted({r.device for r in problem.rows})
     transfer = transfer_bands(problem, pred_lodo)
     shared = {
@@ -74,6 +78,13 @@ def calibrate_all(
         "constants_basis": f"fitted on all measured devices: {', '.join(measured)}",
         "fitted_on": files,
         "transfer_bands": transfer,
+        "device_scales_ridge": {
+            "value": ridge,
+            "basis": "the candidate whose device scales best predict an architecture family they were not "
+                     "fitted on (kd_compile.calibrate.holdout.family_ridge, constants fitted on all devices): "
+                     "mean over (device, runtime, batch regime, table) of the median absolute log error",
+            "scores": {f"{k:g}": round(v, 5) for k, v in ridge_scores.items()},
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SHARED_FIT.name).write_text(json.dumps(shared, indent=1) + "\n", encoding="utf-8")
@@ -82,8 +93,8 @@ def calibrate_all(
         if name in measured:
             c = lodo_fits[name]
             own = problem.mask(lambda r, n=name: r.device == n)
-            scales = device_scales(problem, own & problem.fit_mask, c)[name]
-            held = kfold_on_device(problem, name, c)
+            scales = device_scales(problem, own & problem.fit_mask, c, ridge=ridge)[name]
+            held = kfold_on_device(problem, name, c, ridge=ridge)
             own_bands = bands(problem, held, own, "fitted on this device", per_device_weight=False)
             # regimes the device was not measured in: the transfer band (its scales still apply)
             kind = get_target(name).kind
@@ -96,6 +107,7 @@ def calibrate_all(
                                    f"{', '.join(d for d in measured if d != name)}",
                 "device_scales": scales.to_dict(),
                 "device_scales_fitted_on": sorted({r.file for r, m in zip(problem.rows, own, strict=True) if m}),
+                "device_scales_ridge": ridge,
                 "fitted_on": files,
                 "error_bands": eb,
             }
@@ -115,6 +127,14 @@ def calibrate_all(
     if verbose:
         print(f"  calibration written to {out_dir} in {time.perf_counter() - t_start:.0f}s")
     return summary
+
+
+def shipped_ridge() -> float:
+    """The device scales' ridge the shipped calibration chose (``_all_devices.json``), else
+    ``fit.RIDGE``."""
+    doc = read_calibration(SHARED_FIT.stem) or {}
+    value = (doc.get("device_scales_ridge") or {}).get("value")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else RIDGE
 
 
 def calibration_path(name: str, out: Path | str | None) -> Path:
@@ -200,9 +220,10 @@ def calibrate(
     if len(problem.rows) < 10:
         raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
     constants, _, _ = load_calibration(prof)
+    ridge = shipped_ridge()
     own = np.ones(len(problem.rows), bool)
-    scales = device_scales(problem, own, constants)[prof.name]
-    held = kfold_on_device(problem, prof.name, constants)
+    scales = device_scales(problem, own, constants, ridge=ridge)[prof.name]
+    held = kfold_on_device(problem, prof.name, constants, ridge=ridge)
     q = quality(held, problem.seconds)
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     doc: dict[str, Any] = dict(read_calibration(prof.name) or {}) if out is None else {}
@@ -217,7 +238,8 @@ def calibrate(
             raise UsageError(f"{path} exists and is not a calibration JSON", hint="choose another --out")
     doc.update(target=prof.name, constants=_rounded(constants),
                constants_basis=doc.get("constants_basis", "the target's calibration"),
-               device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables])
+               device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables],
+               device_scales_ridge=ridge)
     doc.setdefault("error_bands", {}).update(band)
     _write_json_atomic(path, doc)
     return {

@@ -4,6 +4,7 @@ and names read from files never leave their folder; bad tables are usage errors 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def test_out_folder_gets_the_target_file_and_no_temp_file(tmp_path: Path) -> Non
     res = _calibrate("--out", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert [p.name for p in tmp_path.iterdir()] == ["rtx3090.json"]
+    from kd_compile.calibrate.write import shipped_ridge
+
+    doc = json.loads((tmp_path / "rtx3090.json").read_text(encoding="utf-8"))
+    assert doc["device_scales_ridge"] == shipped_ridge()  # the pull the shipped calibration chose
 
 
 @needs_table
