@@ -50,6 +50,13 @@ the replicates of the new members only. Measured on the committed table
 workdir keeps one teacher (keyed by the table's settings): give each table its own ``--workdir``
 (the 10-class table's teacher in the same one would be retrained at every switch).
 
+Latency refresh (``--refresh-latency --out TABLE``): the predicted latencies (every student's and
+the teacher's) are recomputed from the recorded configs with the current predictor and
+calibration, and the FLOPs with the current counter, without training (seconds); the header
+records it (``latency_refreshed``). Run
+it whenever the predictor or the 2080 Ti calibration changes; only strategies that read latency
+(``mobo``'s objectives) then move.
+
 Run (one thread per worker; the default sizing is the committed table's)::
 
     .venv/bin/python benchmarks/make_tabular.py --archs 300 --workers 2
@@ -140,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="replicate mode: retrain the table's top N archs (full-fidelity KD accuracy) with --replicate-seeds",
     )
     ap.add_argument("--replicate-seeds", default="1,2", help="training seeds of the replicates (comma list, > 0)")
+    ap.add_argument(
+        "--refresh-latency",
+        action="store_true",
+        help="rewrite --out's predicted latencies (students and teacher) with the current predictor; no training",
+    )
     return ap.parse_args(argv)
 
 
@@ -554,9 +566,55 @@ def _map_jobs(fn: Any, jobs: Any, settings: dict[str, Any], args: argparse.Names
             write(rec)
 
 
+def refresh_latency(args: argparse.Namespace) -> int:
+    """Rewrite the predicted latency of every student and of the teacher in ``args.out`` with the
+    current predictor and calibration (no training: each model is rebuilt untrained from its
+    recorded config), and their FLOPs with the current counter. The recorded params must equal
+    the rebuilt ones (else the builder changed and the table no longer describes its students:
+    exit 2, file untouched). The header records when and with what; the file is replaced
+    atomically (a line cut by a kill is dropped, as a resumed run would redo it)."""
+    lines = list(_records(args.out))
+    header = next((r for r in lines if r.get("kind") == "header"), None)
+    if header is None:
+        print(f"{args.out} has no header line", file=sys.stderr)
+        return 2
+    settings = header["settings"]
+    space = make_space(settings)
+    roofline = RooflineProfiler(target=settings["target"])
+    teacher_space = create_space("cnn", input_shape=tuple(settings["space"]["input_shape"]),
+                                 num_classes=int(settings["space"]["num_classes"]))
+    t = profile_arch(teacher_space, header["teacher"]["config"], roofline)
+    wrong, moved, flops = [], [], 0
+    for rec in [header["teacher"], *(r for r in lines if r.get("kind") == "arch")]:
+        prof = t if rec is header["teacher"] else profile_arch(space, rec["config"], roofline)
+        if prof["params"] != rec["params"]:
+            wrong.append(f"{rec.get('index', 'teacher')}: {rec['params']} -> {prof['params']}")
+        flops += prof["flops"] != rec["flops"]
+        moved.append(prof["latency_ms"] / rec["latency_ms"])
+        rec.update(flops=prof["flops"], latency_ms=prof["latency_ms"])
+    if wrong:
+        print(f"params no longer match for {len(wrong)} models (first: {wrong[0]}); not rewritten", file=sys.stderr)
+        return 2
+    header["latency_refreshed"] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "predictor": f"roofline, target {settings['target']}, {roofline.runtime} {roofline.precision}, batch 1, "
+                     f"calibration {roofline.source.get('calibration', '?')}",
+        "flops_recounted": int(flops),
+    }
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    os.replace(tmp, args.out)
+    r = np.array(moved)
+    print(f"{args.out}: {len(r)} latencies rewritten (teacher {t['latency_ms']:.4f} ms); new / old: median "
+          f"{np.median(r):.3f}, range {r.min():.3f}-{r.max():.3f}; FLOPs changed for {flops}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.refresh_latency:
+        return refresh_latency(args)
     if args.replicate_top > 0:
         return replicate(args)
     t_start = time.perf_counter()

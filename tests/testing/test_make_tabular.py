@@ -117,3 +117,39 @@ def test_init_seeds_are_the_tables_for_seed_0_and_distinct_otherwise(mt: ModuleT
     assert mt.init_seed(7, 0) == 1007  # the committed table's initial weights
     seeds = {mt.init_seed(i, s) for i in range(300) for s in range(3)}
     assert len(seeds) == 900
+
+
+def test_refresh_latency_rewrites_latencies_only_and_refuses_a_changed_builder(
+    mt: ModuleType, table: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--refresh-latency`` re-predicts each student's and the teacher's latency from its config
+    with the current predictor (and recounts FLOPs), keeps every other field, and records it in
+    the header; a table whose recorded params no longer match its configs is left untouched (exit 2)."""
+    src, _ = table
+    out = tmp_path / "t.jsonl"
+    orig = list(mt._records(src))  # the other tests may have left a line cut by a kill
+    stale = json.loads(json.dumps(orig))
+    for r in stale:  # what an older predictor and counter would have written
+        if r["kind"] == "arch":
+            r["latency_ms"] *= 3.0
+            r["flops"] += 8
+    stale[0]["teacher"]["latency_ms"] *= 3.0
+    out.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    assert mt.main(["--refresh-latency", "--out", str(out)]) == 0
+    fresh = _lines(out)
+    assert fresh[0]["latency_refreshed"]["flops_recounted"] == sum(r["kind"] == "arch" for r in orig)
+    assert "latency_refreshed" in fresh[0] and "calibration" in fresh[0]["latency_refreshed"]["predictor"]
+    assert fresh[0]["teacher"]["latency_ms"] == pytest.approx(orig[0]["teacher"]["latency_ms"])
+    for new, old in zip(fresh[1:], orig[1:], strict=True):
+        if new["kind"] == "arch":
+            assert new["latency_ms"] == pytest.approx(old["latency_ms"])  # the same predictor as the build
+            assert new["flops"] == old["flops"]
+        assert {**new, "latency_ms": 0} == {**old, "latency_ms": 0}
+    broken = _lines(out)
+    next(r for r in broken if r["kind"] == "arch")["params"] += 1
+    text = "".join(json.dumps(r) + "\n" for r in broken)
+    out.write_text(text)
+    capsys.readouterr()
+    assert mt.main(["--refresh-latency", "--out", str(out)]) == 2
+    assert "params no longer match" in capsys.readouterr().err
+    assert out.read_text() == text
