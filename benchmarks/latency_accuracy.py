@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="also run leave-one-device-out with the fits on N NAS architectures per table, for each "
                          "N of this comma list (empty: skip)")
     args = ap.parse_args(argv)
+    if args.write_calibration and args.no_lofo:
+        ap.error("--write-calibration needs the leave-one-family-out fits (each measured device's band carries "
+                 "its family-left-out error): drop --no-lofo")
     import torch
 
     torch.set_num_threads(1)
@@ -367,14 +370,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sensitivity_nas_fit": sensitivity,
     }
     if args.write_calibration:
-        summary = calibrate_all(problem=problem, lodo=(pred, fits), verbose=True)
+        summary = calibrate_all(problem=problem, lodo=(pred, fits), lofo=lofo_preds.get("predictor"), verbose=True)
         result["calibration"] = summary
         print("\nerror bands written (median / p80 APE, transfer):")
         for name, t in summary["targets"].items():
             cells = []
             for k, v in sorted(t["error_bands"].items()):
                 own = t["measured"] and v["transfer"] == "fitted on this device"
-                cells.append(f"{k} {100 * v['median_ape']:.0f}%/{100 * v['p80_ape']:.0f}%{'' if own else '*'}")
+                fam = v.get("family_left_out")
+                cells.append(f"{k} {100 * v['median_ape']:.0f}%/{100 * v['p80_ape']:.0f}%{'' if own else '*'}"
+                             + (f" (family left out {100 * fam['median_ape']:.0f}%)" if fam else ""))
             print(f"  {name:<18} " + "; ".join(cells))
         print("  (* = device left out or proxy)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

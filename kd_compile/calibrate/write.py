@@ -3,6 +3,7 @@ target, from the shared tables) and :func:`calibrate` (one target, from a user's
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from ..profilers.roofline import (
     DeviceScales,
     load_calibration,
     read_calibration,
+    regime_key,
 )
 from ..targets.profile import PRECISIONS, get_target, list_targets
 from .fit import RIDGE, device_scales, fit_on, quality
@@ -43,6 +45,7 @@ def _rounded(c: Constants) -> dict[str, float]:
 def calibrate_all(
     data_dir: Path | None = None, out_dir: Path = CALIBRATION_DIR, verbose: bool = False,
     problem: Problem | None = None, lodo: tuple[np.ndarray, dict[str, Constants]] | None = None,
+    lofo: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit on every measured table and write ``<target>.json`` for every GPU target (module docstring).
 
@@ -51,6 +54,9 @@ def calibrate_all(
         out_dir: where the calibration files go.
         verbose: print progress.
         problem, lodo: reuse an already built problem / leave-one-device-out result.
+        lofo: leave-one-family-out predictions of every row (``holdout.leave_one_family_out``):
+            each measured device's bands then also carry the error on a family its tables lack
+            (``family_left_out``), which a random fold over its models does not show.
 
     Returns:
         ``{"constants": ..., "targets": {name: {"transfer": ..., "error_bands": ...}}}``.
@@ -96,6 +102,8 @@ def calibrate_all(
             scales = device_scales(problem, own & problem.fit_mask, c, ridge=ridge)[name]
             held = kfold_on_device(problem, name, c, ridge=ridge)
             own_bands = bands(problem, held, own, "fitted on this device", per_device_weight=False)
+            if lofo is not None:
+                _add_family_bands(problem, lofo, own, own_bands)
             # regimes the device was not measured in: the transfer band (its scales still apply)
             kind = get_target(name).kind
             eb = {**{k: v for k, v in transfer[kind].items() if k not in own_bands}, **own_bands}
@@ -127,6 +135,20 @@ def calibrate_all(
     if verbose:
         print(f"  calibration written to {out_dir} in {time.perf_counter() - t_start:.0f}s")
     return summary
+
+
+def _add_family_bands(problem: Problem, lofo: np.ndarray, own: np.ndarray, own_bands: dict[str, Any]) -> None:
+    """Add to each of a device's own regime bands the error of its rows predicted with their
+    family left out (constants, device scales and their ridge fitted without the family)."""
+    fam = bands(problem, lofo, own, "family left out", per_device_weight=False)
+    for key, band in own_bands.items():
+        if key in fam:
+            rows = [r for r, m in zip(problem.rows, own, strict=True) if m and regime_key(r.runtime, r.precision,
+                                                                                      r.batch) == key]
+            band["family_left_out"] = {
+                "median_ape": fam[key]["median_ape"], "p80_ape": fam[key]["p80_ape"], "n": fam[key]["n"],
+                "families": len({r.family for r in rows}),
+            }
 
 
 def shipped_ridge() -> float:
@@ -226,7 +248,9 @@ def calibrate(
     held = kfold_on_device(problem, prof.name, constants, ridge=ridge)
     q = quality(held, problem.seconds)
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
-    doc: dict[str, Any] = dict(read_calibration(prof.name) or {}) if out is None else {}
+    # a deep copy: the shipped document is cached in memory (``read_calibration``), and updating
+    # its bands in place would hand this fit's bands to every later reader of the shipped file
+    doc: dict[str, Any] = copy.deepcopy(read_calibration(prof.name) or {}) if out is None else {}
     if path.is_file():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

@@ -88,7 +88,10 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
         of held-out predictions they come from, the regime key, what they were measured on, how
         the target relates to the measurements (``"fitted on this device"``, ``"device left out"``,
         or ``"proxy: ..."`` when the regime itself has no measurements) and the measured files.
-        ``median_ape`` is None when nothing was measured that could stand for this regime.
+        ``median_ape`` is None when nothing was measured that could stand for this regime. A
+        device fitted on its own rows also gives ``family_left_out`` (``{"median_ape", "p80_ape",
+        "n", "families"}``): the error on its rows of a family left out of every fit, the closer
+        guide for a student of a family its tables lack.
     """
     key = regime_key(runtime, precision, batch)
     doc = own_calibration(target)
@@ -110,6 +113,8 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     out = {"median_ape": band.get("median_ape"), "p80_ape": band.get("p80_ape"), "n": band.get("n", 0),
            "regime": key, "basis": band.get("basis", ""), "transfer": band.get("transfer", ""),
            "files": list(band.get("files", []))}
+    if isinstance(band.get("family_left_out"), dict):
+        out["family_left_out"] = dict(band["family_left_out"])
     if note:
         out["transfer"] = f"{note}; {out['transfer']}"
     if src == "shared":

@@ -86,7 +86,12 @@ def band_phrase(band: dict[str, Any] | None) -> str:
         return f"unvalidated ({band.get('basis') or 'no measurements for this runtime'})"
     what = f"±{100 * ape:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float)) else "")
     how = "; ".join(str(x) for x in (band.get("transfer"), band.get("basis")) if x)
-    return f"{what} error held out ({how})" if how else f"{what} error held out"
+    out = f"{what} error held out ({how})" if how else f"{what} error held out"
+    fam = band.get("family_left_out")
+    if isinstance(fam, dict) and isinstance(fam.get("median_ape"), (int, float)):
+        out += (f"; ±{100 * fam['median_ape']:.0f}% median on a family its tables lack (each of its "
+                f"{fam.get('families', '?')} families left out of the fit in turn)")
+    return out
 
 
 def speed_lines(r: dict[str, Any]) -> list[str]:

@@ -40,6 +40,10 @@ def test_without_out_it_writes_to_the_user_cache_and_says_where(tmp_path: Path, 
     written = tmp_path / "cache" / "calibration" / "rtx3090.json"
     assert written.is_file() and f"written to {written}" in res.output
     assert _package_state() == before  # the installed package is untouched
+    from kd_compile.profilers.error_bands import read_calibration
+
+    shipped = json.loads((CALIBRATION_DIR / "rtx3090.json").read_text(encoding="utf-8"))
+    assert read_calibration("rtx3090") == shipped  # and so is its in-memory copy (the fit took a deep copy)
 
 
 @needs_table

@@ -116,6 +116,29 @@ def test_predictions_carry_the_error_band() -> None:
     assert large.extra["error_band"]["transfer"] == "fitted on this device"
 
 
+@pytest.mark.parametrize("name", sorted(MEASURED))
+def test_a_measured_device_band_also_gives_its_error_on_a_family_left_out(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random fold keeps every family in its training folds; the band also says how far off the
+    device's rows of a family left out of every fit come, what a student of another family meets."""
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # no user calibration of this target: the shipped one
+    for key, band in _doc(name)["error_bands"].items():
+        if band["transfer"] != "fitted on this device":
+            assert "family_left_out" not in band, (name, key)
+            continue
+        fam = band["family_left_out"]
+        assert 0 < fam["median_ape"] <= fam["p80_ape"] < 10 and fam["n"] == band["n"], (name, key)
+        assert fam["families"] >= 1
+    runtime, precision, regime = MEASURED[name].split("/")
+    batch = 1 if regime == "batch1" else 64
+    got = error_band(get_target(name), runtime, precision, batch)
+    assert got["family_left_out"] == _doc(name)["error_bands"][MEASURED[name]]["family_left_out"]
+    from kd_compile.report.render import band_phrase
+
+    assert f"±{100 * got['family_left_out']['median_ape']:.0f}% median on a family its tables lack" in band_phrase(got)
+
+
 def test_unmeasured_runtime_says_so() -> None:
     band = error_band(get_target("a100"), "onnxruntime", "fp16", 1)
     assert band["median_ape"] is None and "unvalidated" in band["basis"]
