@@ -33,6 +33,13 @@ def _with_seconds(problem, seconds: np.ndarray):
     return dataclasses.replace(problem, seconds=seconds)
 
 
+def _nano_scaled(problem, constants, compute: dict, fixed: dict, memory: dict):
+    """The problem with latencies that follow the predictor with these Jetson Nano scales."""
+    true = DeviceScales(1.0, fixed, compute, 1.0, memory)
+    everything = np.ones(len(problem.rows), bool)
+    return _with_seconds(problem, predict(problem, everything, constants, {"jetson-nano": true}))
+
+
 def test_the_table_spans_several_families(nano) -> None:
     problem, _ = nano
     assert len({r.family for r in problem.rows}) >= 3
@@ -40,11 +47,9 @@ def test_the_table_spans_several_families(nano) -> None:
 
 def test_scales_that_transfer_across_families_get_the_weakest_pull(nano) -> None:
     problem, constants = nano
-    everything = np.ones(len(problem.rows), bool)
-    true = DeviceScales(1.0, {"tensorrt": 2.5, "torch": 0.6}, {"tensorrt": 0.5, "torch": 1.8}, 1.0,
-                        {"tensorrt": 2.0, "torch": 0.7})
-    p = _with_seconds(problem, predict(problem, everything, constants, {"jetson-nano": true}))
-    ridge, scores = family_ridge(p, everything, constants)
+    p = _nano_scaled(problem, constants, compute={"tensorrt": 0.5, "torch": 1.8},
+                     fixed={"tensorrt": 2.5, "torch": 0.6}, memory={"tensorrt": 2.0, "torch": 0.7})
+    ridge, scores = family_ridge(p, np.ones(len(p.rows), bool), constants)
     assert set(scores) == set(RIDGES)
     assert ridge == min(RIDGES)
     assert scores[min(RIDGES)] < scores[max(RIDGES)]
@@ -65,10 +70,8 @@ def test_scales_that_do_not_transfer_get_a_strong_pull(nano) -> None:
 
 def test_a_stronger_pull_keeps_the_kfold_scales_nearer_1(nano) -> None:
     problem, constants = nano
-    everything = np.ones(len(problem.rows), bool)
-    true = DeviceScales(1.0, {"tensorrt": 3.0, "torch": 3.0}, {"tensorrt": 3.0, "torch": 3.0}, 1.0,
-                        {"tensorrt": 3.0, "torch": 3.0})
-    p = _with_seconds(problem, predict(problem, everything, constants, {"jetson-nano": true}))
+    three = {"tensorrt": 3.0, "torch": 3.0}
+    p = _nano_scaled(problem, constants, compute=three, fixed=three, memory=three)
     err = {r: np.median(np.abs(np.log(kfold_on_device(p, "jetson-nano", constants, ridge=r) / p.seconds)))
            for r in (0.1, 30.0)}
     assert err[0.1] < 0.05 < err[30.0]  # the weak pull recovers the scales; the strong one holds them near 1
