@@ -370,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sensitivity_nas_fit": sensitivity,
     }
     if args.write_calibration:
-        summary = calibrate_all(problem=problem, lodo=(pred, fits), lofo=lofo_preds.get("predictor"), verbose=True)
+        summary = calibrate_all(problem=problem, lodo=(pred, fits), lofo=lofo_preds.get("predictor"),
+                                ridge=(ridge, ridge_scores), verbose=True)
         result["calibration"] = summary
         print("\nerror bands written (median / p80 APE, transfer):")
         for name, t in summary["targets"].items():

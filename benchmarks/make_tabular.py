@@ -292,18 +292,13 @@ def train_teacher(settings: dict[str, Any], data: DataBundle, workdir: Path) -> 
         ),
     )
     secs = time.perf_counter() - t0
-    roof = RooflineProfiler(target=settings["target"])
-    spec = InputSpec(tuple(data.input_shape))
-    tr = trace_ops(teacher, spec.shape)
-    m = count(teacher, spec, trace=tr)
     summary = {
         "config": TEACHER_CONFIG,
         "describe": space.describe(TEACHER_CONFIG),
         "val_acc": res.val_acc,
         "train_acc": res.train_acc,
-        "params": int(m.params),
-        "flops": int(m.flops),
-        "latency_ms": float(roof.predict_ops(tr.ops, 1).latency_ms),
+        # params, FLOPs and latency do not depend on the weights: the same path as every student's
+        **profile_arch(space, TEACHER_CONFIG, RooflineProfiler(target=settings["target"])),
         "train_seconds": round(secs, 1),
     }
     workdir.mkdir(parents=True, exist_ok=True)
@@ -583,10 +578,9 @@ def refresh_latency(args: argparse.Namespace) -> int:
     roofline = RooflineProfiler(target=settings["target"])
     teacher_space = create_space("cnn", input_shape=tuple(settings["space"]["input_shape"]),
                                  num_classes=int(settings["space"]["num_classes"]))
-    t = profile_arch(teacher_space, header["teacher"]["config"], roofline)
     wrong, moved, flops = [], [], 0
-    for rec in [header["teacher"], *(r for r in lines if r.get("kind") == "arch")]:
-        prof = t if rec is header["teacher"] else profile_arch(space, rec["config"], roofline)
+    for rec, of in [(header["teacher"], teacher_space), *((r, space) for r in lines if r.get("kind") == "arch")]:
+        prof = profile_arch(of, rec["config"], roofline)
         if prof["params"] != rec["params"]:
             wrong.append(f"{rec.get('index', 'teacher')}: {rec['params']} -> {prof['params']}")
         flops += prof["flops"] != rec["flops"]
@@ -605,8 +599,8 @@ def refresh_latency(args: argparse.Namespace) -> int:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
     os.replace(tmp, args.out)
     r = np.array(moved)
-    print(f"{args.out}: {len(r)} latencies rewritten (teacher {t['latency_ms']:.4f} ms); new / old: median "
-          f"{np.median(r):.3f}, range {r.min():.3f}-{r.max():.3f}; FLOPs changed for {flops}")
+    print(f"{args.out}: {len(r)} latencies rewritten (teacher {header['teacher']['latency_ms']:.4f} ms); "
+          f"new / old: median {np.median(r):.3f}, range {r.min():.3f}-{r.max():.3f}; FLOPs changed for {flops}")
     return 0
 
 

@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _rounded(c: Constants) -> dict[str, float]:
 def calibrate_all(
     data_dir: Path | None = None, out_dir: Path = CALIBRATION_DIR, verbose: bool = False,
     problem: Problem | None = None, lodo: tuple[np.ndarray, dict[str, Constants]] | None = None,
-    lofo: np.ndarray | None = None,
+    lofo: np.ndarray | None = None, ridge: tuple[float, dict[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Fit on every measured table and write ``<target>.json`` for every GPU target (module docstring).
 
@@ -57,6 +58,8 @@ def calibrate_all(
         lofo: leave-one-family-out predictions of every row (``holdout.leave_one_family_out``):
             each measured device's bands then also carry the error on a family its tables lack
             (``family_left_out``), which a random fold over its models does not show.
+        ridge: reuse an already chosen device scales' ridge and its scores (``holdout.family_ridge``
+            on every row with the constants fitted on all devices).
 
     Returns:
         ``{"constants": ..., "targets": {name: {"transfer": ..., "error_bands": ...}}}``.
@@ -69,7 +72,7 @@ def calibrate_all(
     if verbose:
         print(f"  fit on all devices: {time.perf_counter() - t_start:.0f}s", flush=True)
     pred_lodo, lodo_fits = lodo or leave_one_device_out(problem, verbose=verbose)
-    ridge, ridge_scores = family_ridge(problem, everything, c_all)
+    ridge, ridge_scores = ridge or family_ridge(problem, everything, c_all)
     if verbose:
         print(f"  device scales' ridge {ridge:g} (leave-one-family-out scores "
               + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
@@ -141,14 +144,14 @@ def _add_family_bands(problem: Problem, lofo: np.ndarray, own: np.ndarray, own_b
     """Add to each of a device's own regime bands the error of its rows predicted with their
     family left out (constants, device scales and their ridge fitted without the family)."""
     fam = bands(problem, lofo, own, "family left out", per_device_weight=False)
+    families: dict[str, set[str]] = defaultdict(set)
+    for r, m in zip(problem.rows, own, strict=True):
+        if m:
+            families[regime_key(r.runtime, r.precision, r.batch)].add(r.family)
     for key, band in own_bands.items():
         if key in fam:
-            rows = [r for r, m in zip(problem.rows, own, strict=True) if m and regime_key(r.runtime, r.precision,
-                                                                                      r.batch) == key]
-            band["family_left_out"] = {
-                "median_ape": fam[key]["median_ape"], "p80_ape": fam[key]["p80_ape"], "n": fam[key]["n"],
-                "families": len({r.family for r in rows}),
-            }
+            band["family_left_out"] = {"median_ape": fam[key]["median_ape"], "p80_ape": fam[key]["p80_ape"],
+                                       "n": fam[key]["n"], "families": len(families[key])}
 
 
 def shipped_ridge() -> float:
