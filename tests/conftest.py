@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# the suite runs on 2 cores; keep every test's torch work on one thread each
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the suite runs on 2 cores: at most 2 torch threads, and one per worker when pytest-xdist runs the
+# tests in several processes (``make test``: one worker per core)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
