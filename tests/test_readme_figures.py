@@ -427,11 +427,34 @@ def check_latency_choices() -> None:
     _assert_quoted(expected, text, "structure choice", "benchmarks/results/latency_choices.json")
 
 
+# -- out-of-sample check --------------------------------------------------------------------------
+def check_external() -> None:
+    doc = _load("external_check")
+    sec = " ".join(_section("**Out-of-sample check**", "**ONNX Runtime repeatability**").split())
+    rows = {(r["device"], r["model"], r["precision"]): r for r in doc["rows"]}
+    quoted = [("v100", "resnet50v1.5", "fp16"), ("t4", "resnet50v1.5", "fp16"), ("v100", "efficientnet-b0", "fp16"),
+              ("a100", "efficientnet-b0", "fp16"), ("v100", "resnet50v1.5", "fp32"), ("t4", "resnet50v1.5", "fp32"),
+              ("v100", "efficientnet-b0", "fp32")]
+    assert sorted(quoted) == sorted(rows), "README quotes every row of the external check"
+    s = doc["summary"]
+    expected = [
+        *(f"x{rows[k]['ratio']:.2f}" for k in quoted),
+        f"over the {s['n']} rows: median error {100 * s['median_ape']:.1f}%, {100 * s['within_35']:.0f}% within 35%, "
+        f"{100 * s['inside_p80_band']:.0f}% inside the printed p80 band",
+    ]
+    assert all(rows[k]["inside_p80"] for k in quoted[:4]) and not any(rows[k]["inside_p80"] for k in quoted[4:])
+    fp32_bands = {f"±{100 * rows[k]['band_median']:.0f}% band printed for it" for k in quoted[4:]}
+    assert len(fp32_bands) == 1, f"the fp32 rows no longer share one band: {fp32_bands}"
+    expected += sorted(fp32_bands)
+    _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
     "latency_accuracy": check_latency,
     "latency_choices": check_latency_choices,
+    "external_check": check_external,
     "help_ceiling": check_help_ceiling,
     "strategies": check_strategies,
     "strategies_glyphs10": check_strategies_glyphs10,

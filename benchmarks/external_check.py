@@ -1,0 +1,98 @@
+"""Out-of-sample check of the shipped latency predictor on published figures no fit has seen.
+
+``benchmarks/data/nvidia_dle_inference.csv`` holds NVIDIA DeepLearningExamples' eager-PyTorch
+inference throughputs (ResNet-50 v1.5 and EfficientNet-B0 at batch 256, fp32 and mixed precision)
+on a V100 (a target with no measured table in the calibration), a T4 (calibrated on TensorRT
+batch-1 rows only) and an A100 (calibrated on Accel-NASBench's MBConv throughputs, eager AMP at
+batch 128). Nothing here is fitted: each row is predicted by ``kd_compile.profile(...,
+method="predict")`` exactly as a user would get it, and set beside the measurement and the error
+band that prediction carries.
+
+Run::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/external_check.py
+
+Prints one line per row (measured and predicted ms per batch, predicted / measured, the band's
+median and 80th-percentile error, whether the error falls inside that 80th percentile), then the
+median absolute error and the share within 35%, and writes ``benchmarks/results/external_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
+OUT = ROOT / "benchmarks" / "results" / "external_check.json"
+
+
+def read_rows(path: Path = DATA) -> list[dict[str, str]]:
+    """The CSV's rows (``#`` lines are its provenance)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def check(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each row predicted with the shipped calibration, beside its measurement."""
+    import kd_compile
+
+    out = []
+    for r in rows:
+        batch = int(r["batch"])
+        measured_ms = 1000.0 * batch / float(r["images_per_s"])
+        p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
+                               batch=batch, method="predict")
+        band = p["extra"]["error_band"]
+        ratio = p["latency_ms"] / measured_ms
+        out.append({
+            "device": r["device"], "model": r["model"], "spec": r["spec"], "precision": r["precision"], "batch": batch,
+            "measured_ms": round(measured_ms, 3), "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
+            "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"), "band_basis": band.get("basis"),
+            "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
+            "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan"))),
+        })  # fmt: skip
+    return out
+
+
+def summary(res: list[dict[str, object]]) -> dict[str, object]:
+    ape = np.array([abs(float(r["ratio"]) - 1) for r in res])
+    return {"n": len(res), "median_ape": round(float(np.median(ape)), 4),
+            "within_35": round(float(np.mean(ape <= 0.35)), 4),
+            "inside_p80_band": round(float(np.mean([r["inside_p80"] for r in res])), 4)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    res = check(read_rows())
+    for r in res:
+        where = "inside" if r["inside_p80"] else "OUTSIDE"
+        print(f"{r['device']:5} {r['model']:16} {r['precision']} batch {r['batch']}: "
+              f"measured {r['measured_ms']:8.2f} ms, predicted {r['predicted_ms']:8.2f} ms, x{r['ratio']:.2f}  "
+              f"(band ±{100 * r['band_median']:.0f}%, p80 {100 * r['band_p80']:.0f}%: {where}; {r['transfer']})")
+    s = summary(res)
+    print(f"\n{s['n']} rows: median error {100 * s['median_ape']:.1f}%, within 35% {100 * s['within_35']:.0f}%, "
+          f"inside the printed p80 band {100 * s['inside_p80_band']:.0f}%  ({time.perf_counter() - t0:.0f} s)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s},
+                                         indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
