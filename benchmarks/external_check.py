@@ -1,7 +1,8 @@
 """Out-of-sample check of the shipped latency predictor on published figures no fit has seen.
 
 ``benchmarks/data/nvidia_dle_inference.csv`` holds NVIDIA DeepLearningExamples' eager-PyTorch
-inference throughputs (ResNet-50 v1.5 and EfficientNet-B0 at batch 256, fp32 and mixed precision)
+inference throughputs (ResNet-50 v1.5, SE-ResNeXt101-32x4d and EfficientNet-B0 at batch 256, fp32 and
+mixed precision)
 on a V100 (a target with no measured table in the calibration), a T4 (calibrated on TensorRT
 batch-1 rows only) and an A100 (calibrated on Accel-NASBench's MBConv throughputs, eager AMP at
 batch 128). Nothing here is fitted: each row is predicted by ``kd_compile.profile(...,
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     res = check(read_rows())
     for r in res:
         where = "inside" if r["inside_p80"] else "OUTSIDE"
-        print(f"{r['device']:5} {r['model']:16} {r['precision']} batch {r['batch']}: "
+        print(f"{r['device']:5} {r['model']:19} {r['precision']} batch {r['batch']}: "
               f"measured {r['measured_ms']:8.2f} ms, predicted {r['predicted_ms']:8.2f} ms, x{r['ratio']:.2f}  "
               f"(band ±{100 * r['band_median']:.0f}%, p80 {100 * r['band_p80']:.0f}%: {where}; {r['transfer']})")
     s = summary(res)
