@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +15,7 @@ from ..profilers.roofline import Constants, DeviceScales, batch_regime, regime_k
 from ..targets.profile import get_target
 from .fit import HELD, RIDGE, TIED, device_scales, fit_on, predict
 from .problem import Problem
+from .tables import FAMILY_LABELS
 
 KFOLD = 5
 # Candidate pulls of the device scales toward 1 (``fit.fit_scales``'s ``ridge``), from about what a
@@ -149,11 +150,13 @@ def bands(problem: Problem, pred: np.ndarray, mask: np.ndarray, transfer: str, p
         med, p80 = _band(ape, w)
         dev_set, files = sorted(set(devs)), sorted({r.file for r in rows})
         batches = sorted({r.batch for r in rows})
-        n_models = len({r.spec for r in rows})
+        families = Counter(r.family for r in {r.spec: r for r in rows}.values())
+        n_models = sum(families.values())
+        kinds = ", ".join(FAMILY_LABELS.get(f, f) for f, _ in sorted(families.items(), key=lambda kv: (-kv[1], kv[0])))
         what = "held-out" if transfer == "fitted on this device" else "leave-one-device-out over"
         out[key] = {
             "median_ape": round(med, 4), "p80_ape": round(p80, 4), "n": len(ix),
-            "basis": f"{what} {', '.join(dev_set)} ({n_models} models, batch {'/'.join(map(str, batches))}"
+            "basis": f"{what} {', '.join(dev_set)} ({n_models} models: {kinds}; batch {'/'.join(map(str, batches))}"
                      + (", 5-fold over models" if transfer == "fitted on this device" else ", devices weighted equally")
                      + ")",
             "transfer": transfer, "files": files, "devices": dev_set, "batches": batches,

@@ -94,6 +94,14 @@ FAMILIES: tuple[tuple[str, str], ...] = (
 )
 
 
+# How an error band names the families it was measured on (``holdout.bands``).
+FAMILY_LABELS: dict[str, str] = {
+    "nb201": "NAS-Bench-201", "fbnet": "FBNet", "anb": "Accel-NASBench MBConv", "vit": "ViT-like",
+    "regnet": "RegNet", "efficientnet": "EfficientNet", "mobilenet": "mobile nets", "convnext": "ConvNeXt",
+    "densenet": "DenseNet", "vgg": "VGG/AlexNet", "resnet": "ResNet-like", "other": "other",
+}
+
+
 def family_of(spec: str) -> str:
     """The architecture family of a spec (``FAMILIES``), ``other`` when none matches."""
     for name, pat in FAMILIES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from kd_compile.calibrate import (
     TORCH2TRT,
     gpu_targets,
 )
-from kd_compile.calibrate.tables import BUNDLED_DIR, load_measurements
+from kd_compile.calibrate.tables import BUNDLED_DIR, FAMILY_LABELS, load_measurements
 from kd_compile.profilers import InputSpec, Measurement, create_profiler
 from kd_compile.profilers.roofline import CALIBRATION_DIR, SHARED_FIT, RooflineProfiler, error_band
 from kd_compile.targets import get_target
@@ -63,6 +64,10 @@ def test_every_gpu_target_has_error_bands(name: str) -> None:
         assert 0 < band["median_ape"] <= band["p80_ape"] < 10, (name, key)
         assert band["n"] > 0 and band["basis"] and band["transfer"]
         assert band["files"] and set(band["files"]) <= KNOWN_TABLES, (name, key)
+        # what it was measured on: the families of its models, by name
+        kinds = re.search(r"\((\d+) models: ([^;]+);", band["basis"])
+        assert kinds, (name, key, band["basis"])
+        assert set(kinds.group(2).split(", ")) <= set(FAMILY_LABELS.values()), band["basis"]
     if name in MEASURED:
         assert doc["error_bands"][MEASURED[name]]["transfer"] == "fitted on this device"
         fitted = {d.strip() for d in doc["constants_basis"].split(":", 1)[1].split(",")}
