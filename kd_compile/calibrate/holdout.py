@@ -15,7 +15,7 @@ from ..profilers.roofline import Constants, DeviceScales, batch_regime, regime_k
 from ..targets.profile import get_target
 from .fit import HELD, RIDGE, TIED, device_scales, fit_on, predict
 from .problem import Problem
-from .tables import FAMILY_LABELS
+from .tables import FAMILY_LABELS, family_of
 
 KFOLD = 5
 # Candidate pulls of the device scales toward 1 (``fit.fit_scales``'s ``ridge``), from about what a
@@ -150,7 +150,7 @@ def bands(problem: Problem, pred: np.ndarray, mask: np.ndarray, transfer: str, p
         med, p80 = _band(ape, w)
         dev_set, files = sorted(set(devs)), sorted({r.file for r in rows})
         batches = sorted({r.batch for r in rows})
-        families = Counter(r.family for r in {r.spec: r for r in rows}.values())
+        families = Counter(family_of(spec) for spec in {r.spec for r in rows})
         n_models = sum(families.values())
         kinds = ", ".join(FAMILY_LABELS.get(f, f) for f, _ in sorted(families.items(), key=lambda kv: (-kv[1], kv[0])))
         what = "held-out" if transfer == "fitted on this device" else "leave-one-device-out over"
