@@ -31,3 +31,22 @@ def test_summary_counts_errors_and_band_hits() -> None:
     assert s["n"] == 4
     assert s["median_ape"] == pytest.approx(0.33)  # |ratio - 1|: .10, .30, .36, 1.0
     assert s["within_35"] == 0.5 and s["inside_p80_band"] == 0.5
+
+
+def test_the_committed_results_are_what_the_shipped_predictor_gives_now(tmp_path, monkeypatch) -> None:
+    """The README quotes ``benchmarks/results/external_check.json``; a predictor or calibration change
+    that moves any of its rows must regenerate it (``python benchmarks/external_check.py``)."""
+    import json
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # the shipped calibrations, not a test's own fit
+
+    committed = json.loads(ec.OUT.read_text())
+    now = ec.check(ec.read_rows())
+    key = ("device", "model", "precision")
+    want = {tuple(r[k] for k in key): r for r in committed["rows"]}
+    got = {tuple(r[k] for k in key): r for r in now}
+    assert got.keys() == want.keys()
+    stale = [k for k in got if got[k]["predicted_ms"] != pytest.approx(want[k]["predicted_ms"], rel=1e-3)
+             or (got[k]["band_median"], got[k]["inside_p80"]) != (want[k]["band_median"], want[k]["inside_p80"])]
+    assert not stale, f"benchmarks/results/external_check.json is stale for {stale}: run benchmarks/external_check.py"
+    assert ec.summary(now) == committed["summary"]
