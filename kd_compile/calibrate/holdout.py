@@ -150,16 +150,17 @@ def bands(problem: Problem, pred: np.ndarray, mask: np.ndarray, transfer: str, p
         med, p80 = _band(ape, w)
         dev_set, files = sorted(set(devs)), sorted({r.file for r in rows})
         batches = sorted({r.batch for r in rows})
-        families = Counter(family_of(spec) for spec in {r.spec for r in rows})
-        n_models = sum(families.values())
-        kinds = ", ".join(FAMILY_LABELS.get(f, f) for f, _ in sorted(families.items(), key=lambda kv: (-kv[1], kv[0])))
+        count = Counter(family_of(spec) for spec in {r.spec for r in rows})
+        families = sorted(count, key=lambda f: (-count[f], f))  # most models first
+        n_models = sum(count.values())
+        kinds = ", ".join(FAMILY_LABELS.get(f, f) for f in families)
         what = "held-out" if transfer == "fitted on this device" else "leave-one-device-out over"
         out[key] = {
             "median_ape": round(med, 4), "p80_ape": round(p80, 4), "n": len(ix),
             "basis": f"{what} {', '.join(dev_set)} ({n_models} models: {kinds}; batch {'/'.join(map(str, batches))}"
                      + (", 5-fold over models" if transfer == "fitted on this device" else ", devices weighted equally")
                      + ")",
-            "transfer": transfer, "files": files, "devices": dev_set, "batches": batches,
+            "transfer": transfer, "files": files, "devices": dev_set, "batches": batches, "families": families,
         }
     return out
 

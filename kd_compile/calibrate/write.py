@@ -9,7 +9,6 @@ import math
 import os
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from ..profilers.roofline import (
     DeviceScales,
     load_calibration,
     read_calibration,
-    regime_key,
 )
 from ..targets.profile import PRECISIONS, get_target, list_targets
 from .fit import RIDGE, device_scales, fit_on, quality
@@ -144,14 +142,10 @@ def _add_family_bands(problem: Problem, lofo: np.ndarray, own: np.ndarray, own_b
     """Add to each of a device's own regime bands the error of its rows predicted with their
     family left out (constants, device scales and their ridge fitted without the family)."""
     fam = bands(problem, lofo, own, "family left out", per_device_weight=False)
-    families: dict[str, set[str]] = defaultdict(set)
-    for r, m in zip(problem.rows, own, strict=True):
-        if m:
-            families[regime_key(r.runtime, r.precision, r.batch)].add(r.family)
     for key, band in own_bands.items():
         if key in fam:
             band["family_left_out"] = {"median_ape": fam[key]["median_ape"], "p80_ape": fam[key]["p80_ape"],
-                                       "n": fam[key]["n"], "families": len(families[key])}
+                                       "n": fam[key]["n"], "families": len(fam[key]["families"])}
 
 
 def shipped_ridge() -> float:
