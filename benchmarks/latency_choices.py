@@ -7,8 +7,9 @@ the model they report on. Two selection criteria do, each for the part of the mo
   5-fold error over its models (``calibrate.kfold_on_device``: constants fitted without the
   device, as shipped; its scales fitted on four folds of its models, the fifth predicted). Printed:
   the median absolute percentage error per device and the mean over devices, for the shipped
-  scales (compute, memory and fixed cost, each per runtime, pulled toward 1 with the ridge the
-  calibration chose: ``calibrate.family_ridge``), for one scale for compute and memory time, and
+  scales (compute, whose scale serves memory time too, and fixed cost, each per runtime, pulled
+  toward 1 with the ridge the calibration chose: ``calibrate.family_ridge``;
+  ``calibrate.SEPARATE_MEMORY``), for a memory scale of its own beside the compute scale, and
   for the weakest pull toward 1 (a random split of models favours it: a fold's family is in its
   other folds, where the ridge is chosen on families left out); and, with the shipped scales, for
   the constants' alternatives below and for both channel half-saturations fitted apart.
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from kd_compile.calibrate import (  # noqa: E402
     HELD,
     RIDGES,
+    SEPARATE_MEMORY,
     TIED,
     build_problem,
     fit_on,
@@ -64,6 +66,8 @@ STRUCTURES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "one c_half, fitted": (HELD_BUT_C_HALF, dict(TIED)),
     "own c_half_graph, fitted": (HELD, {}),
 }
+# the device scales' other structure: a memory scale of its own, or one scale for compute and memory
+OTHER_MEMORY = "one scale for compute and memory" if SEPARATE_MEMORY else "a memory scale of its own"
 BOTH_APART = "c_half and c_half_graph fitted"  # only for the k-fold and the fitted values
 WITH_BOTH_APART = {**STRUCTURES, BOTH_APART: (HELD_BUT_C_HALF, {})}
 
@@ -135,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, (held, tie) in WITH_BOTH_APART.items()}
     ridge = doc["ridge"] = shipped_ridge()
     for name, structure, separate, r in (
-        ("shipped", "shipped", True, ridge),
-        ("one scale for compute and memory", "shipped", False, ridge),
-        (f"weakest pull toward 1 (ridge {min(RIDGES):g})", "shipped", True, min(RIDGES)),
-        *((n, n, True, ridge) for n in (*list(STRUCTURES)[1:], BOTH_APART)),
+        ("shipped", "shipped", SEPARATE_MEMORY, ridge),
+        (OTHER_MEMORY, "shipped", not SEPARATE_MEMORY, ridge),
+        (f"weakest pull toward 1 (ridge {min(RIDGES):g})", "shipped", SEPARATE_MEMORY, min(RIDGES)),
+        *((n, n, SEPARATE_MEMORY, ridge) for n in (*list(STRUCTURES)[1:], BOTH_APART)),
     ):
         per = kfold_errors(problem, lodo[structure][1], separate, r)
         doc["kfold"][name] = {"per_device": per, "mean": round(float(np.mean(list(per.values()))), 4)}

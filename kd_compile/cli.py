@@ -456,6 +456,7 @@ def targets_show(
         ("peak TFLOP/s", peaks),
         ("memory", f"{d['memory_gb']:g} GB at {d['memory_bandwidth_gbs']:g} GB/s"),
         ("compute units", str(d["compute_units"])),
+        *([("power limit", f"{d['tdp_w']:g} W")] if d.get("tdp_w") else []),
         ("latency", _latency_status(p)),
     ]
     typer.echo(_table(rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -48,7 +49,10 @@ def test_targets_list_and_show():
     res = run("targets", "show", "2080ti", "--json")
     assert res.exit_code == 0
     d = json.loads(res.output)
-    assert d["name"] == "2080ti" and d["sources"]
+    assert d["name"] == "2080ti" and d["sources"] and d["tdp_w"] == 260.0
+    res = run("targets", "show", "t4")  # the table names the power limit the predictor caps tensor cores by
+    assert res.exit_code == 0 and re.search(r"power limit\s+70 W", res.output)
+    assert "power limit" not in run("targets", "show", "cpu").output
 
 
 def test_unknown_target_suggests_close_names():

@@ -155,6 +155,7 @@ def check_latency() -> None:
     assert not wrong, "README's latency table differs from benchmarks/results/latency_accuracy.json: " + "; ".join(
         wrong
     )
+    _check_bands(doc["calibration"]["targets"])
     sens = doc.get("sensitivity_nas_fit") or []
     if sens:  # the re-runs with other NAS shares in the fits, quoted in order of the share
         text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
@@ -169,6 +170,38 @@ def check_latency() -> None:
                                      for d, name in _DEVICE_NAMES.items()),
         ]
         _assert_quoted(expected, text, "latency sensitivity", "latency_accuracy.json (sensitivity_nas_fit)")
+
+
+def _check_bands(targets: dict[str, Any]) -> None:
+    """The error bands the README quotes (the paragraph after the structure choice) are the
+    shipped calibration's, as ``latency_accuracy.py --write-calibration`` wrote them."""
+    text = " ".join(_section("A discrete target without a TensorRT table", "**Out-of-sample check**").split())
+
+    def band(target: str, regime: str, left_out: bool = False) -> float:
+        b = targets[target]["error_bands"][regime]
+        return 100 * (b["family_left_out"]["median_ape"] if left_out else b["median_ape"])
+
+    def pct(x: float) -> str:
+        return f"±{x:.0f}%"
+
+    def span(values: list[float]) -> str:
+        return f"±{min(values):.0f}-{max(values):.0f}%"
+
+    help_gpus = ("1080ti", "2080ti", "titan-rtx", "titan-x", "titan-xp")
+    help_regimes = ("torch/fp32/batch1", "torch/fp32/large")
+    trt = targets["2080ti"]["error_bands"]["tensorrt/fp16/batch1"]
+    expected = [f"**±{100 * trt['median_ape']:.0f}% median ({100 * trt['p80_ape']:.0f}% p80) error band**"]
+    for left_out in (False, True):
+        expected.append(
+            f"T4 TensorRT {pct(band('t4', 'tensorrt/fp16/batch1', left_out))}, "
+            f"Xavier NX {pct(band('jetson-xavier-nx', 'tensorrt/fp16/batch1', left_out))}, "
+            f"AGX Xavier {pct(band('jetson-agx-xavier', 'tensorrt/fp16/batch1', left_out))} "
+            f"(eager {pct(band('jetson-agx-xavier', 'torch/fp16/batch1', left_out))}), "
+            f"Jetson Nano {pct(band('jetson-nano', 'tensorrt/fp16/batch1', left_out))} "
+            f"(eager {pct(band('jetson-nano', 'torch/fp16/batch1', left_out))}), "
+            f"HELP GPUs eager {span([band(t, r, left_out) for t in help_gpus for r in help_regimes])}")
+    expected.append(f"the TX2 or an Orin, {pct(band('jetson-tx2', 'tensorrt/fp16/batch1'))} (the held-out Jetsons)")
+    _assert_quoted(expected, text, "error band", "latency_accuracy.json (calibration)")
 
 
 # -- strategy benchmark ----------------------------------------------------------------------------
@@ -397,7 +430,8 @@ def check_latency_choices() -> None:
     text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
     k = {name: r["mean"] for name, r in doc["kfold"].items()}
     own = doc["kfold"]["shipped"]["per_device"]
-    one = doc["kfold"]["one scale for compute and memory"]["per_device"]
+    other = next(n for n in ("a memory scale of its own", "one scale for compute and memory") if n in doc["kfold"])
+    one = doc["kfold"][other]["per_device"]
     sel = doc["selection"]
     pen = doc["channel_penalty_all_devices"]
     names = ("shipped", "own c_half_graph, fitted", "one c_half, fitted")
@@ -406,7 +440,7 @@ def check_latency_choices() -> None:
     n_inner = len(doc["nested_lodo"]["shipped"])
     chosen = {dev: min(by, key=by.get) for dev, by in sel.items()}
     expected = [
-        f"the mean of the per-device medians is {k['shipped']:.2%} against {k['one scale for compute and memory']:.2%}",
+        f"the mean of the per-device medians is {k['shipped']:.2%} against {k[other]:.2%} with {other}",
         f"lower on {sum(own[d] < one[d] for d in own)} of {len(own)} devices",
         f"(fitted: {pen[names[1]]['c_half_graph']:.0f})",
         f"one `c_half` fitted (it runs to {pen[names[2]]['c_half']:.1f})",

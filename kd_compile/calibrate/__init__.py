@@ -44,7 +44,18 @@ the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
 from __future__ import annotations
 
 from .counts import LAYER_COSTS, layer_costs
-from .fit import HELD, TIED, device_scales, fit_constants, fit_on, fit_scales, group_weights, predict, quality
+from .fit import (
+    HELD,
+    SEPARATE_MEMORY,
+    TIED,
+    device_scales,
+    fit_constants,
+    fit_on,
+    fit_scales,
+    group_weights,
+    predict,
+    quality,
+)
 from .holdout import (
     KFOLD,
     RIDGES,
@@ -84,7 +95,8 @@ from .write import calibrate, calibrate_all, gpu_targets
 
 __all__ = [
     "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_TABLES", "KFOLD",
-    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED", "TIMM_TABLES", "TORCH2TRT",
+    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SEPARATE_MEMORY", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED",
+    "TIMM_TABLES", "TORCH2TRT",
     "MeasuredRow", "Problem", "RIDGES", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales",
     "family_of", "family_ridge", "fit_constants", "fit_on", "fit_scales", "gpu_targets", "group_weights",
     "kfold_on_device", "layer_costs", "leave_one_device_out", "leave_one_family_out", "load_measurements", "predict",

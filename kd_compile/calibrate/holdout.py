@@ -13,7 +13,7 @@ import numpy as np
 
 from ..profilers.roofline import Constants, DeviceScales, batch_regime, regime_key
 from ..targets.profile import get_target
-from .fit import HELD, RIDGE, TIED, device_scales, fit_on, predict
+from .fit import HELD, RIDGE, SEPARATE_MEMORY, TIED, device_scales, fit_on, predict
 from .problem import Problem
 from .tables import FAMILY_LABELS, family_of
 
@@ -107,7 +107,7 @@ def leave_one_family_out(problem: Problem, x0: Constants | None = None, verbose:
 
 
 def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD,
-                    separate_memory: bool = True, ridge: float = RIDGE) -> np.ndarray:
+                    separate_memory: bool = SEPARATE_MEMORY, ridge: float = RIDGE) -> np.ndarray:
     """Held-out predictions of ``device`` 's rows: its scales fitted on k-1 folds of its models
     (``constants`` fixed, fitted without the device; ``ridge`` as in ``fit.fit_scales``), the
     remaining fold predicted."""

@@ -4,14 +4,17 @@ The model's ATen ops (from :mod:`.counting`) are grouped into the kernels a runt
 (:func:`fuse`). At batch ``b`` each kernel ``k`` costs the larger of what the GPU needs and what the
 host needs to issue it, and a model costs the sum over its kernels::
 
-    gpu_k  = max( s_roofline x b F_k / (P_class x e_class x pen_k),   pen_k = ch_k / (ch_k + c_half_rt)
+    gpu_k  = max( s_roofline x b F_k / R_k,   R_k = P_class x e_class x pen_k,   pen_k = ch_k / (ch_k + c_half_rt)
                   s_memory x (b A_k + W_k) x bytes_scale / (BW x e_mem) )  +  s_fixed x J x t0_rt x f0 / f
     host_k = s_fixed x J x ( h_lib x n_lib_k + h_pw x n_pw_k )     eager PyTorch: per ATen op
            = s_fixed x J x h_kernel                                 TensorRT & co: per kernel
     t      = sum_k max(gpu_k, host_k)
 
-with ``J = edge`` on a Jetson and 1 elsewhere; ``t0_rt`` is ``t0`` for an eager ATen op and
-``t0_graph`` for a kernel of a graph runtime (TensorRT & co, back to back on one stream), each a
+with ``J = edge`` on a Jetson and 1 elsewhere; a tensor-core kernel's rate is capped by the
+board's power limit, ``R_k = min(P_tc x e_tc x pen_k, k_tc x TDP)`` (``k_tc`` = ``tc_gflop_per_j``:
+a 70 W T4 or a Jetson cannot hold its tensor-core peak; no cap where the profile gives no TDP);
+``t0_rt`` is ``t0`` for an eager ATen op and ``t0_graph`` for a kernel of a graph runtime
+(TensorRT & co, back to back on one stream), each a
 number of GPU cycles written as the time it takes at ``f0`` = 1.5 GHz, so a GPU with boost clock
 ``f`` pays ``t0_rt x f0 / f``. An eager view call (``x.view``, ``transpose``: :mod:`.counting`) is a
 kernel with no GPU side (``gpu_k = 0``) that pays ``h_pw`` on the host; graph runtimes launch
@@ -20,7 +23,8 @@ nothing for it.
 *From the datasheet* (target TOML): ``P_class`` (tensor-core peak for conv/matmul/attention in
 fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on GPUs whose native
 fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
-``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``) and ``kind`` (``edge-gpu``: a
+``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``), ``TDP`` (``tdp_w``, the board's
+power limit) and ``kind`` (``edge-gpu``: a
 Jetson, whose Arm host pays ``edge``).
 A graph runtime's conv/matmul off tensor cores (Jetson Nano, TX2, Pascal; fp32 on Turing) runs at
 ``e_tc`` with ``pen_k = 1``: its tuned CUDA-core tactics reach the share of peak its tensor-core
@@ -29,8 +33,9 @@ why: ``docs/latency-predictor.md``, from torch2trt's Jetson Nano table).
 *Counted*: ``F_k`` FLOPs, ``A_k`` activation bytes, ``W_k`` weight bytes (fp32, scaled by the
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
-*Fitted* (:class:`Constants`: 8 numbers fitted on every measured table together by
+*Fitted* (:class:`Constants`: 9 numbers fitted on every measured table together by
 :mod:`kd_compile.calibrate`, 4 held or tied): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``,
+the tensor-core work per joule ``k_tc``,
 the fixed GPU cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and
 ``h_pw`` (per ATen op), and the Jetson host factor ``edge``; held: ``t0`` (an eager op's fixed GPU
 cost, 5 us), ``c_half`` (the channel half-saturation, 16; graph runtimes' ``c_half_graph`` is tied
@@ -39,14 +44,13 @@ to it) and ``h_kernel`` (a graph runtime's host cost per kernel, 0), for the rea
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
 block on TensorRT), and a layout copy is a kernel of its own (what each rule moved:
 ``docs/latency-predictor.md``). A device with measurements also gets *device scales* fitted on its own rows (a device
-without keeps 1), each per runtime measured there: ``s_roofline`` (sustained throughput, e.g. a 70 W
-T4 that cannot hold its boost clock on tensor cores; per runtime because TensorRT's tuned tactics
-and eager cuDNN reach different shares of one datasheet: on the AGX Xavier one shared scale left
-VGG 1.40x too slow in TensorRT and 0.72x in eager fp16, and per runtime the device's own 5-fold
-median error went from 17.8% to 9.9%), ``s_memory`` (its sustained share of DRAM bandwidth, and
-of caches, which is not its share of peak FLOP/s; chosen on the devices' own 5-fold error over
-their models against one scale for both: ``benchmarks/latency_choices.py``)
-and ``s_fixed`` (its host's dispatch speed and launch path).
+without keeps 1), each per runtime measured there: ``s_roofline`` (sustained throughput; per runtime
+because TensorRT's tuned tactics and eager cuDNN reach different shares of one datasheet: on the
+AGX Xavier one shared scale left VGG 1.40x too slow in TensorRT and 0.72x in eager fp16, and per
+runtime the device's own 5-fold median error went from 17.8% to 9.9%), which scales memory time
+too (``s_memory = s_roofline``: a memory scale of its own lost on the devices' own 5-fold error
+over their models once tensor cores got their power cap, ``calibrate.SEPARATE_MEMORY``;
+``benchmarks/latency_choices.py``), and ``s_fixed`` (its host's dispatch speed and launch path).
 ``sum of max`` rather than a pipeline (host running ahead of the GPU) is what the HELP eager tables
 follow best (in-device fits: 1-4% median error versus 2-4% and worse ranks for the pipeline
 recurrence). What was tried and left out, with its figures, and what moved which bar:
@@ -120,6 +124,10 @@ class Constants:
         edge: host-cost factor of a Jetson's Arm CPU relative to a desktop/server host.
         c_half_graph: the same as ``c_half`` for a graph runtime's tensor-core kernels. Tied to
             ``c_half`` (``calibrate.TIED``); fitted apart only to compare structures.
+        tc_gflop_per_j: tensor-core GEMM work a board sustains per joule at its power limit
+            (``tdp_w`` of the target): a tensor-core kernel runs at no more than this times
+            ``tdp_w`` FLOP/s, whatever its datasheet peak (a 70 W T4 or a Jetson cannot hold its
+            tensor-core peak). Fitted; a target without ``tdp_w`` has no cap.
     """
 
     e_tc: float = 0.6
@@ -134,14 +142,17 @@ class Constants:
     edge: float = 2.5
     t0_graph_us: float = 3.0
     c_half_graph: float = 16.0
+    tc_gflop_per_j: float = 200.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Constants:
+        """Constants from a calibration file; one written before the power cap existed (no
+        ``tc_gflop_per_j``) was fitted without it and keeps predicting without it."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: float(v) for k, v in d.items() if k in names})
+        return cls(**{"tc_gflop_per_j": NO_POWER_CAP, **{k: float(v) for k, v in d.items() if k in names}})
 
     def vector(self) -> np.ndarray:
         return np.array([getattr(self, f.name) for f in dataclasses.fields(self)], dtype=float)
@@ -152,6 +163,8 @@ class Constants:
 
 
 CONSTANT_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Constants))
+# ``tc_gflop_per_j`` that never binds (a calibration fitted before the power cap: no cap)
+NO_POWER_CAP = 1e9
 # The fits' starting point and the values of the constants they hold (``calibrate.HELD``: t0_us,
 # h_kernel_us); used as they are only when no calibration file exists (a fresh checkout without
 # the committed JSON): typical cuDNN/cuBLAS fractions of peak and dispatch costs of the order the
@@ -230,6 +243,7 @@ class DeviceTerms:
         per_op_host: eager per-op host costs (else per kernel).
         t0_override_s: the profile's ``launch_overhead_us`` override of ``t0`` in seconds (0: none).
         clock_ghz: the GPU's boost clock (``t0`` is GPU cycles); 0 when the profile has none.
+        tdp_w: the board's power limit, watts; 0 when the profile has none (no power cap).
     """
 
     peak_tc: float
@@ -241,6 +255,7 @@ class DeviceTerms:
     per_op_host: bool
     t0_override_s: float = 0.0
     clock_ghz: float = 0.0
+    tdp_w: float = 0.0
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
@@ -254,17 +269,17 @@ class DeviceTerms:
         return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
                    BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
                    RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6,
-                   target.boost_clock_mhz / 1e3)
+                   target.boost_clock_mhz / 1e3, target.tdp_w)
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "clock_ghz", "s_roofline", "s_fixed", "s_memory")
+               "t0_override_s", "clock_ghz", "tdp_w", "s_roofline", "s_fixed", "s_memory")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
-    """A ``DeviceTerms`` as the first nine ``DEV_COLUMNS`` of a ``KernelTable``."""
+    """A ``DeviceTerms`` as the first ten ``DEV_COLUMNS`` of a ``KernelTable``."""
     return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
-            float(d.per_op_host), d.t0_override_s, d.clock_ghz]
+            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w]
 
 
 @dataclass(frozen=True)
@@ -280,7 +295,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed, s_memory), shape (M, 12).
+            s_roofline, s_fixed, s_memory), shape (M, 13).
         n_rows: M.
     """
 
@@ -347,9 +362,9 @@ class KernelTable:
 def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
-    e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph = v
+    e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph, tc_gfj = v
     d = table.dev[table.row]
-    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, s_roof, s_fixed, s_mem = d.T
+    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, s_roof, s_fixed, s_mem = d.T
     b = table.batch[table.row]
     c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
@@ -359,7 +374,10 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     graph_cuda = gemm & ~use_tc & (per_op == 0)  # a graph runtime's GEMM on CUDA cores: see the module docstring
     eff = (np.where(dw, e_dw, np.where(use_tc | graph_cuda, e_tc, e_cuda))
            * np.where(gemm & ~graph_cuda, table.ch / (table.ch + c_half), 1.0))
-    t_comp = np.where(gemm | dw, b * table.flops / (peak * np.maximum(eff, 1e-12)), 0.0)
+    rate = peak * np.maximum(eff, 1e-12)
+    # the board's power limit caps tensor-core throughput (no cap where the profile gives no TDP)
+    rate = np.where(use_tc & (tdp > 0), np.minimum(rate, tc_gfj * 1e9 * tdp), rate)
+    t_comp = np.where(gemm | dw, b * table.flops / rate, 0.0)
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
     jetson = np.where(is_edge > 0, edge, 1.0)
     cycles = np.where(clk > 0, T0_CLOCK_GHZ / np.maximum(clk, 1e-9), 1.0)  # t0 is GPU cycles

@@ -35,6 +35,7 @@ _LIMITS = {
     "compute_units": 1e7,
     "launch_overhead_us": 1e6,
     "boost_clock_mhz": 1e5,
+    "tdp_w": 1e5,
 }
 
 
@@ -57,6 +58,9 @@ class TargetProfile:
         local: the device is this machine (latency can be measured, not predicted).
         boost_clock_mhz: GPU boost clock (datasheet), MHz; 0 when not given. The predictor's
             fixed GPU cost per kernel is a number of cycles at this clock (``roofline``).
+        tdp_w: the board's power limit (datasheet TDP/TGP, or the module's power mode on a
+            Jetson), watts; 0 when not given. The predictor caps tensor-core throughput at a
+            fitted number of FLOPs per joule times this (``roofline``); 0: no cap.
         sources: citations for the numbers (datasheets, whitepapers).
         calibration: efficiency factors fitted by ``kd-compile calibrate``, keyed by
             ``runtime/precision``; each value holds the fitted constants and the file they were
@@ -75,6 +79,7 @@ class TargetProfile:
     default_precision: str
     local: bool = False
     boost_clock_mhz: float = 0.0
+    tdp_w: float = 0.0
     sources: tuple[str, ...] = ()
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None
@@ -182,6 +187,7 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         default_precision=precision,
         local=local,
         boost_clock_mhz=_nonneg(where, "boost_clock_mhz", d.get("boost_clock_mhz", 0.0)),
+        tdp_w=_nonneg(where, "tdp_w", d.get("tdp_w", 0.0)),
         sources=tuple(sources),
         calibration=calibration,
         path=path,

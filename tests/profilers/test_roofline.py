@@ -262,12 +262,13 @@ def test_device_roofline_scale_is_fitted_per_runtime() -> None:
     assert DeviceScales.from_dict({"roofline": 1.5}).roofline_for("torch") == 1.5  # older files
 
 
-def test_device_memory_scale_is_fitted_apart_from_compute() -> None:
-    """A device whose sustained DRAM share differs from its share of peak FLOP/s gets a memory
-    scale of its own: known compute and memory scales are recovered from compute-bound and
-    memory-bound networks, one shared scale cannot fit both, and a file written before the memory
-    scale existed keeps using the compute scale for memory."""
-    from kd_compile.calibrate import fit_scales
+def test_device_memory_scale_apart_from_compute_when_asked() -> None:
+    """With ``separate_memory`` (the structure the shipped one is compared against) a device whose
+    sustained DRAM share differs from its share of peak FLOP/s gets a memory scale of its own: known
+    compute and memory scales are recovered from compute-bound and memory-bound networks, one
+    shared scale cannot fit both; by default (``SEPARATE_MEMORY``) the compute scale serves memory
+    time too; a file written before the memory scale existed keeps using the compute scale."""
+    from kd_compile.calibrate import SEPARATE_MEMORY, fit_scales
     from kd_compile.calibrate.tables import MeasuredRow
     from kd_compile.profilers.roofline import DeviceTerms, KernelTable, kernel_rows, row_seconds
 
@@ -286,12 +287,16 @@ def test_device_memory_scale_is_fitted_apart_from_compute() -> None:
     table = KernelTable.build(kernels, [1] * len(rows), devs)
     ones = np.ones(len(rows))
     secs = row_seconds(table.with_scales(2.0 * ones, ones, 0.5 * ones), C)
-    s = fit_scales(table, secs, rows, C, ridge=0.0)
+    s = fit_scales(table, secs, rows, C, ridge=0.0, separate_memory=True)
     assert s.roofline_for("tensorrt") == pytest.approx(2.0, rel=0.03)
     assert s.memory_for("tensorrt") == pytest.approx(0.5, rel=0.03)
     shared = row_seconds(table.with_scales(ones, ones), C)  # one scale: the best is the geometric mean
     ratio = secs / shared
     assert ratio.max() / ratio.min() > 3.0
+    assert not SEPARATE_MEMORY
+    one = fit_scales(table, secs, rows, C, ridge=0.0)
+    assert one.memory is None and one.memory_for("tensorrt") == one.roofline_for("tensorrt")
+    assert 0.5 < one.roofline_for("tensorrt") < 2.0  # between the two, fitting neither
     assert DeviceScales.from_dict(s.to_dict()) == s
     old = DeviceScales.from_dict({"roofline": 1.5, "roofline_by_runtime": {"tensorrt": 1.2}})
     assert old.memory_for("tensorrt") == 1.2 and old.memory_for("torch") == 1.5
@@ -329,6 +334,34 @@ def test_graph_runtime_gemm_on_cuda_cores_runs_at_e_tc_without_channel_penalty()
     tc = xavier.peak_for("fp16", tensor_cores=True) * 1e12
     trt = RooflineProfiler(xavier, "fp16", "tensorrt", constants=c).predict_ops(conv, 1).latency_ms
     assert trt == pytest.approx(1e10 / (tc * 0.8 * 8 / (8 + 64)) * 1e3, rel=1e-3)
+
+
+def test_power_limit_caps_tensor_core_throughput_only() -> None:
+    """A tensor-core GEMM runs at ``min(peak x e_tc, tc_gflop_per_j x tdp_w)``: a 70 W T4 is capped far
+    below its 65 TFLOPS datasheet peak, a board without a TDP in its profile is not, and CUDA-core
+    work (fp32 on Turing) never is."""
+    c = dataclasses.replace(C, e_tc=0.8, c_half_graph=1e-6, t0_graph_us=1e-3, h_kernel_us=0.0, tc_gflop_per_j=200.0)
+    conv = [OpRecord("c", "conv", 10**11, 10**3, 10**3, 10**3, 1024)]  # compute-bound
+    t4 = get_target("t4")
+    assert t4.tdp_w == 70.0
+    ms = RooflineProfiler(t4, "fp16", "tensorrt", constants=c).predict_ops(conv, 1).latency_ms
+    assert ms == pytest.approx(1e11 / (200e9 * 70.0) * 1e3, rel=1e-3)
+    uncapped = dataclasses.replace(t4, name="t4-no-tdp", tdp_w=0.0)
+    ms_free = RooflineProfiler(uncapped, "fp16", "tensorrt", constants=c).predict_ops(conv, 1).latency_ms
+    assert ms_free == pytest.approx(1e11 / (t4.peak_for("fp16", tensor_cores=True) * 1e12 * 0.8) * 1e3, rel=1e-3)
+    assert ms > 3 * ms_free
+    loose = dataclasses.replace(c, tc_gflop_per_j=1e5)  # a cap above the peak changes nothing
+    assert RooflineProfiler(t4, "fp16", "tensorrt", constants=loose).predict_ops(conv, 1).latency_ms == pytest.approx(
+        ms_free, rel=1e-9)
+    cuda = {rt: RooflineProfiler(t, "fp32", "torch", constants=c).predict_ops(conv, 1).latency_ms
+            for rt, t in (("capped", t4), ("free", uncapped))}
+    assert cuda["capped"] == pytest.approx(cuda["free"], rel=1e-12)
+    # a calibration file written before the cap existed (no tc_gflop_per_j) keeps predicting without it
+    old = {k: v for k, v in c.to_dict().items() if k != "tc_gflop_per_j"}
+    before_cap = RooflineProfiler(t4, "fp16", "tensorrt", constants=Constants.from_dict(old))
+    ms_old = before_cap.predict_ops(conv, 1).latency_ms
+    assert ms_old == pytest.approx(ms_free, rel=1e-9)
+    assert Constants.from_dict(c.to_dict()) == c
 
 
 def test_structure_alternatives_for_the_choice_benchmark() -> None:

@@ -44,6 +44,8 @@ BROKEN: dict[str, tuple[str, str]] = {
     "string bandwidth": (_edit("memory_bandwidth_gbs", '"fast"'), "memory_bandwidth_gbs"),
     "boolean memory": (_edit("memory_gb", "true"), "memory_gb"),
     "negative boost clock": (_edit("boost_clock_mhz", "-1590"), "boost_clock_mhz"),
+    "negative power limit": (_edit("tdp_w", "-70"), "tdp_w"),
+    "absurd power limit": (_edit("tdp_w", "1e9"), "tdp_w"),
     "local not a boolean": (_edit("local", '"yes"'), "local"),
     "display name a number": (_edit("display_name", "42"), "display_name"),
     "missing kind": (_edit("kind", None), "kind"),

@@ -41,6 +41,9 @@ def test_builtin_profile_is_valid_and_cited(name: str) -> None:
         assert t.peak_for("int8") >= t.peak_for("fp16")
     if t.kind != "cpu":
         assert t.boost_clock_mhz > 0 and t.launch_overhead_us == 0  # fixed costs are fitted, not hand-set
+        # the power limit caps tensor-core throughput; every GPU profile cites one
+        assert 5 <= t.tdp_w <= 1000 and any("W" in line for line in open(t.path or "").read().splitlines()
+                                             if line.startswith("tdp_w"))
 
 
 def test_datacenter_and_jetson_ordering() -> None:
