@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..profilers.roofline import DeviceTerms, KernelTable, fuse, kernel_rows
-from ..targets.profile import get_target
+from ..targets.profile import TargetProfile, get_target
 from .counts import layer_costs
 from .tables import NAS_FIT, MeasuredRow
 
@@ -55,8 +55,10 @@ def nas_fit_mask(rows: Sequence[MeasuredRow], nas_fit: int) -> np.ndarray:
                      or nas_rank[r.spec.split(":", 1)[0] + r.file][r.spec] < nas_fit for r in rows], dtype=bool)
 
 
-def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: int = NAS_FIT) -> Problem:
-    """Count (or load) every row's model and build the kernel table."""
+def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: int = NAS_FIT,
+                  profiles: Mapping[str, TargetProfile] | None = None) -> Problem:
+    """Count (or load) every row's model and build the kernel table. A row's device is looked up
+    in ``profiles`` first (a user's own TOML profile), then among the built-in targets."""
     costs = layer_costs({r.spec for r in rows}, verbose=verbose)
     rows = [r for r in rows if r.spec in costs]
     kern: dict[tuple[str, str], np.ndarray] = {}
@@ -66,7 +68,8 @@ def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: i
         if (r.spec, r.runtime) not in kern:
             kern[(r.spec, r.runtime)] = kernel_rows(fuse(costs[r.spec][0], r.runtime))
         if (r.device, r.precision, r.runtime) not in devs:
-            devs[(r.device, r.precision, r.runtime)] = DeviceTerms.of(get_target(r.device), r.precision, r.runtime)
+            prof = (profiles or {}).get(r.device) or get_target(r.device)
+            devs[(r.device, r.precision, r.runtime)] = DeviceTerms.of(prof, r.precision, r.runtime)
         ks.append(kern[(r.spec, r.runtime)])
         ds.append(devs[(r.device, r.precision, r.runtime)])
     table = KernelTable.build(ks, [r.batch for r in rows], ds)

@@ -25,7 +25,7 @@ from ..profilers.roofline import (
     load_calibration,
     read_calibration,
 )
-from ..targets.profile import PRECISIONS, get_target, list_targets
+from ..targets.profile import PRECISIONS, TargetProfile, get_target, list_targets
 from .fit import RIDGE, device_scales, fit_on, quality
 from .holdout import bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
@@ -189,6 +189,16 @@ def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
             os.unlink(tmp)
 
 
+def _left_out_bands(prof: TargetProfile) -> dict[str, Any]:
+    """A device without a shipped calibration (a user's own TOML): the bands its regimes carry
+    before any fit of its own, the device-left-out bands of its kind, which a fit keeps beside the
+    regime it measured."""
+    shared = read_calibration(SHARED_FIT.stem) or {}
+    note = f"device left out (no calibration file for '{prof.name}')"
+    kind = shared.get("transfer_bands", {}).get(prof.kind, {})
+    return {"error_bands": {k: {**v, "transfer": f"{note}; {v.get('transfer', '')}"} for k, v in kind.items()}}
+
+
 def calibrate(
     target: str,
     tables: list[Path],
@@ -235,7 +245,7 @@ def calibrate(
     for r in rows:
         first.setdefault(r.spec, r)
     rows = list(first.values())[: models or None]
-    problem = build_problem(rows)
+    problem = build_problem(rows, profiles={prof.name: prof})
     if len(problem.rows) < 10:
         raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
     constants, _, _ = load_calibration(prof)
@@ -247,7 +257,7 @@ def calibrate(
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     # a deep copy: the shipped document is cached in memory (``read_calibration``), and updating
     # its bands in place would hand this fit's bands to every later reader of the shipped file
-    doc: dict[str, Any] = copy.deepcopy(read_calibration(prof.name) or {}) if out is None else {}
+    doc: dict[str, Any] = copy.deepcopy(read_calibration(prof.name) or _left_out_bands(prof)) if out is None else {}
     if path.is_file():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

@@ -47,6 +47,28 @@ def test_without_out_it_writes_to_the_user_cache_and_says_where(tmp_path: Path, 
 
 
 @needs_table
+def test_a_device_of_your_own_toml_is_calibrated_and_keeps_its_other_bands(tmp_path: Path, monkeypatch) -> None:
+    """``--target my.toml`` (a device no built-in profile describes): the fit runs on the TOML's
+    specs, is written under its name, and the regimes it did not measure keep the device-left-out
+    bands, which ``profile`` then prints beside the band of the measured regime."""
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
+    toml = tmp_path / "my-gpu.toml"
+    text = (CALIBRATION_DIR.parent / "rtx3090.toml").read_text(encoding="utf-8")
+    toml.write_text(text.replace('name = "rtx3090"', 'name = "my-gpu"'), encoding="utf-8")
+    res = runner.invoke(app, ["calibrate", "--target", str(toml), "--table", str(TABLE), "--models", "12"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "cache" / "calibration" / "my-gpu.json").read_text(encoding="utf-8"))
+    assert doc["target"] == "my-gpu" and doc["device_scales"]
+    bands = doc["error_bands"]
+    assert bands["torch/fp16/large"]["transfer"] == "fitted on this device"
+    assert "device left out (no calibration file for 'my-gpu')" in bands["tensorrt/fp16/batch1"]["transfer"]
+    res = runner.invoke(app, ["profile", "timm:resnet18", "--target", str(toml), "--json"])
+    assert res.exit_code == 0, res.output
+    band = json.loads(res.output)["extra"]["error_band"]
+    assert band["regime"] == "tensorrt/fp16/batch1" and band["median_ape"] > 0
+
+
+@needs_table
 def test_out_folder_gets_the_target_file_and_no_temp_file(tmp_path: Path) -> None:
     res = _calibrate("--out", str(tmp_path))
     assert res.exit_code == 0, res.output
