@@ -83,15 +83,16 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     """The measured error band of predictions for ``target`` in this regime.
 
     Returns:
-        ``{"median_ape", "p80_ape", "n", "regime", "basis", "transfer", "files"}``: the held-out
-        median and 80th-percentile absolute percentage error (fractions: 0.23 = 23%), the number
-        of held-out predictions they come from, the regime key, what they were measured on, how
-        the target relates to the measurements (``"fitted on this device"``, ``"device left out"``,
-        or ``"proxy: ..."`` when the regime itself has no measurements) and the measured files.
-        ``median_ape`` is None when nothing was measured that could stand for this regime. A
-        device fitted on its own rows also gives ``family_left_out`` (``{"median_ape", "p80_ape",
-        "n", "families"}``): the error on its rows of a family left out of every fit, the closer
-        guide for a student of a family its tables lack.
+        ``{"median_ape", "p80_ape", "n", "regime", "basis", "transfer", "files", "families"}``:
+        the held-out median and 80th-percentile absolute percentage error (fractions: 0.23 = 23%),
+        the number of held-out predictions they come from, the regime key, what they were
+        measured on, how the target relates to the measurements (``"fitted on this device"``,
+        ``"device left out"``, or ``"proxy: ..."`` when the regime itself has no measurements),
+        the measured files and the families of the models measured (``calibrate.FAMILIES``
+        names). ``median_ape`` is None when nothing was measured that could stand for this
+        regime. A device fitted on its own rows also gives ``family_left_out``
+        (``{"median_ape", "p80_ape", "n", "families"}``): the error on its rows of a family left
+        out of every fit, the closer guide for a student of a family its tables lack.
     """
     key = regime_key(runtime, precision, batch)
     doc = own_calibration(target)
@@ -112,7 +113,7 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
                 "transfer": "none", "files": []}
     out = {"median_ape": band.get("median_ape"), "p80_ape": band.get("p80_ape"), "n": band.get("n", 0),
            "regime": key, "basis": band.get("basis", ""), "transfer": band.get("transfer", ""),
-           "files": list(band.get("files", []))}
+           "files": list(band.get("files", [])), "families": list(band.get("families", []))}
     if isinstance(band.get("family_left_out"), dict):
         out["family_left_out"] = dict(band["family_left_out"])
     if note:
@@ -120,3 +121,20 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     if src == "shared":
         out["transfer"] = f"device left out (no calibration file for '{target.name}'); {out['transfer']}"
     return out
+
+
+# HELP's NAS-Bench-201 and FBNet tables: networks on 32-px CIFAR inputs (``../shared/data/latency``)
+SMALL_INPUT_FAMILIES = frozenset({"nb201", "fbnet"})
+
+
+def input_size_caveat(band: dict[str, Any], input_px: int) -> str | None:
+    """A warning for a band measured on 32-px networks only, when the model's input is far larger:
+    such a band cannot speak for it (out of sample, ImageNet-size models fell outside it:
+    ``benchmarks/external_check.py``). None when the band's families are not all 32-px ones or the
+    input is small."""
+    families = set(band.get("families") or [])
+    if not families or not families <= SMALL_INPUT_FAMILIES or input_px < 64:
+        return None
+    return (f"measured on 32-px networks only, and this model's input is {input_px} px: out of sample "
+            "(benchmarks/external_check.py) ImageNet-size models fell outside such a band")
+

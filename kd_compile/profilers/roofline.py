@@ -82,6 +82,7 @@ from .error_bands import (
     SHARED_FIT,
     batch_regime,
     error_band,
+    input_size_caveat,
     own_calibration,
     read_calibration,
     regime_key,
@@ -391,4 +392,8 @@ class RooflineProfiler(Profiler):
         batch = self.batch or input_spec.batch
         tr = trace_ops(model, tuple(input_spec.shape))
         m = self.predict_ops(tr.ops, batch)
+        band = m.extra.get("error_band") or {}
+        caveat = input_size_caveat(band, max(input_spec.shape[1:]))  # (C, H, W): the larger side
+        if caveat:
+            m.extra["error_band"] = {**band, "caveat": caveat}
         return dataclasses.replace(m, params=tr.params, weight_bytes=tr.weight_bytes)

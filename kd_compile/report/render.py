@@ -91,6 +91,8 @@ def band_phrase(band: dict[str, Any] | None) -> str:
     if isinstance(fam, dict) and isinstance(fam.get("median_ape"), (int, float)):
         out += (f"; ±{100 * fam['median_ape']:.0f}% median on a family its tables lack (each of its "
                 f"{fam.get('families', '?')} families left out of the fit in turn)")
+    if band.get("caveat"):
+        out += f"; CAVEAT: {band['caveat']}"
     return out
 
 

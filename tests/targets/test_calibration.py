@@ -121,6 +121,26 @@ def test_predictions_carry_the_error_band() -> None:
     assert large.extra["error_band"]["transfer"] == "fitted on this device"
 
 
+def test_a_band_measured_on_32px_networks_warns_for_a_large_input(tmp_path: Path, monkeypatch) -> None:
+    """HELP's tables are 32-px networks: a band measured on them only says so, in words, when the
+    model's input is far larger (out of sample, ImageNet-size models fell outside such a band), and
+    not for a 32-px model or for a band measured on ImageNet-size models."""
+    from kd_compile.report.render import band_phrase
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # the shipped calibration
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    eager = create_profiler("roofline", target="titan-x", runtime="torch", precision="fp32", batch=64)
+    small = eager.profile(net, InputSpec((3, 32, 32))).extra["error_band"]
+    assert set(small["families"]) == {"nb201", "fbnet"} and "caveat" not in small
+    large = eager.profile(net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert "224 px" in large["caveat"] and "32-px networks only" in large["caveat"]
+    assert "CAVEAT: measured on 32-px networks only" in band_phrase(large)
+    assert "CAVEAT" not in band_phrase(small)
+    trt = create_profiler("roofline", target="t4").profile(net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert "caveat" not in trt and not set(trt["families"]) <= {"nb201", "fbnet"}
+
+
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_a_measured_device_band_also_gives_its_error_on_a_family_left_out(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
