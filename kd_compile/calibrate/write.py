@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..paths import cache_dir
+from ..profilers.error_bands import shipped_calibration
 from ..profilers.roofline import (
     CALIBRATION_DIR,
     RUNTIME_RULES,
@@ -257,7 +258,7 @@ def calibrate(
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     # a deep copy: the shipped document is cached in memory (``read_calibration``), and updating
     # its bands in place would hand this fit's bands to every later reader of the shipped file
-    doc: dict[str, Any] = copy.deepcopy(read_calibration(prof.name) or _left_out_bands(prof)) if out is None else {}
+    doc: dict[str, Any] = copy.deepcopy(shipped_calibration(prof) or _left_out_bands(prof)) if out is None else {}
     if path.is_file():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

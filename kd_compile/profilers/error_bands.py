@@ -72,6 +72,13 @@ def own_calibration(target: TargetProfile) -> dict[str, Any] | None:
     mine = user_calibration(target.name)
     if mine is not None:
         return mine
+    return shipped_calibration(target)
+
+
+def shipped_calibration(target: TargetProfile) -> dict[str, Any] | None:
+    """The shipped calibration file of a built-in (or plugin) target; None for a user TOML, even
+    one that reuses a built-in name, since its numbers may differ from the profile that was
+    calibrated."""
     builtin = target.path is None or Path(target.path).resolve().parent == CALIBRATION_DIR.parent
     return read_calibration(target.name) if builtin else None
 

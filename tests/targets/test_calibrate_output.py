@@ -68,6 +68,18 @@ def test_a_device_of_your_own_toml_is_calibrated_and_keeps_its_other_bands(tmp_p
     assert band["regime"] == "tensorrt/fp16/batch1" and band["median_ape"] > 0
 
 
+def test_a_user_toml_reusing_a_built_in_name_gets_no_shipped_calibration(tmp_path: Path) -> None:
+    """The shipped file was fitted for the built-in profile's numbers; a user's TOML of the same
+    name may hold others, so neither its predictions nor its calibration start from that file."""
+    from kd_compile.profilers.error_bands import shipped_calibration
+    from kd_compile.targets import get_target
+
+    assert shipped_calibration(get_target("t4"))["target"] == "t4"
+    toml = tmp_path / "t4.toml"
+    toml.write_text((CALIBRATION_DIR.parent / "t4.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert shipped_calibration(get_target(str(toml))) is None
+
+
 @needs_table
 def test_out_folder_gets_the_target_file_and_no_temp_file(tmp_path: Path) -> None:
     res = _calibrate("--out", str(tmp_path))
