@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..paths import cache_dir
-from ..profilers.error_bands import shipped_calibration
+from ..profilers.error_bands import left_out_bands, left_out_note, shipped_calibration
 from ..profilers.roofline import (
     CALIBRATION_DIR,
     RUNTIME_RULES,
@@ -194,10 +194,9 @@ def _left_out_bands(prof: TargetProfile) -> dict[str, Any]:
     """A device without a shipped calibration (a user's own TOML): the bands its regimes carry
     before any fit of its own, the device-left-out bands of its kind, which a fit keeps beside the
     regime it measured."""
-    shared = read_calibration(SHARED_FIT.stem) or {}
-    note = f"device left out (no calibration file for '{prof.name}')"
-    kind = shared.get("transfer_bands", {}).get(prof.kind, {})
-    return {"error_bands": {k: {**v, "transfer": f"{note}; {v.get('transfer', '')}"} for k, v in kind.items()}}
+    note = left_out_note(prof)
+    return {"error_bands": {k: {**v, "transfer": f"{note}; {v.get('transfer', '')}"}
+                            for k, v in left_out_bands(prof).items()}}
 
 
 def calibrate(

@@ -103,11 +103,7 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     """
     key = regime_key(runtime, precision, batch)
     doc = own_calibration(target)
-    src = "target" if doc is not None else "shared"
-    if doc is None:
-        doc = read_calibration(SHARED_FIT.stem) or {}
-    bands: dict[str, Any] = (doc.get("error_bands", {}) if src == "target"
-                             else doc.get("transfer_bands", {}).get(target.kind, {}))
+    bands: dict[str, Any] = doc.get("error_bands", {}) if doc is not None else left_out_bands(target)
     band = bands.get(key)
     note = ""
     if band is None:
@@ -125,9 +121,20 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
         out["family_left_out"] = dict(band["family_left_out"])
     if note:
         out["transfer"] = f"{note}; {out['transfer']}"
-    if src == "shared":
-        out["transfer"] = f"device left out (no calibration file for '{target.name}'); {out['transfer']}"
+    if doc is None:
+        out["transfer"] = f"{left_out_note(target)}; {out['transfer']}"
     return out
+
+
+def left_out_bands(target: TargetProfile) -> dict[str, Any]:
+    """The bands of a target without a calibration of its own (a user's TOML): the all-device
+    fit's device-left-out bands of its kind, by regime."""
+    return (read_calibration(SHARED_FIT.stem) or {}).get("transfer_bands", {}).get(target.kind, {})
+
+
+def left_out_note(target: TargetProfile) -> str:
+    """How such a band relates to the target, ahead of its own ``transfer``."""
+    return f"device left out (no calibration file for '{target.name}')"
 
 
 # HELP's NAS-Bench-201 and FBNet tables: networks on 32-px CIFAR inputs (``../shared/data/latency``)
