@@ -5,8 +5,9 @@ latencies are obtained:
 
 * **measure** when the target is this machine — the ``cpu`` target (ONNX Runtime on this CPU),
   a GPU target whose name matches the local CUDA device, or ``--target local`` — in the
-  target's runtime: TensorRT when it is importable, else ONNX Runtime with the CUDA execution
-  provider (``onnxruntime-gpu``), else torch with CUDA graphs and CUDA events;
+  target's runtime and precision: TensorRT when it is importable, else ONNX Runtime with the CUDA
+  execution provider (``onnxruntime-gpu``; fp32, or fp16 on the converted graph), else torch with
+  CUDA graphs and CUDA events;
 * **predict** otherwise, with the calibrated predictor (``roofline``), whose measurements carry
   their error band.
 
@@ -154,8 +155,11 @@ def _gpu_runtime(target: TargetProfile, precision: str) -> tuple[str, dict[str, 
         return "tensorrt", {"precision": precision}
     except Exception:  # not installed, or its libraries are missing
         pass
-    if provider_starts("cuda"):  # listed *and* able to start (else ORT runs on the CPU)
-        return "onnxruntime", {"provider": "cuda"}
+    if precision == "int8":  # neither ORT's CUDA provider nor torch runs an int8 engine
+        raise UsageError("int8 is measured with TensorRT only, which does not import here",
+                         hint="install TensorRT, measure another precision, or predict int8")
+    if precision in ("fp32", "fp16") and provider_starts("cuda"):  # listed *and* able to start
+        return "onnxruntime", {"provider": "cuda", "precision": precision}
     # no deployment runtime here: CUDA graphs stand in for one (no per-op host dispatch)
     return "torch", {"precision": precision, "device": "cuda", "cuda_graphs": True}
 
@@ -164,7 +168,12 @@ def _measuring_options(runtime: str, precision: str, gpu: bool) -> dict[str, Any
     """Profiler options of an explicitly requested measuring runtime (``torch`` is eager PyTorch,
     as the predictor's ``torch`` runtime is)."""
     if runtime == "onnxruntime":
-        return {"provider": "cuda"} if gpu else {}
+        if gpu:
+            return {"provider": "cuda", "precision": precision}
+        if precision != "fp32":
+            raise UsageError(f"ONNX Runtime on the CPU measures fp32 only, not {precision}",
+                             hint="use --runtime torch for a half-precision CPU measurement, or predict it")
+        return {}
     if runtime == "tensorrt" and not gpu:
         raise UsageError("runtime 'tensorrt' needs a GPU target", hint="use --runtime onnxruntime or torch on a CPU")
     return {"precision": precision, **({"device": "cuda"} if runtime == "torch" and gpu else {})}

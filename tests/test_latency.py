@@ -61,6 +61,7 @@ def test_an_explicit_runtime_and_precision_are_honoured():
         ({"precision": "fp8"}, "unknown precision 'fp8'"),
         ({"runtime": "tensorrt", "method": "measure"}, "needs a GPU"),
         ({"runtime": "inductor", "method": "measure"}, "can only be predicted"),
+        ({"runtime": "onnxruntime", "precision": "fp16"}, "measures fp32 only"),
     ],
 )
 def test_a_runtime_or_precision_that_cannot_be_used_is_a_usage_error(kwargs, message):
@@ -112,7 +113,8 @@ def test_the_local_gpu_is_measured_in_its_runtime(tmp_path):
 def test_an_explicit_runtime_on_the_local_gpu_is_measured_in_it():
     eager = plan_latency(local_target(), "measure", runtime="torch", precision="fp32")
     assert eager.profiler == "torch" and eager.options == {"precision": "fp32", "device": "cuda"}  # eager: no graphs
-    assert plan_latency(local_target(), "measure", runtime="onnxruntime").options == {"provider": "cuda"}
+    ort = plan_latency(local_target(), "measure", runtime="onnxruntime")
+    assert ort.options == {"provider": "cuda", "precision": "fp16"}  # the local target's precision
 
 
 # the names torch.cuda.get_device_name gives on these GPUs -> the one target each is (None: none)
@@ -179,3 +181,15 @@ def test_predicting_the_local_gpu_uses_its_profile_or_refuses(monkeypatch) -> No
 class _Props:
     total_memory = 16 * 2**30
     multi_processor_count = 40
+
+
+def test_int8_on_a_local_gpu_without_tensorrt_is_refused_when_planned():
+    """Only TensorRT measures int8; without it the plan says so at once, not a profiler later."""
+    import importlib.util
+
+    from kd_compile.latency import _gpu_runtime
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(UsageError, match="int8 is measured with TensorRT only"):
+        _gpu_runtime(get_target("t4"), "int8")

@@ -1,4 +1,4 @@
-"""ONNX Runtime (CPU) latency profiler.
+"""ONNX Runtime latency profiler: on the CPU, or on a CUDA GPU with ``onnxruntime-gpu``.
 
 ``OnnxRuntimeProfiler`` (registered as ``"onnxruntime"``) exports the model with
 ``export_onnx`` (cached by the model's structure and weights, so profiling the same model
@@ -14,6 +14,11 @@ Threads: ``threads=None`` leaves ``intra_op_num_threads`` at 0, i.e. ONNX Runtim
 (one thread per physical core); the Measurement records the number ORT will use by that rule.
 On a machine shared with other work, ``threads=1`` gives far steadier numbers: with several
 intra-op threads, one preempted thread stalls the others at every barrier.
+
+Precision: ``fp32`` runs the exported graph as it is; ``fp16`` (GPU providers only, as a
+half-precision deployment runs) runs it converted to fp16 with ONNX Runtime's own
+``onnxruntime.transformers.float16`` (input and output stay fp32, cast at the graph's ends) on the
+CUDA provider, or with ``trt_fp16_enable`` on the TensorRT provider.
 
 Clock (the policy's ``clock``): ``"wall"`` (default) times each run with ``time.perf_counter``,
 the latency a user sees. Under heavy contention the wall clock also counts the time other
@@ -40,7 +45,7 @@ from .onnx_export import ORT_HINT, OnnxFromModule, file_sha256
 from .timing import CLOCK_TIMERS, TimingPolicy, TimingResult, measurement_from_timing, resolve_timing, time_calls
 from .workdir import WorkDir
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16")  # fp16: on a GPU provider only (the CPU provider lacks fp16 kernels)
 DEFAULT_TIMING = TimingPolicy()  # 10 warm-up, 50..2000 runs, 1..60 s, median rel. SE 5%
 
 
@@ -113,10 +118,11 @@ def provider_starts(provider: str) -> bool:
     return PROVIDERS[provider] in sess.get_providers()
 
 
-def make_session(path: str | Path, threads: int | None = None, provider: str = "cpu") -> Any:
+def make_session(path: str | Path, threads: int | None = None, provider: str = "cpu", fp16: bool = False) -> Any:
     """An ``InferenceSession`` with all graph optimisations and ``threads`` intra-op, on the
     execution provider ``provider`` (cpu, cuda, tensorrt; the GPU ones fall back to CPU for
-    ops they lack, as ORT does)."""
+    ops they lack, as ORT does); ``fp16`` builds the TensorRT provider's engines in fp16 (a
+    CUDA-provider session runs whatever types the file has: :func:`to_fp16`)."""
     ort = lazy_import("onnxruntime", ORT_HINT)
     if provider not in PROVIDERS:
         raise UsageError(f"unknown ONNX Runtime provider '{provider}' ({', '.join(PROVIDERS)})")
@@ -134,7 +140,10 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    chain = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+    first: Any = PROVIDERS[provider]
+    if provider == "tensorrt" and fp16:
+        first = (PROVIDERS[provider], {"trt_fp16_enable": True})
+    chain = [first] + (["CPUExecutionProvider"] if provider != "cpu" else [])
     sess = ort.InferenceSession(str(path), so, providers=chain)
     if PROVIDERS[provider] not in sess.get_providers():
         # ORT falls back to the CPU, with only a log line, when a GPU provider fails to start
@@ -147,6 +156,48 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
             hint="check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed",
         )
     return sess
+
+
+def to_fp16(path: str | Path) -> Path:
+    """The ONNX file at ``path`` converted to fp16 beside it (``<stem>.fp16.onnx``, reused when
+    present) with ONNX Runtime's ``onnxruntime.transformers.float16``: weights and activations in
+    fp16, the graph's input and output kept fp32 (a cast at each end), as a half-precision
+    deployment feeds it."""
+    path = Path(path)
+    out = path.with_name(path.stem + ".fp16.onnx")
+    if out.is_file():
+        return out
+    onnx = lazy_import("onnx", ORT_HINT)
+    lazy_import("onnxruntime", ORT_HINT)
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    _sort_nodes(half.graph)  # the converter appends its input casts last; ONNX wants producers first
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    onnx.save(half, str(tmp))
+    os.replace(tmp, out)  # a reader never sees a half-written file
+    return out
+
+
+def _sort_nodes(graph: Any) -> None:
+    """Reorder ``graph``'s nodes so that each comes after the producers of its inputs (nodes
+    whose inputs are ready keep their relative order)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave the order to the runtime
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _feed_for(sess: Any, spec: InputSpec | None) -> tuple[dict[str, np.ndarray], InputSpec]:
@@ -186,7 +237,7 @@ def _time_session(
     return time_calls(lambda: sess.run_with_iobinding(binding), policy)
 
 
-def _check_kw(threads: int | None, precision: str, policy: TimingPolicy) -> None:
+def _check_kw(threads: int | None, precision: str, policy: TimingPolicy, provider: str = "cpu") -> None:
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be >= 1 or None, got {threads}")
     if policy.clock == "cpu" and threads != 1:
@@ -195,10 +246,11 @@ def _check_kw(threads: int | None, precision: str, policy: TimingPolicy) -> None
         raise UsageError(
             "clock='cpu' needs threads=1", hint="use clock='wall' for multi-threaded runs"
         )
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS or (precision != "fp32" and provider == "cpu"):
+        where = "fp32 on the CPU, fp32 or fp16 on a GPU provider"
         raise UsageError(
-            f"onnxruntime profiler measures fp32 only, got precision '{precision}'",
-            hint="use the torch or tensorrt profiler for fp16/bf16/int8",
+            f"onnxruntime profiler measures {where}; got precision '{precision}' on provider '{provider}'",
+            hint="use the torch or tensorrt profiler for the other precisions",
         )
 
 
@@ -248,6 +300,7 @@ def _measurement(
     extra: dict[str, Any],
     clock: str,
     provider: str = "cpu",
+    precision: str = "fp32",
 ) -> Measurement:
     ort = lazy_import("onnxruntime", ORT_HINT)
     if provider != "cpu":
@@ -260,7 +313,7 @@ def _measurement(
         result,
         device=device,
         runtime="onnxruntime",
-        precision="fp32",
+        precision=precision,
         batch=spec.batch,
         threads=physical_cores() if threads is None else threads,
         extra={
@@ -282,7 +335,7 @@ class OnnxRuntimeProfiler(Profiler):
     Args:
         provider: execution provider: ``cpu`` (default), ``cuda`` or ``tensorrt``.
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
-        precision: ``fp32`` only (ORT on CPU runs the exported fp32 graph).
+        precision: ``fp32``; or ``fp16`` on a GPU provider (module docstring).
         opset: ONNX opset for the export.
         cache_dir: where exported files are kept; a private temporary folder (removed by
             ``close``) when ``None``.
@@ -307,9 +360,9 @@ class OnnxRuntimeProfiler(Profiler):
         **timing_kw: Any,
     ) -> None:
         self.timing = resolve_timing(timing, DEFAULT_TIMING, **timing_kw)
-        _check_kw(threads, precision, self.timing)
         if provider not in PROVIDERS:
             raise UsageError(f"unknown ONNX Runtime provider '{provider}' ({', '.join(PROVIDERS)})")
+        _check_kw(threads, precision, self.timing, provider)
         self.provider = provider
         self.threads = threads
         self.precision = precision
@@ -324,9 +377,11 @@ class OnnxRuntimeProfiler(Profiler):
         path = loader()
         assert loader.info is not None
         sha = loader.info.sha256
+        fp16 = self.precision == "fp16"
         sess = self._sessions.get(sha)
         if sess is None:
-            sess = self._sessions[sha] = make_session(path, self.threads, self.provider)
+            run_path = to_fp16(path) if fp16 and self.provider == "cuda" else path
+            sess = self._sessions[sha] = make_session(run_path, self.threads, self.provider, fp16=fp16)
         feed, spec = _feed_for(sess, input_spec)
         result = _time_session(sess, feed, self.timing, self.provider)
         return _measurement(
@@ -340,6 +395,7 @@ class OnnxRuntimeProfiler(Profiler):
             },
             self.timing.clock,
             self.provider,
+            self.precision,
         )
 
     def close(self) -> None:
@@ -356,4 +412,5 @@ __all__ = [
     "make_session",
     "physical_cores",
     "profile_onnx",
+    "to_fp16",
 ]

@@ -15,6 +15,7 @@ half-precision model would; the caller's model is never modified.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable
@@ -132,12 +133,16 @@ class TorchProfiler(Profiler):
                 "torch profiler: CUDA device requested but torch.cuda.is_available() is False",
                 hint="use device='cpu' or run on a machine with an NVIDIA GPU",
             )
-        run, _ = self._prepare(model, input_spec)
+        # on cuda:N, N is the current device for the whole run: graph capture and the current
+        # stream follow the current device, not the model's
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         old_threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            with torch.inference_mode():
+            with on_device:
+                run, _ = self._prepare(model, input_spec)
+            with on_device, torch.inference_mode():
                 if self.device.type == "cuda":
                     timing = self._time_cuda(run)
                     device = cuda_device(self.device.index)

@@ -94,10 +94,43 @@ def test_onnxruntime_cpu_clock(tmp_path: Path) -> None:
 
 
 def test_onnxruntime_rejects_bad_settings() -> None:
-    with pytest.raises(UsageError):
-        OnnxRuntimeProfiler(precision="fp16")
+    with pytest.raises(UsageError, match="fp32 on the CPU"):
+        OnnxRuntimeProfiler(precision="fp16")  # the CPU provider: fp32 only
+    with pytest.raises(UsageError, match="precision 'bf16'"):
+        OnnxRuntimeProfiler(precision="bf16", provider="cuda")
     with pytest.raises(UsageError):
         OnnxRuntimeProfiler(threads=0)
+    assert OnnxRuntimeProfiler(precision="fp16", provider="cuda").precision == "fp16"  # a GPU provider: fp16 too
+
+
+def test_the_fp16_graph_keeps_fp32_io_and_computes_the_same_function(tmp_path: Path) -> None:
+    """What a GPU provider runs for fp16: weights in fp16, input and output still fp32 (casts at
+    the ends), the same outputs within fp16 rounding; converted once, then reused."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from kd_compile.profilers.onnxrt import to_fp16
+
+    model = tiny_cnn().eval()
+    info = export_onnx(model, SPEC, tmp_path / "m.onnx")
+    half = to_fp16(info.path)
+    assert half == tmp_path / "m.fp16.onnx" and half.is_file()
+    g = onnx.load(str(half))
+    onnx.checker.check_model(g)
+    assert [i.type.tensor_type.elem_type for i in (*g.graph.input, *g.graph.output)] == [TensorProto.FLOAT] * 2
+    weights = [t for t in g.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights)
+    mtime = half.stat().st_mtime_ns
+    assert to_fp16(info.path) == half and half.stat().st_mtime_ns == mtime  # reused, not rewritten
+    x = SPEC.example("cpu")
+    sess = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert y.dtype == np.float32 and np.allclose(y, ref, rtol=1e-2, atol=1e-2)
+    assert not np.array_equal(y, ref)  # it did run in half precision
 
 
 def test_onnxruntime_old_keywords_still_work(tmp_path: Path) -> None:
@@ -163,3 +196,16 @@ def test_a_provider_is_used_only_if_it_starts(monkeypatch) -> None:
         assert not onnxrt.provider_starts("cuda")
     finally:
         onnxrt.provider_starts.cache_clear()
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_measures_fp16(tmp_path: Path) -> None:
+    import kd_compile.profilers.onnxrt as onnxrt
+
+    if not onnxrt.provider_starts("cuda"):
+        pytest.skip("needs onnxruntime-gpu with a CUDA GPU")
+    with OnnxRuntimeProfiler(provider="cuda", precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
+        m = p.profile(tiny_cnn(), SPEC)
+    check_measurement(m, SPEC)
+    assert m.precision == "fp16" and m.extra["provider"] == "CUDAExecutionProvider" and m.device.startswith("cuda")
+    assert list(tmp_path.glob("*.fp16.onnx"))
