@@ -17,6 +17,7 @@ import numpy as np
 from ..profilers.roofline import (
     CONSTANT_NAMES,
     DEFAULT_CONSTANTS,
+    DEV_COLUMNS,
     Constants,
     DeviceScales,
     KernelTable,
@@ -115,19 +116,22 @@ def fit_constants(
     from scipy.optimize import least_squares
 
     start = (x0 or DEFAULT_CONSTANTS).vector()
+    col = {name: i for i, name in enumerate(DEV_COLUMNS)}
     dev = table.dev[table.row]
     gemm = np.isin(table.cls, (0, 2, 3)) & (table.flops > 0)
+    tc = dev[:, col["tensor_cores"]] > 0  # per kernel
+    per_op, edge = table.dev[:, col["per_op_host"]] > 0, table.dev[:, col["edge"]] > 0  # per row
     present = {
-        "e_tc": bool(np.any(gemm & (dev[:, 2] > 0))),
-        "e_cuda": bool(np.any(gemm & (dev[:, 2] == 0))),
+        "e_tc": bool(np.any(gemm & tc)),
+        "e_cuda": bool(np.any(gemm & ~tc)),
         "e_dw": bool(np.any((table.cls == 1) & (table.flops > 0))),
-        "h_lib_us": bool(np.any(table.dev[:, 6] > 0)),
-        "h_pw_us": bool(np.any(table.dev[:, 6] > 0)),
-        "h_kernel_us": bool(np.any(table.dev[:, 6] == 0)),
-        "t0_graph_us": bool(np.any(table.dev[:, 6] == 0)),
-        "c_half_graph": bool(np.any(table.dev[:, 6] == 0)),
-        "edge": bool(np.any(table.dev[:, 5] > 0)) and bool(np.any(table.dev[:, 5] == 0)),
-        "tc_gflop_per_j": bool(np.any(gemm & (dev[:, 2] > 0) & (dev[:, 9] > 0))),
+        "h_lib_us": bool(np.any(per_op)),
+        "h_pw_us": bool(np.any(per_op)),
+        "h_kernel_us": bool(np.any(~per_op)),
+        "t0_graph_us": bool(np.any(~per_op)),
+        "c_half_graph": bool(np.any(~per_op)),
+        "edge": bool(np.any(edge)) and bool(np.any(~edge)),
+        "tc_gflop_per_j": bool(np.any(gemm & tc & (dev[:, col["tdp_w"]] > 0))),
     }
     tied = [(CONSTANT_NAMES.index(a), CONSTANT_NAMES.index(b)) for a, b in (tie or {}).items()]
     free = [i for i, n in enumerate(CONSTANT_NAMES)
