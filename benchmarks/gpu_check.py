@@ -11,7 +11,9 @@ limit keeps what it measured):
    deployment runtime installed (``runtime=None``: TensorRT, else ONNX Runtime CUDA, else
    PyTorch with CUDA graphs), beside the *prediction* for the target profile whose name is the
    local GPU's (``method="predict"``, eager PyTorch fp32, with its error band), and the absolute
-   percentage error of that prediction against the eager measurement.
+   percentage error of that prediction against the eager measurement; and, where the deployment
+   runtime is a graph runtime (TensorRT, ONNX Runtime), its own prediction in that runtime and
+   precision beside its measurement.
 3. ``training``: training throughput (images/s, over the second epoch so start-up and
    ``torch.compile``'s compilation are left out) of a TRADE student and timm's ``resnet10t`` at
    64 and 224 px, through the project's own trainer (``kd_compile.distill.train_student``, KD
@@ -142,12 +144,22 @@ def latency(models: list[str], batches: list[int], target: str | None) -> list[d
                 m, p = row["eager"].get("latency_ms"), row["predicted"].get("latency_ms")
                 if m and p:
                     row["ape_vs_eager"] = abs(p - m) / m
+                d = row["deploy"]
+                if d.get("runtime") in ("onnxruntime", "tensorrt") and d.get("latency_ms"):
+                    # the graph runtime's own prediction (ONNX Runtime's is unvalidated), beside its measurement
+                    pd = _profile(spec, target=target, method="predict", runtime=d["runtime"],
+                                  precision=d.get("precision") or "fp32", batch=b)
+                    row["predicted_deploy"] = pd
+                    if pd.get("latency_ms"):
+                        row["ape_vs_deploy"] = abs(pd["latency_ms"] - d["latency_ms"]) / d["latency_ms"]
             rows.append(row)
             e, d = row["eager"], row["deploy"]
             print(
                 f"  {spec[:40]:40} b{b:<3} eager {_g(e.get('latency_ms') or e.get('error'))} ms  "
-                f"deploy {_g(d.get('latency_ms') or d.get('error'))} ms ({d.get('runtime')})  "
-                f"predicted {_g(row.get('predicted', {}).get('latency_ms'))} ms  APE {_g(row.get('ape_vs_eager'))}",
+                f"deploy {_g(d.get('latency_ms') or d.get('error'))} ms ({d.get('runtime')} {d.get('precision')})  "
+                f"predicted {_g(row.get('predicted', {}).get('latency_ms'))} ms  APE {_g(row.get('ape_vs_eager'))}  "
+                f"deploy predicted {_g(row.get('predicted_deploy', {}).get('latency_ms'))} ms  "
+                f"APE {_g(row.get('ape_vs_deploy'))}",
                 flush=True,
             )
     return rows

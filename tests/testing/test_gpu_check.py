@@ -31,7 +31,7 @@ def test_quick_run_measures_every_row_on_the_cpu(gc: ModuleType, tmp_path: Path)
             m = row[part]
             assert "error" not in m, m
             assert m["method"] == "measured" and m["runtime"] == runtime and m["latency_ms"] > 0
-        assert "predicted" not in row
+        assert "predicted" not in row and "predicted_deploy" not in row
     rows = doc["training"]
     assert rows and all(r["device"] == "cpu" for r in rows)
     want = {(m, v) for m in ("trade", "resnet10t") for v in ("fp32", "bf16+cl")}
