@@ -45,7 +45,7 @@ from .onnx_export import ORT_HINT, OnnxFromModule, file_sha256
 from .timing import CLOCK_TIMERS, TimingPolicy, TimingResult, measurement_from_timing, resolve_timing, time_calls
 from .workdir import WorkDir
 
-PRECISIONS = ("fp32", "fp16")  # fp16: on a GPU provider only (the CPU provider lacks fp16 kernels)
+PRECISIONS = ("fp32", "fp16")  # fp16: on a GPU provider only (no half-precision deployment runs on a CPU here)
 DEFAULT_TIMING = TimingPolicy()  # 10 warm-up, 50..2000 runs, 1..60 s, median rel. SE 5%
 
 
