@@ -8,8 +8,8 @@ limit keeps what it measured):
    architecture from each latency table's family (``nb201:``, ``fbnet:``, ``ofa:``), at batch 1
    and 32: the latency *measured* here in eager PyTorch (``kd_compile.profile(spec,
    target="local", method="measure", runtime="torch", precision="fp32")``, CUDA events) and in the best
-   deployment runtime installed (``runtime=None``: TensorRT, else ONNX Runtime CUDA, else
-   PyTorch with CUDA graphs), beside the *prediction* for the target profile whose name is the
+   deployment runtime installed (``runtime=None``: TensorRT, else ONNX Runtime's TensorRT
+   provider, else its CUDA provider, in the local target's fp16, else PyTorch with CUDA graphs), beside the *prediction* for the target profile whose name is the
    local GPU's (``method="predict"``, eager PyTorch fp32, with its error band), and the absolute
    percentage error of that prediction against the eager measurement; and, where the deployment
    runtime is a graph runtime (TensorRT, ONNX Runtime), its own prediction in that runtime and

@@ -5,9 +5,10 @@ latencies are obtained:
 
 * **measure** when the target is this machine — the ``cpu`` target (ONNX Runtime on this CPU),
   a GPU target whose name matches the local CUDA device, or ``--target local`` — in the
-  target's runtime and precision: TensorRT when it is importable, else ONNX Runtime with the CUDA
-  execution provider (``onnxruntime-gpu``; fp32, or fp16 on the converted graph), else torch with
-  CUDA graphs and CUDA events;
+  target's runtime and precision: TensorRT when it is importable, else ONNX Runtime with the
+  TensorRT execution provider (TensorRT's engines, when its libraries load) or the CUDA one
+  (``onnxruntime-gpu``; fp32, or fp16 on the converted graph), else torch with CUDA graphs and CUDA
+  events;
 * **predict** otherwise, with the calibrated predictor (``roofline``), whose measurements carry
   their error band.
 
@@ -158,8 +159,9 @@ def _gpu_runtime(target: TargetProfile, precision: str) -> tuple[str, dict[str, 
     if precision == "int8":  # neither ORT's CUDA provider nor torch runs an int8 engine
         raise UsageError("int8 is measured with TensorRT only, which does not import here",
                          hint="install TensorRT, measure another precision, or predict int8")
-    if precision in ("fp32", "fp16") and provider_starts("cuda"):  # listed *and* able to start
-        return "onnxruntime", {"provider": "cuda", "precision": precision}
+    for provider in ("tensorrt", "cuda"):  # ORT's TensorRT provider runs TensorRT's own engines
+        if precision in ("fp32", "fp16") and provider_starts(provider):  # listed *and* able to start
+            return "onnxruntime", {"provider": provider, "precision": precision}
     # no deployment runtime here: CUDA graphs stand in for one (no per-op host dispatch)
     return "torch", {"precision": precision, "device": "cuda", "cuda_graphs": True}
 

@@ -193,3 +193,23 @@ def test_int8_on_a_local_gpu_without_tensorrt_is_refused_when_planned():
         pytest.skip("TensorRT is installed here")
     with pytest.raises(UsageError, match="int8 is measured with TensorRT only"):
         _gpu_runtime(get_target("t4"), "int8")
+
+
+@pytest.mark.parametrize(("starts", "provider"), [(("tensorrt", "cuda"), "tensorrt"), (("cuda",), "cuda"), ((), None)])
+def test_a_local_gpu_prefers_ort_s_tensorrt_provider_then_its_cuda_one(monkeypatch, starts, provider):
+    """Without the TensorRT Python package, ONNX Runtime's TensorRT provider (TensorRT's own engines)
+    comes before its CUDA provider, and CUDA graphs come last; the target's precision goes with it."""
+    import importlib.util
+
+    import kd_compile.profilers.onnxrt as onnxrt
+    from kd_compile.latency import _gpu_runtime
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    monkeypatch.setattr(onnxrt, "provider_starts", lambda p: p in starts)  # what this machine's ORT can start
+    name, opts = _gpu_runtime(get_target("t4"), "fp16")
+    if provider is None:
+        assert (name, opts) == ("torch", {"precision": "fp16", "device": "cuda", "cuda_graphs": True})
+    else:
+        assert (name, opts) == ("onnxruntime", {"provider": provider, "precision": "fp16"})
+    assert _gpu_runtime(get_target("t4"), "bf16")[0] == "torch"  # neither ORT provider measures bf16

@@ -18,7 +18,9 @@ intra-op threads, one preempted thread stalls the others at every barrier.
 Precision: ``fp32`` runs the exported graph as it is; ``fp16`` (GPU providers only, as a
 half-precision deployment runs) runs it converted to fp16 with ONNX Runtime's own
 ``onnxruntime.transformers.float16`` (input and output stay fp32, cast at the graph's ends) on the
-CUDA provider, or with ``trt_fp16_enable`` on the TensorRT provider.
+CUDA provider, or with ``trt_fp16_enable`` on the TensorRT provider. A measurement on the TensorRT
+provider is labelled runtime ``tensorrt`` (TensorRT's engines ran it; ``extra["provider"]`` says
+through ONNX Runtime).
 
 Clock (the policy's ``clock``): ``"wall"`` (default) times each run with ``time.perf_counter``,
 the latency a user sees. Under heavy contention the wall clock also counts the time other
@@ -141,8 +143,8 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     first: Any = PROVIDERS[provider]
-    if provider == "tensorrt" and fp16:
-        first = (PROVIDERS[provider], {"trt_fp16_enable": True})
+    if provider == "tensorrt":
+        first = (PROVIDERS[provider], trt_provider_options(fp16))
     chain = [first] + (["CPUExecutionProvider"] if provider != "cpu" else [])
     sess = ort.InferenceSession(str(path), so, providers=chain)
     if PROVIDERS[provider] not in sess.get_providers():
@@ -156,6 +158,21 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
             hint="check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed",
         )
     return sess
+
+
+def trt_provider_options(fp16: bool) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT provider options: fp16 as asked, and its engine and timing caches
+    on disk (``<cache>/ort-trt``; ONNX Runtime keys an engine by the graph, the GPU and the
+    TensorRT version), so a candidate seen before is not built again."""
+    from ..paths import cache_dir
+
+    opts: dict[str, Any] = {"trt_fp16_enable": bool(fp16)}
+    try:
+        where = str(cache_dir("ort-trt", create=True))
+    except OSError:  # a read-only cache: engines are built each time, nothing else changes
+        return opts
+    return {**opts, "trt_engine_cache_enable": True, "trt_engine_cache_path": where,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": where}
 
 
 def to_fp16(path: str | Path) -> Path:
@@ -312,7 +329,8 @@ def _measurement(
     return measurement_from_timing(
         result,
         device=device,
-        runtime="onnxruntime",
+        # TensorRT's engines run the graph on the TensorRT provider: a TensorRT measurement
+        runtime="tensorrt" if provider == "tensorrt" else "onnxruntime",
         precision=precision,
         batch=spec.batch,
         threads=physical_cores() if threads is None else threads,
@@ -413,4 +431,5 @@ __all__ = [
     "physical_cores",
     "profile_onnx",
     "to_fp16",
+    "trt_provider_options",
 ]

@@ -209,3 +209,26 @@ def test_onnxruntime_cuda_measures_fp16(tmp_path: Path) -> None:
     check_measurement(m, SPEC)
     assert m.precision == "fp16" and m.extra["provider"] == "CUDAExecutionProvider" and m.device.startswith("cuda")
     assert list(tmp_path.glob("*.fp16.onnx"))
+
+
+def test_ort_tensorrt_provider_options_keep_engines_in_the_cache(tmp_path: Path, monkeypatch) -> None:
+    from kd_compile.profilers.onnxrt import trt_provider_options
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    opts = trt_provider_options(fp16=True)
+    assert opts["trt_fp16_enable"] is True and trt_provider_options(fp16=False)["trt_fp16_enable"] is False
+    assert opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
+    assert Path(opts["trt_engine_cache_path"]) == Path(opts["trt_timing_cache_path"]) == tmp_path / "ort-trt"
+    assert (tmp_path / "ort-trt").is_dir()
+
+
+@pytest.mark.gpu
+def test_onnxruntime_tensorrt_provider_is_a_tensorrt_measurement(tmp_path: Path) -> None:
+    import kd_compile.profilers.onnxrt as onnxrt
+
+    if not onnxrt.provider_starts("tensorrt"):
+        pytest.skip("needs ONNX Runtime's TensorRT provider with TensorRT's libraries")
+    with OnnxRuntimeProfiler(provider="tensorrt", precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
+        m = p.profile(tiny_cnn(), SPEC)
+    check_measurement(m, SPEC)
+    assert m.runtime == "tensorrt" and m.precision == "fp16" and m.extra["provider"] == "TensorrtExecutionProvider"
