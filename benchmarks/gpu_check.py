@@ -9,11 +9,12 @@ limit keeps what it measured):
    and 32: the latency *measured* here in eager PyTorch (``kd_compile.profile(spec,
    target="local", method="measure", runtime="torch", precision="fp32")``, CUDA events) and in the best
    deployment runtime installed (``runtime=None``: TensorRT, else ONNX Runtime's TensorRT
-   provider, else its CUDA provider, in the local target's fp16, else PyTorch with CUDA graphs), beside the *prediction* for the target profile whose name is the
-   local GPU's (``method="predict"``, eager PyTorch fp32, with its error band), and the absolute
-   percentage error of that prediction against the eager measurement; and, where the deployment
-   runtime is a graph runtime (TensorRT, ONNX Runtime), its own prediction in that runtime and
-   precision beside its measurement.
+   provider, else its CUDA provider, in the local target's fp16, else PyTorch with CUDA graphs),
+   beside the *prediction* for the target profile whose name is the local GPU's
+   (``method="predict"``, eager PyTorch fp32, with its error band), and the absolute percentage
+   error of that prediction against the eager measurement; and, where the deployment runtime is a
+   graph runtime (TensorRT, ONNX Runtime), its own prediction in that runtime and precision beside
+   its measurement.
 3. ``training``: training throughput (images/s, over the second epoch so start-up and
    ``torch.compile``'s compilation are left out) of a TRADE student and timm's ``resnet10t`` at
    64 and 224 px, through the project's own trainer (``kd_compile.distill.train_student``, KD
