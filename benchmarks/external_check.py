@@ -9,6 +9,13 @@ batch 128). Nothing here is fitted: each row is predicted by ``kd_compile.profil
 method="predict")`` exactly as a user would get it, and set beside the measurement and the error
 band that prediction carries.
 
+``benchmarks/data/pytorch_gpu_benchmark_b12.csv`` (a second table, in its own section of the
+results) holds ryujaehun/pytorch-gpu-benchmark's eager-PyTorch latencies of 15-32 torchvision
+models at batch 12 (224 px), fp32 and fp16, on a GTX 1080 Ti, Titan Xp, RTX 2080 Ti, Titan RTX
+(devices calibrated on HELP's 32-px tables only) and A100 (calibrated on Accel-NASBench's
+mixed-precision rows only), transcribed by ``benchmarks/data/transcribe_pytorch_gpu_benchmark.py``;
+each is predicted the same way, and summarised per device and precision.
+
 Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/external_check.py
@@ -34,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
+DATA_B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
 OUT = ROOT / "benchmarks" / "results" / "external_check.json"
 
 
@@ -65,6 +73,33 @@ def check(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return out
 
 
+def check_b12(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each row of the batch-12 table predicted as a user gets it, beside its measurement."""
+    import kd_compile
+
+    out = []
+    for r in rows:
+        batch, measured_ms = int(r["batch"]), float(r["ms_per_batch"])
+        p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
+                               batch=batch, method="predict")
+        band = p["extra"]["error_band"]
+        ratio = p["latency_ms"] / measured_ms
+        out.append({"device": r["device"], "model": r["model"], "precision": r["precision"], "batch": batch,
+                    "measured_ms": measured_ms, "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
+                    "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"),
+                    "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan")))})
+    return out
+
+
+def by_group(res: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    """``summary`` per ``device/precision``, with the median predicted / measured ratio."""
+    groups: dict[str, list[dict[str, object]]] = {}
+    for r in res:
+        groups.setdefault(f"{r['device']}/{r['precision']}", []).append(r)
+    return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3)}
+            for k, v in groups.items()}
+
+
 def summary(res: list[dict[str, object]]) -> dict[str, object]:
     ape = np.array([abs(float(r["ratio"]) - 1) for r in res])
     return {"n": len(res), "median_ape": round(float(np.median(ape)), 4),
@@ -89,9 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     s = summary(res)
     print(f"\n{s['n']} rows: median error {100 * s['median_ape']:.1f}%, within 35% {100 * s['within_35']:.0f}%, "
           f"inside the printed p80 band {100 * s['inside_p80_band']:.0f}%  ({time.perf_counter() - t0:.0f} s)")
+    res12 = check_b12(read_rows(DATA_B12))
+    groups = by_group(res12)
+    print(f"\n{DATA_B12.name}: eager PyTorch, batch 12, predicted / measured per device and precision")
+    for k, g in groups.items():
+        print(f"  {k:15} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
+              f"median error {100 * g['median_ape']:.1f}%, within 35% {100 * g['within_35']:.0f}%, "
+              f"inside the printed p80 band {100 * g['inside_p80_band']:.0f}%")
+    s12 = summary(res12)
+    print(f"  all {s12['n']} rows: median error {100 * s12['median_ape']:.1f}%, "
+          f"within 35% {100 * s12['within_35']:.0f}%, inside the printed p80 band {100 * s12['inside_p80_band']:.0f}%"
+          f"  ({time.perf_counter() - t0:.0f} s)")
+    doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s,
+           "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s},
-                                         indent=1) + "\n")
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -485,6 +485,23 @@ def check_external() -> None:
     fp32_bands = {f"±{100 * rows[k]['band_median']:.0f}% band printed for it" for k in quoted[len(fp16):]}
     assert len(fp32_bands) == 1, f"the fp32 rows no longer share one band: {fp32_bands}"
     expected += sorted(fp32_bands)
+    # the second table (batch 12): every device and precision, and the whole
+    b12 = doc["batch12"]
+    gpu = {"1080ti": "GTX 1080 Ti", "titan-xp": "Titan Xp", "2080ti": "RTX 2080 Ti", "titan-rtx": "Titan RTX",
+           "a100": "A100"}
+    assert {k.split("/")[0] for k in b12["by_group"]} == set(gpu)
+    for key, g in b12["by_group"].items():
+        dev, prec = key.split("/")
+        if key == "a100/fp32":
+            expected.append(f"x{g['median_ratio']:.2f} ({100 * g['within_35']:.0f}% within 35%)")
+        else:
+            expected.append(f"{gpu[dev]} x{g['median_ratio']:.2f} ({100 * g['within_35']:.0f}%)")
+    ns = [g["n"] for g in b12["by_group"].values()]
+    t = b12["summary"]
+    expected += [f"latencies of {min(ns)}-{max(ns)} torchvision models",
+                 f"Over all {t['n']} rows: median error {100 * t['median_ape']:.1f}%, "
+                 f"{100 * t['within_35']:.0f}% within 35%, "
+                 f"{100 * t['inside_p80_band']:.0f}% inside the printed p80 band"]
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
 
 

@@ -23,7 +23,9 @@ nothing for it.
 *From the datasheet* (target TOML): ``P_class`` (tensor-core peak for conv/matmul/attention in
 fp16/bf16/int8 on GPUs that have tensor cores, else the CUDA-core peak; fp16 on GPUs whose native
 fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/TensorRT do there),
-``BW`` (DRAM bandwidth), ``f`` (boost clock; none given: ``f0``), ``TDP`` (``tdp_w``, the board's
+``BW`` (DRAM bandwidth; in fp32 on a GPU with TF32, ``P_class`` is the TF32 tensor-core peak for
+TensorRT's conv/matmul and for PyTorch's convolutions only, which is what each runtime does by
+default: :class:`DeviceTerms`), ``f`` (boost clock; none given: ``f0``), ``TDP`` (``tdp_w``, the board's
 power limit) and ``kind`` (``edge-gpu``: a
 Jetson, whose Arm host pays ``edge``).
 A graph runtime's conv/matmul off tensor cores (Jetson Nano, TX2, Pascal; fp32 on Turing) runs at
@@ -100,6 +102,8 @@ __all__ = [
 
 
 RUNTIME_NAMES = ("tensorrt", "torch", "onnxruntime", "inductor")
+# runtimes whose fp32 runs convolutions on TF32 tensor cores by default (DeviceTerms.of)
+TF32_RUNTIMES = ("tensorrt", "torch", "inductor")
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 _VIEW = KERNEL_CLASSES.index("view")  # an eager view call: host dispatch only, no GPU time
 # The clock ``t0`` (fixed GPU cycles per kernel) is quoted at: a GPU at f GHz pays t0 x 1.5 / f.
@@ -121,6 +125,9 @@ class DeviceTerms:
         t0_override_s: the profile's ``launch_overhead_us`` override of ``t0`` in seconds (0: none).
         clock_ghz: the GPU's boost clock (``t0`` is GPU cycles); 0 when the profile has none.
         tdp_w: the board's power limit, watts; 0 when the profile has none (no power cap).
+        tc_conv_only: only convolutions run on the tensor cores (``peak_tc``); matmul and
+            attention run on the CUDA cores: PyTorch's fp32 on a GPU with TF32 (eager and
+            ``torch.compile``), whose cuDNN convolutions default to TF32 while its matmuls do not.
     """
 
     peak_tc: float
@@ -133,30 +140,37 @@ class DeviceTerms:
     t0_override_s: float = 0.0
     clock_ghz: float = 0.0
     tdp_w: float = 0.0
+    tc_conv_only: bool = False
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
         fp32 = target.peak_for("fp32")
         cuda = fp32 if precision == "fp32" else max(target.peak_for(precision, tensor_cores=False), fp32)
         tc = target.peak_for(precision, tensor_cores=True) if precision != "fp32" else fp32
-        if precision == "fp32" and runtime in ("tensorrt", "inductor") and target.peak_tflops.get("tf32_tensor"):
-            # TensorRT builds with TF32 enabled by default; conv/GEMM then run on tensor cores.
+        tf32 = precision == "fp32" and bool(target.peak_tflops.get("tf32_tensor"))
+        if tf32 and runtime in TF32_RUNTIMES:
+            # fp32 with TF32: TensorRT builds every conv/GEMM with TF32 by default (BuilderFlag.TF32);
+            # PyTorch (eager and torch.compile) runs cuDNN convolutions in TF32 by default
+            # (torch.backends.cudnn.allow_tf32 = True) and matmuls in fp32
+            # (torch.backends.cuda.matmul.allow_tf32 = False since PyTorch 1.12); ONNX Runtime's
+            # CUDA provider does neither by default (use_tf32 is its opt-in)
             tc = target.peak_tflops["tf32_tensor"]
         tc = max(tc, cuda)  # a runtime never picks a slower path than the CUDA cores
+        conv_only = tf32 and runtime in ("torch", "inductor") and tc > cuda
         return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
                    BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
                    RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6,
-                   target.boost_clock_mhz / 1e3, target.tdp_w)
+                   target.boost_clock_mhz / 1e3, target.tdp_w, conv_only)
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "clock_ghz", "tdp_w", "s_roofline", "s_fixed", "s_memory")
+               "t0_override_s", "clock_ghz", "tdp_w", "tc_conv_only", "s_roofline", "s_fixed", "s_memory")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
-    """A ``DeviceTerms`` as the first ten ``DEV_COLUMNS`` of a ``KernelTable``."""
+    """A ``DeviceTerms`` as the first eleven ``DEV_COLUMNS`` of a ``KernelTable``."""
     return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
-            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w]
+            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w, float(d.tc_conv_only)]
 
 
 @dataclass(frozen=True)
@@ -172,7 +186,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed, s_memory), shape (M, 13).
+            s_roofline, s_fixed, s_memory), shape (M, 14).
         n_rows: M.
     """
 
@@ -241,12 +255,12 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
     e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph, tc_gfj = v
     d = table.dev[table.row]
-    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, s_roof, s_fixed, s_mem = d.T
+    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, conv_only, s_roof, s_fixed, s_mem = d.T
     b = table.batch[table.row]
     c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
     dw = table.cls == 1
-    use_tc = gemm & (tcores > 0)
+    use_tc = gemm & (tcores > 0) & ((conv_only == 0) | (table.cls == 0))  # PyTorch's TF32: convs only
     peak = np.where(use_tc, peak_tc, peak_cuda)
     graph_cuda = gemm & ~use_tc & (per_op == 0)  # a graph runtime's GEMM on CUDA cores: see the module docstring
     eff = (np.where(dw, e_dw, np.where(use_tc | graph_cuda, e_tc, e_cuda))

@@ -380,3 +380,26 @@ def test_structure_alternatives_for_the_choice_benchmark() -> None:
     s = fit_scales(table, secs, rows, C, separate_memory=False)
     assert s.memory is None and not s.memory_by_runtime
     assert s.memory_for("tensorrt") == s.roofline_for("tensorrt")
+
+
+def test_pytorch_fp32_runs_convolutions_on_tf32_tensor_cores_and_matmuls_on_cuda_cores() -> None:
+    """fp32 on a GPU with TF32 (A100): PyTorch's cuDNN convolutions default to TF32 (tensor cores,
+    ``e_tc``), its matmuls to fp32 (CUDA cores, ``e_cuda``); TensorRT puts both on TF32; ONNX
+    Runtime's CUDA provider neither; a GPU without TF32 (V100) runs both on CUDA cores."""
+    c = dataclasses.replace(C, e_tc=0.8, e_cuda=0.4, c_half=1e-6, c_half_graph=1e-6, t0_us=1e-3, t0_graph_us=1e-3,
+                            h_lib_us=0.1, h_pw_us=0.1, h_kernel_us=0.0, tc_gflop_per_j=1e5)
+    conv = [OpRecord("c", "conv", 10**11, 10**3, 10**3, 10**3, 1024)]  # compute-bound
+    mm = _matmul(10**11)
+    a100, v100 = get_target("a100"), get_target("v100")
+    tf32, fp32 = a100.peak_tflops["tf32_tensor"] * 1e12, a100.peak_for("fp32") * 1e12
+
+    def ms(target, runtime, ops):
+        return RooflineProfiler(target, "fp32", runtime, constants=c).predict_ops(ops, 1).latency_ms
+
+    assert ms(a100, "torch", conv) == pytest.approx(1e11 / (tf32 * 0.8) * 1e3, rel=1e-3)
+    assert ms(a100, "torch", mm) == pytest.approx(1e11 / (fp32 * 0.4) * 1e3, rel=1e-3)
+    assert ms(a100, "inductor", conv) == pytest.approx(ms(a100, "torch", conv), rel=1e-3)
+    assert ms(a100, "tensorrt", mm) == pytest.approx(1e11 / (tf32 * 0.8) * 1e3, rel=1e-3)
+    assert ms(a100, "onnxruntime", conv) == pytest.approx(1e11 / (fp32 * 0.8) * 1e3, rel=1e-3)  # graph, CUDA cores
+    v = v100.peak_for("fp32") * 1e12
+    assert ms(v100, "torch", conv) == pytest.approx(1e11 / (v * 0.4) * 1e3, rel=1e-3)
