@@ -198,19 +198,6 @@ def test_a_provider_is_used_only_if_it_starts(monkeypatch) -> None:
         onnxrt.provider_starts.cache_clear()
 
 
-@pytest.mark.gpu
-def test_onnxruntime_cuda_measures_fp16(tmp_path: Path) -> None:
-    import kd_compile.profilers.onnxrt as onnxrt
-
-    if not onnxrt.provider_starts("cuda"):
-        pytest.skip("needs onnxruntime-gpu with a CUDA GPU")
-    with OnnxRuntimeProfiler(provider="cuda", precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
-        m = p.profile(tiny_cnn(), SPEC)
-    check_measurement(m, SPEC)
-    assert m.precision == "fp16" and m.extra["provider"] == "CUDAExecutionProvider" and m.device.startswith("cuda")
-    assert list(tmp_path.glob("*.fp16.onnx"))
-
-
 def test_ort_tensorrt_provider_options_keep_engines_in_the_cache(tmp_path: Path, monkeypatch) -> None:
     from kd_compile.profilers.onnxrt import trt_provider_options
 
@@ -223,12 +210,18 @@ def test_ort_tensorrt_provider_options_keep_engines_in_the_cache(tmp_path: Path,
 
 
 @pytest.mark.gpu
-def test_onnxruntime_tensorrt_provider_is_a_tensorrt_measurement(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("provider", "runtime", "fp16_file"), [("cuda", "onnxruntime", True),
+                                                               ("tensorrt", "tensorrt", False)])
+def test_a_gpu_provider_measures_fp16(tmp_path: Path, provider: str, runtime: str, fp16_file: bool) -> None:
+    """fp16 on ORT's CUDA provider runs the converted graph; on its TensorRT provider, TensorRT's own
+    fp16 engines, which makes it a TensorRT measurement."""
     import kd_compile.profilers.onnxrt as onnxrt
 
-    if not onnxrt.provider_starts("tensorrt"):
-        pytest.skip("needs ONNX Runtime's TensorRT provider with TensorRT's libraries")
-    with OnnxRuntimeProfiler(provider="tensorrt", precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
+    if not onnxrt.provider_starts(provider):
+        pytest.skip(f"needs ONNX Runtime's {onnxrt.PROVIDERS[provider]} on a CUDA GPU")
+    with OnnxRuntimeProfiler(provider=provider, precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
         m = p.profile(tiny_cnn(), SPEC)
     check_measurement(m, SPEC)
-    assert m.runtime == "tensorrt" and m.precision == "fp16" and m.extra["provider"] == "TensorrtExecutionProvider"
+    assert m.runtime == runtime and m.precision == "fp16" and m.device.startswith("cuda")
+    assert m.extra["provider"] == onnxrt.PROVIDERS[provider]
+    assert bool(list(tmp_path.glob("*.fp16.onnx"))) == fp16_file
