@@ -364,6 +364,11 @@ class RooflineProfiler(Profiler):
             raise UsageError(f"unknown precision '{self.precision}' (known: {', '.join(PRECISIONS)})")
         if self.runtime not in RUNTIME_RULES:
             raise UsageError(f"unknown runtime '{self.runtime}' (known: {', '.join(RUNTIME_NAMES)})")
+        if self.precision == "bf16" and self.target.kind != "cpu" and not self.target.peak_tflops.get("bf16_tensor"):
+            # bf16 arrived with Ampere's tensor cores: before it TensorRT builds no bf16 engine and
+            # cuDNN has no bf16 convolutions, so a prediction at the fp16 rate would be fiction
+            raise UsageError(f"'{self.target.name}' has no bf16 tensor cores (its profile gives no bf16_tensor peak)",
+                             hint="use --precision fp16 on this GPU")
         if batch is not None and batch <= 0:
             raise UsageError(f"batch must be positive, got {batch}")
         self.batch = batch

@@ -403,3 +403,15 @@ def test_pytorch_fp32_runs_convolutions_on_tf32_tensor_cores_and_matmuls_on_cuda
     assert ms(a100, "onnxruntime", conv) == pytest.approx(1e11 / (fp32 * 0.8) * 1e3, rel=1e-3)  # graph, CUDA cores
     v = v100.peak_for("fp32") * 1e12
     assert ms(v100, "torch", conv) == pytest.approx(1e11 / (v * 0.4) * 1e3, rel=1e-3)
+
+
+def test_bf16_is_refused_on_a_gpu_without_bf16_tensor_cores() -> None:
+    """bf16 came with Ampere's tensor cores: a T4 or a Jetson Xavier has none, so predicting bf16 there
+    (which TensorRT cannot build) is a usage error, not a number at the fp16 rate."""
+    from kd_compile.errors import UsageError
+
+    for name in ("t4", "jetson-agx-xavier", "v100"):
+        with pytest.raises(UsageError, match="no bf16 tensor cores"):
+            RooflineProfiler(name, "bf16", "tensorrt")
+    a100 = RooflineProfiler("a100", "bf16", "tensorrt", constants=C)
+    assert a100.predict_ops(_matmul(10**9), 1).latency_ms > 0
