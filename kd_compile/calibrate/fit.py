@@ -22,6 +22,7 @@ from ..profilers.roofline import (
     DeviceScales,
     KernelTable,
     batch_regime,
+    on_tensor_cores,
     row_seconds,
 )
 from .problem import Problem
@@ -119,8 +120,7 @@ def fit_constants(
     col = {name: i for i, name in enumerate(DEV_COLUMNS)}
     dev = table.dev[table.row]
     gemm = np.isin(table.cls, (0, 2, 3)) & (table.flops > 0)
-    # per kernel: on tensor cores (PyTorch's fp32 with TF32 puts only its convolutions there)
-    tc = (dev[:, col["tensor_cores"]] > 0) & ((dev[:, col["tc_conv_only"]] == 0) | (table.cls == 0))
+    tc = on_tensor_cores(table.cls, dev[:, col["tensor_cores"]], dev[:, col["tc_conv_only"]])  # per kernel
     per_op, edge = table.dev[:, col["per_op_host"]] > 0, table.dev[:, col["edge"]] > 0  # per row
     present = {
         "e_tc": bool(np.any(gemm & tc)),

@@ -97,7 +97,7 @@ __all__ = [
     "CALIBRATION_DIR", "CONSTANT_NAMES", "DEFAULT_CONSTANTS", "NO_POWER_CAP", "RUNTIME_RULES", "SHARED_FIT",
     "Constants", "DeviceScales", "DeviceTerms", "Kernel",
     "KernelTable", "RooflineProfiler", "batch_regime", "error_band", "fuse", "kernel_rows", "load_calibration",
-    "read_calibration", "regime_key", "row_seconds",
+    "on_tensor_cores", "read_calibration", "regime_key", "row_seconds",
 ]
 
 
@@ -250,6 +250,14 @@ class KernelTable:
         return dataclasses.replace(self, dev=dev)
 
 
+def on_tensor_cores(cls: np.ndarray, tensor_cores: np.ndarray, conv_only: np.ndarray) -> np.ndarray:
+    """Which kernels (class indices ``cls``; their device's ``tensor_cores`` and ``tc_conv_only``
+    columns) run on tensor cores: conv/matmul/attention on a device whose runtime and precision use
+    them, only the convolutions where PyTorch's fp32 runs TF32 (:class:`DeviceTerms`)."""
+    gemm = (cls == 0) | (cls == 2) | (cls == 3)
+    return gemm & (tensor_cores > 0) & ((conv_only == 0) | (cls == 0))
+
+
 def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
@@ -260,7 +268,7 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
     dw = table.cls == 1
-    use_tc = gemm & (tcores > 0) & ((conv_only == 0) | (table.cls == 0))  # PyTorch's TF32: convs only
+    use_tc = on_tensor_cores(table.cls, tcores, conv_only)
     peak = np.where(use_tc, peak_tc, peak_cuda)
     graph_cuda = gemm & ~use_tc & (per_op == 0)  # a graph runtime's GEMM on CUDA cores: see the module docstring
     eff = (np.where(dw, e_dw, np.where(use_tc | graph_cuda, e_tc, e_cuda))
