@@ -51,44 +51,32 @@ def read_rows(path: Path = DATA) -> list[dict[str, str]]:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def check(rows: list[dict[str, str]]) -> list[dict[str, object]]:
-    """Each row predicted with the shipped calibration, beside its measurement."""
+def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, object]:
+    """One row (``device``, ``model``, ``spec``, ``precision``) predicted by ``kd_compile.profile(...,
+    method="predict")`` exactly as a user gets it, beside its measurement and the band it carries."""
     import kd_compile
 
-    out = []
-    for r in rows:
-        batch = int(r["batch"])
-        measured_ms = 1000.0 * batch / float(r["images_per_s"])
-        p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
-                               batch=batch, method="predict")
-        band = p["extra"]["error_band"]
-        ratio = p["latency_ms"] / measured_ms
-        out.append({
-            "device": r["device"], "model": r["model"], "spec": r["spec"], "precision": r["precision"], "batch": batch,
-            "measured_ms": round(measured_ms, 3), "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
-            "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"), "band_basis": band.get("basis"),
-            "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
-            "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan"))),
-        })  # fmt: skip
-    return out
+    p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
+                           batch=batch, method="predict")
+    band = p["extra"]["error_band"]
+    ratio = p["latency_ms"] / measured_ms
+    return {
+        "device": r["device"], "model": r["model"], "spec": r["spec"], "precision": r["precision"], "batch": batch,
+        "measured_ms": round(measured_ms, 3), "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
+        "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"), "band_basis": band.get("basis"),
+        "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
+        "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan"))),
+    }  # fmt: skip
+
+
+def check(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each row (throughput at ``batch``) predicted with the shipped calibration, beside its measurement."""
+    return [_predicted(r, int(r["batch"]), 1000.0 * int(r["batch"]) / float(r["images_per_s"])) for r in rows]
 
 
 def check_b12(rows: list[dict[str, str]]) -> list[dict[str, object]]:
-    """Each row of the batch-12 table predicted as a user gets it, beside its measurement."""
-    import kd_compile
-
-    out = []
-    for r in rows:
-        batch, measured_ms = int(r["batch"]), float(r["ms_per_batch"])
-        p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
-                               batch=batch, method="predict")
-        band = p["extra"]["error_band"]
-        ratio = p["latency_ms"] / measured_ms
-        out.append({"device": r["device"], "model": r["model"], "precision": r["precision"], "batch": batch,
-                    "measured_ms": measured_ms, "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
-                    "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"),
-                    "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan")))})
-    return out
+    """Each row of the batch-12 table (ms per batch) predicted as a user gets it, beside its measurement."""
+    return [_predicted(r, int(r["batch"]), float(r["ms_per_batch"])) for r in rows]
 
 
 def by_group(res: list[dict[str, object]]) -> dict[str, dict[str, object]]:
