@@ -309,6 +309,11 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
         handles.append(m.register_forward_hook(post))
     was_training = model.training
     model.eval()
+    # a parameter handed to a submodule as its input (PiT's and CaiT's class token) would make
+    # FlopCounterMode's module tracker hook its gradient, which cannot be done under no_grad
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in grads:
+        p.requires_grad_(False)
     x = torch.zeros((1, *input_shape), device=device, dtype=dtype)
     fc = FlopCounterMode(display=False)
     tracer = _Tracer(weight_ids, stack)
@@ -319,6 +324,8 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     finally:
         for h in handles:
             h.remove()
+        for p, req in grads:
+            p.requires_grad_(req)
         model.train(was_training)
     for n, m in model.named_modules():
         layer_types.setdefault(n, type(m).__name__)

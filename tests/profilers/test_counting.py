@@ -138,3 +138,34 @@ def test_linear_on_tokens_reads_its_weight_as_weight_and_attention_has_flops() -
     attn = next(r for r in tr.ops if r.op == "attention")
     assert attn.flops == 2 * 2 * (2 * 10 * 10 * 16)  # QK^T and AV, 2 heads of 16 dims, 10 tokens
     assert sum(r.flops for r in tr.ops) == tr.total_flops
+
+
+class _TokenBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, tok = xs
+        return self.fc(x), self.fc(tok)
+
+
+class _ClassToken(nn.Module):
+    """PiT/CaiT-like: a parameter goes into a submodule as part of its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Parameter(torch.zeros(1, 1, 8))
+        self.block = _TokenBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, t = self.block((x, self.tok.expand(x.shape[0], -1, -1)))
+        return y.sum(1) + t.sum(1)
+
+
+def test_parameter_passed_as_module_input_is_counted_and_grads_restored() -> None:
+    m = _ClassToken()
+    m.block.fc.weight.requires_grad_(False)
+    tr = trace_ops(m, (4, 8))  # batch 1: the token is expanded to one copy
+    assert tr.total_flops == 2 * (4 + 1) * 8 * 8
+    assert m.tok.requires_grad and m.block.fc.bias.requires_grad and not m.block.fc.weight.requires_grad
