@@ -16,6 +16,14 @@ models at batch 12 (224 px), fp32 and fp16, on a GTX 1080 Ti, Titan Xp, RTX 2080
 mixed-precision rows only), transcribed by ``benchmarks/data/transcribe_pytorch_gpu_benchmark.py``;
 each is predicted the same way, and summarised per device and precision.
 
+``benchmarks/data/timm_unfitted.csv`` (a third section) holds timm's own inference benchmarks that no
+fit reads (``torch.autocast`` fp16, NCHW, batch 256 or 1024; 122 curated models each), transcribed by
+``benchmarks/data/transcribe_timm_unfitted.py``: eager PyTorch 2.9.1 on an RTX 5090 (a GPU with no
+measured table: predicted from its datasheet) and an RTX 4090 (calibrated on timm's PyTorch 2.4.0
+table), and ``torch.compile`` (runtime ``inductor``, which no fitted table measures) on both, plus the
+RTX 4090's PyTorch 2.4.0 ``torch.compile`` table, the validation set on which choices about
+``inductor`` are made (``docs/latency-predictor.md``); summarised per role, device and runtime.
+
 Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/external_check.py
@@ -42,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
 DATA_B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
+DATA_TIMM = ROOT / "benchmarks" / "data" / "timm_unfitted.csv"
 OUT = ROOT / "benchmarks" / "results" / "external_check.json"
 
 
@@ -52,20 +61,25 @@ def read_rows(path: Path = DATA) -> list[dict[str, str]]:
 
 
 def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, object]:
-    """One row (``device``, ``model``, ``spec``, ``precision``) predicted by ``kd_compile.profile(...,
-    method="predict")`` exactly as a user gets it, beside its measurement and the band it carries."""
+    """One row (``device``, ``model``, ``spec``, ``precision``; ``runtime``, default eager ``torch``)
+    predicted by ``kd_compile.profile(..., method="predict")`` exactly as a user gets it, beside its
+    measurement and the band it carries. A spec ``timm:<name>@<px>`` is profiled at that image size."""
     import kd_compile
 
-    p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"],
-                           batch=batch, method="predict")
+    spec, _, px = r["spec"].partition("@")
+    runtime = r.get("runtime") or "torch"
+    p = kd_compile.profile(spec, target=r["device"], runtime=runtime, precision=r["precision"], batch=batch,
+                           image_size=int(px) if px else None, method="predict")
     band = p["extra"]["error_band"]
     ratio = p["latency_ms"] / measured_ms
+    p80 = band.get("p80_ape")
     return {
-        "device": r["device"], "model": r["model"], "spec": r["spec"], "precision": r["precision"], "batch": batch,
-        "measured_ms": round(measured_ms, 3), "predicted_ms": round(p["latency_ms"], 3), "ratio": round(ratio, 3),
-        "band_median": band.get("median_ape"), "band_p80": band.get("p80_ape"), "band_basis": band.get("basis"),
-        "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
-        "inside_p80": bool(abs(ratio - 1) <= band.get("p80_ape", float("nan"))),
+        "device": r["device"], "model": r["model"], "spec": r["spec"], "runtime": runtime, "precision": r["precision"],
+        "batch": batch, "params": p["params"], "measured_ms": round(measured_ms, 3),
+        "predicted_ms": round(p["latency_ms"], 3),
+        "ratio": round(ratio, 3), "band_median": band.get("median_ape"), "band_p80": p80,
+        "band_basis": band.get("basis"), "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
+        "inside_p80": p80 is not None and bool(abs(ratio - 1) <= p80),  # no band (unvalidated): not inside one
     }  # fmt: skip
 
 
@@ -79,11 +93,29 @@ def check_b12(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return [_predicted(r, int(r["batch"]), float(r["ms_per_batch"])) for r in rows]
 
 
-def by_group(res: list[dict[str, object]]) -> dict[str, dict[str, object]]:
-    """``summary`` per ``device/precision``, with the median predicted / measured ratio."""
+def check_timm(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each row of timm's unfitted tables (ms per batch) predicted as a user gets it, with its role.
+
+    ``same_model`` is False where the table's parameter count differs from that of the model
+    ``timm:<name>`` builds here by more than 2% (the PyTorch 2.9.1 tables ran RepVGG, MobileOne and
+    RepViT re-parameterised): such a row measured another graph, and the summaries leave it out.
+    """
+    out = []
+    for r in rows:
+        res = _predicted(r, int(r["batch"]), float(r["ms_per_batch"]))
+        table_params = float(r["param_count_m"]) * 1e6
+        out.append({"role": r["role"], **res, "table_params": table_params,
+                    "same_model": abs(float(res["params"]) - table_params) <= 0.02 * table_params})
+    return out
+
+
+def by_group(
+    res: list[dict[str, object]], keys: tuple[str, ...] = ("device", "precision")
+) -> dict[str, dict[str, object]]:
+    """``summary`` per ``device/precision`` (or the given ``keys``), with the median predicted / measured ratio."""
     groups: dict[str, list[dict[str, object]]] = {}
     for r in res:
-        groups.setdefault(f"{r['device']}/{r['precision']}", []).append(r)
+        groups.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
     return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3)}
             for k, v in groups.items()}
 
@@ -123,8 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  all {s12['n']} rows: median error {100 * s12['median_ape']:.1f}%, "
           f"within 35% {100 * s12['within_35']:.0f}%, inside the printed p80 band {100 * s12['inside_p80_band']:.0f}%"
           f"  ({time.perf_counter() - t0:.0f} s)")
+    res_t = check_timm(read_rows(DATA_TIMM))
+    groups_t = by_group([r for r in res_t if r["same_model"]], ("role", "device", "runtime"))
+    other = sorted({str(r["model"]) for r in res_t if not r["same_model"]})
+    print(f"\n{DATA_TIMM.name}: timm's tables no fit reads, autocast fp16, predicted / measured per role, device "
+          "and runtime (inductor = torch.compile)")
+    for k, g in groups_t.items():
+        print(f"  {k:26} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
+              f"median error {100 * g['median_ape']:.1f}%, within 35% {100 * g['within_35']:.0f}%, "
+              f"inside the printed p80 band {100 * g['inside_p80_band']:.0f}%  ({time.perf_counter() - t0:.0f} s)")
+    print(f"  left out of these: {', '.join(other)} (the table's parameter count is not that of the model built "
+          "here: measured re-parameterised)")
     doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s,
-           "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups}}
+           "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
+           "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
+                             "not_same_model": other}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

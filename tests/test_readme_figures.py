@@ -502,6 +502,16 @@ def check_external() -> None:
                  f"Over all {t['n']} rows: median error {100 * t['median_ape']:.1f}%, "
                  f"{100 * t['within_35']:.0f}% within 35%, "
                  f"{100 * t['inside_p80_band']:.0f}% inside the printed p80 band"]
+    # the third table (timm's unfitted tables): every role, device and runtime, and the models set apart
+    tm = doc["timm_unfitted"]
+    labels = {"validation/rtx4090/inductor": "RTX 4090 (PyTorch 2.4.0, the validation table)",
+              "test/rtx5090/torch": "RTX 5090 eager", "test/rtx4090/torch": "RTX 4090 eager",
+              "test/rtx5090/inductor": "RTX 5090 `torch.compile`", "test/rtx4090/inductor": "RTX 4090 `torch.compile`"}
+    assert set(tm["by_group"]) == set(labels)
+    for key, g in tm["by_group"].items():
+        expected.append(f"{labels[key]} x{g['median_ratio']:.2f}, median error {100 * g['median_ape']:.1f}%, "
+                        f"{100 * g['within_35']:.0f}% within 35%")
+    expected += [f"{min(g['n'] for g in tm['by_group'].values())} models", ", ".join(tm["not_same_model"])]
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
 
 
