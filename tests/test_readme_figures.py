@@ -512,6 +512,16 @@ def check_external() -> None:
         expected.append(f"{labels[key]} x{g['median_ratio']:.2f}, median error {100 * g['median_ape']:.1f}%, "
                         f"{100 * g['within_35']:.0f}% within 35%")
     expected += [f"{min(g['n'] for g in tm['by_group'].values())} models", ", ".join(tm["not_same_model"])]
+    # torch.compile's band (from the shipped table no fit reads) and the test rows inside it
+    from kd_compile.profilers.roofline import error_band
+    from kd_compile.targets import get_target
+
+    band = error_band(get_target("rtx5090"), "inductor", "fp16", 256)
+    expected += [f"band of ±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80) at batch 32 "
+                 "and above", f"({band['n']} models: the calibration's op counts lack"]
+    for key in ("test/rtx5090/inductor", "test/rtx4090/inductor"):
+        g = tm["by_group"][key]
+        expected.append(f"{labels[key]} rows: {100 * g['inside_p80_band']:.0f}%")
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
 
 

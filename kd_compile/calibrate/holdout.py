@@ -14,8 +14,8 @@ import numpy as np
 from ..profilers.roofline import Constants, DeviceScales, batch_regime, regime_key
 from ..targets.profile import get_target
 from .fit import HELD, RIDGE, SEPARATE_MEMORY, TIED, device_scales, fit_on, predict
-from .problem import Problem
-from .tables import FAMILY_LABELS, family_of
+from .problem import Problem, build_problem
+from .tables import FAMILY_LABELS, MeasuredRow, family_of
 
 KFOLD = 5
 # Candidate pulls of the device scales toward 1 (``fit.fit_scales``'s ``ridge``), from about what a
@@ -182,6 +182,28 @@ def _proxy_bands(b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if f"torch/{prec}/batch1" not in out and src1:
             out[f"torch/{prec}/batch1"] = {**src1, "transfer": f"proxy: no eager {prec} batch-1 tables for this "
                                            f"device; {src1['transfer']}"}
+    return out
+
+
+def check_bands(rows: Sequence[MeasuredRow], fits: Mapping[str, Constants], verbose: bool = False
+                ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Bands per device kind from tables no fit reads (``tables.CHECK_TABLES``): each row is predicted
+    as its device left out would be, with the constants fitted without that device (``fits``, from
+    :func:`leave_one_device_out`) and unit device scales. Rows of devices not in ``fits`` are skipped.
+    """
+    rows = [r for r in rows if r.device in fits]
+    if not rows:
+        return {}
+    problem = build_problem(rows, verbose=verbose)
+    pred = np.full(len(problem.rows), np.nan)
+    for dev in sorted({r.device for r in problem.rows}):
+        on = problem.mask(lambda r, d=dev: r.device == d)
+        pred[on] = predict(problem, on, fits[dev])
+    kinds = {d: get_target(d).kind for d in {r.device for r in problem.rows}}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind in sorted(set(kinds.values())):
+        b = bands(problem, pred, problem.mask(lambda r, k=kind: kinds[r.device] == k), "device left out")
+        out[kind] = {key: {**band, "transfer": "device left out (a table no fit reads)"} for key, band in b.items()}
     return out
 
 

@@ -37,6 +37,11 @@ SUPERGRADIENTS = "supergradients_T4_trt_fp16_bs1_classification.csv"
 TORCH2TRT = {"torch2trt-jetson-xavier-trt-fp16-bs1.csv": "jetson-agx-xavier",
              "torch2trt-jetson-nano-trt-fp16-bs1.csv": "jetson-nano"}
 HELP_TABLES = {"help-nb201-latency.csv": "nb201", "help-fbnet-latency.csv": "fbnet"}
+# Published tables no fit reads, shipped in the package (``BUNDLED_DIR``): the error band of a runtime
+# no fitted table measures (:func:`load_check_rows`). File -> (target, runtime, precision).
+CHECK_TABLES = {
+    "timm-benchmark-infer-amp-nchw-pt240-cu124-rtx4090-dynamo.csv": ("rtx4090", "inductor", "fp16"),
+}
 ACCEL_NASBENCH = "accel-nasbench-mbconv.csv"
 # HELP column prefix -> target name (titanx: the Pascal TITAN X, see titan-x.toml)
 HELP_DEVICES = {"1080ti": "1080ti", "2080ti": "2080ti", "titan_rtx": "titan-rtx", "titanx": "titan-x",
@@ -293,4 +298,14 @@ def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> li
             rows += read_help(d / f, space, nas)
     if (d / ACCEL_NASBENCH).is_file():
         rows += read_accel_nasbench(d / ACCEL_NASBENCH, nas)
+    return rows
+
+
+def load_check_rows(specs: set[str] | None = None) -> list[MeasuredRow]:
+    """The rows of the shipped tables no fit reads (``CHECK_TABLES``), those of ``specs`` only when given."""
+    rows: list[MeasuredRow] = []
+    for f, (device, runtime, precision) in CHECK_TABLES.items():
+        if (BUNDLED_DIR / f).is_file():
+            rows += [r for r in read_timm_table(BUNDLED_DIR / f, device, runtime, precision)
+                     if specs is None or r.spec in specs]
     return rows

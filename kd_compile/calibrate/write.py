@@ -28,9 +28,9 @@ from ..profilers.roofline import (
 )
 from ..targets.profile import PRECISIONS, TargetProfile, get_target, list_targets
 from .fit import RIDGE, device_scales, fit_on, quality
-from .holdout import bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
+from .holdout import bands, check_bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
-from .tables import MeasuredRow, load_measurements, read_timm_table, select_timm
+from .tables import MeasuredRow, load_check_rows, load_measurements, read_timm_table, select_timm
 
 
 def gpu_targets() -> list[str]:
@@ -77,6 +77,10 @@ def calibrate_all(
               + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
     measured = sorted({r.device for r in problem.rows})
     transfer = transfer_bands(problem, pred_lodo)
+    # regimes no fitted table measures (torch.compile): the error on a shipped table no fit reads
+    for kind, extra in check_bands(load_check_rows({r.spec for r in problem.rows}), lodo_fits).items():
+        for key, band in extra.items():
+            transfer.setdefault(kind, {}).setdefault(key, band)
     shared = {
         "about": "Latency predictor constants fitted on every measured device together, and the "
                  "leave-one-device-out error bands used for devices without measurements. Written by "
