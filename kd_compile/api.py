@@ -158,7 +158,14 @@ def _run(
     rep.stage("teacher: caching logits")
     knowledge = teacher_knowledge(cfg, tch.module, data)
     spec = InputSpec(tuple(tch.input_shape))
-    t_counts, t_lat = costs(tch.module, spec, target, plan=plan)
+    from .students.common import deployed_if_equivalent
+
+    # the teacher is costed as it deploys, as every student is (a RepVGG teacher folded): else the
+    # student would be held to a slower teacher than the one it replaces
+    t_deployed, fold_note = deployed_if_equivalent(tch.module, spec.shape)
+    if fold_note:
+        rep.message(f"teacher costed: {fold_note}")
+    t_counts, t_lat = costs(t_deployed, spec, target, plan=plan)
     acc_teacher = float(knowledge.teacher_val_acc)
     check_teacher_accuracy(acc_teacher, tch, data, rep)
     ref = Reference(t_counts.params, t_counts.flops, t_lat.latency_ms, acc_teacher, cfg.target_acc or acc_teacher)

@@ -112,6 +112,9 @@ def export(
     s_counts, s_lat = costs(student, spec, target, plan=run.latency)
     extra: dict[str, Any] = {}
     if run.latency.method == "predict":
+        from .students.common import deployed_if_equivalent
+
+        teacher, _ = deployed_if_equivalent(inputs.teacher.module, spec.shape)  # as the reference was costed
         local = [("cpu", get_target("cpu"))]
         if torch.cuda.is_available():
             from .latency import local_target
@@ -121,15 +124,13 @@ def export(
             try:
                 lp = plan_latency(tgt, "measure")
                 extra[f"student_{where}"] = latency_on_target(student, spec, tgt, plan=lp).to_dict(layers=False)
-                extra[f"teacher_{where}"] = latency_on_target(inputs.teacher.module, spec, tgt, plan=lp).to_dict(
-                    layers=False
-                )
+                extra[f"teacher_{where}"] = latency_on_target(teacher, spec, tgt, plan=lp).to_dict(layers=False)
             except KdCompileError as exc:
                 rep.message(f"local {where} measurement skipped: {exc.line()}")
                 continue
             try:  # the predictor on the device just measured: predicted against measured, in the report
                 pp = plan_latency(tgt, "predict")
-                for who, m in (("student", student), ("teacher", inputs.teacher.module)):
+                for who, m in (("student", student), ("teacher", teacher)):
                     extra[f"{who}_{where}"]["predicted_ms"] = latency_on_target(m, spec, tgt, plan=pp).latency_ms
             except Exception as exc:  # a comparison figure only: never worth the run
                 rep.message(f"no prediction for this machine's {where}: {type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -241,3 +242,33 @@ def test_a_teacher_at_chance_stops_before_the_search(digits_teacher, tmp_path):
     with pytest.raises(DataError, match="near chance") as e:
         kd_compile.compile(str(digits_teacher), out=tmp_path / "chance", data=str(p), **SMALL)
     assert e.value.exit_code == 4 and not (tmp_path / "chance" / "journal.jsonl").exists()
+
+
+def test_a_repvgg_teacher_is_costed_folded_as_it_deploys(tmp_path):
+    """A student is costed as it ships (RepVGG folded); the teacher it must beat is too, else the
+    student would be held to a slower teacher than the one it replaces."""
+    from kd_compile.data import load_data
+    from kd_compile.distill import TrainConfig, train_student
+    from kd_compile.export import space_kwargs
+    from kd_compile.profilers import InputSpec
+    from kd_compile.profilers.counting import count
+    from kd_compile.students import create_space
+    from kd_compile.students.common import deployed
+    from kd_compile.teacher import save_checkpoint
+
+    data = load_data("digits", image_size=12)
+    space = create_space("trade", input_shape=data.input_shape, num_classes=data.num_classes)
+    cfg = {**space.sample(np.random.default_rng(0)), "s1_depth": 1, "s2_depth": 1, "s3_depth": 1, "tf_depth": 0}
+    cfg = space.canonical({**cfg, **{f"s{i}_type": "repvgg" for i in range(1, space.max_stages + 1)}})
+    torch.manual_seed(0)
+    model = space.build(cfg)
+    res = train_student(model, data, TrainConfig(epochs=2, use_kd=False, seed=0))
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, space="trade", space_kwargs=space_kwargs(space), config=cfg, state_dict=model.state_dict(),
+                    meta={"data": data.hint(), "normalize": {"mean": list(data.mean), "std": list(data.std)},
+                          "accuracy": res.val_acc})  # fmt: skip
+    out = tmp_path / "run"
+    kd_compile.compile(str(path), out=out, **{**SMALL, "budget": 1, "max_params": "40K"})
+    r = json.loads((out / "report.json").read_text())
+    folded = count(deployed(model), InputSpec(tuple(space.input_shape))).params
+    assert r["teacher"]["params"] == folded == space.deployed_params(cfg) < space.estimate_params(cfg)

@@ -126,3 +126,47 @@ def deployed(model: nn.Module) -> nn.Module:
     with torch.no_grad():  # folding builds new weights from the old: no autograd history
         reparameterize_model(holder, inplace=True)
     return holder[0]
+
+
+def deployed_if_equivalent(model: nn.Module, input_shape: Sequence[int], tol: float = 1e-3) -> tuple[nn.Module, str]:
+    """A model the user brought (a teacher) in the form it deploys, when folding is safe to assume.
+
+    :func:`deployed` folds what timm's ``reparameterize_model`` knows (RepVGG, MobileOne, RepViT,
+    FastViT branches; conv + BN ``fuse``). On a model kd-compile did not build, a method of one of
+    those names may mean something else, so the folded copy is kept only when it has fewer
+    parameters or modules than ``model`` and its output on a seeded random input of
+    ``input_shape`` (C, H, W) matches ``model``'s within ``tol`` (relative to the output's largest
+    magnitude); otherwise ``model`` itself is returned.
+
+    Returns:
+        (the module to cost, a note: ``""`` when nothing folds, else what was done and why).
+    """
+    try:
+        folded = deployed(model)
+    except Exception as exc:  # noqa: BLE001 - a user's model: any failure means "cost it as given"
+        return model, f"not folded ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+
+    def size(m: nn.Module) -> tuple[int, int]:
+        return sum(p.numel() for p in m.parameters()), sum(1 for _ in m.modules())
+
+    if size(folded) == size(model):
+        return model, ""
+    p = next(model.parameters(), None)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *input_shape), generator=gen).to(p.device if p is not None else "cpu")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            a, b = model(x), folded(x)
+        if not (torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape):
+            return model, "not folded (the folded copy's output differs in form)"
+        err = float((a.float() - b.float()).abs().max())
+        scale = float(a.float().abs().max()) or 1.0
+    except Exception as exc:  # noqa: BLE001 - as above
+        return model, f"not folded (the folded copy fails: {type(exc).__name__})"
+    finally:
+        model.train(was_training)
+    if not err <= tol * scale:
+        return model, f"not folded (the folded copy's outputs differ by {err / scale:.1e} of their scale)"
+    return folded, "re-parameterisable blocks folded, as it deploys (outputs unchanged)"

@@ -210,3 +210,48 @@ def test_export_writes_the_folded_onnx_and_a_rebuildable_checkpoint(tmp_path) ->
     x = torch.randn(3, *GLYPH["input_shape"])
     with torch.no_grad():
         assert torch.allclose(back(x), model(x), atol=1e-6)
+
+
+class _RepTeacher(nn.Module):
+    """A user's teacher with a timm RepVGG block: it deploys folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = RepVggBlock(3, 8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
+class _FuseMeansSomethingElse(nn.Module):
+    """A module whose ``fuse`` is not timm's: folding it changes what the model computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+    def fuse(self) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_a_teacher_is_costed_folded_only_when_folding_keeps_its_outputs() -> None:
+    from kd_compile.students.common import deployed_if_equivalent
+
+    teacher = _RepTeacher()
+    _perturb_bn(teacher)
+    teacher.train()
+    got, note = deployed_if_equivalent(teacher, (3, 16, 16))
+    assert got is not teacher and "folded" in note and not note.startswith("not")
+    assert param_count(got) < param_count(teacher) and teacher.training  # the given model is untouched
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), teacher.eval()(x), rtol=1e-4, atol=1e-4)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert deployed_if_equivalent(plain, (3, 16, 16)) == (plain, "")  # nothing to fold: as given
+    odd = nn.Sequential(_FuseMeansSomethingElse())
+    got, note = deployed_if_equivalent(odd, (3, 16, 16))
+    assert got is odd and note.startswith("not folded") and "differ" in note
