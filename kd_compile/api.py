@@ -471,6 +471,11 @@ def profile(
 ) -> dict[str, Any]:
     """Profile a model on a target: params, FLOPs and latency (measured or predicted).
 
+    The model is profiled as it deploys, as ``compile`` costs a teacher: re-parameterisable
+    blocks (RepVGG, MobileOne, RepViT, conv + BN ``fuse``) folded when the folded copy is smaller
+    and computes the same (``students.common.deployed_if_equivalent``); ``deploy_form`` in the
+    result says what was done (None: profiled as given).
+
     The teacher options are ``compile``'s (same names, same parsing), so a checkpoint is loaded
     here exactly as a compile run would load it.
 
@@ -515,7 +520,10 @@ def profile(
             shape = (shape[0], image_size, image_size)
     spec = InputSpec(tuple(shape), batch=batch)
     from .profilers.counting import count
+    from .students.common import deployed_if_equivalent
 
+    # profiled as it deploys, as compile costs a teacher (re-parameterisable blocks folded)
+    module, fold_note = deployed_if_equivalent(module, tuple(shape))
     counts = count(module, spec.with_batch(1))
     with create_profiler(plan.profiler, **plan.options) as p:
         m = p.profile(module, spec)
@@ -528,6 +536,7 @@ def profile(
         flops=counts.flops,
         flops_per_batch=counts.flops * batch if counts.flops else None,
         preprocessing=preprocessing,
+        deploy_form=fold_note or None,
     )
     return d
 

@@ -337,6 +337,8 @@ def profile_cmd(
         f"({d['latency_per_image_ms']:.4g} ms/image, {d['throughput']:.4g} img/s), {d['method']} with "
         f"{d['runtime']} {d['precision']}; params {d['params']:,}, FLOPs {d['flops']:,}/image"
     )
+    if d.get("deploy_form"):
+        typer.echo(f"  deploy form: {d['deploy_form']}")
     if d["method"] == "predicted":
         from .report.render import band_phrase
 

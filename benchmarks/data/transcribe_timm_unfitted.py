@@ -6,8 +6,8 @@ compiled by ``torch.compile`` ("-dynamo": TorchInductor). Its ``infer_step_time`
 This keeps the models the calibration curates (``kd_compile.calibrate.tables.CURATED``) at the
 smallest image size measured in all five tables (the rule ``select_timm`` applies to the fitted
 PyTorch 2.4.0 tables), with the table's parameter count in millions: the PyTorch 2.9.1 tables ran
-the re-parameterisable models (RepVGG, MobileOne, RepViT) folded, a graph other than the one
-``timm:<name>`` builds, and ``benchmarks/external_check.py`` sets such rows apart.
+the re-parameterisable models (RepVGG, MobileOne, RepViT) folded and the PyTorch 2.4.0 ones
+unfolded, and ``benchmarks/external_check.py`` sets apart the rows of the form it does not profile.
 
 Roles: ``validation`` is the RTX 4090's PyTorch 2.4.0 dynamo table (the stack of the fitted eager
 table of that GPU), on which choices about ``torch.compile`` are made; ``test`` are the PyTorch

@@ -255,3 +255,16 @@ def test_a_teacher_is_costed_folded_only_when_folding_keeps_its_outputs() -> Non
     odd = nn.Sequential(_FuseMeansSomethingElse())
     got, note = deployed_if_equivalent(odd, (3, 16, 16))
     assert got is odd and note.startswith("not folded") and "differ" in note
+
+
+def test_profile_gives_the_deployed_form_as_compile_costs_a_teacher() -> None:
+    import kd_compile
+
+    teacher = _RepTeacher()
+    _perturb_bn(teacher)
+    got = kd_compile.profile(teacher, target="2080ti", method="predict", image_size=16)
+    assert got["params"] == param_count(deployed(teacher)) < param_count(teacher)
+    assert "folded" in got["deploy_form"]
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    got = kd_compile.profile(plain, target="2080ti", method="predict", image_size=16)
+    assert got["params"] == param_count(plain) and got["deploy_form"] is None
