@@ -141,6 +141,9 @@ def deployed_if_equivalent(model: nn.Module, input_shape: Sequence[int], tol: fl
     Returns:
         (the module to cost, a note: ``""`` when nothing folds, else what was done and why).
     """
+    hooks = ("fuse", "reparameterize", "switch_to_deploy")  # what reparameterize_model calls
+    if not any(hasattr(m, h) for m in model.modules() if m is not model for h in hooks):
+        return model, ""  # nothing to fold: no copy
     try:
         folded = deployed(model)
     except Exception as exc:  # noqa: BLE001 - a user's model: any failure means "cost it as given"
