@@ -252,6 +252,10 @@ def test_a_teacher_is_costed_folded_only_when_folding_keeps_its_outputs() -> Non
         torch.testing.assert_close(got(x), teacher.eval()(x), rtol=1e-4, atol=1e-4)
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert deployed_if_equivalent(plain, (3, 16, 16)) == (plain, "")  # nothing to fold: as given
+    import threading
+
+    plain.lock = threading.Lock()  # cannot be deep-copied; with nothing to fold it need not be
+    assert deployed_if_equivalent(plain, (3, 16, 16)) == (plain, "")
     odd = nn.Sequential(_FuseMeansSomethingElse())
     got, note = deployed_if_equivalent(odd, (3, 16, 16))
     assert got is odd and note.startswith("not folded") and "differ" in note
