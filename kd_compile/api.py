@@ -164,7 +164,9 @@ def _run(
     # student would be held to a slower teacher than the one it replaces
     t_deployed, fold_note = deployed_if_equivalent(tch.module, spec.shape)
     if fold_note:
-        rep.message(f"teacher costed: {fold_note}")
+        note = f"teacher costed as it deploys: {fold_note}"
+        rep.message(note)
+        tch.meta["notes"] = [*tch.meta.get("notes", ()), note]  # in report.json and report.md
     t_counts, t_lat = costs(t_deployed, spec, target, plan=plan)
     acc_teacher = float(knowledge.teacher_val_acc)
     check_teacher_accuracy(acc_teacher, tch, data, rep)

@@ -272,3 +272,4 @@ def test_a_repvgg_teacher_is_costed_folded_as_it_deploys(tmp_path):
     r = json.loads((out / "report.json").read_text())
     folded = count(deployed(model), InputSpec(tuple(space.input_shape))).params
     assert r["teacher"]["params"] == folded == space.deployed_params(cfg) < space.estimate_params(cfg)
+    assert any("folded" in n for n in r["teacher"]["notes"]) and "folded" in (out / "report.md").read_text()
