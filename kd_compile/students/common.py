@@ -134,7 +134,7 @@ def deployed_if_equivalent(model: nn.Module, input_shape: Sequence[int], tol: fl
     :func:`deployed` folds what timm's ``reparameterize_model`` knows (RepVGG, MobileOne, RepViT,
     FastViT branches; conv + BN ``fuse``). On a model kd-compile did not build, a method of one of
     those names may mean something else, so the folded copy is kept only when it has fewer
-    parameters or modules than ``model`` and its output on a seeded random input of
+    parameters or modules than ``model`` (and no more of either) and its output on a seeded random input of
     ``input_shape`` (C, H, W) matches ``model``'s within ``tol`` (relative to the output's largest
     magnitude); otherwise ``model`` itself is returned.
 
@@ -152,11 +152,15 @@ def deployed_if_equivalent(model: nn.Module, input_shape: Sequence[int], tol: fl
     def size(m: nn.Module) -> tuple[int, int]:
         return sum(p.numel() for p in m.parameters()), sum(1 for _ in m.modules())
 
-    if size(folded) == size(model):
+    (n1, k1), (n0, k0) = size(folded), size(model)
+    if (n1, k1) == (n0, k0):
         return model, ""
-    p = next(model.parameters(), None)
+    if n1 > n0 or k1 > k0:
+        return model, "not folded (the folded copy is not smaller)"
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *input_shape), generator=gen).to(p.device if p is not None else "cpu")
+    x = torch.randn((2, *input_shape), generator=gen)
+    x = x.to(p.device, p.dtype) if p is not None else x
     was_training = model.training
     try:
         model.eval()
@@ -172,4 +176,4 @@ def deployed_if_equivalent(model: nn.Module, input_shape: Sequence[int], tol: fl
         model.train(was_training)
     if not err <= tol * scale:
         return model, f"not folded (the folded copy's outputs differ by {err / scale:.1e} of their scale)"
-    return folded, "re-parameterisable blocks folded, as it deploys (outputs unchanged)"
+    return folded, "re-parameterisable blocks folded (outputs unchanged on a test input)"
