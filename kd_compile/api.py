@@ -229,7 +229,7 @@ def _run(
     try:
         written, s_counts, s_lat, extra = ship.export(
             cfg, final.student, family, chosen.config, s_acc if test["kd"] is None else test["kd"], inputs, run, rep,
-            staging,
+            staging, teacher=t_deployed,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a half-written export never ships

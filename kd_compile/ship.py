@@ -71,12 +71,13 @@ def check_finite(model: nn.Module) -> None:
 
 def export(
     cfg: CompileConfig, student: nn.Module, family: Any, config: dict[str, Any], accuracy: float,
-    inputs: Any, run: RunContext, rep: Any, folder: Path,
+    inputs: Any, run: RunContext, rep: Any, folder: Path, *, teacher: nn.Module,
 ) -> tuple[dict[str, Path], Any, Any, dict[str, Any]]:  # fmt: skip
     """Write student.pt/.onnx/.torchscript.pt/.pt2; get the student's latency on the target and,
-    when the target is not this machine, measure student and teacher here too (an honest local
-    number: this CPU, and the local GPU when there is one) beside the predictor's figure for the
-    same device. ``extra["exports"]`` holds each export's parity check (or why it was left out)."""
+    when the target is not this machine, measure student and ``teacher`` (the teacher as the
+    reference was costed: folded where ``deployed_if_equivalent`` folds it) here too (an honest
+    local number: this CPU, and the local GPU when there is one) beside the predictor's figure for
+    the same device. ``extra["exports"]`` holds each export's parity check (or why it was left out)."""
     from .export import export_student
     from .latency import plan_latency
 
@@ -112,9 +113,6 @@ def export(
     s_counts, s_lat = costs(student, spec, target, plan=run.latency)
     extra: dict[str, Any] = {}
     if run.latency.method == "predict":
-        from .students.common import deployed_if_equivalent
-
-        teacher, _ = deployed_if_equivalent(inputs.teacher.module, spec.shape)  # as the reference was costed
         local = [("cpu", get_target("cpu"))]
         if torch.cuda.is_available():
             from .latency import local_target
