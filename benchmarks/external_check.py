@@ -128,6 +128,13 @@ def summary(res: list[dict[str, object]]) -> dict[str, object]:
             "inside_p80_band": round(float(np.mean([r["inside_p80"] for r in res])), 4)}  # fmt: skip
 
 
+def _group_line(key: str, g: dict[str, object], width: int) -> str:
+    """One printed line of a ``by_group`` summary."""
+    return (f"  {key:{width}} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
+            f"median error {100 * float(g['median_ape']):.1f}%, within 35% {100 * float(g['within_35']):.0f}%, "
+            f"inside the printed p80 band {100 * float(g['inside_p80_band']):.0f}%")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(OUT))
@@ -149,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = by_group(res12)
     print(f"\n{DATA_B12.name}: eager PyTorch, batch 12, predicted / measured per device and precision")
     for k, g in groups.items():
-        print(f"  {k:15} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
-              f"median error {100 * g['median_ape']:.1f}%, within 35% {100 * g['within_35']:.0f}%, "
-              f"inside the printed p80 band {100 * g['inside_p80_band']:.0f}%")
+        print(_group_line(k, g, 15))
     s12 = summary(res12)
     print(f"  all {s12['n']} rows: median error {100 * s12['median_ape']:.1f}%, "
           f"within 35% {100 * s12['within_35']:.0f}%, inside the printed p80 band {100 * s12['inside_p80_band']:.0f}%"
@@ -165,12 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{DATA_TIMM.name}: timm's tables no fit reads, autocast fp16, predicted / measured per role, device "
           "and runtime (inductor = torch.compile)")
     for k, g in groups_t.items():
-        print(f"  {k:26} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
-              f"median error {100 * g['median_ape']:.1f}%, within 35% {100 * g['within_35']:.0f}%, "
-              f"inside the printed p80 band {100 * g['inside_p80_band']:.0f}%  ({time.perf_counter() - t0:.0f} s)")
+        print(_group_line(k, g, 26))
     for k, models in other.items():
         print(f"  left out of {k}: {', '.join(models)} (the table's parameter count is not that of the model "
               "profiled here, which is folded as it deploys: the table measured the other form)")
+    print(f"  ({time.perf_counter() - t0:.0f} s)")
     doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s,
            "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
            "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
