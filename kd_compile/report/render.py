@@ -167,6 +167,13 @@ def deploy_snippets(r: dict[str, Any]) -> dict[str, str]:
         f"    --minShapes=input:1x{c}x{h}x{w} --optShapes=input:1x{c}x{h}x{w} --maxShapes=input:64x{c}x{h}x{w}\n"
         f"trtexec --loadEngine=student.engine --shapes=input:1x{c}x{h}x{w}  # its latency on this GPU"
     )
+    if r["target"].get("precision") == "fp16":  # TensorRT 11 removed --fp16: the ONNX carries the precision
+        trt += (
+            "\n# TensorRT 11 (strongly typed networks, no --fp16): convert the ONNX to fp16 first, then build it\n"
+            "python -m modelopt.onnx.autocast --onnx_path student.onnx --output_path student_fp16.onnx\n"
+            "trtexec --onnx=student_fp16.onnx --saveEngine=student.engine \\\n"
+            f"    --minShapes=input:1x{c}x{h}x{w} --optShapes=input:1x{c}x{h}x{w} --maxShapes=input:64x{c}x{h}x{w}"
+        )
     torch_code = (
         "import torch\n\nimport kd_compile\n\n"
         f"x = torch.randn(1, {c}, {h}, {w})  # preprocessed as above\n"

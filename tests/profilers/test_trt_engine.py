@@ -1,5 +1,5 @@
 """TensorRT engines (``kd_compile.profilers.tensorrt.engine``): cache keys, and CONTRACT tests of
-the builder against the documented TensorRT 10 API, run on the fake of ``trt_helpers.py``.
+the builder against the documented TensorRT 10 and 11 APIs, run on the fakes of ``trt_helpers.py``.
 
 The contract tests check that the builder drives the API as documented (flags, optimisation
 profiles, timing cache, engine cache); they measure nothing.
@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper
 from trt_helpers import builds, install_fake_tensorrt
 
-from kd_compile.errors import ExportError, UsageError
+from kd_compile.errors import BackendUnavailableError, ExportError, UsageError
 from kd_compile.profilers import InputSpec
 from kd_compile.profilers.onnx_export import export_onnx, file_sha256
 from kd_compile.profilers.tensorrt import EngineFromOnnx, engine_cache_key
@@ -35,6 +35,28 @@ def cnn_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return install_fake_tensorrt(monkeypatch)
+
+
+def qdq_onnx(folder: Path) -> Path:
+    """An explicitly quantized (QuantizeLinear/DequantizeLinear) ONNX model."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zp = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    g = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+            helper.make_node("Relu", ["dq"], ["output"]),
+        ],
+        "qdq",
+        [x],
+        [y],
+        initializer=[scale, zp],
+    )
+    qdq = folder / "qdq.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(qdq))
+    return qdq
 
 
 # --- engine cache key ------------------------------------------------------------------------
@@ -164,23 +186,7 @@ def test_contract_int8_needs_calibrator_or_qdq(
     assert build[1] == sorted([fake_trt.BuilderFlag.INT8, fake_trt.BuilderFlag.FP16])
     assert build[5] is calibrator
 
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])
-    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
-    zp = helper.make_tensor("z", TensorProto.INT8, [], [0])
-    g = helper.make_graph(
-        [
-            helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
-            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
-            helper.make_node("Relu", ["dq"], ["output"]),
-        ],
-        "qdq",
-        [x],
-        [y],
-        initializer=[scale, zp],
-    )
-    qdq = tmp_path / "qdq.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(qdq))
+    qdq = qdq_onnx(tmp_path)
     assert EngineFromOnnx(qdq, "int8", cache_dir=tmp_path)().is_file()
 
 
@@ -214,3 +220,64 @@ def test_engine_private_cache_folder_removed_on_close(fake_trt: types.ModuleType
         assert path.is_file() and loader.cache_dir.name.startswith("kd-trt-")
     assert not loader.cache_dir.exists()
     loader.close()  # idempotent
+
+
+def test_contract_tensorrt11_builds_strongly_typed(
+    monkeypatch: pytest.MonkeyPatch, cnn_onnx: Path, tmp_path: Path
+) -> None:
+    """CONTRACT (fake TensorRT 11, whose BuilderFlag has no FP16/BF16/INT8 and whose config has no
+    int8_calibrator): fp16 parses an fp16 copy of the ONNX (I/O kept fp32) and sets no flag; fp32
+    and Q/DQ int8 parse the file as given; a calibrator is refused before any build."""
+    trt = install_fake_tensorrt(monkeypatch, major=11)
+    loader = EngineFromOnnx(cnn_onnx, "fp16", cache_dir=tmp_path / "eng", batch=2)
+    path = loader()
+    assert loader.built and path.is_file()
+    (build,) = builds(trt)
+    assert build[1] == [] and build[5] is None  # no precision flag, no calibrator
+    (parse,) = [c for c in trt.calls if c[0] == "parse_from_file"]
+    typed = Path(parse[1])
+    assert typed != cnn_onnx and parse[2] == ["FLOAT16"]
+    m = onnx.load(str(typed))
+    assert [i.type.tensor_type.elem_type for i in [*m.graph.input, *m.graph.output]] == [TensorProto.FLOAT] * 2
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["strongly_typed"].startswith("onnxconverter-common") and meta["onnx_built"] == str(typed)
+
+    # the fp16 copy computes what the fp32 model does (ONNX Runtime on the CPU runs both)
+    ort = pytest.importorskip("onnxruntime")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).numpy()
+    ref = ort.InferenceSession(str(cnn_onnx)).run(None, {"input": x})[0]
+    half = ort.InferenceSession(str(typed)).run(None, {"input": x})[0]
+    assert abs(half - ref).max() <= 1e-2 * abs(ref).max()
+
+    # same settings again: engine and converted copy both served from their caches
+    stamp = typed.stat().st_mtime_ns
+    again = EngineFromOnnx(cnn_onnx, "fp16", cache_dir=tmp_path / "eng", batch=2)
+    assert again() == path and not again.built and typed.stat().st_mtime_ns == stamp
+
+    EngineFromOnnx(cnn_onnx, "fp32", cache_dir=tmp_path / "eng", batch=2)()
+    assert builds(trt)[-1][1] == []
+    assert [c for c in trt.calls if c[0] == "parse_from_file"][-1][1:] == (str(cnn_onnx), ["FLOAT"])
+
+    qdq = qdq_onnx(tmp_path)
+    EngineFromOnnx(qdq, "int8", cache_dir=tmp_path / "eng")()
+    assert builds(trt)[-1][1] == [] and [c for c in trt.calls if c[0] == "parse_from_file"][-1][1] == str(qdq)
+    n = len(builds(trt))
+    with pytest.raises(UsageError, match="no int8 calibrators"):
+        EngineFromOnnx(cnn_onnx, "int8", cache_dir=tmp_path / "eng", batch=2, calibrator=object())()
+    assert len(builds(trt)) == n
+
+
+def test_tensorrt11_bf16_needs_modelopt(monkeypatch: pytest.MonkeyPatch, cnn_onnx: Path, tmp_path: Path) -> None:
+    """Without NVIDIA ModelOpt no installed converter makes a bf16 ONNX: a clear one-line refusal."""
+    try:
+        import modelopt.onnx.autocast  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # noqa: BLE001
+        pass
+    else:
+        pytest.skip("NVIDIA ModelOpt is installed here: bf16 converts")
+    trt = install_fake_tensorrt(monkeypatch, major=11)
+    with pytest.raises(BackendUnavailableError) as exc_info:
+        EngineFromOnnx(cnn_onnx, "bf16", cache_dir=tmp_path, batch=2)()
+    line = exc_info.value.line()
+    assert "bf16" in line and "modelopt" in line and "\n" not in line
+    assert builds(trt) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,45 @@ def test_real_trtexec_profile(tmp_path: Path) -> None:
         m = p.profile(tiny_cnn(), SPEC)
     check_measurement(m, SPEC)
     assert m.extra["tool"] == "trtexec" and m.layers
+
+
+FAKE_TRTEXEC = """#!{python}
+# stand-in for NVIDIA's trtexec: prints a --help text, records a run's argv, writes --exportTimes
+import json, sys
+args = sys.argv[1:]
+if args == ["--help"]:
+    print({help!r})
+    sys.exit(0)
+open({log!r}, "w").write(json.dumps(args))
+opts = dict(a[2:].split("=", 1) for a in args if "=" in a)
+open(opts["exportTimes"], "w").write(json.dumps({times!r}))
+print("[I] TensorRT version: {version}")
+print("[I] Selected Device: Stand-in GPU")
+"""
+HELP_10 = "=== Build Options ===\n  --fp16    Enable fp16 precision, in addition to fp32 (default = disabled)\n"
+HELP_11 = "=== Build Options ===\n  --stronglyTyped    Create a strongly typed network (always on)\n  --onnx=<file> ..."
+
+
+@pytest.mark.parametrize(("help_text", "version", "weak"), [(HELP_10, "10.16.1", True), (HELP_11, "11.4.0", False)])
+def test_trtexec_profiler_follows_its_trtexecs_typing(
+    tmp_path: Path, help_text: str, version: str, weak: bool
+) -> None:
+    """TensorRT 10's trtexec gets --fp16 and the fp32 export; TensorRT 11's (whose --help has no
+    --fp16: precision flags were removed) gets no precision flag and an fp16 copy of the ONNX."""
+    import onnx
+
+    exe, log = tmp_path / "trtexec", tmp_path / "argv.json"
+    exe.write_text(FAKE_TRTEXEC.format(python=sys.executable, help=help_text, log=str(log), times=TIMES_SAMPLE,
+                                       version=version))
+    exe.chmod(0o755)
+    with TrtexecProfiler(precision="fp16", trtexec=str(exe), cache_dir=tmp_path / "c") as p:
+        m = p.profile(tiny_cnn(), SPEC)
+    args = json.loads(log.read_text())
+    assert ("--fp16" in args) is weak and not {"--bf16", "--int8", "--best"} & set(args)
+    model = onnx.load(next(a.split("=", 1)[1] for a in args if a.startswith("--onnx=")))
+    types_ = {onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}
+    assert types_ == ({"FLOAT"} if weak else {"FLOAT16"})
+    assert m.extra["trt_version"] == version and m.runtime == "tensorrt"
+    with pytest.raises(UsageError, match="calib"):
+        build_trtexec_command("trtexec", "m.onnx", input_name="x", input_shape=(1, 3, 8, 8), precision="int8",
+                              calibration_cache="c.cache", weakly_typed=False)

@@ -21,15 +21,18 @@ import torch
 from kd_compile.profilers.tensorrt.lint import TRT_UNSUPPORTED_OPS
 
 
-def make_fake_tensorrt() -> types.ModuleType:
-    """A stand-in ``tensorrt`` with exactly the documented TensorRT 10 calls kd-compile uses.
+def make_fake_tensorrt(major: int = 10) -> types.ModuleType:
+    """A stand-in ``tensorrt`` with exactly the documented TensorRT 10 (or 11) calls kd-compile uses.
 
     It records every call in ``trt.calls``. It builds a JSON "plan" describing the parsed ONNX
     I/O and the build settings; ``execute_async_v3`` checks that every I/O tensor has an
-    address and reports one time per layer to an attached ``IProfiler``.
+    address and reports one time per layer to an attached ``IProfiler``. ``major=11`` is
+    TensorRT 11's strongly typed API ("Removed Python APIs and Replacements"): no
+    ``BuilderFlag.FP16``/``BF16``/``INT8``, no ``IBuilderConfig.int8_calibrator`` (setting it
+    raises AttributeError); its parser records the ONNX's initializer types.
     """
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.99.0-fake"
+    trt.__version__ = f"{major}.99.0-fake"
     calls: list[tuple[Any, ...]] = []
     trt.calls = calls
 
@@ -41,7 +44,9 @@ def make_fake_tensorrt() -> types.ModuleType:
         "DataType", "FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8"
     )
     trt.MemoryPoolType = enum("MemoryPoolType", "WORKSPACE")
-    trt.BuilderFlag = enum("BuilderFlag", "FP16", "BF16", "INT8", "TF32")
+    trt.BuilderFlag = (
+        enum("BuilderFlag", "FP16", "BF16", "INT8", "TF32") if major < 11 else enum("BuilderFlag", "TF32")
+    )
     trt.ProfilingVerbosity = enum("ProfilingVerbosity", "LAYER_NAMES_ONLY", "DETAILED", "NONE")
     trt.LayerInformationFormat = enum("LayerInformationFormat", "ONELINE", "JSON")
 
@@ -74,8 +79,9 @@ def make_fake_tensorrt() -> types.ModuleType:
             self.network, self.errors = network, []
 
         def parse_from_file(self, model: str) -> bool:
-            calls.append(("parse_from_file", model))
             m = onnx.load(model)
+            types_ = sorted({onnx.TensorProto.DataType.Name(t.data_type) for t in m.graph.initializer})
+            calls.append(("parse_from_file", model) if major < 11 else ("parse_from_file", model, types_))
 
             def dims(vi: Any) -> tuple[int, ...]:
                 return tuple(
@@ -120,9 +126,15 @@ def make_fake_tensorrt() -> types.ModuleType:
             self.pools: dict[str, int] = {}
             self.builder_optimization_level = 3
             self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
-            self.int8_calibrator = None
+            if major < 11:
+                self.int8_calibrator = None
             self.profiles: list[IOptimizationProfile] = []
             self.timing_cache: ITimingCache | None = None
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if major >= 11 and name == "int8_calibrator":
+                raise AttributeError("'tensorrt.IBuilderConfig' object has no attribute 'int8_calibrator'")
+            object.__setattr__(self, name, value)
 
         def set_memory_pool_limit(self, pool: str, pool_size: int) -> None:
             self.pools[pool] = pool_size
@@ -168,7 +180,7 @@ def make_fake_tensorrt() -> types.ModuleType:
                     config.builder_optimization_level,
                     dict(config.pools),
                     config.profiling_verbosity,
-                    config.int8_calibrator,
+                    getattr(config, "int8_calibrator", None),
                 )
             )
             if config.pools.get(trt.MemoryPoolType.WORKSPACE, 1 << 30) < 1024:
@@ -277,9 +289,9 @@ def make_fake_tensorrt() -> types.ModuleType:
     return trt
 
 
-def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """Put a fresh fake in ``sys.modules["tensorrt"]`` for one test; return it."""
-    trt = make_fake_tensorrt()
+def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch, major: int = 10) -> types.ModuleType:
+    """Put a fresh fake (TensorRT ``major``) in ``sys.modules["tensorrt"]`` for one test; return it."""
+    trt = make_fake_tensorrt(major)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
 

@@ -45,6 +45,10 @@ def test_the_deploy_snippet_runs_the_student_in_onnx_runtime(compiled, tmp_path)
     assert "mean = np.array(" in ort_code and "std = np.array(" in ort_code
     sh = _code_blocks(deploy, "sh")[0]
     assert sh.startswith("trtexec --onnx=student.onnx --saveEngine=student.engine --fp16")
+    # TensorRT 11 has no --fp16: the snippet converts the ONNX and builds the fp16 copy without the flag
+    convert, build = [ln for ln in sh.splitlines() if "student_fp16.onnx" in ln]
+    assert convert.startswith("python -m modelopt.onnx.autocast --onnx_path student.onnx")
+    assert build.startswith("trtexec --onnx=student_fp16.onnx") and "--fp16" not in build
     # run it as written, on an image of the input size, next to the student
     from PIL import Image
 

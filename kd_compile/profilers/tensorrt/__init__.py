@@ -1,11 +1,13 @@
-"""TensorRT 10 backend: ONNX lint, cached engine builds, and two measured profilers.
+"""TensorRT 10/11 backend: ONNX lint, cached engine builds, and two measured profilers.
 
-Written against the documented TensorRT 10 Python API; ``tensorrt`` is imported lazily, so
+Written against the documented TensorRT 10 and 11 Python APIs; ``tensorrt`` is imported lazily, so
 this package (and the lint) imports without it. One job per module:
 
 * :mod:`.lint`: ``lint_onnx_for_tensorrt`` and the onnx-tensorrt operator tables it uses.
 * :mod:`.engine`: ``EngineFromOnnx`` (cached engine builds), ``engine_cache_key``, the lazy
   ``tensorrt`` import.
+* :mod:`.precision`: where a build's precision lives, builder flags (TensorRT 10) or the ONNX's
+  types (TensorRT 11, strongly typed): ``weakly_typed``, ``strongly_typed_onnx``.
 * :mod:`.runner`: ``TrtRunner``, per-layer times, ``TensorRTProfiler`` (``"tensorrt"``).
 * :mod:`.trtexec`: the ``trtexec`` command line and JSON exports, ``TrtexecProfiler``
   (``"trtexec"``).

@@ -1,7 +1,9 @@
 """TensorRT engines from ONNX: the lazy ``tensorrt`` import, engine cache keys, cached builds.
 
-Written against the documented TensorRT 10 Python API (docs.nvidia.com/deeplearning/tensorrt,
-Python API reference: ``Builder``, ``IBuilderConfig``, ``OnnxParser``, ``ITimingCache``).
+Written against the documented TensorRT 10 and 11 Python APIs (docs.nvidia.com/deeplearning/tensorrt,
+Python API reference: ``Builder``, ``IBuilderConfig``, ``OnnxParser``, ``ITimingCache``; on TensorRT
+11, whose networks are strongly typed, fp16/bf16 builds parse a converted copy of the ONNX:
+:mod:`.precision`).
 ``tensorrt`` is imported lazily (``load_tensorrt()``); without it this module still imports.
 
 ``EngineFromOnnx`` is a Polygraphy-style lazy loader that builds a serialized engine once and
@@ -23,11 +25,12 @@ import torch
 
 from ...errors import ExportError, UsageError
 from ..base import lazy_import
-from ..onnx_export import ONNX_HINT, file_sha256
+from ..onnx_export import file_sha256
 from ..workdir import WorkDir
-from .lint import iter_nodes, lint_onnx_for_tensorrt
+from .lint import lint_onnx_for_tensorrt
+from .precision import QDQ_HINT, has_qdq, strongly_typed_onnx, weakly_typed
 
-TRT_HINT = "pip install kd-compile[tensorrt] on a machine with NVIDIA's TensorRT 10"
+TRT_HINT = "pip install kd-compile[tensorrt] on a machine with NVIDIA's TensorRT 10 or 11"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -91,14 +94,6 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "no-cuda-device"
 
 
-def _has_qdq(onnx_path: Path) -> bool:
-    onnx = lazy_import("onnx", ONNX_HINT)
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(
-        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in iter_nodes(model.graph)
-    )
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and a rename: never a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +140,7 @@ class EngineFromOnnx:
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise UsageError(f"ONNX file not found: {self.onnx_path}")
-        if precision == "int8" and calibrator is None and not _has_qdq(self.onnx_path):
+        if precision == "int8" and calibrator is None and not has_qdq(self.onnx_path):
             raise UsageError(
                 "TensorRT int8 needs a calibrator or an explicitly quantized (Q/DQ) ONNX model",
                 hint="pass calibrator=<tensorrt.IInt8Calibrator> or use precision='fp16'",
@@ -183,17 +178,29 @@ class EngineFromOnnx:
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         # TensorRT 10 networks are always explicit-batch; the old EXPLICIT_BATCH flag is ignored
+        # (TensorRT 11 networks are always strongly typed: precision comes from the ONNX's types)
         network = builder.create_network(0)
+        weak = weakly_typed(trt)
+        converter = ""
+        onnx_path = self.onnx_path
+        if not weak:
+            if self.calibrator is not None:
+                raise UsageError(f"TensorRT {trt.__version__} has no int8 calibrators", hint=QDQ_HINT)
+            onnx_path, converter = strongly_typed_onnx(self.onnx_path, self.precision, self.cache_dir / "onnx")
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(self.onnx_path)):
+        if not parser.parse_from_file(str(onnx_path)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            lint = lint_onnx_for_tensorrt(self.onnx_path)
+            lint = lint_onnx_for_tensorrt(onnx_path)
             raise ExportError(
                 "TensorRT's ONNX parser rejected the model: " + "; ".join(errors or ["no details"]),
                 hint=("lint: " + "; ".join(lint)) if lint else None,
             )
         shapes = self._profile_shapes(network)
-        calib_id = None if self.calibrator is None else type(self.calibrator).__qualname__
+        extra: dict[str, str] = {}
+        if self.calibrator is not None:
+            extra["calibrator"] = type(self.calibrator).__qualname__
+        if not weak:
+            extra["strongly_typed"] = converter or "as exported"
         self.key = engine_cache_key(
             file_sha256(self.onnx_path),
             trt_version=str(trt.__version__),
@@ -202,7 +209,7 @@ class EngineFromOnnx:
             opt_level=self.opt_level,
             workspace_bytes=self.workspace_bytes,
             input_shapes=shapes,  # type: ignore[arg-type]
-            extra={"calibrator": calib_id} if calib_id else None,
+            extra=extra or None,
         )
         path = self.cache_dir / f"{self.key[:32]}.engine"
         if path.is_file():
@@ -214,14 +221,15 @@ class EngineFromOnnx:
         config.builder_optimization_level = self.opt_level
         # DETAILED keeps layer names and parameters for the engine inspector and IProfiler
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if self.precision == "fp16":
+        # TensorRT 10: precision flags let the builder pick lower-precision kernels; TensorRT 11
+        # removed them (and calibrators): the precision is in the parsed graph's types
+        if weak and self.precision in ("fp16", "int8"):
+            # int8: layers without an int8 kernel fall back to fp16 rather than fp32
             config.set_flag(trt.BuilderFlag.FP16)
-        elif self.precision == "bf16":
+        if weak and self.precision == "bf16":
             config.set_flag(trt.BuilderFlag.BF16)
-        elif self.precision == "int8":
+        if weak and self.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            # layers without an int8 kernel fall back to fp16 rather than fp32
-            config.set_flag(trt.BuilderFlag.FP16)
             if self.calibrator is not None:
                 config.int8_calibrator = self.calibrator
         profile = builder.create_optimization_profile()
@@ -249,7 +257,9 @@ class EngineFromOnnx:
         atomic_write(path, bytes(memoryview(serialized)))
         meta = {
             "onnx": str(self.onnx_path),
+            "onnx_built": str(onnx_path),
             "precision": self.precision,
+            "strongly_typed": extra.get("strongly_typed"),
             "opt_level": self.opt_level,
             "workspace_bytes": self.workspace_bytes,
             "trt_version": str(trt.__version__),

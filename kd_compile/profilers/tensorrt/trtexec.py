@@ -31,8 +31,9 @@ from ..onnx_export import OnnxFromModule
 from ..timing import TimingResult, latency_stats, measurement_from_timing
 from ..workdir import WorkDir
 from .engine import check_precision
+from .precision import QDQ_HINT, strongly_typed_onnx, trtexec_weakly_typed
 
-TRTEXEC_HINT = "install TensorRT 10 and put its bin/ folder (with trtexec) on PATH"
+TRTEXEC_HINT = "install TensorRT 10 or 11 and put its bin/ folder (with trtexec) on PATH"
 
 
 def build_trtexec_command(
@@ -53,6 +54,7 @@ def build_trtexec_command(
     workspace_mib: int | None = None,
     timing_cache_path: str | Path | None = None,
     calibration_cache: str | Path | None = None,
+    weakly_typed: bool = True,
 ) -> list[str]:
     """The ``trtexec`` argument list for one build-and-time run.
 
@@ -76,24 +78,28 @@ def build_trtexec_command(
         workspace_mib: ``--memPoolSize=workspace:<N>MiB``.
         timing_cache_path: ``--timingCacheFile``.
         calibration_cache: ``--calib`` for int8.
+        weakly_typed: the ``trtexec`` takes precision flags (TensorRT 10). ``False`` (TensorRT 11,
+            where every network is strongly typed): no precision flag at all, ``onnx_path`` must
+            already be in ``precision`` (``precision.strongly_typed_onnx``), and int8 takes no
+            calibration cache.
 
     Returns:
         argv list for ``subprocess.run``.
     """
     check_precision(precision, "trtexec")
-    if precision == "int8" and calibration_cache is None:
+    if not weakly_typed and calibration_cache is not None:
+        raise UsageError("trtexec of TensorRT 11 has no int8 calibration (--calib)", hint=QDQ_HINT)
+    if weakly_typed and precision == "int8" and calibration_cache is None:
         raise UsageError(
             "trtexec int8 needs a calibration cache (uncalibrated int8 gives meaningless accuracy)",
             hint="pass calibration_cache=<file> or use precision='fp16'",
         )
     shape = "x".join(str(int(d)) for d in input_shape)
     cmd = [trtexec, f"--onnx={onnx_path}", f"--shapes={input_name}:{shape}"]
-    if precision == "fp16":
-        cmd.append("--fp16")
-    elif precision == "bf16":
-        cmd.append("--bf16")
-    elif precision == "int8":
-        cmd += ["--int8", "--fp16", f"--calib={calibration_cache}"]
+    # TensorRT 11 removed --fp16/--bf16/--int8/--calib/--best: there the ONNX's types are the precision
+    if weakly_typed:
+        cmd += {"fp16": ["--fp16"], "bf16": ["--bf16"],
+                "int8": ["--int8", "--fp16", f"--calib={calibration_cache}"]}.get(precision, [])
     if opt_level is not None:
         cmd.append(f"--builderOptimizationLevel={int(opt_level)}")
     if workspace_mib is not None:
@@ -263,12 +269,23 @@ class TrtexecProfiler(Profiler):
         self._dir = WorkDir(cache_dir, "kd-trtexec-")
         self.cache_dir = self._dir.path
         self.timeout_s = timeout_s
+        self._typing: dict[str, bool] = {}  # trtexec path -> takes precision flags
 
     def _exe(self) -> str:
         exe = self.trtexec or shutil.which("trtexec")
         if not exe or not Path(exe).exists():
             raise BackendUnavailableError("trtexec was not found on PATH", hint=TRTEXEC_HINT)
         return exe
+
+    def _weakly_typed(self, exe: str) -> bool:
+        """Whether this ``trtexec`` takes precision flags: its ``--help`` lists ``--fp16`` (TensorRT 10)."""
+        if exe not in self._typing:
+            try:
+                proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ExportError(f"trtexec --help failed: {exc}") from None
+            self._typing[exe] = trtexec_weakly_typed(proc.stdout + proc.stderr)
+        return self._typing[exe]
 
     def _run(self, cmd: list[str]) -> str:
         """Run ``cmd``; return its log (stdout + stderr) or raise ExportError."""
@@ -287,6 +304,9 @@ class TrtexecProfiler(Profiler):
         loader = OnnxFromModule(model, input_spec, cache_dir=self.cache_dir / "onnx")
         onnx_path = loader()
         assert loader.info is not None
+        weak = self._weakly_typed(exe)
+        if not weak:
+            onnx_path, _ = strongly_typed_onnx(onnx_path, self.precision, self.cache_dir / "typed")
         run_dir = private_dir("kd-trtexec-run-")  # this run's JSON exports, removed below
         try:
             times, prof, info = run_dir / "times.json", run_dir / "profile.json", run_dir / "layers.json"
@@ -300,6 +320,7 @@ class TrtexecProfiler(Profiler):
                 profile_path=prof,
                 layer_info_path=info,
                 timing_cache_path=self.cache_dir / "timing.cache",
+                weakly_typed=weak,
                 **self.kw,
             )
             log = self._run(cmd)
