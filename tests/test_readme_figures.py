@@ -519,7 +519,7 @@ def check_external() -> None:
 
     band = error_band(get_target("rtx5090"), "inductor", "fp16", 256)
     expected += [f"band of ±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80) at batch 32 "
-                 "and above", f"({band['n']} models: the calibration's op counts lack"]
+                 "and above", f"({band['n']} models)"]
     for key in ("test/rtx5090/inductor", "test/rtx4090/inductor"):
         g = tm["by_group"][key]
         expected.append(f"{labels[key]} rows: {100 * g['inside_p80_band']:.0f}%")
