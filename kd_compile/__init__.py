@@ -10,7 +10,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import KdCompileError  # noqa: E402
+from .errors import (  # noqa: E402  (each has its exit code: see the README)
+    BackendUnavailableError,
+    CheckpointError,
+    ConstraintError,
+    DataError,
+    ExportError,
+    KdCompileError,
+    OutputExistsError,
+    QualityGateError,
+    ResumeError,
+    SearchError,
+    TargetError,
+    TrainingError,
+    UsageError,
+)
 
 
 def __getattr__(name: str):
@@ -32,6 +46,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BackendUnavailableError", "CheckpointError", "ConstraintError", "DataError", "ExportError", "OutputExistsError",
+    "QualityGateError", "ResumeError", "SearchError", "TargetError", "TrainingError", "UsageError",
     "Budget", "CompileConfig", "CompileResult", "Constraints", "KdCompileError", "TargetProfile",
     "calibrate", "compile", "get_target", "list_spaces", "list_strategies", "list_targets", "load_student",
     "profile", "__version__",

@@ -8,6 +8,7 @@ and nothing else.
 from __future__ import annotations
 
 import functools
+import numbers
 import re
 import shutil
 import time
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from . import __version__
 from .config import CompileConfig
-from .errors import CandidateError, KdCompileError, SearchError, TrainingError, UsageError
+from .errors import CandidateError, CheckpointError, KdCompileError, SearchError, TrainingError, UsageError
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
 from .latency import plan_latency, resolve_target
 from .parsing import kv_options
@@ -498,9 +499,9 @@ def profile(
     from .profilers import create_profiler
     from .teacher import load_teacher
 
+    batch = _whole_number(batch, "batch")
+    image_size = None if image_size is None else _whole_number(image_size, "image_size")
     tgt = resolve_target(target)
-    if batch < 1:
-        raise UsageError("--batch must be at least 1")
     plan = plan_latency(tgt, method or "auto", runtime, precision, flag="--method")
     opts = compile_options()
     given = dict(input_shape=input_shape, arch=arch, input_size=input_size, mean=mean, std=std,
@@ -512,8 +513,11 @@ def profile(
         size = kw.get("input_size") or (image_size or 224, image_size or 224)
         shape = kw.get("input_shape") or (3, *size)
     else:
-        if image_size is not None and "input_shape" not in kw and str(model).startswith("timm:"):
-            kw["input_shape"] = (3, image_size, image_size)
+        from .students.specs import is_spec
+
+        if image_size is not None and not {"input_shape", "input_size"} & set(kw) and is_spec(str(model)):
+            # a spec records no input size of its own to contradict: it is built and checked at this one
+            kw["input_size"] = (image_size, image_size)
         tch = load_teacher(str(model), trust_checkpoint=trust_checkpoint, **kw)
         module = tch.module
         shape = tch.input_shape
@@ -524,9 +528,20 @@ def profile(
     from .profilers.counting import count
     from .students.common import deployed_if_equivalent
 
-    # profiled as it deploys, as compile costs a teacher (re-parameterisable blocks folded)
-    module, fold_note = deployed_if_equivalent(module, tuple(shape))
-    counts = count(module, spec.with_batch(1))
+    try:
+        # profiled as it deploys, as compile costs a teacher (re-parameterisable blocks folded)
+        module, fold_note = deployed_if_equivalent(module, tuple(shape))
+        counts = count(module, spec.with_batch(1))
+    except KdCompileError:
+        raise
+    except Exception as exc:  # the model does not run on this input (e.g. a ViT at another --image-size)
+        from .teacher.safety import _first_line
+
+        raise CheckpointError(
+            f"{model if not isinstance(model, nn.Module) else type(model).__name__} does not run on input of shape "
+            f"{tuple(shape)}: {type(exc).__name__}: {_first_line(exc)}",
+            hint="profile it at the input size it was built for (drop --image-size, or pass --input-shape)",
+        ) from None
     with create_profiler(plan.profiler, **plan.options) as p:
         m = p.profile(module, spec)
     d = m.to_dict(layers=layers)
@@ -540,7 +555,16 @@ def profile(
         preprocessing=preprocessing,
         deploy_form=fold_note or None,
     )
+    if layers and not d.get("layers"):
+        d["layers_note"] = f"{m.runtime} {m.method} no per-layer times here (only the whole model's latency)"
     return d
+
+
+def _whole_number(value: Any, name: str) -> int:
+    """``value`` as an int >= 1, or a one-line UsageError (a bool, a float, a string or None is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def load_student(path: str | Path) -> Any:

@@ -289,10 +289,12 @@ def _teacher_opt(name: str) -> Any:
 
 @app.command("profile")
 def profile_cmd(
-    model: Annotated[str, typer.Argument(help="Checkpoint kd-compile can load, or timm:<model name>.")],
+    model: Annotated[str, typer.Argument(
+        help="Checkpoint kd-compile can load, or a model spec: timm:<name>, torchvision:<name>, nb201:<arch>, "
+        "fbnet:<ops>, ofa:<res>/<depths>/<blocks>, anb:<stages>.")],
     target: TargetOpt = "cpu",
-    runtime: Annotated[str | None, typer.Option(help="tensorrt | torch | onnxruntime")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | int8")] = None,
+    runtime: Annotated[str | None, typer.Option(help="tensorrt | torch | onnxruntime | inductor")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     image_size: Annotated[int | None, typer.Option(help="Square input resolution.")] = None,
     method: Annotated[str | None, typer.Option(help="predict | measure (default: measure on this machine).")] = None,
@@ -313,6 +315,7 @@ def profile_cmd(
     d = _run(
         api.profile,
         model,
+        json_errors=json_out,
         target=target,
         runtime=runtime,
         precision=precision,
@@ -343,6 +346,8 @@ def profile_cmd(
         from .report.render import band_phrase
 
         typer.echo(f"  error band: {band_phrase((d.get('extra') or {}).get('error_band'))}")
+    if layers and d.get("layers_note"):
+        typer.echo(f"  layers: {d['layers_note']}")
     if layers:
         for layer in d["layers"]:
             lat = layer.get("latency_ms")
@@ -370,9 +375,12 @@ def calibrate_cmd(
     for t in table:
         if not t.is_file():
             _err(UsageError(f"table not found: {t}"))
+            if json_out:
+                _json_error("UsageError", f"table not found: {t}", UsageError.exit_code)
             raise typer.Exit(UsageError.exit_code)
     d = _run(
-        api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision, models=models, out=out
+        api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision, models=models, out=out,
+        json_errors=json_out,
     )
     typer.echo(json.dumps(d, indent=2, default=str) if json_out else _fmt_calibration(d))
 
@@ -394,7 +402,7 @@ def targets_list(json_out: JsonOpt = False) -> None:
     """List the built-in target device profiles."""
     from . import api
 
-    profs = [_run(api.get_target, n) for n in _run(api.list_targets)]
+    profs = [_run(api.get_target, n, json_errors=json_out) for n in _run(api.list_targets, json_errors=json_out)]
     if json_out:
         typer.echo(json.dumps([p.to_dict() for p in profs], indent=2))
         return
@@ -444,7 +452,7 @@ def targets_show(
     """Show one target device profile with its sources."""
     from . import api
 
-    p = _run(api.get_target, name)
+    p = _run(api.get_target, name, json_errors=json_out)
     d = p.to_dict()
     if json_out:
         typer.echo(json.dumps(d, indent=2))

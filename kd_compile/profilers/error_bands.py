@@ -22,6 +22,10 @@ CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibrat
 SHARED_FIT = CALIBRATION_DIR / "_all_devices.json"
 
 
+# the smallest batch of the tables behind the ``large`` bands (HELP's 32/64/256, timm's 256-1024, ...)
+LARGE_MEASURED_FROM = 32
+
+
 def batch_regime(batch: int) -> str:
     """``batch1`` for batch 1 (launch/dispatch-bound), ``large`` otherwise (measured: 32-1024)."""
     return "batch1" if batch <= 1 else "large"
@@ -121,6 +125,9 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
         out["family_left_out"] = dict(band["family_left_out"])
     if note:
         out["transfer"] = f"{note}; {out['transfer']}"
+    if 1 < batch < LARGE_MEASURED_FROM:
+        out["caveat"] = (f"batch {batch} lies between the measured regimes (batch 1, and {LARGE_MEASURED_FROM} and "
+                         f"above): this is the band measured at batch {LARGE_MEASURED_FROM} and above")
     if doc is None:
         out["transfer"] = f"{left_out_note(target)}; {out['transfer']}"
     return out

@@ -94,8 +94,8 @@ from .fusion import _KCOLS, KERNEL_CLASSES, RUNTIME_RULES, Kernel, fuse, kernel_
 # re-exported: the kernel grouping (``.fusion``), the bands (``.error_bands``) and the constants
 # (``.constants``) are part of this API
 __all__ = [
-    "CALIBRATION_DIR", "CONSTANT_NAMES", "DEFAULT_CONSTANTS", "NO_POWER_CAP", "RUNTIME_RULES", "SHARED_FIT",
-    "Constants", "DeviceScales", "DeviceTerms", "Kernel",
+    "CALIBRATION_DIR", "CONSTANT_NAMES", "CPU_RUNTIMES", "DEFAULT_CONSTANTS", "NO_POWER_CAP", "RUNTIME_RULES",
+    "SHARED_FIT", "Constants", "DeviceScales", "DeviceTerms", "Kernel",
     "KernelTable", "RooflineProfiler", "batch_regime", "error_band", "fuse", "kernel_rows", "load_calibration",
     "on_tensor_cores", "read_calibration", "regime_key", "row_seconds",
 ]
@@ -104,6 +104,8 @@ __all__ = [
 RUNTIME_NAMES = ("tensorrt", "torch", "onnxruntime", "inductor")
 # runtimes whose fp32 runs convolutions on TF32 tensor cores by default (DeviceTerms.of)
 TF32_RUNTIMES = ("tensorrt", "torch", "inductor")
+# runtimes a CPU target runs (TensorRT and the GPU-rule inductor model are NVIDIA-GPU runtimes)
+CPU_RUNTIMES = ("onnxruntime", "torch")
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 _VIEW = KERNEL_CLASSES.index("view")  # an eager view call: host dispatch only, no GPU time
 # The clock ``t0`` (fixed GPU cycles per kernel) is quoted at: a GPU at f GHz pays t0 x 1.5 / f.
@@ -377,6 +379,21 @@ class RooflineProfiler(Profiler):
             # cuDNN has no bf16 convolutions, so a prediction at the fp16 rate would be fiction
             raise UsageError(f"'{self.target.name}' has no bf16 tensor cores (its profile gives no bf16_tensor peak)",
                              hint="use --precision fp16 on this GPU")
+        name = self.target.name
+        if self.target.kind == "cpu":
+            if self.runtime not in CPU_RUNTIMES:
+                raise UsageError(f"runtime '{self.runtime}' runs on NVIDIA GPUs, not on the CPU target '{name}'",
+                                 hint=f"use --runtime {' or '.join(CPU_RUNTIMES)}, or a GPU target")
+            native = self.target.peak_for(self.precision) > self.target.peak_for("fp32")
+            if self.precision in ("fp16", "bf16") and not native:
+                # as ONNX Runtime's CPU provider measures: a model is run in fp32 there, not faster in fp16
+                raise UsageError(f"'{name}' has no native {self.precision} arithmetic (its profile's "
+                                 f"{self.precision} peak is its fp32 peak)", hint="use --precision fp32 on this CPU")
+        # int8 on a GPU with no int8 rate above fp16's (no DP4A, as the Jetson Nano; or Volta, whose
+        # tensor cores have no int8 mode): TensorRT picks its fastest kernels, fp16 ones, for every layer
+        self.math_precision = self.precision
+        if self.precision == "int8" and self.target.kind != "cpu" and not self.target.peak_tflops.get("int8_tensor"):
+            self.math_precision = "fp16"
         if batch is not None and batch <= 0:
             raise UsageError(f"batch must be positive, got {batch}")
         self.batch = batch
@@ -389,11 +406,11 @@ class RooflineProfiler(Profiler):
 
     def predict_ops(self, ops: Sequence[OpRecord], batch: int) -> Measurement:
         """Predict from already-counted ops (no forward pass)."""
-        kernels, secs = predict_kernels(ops, self.target, self.precision, self.runtime, batch, self.constants,
-                                        self.scales)
-        bs = BYTES_PER_ELEMENT[self.precision] / 4.0
+        prec = self.math_precision
+        kernels, secs = predict_kernels(ops, self.target, prec, self.runtime, batch, self.constants, self.scales)
+        bs = BYTES_PER_ELEMENT[prec] / 4.0
         layers = tuple(
-            LayerCost(name=k.name, op=k.op, flops=batch * k.flops,
+            LayerCost(name=k.name, op=k.op, flops=batch * k.flops, params=k.weight_bytes // 4,  # counted in fp32
                       bytes=int((batch * k.act_bytes + k.weight_bytes) * bs), latency_ms=float(s * 1e3))
             for k, s in zip(kernels, secs, strict=True)
         )
@@ -411,7 +428,10 @@ class RooflineProfiler(Profiler):
                 "constants": self.constants.to_dict(),
                 "device_scales": self.scales.to_dict(),
                 **self.source,
-                "error_band": error_band(self.target, self.runtime, self.precision, batch),
+                "error_band": error_band(self.target, self.runtime, prec, batch),
+                **({"note": f"'{self.target.name}' has no int8 rate above its fp16 rate (its profile gives no "
+                            "int8_tensor peak): TensorRT runs an int8 build in fp16 there, and it is predicted so"}
+                   if prec != self.precision else {}),
             },
         )
 
@@ -422,5 +442,5 @@ class RooflineProfiler(Profiler):
         band = m.extra.get("error_band") or {}
         caveat = input_size_caveat(band, max(input_spec.shape[1:]))  # (C, H, W): the larger side
         if caveat:
-            m.extra["error_band"] = {**band, "caveat": caveat}
+            m.extra["error_band"] = {**band, "caveat": "; ".join(c for c in (band.get("caveat"), caveat) if c)}
         return dataclasses.replace(m, params=tr.params, weight_bytes=tr.weight_bytes)

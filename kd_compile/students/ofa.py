@@ -81,17 +81,26 @@ def _block(text: str) -> tuple[int, int]:
     return int(k), int(e)
 
 
+# input sides a subnet is built for: the published subnets use 128-224; the student space runs them at
+# its data's size (8-px digits, 16-px glyphs), the feature maps padded down to one pixel
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
+
+
 def parse_ofa(text: str) -> OfaArch:
     """Parse ``<resolution>/<depths>/<active_blocks>`` (the columns of ``ofa-architectures.csv``).
 
     Stages in ``active_blocks`` are separated by ``|`` (or ``,``, which needs no shell quoting).
 
     Raises:
-        UsageError: a malformed field, a depth outside 2-4, or depths that disagree with the blocks.
+        UsageError: a malformed field, a resolution outside 8-1024, a depth outside 2-4, or depths that
+            disagree with the blocks.
     """
     parts = text.strip().split("/")
     if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) < 1:
         raise UsageError(f"OFA arch '{text}': expected {_EXPECTED}")
+    if not MIN_RESOLUTION <= int(parts[0]) <= MAX_RESOLUTION:
+        raise UsageError(f"OFA arch '{text}': resolution {int(parts[0])} is outside {MIN_RESOLUTION}-{MAX_RESOLUTION} "
+                         "(the published subnets use 128-224)")
     depth_txt = parts[1].split("-")
     if len(depth_txt) != len(OFA_WIDTHS) or not all(d.isdigit() and int(d) in DEPTHS for d in depth_txt):
         raise UsageError(f"OFA arch '{text}': depths must be 5 values in 2-4; expected {_EXPECTED}")

@@ -16,6 +16,7 @@ plus the two model zoos; nothing is ever downloaded (random init, ``pretrained=F
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -26,7 +27,7 @@ from .fbnet import build_fbnet
 from .nb201 import build_nb201
 from .ofa import build_ofa, parse_ofa
 
-__all__ = ["SPEC_PREFIXES", "build_spec", "is_spec"]
+__all__ = ["SPEC_PREFIXES", "UnknownModelError", "build_spec", "is_spec"]
 
 Shape = tuple[int, int, int]
 
@@ -63,10 +64,15 @@ def _anb(body: str, num_classes: int | None) -> tuple[nn.Module, Shape]:
     return build_anb(body, num_classes=num_classes or 1000), (3, INPUT_SIDE, INPUT_SIDE)
 
 
-def _unknown(zoo: str, name: str, known: list[str]) -> UsageError:
+class UnknownModelError(UsageError):
+    """A ``torchvision:``/``timm:`` spec naming a model its zoo does not have (as a teacher: exit 3,
+    like an unknown timm architecture or a missing checkpoint)."""
+
+
+def _unknown(zoo: str, name: str, known: list[str]) -> UnknownModelError:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return UsageError(f"unknown {zoo} model '{name}'{hint}")
+    return UnknownModelError(f"unknown {zoo} model '{name}'{hint}")
 
 
 def _torchvision(body: str, num_classes: int | None) -> tuple[nn.Module, Shape]:
@@ -77,7 +83,9 @@ def _torchvision(body: str, num_classes: int | None) -> tuple[nn.Module, Shape]:
     if body not in known:
         raise _unknown("torchvision", body, known)
     kw = {"num_classes": int(num_classes)} if num_classes is not None else {}
-    model = torchvision.models.get_model(body, weights=None, **kw)
+    with warnings.catch_warnings():  # e.g. inception_v3's FutureWarning about its default init without weights
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torchvision.models.get_model(body, weights=None, **kw)
     side = 224
     try:
         # the default weights' metadata (no download) knows the evaluation crop, e.g. 299 for inception_v3

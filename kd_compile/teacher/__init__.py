@@ -166,7 +166,16 @@ def load_teacher(
         module, meta = load_spec(str(path), offers, num_classes)
         return _finish(module, meta, offers, num_classes, str(path), notes)
     if not p.exists():
-        raise CheckpointError(f"teacher checkpoint not found: {p}")
+        prefix, colon, _ = str(path).partition(":")
+        # "foo:bar" reads as a spec; "C:/x" (a drive) and "runs/x:1" (a path) do not
+        spec_like = bool(colon) and len(prefix) > 1 and prefix.isidentifier()
+        from ..students.specs import SPEC_PREFIXES
+
+        raise CheckpointError(
+            f"teacher checkpoint not found: {p}",
+            hint=(f"'{prefix}:' is no model family; a model spec is <family>:<encoding>, family one of "
+                  f"{', '.join(SPEC_PREFIXES)}") if spec_like else None,
+        )
     if p.is_dir():
         raise CheckpointError(f"teacher checkpoint is a directory, expected a file: {p}")
     if p.stat().st_size == 0:

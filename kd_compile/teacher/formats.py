@@ -40,9 +40,12 @@ from .timm_arch import timm_with_weights
 
 def load_spec(spec: str, offers: _Offers, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
     """A student-family spec, built with random weights."""
-    from ..students.specs import build_spec  # lazy: the students package imports timm
+    from ..students.specs import UnknownModelError, build_spec  # lazy: the students package imports timm
 
-    module, spec_shape = build_spec(spec, num_classes)
+    try:
+        module, spec_shape = build_spec(spec, num_classes)
+    except UnknownModelError as exc:  # an unknown model, as an unknown timm architecture: a checkpoint error
+        raise CheckpointError(str(exc)) from None
     offers.offer("channels", int(spec_shape[0]), "student-family spec")
     offers.offer("size", (int(spec_shape[1]), int(spec_shape[2])), "student-family spec")
     return module, {"format": "spec", "arch": spec}

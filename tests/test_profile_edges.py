@@ -1,0 +1,139 @@
+"""`kd-compile profile` and `kd_compile.profile` at their edges, as a demanding user drives them: what a
+target cannot run is refused rather than predicted, every failure is one line with its documented exit
+code (and a JSON error object under --json), and what is printed agrees with itself."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import kd_compile
+from kd_compile import api
+from kd_compile.cli import app
+from kd_compile.errors import CheckpointError, UsageError
+
+NB201 = "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+OFA = "ofa:136/2-3-4-3-4/k7e4-k3e6|k3e4-k7e4-k3e4|k3e3-k7e6-k3e6-k7e4|k3e4-k7e6-k7e6|k5e3-k5e6-k7e6-k3e4"
+
+
+def _predict(spec: str = NB201, **kw):
+    return api.profile(spec, method="predict", **kw)
+
+
+@pytest.mark.parametrize(("runtime", "precision"), [("tensorrt", None), ("inductor", None), (None, "fp16"),
+                                                    (None, "bf16")])
+def test_the_cpu_target_refuses_what_it_cannot_run(runtime, precision):
+    """TensorRT and the GPU-rule torch.compile model on a CPU, or fp16/bf16 on a CPU whose profile has no
+    native rate for them: refused, as measuring them is, instead of a number."""
+    with pytest.raises(UsageError) as info:
+        _predict(target="cpu", runtime=runtime, precision=precision, batch=64)
+    assert "\n" not in info.value.line()
+    d = _predict(target="cpu", runtime="torch", precision="fp32", batch=64)  # what it runs is predicted
+    assert d["latency_ms"] > 0 and d["method"] == "predicted"
+
+
+@pytest.mark.parametrize("target", ["jetson-nano", "v100"])
+def test_int8_without_an_int8_rate_is_predicted_as_the_fp16_it_runs_as(target):
+    """No DP4A (Jetson Nano) or tensor cores without int8 (V100): TensorRT runs int8 builds in fp16, so
+    int8 is not predicted faster than fp16, and the prediction says why."""
+    fp16 = _predict(target=target, runtime="tensorrt", precision="fp16", batch=8)
+    int8 = _predict(target=target, runtime="tensorrt", precision="int8", batch=8)
+    assert int8["latency_ms"] == pytest.approx(fp16["latency_ms"], rel=1e-9)
+    assert int8["precision"] == "int8" and "runs an int8 build in fp16" in int8["extra"]["note"]
+    t4 = [_predict(target="t4", runtime="tensorrt", precision=p, batch=8)["latency_ms"] for p in ("fp16", "int8")]
+    assert t4[1] < t4[0]  # a GPU with an int8 rate predicts int8 faster
+
+
+@pytest.mark.parametrize("bad", [2.5, True, "4", None, math.nan, 0, -3])
+def test_the_api_refuses_a_batch_that_is_not_a_whole_number(bad):
+    with pytest.raises(UsageError, match="batch must be a whole number"):
+        _predict(target="t4", batch=bad)
+
+
+def test_the_api_refuses_a_bad_image_size():
+    with pytest.raises(UsageError, match="image_size must be a whole number"):
+        _predict(target="t4", image_size="32")
+
+
+class _FixedSize(nn.Module):
+    """Runs only on 32x32 inputs, as a ViT runs only at its image size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-2:] == (32, 32), f"Wrong image size! Expected 32 but got {x.shape[-1]}!"
+        return self.fc(x.flatten(1))
+
+
+def test_a_model_that_does_not_run_at_the_size_asked_is_a_checkpoint_error():
+    assert _predict(_FixedSize(), target="t4", image_size=32)["params"] == 3 * 32 * 32 * 10 + 10
+    with pytest.raises(CheckpointError, match=r"does not run on input of shape \(3, 48, 48\).*Wrong image size"):
+        _predict(_FixedSize(), target="t4", image_size=48)
+
+
+def test_cli_a_vit_at_another_image_size_is_exit_3_not_an_internal_error():
+    res = CliRunner().invoke(app, ["profile", "torchvision:vit_b_16", "--image-size", "160", "--target", "t4",
+                                   "--method", "predict", "--json"])
+    assert res.exit_code == 3, res.output
+    assert "internal error" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    err = json.loads(res.stdout)["error"]  # --json: a JSON error object on stdout, as compile gives
+    assert err["exit_code"] == 3 and err["type"] == "CheckpointError" and "(3, 160, 160)" in err["message"]
+
+
+@pytest.mark.parametrize(("spec", "code"), [("torchvision:not_a_model", 3), ("timm:not_a_model", 3),
+                                            ("ofa:204/2-2", 2), ("nb201:garbage", 2)])
+def test_cli_unknown_models_and_malformed_specs_have_one_exit_code_each(spec, code):
+    """An unknown model, in either zoo, is exit 3 (as a missing checkpoint); a malformed spec is a bad option."""
+    res = CliRunner().invoke(app, ["profile", spec, "--target", "t4", "--method", "predict"])
+    assert res.exit_code == code, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_a_spec_of_no_family_says_what_specs_look_like():
+    res = CliRunner().invoke(app, ["profile", "foo:bar", "--target", "t4", "--method", "predict"])
+    assert res.exit_code == 3 and "not found" in res.stderr
+    assert "model spec is <family>:<encoding>" in res.stderr and "nb201" in res.stderr
+
+
+def test_image_size_on_a_spec_is_the_size_reported_everywhere():
+    d = _predict(OFA, target="titan-rtx", runtime="torch", precision="fp32", batch=64, image_size=160)
+    assert d["input_shape"] == [3, 160, 160] and d["preprocessing"]["input_shape"] == [3, 160, 160]
+    d = _predict(NB201, target="2080ti", image_size=64)
+    assert d["input_shape"] == [3, 64, 64] and d["preprocessing"]["input_shape"] == [3, 64, 64]
+
+
+def test_ofa_resolution_outside_what_the_network_can_take_is_refused():
+    with pytest.raises(UsageError, match="resolution 1 is outside 8-1024"):
+        _predict("ofa:1" + OFA[len("ofa:136"):], target="t4")
+
+
+def test_predicted_layers_carry_their_parameters():
+    d = _predict(NB201, target="2080ti", layers=True)
+    per_layer = [layer["params"] for layer in d["layers"]]
+    assert all(p >= 0 for p in per_layer) and sum(per_layer) > 0.9 * d["params"]
+
+
+def test_measured_layers_say_why_there_are_none():
+    d = api.profile(NB201, target="cpu", method="measure", layers=True)
+    assert d["method"] == "measured" and d["layers"] == []
+    assert "no per-layer times" in d["layers_note"]
+
+
+def test_a_batch_between_the_measured_regimes_carries_a_caveat():
+    band = lambda b: _predict(target="t4", runtime="torch", precision="fp16", batch=b)["extra"]["error_band"]  # noqa: E731
+    assert "between the measured regimes" in band(7)["caveat"]
+    assert "caveat" not in band(1) and "caveat" not in band(32)
+
+
+def test_the_error_types_are_exported_at_the_top_level():
+    from kd_compile import errors
+
+    for name in ("UsageError", "CheckpointError", "TargetError", "BackendUnavailableError", "ConstraintError"):
+        assert getattr(kd_compile, name) is getattr(errors, name) and name in kd_compile.__all__
