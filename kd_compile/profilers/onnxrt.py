@@ -175,13 +175,13 @@ def trt_provider_options(fp16: bool) -> dict[str, Any]:
             "trt_timing_cache_enable": True, "trt_timing_cache_path": where}
 
 
-def to_fp16(path: str | Path) -> Path:
-    """The ONNX file at ``path`` converted to fp16 beside it (``<stem>.fp16.onnx``, reused when
-    present) with ONNX Runtime's ``onnxruntime.transformers.float16``: weights and activations in
-    fp16, the graph's input and output kept fp32 (a cast at each end), as a half-precision
-    deployment feeds it."""
+def to_fp16(path: str | Path, out: str | Path | None = None) -> Path:
+    """The ONNX file at ``path`` converted to fp16 at ``out`` (default: beside it, ``<stem>.fp16.onnx``;
+    reused when present) with ONNX Runtime's ``onnxruntime.transformers.float16``: weights and
+    activations in fp16, the graph's input and output kept fp32 (a cast at each end), as a
+    half-precision deployment feeds it."""
     path = Path(path)
-    out = path.with_name(path.stem + ".fp16.onnx")
+    out = path.with_name(path.stem + ".fp16.onnx") if out is None else Path(out)
     if out.is_file():
         return out
     onnx = lazy_import("onnx", ORT_HINT)
@@ -190,6 +190,7 @@ def to_fp16(path: str | Path) -> Path:
 
     half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
     _sort_nodes(half.graph)  # the converter appends its input casts last; ONNX wants producers first
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     onnx.save(half, str(tmp))
     os.replace(tmp, out)  # a reader never sees a half-written file

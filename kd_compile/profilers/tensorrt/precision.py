@@ -12,7 +12,7 @@ prescribes instead, done here:
 * fp16 / bf16: convert the fp32 ONNX to mixed precision before the build, keeping the model's
   inputs and outputs in fp32 (so runners feed the same buffers). NVIDIA ModelOpt's AutoCast
   (``modelopt.onnx.autocast.convert_to_mixed_precision``) when it is installed, else (fp16 only)
-  ``onnxconverter_common.float16.convert_float_to_float16``, the converter AutoCast builds on;
+  ONNX Runtime's ``float16`` converter, as the CUDA provider's fp16 runs use it (``onnxrt.to_fp16``);
 * int8: only from an explicitly quantized ONNX (QuantizeLinear/DequantizeLinear nodes);
   calibrators are refused;
 * fp32: the ONNX as it is.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,8 @@ from ..onnx_export import ONNX_HINT, file_sha256
 from .lint import iter_nodes
 
 CONVERT_HINT = (
-    "TensorRT 11 builds fp16/bf16 only from a mixed-precision ONNX: pip install onnxconverter-common "
-    "(fp16; part of kd-compile[tensorrt]) or nvidia-modelopt[onnx] (fp16 and bf16, NVIDIA's AutoCast)"
+    "TensorRT 11 builds fp16/bf16 only from a mixed-precision ONNX: pip install nvidia-modelopt[onnx] "
+    "(fp16 and bf16, NVIDIA's AutoCast); fp16 also converts with onnxruntime"
 )
 QDQ_HINT = (
     "TensorRT 11 removed int8 calibration: quantize the model to a Q/DQ ONNX first "
@@ -62,43 +61,41 @@ def has_qdq(onnx_path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in iter_nodes(model.graph))
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _autocast(onnx_path: Path, precision: str) -> Any:
+def _autocast(onnx_path: Path, precision: str, out: Path) -> None:
     from modelopt.onnx.autocast import convert_to_mixed_precision  # type: ignore[import-not-found]
 
-    return convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type=precision, keep_io_types=True)
-
-
-def _float16(onnx_path: Path, precision: str) -> Any:
-    from onnxconverter_common import float16  # type: ignore[import-untyped]
-
+    model = convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type=precision, keep_io_types=True)
     onnx = lazy_import("onnx", ONNX_HINT)
-    return float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out)
 
 
-# (module that must import, distribution whose version names it, precisions, conversion), preferred first
+def _onnxruntime_fp16(onnx_path: Path, precision: str, out: Path) -> None:
+    from ..onnxrt import to_fp16
+
+    to_fp16(onnx_path, out)
+
+
+# (module that must import, package whose name and ``__version__`` name the conversion, precisions,
+# conversion writing its output file), preferred first
 _CONVERTERS = (
-    ("modelopt.onnx.autocast", "nvidia-modelopt", ("fp16", "bf16"), _autocast),
-    ("onnxconverter_common.float16", "onnxconverter-common", ("fp16",), _float16),
+    ("modelopt.onnx.autocast", "modelopt", ("fp16", "bf16"), _autocast),
+    ("onnxruntime.transformers.float16", "onnxruntime", ("fp16",), _onnxruntime_fp16),
 )
 
 
 def _converter(precision: str) -> tuple[str, Any] | None:
     """(name and version, conversion) of the first installed converter to ``precision``."""
-    for module, dist, precisions, convert in _CONVERTERS:
+    for module, package, precisions, convert in _CONVERTERS:
         if precision not in precisions:
             continue
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 - not installed, or a broken install: try the next one
             continue
-        return f"{dist} {_version(dist)}", convert
+        return f"{package} {getattr(importlib.import_module(package), '__version__', 'unknown')}", convert
     return None
 
 
@@ -133,12 +130,7 @@ def strongly_typed_onnx(onnx_path: Path, precision: str, out_dir: Path) -> tuple
     tag = hashlib.sha256(f"{file_sha256(onnx_path)} {precision} {converter}".encode()).hexdigest()[:16]
     out = Path(out_dir) / f"{tag}-{precision}.onnx"
     if not out.is_file():
-        model = convert(onnx_path, precision)
-        onnx = lazy_import("onnx", ONNX_HINT)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        onnx.save(model, str(tmp))
-        tmp.replace(out)
+        convert(onnx_path, precision, out)
     return out, converter
 
 
