@@ -17,12 +17,12 @@ mixed-precision rows only), transcribed by ``benchmarks/data/transcribe_pytorch_
 each is predicted the same way, and summarised per device and precision.
 
 ``benchmarks/data/timm_unfitted.csv`` (a third section) holds timm's own inference benchmarks that no
-fit reads (``torch.autocast`` fp16, NCHW, batch 256 or 1024; 122 curated models each), transcribed by
+fit reads but one (``torch.autocast`` fp16, NCHW, batch 256 or 1024; 122 curated models each), transcribed by
 ``benchmarks/data/transcribe_timm_unfitted.py``: eager PyTorch 2.9.1 on an RTX 5090 (a GPU with no
 measured table: predicted from its datasheet) and an RTX 4090 (calibrated on timm's PyTorch 2.4.0
-table), and ``torch.compile`` (runtime ``inductor``, which no fitted table measures) on both, plus the
-RTX 4090's PyTorch 2.4.0 ``torch.compile`` table, the validation set on which choices about
-``inductor`` are made (``docs/latency-predictor.md``); summarised per role, device and runtime.
+table), and ``torch.compile`` (runtime ``inductor``) on both, plus the RTX 4090's PyTorch 2.4.0
+``torch.compile`` table, the validation set on which choices about ``inductor`` are made and its one
+constant ``s_compile`` is fitted (``docs/latency-predictor.md``); summarised per role, device and runtime.
 
 Run::
 
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in res_t:
         if not r["same_model"]:
             other.setdefault(f"{r['role']}/{r['device']}/{r['runtime']}", []).append(str(r["model"]))
-    print(f"\n{DATA_TIMM.name}: timm's tables no fit reads, autocast fp16, predicted / measured per role, device "
+    print(f"\n{DATA_TIMM.name}: timm's tables (only s_compile is fitted, on the validation one), autocast fp16, "
+          "predicted / measured per role, device "
           "and runtime (inductor = torch.compile)")
     for k, g in groups_t.items():
         print(_group_line(k, g, 26))

@@ -513,12 +513,14 @@ def check_external() -> None:
                         f"{100 * g['within_35']:.0f}% within 35%")
     expected += [f"{min(g['n'] for g in tm['by_group'].values())} models"]
     expected += [f"{labels[k]}: {', '.join(models)}" for k, models in tm["not_same_model"].items()]
-    # torch.compile's band (from the shipped table no fit reads) and the test rows inside it
-    from kd_compile.profilers.roofline import error_band
+    # torch.compile's constant and bands (from the one table s_compile is fitted on) and the test rows inside
+    from kd_compile.profilers.roofline import error_band, read_calibration
     from kd_compile.targets import get_target
 
-    band = error_band(get_target("rtx5090"), "inductor", "fp16", 256)
-    expected += [f"band of ±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80) at batch 32 "
+    expected.append(f"`s_compile` = {read_calibration('_all_devices')['constants']['s_compile']}")
+    band, own = (error_band(get_target(t), "inductor", "fp16", 256) for t in ("rtx5090", "rtx4090"))
+    expected += [f"band of ±{100 * own['median_ape']:.0f}% median ({100 * own['p80_ape']:.0f}% p80)",
+                 f"band of ±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80) at batch 32 "
                  "and above", f"({band['n']} models)"]
     for key in ("test/rtx5090/inductor", "test/rtx4090/inductor"):
         g = tm["by_group"][key]

@@ -1,4 +1,4 @@
-"""Transcribe timm's GPU inference benchmarks that no fit reads (RTX 5090 and RTX 4090, eager and dynamo).
+"""Transcribe timm's GPU inference benchmarks no fit reads but ``s_compile``'s (RTX 5090 and 4090, eager, dynamo).
 
 The source (huggingface/pytorch-image-models, Apache-2.0) times its models with its own
 ``benchmark.py``: ``torch.autocast`` fp16 ("amp"), NCHW, batch 256 or 1024, in eager PyTorch and
@@ -10,8 +10,9 @@ the re-parameterisable models (RepVGG, MobileOne, RepViT) folded and the PyTorch
 unfolded, and ``benchmarks/external_check.py`` sets apart the rows of the form it does not profile.
 
 Roles: ``validation`` is the RTX 4090's PyTorch 2.4.0 dynamo table (the stack of the fitted eager
-table of that GPU), on which choices about ``torch.compile`` are made; ``test`` are the PyTorch
-2.9.1 tables, on which they are reported.
+table of that GPU), on which choices about ``torch.compile`` are made and, from its copy in
+``kd_compile/calibrate/data``, its one constant ``s_compile`` is fitted; ``test`` are the PyTorch
+2.9.1 tables, which no fit reads, on which they are reported.
 
 Run (``<repo>``: a clone of https://github.com/huggingface/pytorch-image-models holding ``COMMIT``)::
 
@@ -44,7 +45,7 @@ HEADER = """\
 # huggingface/pytorch-image-models (Apache-2.0), commit {commit}, results/: timm's benchmark.py,
 # torch.autocast fp16 ('amp'), NCHW, batch = infer_batch_size; runtime torch = eager, inductor = torch.compile
 # (the '-dynamo' files). ms_per_batch = infer_step_time, param_count_m = param_count. Models: CURATED at the
-# smallest size in all five tables. role: validation (choices are made on it) or test (reported).
+# smallest size in all five tables. role: validation (choices made, s_compile fitted) or test (reported).
 # Written by benchmarks/data/transcribe_timm_unfitted.py; read by benchmarks/external_check.py only."""
 
 

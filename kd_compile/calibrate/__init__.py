@@ -29,7 +29,12 @@ the scales predict an architecture family they were not fitted on.
   scales; its error band per regime is the held-out error of 5-fold cross-validation over its
   models (scales refitted on four folds, the fifth predicted) -- ``"fitted on this device"``;
 * a device without: the constants fitted on all devices, unit scales; its error band per regime
-  is the pooled leave-one-device-out error over the measured devices -- ``"device left out"``.
+  is the pooled leave-one-device-out error over the measured devices -- ``"device left out"``;
+* ``torch.compile`` (runtime ``inductor``), which no fitted table measures: one more constant,
+  ``s_compile``, is fitted afterwards on the shipped ``torch.compile`` table alone
+  (``tables.CHECK_TABLES``, :func:`~.holdout.fit_compile_scale`), and its bands are that table's
+  error 5-fold over its models (:func:`~.holdout.check_bands`): on a device's own eager
+  calibration where its eager tables of that precision give one, else with the device left out.
 
 ``calibration/_all_devices.json`` holds the all-device fit and the transfer bands, for user
 TOMLs. :func:`calibrate` (the ``kd-compile calibrate --table`` entry point) fits one target's

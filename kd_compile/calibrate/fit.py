@@ -43,10 +43,10 @@ def group_weights(rows: Sequence[MeasuredRow]) -> np.ndarray:
 # Bounds of the fitted constants (physical ranges; the fit runs in log space).
 _LOWER = {"e_tc": 1e-3, "e_cuda": 1e-3, "e_dw": 1e-4, "e_mem": 0.05, "c_half": 0.01, "t0_us": 0.01,
           "h_lib_us": 0.1, "h_pw_us": 0.1, "h_kernel_us": 0.1, "edge": 0.3, "t0_graph_us": 0.01,
-          "c_half_graph": 0.01, "tc_gflop_per_j": 10.0}
+          "c_half_graph": 0.01, "tc_gflop_per_j": 10.0, "s_compile": 0.05}
 _UPPER = {"e_tc": 1.0, "e_cuda": 1.0, "e_dw": 1.0, "e_mem": 1.0, "c_half": 4096.0, "t0_us": 100.0,
           "h_lib_us": 1000.0, "h_pw_us": 1000.0, "h_kernel_us": 100.0, "edge": 30.0, "t0_graph_us": 100.0,
-          "c_half_graph": 4096.0, "tc_gflop_per_j": 1e5}
+          "c_half_graph": 4096.0, "tc_gflop_per_j": 1e5, "s_compile": 20.0}
 
 
 # Constants every fit holds at their ``DEFAULT_CONSTANTS`` value (docs/latency-predictor.md):
@@ -133,6 +133,7 @@ def fit_constants(
         "c_half_graph": bool(np.any(~per_op)),
         "edge": bool(np.any(edge)) and bool(np.any(~edge)),
         "tc_gflop_per_j": bool(np.any(gemm & tc & (dev[:, col["tdp_w"]] > 0))),
+        "s_compile": bool(np.any(table.dev[:, col["compiled"]] > 0)),
     }
     tied = [(CONSTANT_NAMES.index(a), CONSTANT_NAMES.index(b)) for a, b in (tie or {}).items()]
     free = [i for i, n in enumerate(CONSTANT_NAMES)

@@ -3,6 +3,7 @@ and the error bands per regime drawn from the held-out predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter, defaultdict
@@ -185,26 +186,74 @@ def _proxy_bands(b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_bands(rows: Sequence[MeasuredRow], fits: Mapping[str, Constants], verbose: bool = False
-                ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Bands per device kind from tables no fit reads (``tables.CHECK_TABLES``): each row is predicted
-    as its device left out would be, with the constants fitted without that device (``fits``, from
-    :func:`leave_one_device_out`) and unit device scales. Rows of devices not in ``fits`` are skipped.
+def fit_compile_scale(problem: Problem, train: np.ndarray, fits: Mapping[str, Constants],
+                      scales: Mapping[str, DeviceScales] | None = None) -> float:
+    """``s_compile`` fitted on the ``torch.compile`` rows in ``train`` alone, every other constant
+    held: each row predicted with ``fits[device]`` and the device's own scales (``scales``, default
+    1), so that ``s_compile`` is ``torch.compile``'s time against eager PyTorch's as calibrated on
+    the same GPU; robust least squares on log latency, as the other constants are fitted."""
+    from scipy.optimize import least_squares
+
+    m = train & problem.mask(lambda r: r.runtime == "inductor" and r.device in fits)
+    if not m.any():
+        raise ValueError("no torch.compile rows to fit s_compile on")
+    devices = sorted({r.device for r, k in zip(problem.rows, m, strict=True) if k})
+    parts = [(m & problem.mask(lambda r, d=d: r.device == d), fits[d], dict(scales or {})) for d in devices]
+    y = np.concatenate([np.log(problem.seconds[on]) for on, _, _ in parts])
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        pred = [predict(problem, on, dataclasses.replace(c, s_compile=math.exp(z[0])), sc) for on, c, sc in parts]
+        return np.log(np.concatenate(pred)) - y
+
+    r = least_squares(resid, np.zeros(1), bounds=(np.log(0.05), np.log(20.0)), diff_step=1e-3, loss="soft_l1",
+                      f_scale=0.3)
+    return round(math.exp(float(r.x[0])), 5)
+
+
+def check_bands(rows: Sequence[MeasuredRow], fits: Mapping[str, Constants],
+                scales: Mapping[str, DeviceScales] | None = None, verbose: bool = False, k: int = KFOLD
+                ) -> tuple[float, dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """``s_compile`` and its bands from the tables no fit of the other constants reads
+    (``tables.CHECK_TABLES``, ``torch.compile``).
+
+    ``s_compile`` is fitted on them with each device's constants fitted without it (``fits``, from
+    :func:`leave_one_device_out`) and its own scales (``scales``; :func:`fit_compile_scale`). Each
+    row is predicted with ``s_compile`` fitted on the other k-1 folds of the table's models, twice:
+    as its device left out would be (``fits[device]``, unit scales: the bands per device kind, for
+    a GPU without measurements), and with the device's own scales (the band of a GPU whose own eager
+    tables calibrate it). Rows of devices not in ``fits`` are skipped.
+
+    Returns:
+        ``s_compile`` fitted on every row, the bands per device kind, and the own-calibration bands
+        (1, ``{}``, ``{}`` without rows).
     """
     rows = [r for r in rows if r.device in fits]
     if not rows:
-        return {}
+        return 1.0, {}, {}
     problem = build_problem(rows, verbose=verbose)
-    pred = np.full(len(problem.rows), np.nan)
-    for dev in sorted({r.device for r in problem.rows}):
-        on = problem.mask(lambda r, d=dev: r.device == d)
-        pred[on] = predict(problem, on, fits[dev])
+    everything = np.ones(len(problem.rows), bool)
+    specs = sorted({r.spec for r in problem.rows})
+    rng = np.random.default_rng(0)
+    fold_of = {s: i % k for i, s in enumerate(rng.permutation(specs))}
+    pred, pred_own = np.full(len(problem.rows), np.nan), np.full(len(problem.rows), np.nan)
+    for f in range(min(k, len(specs))):
+        test = problem.mask(lambda r, f=f: fold_of[r.spec] == f)
+        s_compile = fit_compile_scale(problem, ~test, fits, scales)
+        for dev in sorted({r.device for r, t in zip(problem.rows, test, strict=True) if t}):
+            on = test & problem.mask(lambda r, d=dev: r.device == d)
+            c = dataclasses.replace(fits[dev], s_compile=s_compile)
+            pred[on] = predict(problem, on, c)
+            pred_own[on] = predict(problem, on, c, dict(scales or {}))
     kinds = {d: get_target(d).kind for d in {r.device for r in problem.rows}}
+    how = f"s_compile fitted on the other {k - 1} of {k} folds of the torch.compile table's models"
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for kind in sorted(set(kinds.values())):
         b = bands(problem, pred, problem.mask(lambda r, k=kind: kinds[r.device] == k), "device left out")
-        out[kind] = {key: {**band, "transfer": "device left out (a table no fit reads)"} for key, band in b.items()}
-    return out
+        out[kind] = {key: {**band, "transfer": f"device left out; {how}"} for key, band in b.items()}
+    own = {key: {**band, "transfer": f"the device's own eager calibration; {how}"}
+           for key, band in bands(problem, pred_own, everything, "fitted on this device", per_device_weight=False
+                                  ).items()}
+    return fit_compile_scale(problem, everything, fits, scales), out, own
 
 
 def transfer_bands(problem: Problem, pred_lodo: np.ndarray) -> dict[str, dict[str, dict[str, Any]]]:

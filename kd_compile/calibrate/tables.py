@@ -37,8 +37,9 @@ SUPERGRADIENTS = "supergradients_T4_trt_fp16_bs1_classification.csv"
 TORCH2TRT = {"torch2trt-jetson-xavier-trt-fp16-bs1.csv": "jetson-agx-xavier",
              "torch2trt-jetson-nano-trt-fp16-bs1.csv": "jetson-nano"}
 HELP_TABLES = {"help-nb201-latency.csv": "nb201", "help-fbnet-latency.csv": "fbnet"}
-# Published tables no fit reads, shipped in the package (``BUNDLED_DIR``): the error band of a runtime
-# no fitted table measures (:func:`load_check_rows`). File -> (target, runtime, precision).
+# Published tables no fit of the main constants reads, shipped in the package (``BUNDLED_DIR``): the one
+# constant of a runtime those tables do not measure (``s_compile``) is fitted on them, and they give its
+# error band (:func:`load_check_rows`, ``holdout.check_bands``). File -> (target, runtime, precision).
 CHECK_TABLES = {
     "timm-benchmark-infer-amp-nchw-pt240-cu124-rtx4090-dynamo.csv": ("rtx4090", "inductor", "fp16"),
 }
@@ -302,7 +303,7 @@ def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> li
 
 
 def load_check_rows(specs: set[str] | None = None) -> list[MeasuredRow]:
-    """The rows of the shipped tables no fit reads (``CHECK_TABLES``), those of ``specs`` only when given."""
+    """The rows of the shipped ``CHECK_TABLES`` (``torch.compile``), those of ``specs`` only when given."""
     rows: list[MeasuredRow] = []
     for f, (device, runtime, precision) in CHECK_TABLES.items():
         if (BUNDLED_DIR / f).is_file():

@@ -4,6 +4,7 @@ target, from the shared tables) and :func:`calibrate` (one target, from a user's
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from ..profilers.roofline import (
     SHARED_FIT,
     Constants,
     DeviceScales,
+    batch_regime,
     load_calibration,
     read_calibration,
 )
@@ -77,8 +79,16 @@ def calibrate_all(
               + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
     measured = sorted({r.device for r in problem.rows})
     transfer = transfer_bands(problem, pred_lodo)
-    # regimes no fitted table measures (torch.compile): the error on a shipped table no fit reads
-    for kind, extra in check_bands(load_check_rows({r.spec for r in problem.rows}), lodo_fits).items():
+    # torch.compile: s_compile is fitted on the one table that measures it, which no other fit reads,
+    # and its regimes carry that table's cross-validated error
+    check_rows = load_check_rows({r.spec for r in problem.rows})
+    own_scales = {d: device_scales(problem, problem.mask(lambda r, d=d: r.device == d) & problem.fit_mask,
+                                   lodo_fits[d], ridge=ridge)[d] for d in sorted({r.device for r in check_rows})
+                  if d in lodo_fits}
+    s_compile, check, check_own = check_bands(check_rows, lodo_fits, own_scales)
+    c_all = dataclasses.replace(c_all, s_compile=s_compile)
+    lodo_fits = {d: dataclasses.replace(c, s_compile=s_compile) for d, c in lodo_fits.items()}
+    for kind, extra in check.items():
         for key, band in extra.items():
             transfer.setdefault(kind, {}).setdefault(key, band)
     shared = {
@@ -110,6 +120,12 @@ def calibrate_all(
             own_bands = bands(problem, held, own, "fitted on this device", per_device_weight=False)
             if lofo is not None:
                 _add_family_bands(problem, lofo, own, own_bands)
+            # torch.compile on a GPU whose own eager tables (same precision, large batch) calibrate it:
+            # s_compile's error on its device's own calibration
+            eager = {(r.precision, batch_regime(r.batch)) for r, m in zip(problem.rows, own, strict=True)
+                     if m and r.runtime == "torch"}
+            own_bands.update({key: band for key, band in check_own.items()
+                              if (key.split("/")[1], key.split("/")[2]) in eager})
             # regimes the device was not measured in: the transfer band (its scales still apply)
             kind = get_target(name).kind
             eb = {**{k: v for k, v in transfer[kind].items() if k not in own_bands}, **own_bands}

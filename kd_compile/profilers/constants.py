@@ -36,6 +36,12 @@ class Constants:
             (``tdp_w`` of the target): a tensor-core kernel runs at no more than this times
             ``tdp_w`` FLOP/s, whatever its datasheet peak (a 70 W T4 or a Jetson cannot hold its
             tensor-core peak). Fitted; a target without ``tdp_w`` has no cap.
+        s_compile: compute time of ``torch.compile``'s library calls (conv, depthwise conv, matmul,
+            attention: runtime ``inductor``) against eager PyTorch's on the same GPU, which sets
+            the rest. Fitted on its own, after the others, on the one ``torch.compile`` table
+            (``calibrate.tables.CHECK_TABLES``; ``docs/latency-predictor.md``); no other table
+            measures ``torch.compile``, so no other fit moves it. 1 (eager's speed) in a file
+            written before it existed.
     """
 
     e_tc: float = 0.6
@@ -51,6 +57,7 @@ class Constants:
     t0_graph_us: float = 3.0
     c_half_graph: float = 16.0
     tc_gflop_per_j: float = 200.0
+    s_compile: float = 1.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

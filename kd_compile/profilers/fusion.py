@@ -9,7 +9,11 @@ Fusion rules per runtime (the graph rewrites each runtime is documented to do):
   can write into the output in place (concat elimination); each input it must copy (one that
   other layers also read, or a view) is a copy kernel of its own, so a DenseNet block, whose
   every concat re-reads all earlier features, launches one copy per earlier layer.
-* ``inductor`` (``torch.compile``): as TensorRT; BN folding under ``torch.no_grad``/freezing.
+* ``inductor`` (``torch.compile``, its default mode on a GPU): convolutions and matmuls stay library
+  calls (cuDNN/cuBLAS) that nothing fuses into; BatchNorm is not folded (Inductor folds it only
+  with ``freezing``); each run of pointwise ops, norms and pools between two library calls is one
+  generated Triton kernel; a concat is eliminated as TensorRT's is. (Its library calls' speed
+  against eager PyTorch's is a fitted constant, ``s_compile``: :mod:`.roofline`.)
 * ``onnxruntime``: BN folded into conv; one activation fused into the preceding conv/GEMM
   (ORT's ``FusedConv``/``FusedGemm``); every other op is its own kernel.
 * ``torch`` (eager): no fusion, every ATen op is a kernel, and each pays the framework's
@@ -37,6 +41,8 @@ _TO_KERNEL = {"conv": "conv", "dwconv": "dwconv", "matmul": "matmul", "attention
               "copy": "elementwise", "concat": "elementwise", "view": "view"}
 # ATen ops that go through a library call (cuDNN/cuBLAS/fused norm kernels): heavier to dispatch.
 LIBRARY_OPS = frozenset({"conv", "dwconv", "matmul", "attention", "batchnorm", "norm"})
+# Ops a compiler leaves to cuDNN/cuBLAS (``torch.compile``): what lies between two of them is generated code.
+GEMM_OPS = frozenset({"conv", "dwconv", "matmul", "attention"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class RuntimeRules:
             cannot (``OpRecord.moved_bytes``) are copied, one kernel each.
         per_op_host: the host pays per ATen op by op class (eager framework dispatch) rather
             than a flat cost per launched kernel.
+        fuse_between_library: every op but a conv/matmul/attention (``GEMM_OPS``) joins a
+            preceding kernel that is not one of those: a compiler's generated kernels between
+            library calls (``torch.compile``).
     """
 
     fold_bn: bool
@@ -58,11 +67,12 @@ class RuntimeRules:
     fuse_one_activation: bool
     per_op_host: bool
     eliminate_concat: bool = False
+    fuse_between_library: bool = False
 
 
 RUNTIME_RULES: dict[str, RuntimeRules] = {
     "tensorrt": RuntimeRules(True, True, False, False, eliminate_concat=True),
-    "inductor": RuntimeRules(True, True, False, False, eliminate_concat=True),
+    "inductor": RuntimeRules(False, False, False, False, eliminate_concat=True, fuse_between_library=True),
     "onnxruntime": RuntimeRules(True, False, True, False),
     "torch": RuntimeRules(False, False, False, True),
 }
@@ -124,6 +134,8 @@ def fuse(ops: Sequence[OpRecord], runtime: str) -> list[Kernel]:
                 absorb = True
             elif r.op == "elementwise" and rules.fuse_one_activation and gemm_head and prev["n_pw"] == 0:
                 absorb = r.in_bytes <= prev["out"]  # a unary activation, not a residual add
+            elif rules.fuse_between_library:
+                absorb = r.op not in GEMM_OPS and prev["op"] not in GEMM_OPS
         if absorb and prev is not None:
             prev["act"] += max(0, r.in_bytes - prev["out"]) + r.out_bytes - prev["out"]
             prev["out"] = r.out_bytes

@@ -39,10 +39,12 @@ that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
 :mod:`kd_compile.calibrate`, 4 held or tied): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``,
 the tensor-core work per joule ``k_tc``,
 the fixed GPU cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and
-``h_pw`` (per ATen op), and the Jetson host factor ``edge``; held: ``t0`` (an eager op's fixed GPU
-cost, 5 us), ``c_half`` (the channel half-saturation, 16; graph runtimes' ``c_half_graph`` is tied
-to it) and ``h_kernel`` (a graph runtime's host cost per kernel, 0), for the reasons in
-``docs/latency-predictor.md``. Graph runtimes' kernels follow
+``h_pw`` (per ATen op), and the Jetson host factor ``edge``; fitted apart, on the one table that
+measures ``torch.compile``: ``s_compile``, which multiplies the compute time of its library calls
+(conv, depthwise conv, matmul, attention), power cap included, against eager PyTorch's; held:
+``t0`` (an eager op's fixed GPU cost, 5 us), ``c_half`` (the channel half-saturation, 16; graph
+runtimes' ``c_half_graph`` is tied to it) and ``h_kernel`` (a graph runtime's host cost per kernel,
+0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
 block on TensorRT), and a layout copy is a kernel of its own (what each rule moved:
 ``docs/latency-predictor.md``). A device with measurements also gets *device scales* fitted on its own rows (a device
@@ -130,6 +132,8 @@ class DeviceTerms:
         tc_conv_only: only convolutions run on the tensor cores (``peak_tc``); matmul and
             attention run on the CUDA cores: PyTorch's fp32 on a GPU with TF32 (eager and
             ``torch.compile``), whose cuDNN convolutions default to TF32 while its matmuls do not.
+        compiled: the runtime is ``torch.compile`` (``inductor``), whose library calls run at
+            ``s_compile`` times eager PyTorch's compute time.
     """
 
     peak_tc: float
@@ -143,6 +147,7 @@ class DeviceTerms:
     clock_ghz: float = 0.0
     tdp_w: float = 0.0
     tc_conv_only: bool = False
+    compiled: bool = False
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
@@ -162,17 +167,17 @@ class DeviceTerms:
         return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
                    BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
                    RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6,
-                   target.boost_clock_mhz / 1e3, target.tdp_w, conv_only)
+                   target.boost_clock_mhz / 1e3, target.tdp_w, conv_only, runtime == "inductor")
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "clock_ghz", "tdp_w", "tc_conv_only", "s_roofline", "s_fixed", "s_memory")
+               "t0_override_s", "clock_ghz", "tdp_w", "tc_conv_only", "compiled", "s_roofline", "s_fixed", "s_memory")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
-    """A ``DeviceTerms`` as the first eleven ``DEV_COLUMNS`` of a ``KernelTable``."""
+    """A ``DeviceTerms`` as the first twelve ``DEV_COLUMNS`` of a ``KernelTable``."""
     return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
-            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w, float(d.tc_conv_only)]
+            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w, float(d.tc_conv_only), float(d.compiled)]
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed, s_memory), shape (M, 14).
+            s_roofline, s_fixed, s_memory), shape (M, 15).
         n_rows: M.
     """
 
@@ -263,9 +268,11 @@ def on_tensor_cores(cls: np.ndarray, tensor_cores: np.ndarray, conv_only: np.nda
 def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
-    e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph, tc_gfj = v
+    (e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph, tc_gfj,
+     s_comp) = v
     d = table.dev[table.row]
-    peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, conv_only, s_roof, s_fixed, s_mem = d.T
+    (peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, conv_only, compiled,
+     s_roof, s_fixed, s_mem) = d.T
     b = table.batch[table.row]
     c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
     gemm = (table.cls == 0) | (table.cls == 2) | (table.cls == 3)
@@ -278,7 +285,8 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     rate = peak * np.maximum(eff, 1e-12)
     # the board's power limit caps tensor-core throughput (no cap where the profile gives no TDP)
     rate = np.where(use_tc & (tdp > 0), np.minimum(rate, tc_gfj * 1e9 * tdp), rate)
-    t_comp = np.where(gemm | dw, b * table.flops / rate, 0.0)
+    # torch.compile's library calls: s_compile times eager's time, power cap included (both measured at it)
+    t_comp = np.where(gemm | dw, b * table.flops / rate, 0.0) * np.where(compiled > 0, s_comp, 1.0)
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)
     jetson = np.where(is_edge > 0, edge, 1.0)
     cycles = np.where(clk > 0, T0_CLOCK_GHZ / np.maximum(clk, 1e-9), 1.0)  # t0 is GPU cycles

@@ -103,6 +103,69 @@ def test_tensorrt_fuses_conv_bn_act() -> None:
     assert len(fuse(ops, "onnxruntime")) == 2  # conv+bn+relu, then the add
 
 
+def test_torch_compile_keeps_library_calls_and_fuses_what_lies_between() -> None:
+    """``inductor``: a conv absorbs nothing and BN is not folded; the BN, activation and residual
+    add after it are one generated kernel; the next conv starts anew. Its library calls take
+    ``s_compile`` times eager's compute time, power cap included; other kernels do not."""
+    conv = OpRecord("conv", "conv", 10**6, 100, 1000, 1000, 64)
+    ops = [conv, OpRecord("bn", "batchnorm", 0, 32, 1000, 1000, 0), OpRecord("act", "elementwise", 0, 0, 1000, 1000, 0),
+           OpRecord("blk", "elementwise", 0, 0, 2000, 1000, 0), OpRecord("pool", "pool", 0, 0, 1000, 250, 0),
+           dataclasses.replace(conv, module="conv2")]
+    ind = fuse(ops, "inductor")
+    assert [k.op for k in ind] == ["conv", "elementwise", "conv"]
+    assert ind[1].n_ops == 4 and ind[1].weight_bytes == 32
+    assert ind[1].act_bytes == 1000 + 1000 + 250  # in, the residual, out: the chain stays on chip
+    assert ind[0] == fuse([conv], "torch")[0]
+    big = [OpRecord("c", "conv", 10**11, 10**3, 10**3, 10**3, 1024)]  # compute-bound
+    mm, dw = _matmul(10**11), [OpRecord("d", "dwconv", 10**10, 10**3, 10**3, 10**3, 0)]
+    pw = [OpRecord("a", "elementwise", 0, 0, 10**9, 10**9, 0)]  # memory-bound
+    a100 = get_target("a100")
+    base = dataclasses.replace(C, t0_graph_us=1e-3, tc_gflop_per_j=1e5)
+    half = dataclasses.replace(base, s_compile=0.5)
+
+    def ms(c, ops, target=a100, runtime="inductor"):
+        return RooflineProfiler(target, "fp16", runtime, constants=c).predict_ops(ops, 1).latency_ms
+
+    for work in (big, mm, dw):
+        assert ms(half, work) == pytest.approx(0.5 * ms(base, work), rel=1e-3)
+    assert ms(half, pw) == pytest.approx(ms(base, pw), rel=1e-9)
+    assert ms(half, big, runtime="tensorrt") == ms(base, big, runtime="tensorrt")  # other runtimes: no s_compile
+    t4 = get_target("t4")  # on eager's time at the 70 W cap (the table that fits s_compile ran at its cap too)
+    capped = dataclasses.replace(base, e_tc=0.8, c_half=1e-6, tc_gflop_per_j=200.0)
+    assert ms(capped, big, t4) == pytest.approx(1e11 / (200e9 * 70.0) * 1e3, rel=1e-3)
+    assert ms(dataclasses.replace(capped, s_compile=0.5), big, t4) == pytest.approx(0.5 * ms(capped, big, t4), rel=1e-3)
+    assert Constants.from_dict({k: v for k, v in half.to_dict().items() if k != "s_compile"}).s_compile == 1.0
+
+
+def test_compile_scale_is_fitted_on_the_compile_rows_alone() -> None:
+    """``fit_compile_scale`` recovers the ``s_compile`` that made a table's ``torch.compile`` rows,
+    holding every other constant; eager rows of the same problem do not move it."""
+    from kd_compile.calibrate.fit import predict
+    from kd_compile.calibrate.holdout import fit_compile_scale
+    from kd_compile.calibrate.problem import Problem
+    from kd_compile.calibrate.tables import MeasuredRow
+    from kd_compile.profilers.roofline import DeviceTerms, KernelTable, kernel_rows
+
+    rng = np.random.default_rng(0)
+    true = dataclasses.replace(C, s_compile=0.45)
+    rows, kernels, devs = [], [], []
+    for i in range(12):
+        width = int(rng.integers(16, 256))
+        ops = [OpRecord("c", "conv", int(rng.integers(10**8, 10**10)), width * 9 * width * 4, 10**6, 10**6, width),
+               OpRecord("b", "batchnorm", 0, 8 * width, 10**6, 10**6, 0),
+               OpRecord("a", "elementwise", 0, 0, 10**6, 10**6, 0)]
+        for rt in ("inductor", "torch"):
+            rows.append(MeasuredRow(f"m{i}", "rtx4090", rt, "fp16", 64, 1.0, "t.csv"))
+            kernels.append(kernel_rows(fuse(ops, rt)))
+            devs.append(DeviceTerms.of(get_target("rtx4090"), "fp16", rt))
+    table = KernelTable.build(kernels, [64] * len(rows), devs)
+    n = len(rows)
+    problem = Problem(rows, table, np.ones(n), np.ones(n), np.ones(n), np.ones(n, bool))
+    problem.seconds = predict(problem, np.ones(n, bool), true)
+    problem.seconds[1::2] *= 3.0  # eager rows far off: they must not matter
+    assert fit_compile_scale(problem, np.ones(n, bool), {"rtx4090": C}) == pytest.approx(0.45, rel=1e-3)
+
+
 def test_fit_recovers_known_constants() -> None:
     true = Constants(e_tc=0.55, e_cuda=0.4, e_dw=0.08, e_mem=0.8, c_half=24.0, t0_us=20.0, h_lib_us=45.0,
                      h_pw_us=15.0, h_kernel_us=6.0, edge=2.8, t0_graph_us=1.8, c_half_graph=60.0)
