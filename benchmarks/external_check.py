@@ -171,15 +171,24 @@ def main(argv: list[str] | None = None) -> int:
           "predicted / measured per role, device "
           "and runtime (inductor = torch.compile)")
     for k, g in groups_t.items():
-        print(_group_line(k, g, 26))
+        print(_group_line(k, g, 32))
     for k, models in other.items():
         print(f"  left out of {k}: {', '.join(models)} (the table's parameter count is not that of the model "
               "profiled here, which is folded as it deploys: the table measured the other form)")
+    # median ratio per architecture family of each test group: where a GPU's error comes from
+    from kd_compile.calibrate.tables import family_of
+
+    fam_rows = [{**r, "family": family_of(str(r["spec"]))} for r in res_t if r["same_model"] and r["role"] == "test"]
+    families = by_group(fam_rows, ("device", "runtime", "family"))
+    print("  test tables, median predicted / measured per family:")
+    for dev_rt in dict.fromkeys("/".join(k.split("/")[:2]) for k in families):
+        print(f"    {dev_rt:26} " + ", ".join(f"{k.split('/')[2]} x{g['median_ratio']:.2f} ({g['n']})"
+                                            for k, g in families.items() if k.startswith(dev_rt + "/")))
     print(f"  ({time.perf_counter() - t0:.0f} s)")
     doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s,
            "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
            "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
-                             "not_same_model": other}}
+                             "by_family": families, "not_same_model": other}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

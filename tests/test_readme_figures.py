@@ -506,7 +506,9 @@ def check_external() -> None:
     tm = doc["timm_unfitted"]
     labels = {"validation/rtx4090/inductor": "RTX 4090 (PyTorch 2.4.0, the validation table)",
               "test/rtx5090/torch": "RTX 5090 eager", "test/rtx4090/torch": "RTX 4090 eager",
-              "test/rtx5090/inductor": "RTX 5090 `torch.compile`", "test/rtx4090/inductor": "RTX 4090 `torch.compile`"}
+              "test/rtx5090/inductor": "RTX 5090 `torch.compile`", "test/rtx4090/inductor": "RTX 4090 `torch.compile`",
+              "test/rtx-pro-6000-maxq/torch": "RTX PRO 6000 Max-Q eager",
+              "test/rtx-pro-6000-maxq/inductor": "RTX PRO 6000 Max-Q `torch.compile`"}
     assert set(tm["by_group"]) == set(labels)
     for key, g in tm["by_group"].items():
         expected.append(f"{labels[key]} x{g['median_ratio']:.2f}, median error {100 * g['median_ape']:.1f}%, "
@@ -522,9 +524,23 @@ def check_external() -> None:
     expected += [f"band of ±{100 * own['median_ape']:.0f}% median ({100 * own['p80_ape']:.0f}% p80)",
                  f"band of ±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80) at batch 32 "
                  "and above", f"({band['n']} models)"]
-    for key in ("test/rtx5090/inductor", "test/rtx4090/inductor"):
+    for key in ("test/rtx5090/inductor", "test/rtx4090/inductor", "test/rtx-pro-6000-maxq/torch",
+                "test/rtx-pro-6000-maxq/inductor"):
         g = tm["by_group"][key]
         expected.append(f"{labels[key]} rows: {100 * g['inside_p80_band']:.0f}%")
+    fam = tm["by_family"]
+    expected += [f"{f} x{fam[f'rtx-pro-6000-maxq/torch/{f}']['median_ratio']:.2f}"
+                 for f in ("vgg", "resnet", "vit", "mobilenet", "regnet")]
+    # VGG-16 on that board against the power cap: its measured ms and the sustained rate they give
+    from kd_compile.targets import get_target as _target
+
+    k_tc = read_calibration("_all_devices")["constants"]["tc_gflop_per_j"]
+    vgg = {r["runtime"]: r for r in tm["rows"] if r["device"] == "rtx-pro-6000-maxq" and r["model"] == "vgg16"}
+    gflop = 30.94  # timm's infer_gmacs for vgg16 at 224 px (15.47) x 2
+    rates = {rt: vgg[rt]["batch"] * gflop / vgg[rt]["measured_ms"] for rt in ("torch", "inductor")}
+    expected += [f"{k_tc:.0f} GFLOP/J", f"{k_tc * _target('rtx-pro-6000-maxq').tdp_w / 1000:.1f} TFLOP/s at its 300 W",
+                 f"about {rates['torch']:.0f} TFLOP/s eager and {rates['inductor']:.0f} TFLOP/s compiled",
+                 f"in {vgg['torch']['measured_ms']:.0f} ms and {vgg['inductor']['measured_ms']:.0f} ms"]
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
 
 

@@ -1,10 +1,10 @@
-"""Transcribe timm's GPU inference benchmarks no fit reads but ``s_compile``'s (RTX 5090 and 4090, eager, dynamo).
+"""Transcribe timm's GPU inference benchmarks no fit reads but ``s_compile``'s (RTX 5090, 4090, PRO 6000 Max-Q).
 
 The source (huggingface/pytorch-image-models, Apache-2.0) times its models with its own
 ``benchmark.py``: ``torch.autocast`` fp16 ("amp"), NCHW, batch 256 or 1024, in eager PyTorch and
 compiled by ``torch.compile`` ("-dynamo": TorchInductor). Its ``infer_step_time`` is ms per batch.
 This keeps the models the calibration curates (``kd_compile.calibrate.tables.CURATED``) at the
-smallest image size measured in all five tables (the rule ``select_timm`` applies to the fitted
+smallest image size measured in all seven tables (the rule ``select_timm`` applies to the fitted
 PyTorch 2.4.0 tables), with the table's parameter count in millions: the PyTorch 2.9.1 tables ran
 the re-parameterisable models (RepVGG, MobileOne, RepViT) folded and the PyTorch 2.4.0 ones
 unfolded, and ``benchmarks/external_check.py`` sets apart the rows of the form it does not profile.
@@ -40,12 +40,15 @@ FILES = (
     ("test", "rtx5090", "inductor", "benchmark-infer-amp-nchw-pt291-cu130-5090-dynamo.csv", _PT291_130),
     ("test", "rtx4090", "torch", "benchmark-infer-amp-nchw-pt291-cu128-4090.csv", _PT291_128),
     ("test", "rtx4090", "inductor", "benchmark-infer-amp-nchw-pt291-cu128-4090-dynamo.csv", _PT291_128),
+    ("test", "rtx-pro-6000-maxq", "torch", "benchmark-infer-amp-nchw-pt291-cu130-pro6000maxq.csv", _PT291_130),
+    ("test", "rtx-pro-6000-maxq", "inductor", "benchmark-infer-amp-nchw-pt291-cu130-pro6000maxq-dynamo.csv",
+     _PT291_130),
 )
 HEADER = """\
 # huggingface/pytorch-image-models (Apache-2.0), commit {commit}, results/: timm's benchmark.py,
 # torch.autocast fp16 ('amp'), NCHW, batch = infer_batch_size; runtime torch = eager, inductor = torch.compile
 # (the '-dynamo' files). ms_per_batch = infer_step_time, param_count_m = param_count. Models: CURATED at the
-# smallest size in all five tables. role: validation (choices made, s_compile fitted) or test (reported).
+# smallest size in all seven tables. role: validation (choices made, s_compile fitted) or test (reported).
 # Written by benchmarks/data/transcribe_timm_unfitted.py; read by benchmarks/external_check.py only."""
 
 

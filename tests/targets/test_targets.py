@@ -12,7 +12,8 @@ from kd_compile.targets import get_target, list_targets, load_target_file
 from kd_compile.targets.profile import _builtin_dir
 
 EXPECTED = {"1080ti", "titan-x", "titan-xp", "titan-rtx", "v100", "2080ti", "t4", "a10", "a100", "l4", "h100", "h200",
-            "rtx3090", "rtx4090", "rtx5090", "jetson-nano", "jetson-tx2", "jetson-xavier-nx", "jetson-agx-xavier",
+            "rtx3090", "rtx4090", "rtx5090", "rtx-pro-6000-maxq", "jetson-nano", "jetson-tx2", "jetson-xavier-nx",
+            "jetson-agx-xavier",
             "jetson-orin-nano", "jetson-agx-orin", "cpu"}
 # Pascal GP102: native fp16 at 1/64 of fp32, so fp32 is the sensible default there.
 SLOW_FP16 = {"1080ti", "titan-x", "titan-xp"}
