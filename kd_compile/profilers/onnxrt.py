@@ -17,8 +17,12 @@ intra-op threads, one preempted thread stalls the others at every barrier.
 
 Precision: ``fp32`` runs the exported graph as it is; ``fp16`` (GPU providers only, as a
 half-precision deployment runs) runs it converted to fp16 with ONNX Runtime's own
-``onnxruntime.transformers.float16`` (input and output stay fp32, cast at the graph's ends) on the
-CUDA provider, or with ``trt_fp16_enable`` on the TensorRT provider. A measurement on the TensorRT
+``onnxruntime.transformers.float16`` (input and output stay fp32, cast at the graph's ends), on the
+CUDA provider and on the TensorRT provider alike. The TensorRT provider also gets
+``trt_fp16_enable``, which is all a TensorRT 10 build needs; TensorRT 11 removed weak typing and its
+fp16 builder flag (ONNX Runtime's TensorRT 11 builds guard the removed calls out:
+microsoft/onnxruntime#28611), so there an engine takes its precision from the graph and the flag
+cannot take effect. A measurement on the TensorRT
 provider is labelled runtime ``tensorrt`` (TensorRT's engines ran it; ``extra["provider"]`` says
 through ONNX Runtime).
 
@@ -123,8 +127,8 @@ def provider_starts(provider: str) -> bool:
 def make_session(path: str | Path, threads: int | None = None, provider: str = "cpu", fp16: bool = False) -> Any:
     """An ``InferenceSession`` with all graph optimisations and ``threads`` intra-op, on the
     execution provider ``provider`` (cpu, cuda, tensorrt; the GPU ones fall back to CPU for
-    ops they lack, as ORT does); ``fp16`` builds the TensorRT provider's engines in fp16 (a
-    CUDA-provider session runs whatever types the file has: :func:`to_fp16`)."""
+    ops they lack, as ORT does); ``fp16`` sets the TensorRT provider's ``trt_fp16_enable`` (a session
+    runs whatever types the file has: feed it :func:`to_fp16`'s graph for fp16, module docstring)."""
     ort = lazy_import("onnxruntime", ORT_HINT)
     if provider not in PROVIDERS:
         raise UsageError(f"unknown ONNX Runtime provider '{provider}' ({', '.join(PROVIDERS)})")
@@ -399,7 +403,7 @@ class OnnxRuntimeProfiler(Profiler):
         fp16 = self.precision == "fp16"
         sess = self._sessions.get(sha)
         if sess is None:
-            run_path = to_fp16(path) if fp16 and self.provider == "cuda" else path
+            run_path = to_fp16(path) if fp16 else path  # fp16 only on a GPU provider (_check_kw)
             sess = self._sessions[sha] = make_session(run_path, self.threads, self.provider, fp16=fp16)
         feed, spec = _feed_for(sess, input_spec)
         result = _time_session(sess, feed, self.timing, self.provider)

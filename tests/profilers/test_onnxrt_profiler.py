@@ -209,12 +209,43 @@ def test_ort_tensorrt_provider_options_keep_engines_in_the_cache(tmp_path: Path,
     assert (tmp_path / "ort-trt").is_dir()
 
 
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_fp16_on_a_gpu_provider_runs_the_fp16_graph(tmp_path: Path, monkeypatch, provider: str) -> None:
+    """fp16 on either GPU provider opens its session on the fp16-converted graph (fp32 at its ends):
+    a TensorRT 11 engine takes its precision from the graph, so ``trt_fp16_enable`` alone would
+    build fp32 there. The session itself needs a GPU; what it is given is checked here."""
+    import onnx
+
+    import kd_compile.profilers.onnxrt as onnxrt
+
+    given: dict[str, object] = {}
+
+    class Opened(Exception):
+        pass
+
+    def record(path, threads=None, provider="cpu", fp16=False):
+        given.update(path=Path(path), provider=provider, fp16=fp16)
+        raise Opened
+
+    monkeypatch.setattr(onnxrt, "make_session", record)
+    with OnnxRuntimeProfiler(provider=provider, precision="fp16", cache_dir=tmp_path, timing=FAST) as p:
+        with pytest.raises(Opened):
+            p.profile(tiny_cnn(), SPEC)
+    path = given["path"]
+    assert isinstance(path, Path) and path.name.endswith(".fp16.onnx") and given == {
+        "path": path, "provider": provider, "fp16": True}
+    model = onnx.load(str(path))
+    assert {t.data_type for t in model.graph.initializer if t.dims} == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert onnxrt.trt_provider_options(fp16=True)["trt_fp16_enable"] is True  # what a TensorRT 10 build reads
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize(("provider", "runtime", "fp16_file"), [("cuda", "onnxruntime", True),
-                                                               ("tensorrt", "tensorrt", False)])
-def test_a_gpu_provider_measures_fp16(tmp_path: Path, provider: str, runtime: str, fp16_file: bool) -> None:
-    """fp16 on ORT's CUDA provider runs the converted graph; on its TensorRT provider, TensorRT's own
-    fp16 engines, which makes it a TensorRT measurement."""
+@pytest.mark.parametrize(("provider", "runtime"), [("cuda", "onnxruntime"), ("tensorrt", "tensorrt")])
+def test_a_gpu_provider_measures_fp16(tmp_path: Path, provider: str, runtime: str) -> None:
+    """fp16 on ORT's CUDA and TensorRT providers runs the converted graph (a TensorRT 11 engine takes
+    its precision from the graph); on the TensorRT provider TensorRT's engines run it, which makes it
+    a TensorRT measurement."""
     import kd_compile.profilers.onnxrt as onnxrt
 
     if not onnxrt.provider_starts(provider):
@@ -224,4 +255,4 @@ def test_a_gpu_provider_measures_fp16(tmp_path: Path, provider: str, runtime: st
     check_measurement(m, SPEC)
     assert m.runtime == runtime and m.precision == "fp16" and m.device.startswith("cuda")
     assert m.extra["provider"] == onnxrt.PROVIDERS[provider]
-    assert bool(list(tmp_path.glob("*.fp16.onnx"))) == fp16_file
+    assert list(tmp_path.glob("*.fp16.onnx"))
