@@ -22,6 +22,7 @@ so that the total it reports is the total we return. FLOPs = 2 x MACs, as that c
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -263,6 +264,32 @@ class _ViewCalls(TorchFunctionMode):
         return out
 
 
+class _AttentionAsOnCpu(TorchFunctionMode):
+    """On the meta device, ``F.scaled_dot_product_attention`` takes PyTorch's math path (matmuls,
+    softmax, copies), where on a real device it runs one fused kernel; this runs, on meta, the op the
+    CPU would pick (``torch._fused_sdp_choice`` on empty CPU tensors of the same shapes), so a model
+    counted on meta (the calibration's op counts) is the graph ``profile`` counts on the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and _CPU_SDPA is not None:
+            q, k, v = args[:3]
+            if q.device.type == "meta":
+                mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+                dropout = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+                causal = kwargs.get("is_causal", args[5] if len(args) > 5 else False)
+                scale = kwargs.get("scale")
+                like = [torch.empty(t.shape, dtype=t.dtype) for t in (q, k, v)]
+                cpu_mask = None if mask is None else torch.empty(mask.shape, dtype=mask.dtype)
+                choice = torch._fused_sdp_choice(*like, cpu_mask, dropout, causal, scale=scale)
+                if choice == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION) and not kwargs.get("enable_gqa"):
+                    if mask is not None and mask.dtype == torch.bool:  # as ATen turns it additive first
+                        zero, ninf = (torch.scalar_tensor(x, dtype=q.dtype, device=q.device) for x in (0.0, -math.inf))
+                        mask = torch.where(mask, zero, ninf)
+                    return _CPU_SDPA(q, k, v, dropout, causal, attn_mask=mask, scale=scale)[0]
+        return func(*args, **kwargs)
+
+
 def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     """Run one forward at batch 1 and record its ops (see module docstring).
 
@@ -318,7 +345,7 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> OpTrace:
     fc = FlopCounterMode(display=False)
     tracer = _Tracer(weight_ids, stack)
     try:
-        with torch.no_grad(), fc, tracer, _ViewCalls(tracer):
+        with torch.no_grad(), fc, tracer, _ViewCalls(tracer), _AttentionAsOnCpu():
             out = model(x)
         peak = max(peak, _nbytes(x) + sum(_nbytes(t) for t in _tensors(out)))
     finally:

@@ -169,3 +169,30 @@ def test_parameter_passed_as_module_input_is_counted_and_grads_restored() -> Non
     tr = trace_ops(m, (4, 8))  # batch 1: the token is expanded to one copy
     assert tr.total_flops == 2 * (4 + 1) * 8 * 8
     assert m.tok.requires_grad and m.block.fc.bias.requires_grad and not m.block.fc.weight.requires_grad
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4, masked: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.heads, self.masked = nn.Linear(dim, 3 * dim), heads, masked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)  # (B, HW, C) tokens
+        b, n, c = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril() if self.masked else None
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_attention_counts_the_same_on_meta_as_on_the_cpu() -> None:
+    """The calibration counts its models on the meta device, ``profile`` on the CPU: scaled dot-product
+    attention is the CPU's one fused op on both (on meta PyTorch would otherwise take its math
+    path: matmuls, softmax and copies), so both count one graph, with the same FLOPs and bytes."""
+    for masked in (False, True):
+        cpu = trace_ops(_SelfAttention(masked=masked).eval(), (32, 4, 4))
+        with torch.device("meta"):
+            meta_model = _SelfAttention(masked=masked)
+        meta = trace_ops(meta_model, (32, 4, 4))
+        assert [r.to_list()[1:] for r in meta.ops] == [r.to_list()[1:] for r in cpu.ops]
+        assert meta.total_flops == cpu.total_flops > 0
+        assert sum(r.op == "attention" for r in cpu.ops) == 1 and not any(r.op == "copy" for r in cpu.ops)
