@@ -372,17 +372,18 @@ def calibrate_cmd(
     """Fit the roofline predictor's efficiency factors for TARGET from measured tables."""
     from . import api
 
-    for t in table:
-        if not t.is_file():
-            _err(UsageError(f"table not found: {t}"))
-            if json_out:
-                _json_error("UsageError", f"table not found: {t}", UsageError.exit_code)
-            raise typer.Exit(UsageError.exit_code)
+    _run(_tables_exist, table, json_errors=json_out)
     d = _run(
         api.calibrate, target=target, tables=list(table), runtime=runtime, precision=precision, models=models, out=out,
         json_errors=json_out,
     )
     typer.echo(json.dumps(d, indent=2, default=str) if json_out else _fmt_calibration(d))
+
+
+def _tables_exist(tables: list[Path]) -> None:
+    for t in tables:
+        if not t.is_file():
+            raise UsageError(f"table not found: {t}")
 
 
 def _fmt_calibration(d: dict[str, Any]) -> str:

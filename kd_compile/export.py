@@ -89,15 +89,15 @@ def write_onnx_metadata(path: Path, props: dict[str, str]) -> None:
     """Set ``props`` as the ONNX model's ``metadata_props`` (replacing keys of the same name)."""
     import onnx
 
+    from .profilers.onnx_export import save_onnx
+
     model = onnx.load(str(path))
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    tmp = path.with_suffix(".onnx.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    save_onnx(model, path)
 
 
 def _parity(eager: nn.Module, run: Any, x: torch.Tensor, what: str) -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -74,6 +75,21 @@ class OnnxExportInfo:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
+
+
+def save_onnx(model: Any, path: str | Path) -> Path:
+    """Write the ONNX ``model`` (a ``ModelProto``) to ``path`` through a temporary sibling and a
+    rename, so a reader (a cache lookup, a concurrent run) never sees a half-written file."""
+    onnx = lazy_import("onnx", ONNX_HINT)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def file_sha256(path: str | Path) -> str:

@@ -47,7 +47,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from .base import InputSpec, Measurement, Profiler, lazy_import, register_profiler
 from .devices import cpu_device
-from .onnx_export import ORT_HINT, OnnxFromModule, file_sha256
+from .onnx_export import ORT_HINT, OnnxFromModule, file_sha256, save_onnx
 from .timing import CLOCK_TIMERS, TimingPolicy, TimingResult, measurement_from_timing, resolve_timing, time_calls
 from .workdir import WorkDir
 
@@ -194,11 +194,7 @@ def to_fp16(path: str | Path, out: str | Path | None = None) -> Path:
 
     half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
     _sort_nodes(half.graph)  # the converter appends its input casts last; ONNX wants producers first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    onnx.save(half, str(tmp))
-    os.replace(tmp, out)  # a reader never sees a half-written file
-    return out
+    return save_onnx(half, out)
 
 
 def _sort_nodes(graph: Any) -> None:

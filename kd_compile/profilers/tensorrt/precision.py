@@ -31,7 +31,7 @@ from typing import Any
 
 from ...errors import BackendUnavailableError, UsageError
 from ..base import lazy_import
-from ..onnx_export import ONNX_HINT, file_sha256
+from ..onnx_export import ONNX_HINT, file_sha256, save_onnx
 from .lint import iter_nodes
 
 CONVERT_HINT = (
@@ -64,12 +64,8 @@ def has_qdq(onnx_path: Path) -> bool:
 def _autocast(onnx_path: Path, precision: str, out: Path) -> None:
     from modelopt.onnx.autocast import convert_to_mixed_precision  # type: ignore[import-not-found]
 
-    model = convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type=precision, keep_io_types=True)
-    onnx = lazy_import("onnx", ONNX_HINT)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
+    save_onnx(convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type=precision,
+                                         keep_io_types=True), out)
 
 
 def _onnxruntime_fp16(onnx_path: Path, precision: str, out: Path) -> None:
