@@ -22,8 +22,12 @@ the model they report on. Two selection criteria do, each for the part of the mo
   runtimes' own ``c_half_graph`` fitted beside the held eager one; then the outer estimate: each test
   device predicted by the structure its own inner comparison chose (what the procedure "choose,
   then fit" reaches on a device it never saw), beside the shipped structure's figure.
+* **The power cap per process node** (``Constants.node_beta``): the same nested
+  leave-one-device-out over the devices whose fp16 tensor-core rows run under a power limit
+  (RTX 3090/4090, A100, T4, the Jetson Xaviers), judged on each device's fp16 rows, for the node
+  term held at 1 (shipped), fitted, and left out (one FLOP per joule for every node).
 
-Run (about 3 minutes; reads only ``../shared/data/latency/``)::
+Run (about 10 minutes; reads only ``../shared/data/latency/``)::
 
     python benchmarks/latency_choices.py [--results benchmarks/results/latency_choices.json]
 """
@@ -31,6 +35,7 @@ Run (about 3 minutes; reads only ``../shared/data/latency/``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -57,7 +62,7 @@ from kd_compile.calibrate import (  # noqa: E402
 )
 from kd_compile.calibrate.problem import Problem  # noqa: E402
 from kd_compile.calibrate.write import shipped_ridge  # noqa: E402
-from kd_compile.profilers.roofline import Constants  # noqa: E402
+from kd_compile.profilers.roofline import DEV_COLUMNS, Constants  # noqa: E402
 
 HELD_BUT_C_HALF = tuple(h for h in HELD if h != "c_half")  # c_half fitted, not held
 # name -> (held constants, tied constants) of each structure compared for the constants
@@ -79,6 +84,83 @@ def trt_devices(problem: Problem) -> list[str]:
 def trt_batch1(problem: Problem, device: str) -> np.ndarray:
     """The rows of ``device`` 's TensorRT batch-1 models."""
     return problem.mask(lambda r: r.device == device and r.runtime == "tensorrt" and r.batch == 1)
+
+
+# the power cap per process node (``Constants.node_beta``): held at 1 (shipped), fitted, or none (one
+# FLOP per joule for every node: the profiles' process nodes ignored)
+NODE_STRUCTURES: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "shipped (node_beta held at 1)": (True, HELD),
+    "node_beta fitted": (True, tuple(h for h in HELD if h != "node_beta")),
+    "no node term": (False, HELD),
+}
+
+
+def without_nodes(problem: Problem) -> Problem:
+    """The same rows with every device's process node unknown: one power-cap efficiency for all."""
+    dev = problem.table.dev.copy()
+    dev[:, DEV_COLUMNS.index("process_nm")] = 0.0
+    return dataclasses.replace(problem, table=dataclasses.replace(problem.table, dev=dev))
+
+
+def capped_devices(problem: Problem) -> list[str]:
+    """Devices with fp16 tensor-core rows whose board has a power limit (where the cap can bind)."""
+    col = {n: i for i, n in enumerate(DEV_COLUMNS)}
+    dev = problem.table.dev
+    return sorted({r.device for r, d in zip(problem.rows, dev, strict=True)
+                   if r.precision == "fp16" and d[col["tensor_cores"]] > 0 and d[col["tdp_w"]] > 0})
+
+
+def node_choice(problem: Problem) -> dict:
+    """Nested leave-one-device-out over the power-capped devices for the cap's node term: with one
+    device as the test, each structure is judged by the others' fp16 rows, each predicted by fits
+    without it and the test device; the test device is then predicted, without it, by the chosen
+    structure."""
+    devices = capped_devices(problem)
+    problems = {name: (problem if nodes else without_nodes(problem)) for name, (nodes, _) in NODE_STRUCTURES.items()}
+
+    def fp16(d: str) -> np.ndarray:
+        return problem.mask(lambda r: r.device == d and r.precision == "fp16")
+
+    def mape(p: Problem, m: np.ndarray, c: Constants) -> float:
+        return float(np.median(np.abs(predict(p, m, c) / problem.seconds[m] - 1)))
+
+    inner: dict[str, list[dict]] = {name: [] for name in NODE_STRUCTURES}
+    for a, b in itertools.combinations(devices, 2):
+        for name, (_, held) in NODE_STRUCTURES.items():
+            p = problems[name]
+            c = fit_on(p, ~problem.mask(lambda r, q=(a, b): r.device in q), held=held)
+            for d in (a, b):
+                inner[name].append({"without": [a, b], "device": d, "median_ape": round(mape(p, fp16(d), c), 4)})
+    sel = selection(inner)
+    outer, test = {}, {}
+    for name, (nodes, held) in NODE_STRUCTURES.items():
+        p = problems[name]
+        test[name] = {}
+        for d in devices:
+            c = fit_on(p, ~problem.mask(lambda r, q=d: r.device == q), held=held)
+            test[name][d] = {"median_ape": round(mape(p, fp16(d), c), 4),
+                             "node_beta": round(c.node_beta, 3) if nodes else 0.0,  # no node: no term
+                             "tc_gflop_per_j": round(c.tc_gflop_per_j, 1)}
+    for d, by in sel.items():
+        pick = min(by, key=by.get)
+        outer[d] = {"selected": pick, **test[pick][d], "shipped": test[next(iter(NODE_STRUCTURES))][d]}
+    return {"devices": devices, "inner": inner, "selection": sel, "lodo": test, "outer": outer}
+
+
+def print_node_choice(r: dict) -> None:
+    print("power cap per process node: nested leave-one-device-out over the power-capped devices "
+          f"({', '.join(r['devices'])}), median error of each device's fp16 rows")
+    for dev, by in r["selection"].items():
+        best = min(by, key=by.get)
+        print(f"  test {dev:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+    print("  outer: each test device predicted, without it, by the structure its own comparison chose")
+    for dev, o in r["outer"].items():
+        print(f"  {dev:18} {o['selected']:30} median {100 * o['median_ape']:.1f}% "
+              f"(shipped {100 * o['shipped']['median_ape']:.1f}%)")
+    print("  leave-one-device-out per structure (node_beta, GFLOP/J fitted without the device):")
+    for name, by in r["lodo"].items():
+        print(f"  {name:30} " + "  ".join(
+            f"{d} {100 * v['median_ape']:.1f}% ({v['node_beta']:g}, {v['tc_gflop_per_j']:g})" for d, v in by.items()))
 
 
 def kfold_errors(problem: Problem, fits: dict[str, Constants], separate_memory: bool, ridge: float
@@ -188,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(shipped: {100 * r['shipped']['median_ape']:.1f}%, {100 * r['shipped']['within_35']:.0f}%)")
     print(f"  devices weighted equally: {100 * doc['outer_within_35']:.0f}% within 35%; mean of all inner errors: "
           + ", ".join(f"{n} {100 * v:.1f}%" for n, v in doc["overall_mean_inner"].items()))
+    doc["node"] = node_choice(problem)
+    print_node_choice(doc["node"])
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     doc["machine"] = f"{os.cpu_count()} CPUs"
     args.results.parent.mkdir(parents=True, exist_ok=True)

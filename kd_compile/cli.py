@@ -468,6 +468,7 @@ def targets_show(
         ("memory", f"{d['memory_gb']:g} GB at {d['memory_bandwidth_gbs']:g} GB/s"),
         ("compute units", str(d["compute_units"])),
         *([("power limit", f"{d['tdp_w']:g} W")] if d.get("tdp_w") else []),
+        *([("process node", f"{d['process_nm']:g} nm")] if d.get("process_nm") else []),
         ("latency", _latency_status(p)),
     ]
     typer.echo(_table(rows))

@@ -49,10 +49,12 @@ def test_targets_list_and_show():
     res = run("targets", "show", "2080ti", "--json")
     assert res.exit_code == 0
     d = json.loads(res.output)
-    assert d["name"] == "2080ti" and d["sources"] and d["tdp_w"] == 260.0
+    assert d["name"] == "2080ti" and d["sources"] and d["tdp_w"] == 260.0 and d["process_nm"] == 12.0
     res = run("targets", "show", "t4")  # the table names the power limit the predictor caps tensor cores by
     assert res.exit_code == 0 and re.search(r"power limit\s+70 W", res.output)
-    assert "power limit" not in run("targets", "show", "cpu").output
+    assert re.search(r"process node\s+12 nm", res.output)  # and the node that sets its work per joule
+    cpu = run("targets", "show", "cpu").output
+    assert "power limit" not in cpu and "process node" not in cpu
 
 
 def test_unknown_target_suggests_close_names():

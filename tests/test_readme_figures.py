@@ -479,8 +479,9 @@ def check_external() -> None:
         f"over the {s['n']} rows: median error {100 * s['median_ape']:.1f}%, {100 * s['within_35']:.0f}% within 35%, "
         f"{100 * s['inside_p80_band']:.0f}% inside the printed p80 band",
     ]
-    # the README says every mixed-precision row is inside its p80 band and every fp32 row outside
-    assert all(rows[k]["inside_p80"] for k in quoted[:len(fp16)])
+    # the README says how many mixed-precision rows are inside their p80 band, and every fp32 row outside
+    n_in = sum(bool(rows[k]["inside_p80"]) for k in quoted[:len(fp16)])
+    expected.append(f"{n_in} of the {len(fp16)} mixed-precision rows inside their printed")
     assert not any(rows[k]["inside_p80"] for k in quoted[len(fp16):])
     fp32_bands = {f"±{100 * rows[k]['band_median']:.0f}% band printed for it" for k in quoted[len(fp16):]}
     assert len(fp32_bands) == 1, f"the fp32 rows no longer share one band: {fp32_bands}"
@@ -534,11 +535,13 @@ def check_external() -> None:
     # VGG-16 on that board against the power cap: its measured ms and the sustained rate they give
     from kd_compile.targets import get_target as _target
 
-    k_tc = read_calibration("_all_devices")["constants"]["tc_gflop_per_j"]
+    consts = read_calibration("_all_devices")["constants"]
+    k_tc, node = consts["tc_gflop_per_j"], (12.0 / _target("rtx-pro-6000-maxq").process_nm) ** consts["node_beta"]
     vgg = {r["runtime"]: r for r in tm["rows"] if r["device"] == "rtx-pro-6000-maxq" and r["model"] == "vgg16"}
     gflop = 30.94  # timm's infer_gmacs for vgg16 at 224 px (15.47) x 2
     rates = {rt: vgg[rt]["batch"] * gflop / vgg[rt]["measured_ms"] for rt in ("torch", "inductor")}
-    expected += [f"{k_tc:.0f} GFLOP/J", f"{k_tc * _target('rtx-pro-6000-maxq').tdp_w / 1000:.1f} TFLOP/s at its 300 W",
+    expected += [f"{k_tc:.0f} GFLOP/J x {node:g} = {k_tc * node:.0f} GFLOP/J",
+                 f"{k_tc * node * _target('rtx-pro-6000-maxq').tdp_w / 1000:.1f} TFLOP/s at its 300 W",
                  f"about {rates['torch']:.0f} TFLOP/s eager and {rates['inductor']:.0f} TFLOP/s compiled",
                  f"in {vgg['torch']['measured_ms']:.0f} ms and {vgg['inductor']['measured_ms']:.0f} ms"]
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")

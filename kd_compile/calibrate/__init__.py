@@ -17,7 +17,7 @@ the counts are cached in ``kd_compile/targets/calibration/layer_costs.json`` (co
 fitting and benchmarks build no model. NAS spaces are sampled (``NAS_SAMPLE`` architectures per
 space, seed 0): fits use the first ``NAS_FIT`` of them, evaluations all.
 
-:func:`fit_on` fits the device-independent :class:`Constants` (8 of them; the ``HELD`` ones keep
+:func:`fit_on` fits the device-independent :class:`Constants` (9 of them; the ``HELD`` ones keep
 their default, the ``TIED`` one takes another's value) on every device's rows at once (robust
 least squares on log latency, every (device, runtime, batch, table) group weighted equally);
 :func:`fit_scales` fits a device's compute, memory and fixed-cost scales, each per runtime, with

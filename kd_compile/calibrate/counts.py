@@ -18,8 +18,9 @@ from ..profilers.roofline import CALIBRATION_DIR
 LAYER_COSTS = CALIBRATION_DIR / "layer_costs.json"
 # 3: op records carry ``moved_bytes`` (a concat's inputs a graph runtime must copy); 4: Python-level
 # view calls are recorded (op ``view``); 5: a view of a weight (``linear`` 's transposed weight on a
-# 3-D input) counts as weight bytes, not activation bytes; an older cache is recounted
-_FORMAT = 5
+# 3-D input) counts as weight bytes, not activation bytes; 6: scaled dot-product attention on meta is
+# counted as the op the CPU picks (its fused kernel), not PyTorch's math path; an older cache is recounted
+_FORMAT = 6
 
 
 def _build(spec: str) -> tuple[Any, tuple[int, int, int]]:

@@ -42,6 +42,11 @@ class Constants:
             (``calibrate.tables.CHECK_TABLES``; ``docs/latency-predictor.md``); no other table
             measures ``torch.compile``, so no other fit moves it. 1 (eager's speed) in a file
             written before it existed.
+        node_beta: how the power cap's FLOPs per joule grow with a finer process node: a board
+            made in ``process_nm`` (target profile) sustains ``tc_gflop_per_j x (12 /
+            process_nm) ** node_beta`` GFLOP per joule, ``tc_gflop_per_j`` being a 12-nm board's
+            (Volta and Turing, where the cap binds in the measured tables). 0 (one efficiency for
+            every generation) in a file written before it existed.
     """
 
     e_tc: float = 0.6
@@ -58,6 +63,7 @@ class Constants:
     c_half_graph: float = 16.0
     tc_gflop_per_j: float = 200.0
     s_compile: float = 1.0
+    node_beta: float = 1.0
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -65,9 +71,11 @@ class Constants:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Constants:
         """Constants from a calibration file; one written before the power cap existed (no
-        ``tc_gflop_per_j``) was fitted without it and keeps predicting without it."""
+        ``tc_gflop_per_j``) was fitted without it and keeps predicting without it, one written
+        before the process node entered it (no ``node_beta``) keeps one efficiency for every node."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"tc_gflop_per_j": NO_POWER_CAP, **{k: float(v) for k, v in d.items() if k in names}})
+        return cls(**{"tc_gflop_per_j": NO_POWER_CAP, "node_beta": 0.0,
+                      **{k: float(v) for k, v in d.items() if k in names}})
 
     def vector(self) -> np.ndarray:
         return np.array([getattr(self, f.name) for f in dataclasses.fields(self)], dtype=float)
@@ -78,6 +86,8 @@ class Constants:
 
 
 CONSTANT_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Constants))
+# the process node (nm) whose boards' FLOPs per joule ``tc_gflop_per_j`` is: ``Constants.node_beta``
+NODE_REF_NM = 12.0
 # ``tc_gflop_per_j`` that never binds (a calibration fitted before the power cap: no cap)
 NO_POWER_CAP = 1e9
 # The fits' starting point and the values of the constants they hold (``calibrate.HELD``: t0_us,

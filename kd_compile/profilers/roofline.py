@@ -11,8 +11,10 @@ host needs to issue it, and a model costs the sum over its kernels::
     t      = sum_k max(gpu_k, host_k)
 
 with ``J = edge`` on a Jetson and 1 elsewhere; a tensor-core kernel's rate is capped by the
-board's power limit, ``R_k = min(P_tc x e_tc x pen_k, k_tc x TDP)`` (``k_tc`` = ``tc_gflop_per_j``:
-a 70 W T4 or a Jetson cannot hold its tensor-core peak; no cap where the profile gives no TDP);
+board's power limit, ``R_k = min(P_tc x e_tc x pen_k, k_tc x (12 / nm) ** node_beta x TDP)``
+(``k_tc`` = ``tc_gflop_per_j``, a 12-nm board's work per joule: a 70 W T4 or a Jetson cannot hold its
+tensor-core peak; ``nm`` the die's process node, a joule buying more FLOPs on a finer one; no cap
+where the profile gives no TDP);
 ``t0_rt`` is ``t0`` for an eager ATen op and ``t0_graph`` for a kernel of a graph runtime
 (TensorRT & co, back to back on one stream), each a
 number of GPU cycles written as the time it takes at ``f0`` = 1.5 GHz, so a GPU with boost clock
@@ -26,7 +28,7 @@ fp16 is slower than fp32, e.g. Pascal GP102, runs at the fp32 rate, as cuDNN/Ten
 ``BW`` (DRAM bandwidth; in fp32 on a GPU with TF32, ``P_class`` is the TF32 tensor-core peak for
 TensorRT's conv/matmul and for PyTorch's convolutions only, which is what each runtime does by
 default: :class:`DeviceTerms`), ``f`` (boost clock; none given: ``f0``), ``TDP`` (``tdp_w``, the board's
-power limit) and ``kind`` (``edge-gpu``: a
+power limit), ``nm`` (``process_nm``, the process node) and ``kind`` (``edge-gpu``: a
 Jetson, whose Arm host pays ``edge``).
 A graph runtime's conv/matmul off tensor cores (Jetson Nano, TX2, Pascal; fp32 on Turing) runs at
 ``e_tc`` with ``pen_k = 1``: its tuned CUDA-core tactics reach the share of peak its tensor-core
@@ -36,15 +38,16 @@ why: ``docs/latency-predictor.md``, from torch2trt's Jetson Nano table).
 precision's element size), ``ch_k`` the small GEMM dimension, ``n_lib_k``/``n_pw_k`` the ATen ops
 that call cuDNN/cuBLAS (conv, matmul, norms) or are native pointwise/pool ops.
 *Fitted* (:class:`Constants`: 9 numbers fitted on every measured table together by
-:mod:`kd_compile.calibrate`, 4 held or tied): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``,
+:mod:`kd_compile.calibrate`, 5 held or tied): efficiencies ``e_tc``/``e_cuda``/``e_dw``/``e_mem``,
 the tensor-core work per joule ``k_tc``,
 the fixed GPU cost per kernel ``t0_graph`` of graph runtimes, the eager host costs ``h_lib`` and
 ``h_pw`` (per ATen op), and the Jetson host factor ``edge``; fitted apart, on the one table that
 measures ``torch.compile``: ``s_compile``, which multiplies the compute time of its library calls
 (conv, depthwise conv, matmul, attention), power cap included, against eager PyTorch's; held:
 ``t0`` (an eager op's fixed GPU cost, 5 us), ``c_half`` (the channel half-saturation, 16; graph
-runtimes' ``c_half_graph`` is tied to it) and ``h_kernel`` (a graph runtime's host cost per kernel,
-0), for the reasons in ``docs/latency-predictor.md``. Graph runtimes' kernels follow
+runtimes' ``c_half_graph`` is tied to it), ``h_kernel`` (a graph runtime's host cost per kernel,
+0) and ``node_beta`` (the power cap's growth with a finer node, 1), for the reasons in
+``docs/latency-predictor.md``. Graph runtimes' kernels follow
 :mod:`.fusion`: a concat whose inputs other layers also read is copied input by input (a DenseNet
 block on TensorRT), and a layout copy is a kernel of its own (what each rule moved:
 ``docs/latency-predictor.md``). A device with measurements also gets *device scales* fitted on its own rows (a device
@@ -79,7 +82,7 @@ from torch import nn
 from ..errors import UsageError
 from ..targets.profile import PRECISIONS, TargetProfile, get_target
 from .base import InputSpec, LayerCost, Measurement, Profiler, register_profiler
-from .constants import CONSTANT_NAMES, DEFAULT_CONSTANTS, NO_POWER_CAP, Constants, DeviceScales
+from .constants import CONSTANT_NAMES, DEFAULT_CONSTANTS, NO_POWER_CAP, NODE_REF_NM, Constants, DeviceScales
 from .counting import OpRecord, trace_ops
 from .error_bands import (
     CALIBRATION_DIR,
@@ -96,8 +99,8 @@ from .fusion import _KCOLS, KERNEL_CLASSES, RUNTIME_RULES, Kernel, fuse, kernel_
 # re-exported: the kernel grouping (``.fusion``), the bands (``.error_bands``) and the constants
 # (``.constants``) are part of this API
 __all__ = [
-    "CALIBRATION_DIR", "CONSTANT_NAMES", "CPU_RUNTIMES", "DEFAULT_CONSTANTS", "NO_POWER_CAP", "RUNTIME_RULES",
-    "SHARED_FIT", "Constants", "DeviceScales", "DeviceTerms", "Kernel",
+    "CALIBRATION_DIR", "CONSTANT_NAMES", "CPU_RUNTIMES", "DEFAULT_CONSTANTS", "NODE_REF_NM", "NO_POWER_CAP",
+    "RUNTIME_RULES", "SHARED_FIT", "Constants", "DeviceScales", "DeviceTerms", "Kernel",
     "KernelTable", "RooflineProfiler", "batch_regime", "error_band", "fuse", "kernel_rows", "load_calibration",
     "on_tensor_cores", "read_calibration", "regime_key", "row_seconds",
 ]
@@ -129,6 +132,7 @@ class DeviceTerms:
         t0_override_s: the profile's ``launch_overhead_us`` override of ``t0`` in seconds (0: none).
         clock_ghz: the GPU's boost clock (``t0`` is GPU cycles); 0 when the profile has none.
         tdp_w: the board's power limit, watts; 0 when the profile has none (no power cap).
+        process_nm: the die's process node, nm; 0 when the profile has none (12-nm efficiency).
         tc_conv_only: only convolutions run on the tensor cores (``peak_tc``); matmul and
             attention run on the CUDA cores: PyTorch's fp32 on a GPU with TF32 (eager and
             ``torch.compile``), whose cuDNN convolutions default to TF32 while its matmuls do not.
@@ -148,6 +152,7 @@ class DeviceTerms:
     tdp_w: float = 0.0
     tc_conv_only: bool = False
     compiled: bool = False
+    process_nm: float = 0.0
 
     @classmethod
     def of(cls, target: TargetProfile, precision: str, runtime: str) -> DeviceTerms:
@@ -167,17 +172,19 @@ class DeviceTerms:
         return cls(tc * 1e12, cuda * 1e12, tc > cuda, target.memory_bandwidth_gbs * 1e9,
                    BYTES_PER_ELEMENT[precision] / 4.0, target.kind == "edge-gpu",
                    RUNTIME_RULES[runtime].per_op_host, target.launch_overhead_us * 1e-6,
-                   target.boost_clock_mhz / 1e3, target.tdp_w, conv_only, runtime == "inductor")
+                   target.boost_clock_mhz / 1e3, target.tdp_w, conv_only, runtime == "inductor", target.process_nm)
 
 
 DEV_COLUMNS = ("peak_tc", "peak_cuda", "tensor_cores", "bandwidth", "bytes_scale", "edge", "per_op_host",
-               "t0_override_s", "clock_ghz", "tdp_w", "tc_conv_only", "compiled", "s_roofline", "s_fixed", "s_memory")
+               "t0_override_s", "clock_ghz", "tdp_w", "tc_conv_only", "compiled", "process_nm", "s_roofline", "s_fixed",
+               "s_memory")
 
 
 def device_columns(d: DeviceTerms) -> list[float]:
-    """A ``DeviceTerms`` as the first twelve ``DEV_COLUMNS`` of a ``KernelTable``."""
+    """A ``DeviceTerms`` as the first thirteen ``DEV_COLUMNS`` of a ``KernelTable``."""
     return [d.peak_tc, d.peak_cuda, float(d.tensor_cores), d.bandwidth, d.bytes_scale, float(d.edge),
-            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w, float(d.tc_conv_only), float(d.compiled)]
+            float(d.per_op_host), d.t0_override_s, d.clock_ghz, d.tdp_w, float(d.tc_conv_only), float(d.compiled),
+            d.process_nm]
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,7 @@ class KernelTable:
         count: multiplicity of each stored kernel.
         batch: batch of each row, shape (M,).
         dev: per-row device terms as columns (``DEV_COLUMNS``: the ``DeviceTerms`` fields, then
-            s_roofline, s_fixed, s_memory), shape (M, 15).
+            s_roofline, s_fixed, s_memory), shape (M, 16).
         n_rows: M.
     """
 
@@ -269,9 +276,9 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     """(GPU seconds, host seconds) of each stored kernel, shape (K,) each, one instance."""
     v = c.vector() if isinstance(c, Constants) else np.asarray(c, dtype=float)
     (e_tc, e_cuda, e_dw, e_mem, c_half_eager, t0_us, h_lib, h_pw, h_kernel, edge, t0_graph, c_half_graph, tc_gfj,
-     s_comp) = v
+     s_comp, beta) = v
     d = table.dev[table.row]
-    (peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, conv_only, compiled,
+    (peak_tc, peak_cuda, tcores, bw, bscale, is_edge, per_op, t0_over, clk, tdp, conv_only, compiled, nm,
      s_roof, s_fixed, s_mem) = d.T
     b = table.batch[table.row]
     c_half = np.where(per_op > 0, c_half_eager, c_half_graph)
@@ -283,8 +290,10 @@ def kernel_seconds(table: KernelTable, c: Constants | np.ndarray) -> tuple[np.nd
     eff = (np.where(dw, e_dw, np.where(use_tc | graph_cuda, e_tc, e_cuda))
            * np.where(gemm & ~graph_cuda, table.ch / (table.ch + c_half), 1.0))
     rate = peak * np.maximum(eff, 1e-12)
-    # the board's power limit caps tensor-core throughput (no cap where the profile gives no TDP)
-    rate = np.where(use_tc & (tdp > 0), np.minimum(rate, tc_gfj * 1e9 * tdp), rate)
+    # the board's power limit caps tensor-core throughput (no cap where the profile gives no TDP); a
+    # joule buys (12 / nm) ** node_beta times a 12-nm board's FLOPs on a finer process node
+    per_j = tc_gfj * 1e9 * np.where(nm > 0, NODE_REF_NM / np.maximum(nm, 1e-9), 1.0) ** beta
+    rate = np.where(use_tc & (tdp > 0), np.minimum(rate, per_j * tdp), rate)
     # torch.compile's library calls: s_compile times eager's time, power cap included (both measured at it)
     t_comp = np.where(gemm | dw, b * table.flops / rate, 0.0) * np.where(compiled > 0, s_comp, 1.0)
     t_mem = (b * table.act + table.w) * bscale / (bw * e_mem)

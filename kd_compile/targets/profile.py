@@ -36,6 +36,7 @@ _LIMITS = {
     "launch_overhead_us": 1e6,
     "boost_clock_mhz": 1e5,
     "tdp_w": 1e5,
+    "process_nm": 1e3,
 }
 
 
@@ -61,6 +62,9 @@ class TargetProfile:
         tdp_w: the board's power limit (datasheet TDP/TGP, or the module's power mode on a
             Jetson), watts; 0 when not given. The predictor caps tensor-core throughput at a
             fitted number of FLOPs per joule times this (``roofline``); 0: no cap.
+        process_nm: the GPU die's process node as its foundry names it (TSMC ``12FFN``: 12, ``4N``:
+            4), nm; 0 when not given. The power cap's FLOPs per joule are those of a 12-nm board
+            times ``(12 / process_nm) ** node_beta`` (``roofline``); 0: 12-nm efficiency.
         sources: citations for the numbers (datasheets, whitepapers).
         calibration: efficiency factors fitted by ``kd-compile calibrate``, keyed by
             ``runtime/precision``; each value holds the fitted constants and the file they were
@@ -80,6 +84,7 @@ class TargetProfile:
     local: bool = False
     boost_clock_mhz: float = 0.0
     tdp_w: float = 0.0
+    process_nm: float = 0.0
     sources: tuple[str, ...] = ()
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None
@@ -188,6 +193,7 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         local=local,
         boost_clock_mhz=_nonneg(where, "boost_clock_mhz", d.get("boost_clock_mhz", 0.0)),
         tdp_w=_nonneg(where, "tdp_w", d.get("tdp_w", 0.0)),
+        process_nm=_nonneg(where, "process_nm", d.get("process_nm", 0.0)),
         sources=tuple(sources),
         calibration=calibration,
         path=path,

@@ -13,7 +13,7 @@ from kd_compile.calibrate import fit_constants, synthetic_problem
 from kd_compile.profilers import InputSpec, create_profiler
 from kd_compile.profilers.counting import OpRecord, trace_ops
 from kd_compile.profilers.roofline import T0_CLOCK_GHZ, Constants, DeviceScales, RooflineProfiler, fuse
-from kd_compile.targets import get_target
+from kd_compile.targets import TargetProfile, get_target
 
 torch.set_num_threads(1)
 C = Constants(e_tc=0.5, e_cuda=0.5, e_dw=0.1, e_mem=0.7, c_half=16.0, t0_us=2.0, h_lib_us=30.0, h_pw_us=10.0,
@@ -279,13 +279,13 @@ def test_calibration_fits_hold_eager_t0_and_graph_host_cost() -> None:
     from kd_compile.calibrate.tables import MeasuredRow
     from kd_compile.profilers.roofline import DEFAULT_CONSTANTS
 
-    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0, c_half=40.0, c_half_graph=60.0)
+    true = dataclasses.replace(C, t0_us=20.0, h_kernel_us=6.0, c_half=40.0, c_half_graph=60.0, node_beta=0.3)
     table, secs, _ = synthetic_problem(true, n_models=20, seed=3)  # eager and TensorRT rows
     rows = [MeasuredRow(f"m{i}", "d", "torch", "fp32", 1, float(x), "t") for i, x in enumerate(secs)]
     ones = np.ones(len(rows))
     problem = Problem(rows, table, np.asarray(secs), ones, ones, ones.astype(bool))
     fit = fit_on(problem, np.ones(len(rows), bool), x0=true, max_nfev=30)
-    assert set(HELD) == {"t0_us", "h_kernel_us", "c_half"}
+    assert set(HELD) == {"t0_us", "h_kernel_us", "c_half", "node_beta"}
     for k in HELD:
         assert getattr(fit, k) == getattr(DEFAULT_CONSTANTS, k)
     assert fit.h_lib_us != DEFAULT_CONSTANTS.h_lib_us
@@ -425,6 +425,36 @@ def test_power_limit_caps_tensor_core_throughput_only() -> None:
     ms_old = before_cap.predict_ops(conv, 1).latency_ms
     assert ms_old == pytest.approx(ms_free, rel=1e-9)
     assert Constants.from_dict(c.to_dict()) == c
+
+
+def test_power_cap_grows_with_a_finer_process_node() -> None:
+    """The cap's FLOPs per joule are a 12-nm board's times ``(12 / process_nm) ** node_beta``: the
+    same 70 W board made in 4 nm holds a cap 3x higher at ``node_beta`` 1 (sqrt 3 at 0.5); a profile
+    without a node, or one in 12 nm, keeps the 12-nm cap; a calibration file written before the node
+    term existed (no ``node_beta``) keeps one efficiency for every node."""
+    c = dataclasses.replace(C, e_tc=0.8, c_half_graph=1e-6, t0_graph_us=1e-3, h_kernel_us=0.0, tc_gflop_per_j=200.0,
+                            node_beta=1.0)
+    conv = [OpRecord("c", "conv", 10**11, 10**3, 10**3, 10**3, 1024)]  # compute-bound
+    t4 = get_target("t4")
+    assert t4.process_nm == 12.0
+
+    def ms(target: TargetProfile, constants: Constants = c) -> float:
+        return RooflineProfiler(target, "fp16", "tensorrt", constants=constants).predict_ops(conv, 1).latency_ms
+
+    capped_12nm = 1e11 / (200e9 * 70.0) * 1e3
+    assert ms(t4) == pytest.approx(capped_12nm, rel=1e-3)
+    assert ms(dataclasses.replace(t4, name="t4-no-node", process_nm=0.0)) == pytest.approx(capped_12nm, rel=1e-3)
+    t4_in_4nm = dataclasses.replace(t4, name="t4-4nm", process_nm=4.0)
+    assert ms(t4_in_4nm) == pytest.approx(capped_12nm / 3, rel=1e-3)
+    assert ms(t4_in_4nm, dataclasses.replace(c, node_beta=0.5)) == pytest.approx(capped_12nm / 3**0.5, rel=1e-3)
+    old = {k: v for k, v in c.to_dict().items() if k != "node_beta"}
+    assert Constants.from_dict(old).node_beta == 0.0
+    assert ms(t4_in_4nm, Constants.from_dict(old)) == pytest.approx(capped_12nm, rel=1e-3)
+    # a coarser node lowers the cap; CUDA-core work is never capped, whatever the node
+    t4_in_16nm = dataclasses.replace(t4, name="t4-16nm", process_nm=16.0)
+    assert ms(t4_in_16nm) == pytest.approx(capped_12nm * 16 / 12, rel=1e-3)
+    fp32 = [RooflineProfiler(t, "fp32", "torch", constants=c).predict_ops(conv, 1).latency_ms for t in (t4, t4_in_4nm)]
+    assert fp32[0] == pytest.approx(fp32[1], rel=1e-12)
 
 
 def test_structure_alternatives_for_the_choice_benchmark() -> None:

@@ -90,7 +90,7 @@ def test_calibration_cites_the_files_it_was_fitted_on(name: str) -> None:
 
 def test_op_count_cache_is_compact_and_cited() -> None:
     doc = json.loads(LAYER_COSTS.read_text(encoding="utf-8"))
-    assert doc["format"] == 5 and "counting" in doc["about"]
+    assert doc["format"] == 6 and "counting" in doc["about"]
     assert {len(o) for o in doc["ops"]} == {7}  # [op class, flops, weights, in, out, ch, moved_bytes]
     dense = [doc["ops"][i] for i in doc["entries"]["torchvision:densenet121"]["seq"]]
     assert sum(o[5] for o in dense if o[0] == "concat") == 593  # copied concat inputs, see fusion

@@ -45,6 +45,10 @@ def test_builtin_profile_is_valid_and_cited(name: str) -> None:
         # the power limit caps tensor-core throughput; every GPU profile cites one
         assert 5 <= t.tdp_w <= 1000 and any("W" in line for line in open(t.path or "").read().splitlines()
                                              if line.startswith("tdp_w"))
+        # and its process node (the cap's FLOPs per joule follow it), with where it comes from
+        assert 3 <= t.process_nm <= 28 and any("whitepaper" in line or "UNCERTAIN" in line
+                                               for line in open(t.path or "").read().splitlines()
+                                               if line.startswith("process_nm"))
 
 
 def test_datacenter_and_jetson_ordering() -> None:
