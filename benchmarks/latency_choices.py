@@ -147,12 +147,17 @@ def node_choice(problem: Problem) -> dict:
     return {"devices": devices, "inner": inner, "selection": sel, "lodo": test, "outer": outer}
 
 
+def print_selection(sel: dict[str, dict[str, float]]) -> None:
+    """Each test device's mean inner error per structure, and the one chosen (the lowest)."""
+    for dev, by in sel.items():
+        best = min(by, key=by.get)
+        print(f"  test {dev:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+
+
 def print_node_choice(r: dict) -> None:
     print("power cap per process node: nested leave-one-device-out over the power-capped devices "
           f"({', '.join(r['devices'])}), median error of each device's fp16 rows")
-    for dev, by in r["selection"].items():
-        best = min(by, key=by.get)
-        print(f"  test {dev:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+    print_selection(r["selection"])
     print("  outer: each test device predicted, without it, by the structure its own comparison chose")
     for dev, o in r["outer"].items():
         print(f"  {dev:18} {o['selected']:30} median {100 * o['median_ape']:.1f}% "
@@ -260,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:24} " + "  ".join(f"{r['device']} w/o {'+'.join(r['without'])}: {100 * r['median_ape']:.1f}%"
                                           for r in rows))
     print("selection: mean inner median error with each device held out as the test (lower is chosen)")
-    for dev, by in doc["selection"].items():
-        best = min(by, key=by.get)
-        print(f"  test {dev:18} " + "  ".join(f"{n} {100 * v:.1f}%" for n, v in by.items()) + f"  -> {best}")
+    print_selection(doc["selection"])
     print("outer: each test device predicted, without it, by the structure its own comparison chose")
     for dev, r in doc["outer"].items():
         print(f"  {dev:18} {r['selected']:24} median {100 * r['median_ape']:.1f}%, "
