@@ -468,7 +468,10 @@ def targets_show(
         ("memory", f"{d['memory_gb']:g} GB at {d['memory_bandwidth_gbs']:g} GB/s"),
         ("compute units", str(d["compute_units"])),
         *([("power limit", f"{d['tdp_w']:g} W")] if d.get("tdp_w") else []),
-        *([("process node", f"{d['process_nm']:g} nm")] if d.get("process_nm") else []),
+        *([("process node", f"{d['process_nm']:g} nm")] if d.get("process_nm") else
+          # a power limit without a node: the cap takes a 12-nm board's work per joule (pessimistic on newer ones)
+          [("process node", "not given: the power cap assumes a 12-nm board (set process_nm)")]
+          if d.get("tdp_w") else []),
         ("latency", _latency_status(p)),
     ]
     typer.echo(_table(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,19 @@ def test_targets_list_and_show():
     assert re.search(r"process node\s+12 nm", res.output)  # and the node that sets its work per joule
     cpu = run("targets", "show", "cpu").output
     assert "power limit" not in cpu and "process node" not in cpu
+
+
+def test_targets_show_says_when_a_profile_gives_a_power_limit_but_no_process_node(tmp_path):
+    """A user's profile with ``tdp_w`` but no ``process_nm`` is capped at a 12-nm board's work per joule:
+    ``targets show`` says so, and names the field to set."""
+    src = (Path(__file__).resolve().parents[1] / "kd_compile" / "targets" / "l4.toml").read_text(encoding="utf-8")
+    lines = [ln for ln in src.splitlines() if not ln.startswith("process_nm")]
+    toml = tmp_path / "my-l4.toml"
+    toml.write_text("\n".join(lines).replace('name = "l4"', 'name = "my-l4"') + "\n", encoding="utf-8")
+    res = run("targets", "show", str(toml))
+    assert res.exit_code == 0, res.output
+    assert re.search(r"process node\s+not given: the power cap assumes a 12-nm board \(set process_nm\)", res.output)
+    assert re.search(r"process node\s+4 nm", run("targets", "show", "l4").output)
 
 
 def test_unknown_target_suggests_close_names():
