@@ -459,6 +459,9 @@ def targets_show(
         typer.echo(json.dumps(d, indent=2))
         return
     peaks = ", ".join(f"{k} {v:g}" for k, v in d["peak_tflops"].items())
+    # a power limit without a node: the cap takes a 12-nm board's work per joule (pessimistic on newer ones)
+    node = (f"{d['process_nm']:g} nm" if d.get("process_nm") else
+            "not given: the power cap assumes a 12-nm board (set process_nm)" if d.get("tdp_w") else "")
     rows = [
         ("name", d["name"]),
         ("device", d["display_name"]),
@@ -468,10 +471,7 @@ def targets_show(
         ("memory", f"{d['memory_gb']:g} GB at {d['memory_bandwidth_gbs']:g} GB/s"),
         ("compute units", str(d["compute_units"])),
         *([("power limit", f"{d['tdp_w']:g} W")] if d.get("tdp_w") else []),
-        *([("process node", f"{d['process_nm']:g} nm")] if d.get("process_nm") else
-          # a power limit without a node: the cap takes a 12-nm board's work per joule (pessimistic on newer ones)
-          [("process node", "not given: the power cap assumes a 12-nm board (set process_nm)")]
-          if d.get("tdp_w") else []),
+        *([("process node", node)] if node else []),
         ("latency", _latency_status(p)),
     ]
     typer.echo(_table(rows))

@@ -81,11 +81,11 @@ def calibrate_all(
     transfer = transfer_bands(problem, pred_lodo)
     # torch.compile: s_compile is fitted on the one table that measures it, which no other fit reads,
     # and its regimes carry that table's cross-validated error
-    check_rows = load_check_rows({r.spec for r in problem.rows})
+    # each measured device's own scales, fitted once: s_compile's own-calibration band and the device's file use them
+    # (s_compile reaches no row of these tables, so fitting them before it is set changes nothing)
     own_scales = {d: device_scales(problem, problem.mask(lambda r, d=d: r.device == d) & problem.fit_mask,
-                                   lodo_fits[d], ridge=ridge)[d] for d in sorted({r.device for r in check_rows})
-                  if d in lodo_fits}
-    s_compile, check, check_own = check_bands(check_rows, lodo_fits, own_scales)
+                                   lodo_fits[d], ridge=ridge)[d] for d in measured}
+    s_compile, check, check_own = check_bands(load_check_rows({r.spec for r in problem.rows}), lodo_fits, own_scales)
     c_all = dataclasses.replace(c_all, s_compile=s_compile)
     lodo_fits = {d: dataclasses.replace(c, s_compile=s_compile) for d, c in lodo_fits.items()}
     for kind, extra in check.items():
@@ -115,7 +115,7 @@ def calibrate_all(
         if name in measured:
             c = lodo_fits[name]
             own = problem.mask(lambda r, n=name: r.device == n)
-            scales = device_scales(problem, own & problem.fit_mask, c, ridge=ridge)[name]
+            scales = own_scales[name]
             held = kfold_on_device(problem, name, c, ridge=ridge)
             own_bands = bands(problem, held, own, "fitted on this device", per_device_weight=False)
             if lofo is not None:
