@@ -88,8 +88,9 @@ def trt_batch1(problem: Problem, device: str) -> np.ndarray:
 
 # the power cap per process node (``Constants.node_beta``): held at 1 (shipped), fitted, or none (one
 # FLOP per joule for every node: the profiles' process nodes ignored)
+SHIPPED_NODE = "shipped (node_beta held at 1)"
 NODE_STRUCTURES: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "shipped (node_beta held at 1)": (True, HELD),
+    SHIPPED_NODE: (True, HELD),  # the structure of STRUCTURES["shipped"]
     "node_beta fitted": (True, tuple(h for h in HELD if h != "node_beta")),
     "no node term": (False, HELD),
 }
@@ -110,11 +111,11 @@ def capped_devices(problem: Problem) -> list[str]:
                    if r.precision == "fp16" and d[col["tensor_cores"]] > 0 and d[col["tdp_w"]] > 0})
 
 
-def node_choice(problem: Problem) -> dict:
+def node_choice(problem: Problem, shipped_lodo: dict[str, Constants] | None = None) -> dict:
     """Nested leave-one-device-out over the power-capped devices for the cap's node term: with one
     device as the test, each structure is judged by the others' fp16 rows, each predicted by fits
     without it and the test device; the test device is then predicted, without it, by the chosen
-    structure."""
+    structure. ``shipped_lodo``: the shipped structure's leave-one-device-out fits, when already made."""
     devices = capped_devices(problem)
     problems = {name: (problem if nodes else without_nodes(problem)) for name, (nodes, _) in NODE_STRUCTURES.items()}
 
@@ -137,13 +138,16 @@ def node_choice(problem: Problem) -> dict:
         p = problems[name]
         test[name] = {}
         for d in devices:
-            c = fit_on(p, ~problem.mask(lambda r, q=d: r.device == q), held=held)
+            if shipped_lodo is not None and name == SHIPPED_NODE:
+                c = shipped_lodo[d]
+            else:
+                c = fit_on(p, ~problem.mask(lambda r, q=d: r.device == q), held=held)
             test[name][d] = {"median_ape": round(mape(p, fp16(d), c), 4),
                              "node_beta": round(c.node_beta, 3) if nodes else 0.0,  # no node: no term
                              "tc_gflop_per_j": round(c.tc_gflop_per_j, 1)}
     for d, by in sel.items():
         pick = min(by, key=by.get)
-        outer[d] = {"selected": pick, **test[pick][d], "shipped": test[next(iter(NODE_STRUCTURES))][d]}
+        outer[d] = {"selected": pick, **test[pick][d], "shipped": test[SHIPPED_NODE][d]}
     return {"devices": devices, "inner": inner, "selection": sel, "lodo": test, "outer": outer}
 
 
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(shipped: {100 * r['shipped']['median_ape']:.1f}%, {100 * r['shipped']['within_35']:.0f}%)")
     print(f"  devices weighted equally: {100 * doc['outer_within_35']:.0f}% within 35%; mean of all inner errors: "
           + ", ".join(f"{n} {100 * v:.1f}%" for n, v in doc["overall_mean_inner"].items()))
-    doc["node"] = node_choice(problem)
+    doc["node"] = node_choice(problem, lodo["shipped"][1])
     print_node_choice(doc["node"])
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     doc["machine"] = f"{os.cpu_count()} CPUs"
