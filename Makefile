@@ -47,6 +47,7 @@ bench-latency: install
 	$(BIN)/python benchmarks/help_ceiling.py
 	$(BIN)/python benchmarks/latency_choices.py
 	$(BIN)/python benchmarks/external_check.py
+	$(BIN)/python benchmarks/fp32_leads.py
 
 # ONNX Runtime repeatability (about a minute; run it alone: other processes move the figures)
 bench-ort: install

@@ -547,12 +547,47 @@ def check_external() -> None:
     _assert_quoted(expected, sec, "out-of-sample", "external_check.json")
 
 
+def check_fp32_leads() -> None:
+    doc = _load("fp32_leads")
+    sec = " ".join(_section("Two fixes for eager fp32 were tried", "A third: timm's").split())
+    v = doc["variants"]
+    ship, b12, both = v["shipped"], v["+b12, c_half fitted"], v["pseudo-half, +b12, c_half fitted"]
+
+    def ratio(var: dict[str, Any], key: str) -> str:
+        return f"x{var['unfitted_tables'][key]['median_ratio']:.2f}"
+
+    def pct(x: float, fmt: str = "{:.1f}") -> str:
+        return fmt.format(100 * x) + "%"
+
+    fp32 = ("b12/fp32/titan-xp", "b12/fp32/titan-rtx", "dle/fp32/v100", "dle/fp32/t4")
+    both_r = [both["unfitted_tables"][k]["median_ratio"] for k in fp32]
+    lo, sl = ship["lodo"], b12["lodo"]
+    expected = [
+        f"({b12['constants']['c_half']:.1f}; `e_cuda` {ship['constants']['e_cuda']:.2f} -> "
+        f"{b12['constants']['e_cuda']:.2f})",
+        f"Titan Xp fp32 from {ratio(ship, fp32[0])} to {ratio(b12, fp32[0])}",
+        *(f"{ratio(ship, k)} -> {ratio(b12, k)}" for k in fp32[1:]),
+        f"TensorRT batch 1 {pct(lo['tensorrt_b1_within_35'], '{:.0f}')} -> "
+        f"{pct(sl['tensorrt_b1_within_35'], '{:.0f}')} within 35% "
+        f"(median {pct(lo['tensorrt_b1_median_ape'])} -> {pct(sl['tensorrt_b1_median_ape'])})",
+        f"batch 512-1024 {pct(lo['eager_b512_1024_median_ape'])} -> {pct(sl['eager_b512_1024_median_ape'])}",
+        f"table {pct(lo['eager_b1_median_ape']['jetson-nano'])} -> {pct(sl['eager_b1_median_ape']['jetson-nano'])}",
+        f"x{min(both_r):.2f}-{max(both_r):.2f} and the Nano to "
+        f"{pct(both['lodo']['eager_b1_median_ape']['jetson-nano'])}",
+        f"falls to {both['lodo']['eager_b32_spearman_min']:.3f}, the bar itself (shipped "
+        f"{lo['eager_b32_spearman_min']:.3f})",
+    ]
+    assert doc["fit_devices"] == ["1080ti", "2080ti"], "the README names the GTX 1080 Ti and RTX 2080 Ti as fitted"
+    _assert_quoted(expected, sec, "fp32 leads", "fp32_leads.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
     "latency_accuracy": check_latency,
     "latency_choices": check_latency_choices,
     "external_check": check_external,
+    "fp32_leads": check_fp32_leads,
     "help_ceiling": check_help_ceiling,
     "strategies": check_strategies,
     "strategies_glyphs10": check_strategies_glyphs10,
