@@ -83,7 +83,8 @@ def band_phrase(band: dict[str, Any] | None) -> str:
         return "no calibration error known for this target"
     ape, p80 = band.get("median_ape"), band.get("p80_ape")
     if not isinstance(ape, (int, float)):
-        return f"unvalidated ({band.get('basis') or 'no measurements for this runtime'})"
+        basis = str(band.get("basis") or "no measurements for this runtime").removesuffix(": unvalidated")
+        return f"unvalidated ({basis})"
     what = f"±{100 * ape:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float)) else "")
     how = "; ".join(str(x) for x in (band.get("transfer"), band.get("basis")) if x)
     out = f"{what} error held out ({how})" if how else f"{what} error held out"

@@ -167,6 +167,10 @@ def test_a_measured_device_band_also_gives_its_error_on_a_family_left_out(
 def test_unmeasured_runtime_says_so() -> None:
     band = error_band(get_target("a100"), "onnxruntime", "fp16", 1)
     assert band["median_ape"] is None and "unvalidated" in band["basis"]
+    from kd_compile.report.render import band_phrase
+
+    phrase = band_phrase(band)  # said once, with its reason
+    assert phrase.startswith("unvalidated (no measured tables for onnxruntime") and phrase.count("unvalidated") == 1
     proxy = error_band(get_target("t4"), "tensorrt", "int8", 1)
     assert proxy["median_ape"] is not None and proxy["transfer"].startswith("proxy")
 
