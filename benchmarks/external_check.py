@@ -7,7 +7,8 @@ on a V100 (a target with no measured table in the calibration), a T4 (calibrated
 batch-1 rows only) and an A100 (calibrated on Accel-NASBench's MBConv throughputs, eager AMP at
 batch 128). Nothing here is fitted: each row is predicted by ``kd_compile.profile(...,
 method="predict")`` exactly as a user would get it, and set beside the measurement and the error
-band that prediction carries.
+band that prediction carries. For the ResNet-50 mixed-precision rows it also records where the
+predicted time goes (the per-layer prediction summed by op kind: ``split_by_op``).
 
 ``benchmarks/data/pytorch_gpu_benchmark_b12.csv`` (a second table, in its own section of the
 results) holds ryujaehun/pytorch-gpu-benchmark's eager-PyTorch latencies of 15-32 torchvision
@@ -110,6 +111,22 @@ def check_timm(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return out
 
 
+def split_by_op(r: dict[str, str]) -> dict[str, object]:
+    """Where one row's predicted time goes: its per-layer prediction summed by op kind (conv, matmul,
+    elementwise, ...), as ``kd-compile profile ... --layers`` prints it."""
+    import kd_compile
+
+    b = int(r["batch"])
+    p = kd_compile.profile(r["spec"], target=r["device"], runtime="torch", precision=r["precision"], batch=b,
+                           method="predict", layers=True)
+    by_op: dict[str, float] = {}
+    for layer in p["layers"]:
+        by_op[layer["op"]] = by_op.get(layer["op"], 0.0) + float(layer["latency_ms"])
+    return {"device": r["device"], "model": r["model"], "precision": r["precision"], "batch": b,
+            "measured_ms": round(1000.0 * b / float(r["images_per_s"]), 3), "predicted_ms": round(p["latency_ms"], 3),
+            "by_op_ms": {k: round(v, 3) for k, v in sorted(by_op.items())}}
+
+
 def by_group(
     res: list[dict[str, object]], keys: tuple[str, ...] = ("device", "precision")
 ) -> dict[str, dict[str, object]]:
@@ -152,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     s = summary(res)
     print(f"\n{s['n']} rows: median error {100 * s['median_ape']:.1f}%, within 35% {100 * s['within_35']:.0f}%, "
           f"inside the printed p80 band {100 * s['inside_p80_band']:.0f}%  ({time.perf_counter() - t0:.0f} s)")
+    split = [split_by_op(r) for r in read_rows() if r["model"] == "resnet50v1.5" and r["precision"] == "fp16"]
+    for r in split:
+        parts = " + ".join(f"{k} {v:.1f}" for k, v in r["by_op_ms"].items())
+        print(f"  {r['device']} {r['model']} {r['precision']} batch {r['batch']}: predicted {r['predicted_ms']:.1f} ms "
+              f"= {parts} (measured {r['measured_ms']:.1f} ms)")
     res12 = check_b12(read_rows(DATA_B12))
     groups = by_group(res12)
     print(f"\n{DATA_B12.name}: eager PyTorch, batch 12, predicted / measured per device and precision")
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {dev_rt:26} " + ", ".join(f"{k.split('/')[2]} x{g['median_ratio']:.2f} ({g['n']})"
                                             for k, g in families.items() if k.startswith(dev_rt + "/")))
     print(f"  ({time.perf_counter() - t0:.0f} s)")
-    doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s,
+    doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s, "split_by_op": split,
            "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
            "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
                              "by_family": families, "not_same_model": other}}

@@ -486,6 +486,11 @@ def check_external() -> None:
     fp32_bands = {f"±{100 * rows[k]['band_median']:.0f}% band printed for it" for k in quoted[len(fp16):]}
     assert len(fp32_bands) == 1, f"the fp32 rows no longer share one band: {fp32_bands}"
     expected += sorted(fp32_bands)
+    # where the T4's ResNet-50 mixed-precision prediction goes
+    t4 = next(r for r in doc["split_by_op"] if r["device"] == "t4")
+    assert abs(t4["predicted_ms"] - rows[("t4", "resnet50v1.5", "fp16")]["predicted_ms"]) < 1e-6
+    expected.append(f"Of the T4's predicted {t4['predicted_ms']:.1f} ms for it, {t4['by_op_ms']['elementwise']:.1f} ms "
+                    "are eager BatchNorm, ReLU and adds")
     # the second table (batch 12): every device and precision, and the whole
     b12 = doc["batch12"]
     gpu = {"1080ti": "GTX 1080 Ti", "titan-xp": "Titan Xp", "2080ti": "RTX 2080 Ti", "titan-rtx": "Titan RTX",
