@@ -44,7 +44,8 @@ INPUT_SIDE = 224
 _STAGE = re.compile(r"^e(\d+)k(\d+)l(\d+)(?:s([01])|(se))?$")
 _EXPECTED = (
     "7 stages joined by '-', each e{1,4,6}k{3,5}l{1-4}s{0,1}, "
-    "e.g. e6k3l1s0-e4k5l2s0-e6k3l3s0-e6k5l3s0-e6k5l2s0-e1k3l2s0-e1k3l2s1"
+    "e.g. e6k3l1s0-e4k5l2s0-e6k3l3s0-e6k5l3s0-e6k5l2s0-e1k3l2s0-e1k3l2s1, "
+    "or the CSV's arch_encoding, e.g. e6k3l1|e4k5l2|e6k3l3|e6k5l3|e6k5l2|e1k3l2|e1k3l2se"
 )
 
 

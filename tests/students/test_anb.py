@@ -10,6 +10,7 @@ output element plus one per pooled element; counted that way they agree within 0
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,8 +113,12 @@ def test_spec_grammar() -> None:
     ],
 )
 def test_malformed(bad: str) -> None:
-    with pytest.raises(UsageError, match="expected"):
+    with pytest.raises(UsageError, match="expected") as err:
         parse_anb(bad)
+    # the message names both accepted forms, and its two examples parse
+    examples = re.findall(r"e\.g\. (\S+?),? ", str(err.value) + " ")
+    assert len(examples) == 2 and "|" in examples[1]
+    assert parse_anb(examples[0]) and parse_anb(examples[1])[-1].se
 
 
 def test_row_helper_rejects_incomplete_rows() -> None:
