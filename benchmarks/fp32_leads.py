@@ -30,7 +30,6 @@ Run (about 4 minutes; reads ``../shared/data/latency/`` and ``benchmarks/data/``
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -44,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from external_check import DATA as DLE  # noqa: E402
+from external_check import DATA_B12 as B12  # noqa: E402
+from external_check import read_rows  # noqa: E402
 from latency_accuracy import summarize  # noqa: E402
 
 from kd_compile.calibrate import (  # noqa: E402
@@ -60,26 +62,20 @@ from kd_compile.calibrate import (  # noqa: E402
 from kd_compile.profilers.roofline import DEV_COLUMNS  # noqa: E402
 from kd_compile.targets.profile import get_target  # noqa: E402
 
-B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
-DLE = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
 FIT_DEVICES = ("1080ti", "2080ti")  # the batch-12 table's GPUs a "+b12" variant fits on; the rest stay tests
 COL = {n: i for i, n in enumerate(DEV_COLUMNS)}
 FREE_C_HALF = tuple(h for h in HELD if h != "c_half")
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
 def external_rows(copy_gbs: float) -> list[MeasuredRow]:
     """The batch-12 table (each timing less the input's copy at ``copy_gbs``) and DeepLearningExamples' rows."""
     rows = []
-    for r in _csv(B12):
-        copy_s = 12 * 3 * 224 * 224 * (4 if r["precision"] == "fp32" else 2) / (copy_gbs * 1e9)
-        rows.append(MeasuredRow(r["spec"], r["device"], "torch", r["precision"], 12,
+    for r in read_rows(B12):
+        b = int(r["batch"])
+        copy_s = b * 3 * 224 * 224 * (4 if r["precision"] == "fp32" else 2) / (copy_gbs * 1e9)
+        rows.append(MeasuredRow(r["spec"], r["device"], "torch", r["precision"], b,
                                 float(r["ms_per_batch"]) / 1e3 - copy_s, "b12"))
-    for r in _csv(DLE):
+    for r in read_rows(DLE):
         b = int(r["batch"])
         rows.append(MeasuredRow(r["spec"], r["device"], "torch", r["precision"], b, b / float(r["images_per_s"]),
                                 "dle"))
