@@ -31,7 +31,9 @@ Run::
 
 Prints one line per row (measured and predicted ms per batch, predicted / measured, the band's
 median and 80th-percentile error, whether the error falls inside that 80th percentile), then the
-median absolute error and the share within 35%, and writes ``benchmarks/results/external_check.json``.
+median absolute error and the share within 35%, and writes ``benchmarks/results/external_check.json`` and
+the package's summary of the same rows, ``kd_compile/targets/calibration/_out_of_sample.json``, which every
+prediction for an ImageNet-size model quotes for its GPU, runtime and precision (:func:`out_of_sample`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
 DATA_B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
 DATA_TIMM = ROOT / "benchmarks" / "data" / "timm_unfitted.csv"
 OUT = ROOT / "benchmarks" / "results" / "external_check.json"
+# the package's summary of these rows, quoted beside a prediction for an ImageNet-size model
+PACKAGE_OUT = ROOT / "kd_compile" / "targets" / "calibration" / "_out_of_sample.json"
+SOURCES = {"dle": "NVIDIA DeepLearningExamples", "b12": "ryujaehun/pytorch-gpu-benchmark",
+           "timm": "timm's benchmark tables"}
 
 
 def read_rows(path: Path = DATA) -> list[dict[str, str]]:
@@ -66,12 +72,14 @@ def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, o
     predicted by ``kd_compile.profile(..., method="predict")`` exactly as a user gets it, beside its
     measurement and the band it carries. A spec ``timm:<name>@<px>`` is profiled at that image size."""
     import kd_compile
+    from kd_compile.profilers.error_bands import SMALL_INPUT_FAMILIES
 
     spec, _, px = r["spec"].partition("@")
     runtime = r.get("runtime") or "torch"
     p = kd_compile.profile(spec, target=r["device"], runtime=runtime, precision=r["precision"], batch=batch,
                            image_size=int(px) if px else None, method="predict")
     band = p["extra"]["error_band"]
+    fams = set(band.get("families") or [])  # the band's families: HELP's 32-px networks only?
     ratio = p["latency_ms"] / measured_ms
     p80 = band.get("p80_ape")
     return {
@@ -79,7 +87,8 @@ def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, o
         "batch": batch, "params": p["params"], "measured_ms": round(measured_ms, 3),
         "predicted_ms": round(p["latency_ms"], 3),
         "ratio": round(ratio, 3), "band_median": band.get("median_ape"), "band_p80": p80,
-        "band_basis": band.get("basis"), "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
+        "band_basis": band.get("basis"), "band_32px_only": bool(fams) and fams <= SMALL_INPUT_FAMILIES,
+        "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
         "inside_p80": p80 is not None and bool(abs(ratio - 1) <= p80),  # no band (unvalidated): not inside one
     }  # fmt: skip
 
@@ -145,6 +154,53 @@ def summary(res: list[dict[str, object]]) -> dict[str, object]:
             "inside_p80_band": round(float(np.mean([r["inside_p80"] for r in res])), 4)}  # fmt: skip
 
 
+def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, object]:
+    """What the package quotes beside a prediction for an ImageNet-size model (``PACKAGE_OUT``, read by
+    ``kd_compile.profilers.error_bands.out_of_sample``), from the checked rows by ``SOURCES`` key.
+
+    ``entries``, per ``target/runtime/precision``: the median and 80th-percentile absolute error, the
+    median predicted / measured ratio, the batches, input sizes and sources. ``small_input_bands``,
+    per ``runtime/precision``: the median ratio per GPU and the median error over the rows whose
+    band was measured on 32-px networks only (HELP's), quoted for a GPU without rows of its own.
+    timm's rows count only where they are a test (not the validation table ``s_compile`` is fitted
+    on), measured the model profiled here, and the device was left out of every fit (the RTX 4090's
+    calibration was fitted on timm's table of the same models).
+    """
+    rows = []
+    for key, res in sections.items():
+        for r in res:
+            left_out = str(r["transfer"]).startswith("device left out")
+            if key == "timm" and (r["role"] != "test" or not r["same_model"] or not left_out):
+                continue
+            px = str(r["spec"]).partition("@")[2]
+            rows.append({**r, "source": SOURCES[key], "input_px": int(px) if px else 224})
+
+    def stats(group: list[dict[str, object]]) -> dict[str, object]:
+        ape = np.array([abs(float(r["ratio"]) - 1) for r in group])
+        return {"n": len(group), "median_ape": round(float(np.median(ape)), 4),
+                "p80_ape": round(float(np.quantile(ape, 0.8)), 4),
+                "median_ratio": round(float(np.median([float(r["ratio"]) for r in group])), 3),
+                "batches": sorted({int(r["batch"]) for r in group}),
+                "input_px": sorted({int(r["input_px"]) for r in group}),
+                "sources": sorted({str(r["source"]) for r in group})}
+
+    def grouped(group: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
+        out: dict[str, list[dict[str, object]]] = {}
+        for r in group:
+            out.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
+        return dict(sorted(out.items()))
+
+    small = [r for r in rows if r["band_32px_only"]]
+    pooled = {}
+    for k, g in grouped(small, ("runtime", "precision")).items():
+        by_dev = {d: stats(v)["median_ratio"] for d, v in grouped(g, ("device",)).items()}
+        pooled[k] = {"n": len(g), "median_ape": stats(g)["median_ape"], "median_ratio_by_device": by_dev}
+    return {"written_by": "benchmarks/external_check.py",
+            "about": "predicted / measured on published tables of ImageNet-size models that no fit reads",
+            "entries": {k: stats(g) for k, g in grouped(rows, ("device", "runtime", "precision")).items()},
+            "small_input_bands": pooled}
+
+
 def _group_line(key: str, g: dict[str, object], width: int) -> str:
     """One printed line of a ``by_group`` summary."""
     return (f"  {key:{width}} {g['n']:3} models: median x{g['median_ratio']:.2f}, "
@@ -155,6 +211,8 @@ def _group_line(key: str, g: dict[str, object], width: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--package-out", default=str(PACKAGE_OUT),
+                    help="where to write the package's out-of-sample summary (default: the shipped one)")
     args = ap.parse_args(argv)
     import torch
 
@@ -213,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                              "by_family": families, "not_same_model": other}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    Path(args.package_out).write_text(json.dumps(out_of_sample({"dle": res, "b12": res12, "timm": res_t}), indent=1)
+                                      + "\n")
     return 0
 
 

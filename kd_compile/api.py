@@ -619,6 +619,17 @@ def target_calibration(name: str) -> dict[str, Any] | None:
         return None
 
 
+def target_out_of_sample(target: TargetProfile) -> dict[str, dict[str, Any]]:
+    """What published tables of ImageNet-size models that no fit reads measured of the predictor on
+    ``target``, by ``runtime/precision`` (empty: none; ``benchmarks/external_check.py``)."""
+    from .profilers.error_bands import out_of_sample
+    from .profilers.roofline import RUNTIME_NAMES
+    from .targets.profile import PRECISIONS
+
+    found = {f"{rt}/{pr}": out_of_sample(target, rt, pr) for rt in RUNTIME_NAMES for pr in PRECISIONS}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def prediction_band(target: TargetProfile, runtime: str, precision: str, batch: int) -> dict[str, Any]:
     """The error band every prediction for (target, runtime, precision, batch) carries."""
     from .profilers.error_bands import error_band

@@ -481,6 +481,12 @@ def targets_show(
 
         typer.echo("predictor error, held out (median / 80th percentile of |predicted - measured| / measured):")
         typer.echo(_table([("  " + regime, band_phrase(b)) for regime, b in sorted(bands.items())]))
+    oos = api.target_out_of_sample(p)
+    if oos:
+        from .report.render import out_of_sample_phrase
+
+        typer.echo("for ImageNet-size models (64 px or more), from tables no fit reads:")
+        typer.echo(_table([("  " + k, out_of_sample_phrase(v)) for k, v in sorted(oos.items())]))
     typer.echo("sources:")
     for src in d.get("sources", []):
         typer.echo(f"  - {src}")

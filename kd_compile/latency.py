@@ -336,7 +336,9 @@ def measure_or_predict(
 
     if plan.method == "predict":
         with create_profiler("roofline", **plan.options) as p:
-            return p.predict_ops(trace.ops, spec.batch) if trace is not None else p.profile(model, spec)
+            if trace is not None:  # (C, H, W): the larger side
+                return p.predict_ops(trace.ops, spec.batch, input_px=max(spec.shape[1:]))
+            return p.profile(model, spec)
     key = cache.key(plan, model, spec, fast) if cache is not None else None
     if key is not None:
         hit = cache.get(key)  # type: ignore[union-attr]

@@ -71,6 +71,16 @@ def test_targets_show_says_when_a_profile_gives_a_power_limit_but_no_process_nod
     assert re.search(r"process node\s+4 nm", run("targets", "show", "l4").output)
 
 
+def test_targets_show_gives_what_tables_no_fit_reads_measured_on_the_gpu():
+    """``targets show`` lists, per runtime and precision, the out-of-sample figures a prediction for an
+    ImageNet-size model on that GPU carries; a GPU none of those tables measured lists none."""
+    out = run("targets", "show", "2080ti").output
+    assert "for ImageNet-size models (64 px or more), from tables no fit reads:" in out
+    fp32 = next(ln for ln in out.splitlines() if ln.strip().startswith("torch/fp32  out of sample on this GPU:"))
+    assert "ryujaehun/pytorch-gpu-benchmark" in fp32 and "224 px" in fp32
+    assert "tables no fit reads" not in run("targets", "show", "h100").output
+
+
 def test_unknown_target_suggests_close_names():
     res = run("targets", "show", "2080")
     assert res.exit_code == TargetError.exit_code

@@ -508,6 +508,15 @@ def check_external() -> None:
                  f"Over all {t['n']} rows: median error {100 * t['median_ape']:.1f}%, "
                  f"{100 * t['within_35']:.0f}% within 35%, "
                  f"{100 * t['inside_p80_band']:.0f}% inside the printed p80 band"]
+    # what an ImageNet-size prediction quotes from these tables (the package's summary of them)
+    from kd_compile.profilers.error_bands import OUT_OF_SAMPLE
+    from kd_compile.report.render import out_of_sample_phrase
+
+    oos = json.loads(OUT_OF_SAMPLE.read_text(encoding="utf-8"))
+    expected.append(f'"{out_of_sample_phrase(oos["entries"]["2080ti/torch/fp32"])}"')
+    pooled = oos["small_input_bands"]["torch/fp32"]["median_ratio_by_device"]
+    expected.append(f"(eager fp32: x{min(pooled.values()):.2f}-x{max(pooled.values()):.2f}, median per GPU over "
+                    f"{len(pooled)} GPUs)")
     # the third table (timm's unfitted tables): every role, device and runtime, and the models set apart
     tm = doc["timm_unfitted"]
     labels = {"validation/rtx4090/inductor": "RTX 4090 (PyTorch 2.4.0, the validation table)",

@@ -20,6 +20,9 @@ from ..targets.profile import TargetProfile
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibration"
 SHARED_FIT = CALIBRATION_DIR / "_all_devices.json"
+# published measurements of ImageNet-size models in tables no fit reads, summarised per target,
+# runtime and precision by ``benchmarks/external_check.py`` (:func:`out_of_sample`)
+OUT_OF_SAMPLE = CALIBRATION_DIR / "_out_of_sample.json"
 
 
 # the smallest batch of the tables behind the ``large`` bands (HELP's 32/64/256, timm's 256-1024, ...)
@@ -83,8 +86,12 @@ def shipped_calibration(target: TargetProfile) -> dict[str, Any] | None:
     """The shipped calibration file of a built-in (or plugin) target; None for a user TOML, even
     one that reuses a built-in name, since its numbers may differ from the profile that was
     calibrated."""
-    builtin = target.path is None or Path(target.path).resolve().parent == CALIBRATION_DIR.parent
-    return read_calibration(target.name) if builtin else None
+    return read_calibration(target.name) if _builtin(target) else None
+
+
+def _builtin(target: TargetProfile) -> bool:
+    """A built-in (or plugin) target, not a user TOML (which may reuse a built-in's name)."""
+    return target.path is None or Path(target.path).resolve().parent == CALIBRATION_DIR.parent
 
 
 _PRECISION_FALLBACK = {"bf16": "fp16", "int8": "fp16", "fp16": "fp32", "fp32": "fp16"}
@@ -148,14 +155,55 @@ def left_out_note(target: TargetProfile) -> str:
 SMALL_INPUT_FAMILIES = frozenset({"nb201", "fbnet"})
 
 
-def input_size_caveat(band: dict[str, Any], input_px: int) -> str | None:
-    """A warning for a band measured on 32-px networks only, when the model's input is far larger:
-    such a band cannot speak for it (out of sample, ImageNet-size models fell outside it:
-    ``benchmarks/external_check.py``). None when the band's families are not all 32-px ones or the
-    input is small."""
-    families = set(band.get("families") or [])
-    if not families or not families <= SMALL_INPUT_FAMILIES or input_px < 64:
+def out_of_sample(target: TargetProfile, runtime: str, precision: str) -> dict[str, Any] | None:
+    """What published measurements of ImageNet-size models, in tables no fit reads, say of the
+    predictor on this built-in target in this runtime and precision (``OUT_OF_SAMPLE``, written by
+    ``benchmarks/external_check.py``): ``{"n", "median_ape", "p80_ape", "median_ratio", "batches",
+    "input_px", "sources"}`` (``median_ratio``: predicted / measured), or None where none was measured."""
+    if not _builtin(target):
         return None
-    return (f"measured on 32-px networks only, and this model's input is {input_px} px: out of sample "
-            "(benchmarks/external_check.py) ImageNet-size models fell outside such a band")
+    entry = _out_of_sample_doc().get("entries", {}).get(f"{target.name}/{runtime}/{precision}")
+    return dict(entry) if isinstance(entry, dict) else None
 
+
+def _out_of_sample_doc() -> dict[str, Any]:
+    f = OUT_OF_SAMPLE
+    return _read_json(str(f), f.stat().st_mtime) if f.is_file() else {}
+
+
+def large_input_notes(
+    band: dict[str, Any], target: TargetProfile, runtime: str, precision: str, input_px: int
+) -> dict[str, Any]:
+    """What a band gains for a model whose input is ImageNet-size (64 px or more; empty otherwise):
+
+    - ``out_of_sample``: this target's figures from tables no fit reads (:func:`out_of_sample`),
+      where there are some for this runtime and precision;
+    - ``caveat``: for a band measured on 32-px networks only (HELP's tables), which cannot speak for
+      such a model, a warning that says so and gives what was measured out of sample instead: this
+      GPU's figure, else the range over the GPUs whose band in this runtime and precision was
+      measured on 32-px networks only (out of sample, ImageNet-size models fell outside such bands).
+    """
+    if input_px < 64:
+        return {}
+    out: dict[str, Any] = {}
+    mine = out_of_sample(target, runtime, precision)
+    if mine is not None:
+        out["out_of_sample"] = mine
+    families = set(band.get("families") or [])
+    if not families or not families <= SMALL_INPUT_FAMILIES:
+        return out
+    head = f"measured on 32-px networks only, and this model's input is {input_px} px"
+    pooled = _out_of_sample_doc().get("small_input_bands", {}).get(f"{runtime}/{precision}")
+    if mine is not None:
+        out["caveat"] = f"{head}: the out-of-sample figure measured on this GPU is the closer guide"
+    elif isinstance(pooled, dict) and pooled.get("median_ratio_by_device"):
+        ratios = pooled["median_ratio_by_device"]
+        out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py), ImageNet-size models on the "
+                         f"{len(ratios)} GPUs whose {runtime} {precision} band is measured so were predicted "
+                         f"x{min(ratios.values()):.2f}-x{max(ratios.values()):.2f} their measured time (median per "
+                         f"GPU; {', '.join(sorted(ratios))}; ±{100 * pooled['median_ape']:.0f}% median error over "
+                         f"{pooled['n']} models)")
+    else:
+        out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py) ImageNet-size models fell outside "
+                         "such a band")
+    return out

@@ -89,7 +89,7 @@ from .error_bands import (
     SHARED_FIT,
     batch_regime,
     error_band,
-    input_size_caveat,
+    large_input_notes,
     own_calibration,
     read_calibration,
     regime_key,
@@ -421,8 +421,9 @@ class RooflineProfiler(Profiler):
             self.constants, fitted, self.source = load_calibration(self.target)
             self.scales = scales or fitted
 
-    def predict_ops(self, ops: Sequence[OpRecord], batch: int) -> Measurement:
-        """Predict from already-counted ops (no forward pass)."""
+    def predict_ops(self, ops: Sequence[OpRecord], batch: int, input_px: int | None = None) -> Measurement:
+        """Predict from already-counted ops (no forward pass). ``input_px``, the larger side of the
+        model's input, adds what the band says of ImageNet-size inputs (:func:`large_input_notes`)."""
         prec = self.math_precision
         kernels, secs = predict_kernels(ops, self.target, prec, self.runtime, batch, self.constants, self.scales)
         bs = BYTES_PER_ELEMENT[prec] / 4.0
@@ -445,19 +446,24 @@ class RooflineProfiler(Profiler):
                 "constants": self.constants.to_dict(),
                 "device_scales": self.scales.to_dict(),
                 **self.source,
-                "error_band": error_band(self.target, self.runtime, prec, batch),
+                "error_band": self._band(prec, batch, input_px),
                 **({"note": f"'{self.target.name}' has no int8 rate above its fp16 rate (its profile gives no "
                             "int8_tensor peak): TensorRT runs an int8 build in fp16 there, and it is predicted so"}
                    if prec != self.precision else {}),
             },
         )
 
+    def _band(self, precision: str, batch: int, input_px: int | None) -> dict[str, Any]:
+        band = error_band(self.target, self.runtime, precision, batch)
+        if input_px is None:
+            return band
+        notes = large_input_notes(band, self.target, self.runtime, precision, input_px)
+        if notes.get("caveat"):
+            notes["caveat"] = "; ".join(c for c in (band.get("caveat"), notes["caveat"]) if c)
+        return {**band, **notes}
+
     def _impl(self, model: nn.Module, input_spec: InputSpec) -> Measurement:
         batch = self.batch or input_spec.batch
         tr = trace_ops(model, tuple(input_spec.shape))
-        m = self.predict_ops(tr.ops, batch)
-        band = m.extra.get("error_band") or {}
-        caveat = input_size_caveat(band, max(input_spec.shape[1:]))  # (C, H, W): the larger side
-        if caveat:
-            m.extra["error_band"] = {**band, "caveat": "; ".join(c for c in (band.get("caveat"), caveat) if c)}
+        m = self.predict_ops(tr.ops, batch, input_px=max(input_spec.shape[1:]))  # (C, H, W): the larger side
         return dataclasses.replace(m, params=tr.params, weight_bytes=tr.weight_bytes)

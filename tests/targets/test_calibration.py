@@ -141,6 +141,62 @@ def test_a_band_measured_on_32px_networks_warns_for_a_large_input(tmp_path: Path
     assert "caveat" not in trt and not set(trt["families"]) <= {"nb201", "fbnet"}
 
 
+def _oos() -> dict:
+    return json.loads((CALIBRATION_DIR / "_out_of_sample.json").read_text(encoding="utf-8"))
+
+
+def test_an_imagenet_size_prediction_carries_what_tables_no_fit_reads_measured_on_its_gpu(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    """Where published tables no fit reads measured ImageNet-size models on the target in this runtime
+    and precision (``benchmarks/external_check.py``), a prediction for such a model carries their
+    figure (``out_of_sample``) and says it in words; a 32-px band's caveat then points to it."""
+    from kd_compile.latency import LatencyPlan, measure_or_predict
+    from kd_compile.profilers.counting import trace_ops
+    from kd_compile.report.render import band_phrase
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # the shipped calibration
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    want = _oos()["entries"]["2080ti/torch/fp32"]
+    assert want["n"] >= 10 and want["median_ratio"] > 1.3  # eager fp32 at 224 px: pessimistic (README)
+    eager = create_profiler("roofline", target="2080ti", runtime="torch", precision="fp32", batch=12)
+    band = eager.profile(net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert band["out_of_sample"] == want
+    assert "closer guide" in band["caveat"]
+    phrase = band_phrase(band)
+    assert f"out of sample on this GPU: ±{100 * want['median_ape']:.0f}% median" in phrase
+    assert f"predicted x{want['median_ratio']:.2f} the measured time" in phrase and "224 px" in phrase
+    # a search's prediction from counted ops carries the same band as profile's
+    plan = LatencyPlan(method="predict", profiler="roofline",
+                       options={"target": "2080ti", "runtime": "torch", "precision": "fp32"}, device="2080ti")
+    spec = InputSpec((3, 224, 224), batch=12)
+    traced = measure_or_predict(net, spec, plan, trace=trace_ops(net, spec.shape))
+    assert traced.extra["error_band"] == band
+    # a 32-px model: the tables measured ImageNet-size ones, nothing to quote
+    small = eager.profile(net, InputSpec((3, 32, 32))).extra["error_band"]
+    assert "out_of_sample" not in small and "out of sample" not in band_phrase(small)
+    assert "between the measured regimes" in small["caveat"] and "32-px" not in small["caveat"]  # batch 12's own
+    # a user's TOML that reuses the name describes another board: no figure of the built-in's
+    toml = tmp_path / "2080ti.toml"
+    toml.write_text((CALIBRATION_DIR.parent / "2080ti.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    mine = create_profiler("roofline", target=str(toml), runtime="torch", precision="fp32", batch=12)
+    assert "out_of_sample" not in mine.profile(net, InputSpec((3, 224, 224))).extra["error_band"]
+
+
+def test_a_32px_band_without_figures_of_its_own_quotes_the_range_over_gpus(tmp_path: Path, monkeypatch) -> None:
+    """The Titan X has a 32-px band and no out-of-sample rows: its caveat gives the range of the
+    per-GPU median ratios over the GPUs whose band in this regime is measured on 32-px networks."""
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    pooled = _oos()["small_input_bands"]["torch/fp32"]["median_ratio_by_device"]
+    assert "titan-x" not in pooled and len(pooled) >= 3
+    band = create_profiler("roofline", target="titan-x", runtime="torch", precision="fp32", batch=64).profile(
+        net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert "out_of_sample" not in band
+    lo, hi = min(pooled.values()), max(pooled.values())
+    assert f"were predicted x{lo:.2f}-x{hi:.2f} their measured time (median per GPU" in band["caveat"]
+
+
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_a_measured_device_band_also_gives_its_error_on_a_family_left_out(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
