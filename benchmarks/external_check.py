@@ -44,6 +44,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,11 +55,14 @@ if str(ROOT) not in sys.path:
 DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
 DATA_B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
 DATA_TIMM = ROOT / "benchmarks" / "data" / "timm_unfitted.csv"
+DATA_OFA = ROOT / "benchmarks" / "data" / "help_ofa_latency.csv"
 OUT = ROOT / "benchmarks" / "results" / "external_check.json"
 # the package's summary of these rows, quoted beside a prediction for an ImageNet-size model
 PACKAGE_OUT = ROOT / "kd_compile" / "targets" / "calibration" / "_out_of_sample.json"
-SOURCES = {"dle": "NVIDIA DeepLearningExamples", "b12": "ryujaehun/pytorch-gpu-benchmark",
-           "timm": "timm's benchmark tables"}
+# section -> (source, the models it measured)
+SOURCES = {"dle": ("NVIDIA DeepLearningExamples", "ImageNet CNNs"),
+           "b12": ("ryujaehun/pytorch-gpu-benchmark", "torchvision models"),
+           "timm": ("timm's benchmark tables", "timm models"), "ofa": ("HELP", "OFA MobileNetV3 subnets")}
 
 
 def read_rows(path: Path = DATA) -> list[dict[str, str]]:
@@ -72,12 +76,18 @@ def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, o
     predicted by ``kd_compile.profile(..., method="predict")`` exactly as a user gets it, beside its
     measurement and the band it carries. A spec ``timm:<name>@<px>`` is profiled at that image size."""
     import kd_compile
-    from kd_compile.profilers.error_bands import SMALL_INPUT_FAMILIES
 
     spec, _, px = r["spec"].partition("@")
     runtime = r.get("runtime") or "torch"
     p = kd_compile.profile(spec, target=r["device"], runtime=runtime, precision=r["precision"], batch=batch,
                            image_size=int(px) if px else None, method="predict")
+    return _record(r, p, runtime, batch, measured_ms)
+
+
+def _record(r: dict[str, str], p: dict[str, Any], runtime: str, batch: int, measured_ms: float) -> dict[str, object]:
+    """One checked row from a prediction ``p`` (``latency_ms``, ``params``, ``extra``) of row ``r``."""
+    from kd_compile.profilers.error_bands import SMALL_INPUT_FAMILIES
+
     band = p["extra"]["error_band"]
     fams = set(band.get("families") or [])  # the band's families: HELP's 32-px networks only?
     ratio = p["latency_ms"] / measured_ms
@@ -120,6 +130,67 @@ def check_timm(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return out
 
 
+def check_ofa(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each subnet of HELP's Once-for-All table predicted for every GPU and batch the table measured,
+    in eager PyTorch fp32, beside its measurement. Each subnet is built, put in its deploy form and
+    traced once, then predicted for each column by the steps ``kd_compile.profile(spec,
+    method="predict")`` takes (``RooflineProfiler.predict_ops`` with the input size): the same
+    figure, without tracing it twelve times (``tests/testing/test_external_check.py`` checks one)."""
+    from kd_compile.profilers.counting import trace_ops
+    from kd_compile.profilers.roofline import RooflineProfiler
+    from kd_compile.students.common import deployed_if_equivalent
+    from kd_compile.teacher import load_teacher
+
+    cols = [c for c in rows[0] if c.endswith("_ms")] if rows else []
+    profilers: dict[str, RooflineProfiler] = {}
+    out = []
+    for r in rows:
+        tch = load_teacher(r["spec"])
+        module, _ = deployed_if_equivalent(tch.module, tuple(tch.input_shape))
+        tr = trace_ops(module, tuple(tch.input_shape))
+        for c in cols:
+            device, batch = c.removesuffix("_ms").rsplit("_b", 1)
+            prof = profilers.setdefault(device, RooflineProfiler(device, runtime="torch", precision="fp32"))
+            m = prof.predict_ops(tr.ops, int(batch), input_px=max(tch.input_shape[1:]))
+            p = {"latency_ms": m.latency_ms, "params": tr.params, "extra": m.extra}
+            row = {"device": device, "model": r["arch_index"], "spec": r["spec"], "precision": "fp32"}
+            out.append(_record(row, p, "torch", int(batch), float(r[c])))
+    return out
+
+
+# what the OFA section's rows share per (device, batch) column, kept once per column in the results
+_OFA_SHARED = ("device", "runtime", "precision", "batch", "band_median", "band_p80", "band_basis", "band_32px_only",
+               "transfer", "calibration")
+_OFA_PER_ROW = ("measured_ms", "predicted_ms", "ratio", "inside_p80")
+
+
+def ofa_columns(rows: list[dict[str, object]]) -> dict[str, object]:
+    """The OFA section's rows (``check_ofa``: every subnet for each column in turn) by column: the
+    subnets (``models``, ``specs``, ``params``) once, and per ``device/batch`` column what its rows
+    share and each row's figures, in the subnets' order (6,000 rows stored as 12 columns)."""
+    cols: dict[str, dict[str, object]] = {}
+    models: dict[str, tuple[str, object]] = {}
+    for r in rows:
+        c = cols.setdefault(f"{r['device']}/{r['batch']}", {**{k: r[k] for k in _OFA_SHARED},
+                                                            **{k: [] for k in _OFA_PER_ROW}})
+        for k in _OFA_PER_ROW:
+            c[k].append(r[k])  # type: ignore[union-attr]
+        models.setdefault(str(r["model"]), (str(r["spec"]), r["params"]))
+    return {"models": list(models), "specs": [v[0] for v in models.values()],
+            "params": [v[1] for v in models.values()], "columns": cols}
+
+
+def ofa_rows(section: dict[str, object]) -> list[dict[str, object]]:
+    """The rows ``ofa_columns`` stored, back (``check_ofa``'s rows, in its order)."""
+    out = []
+    models, specs, params = section["models"], section["specs"], section["params"]
+    for i, (model, spec, n) in enumerate(zip(models, specs, params, strict=True)):  # type: ignore[call-overload]
+        for c in section["columns"].values():  # type: ignore[union-attr]
+            out.append({**{k: c[k] for k in _OFA_SHARED}, "model": model, "spec": spec, "params": n,
+                        **{k: c[k][i] for k in _OFA_PER_ROW}})
+    return out
+
+
 def split_by_op(r: dict[str, str]) -> dict[str, object]:
     """Where one row's predicted time goes: its per-layer prediction summed by op kind (conv, matmul,
     elementwise, ...), as ``kd-compile profile ... --layers`` prints it."""
@@ -143,8 +214,18 @@ def by_group(
     groups: dict[str, list[dict[str, object]]] = {}
     for r in res:
         groups.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
-    return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3)}
-            for k, v in groups.items()}
+    return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3),
+                "spearman": _spearman(v)} for k, v in groups.items()}
+
+
+def _spearman(rows: list[dict[str, object]]) -> float | None:
+    """Spearman's rho of predicted against measured over ``rows`` (None for fewer than 3)."""
+    if len(rows) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([float(r["predicted_ms"]) for r in rows], [float(r["measured_ms"]) for r in rows])[0]
+    return round(float(rho), 4)
 
 
 def summary(res: list[dict[str, object]]) -> dict[str, object]:
@@ -158,14 +239,17 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
     """What the package quotes beside a prediction for an ImageNet-size model (``PACKAGE_OUT``, read by
     ``kd_compile.profilers.error_bands.out_of_sample``), from the checked rows by ``SOURCES`` key.
 
-    ``entries``, per ``target/runtime/precision``: the median and 80th-percentile absolute error, the
-    median predicted / measured ratio, the batches, input sizes and sources. ``small_input_bands``,
-    per ``runtime/precision``: the median ratio per GPU and the median error over the rows whose
-    band was measured on 32-px networks only (HELP's), quoted for a GPU without rows of its own.
-    timm's rows count only where they are a test (not the validation table ``s_compile`` is fitted
-    on), measured the model profiled here, and the device was left out of every fit (the RTX 4090's
-    calibration was fitted on timm's table of the same models).
+    ``entries``, per ``target/runtime/precision/batch-regime`` (the key of an error band, with the
+    target ahead), one summary per source: the median and 80th-percentile absolute error, the
+    median predicted / measured ratio, the batches and the input sides' [min, max]. ``small_input_bands``, per
+    ``runtime/precision/batch-regime`` and source: the median ratio per GPU and the median error over
+    the rows whose band was measured on 32-px networks only (HELP's), quoted for a GPU without rows
+    of its own. timm's rows count only where they are a test (not the validation table
+    ``s_compile`` is fitted on), measured the model profiled here, and the device was left out of
+    every fit (the RTX 4090's calibration was fitted on timm's table of the same models).
     """
+    from kd_compile.profilers.error_bands import batch_regime
+
     rows = []
     for key, res in sections.items():
         for r in res:
@@ -173,16 +257,17 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
             if key == "timm" and (r["role"] != "test" or not r["same_model"] or not left_out):
                 continue
             px = str(r["spec"]).partition("@")[2]
-            rows.append({**r, "source": SOURCES[key], "input_px": int(px) if px else 224})
+            rows.append({**r, "section": key, "regime": batch_regime(int(r["batch"])),
+                         "input_px": int(px) if px else _input_px(str(r["spec"]))})
 
     def stats(group: list[dict[str, object]]) -> dict[str, object]:
         ape = np.array([abs(float(r["ratio"]) - 1) for r in group])
-        return {"n": len(group), "median_ape": round(float(np.median(ape)), 4),
+        source, models = SOURCES[str(group[0]["section"])]
+        return {"source": source, "models": models, "n": len(group), "median_ape": round(float(np.median(ape)), 4),
                 "p80_ape": round(float(np.quantile(ape, 0.8)), 4),
                 "median_ratio": round(float(np.median([float(r["ratio"]) for r in group])), 3),
                 "batches": sorted({int(r["batch"]) for r in group}),
-                "input_px": sorted({int(r["input_px"]) for r in group}),
-                "sources": sorted({str(r["source"]) for r in group})}
+                "input_px": [min(int(r["input_px"]) for r in group), max(int(r["input_px"]) for r in group)]}
 
     def grouped(group: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
         out: dict[str, list[dict[str, object]]] = {}
@@ -190,15 +275,27 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
             out.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
         return dict(sorted(out.items()))
 
-    small = [r for r in rows if r["band_32px_only"]]
+    where = ("runtime", "precision", "regime")
+    entries = {k: [stats(v) for v in grouped(g, ("section",)).values()]
+               for k, g in grouped(rows, ("device", *where)).items()}
     pooled = {}
-    for k, g in grouped(small, ("runtime", "precision")).items():
-        by_dev = {d: stats(v)["median_ratio"] for d, v in grouped(g, ("device",)).items()}
-        pooled[k] = {"n": len(g), "median_ape": stats(g)["median_ape"], "median_ratio_by_device": by_dev}
+    for k, g in grouped([r for r in rows if r["band_32px_only"]], where).items():
+        pooled[k] = []
+        for v in grouped(g, ("section",)).values():
+            st = stats(v)
+            pooled[k].append({"source": st["source"], "models": st["models"], "n": st["n"],
+                              "median_ape": st["median_ape"],
+                              "median_ratio_by_device": {d: stats(x)["median_ratio"]
+                                                         for d, x in grouped(v, ("device",)).items()}})
     return {"written_by": "benchmarks/external_check.py",
             "about": "predicted / measured on published tables of ImageNet-size models that no fit reads",
-            "entries": {k: stats(g) for k, g in grouped(rows, ("device", "runtime", "precision")).items()},
-            "small_input_bands": pooled}
+            "entries": entries, "small_input_bands": pooled}
+
+
+def _input_px(spec: str) -> int:
+    """The input side of a spec checked at its own size: an ``ofa:<resolution>/...`` subnet's
+    resolution, else 224 (the torchvision and DeepLearningExamples tables)."""
+    return int(spec.removeprefix("ofa:").split("/")[0]) if spec.startswith("ofa:") else 224
 
 
 def _group_line(key: str, g: dict[str, object], width: int) -> str:
@@ -265,14 +362,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {dev_rt:26} " + ", ".join(f"{k.split('/')[2]} x{g['median_ratio']:.2f} ({g['n']})"
                                             for k, g in families.items() if k.startswith(dev_rt + "/")))
     print(f"  ({time.perf_counter() - t0:.0f} s)")
+    res_o = check_ofa(read_rows(DATA_OFA))
+    groups_o = by_group(res_o, ("device", "batch"))
+    print(f"\n{DATA_OFA.name}: HELP's Once-for-All MobileNetV3 subnets, eager PyTorch fp32, predicted / measured "
+          "per device and batch, with Spearman's rho over the subnets")
+    for k, g in groups_o.items():
+        print(_group_line(k, g, 15) + f", rho {g['spearman']:.3f}")
+    print(f"  ({time.perf_counter() - t0:.0f} s)")
     doc = {"source": str(DATA.relative_to(ROOT)), "rows": res, "summary": s, "split_by_op": split,
            "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
            "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
-                             "by_family": families, "not_same_model": other}}
+                             "by_family": families, "not_same_model": other},
+           "help_ofa": {"source": str(DATA_OFA.relative_to(ROOT)), "by_group": groups_o, **ofa_columns(res_o)}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    Path(args.package_out).write_text(json.dumps(out_of_sample({"dle": res, "b12": res12, "timm": res_t}), indent=1)
-                                      + "\n")
+    summary_doc = out_of_sample({"dle": res, "b12": res12, "timm": res_t, "ofa": ofa_rows(doc["help_ofa"])})
+    Path(args.package_out).write_text(json.dumps(summary_doc, indent=1) + "\n")
     return 0
 
 

@@ -619,14 +619,15 @@ def target_calibration(name: str) -> dict[str, Any] | None:
         return None
 
 
-def target_out_of_sample(target: TargetProfile) -> dict[str, dict[str, Any]]:
+def target_out_of_sample(target: TargetProfile) -> dict[str, list[dict[str, Any]]]:
     """What published tables of ImageNet-size models that no fit reads measured of the predictor on
-    ``target``, by ``runtime/precision`` (empty: none; ``benchmarks/external_check.py``)."""
-    from .profilers.error_bands import out_of_sample
+    ``target``, by regime ``runtime/precision/batch1|large`` (empty: none; ``benchmarks/external_check.py``)."""
+    from .profilers.error_bands import out_of_sample, regime_key
     from .profilers.roofline import RUNTIME_NAMES
     from .targets.profile import PRECISIONS
 
-    found = {f"{rt}/{pr}": out_of_sample(target, rt, pr) for rt in RUNTIME_NAMES for pr in PRECISIONS}
+    found = {regime_key(rt, pr, b): out_of_sample(target, rt, pr, b)
+             for rt in RUNTIME_NAMES for pr in PRECISIONS for b in (1, 64)}
     return {k: v for k, v in found.items() if v is not None}
 
 

@@ -76,8 +76,10 @@ def test_targets_show_gives_what_tables_no_fit_reads_measured_on_the_gpu():
     ImageNet-size model on that GPU carries; a GPU none of those tables measured lists none."""
     out = run("targets", "show", "2080ti").output
     assert "for ImageNet-size models (64 px or more), from tables no fit reads:" in out
-    fp32 = next(ln for ln in out.splitlines() if ln.strip().startswith("torch/fp32  out of sample on this GPU:"))
-    assert "ryujaehun/pytorch-gpu-benchmark" in fp32 and "224 px" in fp32
+    fp32 = next(ln for ln in out.splitlines() if re.match(r"\s+torch/fp32/large\s+out of sample on this GPU:", ln))
+    assert "torchvision models (ryujaehun/pytorch-gpu-benchmark; 32 at batch 12, 224 px)" in fp32
+    assert "OFA MobileNetV3 subnets (HELP; " in fp32
+    assert re.search(r"torch/fp32/batch1\s+out of sample on this GPU: OFA MobileNetV3 subnets", out)
     assert "tables no fit reads" not in run("targets", "show", "h100").output
 
 

@@ -513,10 +513,24 @@ def check_external() -> None:
     from kd_compile.report.render import out_of_sample_phrase
 
     oos = json.loads(OUT_OF_SAMPLE.read_text(encoding="utf-8"))
-    expected.append(f'"{out_of_sample_phrase(oos["entries"]["2080ti/torch/fp32"])}"')
-    pooled = oos["small_input_bands"]["torch/fp32"]["median_ratio_by_device"]
-    expected.append(f"(eager fp32: x{min(pooled.values()):.2f}-x{max(pooled.values()):.2f}, median per GPU over "
-                    f"{len(pooled)} GPUs)")
+    phrase = out_of_sample_phrase(oos["entries"]["2080ti/torch/fp32/large"])
+    expected.append(f'eager fp32 at batch 32 and above "{phrase}"')
+    pooled = [f"{q['models']} x{min(q['median_ratio_by_device'].values()):.2f}-"
+              f"x{max(q['median_ratio_by_device'].values()):.2f} ({len(q['median_ratio_by_device'])} GPUs)"
+              for q in oos["small_input_bands"]["torch/fp32/large"]]
+    expected.append("in eager fp32 at batch 32 and above " + ", ".join(pooled) + ".")
+    # the fourth table (HELP's OFA subnets): every GPU at every batch
+    ofa = doc["help_ofa"]["by_group"]
+    names = {"2080ti": "RTX 2080 Ti", "titan-rtx": "Titan RTX", "titan-xp": "Titan Xp", "v100": "V100"}
+    assert {k.split("/")[0] for k in ofa} == set(names) and {k.split("/")[1] for k in ofa} == {"1", "32", "64"}
+    for b in ("64", "32", "1"):
+        expected.append(f"at batch {b}: " + ", ".join(
+            f"{names[d]} x{ofa[f'{d}/{b}']['median_ratio']:.2f} ({100 * ofa[f'{d}/{b}']['median_ape']:.1f}%, "
+            f"{ofa[f'{d}/{b}']['spearman']:.3f})" for d in names))
+    lo = min(g["median_ratio"] for g in ofa.values())
+    hi = max(g["median_ratio"] for g in ofa.values())
+    expected.append(f"come out within x{lo:.2f}-{hi:.2f} with")
+    expected.append(f"a seeded sample of {len(doc['help_ofa']['models'])} of its 5,000 subnets")
     # the third table (timm's unfitted tables): every role, device and runtime, and the models set apart
     tm = doc["timm_unfitted"]
     labels = {"validation/rtx4090/inductor": "RTX 4090 (PyTorch 2.4.0, the validation table)",

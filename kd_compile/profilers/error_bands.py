@@ -155,15 +155,18 @@ def left_out_note(target: TargetProfile) -> str:
 SMALL_INPUT_FAMILIES = frozenset({"nb201", "fbnet"})
 
 
-def out_of_sample(target: TargetProfile, runtime: str, precision: str) -> dict[str, Any] | None:
+def out_of_sample(target: TargetProfile, runtime: str, precision: str, batch: int) -> list[dict[str, Any]] | None:
     """What published measurements of ImageNet-size models, in tables no fit reads, say of the
-    predictor on this built-in target in this runtime and precision (``OUT_OF_SAMPLE``, written by
-    ``benchmarks/external_check.py``): ``{"n", "median_ape", "p80_ape", "median_ratio", "batches",
-    "input_px", "sources"}`` (``median_ratio``: predicted / measured), or None where none was measured."""
+    predictor on this built-in target in this runtime, precision and batch regime (``OUT_OF_SAMPLE``,
+    written by ``benchmarks/external_check.py``): one summary per source, ``{"source", "models", "n",
+    "median_ape", "p80_ape", "median_ratio", "batches", "input_px"}`` (``median_ratio``: predicted /
+    measured; ``input_px``: the smallest and largest input side), or None where none was measured."""
     if not _builtin(target):
         return None
-    entry = _out_of_sample_doc().get("entries", {}).get(f"{target.name}/{runtime}/{precision}")
-    return dict(entry) if isinstance(entry, dict) else None
+    found = _out_of_sample_doc().get("entries", {}).get(f"{target.name}/{regime_key(runtime, precision, batch)}")
+    if not isinstance(found, list):
+        return None
+    return [dict(e) for e in found if isinstance(e, dict)] or None
 
 
 def _out_of_sample_doc() -> dict[str, Any]:
@@ -172,37 +175,40 @@ def _out_of_sample_doc() -> dict[str, Any]:
 
 
 def large_input_notes(
-    band: dict[str, Any], target: TargetProfile, runtime: str, precision: str, input_px: int
+    band: dict[str, Any], target: TargetProfile, runtime: str, precision: str, batch: int, input_px: int
 ) -> dict[str, Any]:
     """What a band gains for a model whose input is ImageNet-size (64 px or more; empty otherwise):
 
     - ``out_of_sample``: this target's figures from tables no fit reads (:func:`out_of_sample`),
-      where there are some for this runtime and precision;
+      where there are some for this runtime, precision and batch regime;
     - ``caveat``: for a band measured on 32-px networks only (HELP's tables), which cannot speak for
-      such a model, a warning that says so and gives what was measured out of sample instead: this
-      GPU's figure, else the range over the GPUs whose band in this runtime and precision was
-      measured on 32-px networks only (out of sample, ImageNet-size models fell outside such bands).
+      such a model, a warning that says so and points to what was measured out of sample instead:
+      this GPU's figures, else, per source, the range of the per-GPU median ratios over the GPUs
+      whose band in this regime was measured on 32-px networks only.
     """
     if input_px < 64:
         return {}
     out: dict[str, Any] = {}
-    mine = out_of_sample(target, runtime, precision)
+    mine = out_of_sample(target, runtime, precision, batch)
     if mine is not None:
         out["out_of_sample"] = mine
     families = set(band.get("families") or [])
     if not families or not families <= SMALL_INPUT_FAMILIES:
         return out
     head = f"measured on 32-px networks only, and this model's input is {input_px} px"
-    pooled = _out_of_sample_doc().get("small_input_bands", {}).get(f"{runtime}/{precision}")
+    pooled = _out_of_sample_doc().get("small_input_bands", {}).get(regime_key(runtime, precision, batch)) or []
+    pooled = [p for p in pooled if isinstance(p, dict) and p.get("median_ratio_by_device")]
     if mine is not None:
-        out["caveat"] = f"{head}: the out-of-sample figure measured on this GPU is the closer guide"
-    elif isinstance(pooled, dict) and pooled.get("median_ratio_by_device"):
-        ratios = pooled["median_ratio_by_device"]
-        out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py), ImageNet-size models on the "
-                         f"{len(ratios)} GPUs whose {runtime} {precision} band is measured so were predicted "
-                         f"x{min(ratios.values()):.2f}-x{max(ratios.values()):.2f} their measured time (median per "
-                         f"GPU; {', '.join(sorted(ratios))}; ±{100 * pooled['median_ape']:.0f}% median error over "
-                         f"{pooled['n']} models)")
+        out["caveat"] = f"{head}: this GPU's out-of-sample figures, by kind of ImageNet-size model, follow"
+    elif pooled:
+        parts = []
+        for p in pooled:
+            r = p["median_ratio_by_device"]
+            parts.append(f"{p['models']} x{min(r.values()):.2f}-x{max(r.values()):.2f} ({p['source']}; the median of "
+                         f"each of {len(r)} GPUs: {', '.join(sorted(r))}; ±{100 * p['median_ape']:.0f}% median error "
+                         f"over {p['n']})")
+        out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py), predicted / measured on the GPUs "
+                         f"whose {runtime} {precision} band here is measured so: " + "; ".join(parts))
     else:
         out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py) ImageNet-size models fell outside "
                          "such a band")

@@ -457,7 +457,7 @@ class RooflineProfiler(Profiler):
         band = error_band(self.target, self.runtime, precision, batch)
         if input_px is None:
             return band
-        notes = large_input_notes(band, self.target, self.runtime, precision, input_px)
+        notes = large_input_notes(band, self.target, self.runtime, precision, batch, input_px)
         if notes.get("caveat"):
             notes["caveat"] = "; ".join(c for c in (band.get("caveat"), notes["caveat"]) if c)
         return {**band, **notes}

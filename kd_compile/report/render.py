@@ -94,26 +94,28 @@ def band_phrase(band: dict[str, Any] | None) -> str:
                 f"{fam.get('families', '?')} families left out of the fit in turn)")
     if band.get("caveat"):
         out += f"; CAVEAT: {band['caveat']}"
-    oos = band.get("out_of_sample")
-    if isinstance(oos, dict) and isinstance(oos.get("median_ape"), (int, float)):
+    oos = [o for o in band.get("out_of_sample") or [] if isinstance(o, dict)]
+    if oos:
         out += f"; {out_of_sample_phrase(oos)}"
     return out
 
 
-def out_of_sample_phrase(oos: dict[str, Any]) -> str:
+def out_of_sample_phrase(oos: list[dict[str, Any]]) -> str:
     """A target's figures from tables no fit reads (``out_of_sample`` of a band), in words: "out of
-    sample on this GPU: ±M% median, P% p80 error (N ImageNet-size models at batch B, S px: <sources>;
-    predicted xR the measured time, median)"."""
-    def listed(xs: Any) -> str:
-        xs = list(xs or [])
-        return f"{min(xs)}-{max(xs)}" if len(xs) > 2 else "/".join(str(x) for x in xs) or "?"
-
-    p80 = oos.get("p80_ape")
-    what = f"±{100 * oos['median_ape']:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float))
-                                                        else "")
-    return (f"out of sample on this GPU: {what} error ({oos.get('n', '?')} ImageNet-size models at batch "
-            f"{listed(oos.get('batches'))}, {listed(oos.get('input_px'))} px: {', '.join(oos.get('sources') or [])}; "
-            f"predicted x{oos.get('median_ratio', 0):.2f} the measured time, median)")
+    sample on this GPU: <models> (<source>; N at batch B, S px): ±M% median, P% p80 error, predicted
+    xR the measured time (median); ..." (one part per source)."""
+    parts = []
+    for o in oos:
+        sides = o.get("input_px") or ["?"]  # [smallest, largest]
+        px = f"{sides[0]}" if sides[0] == sides[-1] else f"{sides[0]}-{sides[-1]}"
+        p80 = o.get("p80_ape")
+        err = f"±{100 * o['median_ape']:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float))
+                                                         else "")
+        batches = "/".join(str(b) for b in o.get("batches") or []) or "?"
+        parts.append(f"{o.get('models', 'models')} ({o.get('source', '?')}; {o.get('n', '?')} at batch {batches}, "
+                     f"{px} px): {err} error, predicted x{o.get('median_ratio', 0):.2f} the "
+                     "measured time (median)")
+    return "out of sample on this GPU: " + "; ".join(parts)
 
 
 def speed_lines(r: dict[str, Any]) -> list[str]:

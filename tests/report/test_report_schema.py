@@ -69,3 +69,25 @@ def test_wilson_interval_brackets_the_accuracy_and_narrows_with_n():
     assert hi2 - lo2 < (hi - lo) / 5
     assert wilson_interval(1.0, 50)[1] == 1.0 and wilson_interval(0.0, 50)[0] == 0.0
     assert wilson_interval(0.5, 0) is None
+
+
+def test_a_speedup_band_with_out_of_sample_figures_validates(compiled, tmp_path, monkeypatch):
+    """A report whose target prediction is for an ImageNet-size model carries the band's
+    ``out_of_sample`` figures (one per source) as the profiler gives them, and the schema takes them;
+    a malformed one (a ratio as text) is refused."""
+    from torch import nn
+
+    from kd_compile.profilers import InputSpec, create_profiler
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # the shipped calibration
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    band = create_profiler("roofline", target="2080ti", runtime="torch", precision="fp32", batch=64).profile(
+        net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert len(band["out_of_sample"]) >= 2
+    _, r = compiled
+    good = json.loads(json.dumps(r))
+    good["speedup"]["error_band"] = band
+    _validator().validate(good)
+    bad = json.loads(json.dumps(good))
+    bad["speedup"]["error_band"]["out_of_sample"][0]["median_ratio"] = "x1.8"
+    assert any("'x1.8'" in e.message for e in _validator().iter_errors(bad))

@@ -58,14 +58,17 @@ def _row(device: str, ratio: float, *, runtime: str = "torch", precision: str = 
             "band_32px_only": small, "transfer": transfer, **extra}
 
 
-def test_out_of_sample_summarises_per_gpu_and_pools_the_32px_bands() -> None:
-    """Per target/runtime/precision: median and p80 |error|, median ratio, batches, input sizes and
-    sources; pooled per runtime/precision over the rows whose band is HELP's 32-px one only; timm's
-    rows only where they are a test of the same model on a device left out of every fit."""
+def test_out_of_sample_summarises_per_gpu_regime_and_source_and_pools_the_32px_bands() -> None:
+    """Per target/runtime/precision/batch regime and source: median and p80 |error|, median ratio,
+    batches and input sides; pooled per regime and source over the rows whose band is HELP's 32-px
+    one only; timm's rows only where they are a test of the same model on a device left out of every fit."""
     timm = dict(runtime="torch", precision="fp16", small=False, batch=1024)
+    ofa = dict(spec="ofa:160/2-2-2-2-2/x", batch=64)
     doc = ec.out_of_sample({
         "b12": [_row("2080ti", 2.0), _row("2080ti", 1.5), _row("2080ti", 1.0), _row("a100", 0.8, small=False)],
         "dle": [_row("v100", 3.0, transfer="device left out")],
+        "ofa": [_row("2080ti", 1.1, **ofa), _row("2080ti", 0.9, spec="ofa:224/2-2-2-2-2/x", batch=32),
+                _row("2080ti", 0.5, spec="ofa:224/2-2-2-2-2/x", batch=1), _row("v100", 1.2, **ofa)],
         "timm": [_row("rtx5090", 1.1, spec="timm:a@160", role="test", same_model=True, transfer="device left out",
                       **timm),
                  _row("rtx5090", 9.0, spec="timm:b@160", role="validation", same_model=True,
@@ -75,18 +78,51 @@ def test_out_of_sample_summarises_per_gpu_and_pools_the_32px_bands() -> None:
                  _row("rtx4090", 9.0, spec="timm:d@160", role="test", same_model=True, **timm)],
     })
     e = doc["entries"]
-    assert set(e) == {"2080ti/torch/fp32", "a100/torch/fp32", "v100/torch/fp32", "rtx5090/torch/fp16"}
-    assert e["2080ti/torch/fp32"]["n"] == 3 and e["2080ti/torch/fp32"]["median_ratio"] == 1.5
-    assert e["2080ti/torch/fp32"]["median_ape"] == 0.5 and e["2080ti/torch/fp32"]["p80_ape"] == pytest.approx(0.8)
-    assert e["2080ti/torch/fp32"]["sources"] == ["ryujaehun/pytorch-gpu-benchmark"]
-    assert e["2080ti/torch/fp32"]["input_px"] == [224] and e["2080ti/torch/fp32"]["batches"] == [12]
-    assert e["rtx5090/torch/fp16"] == {"n": 1, "median_ape": pytest.approx(0.1), "p80_ape": pytest.approx(0.1),
-                                       "median_ratio": 1.1, "batches": [1024], "input_px": [160],
-                                       "sources": ["timm's benchmark tables"]}
+    assert set(e) == {"2080ti/torch/fp32/large", "2080ti/torch/fp32/batch1", "a100/torch/fp32/large",
+                      "v100/torch/fp32/large", "rtx5090/torch/fp16/large"}
+    b12, ofa_large = e["2080ti/torch/fp32/large"]  # one summary per source, in section order
+    assert b12 == {"source": "ryujaehun/pytorch-gpu-benchmark", "models": "torchvision models", "n": 3,
+                   "median_ape": 0.5, "p80_ape": pytest.approx(0.8), "median_ratio": 1.5, "batches": [12],
+                   "input_px": [224, 224]}
+    assert ofa_large["source"] == "HELP" and ofa_large["n"] == 2 and ofa_large["median_ratio"] == pytest.approx(1.0)
+    assert ofa_large["batches"] == [32, 64] and ofa_large["input_px"] == [160, 224]
+    assert [x["n"] for x in e["2080ti/torch/fp32/batch1"]] == [1]  # batch 1 is a regime of its own
+    assert e["rtx5090/torch/fp16/large"] == [{"source": "timm's benchmark tables", "models": "timm models", "n": 1,
+                                              "median_ape": pytest.approx(0.1), "p80_ape": pytest.approx(0.1),
+                                              "median_ratio": 1.1, "batches": [1024], "input_px": [160, 160]}]
     pooled = doc["small_input_bands"]
-    assert set(pooled) == {"torch/fp32"}  # the A100's band is not a 32-px one, nor rtx5090's
-    assert pooled["torch/fp32"]["median_ratio_by_device"] == {"2080ti": 1.5, "v100": 3.0}
-    assert pooled["torch/fp32"]["n"] == 4 and pooled["torch/fp32"]["median_ape"] == pytest.approx(0.75)
+    assert set(pooled) == {"torch/fp32/large", "torch/fp32/batch1"}  # the A100's band is not a 32-px one
+    by_source = {p["source"]: p for p in pooled["torch/fp32/large"]}
+    assert by_source["ryujaehun/pytorch-gpu-benchmark"]["median_ratio_by_device"] == {"2080ti": 1.5}
+    assert by_source["HELP"]["median_ratio_by_device"] == {"2080ti": 1.0, "v100": 1.2}
+    assert by_source["NVIDIA DeepLearningExamples"]["median_ratio_by_device"] == {"v100": 3.0}
+    assert by_source["ryujaehun/pytorch-gpu-benchmark"]["median_ape"] == 0.5
+
+
+def test_the_ofa_section_predicts_what_profile_gives() -> None:
+    """``check_ofa`` traces each subnet once and predicts every column by profile's own steps: its
+    figure for a subnet is ``kd_compile.profile``'s, and the table is well formed."""
+    import json
+
+    import kd_compile
+
+    rows = ec.read_rows(ec.DATA_OFA)
+    assert len(rows) == 500 and len({r["arch_index"] for r in rows}) == 500
+    cols = [c for c in rows[0] if c.endswith("_ms")]
+    assert {c.rsplit("_b", 1)[0] for c in cols} == {"2080ti", "titan-rtx", "titan-xp", "v100"}
+    assert all(float(r[c]) > 0 for r in rows for c in cols)
+    res = ec.check_ofa(rows[:1])
+    assert len(res) == len(cols)
+    got = next(r for r in res if r["device"] == "v100" and r["batch"] == 32)
+    p = kd_compile.profile(rows[0]["spec"], target="v100", runtime="torch", precision="fp32", batch=32,
+                           method="predict")
+    assert got["predicted_ms"] == pytest.approx(p["latency_ms"], rel=1e-3)
+    assert got["measured_ms"] == pytest.approx(float(rows[0]["v100_b32_ms"]))
+    # the results keep the section by column, and give its rows back as they were
+    two = ec.check_ofa(rows[:2])
+    stored = json.loads(json.dumps(ec.ofa_columns(two)))
+    assert len(stored["columns"]) == len(cols) and stored["models"] == [rows[0]["arch_index"], rows[1]["arch_index"]]
+    assert ec.ofa_rows(stored) == two
 
 
 def test_the_shipped_out_of_sample_summary_is_that_of_the_committed_results() -> None:
@@ -96,5 +132,5 @@ def test_the_shipped_out_of_sample_summary_is_that_of_the_committed_results() ->
 
     committed = json.loads(ec.OUT.read_text())
     want = ec.out_of_sample({"dle": committed["rows"], "b12": committed["batch12"]["rows"],
-                             "timm": committed["timm_unfitted"]["rows"]})
+                             "timm": committed["timm_unfitted"]["rows"], "ofa": ec.ofa_rows(committed["help_ofa"])})
     assert json.loads(ec.PACKAGE_OUT.read_text()) == want
