@@ -25,6 +25,12 @@ table), and ``torch.compile`` (runtime ``inductor``) on both, plus the RTX 4090'
 ``torch.compile`` table, the validation set on which choices about ``inductor`` are made and its one
 constant ``s_compile`` is fitted (``docs/latency-predictor.md``); summarised per role, device and runtime.
 
+``benchmarks/data/help_ofa_latency.csv`` (a fourth section) holds HELP's latencies of 500 of its 5,000
+Once-for-All MobileNetV3 subnets (128-224 px) on an RTX 2080 Ti, Titan RTX, Titan Xp (devices whose HELP
+NAS-Bench-201 and FBNet tables the eager fits read) and V100 (none) at batch 1, 32 and 64, transcribed by
+``benchmarks/data/transcribe_help_ofa.py``; predicted in eager fp32 (:func:`check_ofa`) and summarised per
+device and batch, with Spearman's rho over the subnets.
+
 Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/external_check.py
@@ -33,7 +39,8 @@ Prints one line per row (measured and predicted ms per batch, predicted / measur
 median and 80th-percentile error, whether the error falls inside that 80th percentile), then the
 median absolute error and the share within 35%, and writes ``benchmarks/results/external_check.json`` and
 the package's summary of the same rows, ``kd_compile/targets/calibration/_out_of_sample.json``, which every
-prediction for an ImageNet-size model quotes for its GPU, runtime and precision (:func:`out_of_sample`).
+prediction for an ImageNet-size model quotes for its GPU, runtime, precision and batch regime
+(:func:`out_of_sample`).
 """
 
 from __future__ import annotations

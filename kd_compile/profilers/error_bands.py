@@ -21,7 +21,7 @@ from ..targets.profile import TargetProfile
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "targets" / "calibration"
 SHARED_FIT = CALIBRATION_DIR / "_all_devices.json"
 # published measurements of ImageNet-size models in tables no fit reads, summarised per target,
-# runtime and precision by ``benchmarks/external_check.py`` (:func:`out_of_sample`)
+# runtime, precision, batch regime and source by ``benchmarks/external_check.py`` (:func:`out_of_sample`)
 OUT_OF_SAMPLE = CALIBRATION_DIR / "_out_of_sample.json"
 
 
