@@ -93,10 +93,9 @@ def _predicted(r: dict[str, str], batch: int, measured_ms: float) -> dict[str, o
 
 def _record(r: dict[str, str], p: dict[str, Any], runtime: str, batch: int, measured_ms: float) -> dict[str, object]:
     """One checked row from a prediction ``p`` (``latency_ms``, ``params``, ``extra``) of row ``r``."""
-    from kd_compile.profilers.error_bands import SMALL_INPUT_FAMILIES
+    from kd_compile.profilers.error_bands import small_input_band
 
     band = p["extra"]["error_band"]
-    fams = set(band.get("families") or [])  # the band's families: HELP's 32-px networks only?
     ratio = p["latency_ms"] / measured_ms
     p80 = band.get("p80_ape")
     return {
@@ -104,7 +103,7 @@ def _record(r: dict[str, str], p: dict[str, Any], runtime: str, batch: int, meas
         "batch": batch, "params": p["params"], "measured_ms": round(measured_ms, 3),
         "predicted_ms": round(p["latency_ms"], 3),
         "ratio": round(ratio, 3), "band_median": band.get("median_ape"), "band_p80": p80,
-        "band_basis": band.get("basis"), "band_32px_only": bool(fams) and fams <= SMALL_INPUT_FAMILIES,
+        "band_basis": band.get("basis"), "band_32px_only": small_input_band(band),
         "transfer": band.get("transfer"), "calibration": p["extra"].get("calibration"),
         "inside_p80": p80 is not None and bool(abs(ratio - 1) <= p80),  # no band (unvalidated): not inside one
     }  # fmt: skip
@@ -218,11 +217,16 @@ def by_group(
     res: list[dict[str, object]], keys: tuple[str, ...] = ("device", "precision")
 ) -> dict[str, dict[str, object]]:
     """``summary`` per ``device/precision`` (or the given ``keys``), with the median predicted / measured ratio."""
+    return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3),
+                "spearman": _spearman(v)} for k, v in group_rows(res, keys).items()}
+
+
+def group_rows(res: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
+    """The rows by ``key1/key2/...`` of their values, in the order each key first appears."""
     groups: dict[str, list[dict[str, object]]] = {}
     for r in res:
         groups.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
-    return {k: {**summary(v), "median_ratio": round(float(np.median([float(x["ratio"]) for x in v])), 3),
-                "spearman": _spearman(v)} for k, v in groups.items()}
+    return groups
 
 
 def _spearman(rows: list[dict[str, object]]) -> float | None:
@@ -277,10 +281,7 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
                 "input_px": [min(int(r["input_px"]) for r in group), max(int(r["input_px"]) for r in group)]}
 
     def grouped(group: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
-        out: dict[str, list[dict[str, object]]] = {}
-        for r in group:
-            out.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
-        return dict(sorted(out.items()))
+        return dict(sorted(group_rows(group, keys).items()))
 
     where = ("runtime", "precision", "regime")
     entries = {k: [stats(v) for v in grouped(g, ("section",)).values()]

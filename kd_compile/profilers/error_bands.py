@@ -155,6 +155,12 @@ def left_out_note(target: TargetProfile) -> str:
 SMALL_INPUT_FAMILIES = frozenset({"nb201", "fbnet"})
 
 
+def small_input_band(band: dict[str, Any]) -> bool:
+    """The band was measured on HELP's 32-px networks only (``SMALL_INPUT_FAMILIES``)."""
+    families = set(band.get("families") or [])
+    return bool(families) and families <= SMALL_INPUT_FAMILIES
+
+
 def out_of_sample(target: TargetProfile, runtime: str, precision: str, batch: int) -> list[dict[str, Any]] | None:
     """What published measurements of ImageNet-size models, in tables no fit reads, say of the
     predictor on this built-in target in this runtime, precision and batch regime (``OUT_OF_SAMPLE``,
@@ -192,8 +198,7 @@ def large_input_notes(
     mine = out_of_sample(target, runtime, precision, batch)
     if mine is not None:
         out["out_of_sample"] = mine
-    families = set(band.get("families") or [])
-    if not families or not families <= SMALL_INPUT_FAMILIES:
+    if not small_input_band(band):
         return out
     head = f"measured on 32-px networks only, and this model's input is {input_px} px"
     pooled = _out_of_sample_doc().get("small_input_bands", {}).get(regime_key(runtime, precision, batch)) or []

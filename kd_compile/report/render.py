@@ -85,7 +85,7 @@ def band_phrase(band: dict[str, Any] | None) -> str:
     if not isinstance(ape, (int, float)):
         basis = str(band.get("basis") or "no measurements for this runtime").removesuffix(": unvalidated")
         return f"unvalidated ({basis})"
-    what = f"±{100 * ape:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float)) else "")
+    what = _error_phrase(ape, p80)
     how = "; ".join(str(x) for x in (band.get("transfer"), band.get("basis")) if x)
     out = f"{what} error held out ({how})" if how else f"{what} error held out"
     fam = band.get("family_left_out")
@@ -100,6 +100,11 @@ def band_phrase(band: dict[str, Any] | None) -> str:
     return out
 
 
+def _error_phrase(median: float, p80: Any) -> str:
+    """``±M% median, P% p80`` (the p80 part only when there is one)."""
+    return f"±{100 * median:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float)) else "")
+
+
 def out_of_sample_phrase(oos: list[dict[str, Any]]) -> str:
     """A target's figures from tables no fit reads (``out_of_sample`` of a band), in words: "out of
     sample on this GPU: <models> (<source>; N at batch B, S px): ±M% median, P% p80 error, predicted
@@ -108,9 +113,7 @@ def out_of_sample_phrase(oos: list[dict[str, Any]]) -> str:
     for o in oos:
         sides = o.get("input_px") or ["?"]  # [smallest, largest]
         px = f"{sides[0]}" if sides[0] == sides[-1] else f"{sides[0]}-{sides[-1]}"
-        p80 = o.get("p80_ape")
-        err = f"±{100 * o['median_ape']:.0f}% median" + (f", {100 * p80:.0f}% p80" if isinstance(p80, (int, float))
-                                                         else "")
+        err = _error_phrase(o["median_ape"], o.get("p80_ape"))
         batches = "/".join(str(b) for b in o.get("batches") or []) or "?"
         parts.append(f"{o.get('models', 'models')} ({o.get('source', '?')}; {o.get('n', '?')} at batch {batches}, "
                      f"{px} px): {err} error, predicted x{o.get('median_ratio', 0):.2f} the "

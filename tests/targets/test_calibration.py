@@ -142,7 +142,9 @@ def test_a_band_measured_on_32px_networks_warns_for_a_large_input(tmp_path: Path
 
 
 def _oos() -> dict:
-    return json.loads((CALIBRATION_DIR / "_out_of_sample.json").read_text(encoding="utf-8"))
+    from kd_compile.profilers.error_bands import OUT_OF_SAMPLE
+
+    return json.loads(OUT_OF_SAMPLE.read_text(encoding="utf-8"))
 
 
 def test_an_imagenet_size_prediction_carries_what_tables_no_fit_reads_measured_on_its_gpu(tmp_path: Path,
