@@ -8,12 +8,14 @@ each a list of 5,000 milliseconds per batch in the order of ``ofa_archs.pt`` (HE
 indexes both by the same position). HELP does not document the runtime; like its other GPU
 tables the figures behave as eager PyTorch in fp32, and are read so. The subnets' encodings come
 from ``../shared/data/latency/ofa-architectures.csv`` (``arch_index`` = that position), written
-from the same ``ofa_archs.pt``. No fit reads this table: ``benchmarks/external_check.py`` predicts it.
+from the same ``ofa_archs.pt``. The calibration reads the RTX 2080 Ti, Titan RTX and Titan Xp columns of
+a sample of its subnets (``kd_compile.calibrate.tables.read_help_ofa``); ``benchmarks/external_check.py``
+predicts the other subnets on all four GPUs (the V100 is in no fit).
 
 Run (``<repo>``: a clone of https://github.com/HayeonLee/HELP at ``COMMIT``)::
 
     python benchmarks/data/transcribe_help_ofa.py <repo> ../shared/data/latency/ofa-architectures.csv \\
-        > benchmarks/data/help_ofa_latency.csv
+        > kd_compile/calibrate/data/help-ofa-latency.csv
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main(repo: str, archs_csv: str) -> int:
     print(f"# sample of {SAMPLE} of its 5,000 Once-for-All MobileNetV3 subnets (random.Random({SEED}).sample); runtime")
     print("# not documented by HELP (read as eager PyTorch fp32, as its other GPU tables). spec = kd-compile's")
     print("# ofa:<resolution>/<depths>/<active_blocks> of ofa-architectures.csv. Written by")
-    print("# benchmarks/data/transcribe_help_ofa.py; read by benchmarks/external_check.py only.")
+    print("# benchmarks/data/transcribe_help_ofa.py; read by kd_compile.calibrate.tables.read_help_ofa (fits: no")
+    print("# V100) and benchmarks/external_check.py (the subnets no fit reads).")
     out = csv.writer(sys.stdout, lineterminator="\n")
     cols = [(g, b) for g in GPUS for b in BATCHES]
     out.writerow(["arch_index", "spec", *(f"{GPUS[g]}_b{b}_ms" for g, b in cols)])

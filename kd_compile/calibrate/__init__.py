@@ -10,7 +10,10 @@ architecture spec), one device, runtime, precision and batch, seconds per batch:
   because the shared folder lacks it): TensorRT fp16 and eager PyTorch fp16, batch 1;
 * HELP NAS-Bench-201 and FBNet (GTX 1080 Ti, RTX 2080 Ti, Titan X/Xp/RTX): eager fp32 at batch
   1, 32, 256 (FBNet 1, 32, 64) -- the runtime is undocumented; the data behave like eager PyTorch;
-* Accel-NASBench (RTX 3090, A100): eager AMP fp16 channels_last, batch 128.
+* Accel-NASBench (RTX 3090, A100): eager AMP fp16 channels_last, batch 128;
+* HELP's Once-for-All MobileNetV3 subnets (128-224 px; a table shipped in ``kd_compile/calibrate/data``):
+  eager fp32 at batch 1, 32, 64 on the RTX 2080 Ti, Titan RTX and Titan Xp (its V100 column is a test
+  no fit reads).
 
 Each model is counted once at batch 1 on the ``meta`` device (no weights, no real compute) and
 the counts are cached in ``kd_compile/targets/calibration/layer_costs.json`` (committed data), so
@@ -79,6 +82,7 @@ from .tables import (
     DEFAULT_DATA_DIR,
     FAMILIES,
     HELP_DEVICES,
+    HELP_OFA,
     HELP_TABLES,
     NAS_FIT,
     NAS_SAMPLE,
@@ -91,6 +95,7 @@ from .tables import (
     load_measurements,
     read_accel_nasbench,
     read_help,
+    read_help_ofa,
     read_supergradients,
     read_timm_table,
     read_torch2trt,
@@ -99,12 +104,12 @@ from .tables import (
 from .write import calibrate, calibrate_all, gpu_targets
 
 __all__ = [
-    "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_TABLES", "KFOLD",
-    "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SEPARATE_MEMORY", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED",
+    "ACCEL_NASBENCH", "CURATED", "DEFAULT_DATA_DIR", "FAMILIES", "HELD", "HELP_DEVICES", "HELP_OFA", "HELP_TABLES",
+    "KFOLD", "LAYER_COSTS", "NAS_FIT", "NAS_SAMPLE", "SEPARATE_MEMORY", "SG_TO_TIMM", "SUPERGRADIENTS", "TIED",
     "TIMM_TABLES", "TORCH2TRT",
     "MeasuredRow", "Problem", "RIDGES", "bands", "build_problem", "calibrate", "calibrate_all", "device_scales",
     "family_of", "family_ridge", "fit_constants", "fit_on", "fit_scales", "gpu_targets", "group_weights",
     "kfold_on_device", "layer_costs", "leave_one_device_out", "leave_one_family_out", "load_measurements", "predict",
-    "quality", "read_accel_nasbench", "read_help", "read_supergradients", "read_timm_table", "read_torch2trt",
-    "select_timm", "synthetic_problem", "transfer_bands",
+    "quality", "read_accel_nasbench", "read_help", "read_help_ofa", "read_supergradients", "read_timm_table",
+    "read_torch2trt", "select_timm", "synthetic_problem", "transfer_bands",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,22 @@ def fit_constants(
         return sw * (np.log(row_seconds(table, full(z))) - y)
 
     z0 = np.clip(np.log(np.maximum(start[free], 1e-12)), lo + 1e-6, hi - 1e-6)
-    r = least_squares(resid, z0, bounds=(lo, hi), diff_step=1e-3, max_nfev=max_nfev, loss="soft_l1", f_scale=0.3)
+
+    def solve(z: np.ndarray) -> Any:
+        return least_squares(resid, z, bounds=(lo, hi), diff_step=1e-3, max_nfev=max_nfev, loss="soft_l1",
+                             f_scale=0.3)
+
+    r = solve(z0)
+    # A constant can end where no residual depends on it (a power cap that binds on no kernel): the
+    # solver has no gradient to come back by. Restart once with those constants at their start; keep
+    # the lower robust cost.
+    flat = _flat(resid, r.x)
+    if flat:
+        z1 = r.x.copy()
+        z1[flat] = z0[flat]
+        r2 = solve(z1)
+        if r2.cost < r.cost:
+            r = r2
     c = Constants.from_vector(full(r.x))
     return c, quality(row_seconds(table, c), np.asarray(measured_s, float))
 
@@ -231,6 +247,18 @@ def predict(problem: Problem, mask: np.ndarray, constants: Constants,
     rows = [r for r, m in zip(problem.rows, mask, strict=True) if m]
     g, h, m = _scale_columns(rows, scales or {})
     return row_seconds(problem.table.subset(mask).with_scales(g, h, m), constants)
+
+
+def _flat(resid: Callable[[np.ndarray], np.ndarray], z: np.ndarray, step: float = math.log(1.01)) -> list[int]:
+    """The parameters of ``z`` that a 1% change moves no residual of (a flat region of the fit)."""
+    base = resid(z)
+    out = []
+    for j in range(len(z)):
+        moved = z.copy()
+        moved[j] += step
+        if np.array_equal(resid(moved), base):
+            out.append(j)
+    return out
 
 
 def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max_nfev: int = 300,

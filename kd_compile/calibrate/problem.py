@@ -14,6 +14,9 @@ from ..targets.profile import TargetProfile, get_target
 from .counts import layer_costs
 from .tables import NAS_FIT, MeasuredRow
 
+# the sampled tables (``tables.NAS_SAMPLE`` architectures), of which fits use the first ``nas_fit``
+NAS_FAMILIES = ("nb201", "fbnet", "anb", "ofa")
+
 
 @dataclass
 class Problem:
@@ -45,13 +48,13 @@ class Problem:
 
 def nas_fit_mask(rows: Sequence[MeasuredRow], nas_fit: int) -> np.ndarray:
     """Rows a fit may use: every non-NAS row, and the first ``nas_fit`` architectures (in table
-    order) of each NAS-Bench-201 / FBNet / Accel-NASBench table."""
+    order) of each NAS-Bench-201 / FBNet / Accel-NASBench / OFA table."""
     nas_rank: dict[str, dict[str, int]] = defaultdict(dict)
     for r in rows:
         fam = r.spec.split(":", 1)[0]
-        if fam in ("nb201", "fbnet", "anb"):
+        if fam in NAS_FAMILIES:
             nas_rank[(fam + r.file)].setdefault(r.spec, len(nas_rank[fam + r.file]))
-    return np.array([r.spec.split(":", 1)[0] not in ("nb201", "fbnet", "anb")
+    return np.array([r.spec.split(":", 1)[0] not in NAS_FAMILIES
                      or nas_rank[r.spec.split(":", 1)[0] + r.file][r.spec] < nas_fit for r in rows], dtype=bool)
 
 

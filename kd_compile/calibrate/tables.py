@@ -1,8 +1,8 @@
 """Measured latency tables: readers of each published table format and :func:`load_measurements`.
 
 Every reader turns its table's rows into :class:`MeasuredRow` s (one model, one device, runtime,
-precision and batch, seconds per batch); NAS spaces are sampled (``NAS_SAMPLE`` architectures
-per space, seed 0), of which fits use the first ``NAS_FIT``.
+precision and batch, seconds per batch); NAS spaces (NAS-Bench-201, FBNet, Accel-NASBench, OFA) are
+sampled (``NAS_SAMPLE`` architectures per space, seed 0), of which fits use the first ``NAS_FIT``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ CHECK_TABLES = {
     "timm-benchmark-infer-amp-nchw-pt240-cu124-rtx4090-dynamo.csv": ("rtx4090", "inductor", "fp16"),
 }
 ACCEL_NASBENCH = "accel-nasbench-mbconv.csv"
+# HELP's Once-for-All MobileNetV3 latencies (128-224 px), shipped (``BUNDLED_DIR``; a seeded sample of 500
+# of its 5,000 subnets): the fits read these GPUs' columns of ``NAS_SAMPLE`` of the subnets; the V100's
+# column and the other subnets are a test no fit reads (``benchmarks/external_check.py``).
+HELP_OFA = "help-ofa-latency.csv"
+OFA_FIT_DEVICES = ("2080ti", "titan-rtx", "titan-xp")
 # HELP column prefix -> target name (titanx: the Pascal TITAN X, see titan-x.toml)
 HELP_DEVICES = {"1080ti": "1080ti", "2080ti": "2080ti", "titan_rtx": "titan-rtx", "titanx": "titan-x",
                 "titanxp": "titan-xp"}
@@ -89,7 +94,7 @@ CURATED = (
 
 # Architecture families for leave-one-family-out (first matching pattern wins).
 FAMILIES: tuple[tuple[str, str], ...] = (
-    ("nb201", r"^nb201:"), ("fbnet", r"^fbnet:"), ("anb", r"^anb:"),
+    ("nb201", r"^nb201:"), ("fbnet", r"^fbnet:"), ("anb", r"^anb:"), ("ofa", r"^ofa:"),
     ("vit", r"(vit_|deit|beit|cait|pit_|crossvit|twins|xcit|levit|mixer|resmlp|swin|maxvit|coat|"
             r"efficientformer|poolformer|mobilevit|edgenext|efficientvit|tiny_vit|fastvit)"),
     ("regnet", r"regnet"), ("efficientnet", r"efficientnet"),
@@ -105,7 +110,8 @@ FAMILIES: tuple[tuple[str, str], ...] = (
 # on them has to say: an ImageNet-size model reaches a larger share of peak
 # (``benchmarks/external_check.py``).
 FAMILY_LABELS: dict[str, str] = {
-    "nb201": "NAS-Bench-201 (32 px)", "fbnet": "FBNet (32 px)", "anb": "Accel-NASBench MBConv", "vit": "ViT-like",
+    "nb201": "NAS-Bench-201 (32 px)", "fbnet": "FBNet (32 px)", "anb": "Accel-NASBench MBConv",
+    "ofa": "OFA MobileNetV3 (128-224 px)", "vit": "ViT-like",
     "regnet": "RegNet", "efficientnet": "EfficientNet", "mobilenet": "mobile nets", "convnext": "ConvNeXt",
     "densenet": "DenseNet", "vgg": "VGG/AlexNet", "resnet": "ResNet-like", "other": "other",
 }
@@ -125,7 +131,7 @@ class MeasuredRow:
 
     Attributes:
         spec: the architecture (``timm:<name>@<size>``, ``torchvision:<name>``, ``nb201:...``,
-            ``fbnet:...``, ``anb:...``).
+            ``fbnet:...``, ``anb:...``, ``ofa:...``).
         device: target name.
         runtime: ``torch`` (eager) or ``tensorrt``.
         precision: ``fp32`` or ``fp16``.
@@ -263,6 +269,25 @@ def read_accel_nasbench(path: Path, n: int = NAS_SAMPLE) -> list[MeasuredRow]:
     return out
 
 
+def ofa_fit_specs(path: Path | None = None, n: int = NAS_SAMPLE) -> list[str]:
+    """The subnets of HELP's OFA table (``HELP_OFA``) that :func:`read_help_ofa` samples, in its order."""
+    return _sample([r["spec"] for r in _dict_rows(path or BUNDLED_DIR / HELP_OFA)], n)
+
+
+def read_help_ofa(path: Path, n: int = NAS_SAMPLE, devices: Sequence[str] = OFA_FIT_DEVICES) -> list[MeasuredRow]:
+    """HELP's OFA MobileNetV3 rows of ``n`` sampled subnets on ``devices``: eager fp32, batch 1/32/64."""
+    recs = {r["spec"]: r for r in _dict_rows(path)}
+    col = re.compile(r"^(.+)_b(\d+)_ms$")
+    out = []
+    for spec in ofa_fit_specs(path, n):
+        for c, v in recs[spec].items():
+            m = col.match(c)
+            if m and m.group(1) in devices and v:
+                out.append(MeasuredRow(spec, m.group(1), "torch", "fp32", int(m.group(2)), float(v) * 1e-3,
+                                       Path(path).name))
+    return out
+
+
 def select_timm(rows: Sequence[MeasuredRow], tables: int = 2) -> list[MeasuredRow]:
     """Rows of curated timm models measured in every timm table, at the smallest common size."""
     by_model: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -299,6 +324,9 @@ def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> li
             rows += read_help(d / f, space, nas)
     if (d / ACCEL_NASBENCH).is_file():
         rows += read_accel_nasbench(d / ACCEL_NASBENCH, nas)
+    ofa = d / HELP_OFA if (d / HELP_OFA).is_file() else BUNDLED_DIR / HELP_OFA
+    if ofa.is_file():
+        rows += read_help_ofa(ofa, nas)
     return rows
 
 

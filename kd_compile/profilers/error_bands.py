@@ -11,6 +11,7 @@ file of their own (user TOMLs). A user's own fit (``kd-compile calibrate`` witho
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,13 @@ def _out_of_sample_doc() -> dict[str, Any]:
     return _read_json(str(f), f.stat().st_mtime) if f.is_file() else {}
 
 
+def ratio_span(ratios: Iterable[float]) -> str:
+    """``x0.89-x2.19`` over some predicted / measured ratios, ``x2.19`` where they print alike."""
+    values = list(ratios)
+    lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"x{lo}" if lo == hi else f"x{lo}-x{hi}"
+
+
 def large_input_notes(
     band: dict[str, Any], target: TargetProfile, runtime: str, precision: str, batch: int, input_px: int
 ) -> dict[str, Any]:
@@ -209,9 +217,9 @@ def large_input_notes(
         parts = []
         for p in pooled:
             r = p["median_ratio_by_device"]
-            parts.append(f"{p['models']} x{min(r.values()):.2f}-x{max(r.values()):.2f} ({p['source']}; the median of "
-                         f"each of {len(r)} GPUs: {', '.join(sorted(r))}; ±{100 * p['median_ape']:.0f}% median error "
-                         f"over {p['n']})")
+            of = f"each of {len(r)} GPUs: {', '.join(sorted(r))}" if len(r) > 1 else f"the {next(iter(r))}'s rows"
+            parts.append(f"{p['models']} {ratio_span(r.values())} ({p['source']}; the median of {of}; "
+                         f"±{100 * p['median_ape']:.0f}% median error over {p['n']})")
         out["caveat"] = (f"{head}: out of sample (benchmarks/external_check.py), predicted / measured on the GPUs "
                          f"whose {runtime} {precision} band here is measured so: " + "; ".join(parts))
     else:

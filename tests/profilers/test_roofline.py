@@ -508,3 +508,45 @@ def test_bf16_is_refused_on_a_gpu_without_bf16_tensor_cores() -> None:
             RooflineProfiler(name, "bf16", "tensorrt")
     a100 = RooflineProfiler("a100", "bf16", "tensorrt", constants=C)
     assert a100.predict_ops(_matmul(10**9), 1).latency_ms > 0
+
+
+def test_a_constant_no_residual_depends_on_is_found_flat() -> None:
+    """A power cap above every kernel's rate moves no residual (the fit has no gradient back from
+    there, and ``fit_constants`` restarts it); one that binds does. ``fit._flat`` tells them apart."""
+    from kd_compile.calibrate.fit import _flat
+    from kd_compile.profilers.constants import CONSTANT_NAMES
+    from kd_compile.profilers.roofline import row_seconds
+
+    table, _, _ = synthetic_problem(C, n_models=20, seed=3)
+    j = CONSTANT_NAMES.index("tc_gflop_per_j")
+
+    def resid_at(c: Constants):
+        y = np.log(row_seconds(table, c))
+
+        def resid(z: np.ndarray) -> np.ndarray:
+            v = c.vector().copy()
+            v[j] = np.exp(z[0])
+            return np.log(row_seconds(table, Constants.from_vector(v))) - y
+
+        return resid
+
+    loose = dataclasses.replace(C, e_tc=0.8, tc_gflop_per_j=1e5)
+    assert _flat(resid_at(loose), np.array([np.log(1e5)])) == [0]
+    tight = dataclasses.replace(C, e_tc=0.8, tc_gflop_per_j=100.0)
+    assert _flat(resid_at(tight), np.array([np.log(100.0)])) == []
+
+
+def test_no_shipped_calibration_has_a_power_cap_that_never_binds() -> None:
+    """Every fit's work per joule lies near the all-devices fit's: a fit that wandered to a cap no
+    kernel reaches (the AGX Xavier's left-out fit once ran to 6,138 GFLOP/J at a higher robust cost)
+    is restarted by ``fit_constants``."""
+    import json
+
+    from kd_compile.profilers.roofline import CALIBRATION_DIR
+
+    k_all = json.loads((CALIBRATION_DIR / "_all_devices.json").read_text())["constants"]["tc_gflop_per_j"]
+    for f in CALIBRATION_DIR.glob("[!_]*.json"):
+        if f.name == "layer_costs.json":
+            continue
+        k = json.loads(f.read_text())["constants"].get("tc_gflop_per_j")
+        assert k is None or 0.5 * k_all <= k <= 2 * k_all, (f.name, k)

@@ -19,6 +19,7 @@ from torch import nn
 
 from kd_compile.calibrate import (
     ACCEL_NASBENCH,
+    HELP_OFA,
     HELP_TABLES,
     LAYER_COSTS,
     SUPERGRADIENTS,
@@ -32,7 +33,7 @@ from kd_compile.profilers.roofline import CALIBRATION_DIR, SHARED_FIT, RooflineP
 from kd_compile.targets import get_target
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "latency"
-KNOWN_TABLES = {*TIMM_TABLES, SUPERGRADIENTS, *TORCH2TRT, *HELP_TABLES, ACCEL_NASBENCH}
+KNOWN_TABLES = {*TIMM_TABLES, SUPERGRADIENTS, *TORCH2TRT, *HELP_TABLES, ACCEL_NASBENCH, HELP_OFA}
 REGIMES = ("tensorrt/fp16/batch1", "tensorrt/fp16/large", "torch/fp16/batch1", "torch/fp16/large",
            "torch/fp32/batch1", "torch/fp32/large")
 MEASURED = {"t4": "tensorrt/fp16/batch1", "jetson-xavier-nx": "tensorrt/fp16/batch1",
@@ -151,7 +152,9 @@ def test_an_imagenet_size_prediction_carries_what_tables_no_fit_reads_measured_o
                                                                                            monkeypatch) -> None:
     """Where published tables no fit reads measured ImageNet-size models on the target in this runtime
     and precision (``benchmarks/external_check.py``), a prediction for such a model carries their
-    figure (``out_of_sample``) and says it in words; a 32-px band's caveat then points to it."""
+    figure (``out_of_sample``) and says it in words; a 32-px band's caveat then points to it (the
+    1080 Ti's), and a band measured on ImageNet-size networks too (the 2080 Ti's, with HELP's OFA
+    subnets) has no such caveat."""
     from kd_compile.latency import LatencyPlan, measure_or_predict
     from kd_compile.profilers.counting import trace_ops
     from kd_compile.report.render import band_phrase
@@ -166,7 +169,12 @@ def test_an_imagenet_size_prediction_carries_what_tables_no_fit_reads_measured_o
     eager = create_profiler("roofline", target="2080ti", runtime="torch", precision="fp32", batch=12)
     band = eager.profile(net, InputSpec((3, 224, 224))).extra["error_band"]
     assert band["out_of_sample"] == want
-    assert band["caveat"].endswith("this GPU's out-of-sample figures, by kind of ImageNet-size model, follow")
+    assert "ofa" in band["families"] and "32-px" not in band["caveat"]  # batch 12's caveat only
+    pascal = create_profiler("roofline", target="1080ti", runtime="torch", precision="fp32", batch=12).profile(
+        net, InputSpec((3, 224, 224))).extra["error_band"]
+    assert set(pascal["families"]) == {"nb201", "fbnet"}
+    assert pascal["out_of_sample"] == _oos()["entries"]["1080ti/torch/fp32/large"]
+    assert pascal["caveat"].endswith("this GPU's out-of-sample figures, by kind of ImageNet-size model, follow")
     phrase = band_phrase(band)
     assert "; out of sample on this GPU: " in phrase
     for w in want:
@@ -201,14 +209,19 @@ def test_a_32px_band_without_figures_of_its_own_quotes_the_ranges_over_gpus(tmp_
     monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     pooled = _oos()["small_input_bands"]["torch/fp32/large"]
-    assert len(pooled) >= 2 and all("titan-x" not in p["median_ratio_by_device"] for p in pooled)
+    assert pooled and all("titan-x" not in p["median_ratio_by_device"] for p in pooled)
+    # the GPUs whose band is measured on HELP's OFA subnets too are not among them
+    assert all("2080ti" not in p["median_ratio_by_device"] for p in pooled)
     band = create_profiler("roofline", target="titan-x", runtime="torch", precision="fp32", batch=64).profile(
         net, InputSpec((3, 224, 224))).extra["error_band"]
     assert "out_of_sample" not in band
     assert "predicted / measured on the GPUs whose torch fp32 band here is measured so" in band["caveat"]
+    from kd_compile.profilers.error_bands import ratio_span
+
     for p in pooled:
         r = p["median_ratio_by_device"]
-        assert f"{p['models']} x{min(r.values()):.2f}-x{max(r.values()):.2f} ({p['source']}; " in band["caveat"]
+        assert f"{p['models']} {ratio_span(r.values())} ({p['source']}; the median of " in band["caveat"]
+    assert ratio_span([0.891, 2.19]) == "x0.89-x2.19" and ratio_span([2.19, 2.188]) == "x2.19"
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED))
@@ -329,8 +342,10 @@ def test_bundled_jetson_nano_table_is_read_unless_the_data_folder_has_its_own(tm
     it has a file of that name."""
     name = next(f for f, dev in TORCH2TRT.items() if dev == "jetson-nano")
     assert (BUNDLED_DIR / name).is_file()
-    rows = load_measurements(tmp_path)  # an empty data folder: the bundled tables alone
-    assert {r.device for r in rows} == {"jetson-nano"} and {r.file for r in rows} == {name}
+    every = load_measurements(tmp_path)  # an empty data folder: the bundled tables alone
+    assert {r.file for r in every} == {name, HELP_OFA}
+    rows = [r for r in every if r.file == name]
+    assert {r.device for r in rows} == {"jetson-nano"}
     trt = {r.spec: r.seconds for r in rows if r.runtime == "tensorrt"}
     eager = {r.spec: r.seconds for r in rows if r.runtime == "torch"}
     assert len(trt) == 18 and set(trt) == set(eager)
@@ -340,8 +355,31 @@ def test_bundled_jetson_nano_table_is_read_unless_the_data_folder_has_its_own(tm
     lines = (BUNDLED_DIR / name).read_text(encoding="utf-8").splitlines()
     own = [ln for ln in lines if ln.startswith(("device,", "jetson_nano,")) and "resnet18" not in ln]
     (tmp_path / name).write_text("\n".join(own[:2]) + "\n", encoding="utf-8")
-    mine = load_measurements(tmp_path)
-    assert len(mine) == 2 and {r.file for r in mine} == {name}  # the folder's copy, not the bundled one
+    mine = [r for r in load_measurements(tmp_path) if r.file == name]
+    assert len(mine) == 2  # the folder's copy, not the bundled one
+
+
+def test_helps_ofa_table_is_read_for_the_three_fitted_gpus_only(tmp_path: Path) -> None:
+    """HELP's Once-for-All table ships in the package: the fits read 200 sampled subnets on the RTX
+    2080 Ti, Titan RTX and Titan Xp at batch 1/32/64 (fitting on the first 100, as for every NAS
+    table); its V100 column and the other subnets are read by no fit (``external_check.py``)."""
+    from kd_compile.calibrate.problem import nas_fit_mask
+    from kd_compile.calibrate.tables import NAS_FIT, NAS_SAMPLE, ofa_fit_specs
+
+    rows = [r for r in load_measurements(tmp_path) if r.file == HELP_OFA]
+    assert {r.device for r in rows} == {"2080ti", "titan-rtx", "titan-xp"}  # no V100
+    assert {(r.runtime, r.precision) for r in rows} == {("torch", "fp32")} and {r.batch for r in rows} == {1, 32, 64}
+    specs = ofa_fit_specs()
+    assert len(specs) == NAS_SAMPLE and {r.spec for r in rows} == set(specs)
+    assert len(rows) == NAS_SAMPLE * 3 * 3 and {r.family for r in rows} == {"ofa"}
+    assert "128-224 px" in FAMILY_LABELS["ofa"]
+    fitted = {r.spec for r, m in zip(rows, nas_fit_mask(rows, NAS_FIT), strict=True) if m}
+    assert fitted == set(specs[:NAS_FIT])
+    table = {ln.split(",")[1]: ln.split(",") for ln in (BUNDLED_DIR / HELP_OFA).read_text(encoding="utf-8").splitlines()
+             if ln.startswith(tuple("0123456789"))}
+    assert len(table) == 500 and set(specs) <= set(table)
+    r = next(r for r in rows if r.device == "titan-rtx" and r.batch == 64)
+    assert r.seconds == pytest.approx(float(table[r.spec][7]) * 1e-3)  # the titan-rtx_b64_ms column
 
 
 def test_jetson_nano_calibration_predicts_its_own_table_within_its_band(tmp_path: Path) -> None:

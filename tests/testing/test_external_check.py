@@ -125,6 +125,22 @@ def test_the_ofa_section_predicts_what_profile_gives() -> None:
     assert ec.ofa_rows(stored) == two
 
 
+def test_the_ofa_section_checks_the_subnets_no_fit_reads() -> None:
+    """The fits read 200 of the table's subnets (three GPUs' columns); the check predicts the other 300,
+    and the committed results hold those, on all four GPUs."""
+    import json
+
+    from kd_compile.calibrate.tables import ofa_fit_specs
+
+    rows = ec.read_rows(ec.DATA_OFA)
+    test = ec.ofa_test_rows(rows)
+    fitted = set(ofa_fit_specs(ec.DATA_OFA))
+    assert len(fitted) == 200 and len(test) == 300 and not fitted & {r["spec"] for r in test}
+    committed = json.loads(ec.OUT.read_text())["help_ofa"]
+    assert committed["specs"] == [r["spec"] for r in test]
+    assert {k.split("/")[0] for k in committed["columns"]} == {"2080ti", "titan-rtx", "titan-xp", "v100"}
+
+
 def test_the_shipped_out_of_sample_summary_is_that_of_the_committed_results() -> None:
     """``kd_compile/targets/calibration/_out_of_sample.json`` is written from the same rows as
     ``benchmarks/results/external_check.json``, by the same run; one without the other is stale."""

@@ -46,3 +46,37 @@ def test_block_costs_recover_known_costs() -> None:
     assert got["proj_us"] == pytest.approx(150, abs=0.5)
     assert got["shuffle_us"] == pytest.approx(100, abs=0.5)
     assert got["shuffle_over_block"] == pytest.approx(0.25, abs=1e-3)
+
+
+def test_ofa_design_scales_each_active_block_by_the_input_area() -> None:
+    rows = [{"spec": "ofa:224/2-2-2-2-3/k7e6-k5e4|k7e6-k7e3|k5e3-k7e6|k5e3-k3e6|k5e6-k3e4-k5e3"},
+            {"spec": "ofa:112/4-2-2-2-2/k3e3-k3e3-k3e3-k3e3|k3e3-k3e3|k3e3-k3e3|k3e3-k3e3|k3e3-k3e3"}]
+    x = hc._ofa_design(rows)
+    assert x.shape == (2, 5 * hc.OFA_SLOTS * 9 + 1)
+    assert np.count_nonzero(x[0]) == 11 + 1 and set(x[0][x[0] > 0]) == {1.0}  # 11 blocks and the stem/head
+    assert np.count_nonzero(x[1]) == 12 + 1 and set(x[1][x[1] > 0]) == {0.25}  # half the side: a quarter the area
+    slot = (4 * hc.OFA_SLOTS + 2) * 9 + hc.OFA_OPS.index((5, 3))  # stage 5, third block: k5e3
+    assert x[0, slot] == 1.0 and x[1, slot] == 0.0
+
+
+def test_ofa_oracle_and_agreement_tell_a_noisy_column_from_a_clean_one() -> None:
+    """Two GPUs' columns from the same per-block costs, one of them blurred: the oracle ranks the clean
+    column near perfectly and the blurred one less; the agreement of each with the other is the same
+    and below 1, and a third clean column agrees with the first one most."""
+    from kd_compile.students.ofa import DEPTHS
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(500):
+        depths = rng.choice(DEPTHS, 5)
+        blocks = "|".join("-".join(f"k{rng.choice(hc.KERNELS)}e{rng.choice(hc.EXPANDS)}" for _ in range(d))
+                          for d in depths)
+        rows.append({"spec": f"ofa:{rng.integers(128, 225)}/{'-'.join(map(str, depths))}/{blocks}"})
+    x = hc._ofa_design(rows)
+    clean = x @ rng.uniform(0.1, 1.0, x.shape[1])
+    noisy = clean * np.exp(rng.normal(0, 0.15, len(clean)))
+    assert min(hc.ceiling(x, clean, 3, hc.TEST_OFA)) > 0.999
+    assert max(hc.ceiling(x, noisy, 3, hc.TEST_OFA)) < 0.97
+    agree = hc.agreement({"a": clean, "b": noisy, "c": 2 * clean + 0.01})
+    assert agree["a"] == (1.0, "c") and agree["c"] == (1.0, "a")
+    assert agree["b"][0] < 0.97
