@@ -24,7 +24,8 @@ from kd_compile.targets import get_target
 
 @pytest.fixture(scope="module")
 def nano(tmp_path_factory: pytest.TempPathFactory):
-    problem = build_problem(load_measurements(tmp_path_factory.mktemp("empty")))  # the bundled table alone
+    bundled = load_measurements(tmp_path_factory.mktemp("empty"))  # the bundled tables alone
+    problem = build_problem([r for r in bundled if r.device == "jetson-nano"])  # the Jetson Nano's
     constants, _, _ = load_calibration(get_target("jetson-nano"))
     return problem, constants
 
