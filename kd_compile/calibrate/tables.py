@@ -279,7 +279,7 @@ def read_help_ofa(path: Path, n: int = NAS_SAMPLE, devices: Sequence[str] = OFA_
     recs = {r["spec"]: r for r in _dict_rows(path)}
     col = re.compile(r"^(.+)_b(\d+)_ms$")
     out = []
-    for spec in ofa_fit_specs(path, n):
+    for spec in _sample(list(recs), n):  # ofa_fit_specs's sample, from the rows already read
         for c, v in recs[spec].items():
             m = col.match(c)
             if m and m.group(1) in devices and v:
