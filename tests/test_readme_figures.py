@@ -442,6 +442,25 @@ def check_scbo_cpu() -> None:
     _assert_quoted(quoted, " ".join(sec.split()), "measured-latency SCBO", "scbo_cpu_*.json")
 
 
+_NODE_NAMES = {"a100": "A100", "jetson-agx-xavier": "AGX Xavier", "jetson-xavier-nx": "Xavier NX",
+               "rtx3090": "RTX 3090", "rtx4090": "RTX 4090", "t4": "T4"}
+
+
+def _node_term_figures(node: dict) -> list[str]:
+    """The power-cap bullet: which structure each test device chose, and held at 1 against no node term."""
+    held, none = "shipped (node_beta held at 1)", "no node term"
+    chosen = {d: min(by, key=by.get) for d, by in node["selection"].items()}
+    held_by = [_NODE_NAMES[d] for d in _NODE_NAMES if chosen[d] == held]
+    out = ["held at 1 is chosen with the " + ", ".join(held_by[:-1]) + f" and {held_by[-1]} as the test"]
+    for d in (d for d in _NODE_NAMES if chosen[d] == none):
+        out.append(f"none with the {_NODE_NAMES[d]} ({node['selection'][d][none]:.1%} against "
+                   f"{node['selection'][d][held]:.1%}")
+    lodo = node["lodo"]
+    for d in ("rtx4090", "t4", "jetson-xavier-nx", "jetson-agx-xavier"):
+        out.append(f"{_NODE_NAMES[d]} {lodo[held][d]['median_ape']:.1%} against {lodo[none][d]['median_ape']:.1%}")
+    return out
+
+
 def check_latency_choices() -> None:
     """How the predictor's structure was chosen (``benchmarks/latency_choices.py``)."""
     doc = _load("latency_choices")
@@ -468,9 +487,12 @@ def check_latency_choices() -> None:
         f"against the shipped structure's {shipped_within:.0%}",
         f"mean of all {n_inner} inner errors: " + ", ".join(f"{doc['overall_mean_inner'][n]:.1%}" for n in names),
     ]
+    weakest = next(n for n in doc["kfold"] if n.startswith("weakest pull"))
+    expected.append(f"and {k[weakest]:.2%} with the weakest pull")
     for d in _DEVICE_NAMES:
         by = sel[d]
         expected.append(f"{_DEVICE_NAMES[d]} as the test: " + ", ".join(f"{by[n]:.1%}" for n in names))
+    expected += _node_term_figures(doc["node"])
     for n in names:
         who = [_DEVICE_NAMES[d] for d in _DEVICE_NAMES if chosen[d] == n]
         if who:  # "T4, Jetson Xavier NX and AGX Xavier: shipped"
