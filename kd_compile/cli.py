@@ -57,8 +57,10 @@ class _DefaultCompileGroup(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError:
-            return super().main(*args, **kwargs)  # the help, as Typer shows it
+        except NoArgsIsHelpError as exc:  # rich help prints itself as the error is built; plain help is the message
+            if exc.format_message():
+                typer.echo(exc.format_message())
+            sys.exit(exc.exit_code)
         except ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""

@@ -42,6 +42,13 @@ def test_help_and_version():
     assert res.exit_code == 0 and "kd-compile" in res.output
 
 
+@pytest.mark.parametrize("args", [(), ("targets",)])
+def test_a_group_called_without_arguments_prints_its_help_once(args):
+    res = run(*args)
+    assert res.output.count("Usage:") == 1, res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
 def test_targets_list_and_show():
     res = run("targets", "list")
     assert res.exit_code == 0
