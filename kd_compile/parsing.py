@@ -106,7 +106,15 @@ def parse_latency_limit(text: Any, what: str = "--max-latency") -> LatencyLimit 
             if not (math.isfinite(v) and v > 0):
                 raise UsageError(f"invalid {what} {text!r}: a relative limit is a positive multiple, e.g. 1x or 0.5x")
             return LatencyLimit(v, relative=True)
-    return LatencyLimit(parse_latency_ms(text, what))
+    try:
+        return LatencyLimit(parse_latency_ms(text, what))
+    except UsageError as exc:  # name every form a limit takes, not only durations
+        if "expected a duration" not in str(exc):
+            raise
+        raise UsageError(
+            f"invalid {what} {text!r}: expected a duration (2ms, 500us, 0.01s), a multiple of the teacher's "
+            "latency (1x, 0.5x) or none"
+        ) from None
 
 
 def format_count(n: float) -> str:

@@ -139,6 +139,13 @@ def test_bad_latency_limits_are_usage_errors(text):
         parse_latency_limit(text)
 
 
+def test_a_bad_latency_limit_names_every_form_a_limit_takes():
+    from kd_compile.config import parse_latency_limit
+
+    with pytest.raises(UsageError, match=r"2ms.*0\.5x.*none"):
+        parse_latency_limit("2y")
+
+
 def test_by_default_a_student_may_not_be_slower_than_the_teacher():
     from kd_compile.config import CompileConfig
 
