@@ -451,7 +451,8 @@ def _node_term_figures(node: dict) -> list[str]:
     held, none = "shipped (node_beta held at 1)", "no node term"
     chosen = {d: min(by, key=by.get) for d, by in node["selection"].items()}
     held_by = [_NODE_NAMES[d] for d in _NODE_NAMES if chosen[d] == held]
-    out = ["held at 1 is chosen with the " + ", ".join(held_by[:-1]) + f" and {held_by[-1]} as the test"]
+    listed = ", ".join(held_by[:-1]) + " and " + held_by[-1] if len(held_by) > 1 else held_by[0]
+    out = [f"held at 1 is chosen with the {listed} as the test"]
     for d in (d for d in _NODE_NAMES if chosen[d] == none):
         out.append(f"none with the {_NODE_NAMES[d]} ({node['selection'][d][none]:.1%} against "
                    f"{node['selection'][d][held]:.1%}")
