@@ -107,6 +107,16 @@ class Teacher:
         return dataclasses.replace(self, preprocessing=pre, meta=meta)
 
 
+def _names_a_model(text: str) -> bool:
+    """Whether a missing "checkpoint" is a bare timm or torchvision model name (``resnet18``), not a path."""
+    if not text.isidentifier():
+        return False
+    import timm  # lazy: heavy
+    from torchvision import models as tv_models
+
+    return timm.is_model(text) or text in tv_models.list_models()
+
+
 def load_teacher(
     path: str | Path,
     *,
@@ -171,11 +181,13 @@ def load_teacher(
         spec_like = bool(colon) and len(prefix) > 1 and prefix.isidentifier()
         from ..students.specs import SPEC_PREFIXES
 
-        raise CheckpointError(
-            f"teacher checkpoint not found: {p}",
-            hint=(f"'{prefix}:' is no model family; a model spec is <family>:<encoding>, family one of "
-                  f"{', '.join(SPEC_PREFIXES)}") if spec_like else None,
-        )
+        hint = None
+        if spec_like:
+            hint = (f"'{prefix}:' is no model family; a model spec is <family>:<encoding>, family one of "
+                    f"{', '.join(SPEC_PREFIXES)}")
+        elif _names_a_model(str(path)):
+            hint = f"a model by name is a spec: timm:{path} or torchvision:{path}"
+        raise CheckpointError(f"teacher checkpoint not found: {p}", hint=hint)
     if p.is_dir():
         raise CheckpointError(f"teacher checkpoint is a directory, expected a file: {p}")
     if p.stat().st_size == 0:

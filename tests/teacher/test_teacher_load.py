@@ -117,6 +117,14 @@ def test_missing_empty_corrupt(tmp_path, content, match):
         load_teacher(p)
 
 
+@pytest.mark.parametrize(("name", "hinted"), [("resnet18", True), ("mobilenet_v3_large", True), ("my_teacher", False)])
+def test_a_missing_checkpoint_named_like_a_model_is_pointed_to_its_spec(tmp_path, monkeypatch, name, hinted):
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    with pytest.raises(CheckpointError, match="not found") as info:
+        load_teacher(name)
+    assert (f"timm:{name} or torchvision:{name}" in info.value.line()) is hinted
+
+
 def test_truncated_zip_is_corrupt(tmp_path):
     p = tmp_path / "t.pt"
     torch.jit.save(torch.jit.trace(_net(), torch.zeros(1, 1, 12, 12)), str(p))
