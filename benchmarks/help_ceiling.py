@@ -177,18 +177,15 @@ def ofa_ceiling(path: Path, splits: int) -> list[dict[str, object]]:
     rows = list(csv.DictReader(line for line in path.open(encoding="utf-8") if not line.startswith("#")))
     x = _ofa_design(rows)
     out = []
-    for dev in OFA_DEVICES:
-        for b in (1, 32, 64):
-            y = np.array([float(r[f"{dev}_b{b}_ms"]) for r in rows])
-            rho = ceiling(x, y, splits, TEST_OFA)
-            out.append({"device": dev, "batch": b, "n": len(y), "rho_mean": round(float(np.mean(rho)), 4),
-                        "rho_sd": round(float(np.std(rho)), 4)})
     for b in (1, 32, 64):
         cols = {dev: np.array([float(r[f"{dev}_b{b}_ms"]) for r in rows]) for dev in OFA_DEVICES}
-        for dev, (rho_, other) in agreement(cols).items():
-            row = next(r for r in out if r["device"] == dev and r["batch"] == b)
-            row.update(agreement=rho_, agrees_most_with=other)
-    return out
+        agree = agreement(cols)
+        for dev, y in cols.items():
+            rho = ceiling(x, y, splits, TEST_OFA)
+            out.append({"device": dev, "batch": b, "n": len(y), "rho_mean": round(float(np.mean(rho)), 4),
+                        "rho_sd": round(float(np.std(rho)), 4), "agreement": agree[dev][0],
+                        "agrees_most_with": agree[dev][1]})
+    return sorted(out, key=lambda r: (OFA_DEVICES.index(r["device"]), r["batch"]))
 
 
 def main(argv: list[str] | None = None) -> int:
