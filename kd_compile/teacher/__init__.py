@@ -107,14 +107,16 @@ class Teacher:
         return dataclasses.replace(self, preprocessing=pre, meta=meta)
 
 
-def _names_a_model(text: str) -> bool:
-    """Whether a missing "checkpoint" is a bare timm or torchvision model name (``resnet18``), not a path."""
+def _model_specs(text: str) -> list[str]:
+    """The specs (``timm:resnet18``, ``torchvision:resnet18``) of a missing "checkpoint" that is a bare
+    model name, not a path; none for anything else."""
     if not text.isidentifier():
-        return False
+        return []
     import timm  # lazy: heavy
     from torchvision import models as tv_models
 
-    return timm.is_model(text) or text in tv_models.list_models()
+    return [f"{family}:{text}" for family, known in (("timm", timm.is_model(text)),
+                                                    ("torchvision", text in tv_models.list_models())) if known]
 
 
 def load_teacher(
@@ -185,8 +187,8 @@ def load_teacher(
         if spec_like:
             hint = (f"'{prefix}:' is no model family; a model spec is <family>:<encoding>, family one of "
                     f"{', '.join(SPEC_PREFIXES)}")
-        elif _names_a_model(str(path)):
-            hint = f"a model by name is a spec: timm:{path} or torchvision:{path}"
+        elif specs := _model_specs(str(path)):
+            hint = f"a model by name is a spec: {' or '.join(specs)}"
         raise CheckpointError(f"teacher checkpoint not found: {p}", hint=hint)
     if p.is_dir():
         raise CheckpointError(f"teacher checkpoint is a directory, expected a file: {p}")

@@ -117,12 +117,22 @@ def test_missing_empty_corrupt(tmp_path, content, match):
         load_teacher(p)
 
 
-@pytest.mark.parametrize(("name", "hinted"), [("resnet18", True), ("mobilenet_v3_large", True), ("my_teacher", False)])
-def test_a_missing_checkpoint_named_like_a_model_is_pointed_to_its_spec(tmp_path, monkeypatch, name, hinted):
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("resnet18", "timm:resnet18 or torchvision:resnet18"),  # both families have it
+     ("resnet10t", "timm:resnet10t"),  # timm alone
+     ("mobilenet_v3_large", "torchvision:mobilenet_v3_large"),  # torchvision alone (timm: mobilenetv3_large_100)
+     ("my_teacher", None)],
+)
+def test_a_missing_checkpoint_named_like_a_model_is_pointed_to_its_specs(tmp_path, monkeypatch, name, hint):
     monkeypatch.chdir(tmp_path)  # no file of that name here
     with pytest.raises(CheckpointError, match="not found") as info:
         load_teacher(name)
-    assert (f"timm:{name} or torchvision:{name}" in info.value.line()) is hinted
+    line = info.value.line()
+    if hint is None:
+        assert "a model by name" not in line
+    else:
+        assert line.endswith(f"(a model by name is a spec: {hint})"), line
 
 
 def test_truncated_zip_is_corrupt(tmp_path):
