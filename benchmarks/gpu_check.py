@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             print("latency summary", doc["latency_summary"], flush=True)
         _save(args.results, doc)
     if "training" not in skip:
-        doc["training"] = training([32] if args.quick else [64, 224], 512 if args.quick else 4096, args.quick)
+        doc["training"] = training([32] if args.quick else [64, 224], 128 if args.quick else 4096, args.quick)
         _save(args.results, doc)
     print(f"wrote {args.results}")
     return 0

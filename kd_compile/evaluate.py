@@ -160,16 +160,19 @@ def costs(
     return count(model, spec, trace=tr), latency_on_target(model, spec, target, fast=fast, trace=tr, plan=plan)
 
 
-def checked_costs(run: RunContext, model: nn.Module, *, latency: bool = True) -> tuple[Any, Any, list[str]]:
+def checked_costs(
+    run: RunContext, model: nn.Module, *, latency: bool = True, disposable: bool = False
+) -> tuple[Any, Any, list[str]]:
     """(counts, latency on the target or None, constraint violations) of a candidate as it ships
     (re-parameterisable blocks folded: a RepVGG block is one conv; ``model`` itself, the one
-    trained, is not changed). ``latency=False`` leaves the latency out (None) and so its limit
-    unchecked. The one check behind both the evaluator and the proposal screen."""
+    trained, is not changed unless ``disposable``: built only to be checked, it is folded in
+    place). ``latency=False`` leaves the latency out (None) and so its limit unchecked. The one
+    check behind both the evaluator and the proposal screen."""
     from .profilers.counting import count, trace_ops
     from .students.common import deployed
 
     family = student_family(run)
-    shipped = deployed(model)
+    shipped = deployed(model, inplace=disposable)
     spec = InputSpec(tuple(family.input_shape))
     tr = trace_ops(shipped, tuple(spec.shape))
     cnt = count(shipped, spec, trace=tr)
@@ -199,7 +202,7 @@ def proposal_screen(run: RunContext) -> Callable[[Config], bool] | None:
     def screen(config: Config) -> bool:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
             model = family.build(config)
-        return not checked_costs(run, model, latency=predicted)[2]
+        return not checked_costs(run, model, latency=predicted, disposable=True)[2]
 
     return screen
 

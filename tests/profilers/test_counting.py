@@ -196,3 +196,29 @@ def test_attention_counts_the_same_on_meta_as_on_the_cpu() -> None:
         assert [r.to_list()[1:] for r in meta.ops] == [r.to_list()[1:] for r in cpu.ops]
         assert meta.total_flops == cpu.total_flops > 0
         assert sum(r.op == "attention" for r in cpu.ops) == 1 and not any(r.op == "copy" for r in cpu.ops)
+
+
+def test_tensors_are_found_in_tree_flatten_order() -> None:
+    """The tracer's own walk over an op's arguments finds what ``tree_flatten`` finds, in its order
+    (the order of a concat's inputs), for plain and other containers alike."""
+    import collections
+
+    from torch.utils._pytree import tree_flatten
+
+    from kd_compile.profilers.counting import _tensors
+
+    a, b, c = torch.ones(1), torch.zeros(2), torch.ones(3)
+    pair = collections.namedtuple("pair", "x y")
+    cases = [
+        (a, [b, {"k": c, "j": a}]),
+        {"z": b, "a": a},
+        pair(c, b),
+        collections.OrderedDict(q=c, p=a),
+        [1, None, (a, 2.0, torch.float32, "x")],
+        a,
+        3,
+    ]
+    for obj in cases:
+        want = [x for x in tree_flatten(obj)[0] if isinstance(x, torch.Tensor)]
+        got = _tensors(obj)
+        assert len(got) == len(want) and all(g is w for g, w in zip(got, want, strict=True)), obj

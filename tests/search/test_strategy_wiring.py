@@ -40,3 +40,33 @@ def test_a_screen_only_for_constraints_known_without_training() -> None:
     assert proposal_screen(_run("measure")) is None
     assert proposal_screen(_run("measure", max_flops=10_000_000)) is not None
     assert proposal_screen(_run("predict", max_latency=None)) is None
+
+
+def test_the_screen_gives_the_evaluators_verdict_and_leaves_the_model_to_train_unfolded() -> None:
+    """The screen folds the model it builds in place (no copy); the evaluator's check folds a copy,
+    so the student it then trains keeps its RepVGG branches. Both reach the same verdict."""
+    import numpy as np
+    import torch
+    from timm.models.byobnet import RepVggBlock
+
+    from kd_compile.config import LatencyLimit
+    from kd_compile.evaluate import checked_costs, student_family
+    from kd_compile.latency import plan_latency
+    from kd_compile.targets import get_target
+
+    target = get_target("2080ti")
+    run = _run("predict", max_latency=None)
+    run.target, run.latency, run.reference = target, plan_latency(target, "predict"), SimpleNamespace(latency_ms=None)
+    family = student_family(run)
+    rng = np.random.default_rng(0)
+    configs = [family.canonical({**family.sample(rng), "s1_type": "repvgg"}) for _ in range(10)]
+    lat = [float(checked_costs(run, family.build(c))[1].latency_ms) for c in configs]
+    run.constraints = Constraints(max_latency=LatencyLimit(float(np.median(lat))))
+    screen = proposal_screen(run)
+    verdicts = [screen(c) for c in configs]
+    assert 0 < sum(verdicts) < len(configs)
+    for c, seen in zip(configs, verdicts, strict=True):
+        torch.manual_seed(0)
+        model = family.build(c)
+        assert seen == (not checked_costs(run, model)[2])
+        assert any(isinstance(m, RepVggBlock) and m.reparam_conv is None for m in model.modules())

@@ -91,6 +91,14 @@ def test_folded_student_computes_the_same_and_ships_fewer_params() -> None:
     assert param_count(folded) == space.deployed_params(cfg) < param_count(model) == space.estimate_params(cfg)
     assert folded.feature_names == model.feature_names  # stage outputs keep their names
     assert not any(isinstance(m, RepVggBlock) and m.reparam_conv is None for m in folded.modules())
+    # in place (the proposal screen's model, built only to be costed): the same fold, no copy
+    with torch.no_grad():
+        want = folded(x)
+    same = deployed(model, inplace=True)
+    assert same is model and not same.training
+    with torch.no_grad():
+        assert torch.equal(same(x), want)
+    assert param_count(same) == param_count(folded)
 
 
 @pytest.mark.parametrize("kind", BLOCK_TYPES)

@@ -38,7 +38,7 @@ def test_quick_run_measures_every_row_on_the_cpu(gc: ModuleType, tmp_path: Path)
     assert {(r["model"], r["variant"]) for r in rows} == want
     for r in rows:
         assert "error" not in r, r
-        assert r["images_per_s"] > 0 and r["images_per_epoch"] == 512
+        assert r["images_per_s"] > 0 and r["images_per_epoch"] == 128
 
 
 def test_no_gpu_profile_matches_without_a_gpu(gc: ModuleType) -> None:
