@@ -94,10 +94,14 @@ def check_e2e() -> None:
             "trained " + " / ".join(str(r["statuses"].get("ok", 0)) for r in doc["seeds"]) + " candidates",
         ]
     if doc.get("accuracy_split") == "test":  # accuracies on the held-out test split: the README says so
-        expected += [f"{doc['test_images']:,} held-out test images"]
+        v, tv = s["student_val_acc"], s["teacher_val_acc"]["mean"]
+        expected += [
+            f"{doc['test_images']:,} held-out test images",
+            f"student with KD {_pm(v['mean'], v['std'], '{:.2%}')}, teacher {tv:.2%}",  # validation, beside
+        ]
     else:
         expected += ["validation images"]
-    _assert_quoted(expected, sec, "end-to-end", "benchmarks/results/e2e_glyphs.json")
+    _assert_quoted(expected, " ".join(sec.split()), "end-to-end", "benchmarks/results/e2e_glyphs.json")
 
 
 def check_e2e_turbo() -> None:
