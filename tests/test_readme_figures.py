@@ -12,11 +12,13 @@ writes it; once the file exists, the section is checked (and must leave ``PENDIN
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kd_compile.calibrate import NAS_FIT
@@ -266,7 +268,9 @@ def check_glyphs_difficulty() -> None:
     doc = _load("glyphs_difficulty")
     sec = _section("**Glyphs difficulty**", "**Latency predictor**")
     expected = [f"{m['params'] / 1000:.1f}K params {m['val_acc']:.1%}" for m in doc["models"]]
-    _assert_quoted(expected, sec, "glyphs-difficulty", "glyphs_difficulty.json")
+    gap = max(abs(m["test_acc"] - m["val_acc"]) for m in doc["models"])  # quoted as "within N points", N rounded up
+    expected.append(f"within {math.ceil(1000 * gap) / 10:.1f} points of each")
+    _assert_quoted(expected, " ".join(sec.split()), "glyphs-difficulty", "glyphs_difficulty.json")
 
 
 # -- fidelity --------------------------------------------------------------------------------------
@@ -389,7 +393,18 @@ def check_ort_stability() -> None:
         f"resnet18 at 224 px varied {100 * m['resnet18']['variation']:.2f}%",
         f"load average {doc['machine']['load_start'].split()[0]} at the start",
         f"medians up to {max(r18):.2f} ms against {min(r18):.2f} ms",
+        f"`python benchmarks/ort_stability.py` ({doc['seconds']:.0f} s;",
     ]
+    # the small CNN's repeats: the steady ones' range, the stalled one, and how long each was timed
+    runs = m["small_cnn"]["runs"]
+    stalled = max(runs, key=lambda r: r["median_ms"])
+    steady = sorted(1000 * r["median_ms"] for r in runs if r is not stalled)
+    expected.append(f"repeats at {steady[0]:.1f}-{steady[-1]:.1f} µs and one stalled at "
+                    f"{1000 * stalled['median_ms']:.1f} µs")
+    iters = {r["iterations"] for r in runs}
+    assert len(iters) == 1, iters
+    (n,) = iters
+    expected.append(f"timed for {n:,} iterations ({n * float(np.median(steady)) / 1e6:.2f} s)")
     _assert_quoted(expected, sec, "ONNX Runtime", "ort_stability.json")
 
 
@@ -536,6 +551,20 @@ def check_external() -> None:
     assert abs(t4["predicted_ms"] - rows[("t4", "resnet50v1.5", "fp16")]["predicted_ms"]) < 1e-6
     expected.append(f"Of the T4's predicted {t4['predicted_ms']:.1f} ms for it, {t4['by_op_ms']['elementwise']:.1f} ms "
                     "are eager BatchNorm, ReLU and adds")
+    # the docs' account of the same split, T4 and V100
+    v100 = next(r for r in doc["split_by_op"] if r["device"] == "v100")
+    t4_ms = rows[("t4", "resnet50v1.5", "fp16")]["measured_ms"]
+    docs = " ".join((ROOT / "docs" / "latency-predictor.md").read_text(encoding="utf-8").split())
+    want = [
+        f"the T4's {t4['predicted_ms']:.1f} ms are {t4['by_op_ms']['conv']:.1f} ms of convolutions",
+        f"and {t4['by_op_ms']['elementwise']:.1f} ms of eager BatchNorm",
+        f"the V100's {v100['predicted_ms']:.1f} ms are {v100['by_op_ms']['conv']:.1f} + "
+        f"{v100['by_op_ms']['elementwise']:.1f} ms",
+        f"The T4 measures {t4_ms:.1f} ms",
+        f"would have to take {t4_ms - t4['by_op_ms']['conv']:.0f} ms rather than {t4['by_op_ms']['elementwise']:.0f}",
+    ]
+    missing = [w for w in want if w not in docs]
+    assert not missing, f"docs/latency-predictor.md's split-by-op figures differ from external_check.json: {missing}"
     # the second table (batch 12): every device and precision, and the whole
     b12 = doc["batch12"]
     gpu = {"1080ti": "GTX 1080 Ti", "titan-xp": "Titan Xp", "2080ti": "RTX 2080 Ti", "titan-rtx": "Titan RTX",
