@@ -68,6 +68,21 @@ class Objective:
         return v if self.maximise else -v
 
 
+def _pure_pytorch_nehvi() -> None:
+    """Keep BoTorch's qLogNEHVI on its PyTorch path. BoTorch (0.18) otherwise compiles a fused C++
+    kernel on first use: a C++ toolchain and ninja at run time (37 s on a 2-core machine, each new
+    machine), ``-march=native`` code cached under ``~/.cache/torch_extensions`` (which a Ray node
+    of another CPU sharing that home could load), and proposals that could depend on whether the
+    compile succeeded. The PyTorch path proposed the same configs on the toy problem (3.2 s
+    against 5.0 s with the kernel loaded) and the same row on two seeds of the tabular benchmark
+    (904 s against 813 s; README). A BoTorch without these module attributes is left as it is."""
+    from botorch.acquisition.multi_objective import logei
+
+    if hasattr(logei, "_load_attempted") and hasattr(logei, "_C"):
+        logei._load_attempted = True
+        logei._C = None
+
+
 def _measured(t: Trial, key: str) -> bool:
     v = t.metrics.get(key)
     return isinstance(v, (int, float)) and math.isfinite(v)
@@ -207,6 +222,7 @@ class MultiObjectiveBO(ReplayableStrategy):
         from botorch.optim import optimize_acqf_discrete
         from botorch.sampling import SobolQMCNormalSampler
 
+        _pure_pytorch_nehvi()
         x = encode(self.space, configs)
         # BoTorch warns about input scaling and numerics that the unit-cube encoding and the
         # standardised outcomes already handle; a search log is no place for them

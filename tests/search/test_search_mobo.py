@@ -125,3 +125,29 @@ def test_mobo_proposes_by_nehvi_over_custom_metrics() -> None:
         metrics = {"f1": float(u[0]), "f2": float(u[1]) + 0.1}
         strat.tell([Trial(i, c, "ok", 1.0 - float(u[0]), metrics=metrics)])
     assert len(strat.targets()[0]) == 6
+
+
+def test_nehvi_compiles_nothing_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BoTorch would JIT-compile a fused C++ kernel for qLogNEHVI on its first use (a toolchain at
+    run time, -march=native code in a shared cache); mobo keeps the PyTorch path on every machine."""
+    import torch.utils.cpp_extension as cpp_extension
+    from botorch.acquisition.multi_objective import logei
+
+    builds: list[str] = []
+
+    def build(name: str, *args, **kwargs):
+        builds.append(name)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp_extension, "load", build)
+    monkeypatch.setattr(logei, "_load_attempted", False)  # as in a fresh process
+    monkeypatch.setattr(logei, "_C", None)
+    space = ToySpace()
+    opts = {k: FAST_OPTIONS[k] for k in ("gp_maxiter", "n_candidates", "mc_samples")}
+    strat = create_strategy("mobo", space, seed=1, n_init=3, objectives=[("f1", True), ("f2", False, 1e-6)], **opts)
+    for i in range(5):
+        (s,) = strat.ask(1)
+        u = space.to_unit(s.config)
+        strat.tell([Trial(i, s.config, "ok", 1.0 - float(u[0]), metrics={"f1": float(u[0]), "f2": float(u[1]) + 0.1})])
+    assert len(strat.targets()[0]) == 5  # qNEHVI proposed the last two
+    assert not builds and logei._C is None
