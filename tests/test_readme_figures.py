@@ -164,6 +164,7 @@ def check_latency() -> None:
         wrong
     )
     _check_bands(doc["calibration"]["targets"])
+    _check_misses(doc)
     sens = doc.get("sensitivity_nas_fit") or []
     if sens:  # the re-runs with other NAS shares in the fits, quoted in order of the share
         text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
@@ -178,6 +179,37 @@ def check_latency() -> None:
                                      for d, name in _DEVICE_NAMES.items()),
         ]
         _assert_quoted(expected, text, "latency sensitivity", "latency_accuracy.json (sensitivity_nas_fit)")
+
+
+def _ratios(misses: list[dict[str, Any]], device: str, prefix: str) -> str:
+    """``x1.59-1.70`` (or ``x1.36`` when they agree): the range of one group of a device's misses."""
+    r = sorted(f"{m['ratio']:.2f}" for m in misses if m["device"] == device and m["spec"].startswith(prefix))
+    assert r, f"no {device} miss starting {prefix}"
+    return f"x{r[0]}" if r[0] == r[-1] else f"x{r[0]}-{r[-1]}"
+
+
+def _check_misses(doc: dict[str, Any]) -> None:
+    """The TensorRT batch-1 models the README names as misses, family left out (AGX Xavier, Nano) and
+    device left out (Nano), are those ``latency_accuracy.py`` lists, at their ratios."""
+    text = " ".join(_section("**Latency predictor**", "**ONNX Runtime repeatability**").split())
+    fam, dev = doc["lofo_tensorrt_b1_misses"], doc["lodo_tensorrt_b1_misses"]
+    agx, nano = "jetson-agx-xavier", "jetson-nano"
+    assert {m["device"] for m in fam} == {agx, nano} and {m["device"] for m in dev} >= {nano}
+    tv = "torchvision:"
+    n_dense = sum(m["device"] == agx and m["spec"].startswith(tv + "densenet") for m in fam)
+    expected = [
+        f"the {['no', 'one', 'two', 'three', 'four'][n_dense]} DenseNets {_ratios(fam, agx, tv + 'densenet')}, "
+        f"VGG-19 (with and without BN) {_ratios(fam, agx, tv + 'vgg19')} and the ShuffleNetV2s "
+        f"{_ratios(fam, agx, tv + 'shufflenet_v2')}, on the Jetson Nano the DenseNets "
+        f"{_ratios(fam, nano, tv + 'densenet')} and SqueezeNet 1.1 {_ratios(fam, nano, tv + 'squeezenet1_1')}",
+        f"the misses: SqueezeNet 1.1 {_ratios(dev, nano, tv + 'squeezenet1_1')}, three DenseNets "
+        f"{_ratios(dev, nano, tv + 'densenet')})",
+    ]
+    # nothing else misses: the README names every model that does
+    named = ("densenet", "vgg19", "shufflenet_v2", "squeezenet1_1")
+    assert all(m["spec"].startswith(tuple(tv + n for n in named)) for m in fam + dev), fam + dev
+    assert sum(m["device"] == nano and "densenet" in m["spec"] for m in dev) == 3
+    _assert_quoted(expected, text, "TensorRT misses", "latency_accuracy.json (l*o_tensorrt_b1_misses)")
 
 
 def _check_bands(targets: dict[str, Any]) -> None:
