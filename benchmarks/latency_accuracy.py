@@ -349,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     lodo_preds.update(base_l)
     lodo = summarize(problem, lodo_preds)
     print(_fmt(lodo, "\nLEAVE ONE DEVICE OUT (predictor: constants fitted without the device, device scales 1)"))
-    _print_misses(trt_misses(problem, pred), "device")
+    lodo_misses = trt_misses(problem, pred)
+    _print_misses(lodo_misses, "device")
 
     sensitivity = nas_fit_sensitivity(problem, args.nas_fit_grid, NAS_FIT, pred, lodo) if args.nas_fit_grid else []
     if sensitivity:
@@ -364,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lofo: list[dict[str, Any]] = []
     lofo_preds: dict[str, np.ndarray] = {}
     lofo_ridges: dict[str, float] = {}
+    lofo_misses: list[dict[str, Any]] = []
     if not args.no_lofo:
         print("\nleave-one-family-out fits:")
         pf, ffits, fscales, lofo_ridges = leave_one_family_out(problem, verbose=True)
@@ -378,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         lofo = summarize(problem, lofo_preds)
         print(_fmt(lofo, "\nLEAVE ONE FAMILY OUT (predictor: constants, device scales and their ridge "
                                  "fitted without the family)"))
-        _print_misses(trt_misses(problem, pf), "family")
+        lofo_misses = trt_misses(problem, pf)
+        _print_misses(lofo_misses, "family")
 
     data_dir = Path(os.environ.get("KD_LATENCY_DATA") or DEFAULT_DATA_DIR)
     checks = bars(lodo, lofo, sorted(f for f in files if not (data_dir / f).is_file()))
@@ -396,8 +399,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "leave_one_family_out": lofo,
         "groups_lodo": per_group(problem, lodo_preds),
         "groups_lofo": per_group(problem, lofo_preds) if lofo_preds else [],
-        "lodo_tensorrt_b1_misses": trt_misses(problem, pred),
-        "lofo_tensorrt_b1_misses": trt_misses(problem, lofo_preds["predictor"]) if lofo_preds else [],
+        "lodo_tensorrt_b1_misses": lodo_misses,
+        "lofo_tensorrt_b1_misses": lofo_misses,
         "bars": checks,
         "sensitivity_nas_fit": sensitivity,
     }

@@ -27,7 +27,7 @@ from .fbnet import build_fbnet
 from .nb201 import build_nb201
 from .ofa import build_ofa, parse_ofa
 
-__all__ = ["SPEC_PREFIXES", "UnknownModelError", "build_spec", "is_spec"]
+__all__ = ["SPEC_PREFIXES", "UnknownModelError", "build_spec", "is_spec", "named_model_specs"]
 
 Shape = tuple[int, int, int]
 
@@ -75,11 +75,29 @@ def _unknown(zoo: str, name: str, known: list[str]) -> UnknownModelError:
     return UnknownModelError(f"unknown {zoo} model '{name}'{hint}")
 
 
+def _torchvision_names() -> list[str]:
+    """The torchvision models a ``torchvision:`` spec builds: classification ones only (the
+    top-level ``torchvision.models`` namespace)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def named_model_specs(name: str) -> list[str]:
+    """The specs that build the model called ``name`` (``timm:resnet18``, ``torchvision:resnet18``):
+    one per zoo whose builder here accepts it; none for anything else."""
+    if not name.isidentifier():
+        return []
+    import timm
+
+    return [f"{zoo}:{name}" for zoo, known in (("timm", timm.is_model(name)),
+                                               ("torchvision", name in _torchvision_names())) if known]
+
+
 def _torchvision(body: str, num_classes: int | None) -> tuple[nn.Module, Shape]:
     import torchvision
 
-    # classification models only: the top-level torchvision.models namespace
-    known = torchvision.models.list_models(module=torchvision.models)
+    known = _torchvision_names()
     if body not in known:
         raise _unknown("torchvision", body, known)
     kw = {"num_classes": int(num_classes)} if num_classes is not None else {}

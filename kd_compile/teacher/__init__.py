@@ -107,18 +107,6 @@ class Teacher:
         return dataclasses.replace(self, preprocessing=pre, meta=meta)
 
 
-def _model_specs(text: str) -> list[str]:
-    """The specs (``timm:resnet18``, ``torchvision:resnet18``) of a missing "checkpoint" that is a bare
-    model name, not a path; none for anything else."""
-    if not text.isidentifier():
-        return []
-    import timm  # lazy: heavy
-    from torchvision import models as tv_models
-
-    return [f"{family}:{text}" for family, known in (("timm", timm.is_model(text)),
-                                                    ("torchvision", text in tv_models.list_models())) if known]
-
-
 def load_teacher(
     path: str | Path,
     *,
@@ -181,13 +169,13 @@ def load_teacher(
         prefix, colon, _ = str(path).partition(":")
         # "foo:bar" reads as a spec; "C:/x" (a drive) and "runs/x:1" (a path) do not
         spec_like = bool(colon) and len(prefix) > 1 and prefix.isidentifier()
-        from ..students.specs import SPEC_PREFIXES
+        from ..students.specs import SPEC_PREFIXES, named_model_specs
 
         hint = None
         if spec_like:
             hint = (f"'{prefix}:' is no model family; a model spec is <family>:<encoding>, family one of "
                     f"{', '.join(SPEC_PREFIXES)}")
-        elif specs := _model_specs(str(path)):
+        elif specs := named_model_specs(str(path)):
             hint = f"a model by name is a spec: {' or '.join(specs)}"
         raise CheckpointError(f"teacher checkpoint not found: {p}", hint=hint)
     if p.is_dir():

@@ -122,6 +122,7 @@ def test_missing_empty_corrupt(tmp_path, content, match):
     [("resnet18", "timm:resnet18 or torchvision:resnet18"),  # both families have it
      ("resnet10t", "timm:resnet10t"),  # timm alone
      ("mobilenet_v3_large", "torchvision:mobilenet_v3_large"),  # torchvision alone (timm: mobilenetv3_large_100)
+     ("fasterrcnn_resnet50_fpn", None),  # a torchvision detector: no torchvision: spec builds it
      ("my_teacher", None)],
 )
 def test_a_missing_checkpoint_named_like_a_model_is_pointed_to_its_specs(tmp_path, monkeypatch, name, hint):
