@@ -450,12 +450,13 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 @targets_app.command("show")
 def targets_show(
-    name: Annotated[str, typer.Argument(help="Target name or .toml path.")], json_out: JsonOpt = False
+    name: Annotated[str, typer.Argument(help="Target name or .toml path; 'local' is this machine.")],
+    json_out: JsonOpt = False,
 ) -> None:
     """Show one target device profile with its sources."""
     from . import api
 
-    p = _run(api.get_target, name, json_errors=json_out)
+    p = _run(api.resolve_target, name, json_errors=json_out)  # 'local', as --target takes it
     d = p.to_dict()
     if json_out:
         typer.echo(json.dumps(d, indent=2))

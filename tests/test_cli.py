@@ -63,6 +63,19 @@ def test_targets_list_and_show():
     assert re.search(r"process node\s+12 nm", res.output)  # and the node that sets its work per joule
     cpu = run("targets", "show", "cpu").output
     assert "power limit" not in cpu and "process node" not in cpu
+    # the CPU's predictions carry the band of its own measured table (benchmarks/cpu_table.py)
+    assert re.search(r"onnxruntime/fp32/batch1\s+±\d+% median, \d+% p80 error held out \(fitted on this device", cpu)
+
+
+def test_targets_show_local_is_what_target_local_profiles() -> None:
+    """``--target local`` is this machine; ``targets show local`` shows the same profile."""
+    import torch
+
+    from kd_compile.latency import local_target
+
+    res = run("targets", "show", "local", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["name"] == local_target().name == ("local" if torch.cuda.is_available() else "cpu")
 
 
 def test_targets_show_says_when_a_profile_gives_a_power_limit_but_no_process_node(tmp_path):

@@ -718,6 +718,54 @@ def check_fp32_leads() -> None:
     _assert_quoted(expected, sec, "fp32 leads", "fp32_leads.json")
 
 
+# -- CPU predictions -----------------------------------------------------------------------------
+def check_cpu_table() -> None:
+    doc = _load("cpu_table")
+    sec = " ".join(_section("**CPU predictions**", "**Streaming data**").split())
+    table = ROOT / doc["table"]
+    header = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    secs = re.search(r"cpu_table\.py \((\d+) s\)", " ".join(header))
+    ort = re.search(r"ONNX Runtime (\S+) CPU provider", header[0])
+    assert secs and ort, header
+    cal = json.loads((ROOT / doc["calibration"]["written"]).read_text(encoding="utf-8"))
+    gpu_fit = json.loads((ROOT / "kd_compile/targets/calibration/_all_devices.json").read_text(encoding="utf-8"))
+    band = cal["error_bands"]["onnxruntime/fp32/batch1"]
+    rep, before, held, gpu = doc["repeatability"], doc["before"], doc["held_out"], doc["held_out_gpu_ridge"]
+    only, fam = doc["held_out_scales_only"], doc["held_out_by_family"]
+    scales = cal["device_scales"]
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
+
+    def span(f: dict[str, Any]) -> str:
+        return f"x{f['min_ratio']:.2f}-{f['max_ratio']:.2f}"
+
+    expected = [
+        f"`python benchmarks/cpu_table.py --write-calibration` ({secs.group(1)} s alone",
+        f"{rep['models']} curated timm models", f"ONNX Runtime {ort.group(1)}, fp32, batch 1",
+        f"three passes over the list lay {pct(rep['median_spread'])} apart at the median",
+        f"{pct(rep['p80_spread'])} at the 80th percentile), its two fastest {pct(rep['median_spread_two_fastest'])}",
+        f"a depthwise convolution at {pct(gpu_fit['constants']['e_dw'])} of its peak, this CPU at "
+        f"{pct(cal['constants']['e_dw'])})",
+        f"compute scale ({scales['roofline']:.2f}) and fixed-cost scale ({scales['fixed']['onnxruntime']:.2f})",
+        f"held out, is {pct(held['median_ape'])} median (p80 {pct(held['p80_ape'])}, "
+        f"{100 * held['within_35']:.0f}% within 35%, Spearman {held['spearman']:.3f}, predicted "
+        f"x{held['median_ratio']:.2f} the measured time at the median), against {pct(before['median_ape'])} "
+        f"(x{before['median_ratio']:.2f}, {100 * before['within_35']:.0f}% within 35%)",
+        f"**±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80)**",
+        f"ViT-like models x{fam['vit']['median_ratio']:.2f} at the median, {span(fam['vit'])}; ConvNeXts "
+        f"x{fam['convnext']['median_ratio']:.2f}) and the VGGs too slow (x{fam['vgg']['median_ratio']:.2f})",
+        f"depthwise mobile nets sit at x{fam['mobilenet']['median_ratio']:.2f} ({span(fam['mobilenet'])})",
+        f"the same table gives {pct(only['median_ape'])} median ({pct(only['p80_ape'])} p80; mobile nets "
+        f"x{only['by_family']['mobilenet']['median_ratio']:.2f})",
+        f"ridge {gpu['ridge']:g}, the same table gives {pct(gpu['median_ape'])} median and {pct(gpu['p80_ape'])} at "
+        "the 80th percentile",
+    ]
+    assert rep["passes"] == 3 and band["n"] == rep["models"] == held["n"]
+    assert doc["calibration"]["fitted_constants"]["e_dw"] == cal["constants"]["e_dw"]
+    _assert_quoted(expected, sec, "CPU predictions", "cpu_table.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
@@ -733,6 +781,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "distill": check_distill,
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
+    "cpu_table": check_cpu_table,
     "scbo_toy": check_scbo_toy,
     "scbo_cpu_learned": check_scbo_cpu,
     "scbo_cpu_penalty": check_scbo_cpu,

@@ -7,7 +7,7 @@ import dataclasses
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,10 +108,13 @@ def leave_one_family_out(problem: Problem, x0: Constants | None = None, verbose:
 
 
 def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int = KFOLD,
-                    separate_memory: bool = SEPARATE_MEMORY, ridge: float = RIDGE) -> np.ndarray:
+                    separate_memory: bool = SEPARATE_MEMORY, ridge: float = RIDGE,
+                    fit: Callable[[np.ndarray], tuple[Constants, dict[str, DeviceScales]]] | None = None
+                    ) -> np.ndarray:
     """Held-out predictions of ``device`` 's rows: its scales fitted on k-1 folds of its models
     (``constants`` fixed, fitted without the device; ``ridge`` as in ``fit.fit_scales``), the
-    remaining fold predicted."""
+    remaining fold predicted. ``fit`` (training mask -> constants and scales) replaces that fit: a
+    CPU's, which fits constants of its own too (``fit.fit_cpu``)."""
     on = problem.mask(lambda r: r.device == device)
     specs = sorted({r.spec for r, m in zip(problem.rows, on, strict=True) if m})
     rng = np.random.default_rng(0)
@@ -120,8 +123,11 @@ def kfold_on_device(problem: Problem, device: str, constants: Constants, k: int 
     for f in range(min(k, len(specs))):
         test = on & problem.mask(lambda r, f=f: fold_of.get(r.spec) == f)
         train = on & ~test & problem.fit_mask
-        s = device_scales(problem, train, constants, separate_memory, ridge=ridge)
-        pred[test] = predict(problem, test, constants, s)
+        if fit is None:
+            c, s = constants, device_scales(problem, train, constants, separate_memory, ridge=ridge)
+        else:
+            c, s = fit(train)
+        pred[test] = predict(problem, test, c, s)
     return pred
 
 

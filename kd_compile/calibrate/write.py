@@ -29,7 +29,7 @@ from ..profilers.roofline import (
     read_calibration,
 )
 from ..targets.profile import PRECISIONS, TargetProfile, get_target, list_targets
-from .fit import RIDGE, device_scales, fit_on, quality
+from .fit import CPU_FITTED, RIDGE, device_scales, fit_cpu, fit_on, quality
 from .holdout import bands, check_bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
 from .tables import MeasuredRow, load_check_rows, load_measurements, read_timm_table, select_timm
@@ -177,6 +177,18 @@ def shipped_ridge() -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else RIDGE
 
 
+def scales_ridge(prof: TargetProfile) -> float:
+    """The pull toward 1 of a device's scales fitted on its own table (:func:`calibrate`).
+
+    A GPU's unit scales are the all-device fit's prediction from its datasheet, whose error on a
+    device left out is measured, and the shipped calibration chose how strongly a GPU's own rows
+    pull away from it (:func:`shipped_ridge`, chosen on devices of 600 rows and more). No CPU is in
+    that fit: a CPU's unit scales are GPU constants applied to a CPU's datasheet, a prior with no
+    measured basis (on the ``cpu`` target's table it predicts x1.4 too slow), so a CPU's own rows
+    take only the default pull (``fit.RIDGE``), there to keep a short table's scales finite."""
+    return RIDGE if prof.kind == "cpu" else shipped_ridge()
+
+
 def calibration_path(name: str, out: Path | str | None) -> Path:
     """Where ``calibrate`` writes target ``name`` 's fit: ``out`` (``out/<name>.json`` when it is
     a folder), else ``<cache>/calibration/<name>.json`` (``kd_compile.paths.cache_dir``), never
@@ -219,6 +231,35 @@ def _left_out_bands(prof: TargetProfile) -> dict[str, Any]:
                             for k, v in left_out_bands(prof).items()}}
 
 
+def fit_own_table(
+    problem: Problem, prof: TargetProfile, ridge: float
+) -> tuple[Constants, DeviceScales, np.ndarray, dict[str, Any]]:
+    """What :func:`calibrate` fits on one device's own table (``problem``, every row the device's):
+    the constants to predict it with, its scales, each row's prediction held out 5-fold over the
+    models, and where the constants came from (``load_calibration`` 's source).
+
+    A GPU keeps the constants of its calibration (or the all-device fit) and fits its scales. A CPU
+    fits ``fit.CPU_FITTED`` as well, from the all-device fit's constants (never from an earlier CPU
+    fit, so a refit of the same table gives the same file), refitted in every fold."""
+    constants, _, source = load_calibration(prof)
+    own = np.ones(len(problem.rows), bool)
+    if prof.kind != "cpu":
+        scales = device_scales(problem, own, constants, ridge=ridge)[prof.name]
+        return constants, scales, kfold_on_device(problem, prof.name, constants, ridge=ridge), source
+    shared = read_calibration(SHARED_FIT.stem)
+    if shared is not None and "constants" in shared:
+        constants = Constants.from_dict(shared["constants"])
+        source = {"constants_basis": f"{shared.get('constants_basis', SHARED_FIT.name)}; "
+                                     f"{', '.join(CPU_FITTED)} fitted on this CPU's table"}
+    base = constants  # every fold starts here, not from the fit on all rows
+
+    def fit(train: np.ndarray) -> tuple[Constants, dict[str, DeviceScales]]:
+        return fit_cpu(problem, train, base, prof.name, ridge=ridge)
+
+    fitted, scales = fit(own)
+    return fitted, scales[prof.name], kfold_on_device(problem, prof.name, base, ridge=ridge, fit=fit), source
+
+
 def calibrate(
     target: str,
     tables: list[Path],
@@ -230,11 +271,11 @@ def calibrate(
     """Fit ``target`` 's device scales to the user's measured timm-format tables.
 
     The constants stay those of the target's calibration (or the all-device fit); the GPU and
-    host scales of the device are fitted on the tables, and the error band of the regime is the
-    5-fold held-out error over the tables' models. Written into ``out`` (default
-    ``<cache>/calibration/<target>.json``, see :func:`calibration_path`; the installed package
-    is never written), keeping the file's other bands (or those of the target's shipped
-    calibration when the file is new).
+    host scales of the device are fitted on the tables (pulled toward 1 as :func:`scales_ridge`
+    says), and the error band of the regime is the 5-fold held-out error over the tables' models.
+    Written into ``out`` (default ``<cache>/calibration/<target>.json``, see
+    :func:`calibration_path`; the installed package is never written), keeping the file's other
+    bands (or those of the target's shipped calibration when the file is new).
 
     Args:
         target: target name or TOML path (peaks and bandwidth come from its profile).
@@ -268,11 +309,9 @@ def calibrate(
     problem = build_problem(rows, profiles={prof.name: prof})
     if len(problem.rows) < 10:
         raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
-    constants, _, _ = load_calibration(prof)
-    ridge = shipped_ridge()
+    ridge = scales_ridge(prof)
+    constants, scales, held, source = fit_own_table(problem, prof, ridge)
     own = np.ones(len(problem.rows), bool)
-    scales = device_scales(problem, own, constants, ridge=ridge)[prof.name]
-    held = kfold_on_device(problem, prof.name, constants, ridge=ridge)
     q = quality(held, problem.seconds)
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     # a deep copy: the shipped document is cached in memory (``read_calibration``), and updating
@@ -288,7 +327,7 @@ def calibrate(
         if not isinstance(doc, dict) or not isinstance(doc.get("error_bands", {}), dict):
             raise UsageError(f"{path} exists and is not a calibration JSON", hint="choose another --out")
     doc.update(target=prof.name, constants=_rounded(constants),
-               constants_basis=doc.get("constants_basis", "the target's calibration"),
+               constants_basis=source.get("constants_basis") or doc.get("constants_basis") or source["calibration"],
                device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables],
                device_scales_ridge=ridge)
     doc.setdefault("error_bands", {}).update(band)

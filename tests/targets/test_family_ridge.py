@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from kd_compile.calibrate import RIDGES, build_problem, family_ridge, kfold_on_device, predict
+from kd_compile.calibrate.fit import RIDGE
 from kd_compile.calibrate.tables import load_measurements
 from kd_compile.profilers.roofline import CALIBRATION_DIR, SHARED_FIT, DeviceScales, load_calibration
 from kd_compile.targets import get_target
@@ -87,8 +88,11 @@ def test_shipped_calibration_uses_the_ridge_it_chose() -> None:
     measured = [json.loads(p.read_text(encoding="utf-8")) for p in CALIBRATION_DIR.glob("*.json")
                 if not p.name.startswith("_") and p.name != "layer_costs.json"]
     measured = [d for d in measured if d.get("device_scales_fitted_on")]
-    assert len(measured) >= 10
-    assert all(d["device_scales_ridge"] == chosen["value"] for d in measured)
+    gpus = [d for d in measured if get_target(d["target"]).kind != "cpu"]
+    assert len(gpus) >= 10
+    assert all(d["device_scales_ridge"] == chosen["value"] for d in gpus)
+    # a CPU's scales are not pulled toward a GPU fit's (``write.scales_ridge``)
+    assert all(d["device_scales_ridge"] == RIDGE for d in measured if d not in gpus)
 
 
 def test_user_calibration_takes_the_shipped_ridge(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,5 +100,8 @@ def test_user_calibration_takes_the_shipped_ridge(monkeypatch: pytest.MonkeyPatc
 
     shared = json.loads((CALIBRATION_DIR / SHARED_FIT.name).read_text(encoding="utf-8"))
     assert write.shipped_ridge() == shared["device_scales_ridge"]["value"]
+    assert write.scales_ridge(get_target("t4")) == write.shipped_ridge() != fit.RIDGE
+    # no GPU fit holds a CPU: its own rows take only the default pull
+    assert write.scales_ridge(get_target("cpu")) == fit.RIDGE
     monkeypatch.setattr(write, "read_calibration", lambda name: None)  # no shipped fit: the default
     assert write.shipped_ridge() == fit.RIDGE

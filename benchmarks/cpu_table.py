@@ -1,0 +1,327 @@
+"""A measured ONNX Runtime table of this machine's CPU, and the ``cpu`` target's calibration fitted on it.
+
+The ``cpu`` target is measured wherever kd-compile runs; it is predicted only when asked
+(``--method predict``, ``--latency predict``), and until this table such a prediction carried no
+error band ("unvalidated"): no measured table stood for a CPU. This script measures one, as a user's
+``kd-compile profile timm:<name> --target cpu --image-size N`` measures (``kd_compile.profile``:
+the ONNX export, ONNX Runtime's CPU provider, fp32, batch 1, its default threads and timing
+policy), for curated timm models at 96-224 px (each model at one size, the convnets spread over
+the sizes, the fixed-size transformers at theirs), beside what the predictor said before any CPU
+table existed.
+
+``--write-calibration`` then fits the ``cpu`` target on the table with ``kd-compile calibrate``'s own
+function (``kd_compile.calibrate.write.calibrate``: the all-device constants kept but
+``fit.CPU_FITTED``, the depthwise efficiency, which a CPU's table fits; the device scales fitted; the
+band the 5-fold held-out error over the table's models, every fold refitted) and writes
+``kd_compile/targets/calibration/cpu.json``, the file ``--method predict`` on ``cpu`` reads. Printed
+beside it for comparison: the same held out with the scales alone fitted (as a GPU's own table is) and
+with the scales pulled toward 1 as a GPU's are.
+
+The VM is shared, and its speed moves by tens of percent from one minute to the next (two passes
+over the models once differed by 18% at the median, the second pass slower on 48 of 60 models): each
+model is measured in three passes over the whole list, and the table keeps the median of its three
+times, so one disturbed pass does not set it. Run alone (it times things)::
+
+    python benchmarks/cpu_table.py --write-calibration
+
+Prints one line per model (measured ms, predicted ms before the fit and held out after it), the
+passes' spread, then the median absolute error, the share within 35% and Spearman's rho of both;
+writes the table
+(``kd_compile/calibrate/data/cpu-onnxruntime-fp32-b1-devvm.csv``, the machine described in its
+header) and ``benchmarks/results/cpu_table.json``. ``--from-table`` refits an existing table
+without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TABLE = ROOT / "kd_compile" / "calibrate" / "data" / "cpu-onnxruntime-fp32-b1-devvm.csv"
+RESULTS = ROOT / "benchmarks" / "results" / "cpu_table.json"
+CALIBRATION = ROOT / "kd_compile" / "targets" / "calibration" / "cpu.json"
+SIZES = (96, 128, 160, 192, 224)
+# curated timm models (kd_compile.calibrate.tables.CURATED) an ONNX Runtime run on two cores takes
+# at most a few hundred ms per image; convnets spread over SIZES in this order
+CONVNETS = (
+    "resnet10t", "resnet14t", "resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "seresnet50",
+    "ecaresnet50d", "resnext50_32x4d", "dla34", "densenet121", "repvgg_a2", "gernet_s",
+    "cspresnet50", "hrnet_w18_small", "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140",
+    "mobilenetv3_small_050", "mobilenetv3_small_100", "mobilenetv3_large_075", "mobilenetv3_large_100",
+    "mnasnet_small", "mnasnet_100", "fbnetc_100", "spnasnet_100", "lcnet_050", "lcnet_100", "tinynet_a",
+    "tinynet_c", "tinynet_e", "ghostnet_100", "efficientnet_b0", "efficientnet_b1", "efficientnet_lite0",
+    "mixnet_s", "rexnet_100", "regnetx_002", "regnetx_004", "regnetx_016", "regnety_002", "regnety_004",
+    "regnety_008", "regnety_016", "convnext_atto", "convnext_femto", "convnext_pico", "mobileone_s0",
+    "repvit_m1",
+)
+# models measured at their own input size: position embeddings, windows; timm's VGG head (a 7x7
+# conv after an adaptive pool, which ONNX export refuses where the pool's output does not divide its input)
+FIXED = ("vgg11", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_small_patch32_224", "levit_128", "mobilevit_xs",
+         "efficientvit_b0", "poolformer_s12", "resmlp_12_224", "tiny_vit_5m_224", "fastvit_t8")
+
+
+def plan() -> list[tuple[str, int | None]]:
+    """(model, image size or None for the model's own) in the order measured."""
+    return [(m, SIZES[i % len(SIZES)]) for i, m in enumerate(CONVNETS)] + [(m, None) for m in FIXED]
+
+
+def machine() -> dict[str, Any]:
+    """What the table was measured on."""
+    import onnxruntime
+    import torch
+
+    from kd_compile.profilers.onnxrt import physical_cores
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": physical_cores(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__.split("+")[0],
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[str, Any]]:
+    """Measure the models of :func:`plan` (the first ``limit`` of them) into ``out``: ``passes``
+    passes over the whole list, the table holding each model's median over them (its per-pass
+    times beside it, for the repeatability figure)."""
+    import kd_compile
+
+    m = machine()
+    t_all = time.perf_counter()
+    times: dict[tuple[str, int | None], list[float]] = {}
+    info: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for p in range(passes):
+        print(f"pass {p + 1} of {passes}", flush=True)
+        for name, size in plan()[:limit]:
+            if p and (name, size) not in times:
+                continue  # left out in the first pass
+            t0 = time.perf_counter()
+            try:
+                got = kd_compile.profile(f"timm:{name}", target="cpu", image_size=size, method="measure")
+            except Exception as exc:  # noqa: BLE001 - a model that does not export is left out, and said so
+                print(f"  {name}: left out ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
+                times.pop((name, size), None)
+                continue
+            times.setdefault((name, size), []).append(float(got["latency_ms"]))
+            info.setdefault((name, size), {"px": size or int(got["input_shape"][-1]), "params": got["params"],
+                                           "flops": got["flops"]})
+            cv = float(got.get("cv") or 0.0)
+            print(f"  {name}@{info[(name, size)]['px']}: {got['latency_ms']:.3f} ms (cv {cv:.3f}, "
+                  f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    rows: list[dict[str, Any]] = []
+    for key, ts in times.items():
+        if len(ts) < passes:
+            continue
+        ms = float(np.median(ts))
+        i = info[key]
+        rows.append({"model": key[0], "infer_img_size": i["px"], "infer_batch_size": 1,
+                     "infer_step_time": round(ms, 4), "infer_samples_per_sec": round(1e3 / ms, 2),
+                     "param_count": round(i["params"] / 1e6, 3), "infer_gmacs": round(i["flops"] / 2e9, 4),
+                     "passes_ms": ";".join(f"{t:.4f}" for t in ts)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as f:
+        f.write(f"# kd-compile's own measurements: ONNX Runtime {m['onnxruntime']} CPU provider, fp32, batch 1, "
+                f"{m['cores']} intra-op threads (its default), timing policy "
+                "kd_compile.profilers.onnxrt.DEFAULT_TIMING\n")
+        f.write(f"# machine: {m['cpu']}, {m['cores']} cores (the kd-compile development VM; targets/cpu.toml); "
+                f"torch {m['torch']}, Python {m['python']}; {m['date']}\n")
+        f.write(f"# written by: python benchmarks/cpu_table.py ({time.perf_counter() - t_all:.0f} s); "
+                f"infer_step_time = median over {passes} passes of each pass's median ms per batch (passes_ms); "
+                "random weights, as kd_compile.profile builds timm:<name>\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def repeatability(table: Path) -> dict[str, Any]:
+    """How far a model's passes lie apart: median and 80th percentile of max/min - 1 over the models,
+    and the median of (second fastest / fastest - 1), how far its two least disturbed passes lie apart."""
+    from kd_compile.calibrate.tables import _dict_rows
+
+    spread, fastest = [], []
+    for r in _dict_rows(table):
+        ts = sorted(float(t) for t in (r.get("passes_ms") or "").split(";") if t)
+        if len(ts) > 1:
+            spread.append(ts[-1] / ts[0] - 1)
+            fastest.append(ts[1] / ts[0] - 1)
+    if not spread:
+        return {"models": 0}
+    passes = len((_dict_rows(table)[0].get("passes_ms") or "").split(";"))
+    return {"models": len(spread), "passes": passes, "median_spread": round(float(np.median(spread)), 4),
+            "p80_spread": round(float(np.quantile(spread, 0.8)), 4),
+            "median_spread_two_fastest": round(float(np.median(fastest)), 4)}
+
+
+def predicted_before(table: Path) -> dict[str, float]:
+    """What the predictor said for each row with no CPU table (the all-device fit, unit scales)."""
+    from kd_compile.calibrate.fit import predict
+    from kd_compile.calibrate.problem import build_problem
+    from kd_compile.calibrate.tables import read_timm_table
+    from kd_compile.profilers.constants import Constants, DeviceScales
+    from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
+    from kd_compile.targets.profile import get_target
+
+    rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
+    problem = build_problem(rows, profiles={"cpu": get_target("cpu")})
+    c = Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
+    pred = predict(problem, np.ones(len(problem.rows), bool), c, {"cpu": DeviceScales()})
+    return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
+
+
+def held_out(table: Path, ridge: float | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each row predicted by the fit on the other folds, as ``kd-compile calibrate`` computes the band
+    (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``), with the pull toward 1 a CPU's
+    scales take (``write.scales_ridge``) or ``ridge``."""
+    from kd_compile.calibrate.fit import quality
+    from kd_compile.calibrate.problem import build_problem
+    from kd_compile.calibrate.tables import read_timm_table
+    from kd_compile.calibrate.write import fit_own_table, scales_ridge
+    from kd_compile.targets.profile import get_target
+
+    cpu = get_target("cpu")
+    rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
+    problem = build_problem(rows, profiles={"cpu": cpu})
+    _, _, pred, _ = fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge)
+    return ({r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)},
+            quality(pred, problem.seconds))
+
+
+def scales_only(table: Path) -> dict[str, float]:
+    """Each row held out as a GPU's own table is fitted: its scales only, the all-device constants
+    kept (``holdout.kfold_on_device``), for comparison with the CPU's own constants."""
+    from kd_compile.calibrate.holdout import kfold_on_device
+    from kd_compile.calibrate.problem import build_problem
+    from kd_compile.calibrate.tables import read_timm_table
+    from kd_compile.calibrate.write import scales_ridge
+    from kd_compile.profilers.constants import Constants
+    from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
+    from kd_compile.targets.profile import get_target
+
+    cpu = get_target("cpu")
+    problem = build_problem(read_timm_table(table, "cpu", "onnxruntime", "fp32"), profiles={"cpu": cpu})
+    c = Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
+    pred = kfold_on_device(problem, "cpu", c, ridge=scales_ridge(cpu))
+    return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
+
+
+def summary(meas: dict[str, float], pred: dict[str, float]) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    keys = sorted(set(meas) & set(pred))
+    m = np.array([meas[k] for k in keys])
+    p = np.array([pred[k] for k in keys])
+    ape = np.abs(p - m) / m
+    return {"n": len(keys), "median_ape": round(float(np.median(ape)), 4),
+            "p80_ape": round(float(np.quantile(ape, 0.8)), 4),
+            "within_35": round(float(np.mean(ape <= 0.35)), 4),
+            "median_ratio": round(float(np.median(p / m)), 4),
+            "spearman": round(float(spearmanr(p, m)[0]), 4)}
+
+
+def by_family(meas: dict[str, float], pred: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per architecture family (``calibrate.tables.family_of``): models and median predicted / measured."""
+    from kd_compile.calibrate.tables import family_of
+
+    fams: dict[str, list[float]] = {}
+    for k in sorted(set(meas) & set(pred)):
+        fams.setdefault(family_of(k), []).append(pred[k] / meas[k])
+    return {f: {"n": len(r), "median_ratio": round(float(np.median(r)), 4),
+                "min_ratio": round(min(r), 4), "max_ratio": round(max(r), 4)} for f, r in sorted(fams.items())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--from-table", action="store_true", help="fit the existing table; measure nothing")
+    ap.add_argument("--table", type=Path, default=TABLE, help="the measured table (timm benchmark columns)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the figures go (JSON)")
+    ap.add_argument("--passes", type=int, default=3, help="passes over the models (the table keeps the median)")
+    ap.add_argument("--models", type=int, default=None, help="measure only the first N models (a quick look)")
+    ap.add_argument("--write-calibration", action="store_true",
+                    help=f"write the cpu target's calibration ({CALIBRATION.relative_to(ROOT)})")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    if not args.from_table:
+        measure(args.table, args.models, args.passes)
+    from kd_compile.calibrate.tables import read_timm_table
+
+    meas = {r.spec: r.seconds for r in read_timm_table(args.table, "cpu", "onnxruntime", "fp32")}
+    before = predicted_before(args.table)
+    after, q = held_out(args.table)
+    print(f"{'model':34s} {'measured':>10s} {'before':>10s} {'held out':>10s}")
+    for k in sorted(meas, key=meas.get):
+        b, a = before.get(k, math.nan), after.get(k, math.nan)
+        print(f"{k[5:]:34s} {meas[k] * 1e3:9.3f}ms {b * 1e3:9.3f}ms {a * 1e3:9.3f}ms  "
+              f"x{b / meas[k]:.2f} -> x{a / meas[k]:.2f}")
+    s_before, s_after = summary(meas, before), summary(meas, after)
+    # the pull a GPU's own table takes (chosen on GPUs of 600 rows and more), for comparison
+    from kd_compile.calibrate.write import shipped_ridge
+
+    gpu_ridge = shipped_ridge()
+    s_gpu_ridge = {**summary(meas, held_out(args.table, gpu_ridge)[0]), "ridge": gpu_ridge}
+    only = scales_only(args.table)
+    s_scales = {**summary(meas, only), "by_family": by_family(meas, only)}
+    fam = by_family(meas, after)
+    print("held out by family (median predicted / measured, range): " + "; ".join(
+        f"{f} x{v['median_ratio']:.2f} (n {v['n']}, x{v['min_ratio']:.2f}-{v['max_ratio']:.2f})"
+        for f, v in fam.items()))
+    rep = repeatability(args.table)
+    if rep["models"]:
+        print(f"repeatability: {rep['passes']} passes over {rep['models']} models, max/min - 1 median "
+              f"{100 * rep['median_spread']:.1f}%, p80 {100 * rep['p80_spread']:.1f}%; the two fastest passes "
+              f"{100 * rep['median_spread_two_fastest']:.1f}% apart (median)")
+    for label, s in (("before (all-device fit, no CPU table)", s_before),
+                     ("held out (5-fold: scales and the CPU's own constants)", s_after),
+                     (f"held out, scales pulled as a GPU's (ridge {gpu_ridge:g})", s_gpu_ridge),
+                     ("held out, scales only (no constant of the CPU's own)", s_scales)):
+        print(f"{label}: n {s['n']}, median error {100 * s['median_ape']:.1f}%, p80 {100 * s['p80_ape']:.1f}%, "
+              f"{100 * s['within_35']:.0f}% within 35%, median ratio x{s['median_ratio']:.2f}, "
+              f"Spearman {s['spearman']:.3f}")
+    command = "python benchmarks/cpu_table.py" + (" --write-calibration" if args.write_calibration else "")
+    table = str(args.table.relative_to(ROOT)) if args.table.is_relative_to(ROOT) else str(args.table)
+    doc: dict[str, Any] = {"command": command, "table": table,
+                           "before": s_before, "held_out": s_after,
+                           "held_out_gpu_ridge": s_gpu_ridge, "held_out_scales_only": s_scales,
+                           "held_out_by_family": fam, "repeatability": rep,
+                           "rows": [{"spec": k, "measured_ms": round(meas[k] * 1e3, 4),
+                                     "before_ms": round(before[k] * 1e3, 4), "held_out_ms": round(after[k] * 1e3, 4)}
+                                    for k in sorted(meas) if k in before and k in after]}
+    if args.write_calibration:
+        from kd_compile.calibrate.fit import CPU_FITTED
+        from kd_compile.calibrate.write import calibrate
+
+        if CALIBRATION.exists():
+            CALIBRATION.unlink()  # a fresh fit, not a merge into the last one
+        res = calibrate("cpu", [args.table], "onnxruntime", "fp32", out=CALIBRATION)
+        doc["calibration"] = {"written": str(CALIBRATION.relative_to(ROOT)), "device_scales": res["device_scales"],
+                              "fitted_constants": {k: res["constants"][k] for k in CPU_FITTED},
+                              "error_band": res["error_band"]}
+        print(f"wrote {CALIBRATION.relative_to(ROOT)}: scales {res['device_scales']}, "
+              + ", ".join(f"{k} {res['constants'][k]:g}" for k in CPU_FITTED))
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"{doc['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The ``cpu`` target's calibration: fitted on kd-compile's own ONNX Runtime table of the development
+VM (``benchmarks/cpu_table.py``), so a CPU prediction carries a measured band, not "unvalidated"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kd_compile.calibrate.fit import CPU_FITTED, RIDGE
+from kd_compile.calibrate.tables import BUNDLED_DIR, read_timm_table
+from kd_compile.profilers.error_bands import CALIBRATION_DIR, error_band
+from kd_compile.targets import get_target
+
+TABLE = BUNDLED_DIR / "cpu-onnxruntime-fp32-b1-devvm.csv"
+SHIPPED = CALIBRATION_DIR / "cpu.json"
+
+
+def test_the_shipped_cpu_calibration_is_the_fit_of_the_shipped_table(tmp_path: Path) -> None:
+    """Refitting the shipped table with ``kd-compile calibrate`` 's own function gives the shipped
+    file's scales and band: the file is what the table says, not a hand-edited number."""
+    from kd_compile.calibrate.write import calibrate
+
+    shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))
+    res = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "cpu.json")
+    assert res["device_scales"] == shipped["device_scales"] and res["constants"] == shipped["constants"]
+    # the CPU's own constants (CPU_FITTED) moved off the all-device fit's; the others are that fit's
+    gpu_fit = json.loads((CALIBRATION_DIR / "_all_devices.json").read_text(encoding="utf-8"))["constants"]
+    own = {k for k, v in shipped["constants"].items() if v != gpu_fit[k]}
+    assert own == set(CPU_FITTED) and shipped["constants"]["e_dw"] > 2 * gpu_fit["e_dw"]
+    assert shipped["constants_basis"].endswith("e_dw fitted on this CPU's table")
+    assert shipped["device_scales_fitted_on"] == [TABLE.name] and shipped["device_scales_ridge"] == RIDGE
+    band = shipped["error_bands"]["onnxruntime/fp32/batch1"]
+    assert res["error_band"]["median_ape"] == band["median_ape"] and band["transfer"] == "fitted on this device"
+    # a CPU's own rows are not pulled toward the GPU fit: the compute scale moves well off 1
+    assert shipped["device_scales"]["roofline"] < 0.9
+    assert len(read_timm_table(TABLE, "cpu", "onnxruntime", "fp32")) >= 50
+
+
+def test_a_cpu_prediction_carries_the_measured_band() -> None:
+    band = error_band(get_target("cpu"), "onnxruntime", "fp32", 1)
+    assert band["median_ape"] is not None and 0 < band["median_ape"] < band["p80_ape"] < 1
+    assert band["transfer"] == "fitted on this device" and band["files"] == [TABLE.name]
+    # what no table measured stays unvalidated, and says so
+    assert error_band(get_target("cpu"), "torch", "fp32", 1)["median_ape"] is None
+    assert error_band(get_target("cpu"), "onnxruntime", "fp32", 32)["median_ape"] is None
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18", "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                                  "+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"])
+def test_profile_predict_on_cpu_prints_the_band(spec: str) -> None:
+    from typer.testing import CliRunner
+
+    from kd_compile.cli import app
+
+    res = CliRunner().invoke(app, ["profile", spec, "--target", "cpu", "--method", "predict", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    band = doc["extra"]["error_band"]
+    assert doc["method"] == "predicted" and band["median_ape"] == error_band(
+        get_target("cpu"), "onnxruntime", "fp32", 1)["median_ape"]
+    assert doc["extra"]["calibration"] == "cpu.json"
+
+
+def test_each_fold_is_fitted_without_the_rows_it_predicts() -> None:
+    """The band is held out: every fold's fit (a CPU's own constants and scales) sees none of the
+    models it predicts, and every row is predicted once."""
+    import numpy as np
+
+    from kd_compile.calibrate.fit import fit_cpu
+    from kd_compile.calibrate.holdout import kfold_on_device
+    from kd_compile.calibrate.problem import build_problem
+    from kd_compile.profilers.constants import Constants
+    from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
+
+    cpu = get_target("cpu")
+    problem = build_problem(read_timm_table(TABLE, "cpu", "onnxruntime", "fp32")[:20], profiles={"cpu": cpu})
+    base = Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
+    seen: list[np.ndarray] = []
+
+    def fit(train: np.ndarray):  # noqa: ANN202 - the hook's own signature
+        seen.append(train.copy())
+        return fit_cpu(problem, train, base, "cpu", ridge=RIDGE, rounds=1)
+
+    pred = kfold_on_device(problem, "cpu", base, fit=fit)
+    assert len(seen) == 5 and np.isfinite(pred).all()
+    trained = np.sum(seen, axis=0)
+    assert (trained == 4).all()  # every row trains four folds and is predicted by the fifth
+    assert pred.tolist() != kfold_on_device(problem, "cpu", base).tolist()  # the CPU's constants moved it
