@@ -7,7 +7,8 @@ error band ("unvalidated"): no measured table stood for a CPU. This script measu
 the ONNX export, ONNX Runtime's CPU provider, fp32, batch 1, its default threads and timing
 policy), for curated timm models at 96-224 px (each model at one size, the convnets spread over
 the sizes, the fixed-size transformers at theirs), beside what the predictor said before any CPU
-table existed.
+table existed. ``profile`` measures a re-parameterisable model (RepVGG, MobileOne, RepViT, FastViT)
+folded, as it deploys; its row says so (``deploy_form``) and the fit counts it folded too.
 
 ``--write-calibration`` then fits the ``cpu`` target on the table with ``kd-compile calibrate``'s own
 function (``kd_compile.calibrate.write.calibrate``: the all-device constants kept but
@@ -122,7 +123,7 @@ def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[s
                 continue
             times.setdefault((name, size), []).append(float(got["latency_ms"]))
             info.setdefault((name, size), {"px": size or int(got["input_shape"][-1]), "params": got["params"],
-                                           "flops": got["flops"]})
+                                           "flops": got["flops"], "folded": bool(got.get("deploy_form"))})
             cv = float(got.get("cv") or 0.0)
             print(f"  {name}@{info[(name, size)]['px']}: {got['latency_ms']:.3f} ms (cv {cv:.3f}, "
                   f"{time.perf_counter() - t0:.1f} s)", flush=True)
@@ -135,7 +136,9 @@ def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[s
         rows.append({"model": key[0], "infer_img_size": i["px"], "infer_batch_size": 1,
                      "infer_step_time": round(ms, 4), "infer_samples_per_sec": round(1e3 / ms, 2),
                      "param_count": round(i["params"] / 1e6, 3), "infer_gmacs": round(i["flops"] / 2e9, 4),
-                     "passes_ms": ";".join(f"{t:.4f}" for t in ts)})
+                     "passes_ms": ";".join(f"{t:.4f}" for t in ts),
+                     # profile measured the folded form (RepVGG, MobileOne, ...): it is counted folded
+                     "deploy_form": "folded" if i["folded"] else ""})
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as f:
         f.write(f"# kd-compile's own measurements: ONNX Runtime {m['onnxruntime']} CPU provider, fp32, batch 1, "

@@ -719,6 +719,9 @@ def check_fp32_leads() -> None:
 
 
 # -- CPU predictions -----------------------------------------------------------------------------
+_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
 def check_cpu_table() -> None:
     doc = _load("cpu_table")
     sec = " ".join(_section("**CPU predictions**", "**Streaming data**").split())
@@ -733,6 +736,7 @@ def check_cpu_table() -> None:
     rep, before, held, gpu = doc["repeatability"], doc["before"], doc["held_out"], doc["held_out_gpu_ridge"]
     only, fam = doc["held_out_scales_only"], doc["held_out_by_family"]
     scales = cal["device_scales"]
+    folded = sum(r["spec"].endswith("+folded") for r in doc["rows"])
 
     def pct(v: float) -> str:
         return f"{100 * v:.1f}%"
@@ -743,6 +747,7 @@ def check_cpu_table() -> None:
     expected = [
         f"`python benchmarks/cpu_table.py --write-calibration` ({secs.group(1)} s alone",
         f"{rep['models']} curated timm models", f"ONNX Runtime {ort.group(1)}, fp32, batch 1",
+        f"the {_WORDS[folded]} re-parameterisable or conv + BN-fusing ones folded",
         f"three passes over the list lay {pct(rep['median_spread'])} apart at the median",
         f"{pct(rep['p80_spread'])} at the 80th percentile), its two fastest {pct(rep['median_spread_two_fastest'])}",
         f"a depthwise convolution at {pct(gpu_fit['constants']['e_dw'])} of its peak, this CPU at "

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..profilers.counting import OpRecord
 from ..profilers.roofline import CALIBRATION_DIR
+from .tables import timm_spec_parts
 
 LAYER_COSTS = CALIBRATION_DIR / "layer_costs.json"
 # 3: op records carry ``moved_bytes`` (a concat's inputs a graph runtime must copy); 4: Python-level
@@ -24,20 +25,24 @@ _FORMAT = 6
 
 
 def _build(spec: str) -> tuple[Any, tuple[int, int, int]]:
-    """Model (on the meta device) and input shape of a spec; ``timm:<name>@<size>`` sets the size."""
+    """Model (on the meta device) and input shape of a spec; ``timm:<name>@<size>`` sets the size,
+    and a ``+folded`` one (``tables.FOLDED``) is folded as ``profile`` deploys it."""
     import torch
 
     with torch.device("meta"):
         if spec.startswith("timm:") and "@" in spec:
             import timm
+            from timm.utils.model import reparameterize_model
 
-            name, size = spec[5:].rsplit("@", 1)
+            name, size, folded = timm_spec_parts(spec)
             last: Exception | None = None
-            for kw in ({}, {"img_size": int(size)}):
+            for kw in ({}, {"img_size": size}):
                 try:
-                    return timm.create_model(name, pretrained=False, **kw), (3, int(size), int(size))
+                    model = timm.create_model(name, pretrained=False, **kw)
                 except Exception as exc:  # noqa: BLE001 - some timm models need img_size at build
                     last = exc
+                    continue
+                return (reparameterize_model(model) if folded else model), (3, size, size)
             raise RuntimeError(f"cannot build {spec}: {last}")
         from ..students.specs import build_spec
 

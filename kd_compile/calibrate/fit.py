@@ -277,7 +277,7 @@ def fit_on(problem: Problem, train: np.ndarray, x0: Constants | None = None, max
 # Constants a CPU's own table fits beside its scales (``fit_cpu``; ``kd-compile calibrate`` on a
 # CPU target): a depthwise convolution, which a GPU runs at a few percent of its peak (``e_dw``
 # 0.056 in the all-device fit), reaches a larger share on a CPU. Fitted there, the ``cpu`` target's
-# own table's held-out error falls from 17.0% to 12.1% median (``docs/latency-predictor.md``, "The
+# own table's held-out error falls from 13.1% to 9.7% median (``docs/latency-predictor.md``, "The
 # cpu target"); every other constant stays the all-device fit's, and the CPU's scales take the rest.
 CPU_FITTED: tuple[str, ...] = ("e_dw",)
 

@@ -117,6 +117,22 @@ FAMILY_LABELS: dict[str, str] = {
 }
 
 
+# A row of a timm-format table measured on the folded (deployed) form of a re-parameterisable model
+# says so in a ``deploy_form`` column (kd-compile's own tables: ``profile`` folds RepVGG, MobileOne,
+# RepViT, FastViT before it measures); its spec ends in ``FOLDED`` and the model is counted folded
+# (``counts._build``). timm's own benchmark measures a model as built (its ``--reparam`` is off by
+# default), and its rows are counted so.
+FOLDED = "+folded"
+
+
+def timm_spec_parts(spec: str) -> tuple[str, int, bool]:
+    """(model name, image size, folded) of a ``timm:<name>@<size>[+folded]`` spec."""
+    rest = spec.removeprefix("timm:")
+    folded = rest.endswith(FOLDED)
+    name, size = rest.removesuffix(FOLDED).rsplit("@", 1)
+    return name, int(size), folded
+
+
 def family_of(spec: str) -> str:
     """The architecture family of a spec (``FAMILIES``), ``other`` when none matches."""
     for name, pat in FAMILIES:
@@ -200,7 +216,8 @@ def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precis
             continue
         if not (math.isfinite(ms) and ms > 0):
             continue
-        rows.append(MeasuredRow(f"timm:{r['model']}@{size}", device, runtime, precision, batch, ms * 1e-3,
+        folded = FOLDED if (r.get("deploy_form") or "").strip() else ""
+        rows.append(MeasuredRow(f"timm:{r['model']}@{size}{folded}", device, runtime, precision, batch, ms * 1e-3,
                                 Path(path).name))
     if not rows:
         raise UsageError(
@@ -292,14 +309,14 @@ def select_timm(rows: Sequence[MeasuredRow], tables: int = 2) -> list[MeasuredRo
     """Rows of curated timm models measured in every timm table, at the smallest common size."""
     by_model: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
-        name, size = r.spec[5:].rsplit("@", 1)
-        by_model[name][int(size)].add(r.file)
+        name, size, _ = timm_spec_parts(r.spec)
+        by_model[name][size].add(r.file)
     keep = set()
     for name in CURATED:
         sizes = sorted(s for s, files in by_model.get(name, {}).items() if len(files) >= tables)
         if sizes:
-            keep.add(f"timm:{name}@{sizes[0]}")
-    return [r for r in rows if r.spec in keep]
+            keep.add((name, sizes[0]))
+    return [r for r in rows if timm_spec_parts(r.spec)[:2] in keep]
 
 
 def load_measurements(data_dir: Path | None = None, nas: int = NAS_SAMPLE) -> list[MeasuredRow]:

@@ -184,8 +184,9 @@ def scales_ridge(prof: TargetProfile) -> float:
     device left out is measured, and the shipped calibration chose how strongly a GPU's own rows
     pull away from it (:func:`shipped_ridge`, chosen on devices of 600 rows and more). No CPU is in
     that fit: a CPU's unit scales are GPU constants applied to a CPU's datasheet, a prior with no
-    measured basis (on the ``cpu`` target's table it predicts x1.4 too slow), so a CPU's own rows
-    take only the default pull (``fit.RIDGE``), there to keep a short table's scales finite."""
+    measured basis (on the ``cpu`` target's table they predict x1.46 the measured time), so a
+    CPU's own rows take only the default pull (``fit.RIDGE``), there to keep a short table's scales
+    finite."""
     return RIDGE if prof.kind == "cpu" else shipped_ridge()
 
 

@@ -88,3 +88,23 @@ def test_each_fold_is_fitted_without_the_rows_it_predicts() -> None:
     trained = np.sum(seen, axis=0)
     assert (trained == 4).all()  # every row trains four folds and is predicted by the fifth
     assert pred.tolist() != kfold_on_device(problem, "cpu", base).tolist()  # the CPU's constants moved it
+
+
+def test_a_row_measured_folded_is_counted_folded(tmp_path: Path) -> None:
+    """``profile`` measures a MobileOne folded (as it deploys); a table row that says so is counted
+    folded, so the fit compares like with like, while timm's own rows (no ``deploy_form``: its
+    benchmark measures the model as built) stay unfolded."""
+    from kd_compile.calibrate.counts import layer_costs
+    from kd_compile.calibrate.tables import FOLDED, select_timm, timm_spec_parts
+
+    table = tmp_path / "t.csv"
+    table.write_text("model,infer_img_size,infer_batch_size,infer_step_time,deploy_form\n"
+                     "mobileone_s0,96,1,1.0,folded\nresnet18,96,1,2.0,\n", encoding="utf-8")
+    rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
+    assert [r.spec for r in rows] == [f"timm:mobileone_s0@96{FOLDED}", "timm:resnet18@96"]
+    assert [r.spec for r in select_timm(rows, tables=1)] == [r.spec for r in rows]
+    assert timm_spec_parts(rows[0].spec) == ("mobileone_s0", 96, True)
+    costs = layer_costs(["timm:mobileone_s0@96", rows[0].spec], cache=None)
+    (unfolded, p_unfolded), (folded, p_folded) = costs["timm:mobileone_s0@96"], costs[rows[0].spec]
+    flops = [sum(o.flops for o in ops) for ops in (unfolded, folded)]
+    assert flops[1] < 0.5 * flops[0] and len(folded) < len(unfolded) and p_folded < p_unfolded
