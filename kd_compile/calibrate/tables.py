@@ -118,7 +118,7 @@ FAMILY_LABELS: dict[str, str] = {
 
 
 # A row of a timm-format table measured on the folded (deployed) form of a re-parameterisable model
-# says so in a ``deploy_form`` column (kd-compile's own tables: ``profile`` folds RepVGG, MobileOne,
+# says so in a ``deploy_form`` column, ``folded`` (kd-compile's own tables: ``profile`` folds RepVGG, MobileOne,
 # RepViT, FastViT before it measures); its spec ends in ``FOLDED`` and the model is counted folded
 # (``counts._build``). timm's own benchmark measures a model as built (its ``--reparam`` is off by
 # default), and its rows are counted so.
@@ -216,7 +216,7 @@ def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precis
             continue
         if not (math.isfinite(ms) and ms > 0):
             continue
-        folded = FOLDED if (r.get("deploy_form") or "").strip() else ""
+        folded = FOLDED if (r.get("deploy_form") or "").strip().lower() == "folded" else ""
         rows.append(MeasuredRow(f"timm:{r['model']}@{size}{folded}", device, runtime, precision, batch, ms * 1e-3,
                                 Path(path).name))
     if not rows:

@@ -99,9 +99,11 @@ def test_a_row_measured_folded_is_counted_folded(tmp_path: Path) -> None:
 
     table = tmp_path / "t.csv"
     table.write_text("model,infer_img_size,infer_batch_size,infer_step_time,deploy_form\n"
-                     "mobileone_s0,96,1,1.0,folded\nresnet18,96,1,2.0,\n", encoding="utf-8")
+                     "mobileone_s0,96,1,1.0,folded\nresnet18,96,1,2.0,\nrepvgg_a0,96,1,3.0,as built\n",
+                     encoding="utf-8")
     rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
-    assert [r.spec for r in rows] == [f"timm:mobileone_s0@96{FOLDED}", "timm:resnet18@96"]
+    assert [r.spec for r in rows] == [f"timm:mobileone_s0@96{FOLDED}", "timm:resnet18@96", "timm:repvgg_a0@96"]
+    rows = rows[:2]
     assert [r.spec for r in select_timm(rows, tables=1)] == [r.spec for r in rows]
     assert timm_spec_parts(rows[0].spec) == ("mobileone_s0", 96, True)
     costs = layer_costs(["timm:mobileone_s0@96", rows[0].spec], cache=None)
