@@ -57,23 +57,44 @@ def _count(spec: str) -> dict[str, Any]:
     return {"params": tr.params, "flops": tr.total_flops, "ops": [r.to_list()[1:] for r in tr.ops]}
 
 
+def _read(path: Path | None) -> tuple[list[list[Any]], dict[str, Any]]:
+    """(ops, entries) of a count cache; empty when there is none, it has another format or it cannot
+    be read."""
+    if path is None or not path.is_file():
+        return [], {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") == _FORMAT and isinstance(doc.get("ops"), list) and isinstance(doc.get("entries"), dict):
+            return doc["ops"], doc["entries"]
+    except (OSError, ValueError):  # unreadable or damaged: counted again, and rewritten
+        pass
+    return [], {}
+
+
 def layer_costs(
-    specs: Iterable[str], cache: Path | None = LAYER_COSTS, verbose: bool = False
+    specs: Iterable[str], cache: Path | None = LAYER_COSTS, verbose: bool = False, seed: Path | None = None
 ) -> dict[str, tuple[list[OpRecord], int]]:
     """(op records at batch 1 in fp32, parameter count) per spec, from the cache or counted.
 
     The cache stores each distinct op record once (``ops``) and each model as indices into it
     (``seq``); module names are not kept. Models that cannot be built are left out (and
-    reported when ``verbose``).
+    reported when ``verbose``). ``seed``: a cache read beside ``cache`` and written to none (the
+    shipped one beside a user's own: ``kd-compile calibrate`` writes no file of the package).
     """
     specs = list(specs)
-    ops_table: list[list[Any]] = []
-    entries: dict[str, Any] = {}
-    if cache is not None and cache.is_file():
-        doc = json.loads(cache.read_text(encoding="utf-8"))
-        if doc.get("format") == _FORMAT:
-            ops_table, entries = doc["ops"], doc["entries"]
+    ops_table, entries = _read(seed)
     index = {tuple(o): i for i, o in enumerate(ops_table)}
+    own_ops, own = _read(cache)
+    remap = []  # the cache's own op indices -> the merged table's
+    for o in own_ops:
+        k = tuple(o)
+        if k not in index:
+            index[k] = len(ops_table)
+            ops_table.append(list(o))
+        remap.append(index[k])
+    for spec, e in own.items():
+        if spec not in entries:
+            entries[spec] = {**e, "seq": [remap[i] for i in e["seq"]]} if "seq" in e else e
     changed = False
     for spec in dict.fromkeys(specs):
         if spec in entries:
@@ -109,8 +130,11 @@ def layer_costs(
             "ops": ops_table,
             "entries": {k: entries[k] for k in sorted(entries)},
         }
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        except OSError:  # a cache that cannot be written costs a recount next time, nothing else
+            pass
     recs = [OpRecord.from_list(["", *o]) for o in ops_table]
     wanted = set(specs)
     return {k: ([recs[i] for i in e["seq"]], int(e["params"])) for k, e in entries.items()

@@ -6,12 +6,13 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..profilers.roofline import DeviceTerms, KernelTable, fuse, kernel_rows
 from ..targets.profile import TargetProfile, get_target
-from .counts import layer_costs
+from .counts import LAYER_COSTS, layer_costs
 from .tables import NAS_FIT, MeasuredRow
 
 # the sampled tables (``tables.NAS_SAMPLE`` architectures), of which fits use the first ``nas_fit``
@@ -59,10 +60,14 @@ def nas_fit_mask(rows: Sequence[MeasuredRow], nas_fit: int) -> np.ndarray:
 
 
 def build_problem(rows: Sequence[MeasuredRow], verbose: bool = False, nas_fit: int = NAS_FIT,
-                  profiles: Mapping[str, TargetProfile] | None = None) -> Problem:
+                  profiles: Mapping[str, TargetProfile] | None = None, counts: Path | None = None) -> Problem:
     """Count (or load) every row's model and build the kernel table. A row's device is looked up
-    in ``profiles`` first (a user's own TOML profile), then among the built-in targets."""
-    costs = layer_costs({r.spec for r in rows}, verbose=verbose)
+    in ``profiles`` first (a user's own TOML profile), then among the built-in targets. ``counts``:
+    the op-count cache to keep new counts in (default: the shipped one, ``counts.LAYER_COSTS``,
+    which the benchmarks of this repository extend; a user's run passes one of its own, seeded from
+    the shipped one)."""
+    costs = (layer_costs({r.spec for r in rows}, verbose=verbose) if counts is None else
+             layer_costs({r.spec for r in rows}, cache=counts, verbose=verbose, seed=LAYER_COSTS))
     rows = [r for r in rows if r.spec in costs]
     kern: dict[tuple[str, str], np.ndarray] = {}
     devs: dict[tuple[str, str, str], DeviceTerms] = {}

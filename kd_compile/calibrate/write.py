@@ -307,7 +307,8 @@ def calibrate(
     for r in rows:
         first.setdefault(r.spec, r)
     rows = list(first.values())[: models or None]
-    problem = build_problem(rows, profiles={prof.name: prof})
+    # the models' op counts kept in the user's cache, not in the package (seeded from its file)
+    problem = build_problem(rows, profiles={prof.name: prof}, counts=cache_dir("calibration") / "layer_costs.json")
     if len(problem.rows) < 10:
         raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
     ridge = scales_ridge(prof)

@@ -110,3 +110,29 @@ def test_a_row_measured_folded_is_counted_folded(tmp_path: Path) -> None:
     (unfolded, p_unfolded), (folded, p_folded) = costs["timm:mobileone_s0@96"], costs[rows[0].spec]
     flops = [sum(o.flops for o in ops) for ops in (unfolded, folded)]
     assert flops[1] < 0.5 * flops[0] and len(folded) < len(unfolded) and p_folded < p_unfolded
+
+
+def test_a_users_calibration_writes_no_file_of_the_package(tmp_path: Path) -> None:
+    """``kd-compile calibrate`` counts a model the shipped op-count cache lacks into the user's cache
+    (seeded from the shipped one), never into the package's file; a damaged user cache is counted
+    again, not a traceback."""
+    from kd_compile.calibrate.counts import LAYER_COSTS, layer_costs
+    from kd_compile.calibrate.write import calibrate
+    from kd_compile.paths import cache_dir
+
+    lines = [line for line in TABLE.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    header, rows = lines[0], lines[1:12]
+    assert rows[0].startswith("resnet10t,96,")
+    rows[0] = rows[0].replace("resnet10t,96,", "resnet10t,72,", 1)  # a size the shipped cache lacks
+    table = tmp_path / "mine.csv"
+    table.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    shipped = LAYER_COSTS.read_bytes()
+    res = calibrate("cpu", [table], "onnxruntime", "fp32", out=tmp_path / "cpu.json")
+    assert "timm:resnet10t@72" in res["models"] and LAYER_COSTS.read_bytes() == shipped
+    user = cache_dir("calibration") / "layer_costs.json"
+    counted = layer_costs(["timm:resnet10t@72", "timm:resnet18@160"], cache=user, seed=LAYER_COSTS)
+    direct = layer_costs(["timm:resnet10t@72"], cache=None)
+    assert counted["timm:resnet10t@72"] == direct["timm:resnet10t@72"] and "timm:resnet18@160" in counted
+    user.write_text("{not json", encoding="utf-8")
+    assert layer_costs(["timm:resnet10t@72"], cache=user, seed=LAYER_COSTS) == direct
+    assert LAYER_COSTS.read_bytes() == shipped
