@@ -273,3 +273,20 @@ def test_a_repvgg_teacher_is_costed_folded_as_it_deploys(tmp_path):
     folded = count(deployed(model), InputSpec(tuple(space.input_shape))).params
     assert r["teacher"]["params"] == folded == space.deployed_params(cfg) < space.estimate_params(cfg)
     assert any("folded" in n for n in r["teacher"]["notes"]) and "folded" in (out / "report.md").read_text()
+
+
+def test_a_predicted_cpu_target_reports_the_band_of_its_own_table(digits_teacher, tmp_path):
+    """``--target cpu --latency predict``: the speed-up on the target is predicted, and its band is
+    the one measured on kd-compile's own CPU table (``benchmarks/cpu_table.py``), not "unvalidated"."""
+    from kd_compile.profilers.error_bands import error_band
+    from kd_compile.targets import get_target
+
+    out = tmp_path / "run"
+    kd_compile.compile(str(digits_teacher), out=out, latency="predict", **{**SMALL, "target": "cpu", "budget": 1})
+    r = json.loads((out / "report.json").read_text())
+    band = r["speedup"]["error_band"]
+    assert r["speedup"]["method"] == "predicted"
+    assert band["median_ape"] == error_band(get_target("cpu"), "onnxruntime", "fp32", 1)["median_ape"] is not None
+    assert band["files"] == ["cpu-onnxruntime-fp32-b1-devvm.csv"]
+    md = (out / "report.md").read_text()
+    assert f"±{100 * band['median_ape']:.0f}% median" in md and "unvalidated" not in md
