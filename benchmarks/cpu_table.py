@@ -18,16 +18,16 @@ band the 5-fold held-out error over the table's models, every fold refitted) and
 beside it for comparison: the same held out with the scales alone fitted (as a GPU's own table is) and
 with the scales pulled toward 1 as a GPU's are.
 
-The VM is shared, and its speed moves by tens of percent from one minute to the next (two passes
-over the models once differed by 18% at the median, the second pass slower on 48 of 60 models): each
-model is measured in three passes over the whole list, and the table keeps the median of its three
-times, so one disturbed pass does not set it. Run alone (it times things)::
+The VM is shared, and its speed moves by tens of percent from one minute to the next (a model's
+passes lie apart by the ``repeatability`` figures of the results file): each model is measured in
+three passes over the whole list, and the table keeps the median of its three times, so one
+disturbed pass does not set it. Run alone (it times things)::
 
     python benchmarks/cpu_table.py --write-calibration
 
 Prints one line per model (measured ms, predicted ms before the fit and held out after it), the
-passes' spread, then the median absolute error, the share within 35% and Spearman's rho of both;
-writes the table
+held-out ratio by family, the passes' spread, then the median absolute error, the share within 35%
+and Spearman's rho of each way of predicting; writes the table
 (``kd_compile/calibrate/data/cpu-onnxruntime-fp32-b1-devvm.csv``, the machine described in its
 header) and ``benchmarks/results/cpu_table.json``. ``--from-table`` refits an existing table
 without measuring.
@@ -190,11 +190,10 @@ def predicted_before(table: Path) -> dict[str, float]:
     return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
 
 
-def held_out(table: Path, ridge: float | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+def held_out(table: Path, ridge: float | None = None) -> dict[str, float]:
     """Each row predicted by the fit on the other folds, as ``kd-compile calibrate`` computes the band
     (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``), with the pull toward 1 a CPU's
     scales take (``write.scales_ridge``) or ``ridge``."""
-    from kd_compile.calibrate.fit import quality
     from kd_compile.calibrate.problem import build_problem
     from kd_compile.calibrate.tables import read_timm_table
     from kd_compile.calibrate.write import fit_own_table, scales_ridge
@@ -204,8 +203,7 @@ def held_out(table: Path, ridge: float | None = None) -> tuple[dict[str, float],
     rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
     problem = build_problem(rows, profiles={"cpu": cpu})
     _, _, pred, _ = fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge)
-    return ({r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)},
-            quality(pred, problem.seconds))
+    return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
 
 
 def scales_only(table: Path) -> dict[str, float]:
@@ -268,7 +266,7 @@ def main() -> int:
 
     meas = {r.spec: r.seconds for r in read_timm_table(args.table, "cpu", "onnxruntime", "fp32")}
     before = predicted_before(args.table)
-    after, q = held_out(args.table)
+    after = held_out(args.table)
     print(f"{'model':34s} {'measured':>10s} {'before':>10s} {'held out':>10s}")
     for k in sorted(meas, key=meas.get):
         b, a = before.get(k, math.nan), after.get(k, math.nan)
@@ -279,7 +277,7 @@ def main() -> int:
     from kd_compile.calibrate.write import shipped_ridge
 
     gpu_ridge = shipped_ridge()
-    s_gpu_ridge = {**summary(meas, held_out(args.table, gpu_ridge)[0]), "ridge": gpu_ridge}
+    s_gpu_ridge = {**summary(meas, held_out(args.table, gpu_ridge)), "ridge": gpu_ridge}
     only = scales_only(args.table)
     s_scales = {**summary(meas, only), "by_family": by_family(meas, only)}
     fam = by_family(meas, after)
