@@ -750,7 +750,7 @@ def check_cpu_table() -> None:
         f"the {_WORDS[folded]} re-parameterisable or conv + BN-fusing ones folded",
         f"three passes over the list lay {pct(rep['median_spread'])} apart at the median",
         f"{pct(rep['p80_spread'])} at the 80th percentile), its two fastest {pct(rep['median_spread_two_fastest'])}",
-        f"a depthwise convolution at {pct(gpu_fit['constants']['e_dw'])} of its peak, this CPU at "
+        f"a depthwise convolution at {pct(gpu_fit['constants']['e_dw'])} of peak, this CPU's table at "
         f"{pct(cal['constants']['e_dw'])})",
         f"compute scale ({scales['roofline']:.2f}) and fixed-cost scale ({scales['fixed']['onnxruntime']:.2f})",
         f"held out, is {pct(held['median_ape'])} median (p80 {pct(held['p80_ape'])}, "
