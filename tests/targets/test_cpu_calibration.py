@@ -24,7 +24,11 @@ def test_the_shipped_cpu_calibration_is_the_fit_of_the_shipped_table(tmp_path: P
 
     shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))
     res = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "cpu.json")
-    assert res["device_scales"] == shipped["device_scales"] and res["constants"] == shipped["constants"]
+    # to 0.1%: a solver on another CPU may end a rounding step away
+    same = pytest.approx
+    assert res["device_scales"]["roofline"] == same(shipped["device_scales"]["roofline"], rel=1e-3)
+    assert res["device_scales"]["fixed"] == same(shipped["device_scales"]["fixed"], rel=1e-3)
+    assert res["constants"] == same(shipped["constants"], rel=1e-3)
     # the CPU's own constants (CPU_FITTED) moved off the all-device fit's; the others are that fit's
     gpu_fit = json.loads((CALIBRATION_DIR / "_all_devices.json").read_text(encoding="utf-8"))["constants"]
     own = {k for k, v in shipped["constants"].items() if v != gpu_fit[k]}
@@ -32,7 +36,8 @@ def test_the_shipped_cpu_calibration_is_the_fit_of_the_shipped_table(tmp_path: P
     assert shipped["constants_basis"].endswith("e_dw fitted on this CPU's table")
     assert shipped["device_scales_fitted_on"] == [TABLE.name] and shipped["device_scales_ridge"] == RIDGE
     band = shipped["error_bands"]["onnxruntime/fp32/batch1"]
-    assert res["error_band"]["median_ape"] == band["median_ape"] and band["transfer"] == "fitted on this device"
+    assert res["error_band"]["median_ape"] == same(band["median_ape"], rel=1e-3)
+    assert band["transfer"] == "fitted on this device"
     # a CPU's own rows are not pulled toward the GPU fit: the compute scale moves well off 1
     assert shipped["device_scales"]["roofline"] < 0.9
     assert len(read_timm_table(TABLE, "cpu", "onnxruntime", "fp32")) >= 50
