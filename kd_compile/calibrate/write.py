@@ -232,6 +232,24 @@ def _left_out_bands(prof: TargetProfile) -> dict[str, Any]:
                             for k, v in left_out_bands(prof).items()}}
 
 
+def merged_scales(old: dict[str, Any] | None, new: DeviceScales) -> DeviceScales:
+    """A calibration file's device scales with the runtimes of ``new`` (one fit's) replaced and every
+    other runtime's kept: a user's table of one runtime must not reset the scales another runtime's
+    table set (a T4's TensorRT scales, when the user calibrates eager PyTorch on it)."""
+    if not old:
+        return new
+    prev = DeviceScales.from_dict(old)
+    by_rt = {rt: prev.roofline_for(rt) for rt in {*prev.fixed, *prev.roofline_by_runtime}}
+    by_rt.update({rt: new.roofline_for(rt) for rt in {*new.fixed, *new.roofline_by_runtime}})
+    mem = {**prev.memory_by_runtime, **new.memory_by_runtime}
+
+    def geomean(d: dict[str, float]) -> float:
+        return round(math.exp(sum(math.log(v) for v in d.values()) / len(d)), 5)
+
+    return DeviceScales(geomean(by_rt) if by_rt else new.roofline, {**prev.fixed, **new.fixed}, by_rt,
+                        geomean(mem) if mem else None, mem)
+
+
 def fit_own_table(
     problem: Problem, prof: TargetProfile, ridge: float
 ) -> tuple[Constants, DeviceScales, np.ndarray, dict[str, Any]]:
@@ -328,10 +346,11 @@ def calibrate(
             raise UsageError(f"{path} exists and is not a calibration JSON ({why})", hint=hint) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("error_bands", {}), dict):
             raise UsageError(f"{path} exists and is not a calibration JSON", hint="choose another --out")
+    fitted_on = list(dict.fromkeys([*doc.get("device_scales_fitted_on", []), *(Path(t).name for t in tables)]))
     doc.update(target=prof.name, constants=_rounded(constants),
                constants_basis=source.get("constants_basis") or doc.get("constants_basis") or source["calibration"],
-               device_scales=scales.to_dict(), device_scales_fitted_on=[Path(t).name for t in tables],
-               device_scales_ridge=ridge)
+               device_scales=merged_scales(doc.get("device_scales"), scales).to_dict(),
+               device_scales_fitted_on=fitted_on, device_scales_ridge=ridge)
     doc.setdefault("error_bands", {}).update(band)
     _write_json_atomic(path, doc)
     return {

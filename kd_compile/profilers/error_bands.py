@@ -123,8 +123,13 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
         if alt in bands:
             band, note = bands[alt], f"proxy: no {precision} measurements, band of {alt}"
     if band is None:
+        # a CPU of the user's with no calibration at all: only the development VM's CPU was measured,
+        # and one CPU cannot be left out to measure a transfer; the user can measure theirs
+        own = (f" on this CPU; fit one from a table of yours with kd-compile calibrate --target {target.path} "
+               f"--table T.csv --runtime {runtime} --precision {precision}"
+               if target.kind == "cpu" and doc is None and not _builtin(target) else "")
         return {"median_ape": None, "p80_ape": None, "n": 0, "regime": key,
-                "basis": f"no measured tables for {runtime} ({precision}) stand for this regime: unvalidated",
+                "basis": f"no measured tables for {runtime} ({precision}) stand for this regime{own}: unvalidated",
                 "transfer": "none", "files": []}
     out = {"median_ape": band.get("median_ape"), "p80_ape": band.get("p80_ape"), "n": band.get("n", 0),
            "regime": key, "basis": band.get("basis", ""), "transfer": band.get("transfer", ""),

@@ -117,7 +117,7 @@ def test_a_row_measured_folded_is_counted_folded(tmp_path: Path) -> None:
     assert flops[1] < 0.5 * flops[0] and len(folded) < len(unfolded) and p_folded < p_unfolded
 
 
-def test_a_users_calibration_writes_no_file_of_the_package(tmp_path: Path) -> None:
+def test_a_users_calibration_writes_no_file_of_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``kd-compile calibrate`` counts a model the shipped op-count cache lacks into the user's cache
     (seeded from the shipped one), never into the package's file; a damaged user cache is counted
     again, not a traceback."""
@@ -125,6 +125,7 @@ def test_a_users_calibration_writes_no_file_of_the_package(tmp_path: Path) -> No
     from kd_compile.calibrate.write import calibrate
     from kd_compile.paths import cache_dir
 
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
     lines = [line for line in TABLE.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
     header, rows = lines[0], lines[1:12]
     assert rows[0].startswith("resnet10t,96,")
@@ -141,3 +142,37 @@ def test_a_users_calibration_writes_no_file_of_the_package(tmp_path: Path) -> No
     user.write_text("{not json", encoding="utf-8")
     assert layer_costs(["timm:resnet10t@72"], cache=user, seed=LAYER_COSTS) == direct
     assert LAYER_COSTS.read_bytes() == shipped
+
+
+def test_a_table_of_one_runtime_keeps_the_scales_another_runtime_set(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's table of eager PyTorch on a T4 (here: any timm-format table) adds the ``torch`` scales to
+    the T4's calibration and keeps the TensorRT scales its shipped table set, so its TensorRT
+    predictions (and their band) stay what they were."""
+    from kd_compile.calibrate.write import calibrate
+    from kd_compile.profilers.error_bands import shipped_calibration, user_calibration
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))  # this test's user calibration stays its own
+    t4 = get_target("t4")
+    shipped = shipped_calibration(t4)["device_scales"]
+    assert "tensorrt" in shipped["fixed"] and "torch" not in shipped["fixed"]
+    before = error_band(t4, "tensorrt", "fp16", 1)
+    calibrate("t4", [TABLE], "torch", "fp16")  # into the user's cache
+    mine = user_calibration("t4")
+    assert mine is not None
+    scales = mine["device_scales"]
+    assert scales["fixed"]["tensorrt"] == shipped["fixed"]["tensorrt"]
+    assert scales["roofline_by_runtime"]["tensorrt"] == shipped["roofline_by_runtime"]["tensorrt"]
+    assert "torch" in scales["fixed"] and "torch" in scales["roofline_by_runtime"]
+    assert error_band(t4, "tensorrt", "fp16", 1) == before
+    assert mine["device_scales_fitted_on"][-1] == TABLE.name
+
+
+def test_a_cpu_of_the_users_without_a_table_says_how_to_fit_one(tmp_path: Path) -> None:
+    toml = tmp_path / "mycpu.toml"
+    text = (CALIBRATION_DIR.parent / "cpu.toml").read_text(encoding="utf-8")
+    toml.write_text(text.replace('name = "cpu"', 'name = "mycpu"').replace("local = true", "local = false"),
+                    encoding="utf-8")
+    band = error_band(get_target(str(toml)), "onnxruntime", "fp32", 1)
+    assert band["median_ape"] is None and band["basis"].endswith(": unvalidated")
+    assert f"kd-compile calibrate --target {toml} --table T.csv --runtime onnxruntime --precision fp32" in band["basis"]
