@@ -259,7 +259,9 @@ def fit_own_table(
 
     A GPU keeps the constants of its calibration (or the all-device fit) and fits its scales. A CPU
     fits ``fit.CPU_FITTED`` as well, from the all-device fit's constants (never from an earlier CPU
-    fit, so a refit of the same table gives the same file), refitted in every fold."""
+    fit, so a refit of the same table gives the same file), refitted in every fold. (A CPU calibrated
+    on a table of a second runtime takes that table's ``CPU_FITTED`` for both; the first runtime's
+    band was measured with its own: refit both from their tables to keep them exact.)"""
     constants, _, source = load_calibration(prof)
     own = np.ones(len(problem.rows), bool)
     if prof.kind != "cpu":
