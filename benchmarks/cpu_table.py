@@ -160,68 +160,64 @@ def repeatability(table: Path) -> dict[str, Any]:
     and the median of (second fastest / fastest - 1), how far its two least disturbed passes lie apart."""
     from kd_compile.calibrate.tables import _dict_rows
 
-    spread, fastest = [], []
+    spread, fastest, passes = [], [], 0
     for r in _dict_rows(table):
         ts = sorted(float(t) for t in (r.get("passes_ms") or "").split(";") if t)
+        passes = passes or len(ts)
         if len(ts) > 1:
             spread.append(ts[-1] / ts[0] - 1)
             fastest.append(ts[1] / ts[0] - 1)
     if not spread:
         return {"models": 0}
-    passes = len((_dict_rows(table)[0].get("passes_ms") or "").split(";"))
     return {"models": len(spread), "passes": passes, "median_spread": round(float(np.median(spread)), 4),
             "p80_spread": round(float(np.quantile(spread, 0.8)), 4),
             "median_spread_two_fastest": round(float(np.median(fastest)), 4)}
 
 
-def predicted_before(table: Path) -> dict[str, float]:
-    """What the predictor said for each row with no CPU table (the all-device fit, unit scales)."""
-    from kd_compile.calibrate.fit import predict
+def cpu_problem(table: Path) -> tuple[Any, Any]:
+    """The table's rows as a calibration problem on the ``cpu`` target, and the all-device fit's
+    constants (what the predictor used before any CPU table): built once, for every comparison."""
     from kd_compile.calibrate.problem import build_problem
     from kd_compile.calibrate.tables import read_timm_table
-    from kd_compile.profilers.constants import Constants, DeviceScales
-    from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
-    from kd_compile.targets.profile import get_target
-
-    rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
-    problem = build_problem(rows, profiles={"cpu": get_target("cpu")})
-    c = Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
-    pred = predict(problem, np.ones(len(problem.rows), bool), c, {"cpu": DeviceScales()})
-    return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
-
-
-def held_out(table: Path, ridge: float | None = None) -> dict[str, float]:
-    """Each row predicted by the fit on the other folds, as ``kd-compile calibrate`` computes the band
-    (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``), with the pull toward 1 a CPU's
-    scales take (``write.scales_ridge``) or ``ridge``."""
-    from kd_compile.calibrate.problem import build_problem
-    from kd_compile.calibrate.tables import read_timm_table
-    from kd_compile.calibrate.write import fit_own_table, scales_ridge
-    from kd_compile.targets.profile import get_target
-
-    cpu = get_target("cpu")
-    rows = read_timm_table(table, "cpu", "onnxruntime", "fp32")
-    problem = build_problem(rows, profiles={"cpu": cpu})
-    _, _, pred, _ = fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge)
-    return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
-
-
-def scales_only(table: Path) -> dict[str, float]:
-    """Each row held out as a GPU's own table is fitted: its scales only, the all-device constants
-    kept (``holdout.kfold_on_device``), for comparison with the CPU's own constants."""
-    from kd_compile.calibrate.holdout import kfold_on_device
-    from kd_compile.calibrate.problem import build_problem
-    from kd_compile.calibrate.tables import read_timm_table
-    from kd_compile.calibrate.write import scales_ridge
     from kd_compile.profilers.constants import Constants
     from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
     from kd_compile.targets.profile import get_target
 
-    cpu = get_target("cpu")
-    problem = build_problem(read_timm_table(table, "cpu", "onnxruntime", "fp32"), profiles={"cpu": cpu})
-    c = Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
-    pred = kfold_on_device(problem, "cpu", c, ridge=scales_ridge(cpu))
+    problem = build_problem(read_timm_table(table, "cpu", "onnxruntime", "fp32"), profiles={"cpu": get_target("cpu")})
+    return problem, Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
+
+
+def _by_spec(problem: Any, pred: np.ndarray) -> dict[str, float]:
     return {r.spec: float(p) for r, p in zip(problem.rows, pred, strict=True)}
+
+
+def predicted_before(problem: Any, constants: Any) -> dict[str, float]:
+    """What the predictor said for each row with no CPU table (the all-device fit, unit scales)."""
+    from kd_compile.calibrate.fit import predict
+    from kd_compile.profilers.constants import DeviceScales
+
+    return _by_spec(problem, predict(problem, np.ones(len(problem.rows), bool), constants, {"cpu": DeviceScales()}))
+
+
+def held_out(problem: Any, ridge: float | None = None) -> dict[str, float]:
+    """Each row predicted by the fit on the other folds, as ``kd-compile calibrate`` computes the band
+    (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``), with the pull toward 1 a CPU's
+    scales take (``write.scales_ridge``) or ``ridge``."""
+    from kd_compile.calibrate.write import fit_own_table, scales_ridge
+    from kd_compile.targets.profile import get_target
+
+    cpu = get_target("cpu")
+    return _by_spec(problem, fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge)[2])
+
+
+def scales_only(problem: Any, constants: Any) -> dict[str, float]:
+    """Each row held out as a GPU's own table is fitted: its scales only, the all-device constants
+    kept (``holdout.kfold_on_device``), for comparison with the CPU's own constants."""
+    from kd_compile.calibrate.holdout import kfold_on_device
+    from kd_compile.calibrate.write import scales_ridge
+    from kd_compile.targets.profile import get_target
+
+    return _by_spec(problem, kfold_on_device(problem, "cpu", constants, ridge=scales_ridge(get_target("cpu"))))
 
 
 def summary(meas: dict[str, float], pred: dict[str, float]) -> dict[str, Any]:
@@ -265,8 +261,9 @@ def main() -> int:
     from kd_compile.calibrate.tables import read_timm_table
 
     meas = {r.spec: r.seconds for r in read_timm_table(args.table, "cpu", "onnxruntime", "fp32")}
-    before = predicted_before(args.table)
-    after = held_out(args.table)
+    problem, gpu_constants = cpu_problem(args.table)
+    before = predicted_before(problem, gpu_constants)
+    after = held_out(problem)
     print(f"{'model':34s} {'measured':>10s} {'before':>10s} {'held out':>10s}")
     for k in sorted(meas, key=meas.get):
         b, a = before.get(k, math.nan), after.get(k, math.nan)
@@ -277,8 +274,8 @@ def main() -> int:
     from kd_compile.calibrate.write import shipped_ridge
 
     gpu_ridge = shipped_ridge()
-    s_gpu_ridge = {**summary(meas, held_out(args.table, gpu_ridge)), "ridge": gpu_ridge}
-    only = scales_only(args.table)
+    s_gpu_ridge = {**summary(meas, held_out(problem, gpu_ridge)), "ridge": gpu_ridge}
+    only = scales_only(problem, gpu_constants)
     s_scales = {**summary(meas, only), "by_family": by_family(meas, only)}
     fam = by_family(meas, after)
     print("held out by family (median predicted / measured, range): " + "; ".join(
