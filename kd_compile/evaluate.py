@@ -301,9 +301,13 @@ def evaluate_candidate(
         )
         res = train_student(model, run.data, tcfg, run.knowledge, progress=progress)
         ref = run.reference
+        # the scores divide by the accuracy: a candidate that scored 0 is scored as if 0.1%
+        # (finite, last), and its metrics keep what it scored
         acc = max(float(res.val_acc), 1e-3)
         s = cost_term(cnt.params, cnt.flops, lat.latency_ms, ref.params, ref.flops, ref.latency_ms)
-        metrics.update(accuracy=acc, s=s, trade_score=trade_score(acc, ref.acc_target, s), train_seconds=res.seconds)
+        metrics.update(
+            accuracy=float(res.val_acc), s=s, trade_score=trade_score(acc, ref.acc_target, s), train_seconds=res.seconds
+        )
         return done(TrialStatus.OK, search_score(acc, ref.acc_target, s, ACCURACY_WEIGHT))
     except Exception as exc:  # a failing candidate never stops the search (module docstring)
         metrics["traceback"] = traceback.format_exc(limit=3)[-1000:]

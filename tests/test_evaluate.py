@@ -25,7 +25,7 @@ from kd_compile.search.trial import TrialStatus
 from kd_compile.students.base import StudentSpace
 from kd_compile.targets import get_target
 
-FAULTS = ("none", "nan", "export", "oom", "profile", "usage", "interrupt")
+FAULTS = ("none", "nan", "export", "oom", "profile", "usage", "interrupt", "class0")
 
 
 class _Faulty(nn.Module):
@@ -47,6 +47,8 @@ class _Faulty(nn.Module):
             raise RuntimeError("cannot run this model in inference")
         if self.fault == "interrupt" and self.training:
             raise KeyboardInterrupt
+        if self.fault == "class0" and not self.training:  # answers class 0 whatever it sees
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), self.fc.out_features).float()
         return self.fc(h)
 
 
@@ -119,6 +121,20 @@ def test_a_failing_candidate_is_recorded_not_raised(run_for, fault, target, reas
     assert t.status is TrialStatus.FAILED and t.score is None
     assert reason in t.error
     assert t.metrics["traceback"]  # kept in the journal for the post-mortem, not in the report
+
+
+def test_a_candidate_that_scores_nothing_keeps_its_accuracy_and_a_finite_score(run_for, digits):
+    """The scores divide by the accuracy, so they floor it; the trial's metrics (the search line,
+    the report's candidates table) say what the student scored: 0%, not the floor."""
+    import dataclasses
+
+    run = run_for()
+    no_zeros = dataclasses.replace(digits, y_val=digits.y_val.clamp(min=1))  # the student only ever says 0
+    t = evaluate_candidate(dataclasses.replace(run, data=no_zeros), {"fault": "class0"}, 1.0, 0)
+    assert t.status is TrialStatus.OK and t.metrics["accuracy"] == 0.0
+    assert t.score is not None and 0 < t.score < float("inf")
+    sound = evaluate_candidate(run, {"fault": "none"}, 1.0, 0)
+    assert t.score > sound.score  # ranked last
 
 
 def test_an_interrupt_still_stops_the_run(run_for):
