@@ -397,6 +397,12 @@ class RooflineProfiler(Profiler):
             raise UsageError(f"'{self.target.name}' has no bf16 tensor cores (its profile gives no bf16_tensor peak)",
                              hint="use --precision fp16 on this GPU")
         name = self.target.name
+        if self.precision == "int8" and self.target.kind != "cpu" and self.runtime in ("torch", "inductor"):
+            # PyTorch's quantized convolutions and linears (fbgemm, qnnpack) run on the CPU; on a GPU,
+            # eager PyTorch and torch.compile have no int8 precision to pick, so no number to predict
+            raise UsageError(f"runtime '{self.runtime}' runs no int8 network on a GPU ('{name}'): PyTorch's "
+                             "quantized ops run on the CPU only",
+                             hint="use --runtime tensorrt (or onnxruntime) for int8, or --precision fp16")
         if self.target.kind == "cpu":
             if self.runtime not in CPU_RUNTIMES:
                 raise UsageError(f"runtime '{self.runtime}' runs on NVIDIA GPUs, not on the CPU target '{name}'",

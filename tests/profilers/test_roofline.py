@@ -510,6 +510,18 @@ def test_bf16_is_refused_on_a_gpu_without_bf16_tensor_cores() -> None:
     assert a100.predict_ops(_matmul(10**9), 1).latency_ms > 0
 
 
+def test_int8_in_pytorch_is_refused_on_a_gpu() -> None:
+    """PyTorch's quantized ops run on the CPU: eager PyTorch and torch.compile have no int8 network
+    on a GPU to predict, while TensorRT and ONNX Runtime build one."""
+    from kd_compile.errors import UsageError
+
+    for runtime in ("torch", "inductor"):
+        with pytest.raises(UsageError, match="runs no int8 network on a GPU"):
+            RooflineProfiler("t4", "int8", runtime)
+    for runtime in ("tensorrt", "onnxruntime"):
+        assert RooflineProfiler("t4", "int8", runtime, constants=C).predict_ops(_matmul(10**9), 1).latency_ms > 0
+
+
 def test_a_constant_no_residual_depends_on_is_found_flat() -> None:
     """A power cap above every kernel's rate moves no residual (the fit has no gradient back from
     there, and ``fit_constants`` restarts it); one that binds does. ``fit._flat`` tells them apart."""
