@@ -173,8 +173,10 @@ def _measuring_options(runtime: str, precision: str, gpu: bool) -> dict[str, Any
         if gpu:
             return {"provider": "cuda", "precision": precision}
         if precision != "fp32":
-            raise UsageError(f"ONNX Runtime on the CPU measures fp32 only, not {precision}",
-                             hint="use --runtime torch for a half-precision CPU measurement, or predict it")
+            hint = "use --runtime torch for a half-precision CPU measurement, or predict it"
+            if precision == "int8":
+                hint = "predict it (--method predict); kd-compile measures no quantized network"
+            raise UsageError(f"ONNX Runtime on the CPU measures fp32 only, not {precision}", hint=hint)
         return {}
     if runtime == "tensorrt" and not gpu:
         raise UsageError("runtime 'tensorrt' needs a GPU target", hint="use --runtime onnxruntime or torch on a CPU")

@@ -62,11 +62,14 @@ def test_an_explicit_runtime_and_precision_are_honoured():
         ({"runtime": "tensorrt", "method": "measure"}, "needs a GPU"),
         ({"runtime": "inductor", "method": "measure"}, "can only be predicted"),
         ({"runtime": "onnxruntime", "precision": "fp16"}, "measures fp32 only"),
+        ({"runtime": "onnxruntime", "precision": "int8", "method": "measure"}, "measures fp32 only"),
     ],
 )
 def test_a_runtime_or_precision_that_cannot_be_used_is_a_usage_error(kwargs, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=message) as err:
         plan_latency(get_target("cpu"), **{"method": "auto", **kwargs})
+    if kwargs.get("precision") == "int8":  # no runtime here measures int8: the hint says predict
+        assert "half-precision" not in err.value.hint and "predict" in err.value.hint
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, local is that GPU")
