@@ -175,7 +175,7 @@ def _measuring_options(runtime: str, precision: str, gpu: bool) -> dict[str, Any
         if precision != "fp32":
             hint = "use --runtime torch for a half-precision CPU measurement, or predict it"
             if precision == "int8":
-                hint = "predict it (--method predict); kd-compile measures no quantized network"
+                hint = "predict it (--method predict); kd-compile measures int8 with TensorRT on a GPU only"
             raise UsageError(f"ONNX Runtime on the CPU measures fp32 only, not {precision}", hint=hint)
         return {}
     if runtime == "tensorrt" and not gpu:
