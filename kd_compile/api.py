@@ -216,21 +216,30 @@ def _run(
     timings["final_training"] = final.seconds
     # the held-out test split is read here, once, after every choice was made on val
     test = {"teacher": held_out_accuracy(tch.module, data), "kd": final.test_acc, "ce": final.test_acc_ce}
+    # the KD student ships unless its CE-only twin scored higher on validation (final.shipped)
+    shipped = final.shipped
     journal.note(
         "final", config=chosen.config, val_acc=final.kd.val_acc,
         val_acc_ce=None if final.ce is None else final.ce.val_acc,
-        test_acc=test["kd"], test_acc_ce=test["ce"], teacher_test_acc=test["teacher"],
+        test_acc=test["kd"], test_acc_ce=test["ce"], teacher_test_acc=test["teacher"], shipped=shipped,
     )  # fmt: skip
     journal.close()
+    if shipped == "ce":
+        rep.message(
+            f"the student trained without KD scored higher on validation ({final.ce.val_acc:.2%} against "
+            f"{final.kd.val_acc:.2%} with KD): it is the one shipped"
+        )
 
     t0 = time.perf_counter()
     rep.stage("export")
     s_acc = float(final.kd.val_acc)
+    shipped_val = float(final.ce.val_acc) if shipped == "ce" else s_acc
+    shipped_test = test["ce"] if shipped == "ce" else test["kd"]
     staging = staging_dir(inputs.out)  # published into --out only when complete and checked
     try:
         written, s_counts, s_lat, extra = ship.export(
-            cfg, final.student, family, chosen.config, s_acc if test["kd"] is None else test["kd"], inputs, run, rep,
-            staging, teacher=t_deployed,
+            cfg, final.shipped_student, family, chosen.config, shipped_val if shipped_test is None else shipped_test,
+            inputs, run, rep, staging, teacher=t_deployed,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a half-written export never ships
@@ -244,14 +253,15 @@ def _run(
         t_counts=t_counts, t_lat=t_lat, student_config=chosen.config, student_arch=family.describe(chosen.config),
         s_counts=s_counts, s_lat=s_lat, s_acc=s_acc, s_acc_ce=None if final.ce is None else float(final.ce.val_acc),
         test_acc_teacher=test["teacher"], test_acc=test["kd"], test_acc_ce=test["ce"],
-        s_term=s_term, trade=trade_score(s_acc, ref.acc_target, s_term), search=sr, chosen=chosen, pareto=pareto,
+        s_term=s_term, trade=trade_score(shipped_val, ref.acc_target, s_term), search=sr, chosen=chosen, pareto=pareto,
+        shipped=shipped,
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
     report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
-    result = CompileResult(final.student, chosen.config, report, sr.trials, pareto, artifacts)
+    result = CompileResult(final.shipped_student, chosen.config, report, sr.trials, pareto, artifacts)
     ship.enforce_gates(report["gates"])
     return result
 

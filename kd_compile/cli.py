@@ -213,6 +213,8 @@ def _compile(teacher: str, json_out: bool, **options: Any) -> None:
 
         s, t, sp = r["student"], r["teacher"], r.get("speedup") or {}
         kd = "" if s["accuracy_without_kd"] is None else f" (without KD {s['accuracy_without_kd']:.2%})"
+        if s.get("trained_with") == "ce":  # the CE-only twin beat the KD student on validation: it ships
+            kd = f" (trained without KD, which scored higher on validation; with KD {s['accuracy_with_kd']:.2%})"
         how = s["latency"]["method"]
         if how == "predicted":
             how += f"; {band_phrase(sp.get('error_band'))}"

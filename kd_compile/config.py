@@ -240,7 +240,9 @@ class CompileConfig:
         parse=parse_crop_pct,
     )
     num_classes: int | None = option(None, "Teacher class count (checked against the checkpoint).")
-    compare_ce: bool = option(True, "Also train the chosen student without KD, for the report.")
+    compare_ce: bool = option(
+        True, "Also train the chosen student without KD (same seed): the one better on validation ships; both reported."
+    )
     batch_size: int = option(128, "Batch size of every training.")
     workers: int = option(0, "Processes for independent trainings (0 = one per core, at most 2).")
     executor: str = option(

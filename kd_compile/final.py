@@ -1,8 +1,10 @@
 """After the search: the distiller search (``--distiller auto``) and the final training of the
-chosen student with KD and, for the report, without (side by side in two processes on CPU).
+chosen student with KD and, with ``--compare-ce``, without (side by side in two processes on CPU).
 
-The final students are scored once on the data's held-out test split (``held_out_accuracy``), which
-no choice before has seen; their validation accuracy is kept beside it."""
+The two are the same architecture from the same seed; the one with the higher validation accuracy
+ships (the KD student on a tie): KD that did not help this student on this data does not cost the
+user accuracy. The final students are scored once on the data's held-out test split
+(``held_out_accuracy``), which no choice before has seen; their validation accuracy is kept beside it."""
 
 from __future__ import annotations
 
@@ -52,10 +54,12 @@ def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
 
 @dataclass
 class FinalResult:
-    """The trained student and its results (``ce`` is None without ``--compare-ce``).
+    """The trained students and their results (``ce`` and ``twin`` are None without ``--compare-ce``).
 
-    ``test_acc``/``test_acc_ce``: the KD student's and its CE-only twin's accuracy on the test
-    split, measured once after training; ``None`` where the data has no test split (data-free).
+    ``student`` is the KD student, ``twin`` its CE-only twin (same architecture, same seed).
+    ``test_acc``/``test_acc_ce``: their accuracy on the test split, measured once after training;
+    ``None`` where the data has no test split (data-free). Which of the two ships is chosen on
+    validation accuracy alone (:attr:`shipped`).
     """
 
     student: nn.Module
@@ -64,6 +68,19 @@ class FinalResult:
     seconds: float
     test_acc: float | None = None
     test_acc_ce: float | None = None
+    twin: nn.Module | None = None
+
+    @property
+    def shipped(self) -> str:
+        """``"ce"`` when the CE-only twin scored strictly higher on validation than the KD
+        student (then it is the better student, and it ships), else ``"kd"``."""
+        if self.twin is None or self.ce is None:
+            return "kd"
+        return "ce" if float(self.ce.val_acc) > float(self.kd.val_acc) else "kd"
+
+    @property
+    def shipped_student(self) -> nn.Module:
+        return self.twin if self.shipped == "ce" and self.twin is not None else self.student
 
 
 def held_out_accuracy(model: nn.Module, data: Any, device: str | None = None) -> float | None:
@@ -136,17 +153,17 @@ def train_final(
         twin.load_state_dict(sd_ce)
         return FinalResult(
             student.eval(), res_kd, res_ce, time.perf_counter() - t0,
-            held_out_accuracy(student, run.data), held_out_accuracy(twin, run.data),
+            held_out_accuracy(student, run.data), held_out_accuracy(twin, run.data), twin.eval(),
         )  # fmt: skip
     reporter.stage("final training with KD")
     student, res_kd = _train_inline(run, config, True, reporter, teacher, distiller)
-    res_ce, acc_ce = None, None
+    twin, res_ce, acc_ce = None, None, None
     if cfg.compare_ce:
         reporter.stage("final training without KD (comparison)")
         twin, res_ce = _train_inline(run, config, False, reporter, teacher, None)
         acc_ce = held_out_accuracy(twin, run.data)
     acc = held_out_accuracy(student, run.data)
-    return FinalResult(student, res_kd, res_ce, time.perf_counter() - t0, acc, acc_ce)
+    return FinalResult(student, res_kd, res_ce, time.perf_counter() - t0, acc, acc_ce, twin)
 
 
 def _train_inline(

@@ -290,3 +290,68 @@ def test_a_predicted_cpu_target_reports_the_band_of_its_own_table(digits_teacher
     assert band["files"] == ["cpu-onnxruntime-fp32-b1-devvm.csv"]
     md = (out / "report.md").read_text()
     assert f"±{100 * band['median_ape']:.0f}% median" in md and "unvalidated" not in md
+
+
+def test_the_final_student_that_ships_is_the_better_one_on_validation():
+    """The KD student and its CE-only twin are the same architecture from the same seed: the one
+    with the higher validation accuracy ships (the KD student on a tie); the test split plays no part."""
+    from kd_compile.distill.train_config import TrainResult
+    from kd_compile.final import FinalResult
+
+    def res(val: float) -> TrainResult:
+        return TrainResult(val_acc=val, train_acc=0.0, epochs_run=1.0, steps=1, seconds=0.0)
+
+    kd_net, ce_net = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    better_ce = FinalResult(kd_net, res(0.80), res(0.81), 0.0, test_acc=0.9, test_acc_ce=0.7, twin=ce_net)
+    assert better_ce.shipped == "ce" and better_ce.shipped_student is ce_net
+    for kd_val, ce_val in ((0.81, 0.80), (0.80, 0.80)):  # better, or tied: KD ships
+        r = FinalResult(kd_net, res(kd_val), res(ce_val), 0.0, test_acc=0.5, test_acc_ce=0.9, twin=ce_net)
+        assert r.shipped == "kd" and r.shipped_student is kd_net
+    assert FinalResult(kd_net, res(0.1), None, 0.0).shipped == "kd"  # no twin trained (--no-compare-ce)
+
+
+def test_a_run_whose_ce_twin_wins_on_validation_ships_it_and_says_so(tmp_path):
+    """A teacher that mislabels 7 of its 10 classes (its classifier rows rotated): on this seed the
+    student trained without it scores higher on validation than the one distilled from it, so the
+    CE-only twin ships. Whatever ships, the report, student.pt and the rendered reports agree."""
+    from kd_compile.data import load_data
+    from kd_compile.distill import TrainConfig, train_student
+    from kd_compile.export import space_kwargs
+    from kd_compile.final import held_out_accuracy
+    from kd_compile.students import create_space
+    from kd_compile.teacher import save_checkpoint
+
+    data = load_data("digits", image_size=12)
+    space = create_space("cnn", input_shape=data.input_shape, num_classes=data.num_classes, max_depth=3)
+    config = space.validate({**space.default(), "depth": 3, "w1": 32, "w2": 64, "w3": 64})
+    torch.manual_seed(0)
+    model = space.build(config)
+    train_student(model, data, TrainConfig(epochs=3, use_kd=False, seed=0))
+    sd = model.state_dict()
+    rotate = torch.tensor([1, 2, 3, 4, 5, 6, 0, 7, 8, 9])
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][rotate], sd["fc.bias"][rotate]
+    path = tmp_path / "mislabelling.pt"
+    save_checkpoint(path, space="cnn", space_kwargs=space_kwargs(space), config=config, state_dict=sd,
+                    meta={"data": data.hint(), "normalize": {"mean": list(data.mean), "std": list(data.std)}})
+    out = tmp_path / "run"
+    opts = {**SMALL, "final_epochs": 6}
+    res = kd_compile.compile(str(path), out=out, **opts)
+    r = json.loads((out / "report.json").read_text())
+    validate_report(r)
+    s = r["student"]
+    with_kd, without = s["val_accuracy_with_kd"], s["val_accuracy_without_kd"]
+    assert s["trained_with"] == ("ce" if without > with_kd else "kd")
+    shipped_acc = s["accuracy_without_kd"] if s["trained_with"] == "ce" else s["accuracy_with_kd"]
+    assert s["accuracy"] == shipped_acc and s["val_accuracy"] == max(with_kd, without)
+    assert s["kd_gain"] == pytest.approx(s["accuracy_with_kd"] - s["accuracy_without_kd"])
+    # the student written is the one the report scores
+    written = load_teacher(str(out / "student.pt")).module
+    assert held_out_accuracy(written, data) == pytest.approx(s["accuracy"], abs=1e-6)
+    assert held_out_accuracy(res.student, data) == pytest.approx(s["accuracy"], abs=1e-6)
+    md = (out / "report.md").read_text()
+    if s["trained_with"] == "ce":
+        assert "accuracy with KD (same architecture; not shipped: lower on validation)" in md
+        assert "accuracy with KD (same architecture; not shipped" in (out / "report.html").read_text()
+    else:
+        assert "accuracy without KD (same architecture, CE only)" in md
+    assert s["trained_with"] == "ce", "this seed's CE twin won on this machine; re-pick the seed if training changed"

@@ -116,6 +116,14 @@ def check_e2e_turbo() -> None:
         "gave " + _pm(s["student_acc"]["mean"], s["student_acc"]["std"], "{:.2%}"),
         f"(a {s['gap_points']['mean']:.2f}-point gap; seed {worst['seed']} at {worst['student_acc']:.2%}, the lowest)",
     ]
+    for r in doc["seeds"]:  # where the CE-only twin beat the KD student on validation, it shipped
+        if r.get("trained_with") == "ce":
+            test = (f"both {r['student_acc']:.2%}" if r["student_acc"] == r["student_acc_kd"]
+                    else f"{r['student_acc']:.2%} against {r['student_acc_kd']:.2%}")  # fmt: skip
+            expected.append(
+                f"In seed {r['seed']} the CE-only twin shipped ({r['student_val_acc']:.2%} on validation against the "
+                f"KD student's {r['student_val_acc_kd']:.2%}; {test} on test)"
+            )
     _assert_quoted(expected, " ".join(sec.split()), "turbo end-to-end", "e2e_glyphs_turbo.json")
 
 

@@ -25,6 +25,7 @@ from .render import (
     deploy_snippets,
     speed_lines,
     speed_phrase,
+    twin_label,
 )
 
 __all__ = ["render_html"]
@@ -72,9 +73,9 @@ def _summary(r: dict[str, Any]) -> str:
             e(f"{100 * (s['accuracy'] - t['accuracy']):+.2f} percentage points"),
         ],
         [
-            f"{split} accuracy without KD (same architecture)",
+            f"{split} {twin_label(r)[0]}",
             "",
-            e(_pct(s.get("accuracy_without_kd"))),
+            e(_pct(twin_label(r)[1])),
             "" if s.get("kd_gain") is None else e(f"KD gain {100 * s['kd_gain']:+.2f} percentage points"),
         ],
     ]

@@ -21,7 +21,7 @@ from ..data.stream import is_streamed
 from ..search.score import ACCURACY_WEIGHT
 from ..search.trial import Trial, TrialStatus, pareto_trials
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 REQUIRED = (
     "schema_version", "kd_compile_version", "run", "target", "teacher", "student", "speedup", "objective", "search",
     "measurements", "exports", "warnings", "artifacts",
@@ -141,7 +141,11 @@ def build_report(**k: Any) -> dict[str, Any]:
     n_test = split_size(k["data"], "test") if getattr(k["data"], "has_test", False) else 0
     split, n_acc = ("test", n_test) if on_test else ("val", n_val)
     t_acc = k["test_acc_teacher"] if on_test else k["acc_teacher"]
-    s_acc, s_acc_ce = (k["test_acc"], k.get("test_acc_ce")) if on_test else (k["s_acc"], k["s_acc_ce"])
+    s_acc_kd, s_acc_ce = (k["test_acc"], k.get("test_acc_ce")) if on_test else (k["s_acc"], k["s_acc_ce"])
+    # the KD student ships unless its CE-only twin scored higher on validation (final.FinalResult)
+    shipped = k.get("shipped", "kd")
+    s_acc = s_acc_ce if shipped == "ce" else s_acc_kd
+    s_val = k["s_acc_ce"] if shipped == "ce" else k["s_acc"]
     timings = k["timings"]
     outside = timings["total"] - timings.get("training", 0.0) - timings.get("final_training", 0.0)
     report = {
@@ -200,12 +204,15 @@ def build_report(**k: Any) -> dict[str, Any]:
             "params": s_counts.params,
             "flops": s_counts.flops,
             "peak_activation_bytes": s_counts.peak_activation_bytes,
+            "trained_with": shipped,
             "accuracy": s_acc,
             "accuracy_split": split,
             "accuracy_ci95": wilson_interval(s_acc, n_acc),
+            "accuracy_with_kd": s_acc_kd,
             "accuracy_without_kd": s_acc_ce,
-            "kd_gain": None if s_acc_ce is None else s_acc - s_acc_ce,
-            "val_accuracy": k["s_acc"],
+            "kd_gain": None if s_acc_ce is None else s_acc_kd - s_acc_ce,
+            "val_accuracy": s_val,
+            "val_accuracy_with_kd": k["s_acc"],
             "val_accuracy_without_kd": k["s_acc_ce"],
             "params_ratio": s_counts.params / t_counts.params,
             "flops_ratio": s_counts.flops / t_counts.flops,
