@@ -103,6 +103,10 @@ def load_inputs(cfg: CompileConfig, reporter: Any) -> RunInputs:
                 crop_pct=pre.crop_pct if pre is not None else None,
                 seed=cfg.seed,
             )
+    skipped = int((getattr(data, "meta", None) or {}).get("skipped_images") or 0)
+    if skipped:
+        examples = ", ".join(data.meta.get("skipped_examples") or [])
+        reporter.message(f"note: {skipped} unreadable image(s) left out of {data.name}: {examples}")
     if data.num_classes != tch.num_classes:
         raise DataError(
             f"class-count mismatch: the data has {data.num_classes} classes, the teacher outputs {tch.num_classes}"

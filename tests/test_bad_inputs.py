@@ -502,6 +502,43 @@ def test_imagefolder_bomb_is_skipped_and_counted(tmp_path: Path) -> None:
     assert n == 120
 
 
+def test_a_run_names_the_unreadable_images_it_left_out(tmp_path: Path) -> None:
+    """One corrupt file among 120 good ones is left out (under the 1% refusal), and the run says
+    so: a line in the log and a warning in report.json naming the file, and the count in run.data."""
+    from PIL import Image
+
+    from kd_compile.data import load_data
+    from kd_compile.distill import TrainConfig, train_student
+    from kd_compile.export import space_kwargs
+    from kd_compile.students import create_space
+    from kd_compile.teacher import save_checkpoint
+
+    root = tmp_path / "imgs"
+    for c, shade in (("dark", 40), ("light", 200)):
+        (root / c).mkdir(parents=True)
+        for i in range(60):
+            Image.new("L", (12, 12), shade + i % 20).save(root / c / f"{i}.png")
+    (root / "dark" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a PNG")
+    data = load_data(str(root), image_size=12)
+    space = create_space("cnn", input_shape=data.input_shape, num_classes=2, max_depth=2)
+    config = space.validate({**space.default(), "depth": 2})
+    torch.manual_seed(0)
+    model = space.build(config)
+    train_student(model, data, TrainConfig(epochs=2, use_kd=False, seed=0))
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, space="cnn", space_kwargs=space_kwargs(space), config=config,
+                    state_dict=model.state_dict(), meta={"normalize": {"mean": list(data.mean), "std": list(data.std)}})
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [str(teacher), "--data", str(root), "--target", "2080ti", "--budget", "1",
+                                   "--proxy-epochs", "0.2", "--final-epochs", "0.2", "--max-latency", "none",
+                                   "--no-compare-ce", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 unreadable image(s) left out" in " ".join(res.output.split())
+    r = json.loads((out / "report.json").read_text())
+    assert r["run"]["data"]["skipped_images"] == 1
+    assert any("corrupt.png" in w and "unreadable" in w for w in r["warnings"])
+
+
 def test_deflate_bomb_is_refused_before_decompressing(tmp_path: Path, monkeypatch) -> None:
     """The limit is checked on the declared sizes: a 256 MiB bomb (256 KB on disk) against a
     64 MiB limit is refused before any of it is inflated."""

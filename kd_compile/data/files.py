@@ -429,6 +429,8 @@ def load_folder(
         stack = {p: np.ascontiguousarray(v[:, :1]) for p, v in stack.items()}
     labels = {p: np.array([c for _, c in items], dtype=np.int64) for p, items in files.items()}
     meta: dict[str, Any] = {"source": "folder", "path": str(root.resolve()), "skipped_images": len(skipped)}
+    if skipped:  # named in the run's log and report: a user fixes or removes them
+        meta["skipped_examples"] = [f"{f} ({why})" for f, why in skipped[:3]]
     x, y = (stack["train"], labels["train"]) if pre_split else (stack["all"], labels["all"])
     # the parts the tree lacks are carved from train (or from the whole tree)
     fractions = {k: 0.0 if k in files else f for k, f in (("val", VAL_FRACTION), ("test", TEST_FRACTION))}

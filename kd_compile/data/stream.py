@@ -641,6 +641,7 @@ def open_stream(
             "split": split_note,
             "mode": "stream",
             "skipped_images": len(skipped),
+            **({"skipped_examples": [str(f) for f in skipped[:3]]} if skipped else {}),
             "input_shape": list(shape),
         },
     )

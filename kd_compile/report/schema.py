@@ -146,6 +146,8 @@ def build_report(**k: Any) -> dict[str, Any]:
     shipped = k.get("shipped", "kd")
     s_acc = s_acc_ce if shipped == "ce" else s_acc_kd
     s_val = k["s_acc_ce"] if shipped == "ce" else k["s_acc"]
+    meta = getattr(k["data"], "meta", None) or {}
+    skipped = int(meta.get("skipped_images") or 0)  # unreadable files of an ImageFolder, left out and named
     timings = k["timings"]
     outside = timings["total"] - timings.get("training", 0.0) - timings.get("final_training", 0.0)
     report = {
@@ -173,6 +175,7 @@ def build_report(**k: Any) -> dict[str, Any]:
                 "accuracy_split": split,
                 "num_classes": k["data"].num_classes,
                 "input_shape": list(k["data"].input_shape),
+                "skipped_images": skipped,
             },
         },
         "target": {
@@ -255,7 +258,9 @@ def build_report(**k: Any) -> dict[str, Any]:
         },
         "measurements": extra,
         "exports": exports,
-        "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"],
+        "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"]
+        + ([f"{skipped} unreadable image(s) left out of the data: {', '.join(meta.get('skipped_examples') or [])}"]
+           if skipped else []),
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }
