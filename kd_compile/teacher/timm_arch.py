@@ -167,6 +167,10 @@ def _timm_model(
         if in_chans is None and isinstance(w, torch.Tensor) and w.dim() >= 2:
             in_chans = int(w.shape[1])
             chans = (in_chans, "weights (first conv)")
+        head = state_dict.get(f"{classifier}.weight") if classifier else None  # timm's own name for the head
+        if num_classes is not None and isinstance(head, torch.Tensor) and head.shape[0] != int(num_classes):
+            raise CheckpointError(f"the checkpoint's classifier ({classifier}) outputs {head.shape[0]} classes, not "
+                                  f"the {int(num_classes)} given (--num-classes)")
         if num_classes is None:
             num_classes = _infer_classes_from_state_dict(state_dict, classifier)
     if num_classes is not None:

@@ -86,6 +86,18 @@ def test_timm_state_dict_and_safetensors(tmp_path):
     _same(t2.module, m, (2, 1, 32, 32))
 
 
+def test_a_class_count_the_timm_weights_contradict_is_named(tmp_path):
+    """--num-classes against a timm state_dict whose classifier has another width: the error says
+    both counts, not only that two tensors have another shape."""
+    import timm
+
+    p = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=4, in_chans=1).state_dict(), p)
+    with pytest.raises(CheckpointError, match=r"classifier \(fc\) outputs 4 classes, not the 5 given"):
+        load_teacher(p, arch="test_resnet", num_classes=5, input_shape=(1, 32, 32))
+    assert load_teacher(p, arch="test_resnet", num_classes=4, input_shape=(1, 32, 32)).num_classes == 4
+
+
 def test_state_dict_without_arch_is_explained(tmp_path):
     p = tmp_path / "w.pth"
     torch.save(_net().state_dict(), p)
