@@ -493,7 +493,9 @@ def profile(
     here exactly as a compile run would load it.
 
     Args:
-        model: a checkpoint path kd-compile can load, ``timm:<name>`` or an ``nn.Module``.
+        model: a checkpoint path kd-compile can load, a model spec (``timm:<name>``, ...), an
+            ``nn.Module``, or an ``.onnx`` file (measured as it is with ONNX Runtime on this CPU;
+            its params are its initializers' elements, its FLOPs not counted).
         target: a target name or TOML path.
         runtime: tensorrt | torch (eager) | onnxruntime (default: measuring a GPU, the best one
             installed here; else the target's). The choice is ``latency.plan_latency``'s.
@@ -517,6 +519,8 @@ def profile(
     given = dict(input_shape=input_shape, arch=arch, input_size=input_size, mean=mean, std=std,
                  interpolation=interpolation, crop_pct=crop_pct)  # fmt: skip
     kw = {name: opts[name].convert(v) for name, v in given.items() if v is not None}
+    if not isinstance(model, nn.Module) and str(model).lower().endswith(".onnx"):
+        return _profile_onnx_file(Path(model), tgt, plan, batch, image_size)
     preprocessing = None
     if isinstance(model, nn.Module):
         module = model.eval()
@@ -567,6 +571,35 @@ def profile(
     )
     if layers and not d.get("layers"):
         d["layers_note"] = f"{m.runtime} {m.method} no per-layer times here (only the whole model's latency)"
+    return d
+
+
+def _profile_onnx_file(path: Path, tgt: TargetProfile, plan: Any, batch: int, image_size: int | None) -> dict[str, Any]:
+    """``profile`` of an ``.onnx`` file: measured as it is with ONNX Runtime on this CPU (the
+    ``cpu`` target), the file's own types and shapes; nothing else can be done with it here: the
+    predictor counts a PyTorch model's ops, and GPU runtimes take their own ONNX export."""
+    from .profilers.onnxrt import onnx_file_io, profile_onnx
+
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: {path}")
+    if tgt.kind != "cpu" or plan.method != "measure" or plan.profiler != "onnxruntime":
+        raise UsageError(
+            f"an ONNX file is measured with ONNX Runtime on this CPU only; it cannot be "
+            f"{'predicted' if plan.method == 'predict' else 'measured'} on {tgt.name}",
+            hint="measure it with --target cpu --method measure; to predict, profile the PyTorch checkpoint or "
+                 "a model spec",
+        )
+    if image_size is not None:
+        raise UsageError("--image-size cannot resize an ONNX file: it runs at the input shape it was exported with")
+    dims, params = onnx_file_io(path)
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise UsageError(f"{path}: its input is {dims}, not (N, C, H, W) with fixed C, H, W")
+    if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:
+        raise UsageError(f"{path} was exported for batch {dims[0]}, not {batch}", hint=f"use --batch {dims[0]}")
+    m = profile_onnx(path, InputSpec(tuple(dims[1:]), batch=batch), **plan.options)
+    d = m.to_dict(layers=False)
+    d.update(model=str(path), target=tgt.name, input_shape=list(dims[1:]), params=params, flops=None,
+             flops_per_batch=None, preprocessing=None, deploy_form=None)  # fmt: skip
     return d
 
 

@@ -294,8 +294,8 @@ def _teacher_opt(name: str) -> Any:
 @app.command("profile")
 def profile_cmd(
     model: Annotated[str, typer.Argument(
-        help="Checkpoint kd-compile can load, or a model spec: timm:<name>, torchvision:<name>, nb201:<arch>, "
-        "fbnet:<ops>, ofa:<res>/<depths>/<blocks>, anb:<stages>.")],
+        help="Checkpoint kd-compile can load, an .onnx file (measured as it is on this CPU), or a model spec: "
+        "timm:<name>, torchvision:<name>, nb201:<arch>, fbnet:<ops>, ofa:<res>/<depths>/<blocks>, anb:<stages>.")],
     target: TargetOpt = "cpu",
     runtime: Annotated[str | None, typer.Option(help="tensorrt | torch | onnxruntime | inductor")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
@@ -339,10 +339,11 @@ def profile_cmd(
     if json_out:
         typer.echo(json.dumps(d, indent=2, default=str))
         return
+    flops = "FLOPs not counted (an ONNX file)" if d["flops"] is None else f"FLOPs {d['flops']:,}/image"
     typer.echo(
         f"{d['model']} on {d['target']}: {d['latency_ms']:.4g} ms/batch of {d['batch']} "
         f"({d['latency_per_image_ms']:.4g} ms/image, {d['throughput']:.4g} img/s), {d['method']} with "
-        f"{d['runtime']} {d['precision']}; params {d['params']:,}, FLOPs {d['flops']:,}/image"
+        f"{d['runtime']} {d['precision']}; params {d['params']:,}, {flops}"
     )
     if d.get("deploy_form"):
         typer.echo(f"  deploy form: {d['deploy_form']}")

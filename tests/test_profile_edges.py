@@ -137,3 +137,31 @@ def test_the_error_types_are_exported_at_the_top_level():
 
     for name in ("UsageError", "CheckpointError", "TargetError", "BackendUnavailableError", "ConstraintError"):
         assert getattr(kd_compile, name) is getattr(errors, name) and name in kd_compile.__all__
+
+
+def test_an_onnx_file_is_measured_on_this_cpu_as_it_is(tmp_path):
+    """``profile x.onnx``: ONNX Runtime on this CPU times the file itself (its weights counted from
+    its initializers, its batch dimension honoured); predicting it, or a GPU target, is refused
+    with the reason, and so is a file that is no ONNX model."""
+    import onnx
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 4))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    weights = sum(int(math.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer)
+    assert weights == sum(p.numel() for p in net.parameters())
+    d = kd_compile.profile(path, target="cpu", batch=3)
+    assert d["method"] == "measured" and d["runtime"] == "onnxruntime" and d["batch"] == 3
+    assert d["params"] == weights and d["input_shape"] == [3, 16, 16] and d["flops"] is None and d["latency_ms"] > 0
+    with pytest.raises(UsageError, match="cannot be predicted on 2080ti"):
+        kd_compile.profile(path, target="2080ti")
+    with pytest.raises(UsageError, match="cannot resize an ONNX file"):
+        kd_compile.profile(path, target="cpu", image_size=32)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(UsageError, match="not a readable ONNX model"):
+        kd_compile.profile(bad, target="cpu")
+    res = CliRunner().invoke(app, ["profile", str(path), "--target", "cpu"])
+    assert res.exit_code == 0 and "FLOPs not counted (an ONNX file)" in res.output

@@ -311,6 +311,25 @@ def profile_onnx(
     return _measurement(result, spec, threads, {"onnx_sha256": file_sha256(path)}, policy.clock)
 
 
+def onnx_file_io(path: str | Path) -> tuple[list[Any], int]:
+    """An ONNX file's graph input dims (ints, or the name of a symbolic dim) and its weights'
+    element count (initializers), read without running it; a ``UsageError`` when it is no ONNX."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 (any parse failure: not an ONNX model)
+        raise UsageError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    weights = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise UsageError(f"{path}: profile supports ONNX models with one input, this one has {len(inputs)}")
+    shape = inputs[0].type.tensor_type.shape.dim
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape]
+    params = sum(int(np.prod(i.dims)) if len(i.dims) else 1 for i in model.graph.initializer)
+    return dims, params
+
+
 def _measurement(
     result: TimingResult,
     spec: InputSpec,
