@@ -365,7 +365,9 @@ def profile_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     target: TargetOpt,
-    table: Annotated[list[Path], typer.Option(help="Measured latency table (CSV); repeatable.")],
+    table: Annotated[list[Path], typer.Option(
+        help="Measured latency table (CSV: model, img_size, batch, latency_ms per batch; or timm's benchmark "
+        "columns); repeatable.")],
     runtime: Annotated[str, typer.Option(help="Runtime the table was measured with (timm tables: torch).")] = "torch",
     precision: Annotated[
         str, typer.Option(help="Precision the table was measured with (timm AMP tables: fp16).")

@@ -199,17 +199,39 @@ def _dict_rows(path: Path) -> list[dict[str, str]]:
         raise UsageError(f"{path}: not a readable CSV table ({why})") from None
 
 
+# a user's own table may name its columns plainly: the first present name of each is read
+_SIZE_COLS = ("infer_img_size", "img_size", "image_size")
+_BATCH_COLS = ("infer_batch_size", "batch_size", "batch")
+TABLE_COLUMNS = ("model, infer_img_size (or img_size), infer_batch_size (or batch), and infer_step_time or "
+                 "latency_ms (ms per batch) or infer_samples_per_sec")
+
+
+def _first(r: dict[str, str], names: Sequence[str]) -> str | None:
+    return next((r[n] for n in names if (r.get(n) or "").strip()), None)
+
+
+def _batch_ms(r: dict[str, str], batch: int) -> float:
+    """A row's time per batch in ms: timm's ``infer_step_time``, a plain ``latency_ms``, or the
+    batch over timm's ``infer_samples_per_sec``."""
+    ms = _first(r, ("infer_step_time", "latency_ms"))
+    if ms is not None:
+        return float(ms)
+    return batch / float(r["infer_samples_per_sec"]) * 1e3
+
+
 def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precision: str = "fp16") -> list[MeasuredRow]:
-    """Rows of a timm ``benchmark-infer-*.csv`` (columns documented in the data README).
+    """Rows of a timm ``benchmark-infer-*.csv`` (columns documented in the data README), or of a
+    user's table with the same content under plainer names (``TABLE_COLUMNS``).
 
     Raises:
-        UsageError: no row has model, image size, batch and step time.
+        UsageError: no row has model, image size, batch and a time.
     """
     rows: list[MeasuredRow] = []
     for r in _dict_rows(path):
         try:
-            size, batch, ms = int(r["infer_img_size"]), int(r["infer_batch_size"]), float(r["infer_step_time"])
-        except (KeyError, TypeError, ValueError):
+            size, batch = int(_first(r, _SIZE_COLS) or ""), int(_first(r, _BATCH_COLS) or "")
+            ms = _batch_ms(r, batch)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
             continue
         # a measurement is a positive finite time of a named model; anything else is not one
         if not (_TIMM_NAME.fullmatch(r.get("model") or "") and 0 < size <= 4096 and 0 < batch <= 1 << 16):
@@ -220,9 +242,7 @@ def read_timm_table(path: Path, device: str = "", runtime: str = "torch", precis
         rows.append(MeasuredRow(f"timm:{r['model']}@{size}{folded}", device, runtime, precision, batch, ms * 1e-3,
                                 Path(path).name))
     if not rows:
-        raise UsageError(
-            f"{path}: no timm benchmark rows (need model, infer_img_size, infer_batch_size, infer_step_time)"
-        )
+        raise UsageError(f"{path}: no measured rows (need the columns {TABLE_COLUMNS})")
     return rows
 
 

@@ -175,3 +175,25 @@ def test_the_users_calibration_is_what_later_predictions_use(tmp_path: Path, mon
     written.write_text("{ not json")
     _, scales2, where2 = load_calibration(get_target("rtx3090"))
     assert where2 == shipped and scales2 == shipped_scales
+
+
+def test_a_users_table_may_name_its_columns_plainly(tmp_path: Path) -> None:
+    """A table of one's own device: ``model, img_size, batch, latency_ms`` reads as timm's
+    ``infer_img_size, infer_batch_size, infer_step_time``; timm's ``infer_samples_per_sec`` alone
+    gives the time per batch; rows with no usable time are left out; none at all is a usage error
+    naming the columns."""
+    from kd_compile.calibrate.tables import read_timm_table
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text("model,img_size,batch,latency_ms\nresnet18,224,8,4.0\nresnet50,160,1,0\n", encoding="utf-8")
+    timm_like = tmp_path / "timm.csv"
+    timm_like.write_text("model,infer_img_size,infer_batch_size,infer_samples_per_sec\nresnet18,224,8,2000\n",
+                         encoding="utf-8")
+    [a] = read_timm_table(plain, "t4", "torch", "fp16")
+    [b] = read_timm_table(timm_like, "t4", "torch", "fp16")
+    assert (a.spec, a.batch) == (b.spec, b.batch) == ("timm:resnet18@224", 8)
+    assert a.seconds == pytest.approx(4e-3) and b.seconds == pytest.approx(8 / 2000)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("model,size,time\nresnet18,224,4.0\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="latency_ms"):
+        read_timm_table(empty)
