@@ -147,9 +147,11 @@ def test_an_onnx_file_is_measured_on_this_cpu_as_it_is(tmp_path):
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 4))
+    from kd_compile.profilers.base import InputSpec
+    from kd_compile.profilers.onnx_export import export_onnx
+
     path = tmp_path / "m.onnx"
-    torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
-                      input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    export_onnx(net.eval(), InputSpec((3, 16, 16)), path, simplify=False)  # a symbolic batch
     weights = sum(int(math.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer)
     assert weights == sum(p.numel() for p in net.parameters())
     d = kd_compile.profile(path, target="cpu", batch=3)
