@@ -233,8 +233,7 @@ def _run(
     t0 = time.perf_counter()
     rep.stage("export")
     s_acc = float(final.kd.val_acc)
-    shipped_val = float(final.ce.val_acc) if shipped == "ce" else s_acc
-    shipped_test = test["ce"] if shipped == "ce" else test["kd"]
+    shipped_val, shipped_test = final.shipped_val_acc, final.shipped_test_acc
     staging = staging_dir(inputs.out)  # published into --out only when complete and checked
     try:
         written, s_counts, s_lat, extra = ship.export(

@@ -82,6 +82,16 @@ class FinalResult:
     def shipped_student(self) -> nn.Module:
         return self.twin if self.shipped == "ce" and self.twin is not None else self.student
 
+    @property
+    def shipped_val_acc(self) -> float:
+        """The shipped student's validation accuracy."""
+        return float((self.ce if self.shipped == "ce" else self.kd).val_acc)
+
+    @property
+    def shipped_test_acc(self) -> float | None:
+        """The shipped student's test accuracy (None without a test split)."""
+        return self.test_acc_ce if self.shipped == "ce" else self.test_acc
+
 
 def held_out_accuracy(model: nn.Module, data: Any, device: str | None = None) -> float | None:
     """Top-1 accuracy of ``model`` on ``data``'s held-out test split; ``None`` when it has none.
