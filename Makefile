@@ -32,8 +32,8 @@ test: install
 # make bench: every benchmark whose figures the README quotes, each writing benchmarks/results/*.json
 # (tests/test_readme_figures.py checks the README against those files). Hours on a 2-core CPU;
 # run one part with e.g. `make bench-fidelity`.
-BENCH_PARTS := bench-e2e bench-latency bench-ort bench-difficulty bench-fidelity bench-distill bench-stream bench-strategies \
-	bench-scbo
+BENCH_PARTS := bench-e2e bench-latency bench-ort bench-cpu bench-difficulty bench-fidelity bench-distill bench-stream \
+	bench-strategies bench-scbo
 .PHONY: $(BENCH_PARTS)
 
 bench: $(BENCH_PARTS)
@@ -52,6 +52,11 @@ bench-latency: install
 # ONNX Runtime repeatability (about a minute; run it alone: other processes move the figures)
 bench-ort: install
 	$(BIN)/python benchmarks/ort_stability.py
+
+# the cpu target's measured tables (ONNX Runtime, eager PyTorch) and its calibration; run it alone
+bench-cpu: install
+	$(BIN)/python benchmarks/cpu_table.py --write-calibration
+	$(BIN)/python benchmarks/cpu_table.py --runtime torch --write-calibration
 
 bench-difficulty: install
 	$(BIN)/python benchmarks/glyphs_difficulty.py --threads 1

@@ -1,4 +1,5 @@
-"""A measured ONNX Runtime table of this machine's CPU, and the ``cpu`` target's calibration fitted on it.
+"""Measured tables of this machine's CPU (ONNX Runtime; eager PyTorch with ``--runtime torch``), and the
+``cpu`` target's calibration fitted on them.
 
 The ``cpu`` target is measured wherever kd-compile runs; it is predicted only when asked
 (``--method predict``, ``--latency predict``), and until this table such a prediction carried no
@@ -25,11 +26,21 @@ disturbed pass does not set it. Run alone (it times things)::
 
     python benchmarks/cpu_table.py --write-calibration
 
+``--runtime torch`` measures the same models as ``kd-compile profile timm:<name> --target cpu --runtime
+torch`` does (eager PyTorch, ``torch.inference_mode``, fp32, batch 1, its default threads) into
+``cpu-torch-fp32-b1-devvm.csv``, and ``--write-calibration`` merges its scales and band into
+``cpu.json`` with the constants the ONNX Runtime table fitted kept (``write._constants_in_use``), so
+that table's band stays exact; ONNX Runtime's ``--write-calibration`` rewrites the file and refits the
+eager scales from the shipped eager table. Run alone::
+
+    python benchmarks/cpu_table.py --runtime torch --write-calibration
+
 Prints one line per model (measured ms, predicted ms before the fit and held out after it), the
 held-out ratio by family, the passes' spread, then the median absolute error, the share within 35%
 and Spearman's rho of each way of predicting; writes the table
 (``kd_compile/calibrate/data/cpu-onnxruntime-fp32-b1-devvm.csv``, the machine described in its
-header) and ``benchmarks/results/cpu_table.json``. ``--from-table`` refits an existing table
+header) and ``benchmarks/results/cpu_table.json`` (``cpu_table_torch.json`` and its own table for
+``--runtime torch``). ``--from-table`` refits an existing table
 without measuring.
 """
 
@@ -51,8 +62,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TABLE = ROOT / "kd_compile" / "calibrate" / "data" / "cpu-onnxruntime-fp32-b1-devvm.csv"
-RESULTS = ROOT / "benchmarks" / "results" / "cpu_table.json"
+RUNTIMES = ("onnxruntime", "torch")
+
+
+def table_path(runtime: str) -> Path:
+    """The shipped measured table of ``runtime`` on this machine's CPU."""
+    return ROOT / "kd_compile" / "calibrate" / "data" / f"cpu-{runtime}-fp32-b1-devvm.csv"
+
+
+def results_path(runtime: str) -> Path:
+    name = "cpu_table.json" if runtime == "onnxruntime" else f"cpu_table_{runtime}.json"
+    return ROOT / "benchmarks" / "results" / name
+
+
+TABLE = table_path("onnxruntime")
+RESULTS = results_path("onnxruntime")
 CALIBRATION = ROOT / "kd_compile" / "targets" / "calibration" / "cpu.json"
 SIZES = (96, 128, 160, 192, 224)
 # curated timm models (kd_compile.calibrate.tables.CURATED) an ONNX Runtime run on two cores takes
@@ -99,10 +123,10 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[str, Any]]:
-    """Measure the models of :func:`plan` (the first ``limit`` of them) into ``out``: ``passes``
-    passes over the whole list, the table holding each model's median over them (its per-pass
-    times beside it, for the repeatability figure)."""
+def measure(out: Path, limit: int | None = None, passes: int = 3, runtime: str = "onnxruntime") -> list[dict[str, Any]]:
+    """Measure the models of :func:`plan` (the first ``limit`` of them) in ``runtime`` into ``out``:
+    ``passes`` passes over the whole list, the table holding each model's median over them (its
+    per-pass times beside it, for the repeatability figure)."""
     import kd_compile
 
     m = machine()
@@ -116,7 +140,8 @@ def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[s
                 continue  # left out in the first pass
             t0 = time.perf_counter()
             try:
-                got = kd_compile.profile(f"timm:{name}", target="cpu", image_size=size, method="measure")
+                got = kd_compile.profile(f"timm:{name}", target="cpu", runtime=runtime, image_size=size,
+                                         method="measure")
             except Exception as exc:  # noqa: BLE001 - a model that does not export is left out, and said so
                 print(f"  {name}: left out ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
                 times.pop((name, size), None)
@@ -141,12 +166,18 @@ def measure(out: Path, limit: int | None = None, passes: int = 3) -> list[dict[s
                      "deploy_form": "folded" if i["folded"] else ""})
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as f:
-        f.write(f"# kd-compile's own measurements: ONNX Runtime {m['onnxruntime']} CPU provider, fp32, batch 1, "
-                f"{m['cores']} intra-op threads (its default), timing policy "
-                "kd_compile.profilers.onnxrt.DEFAULT_TIMING\n")
+        if runtime == "torch":
+            f.write(f"# kd-compile's own measurements: PyTorch {m['torch']} eager on the CPU (torch.inference_mode), "
+                    f"fp32, batch 1, torch's default intra-op threads ({m['cores']}), timing policy "
+                    "kd_compile.profilers.torch_timer.DEFAULT_TIMING\n")
+        else:
+            f.write(f"# kd-compile's own measurements: ONNX Runtime {m['onnxruntime']} CPU provider, fp32, batch 1, "
+                    f"{m['cores']} intra-op threads (its default), timing policy "
+                    "kd_compile.profilers.onnxrt.DEFAULT_TIMING\n")
         f.write(f"# machine: {m['cpu']}, {m['cores']} cores (the kd-compile development VM; targets/cpu.toml); "
-                f"torch {m['torch']}, Python {m['python']}; {m['date']}\n")
-        f.write(f"# written by: python benchmarks/cpu_table.py ({time.perf_counter() - t_all:.0f} s); "
+                f"torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, Python {m['python']}; {m['date']}\n")
+        f.write(f"# written by: python benchmarks/cpu_table.py --runtime {runtime} "
+                f"({time.perf_counter() - t_all:.0f} s); "
                 f"infer_step_time = median over {passes} passes of each pass's median ms per batch (passes_ms); "
                 "random weights, as kd_compile.profile builds timm:<name>\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -174,7 +205,7 @@ def repeatability(table: Path) -> dict[str, Any]:
             "median_spread_two_fastest": round(float(np.median(fastest)), 4)}
 
 
-def cpu_problem(table: Path) -> tuple[Any, Any]:
+def cpu_problem(table: Path, runtime: str = "onnxruntime") -> tuple[Any, Any]:
     """The table's rows as a calibration problem on the ``cpu`` target, and the all-device fit's
     constants (what the predictor used before any CPU table): built once, for every comparison."""
     from kd_compile.calibrate.problem import build_problem
@@ -183,7 +214,7 @@ def cpu_problem(table: Path) -> tuple[Any, Any]:
     from kd_compile.profilers.error_bands import SHARED_FIT, read_calibration
     from kd_compile.targets.profile import get_target
 
-    problem = build_problem(read_timm_table(table, "cpu", "onnxruntime", "fp32"), profiles={"cpu": get_target("cpu")})
+    problem = build_problem(read_timm_table(table, "cpu", runtime, "fp32"), profiles={"cpu": get_target("cpu")})
     return problem, Constants.from_dict(read_calibration(SHARED_FIT.stem)["constants"])
 
 
@@ -199,15 +230,22 @@ def predicted_before(problem: Any, constants: Any) -> dict[str, float]:
     return _by_spec(problem, predict(problem, np.ones(len(problem.rows), bool), constants, {"cpu": DeviceScales()}))
 
 
-def held_out(problem: Any, ridge: float | None = None) -> dict[str, float]:
+def held_out(problem: Any, ridge: float | None = None, keep: Any = None) -> dict[str, float]:
     """Each row predicted by the fit on the other folds, as ``kd-compile calibrate`` computes the band
-    (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``), with the pull toward 1 a CPU's
-    scales take (``write.scales_ridge``) or ``ridge``."""
+    (``write.fit_own_table``: the CPU's scales and ``fit.CPU_FITTED``, or the scales alone with the
+    constants ``keep``), with the pull toward 1 a CPU's scales take (``write.scales_ridge``) or ``ridge``."""
     from kd_compile.calibrate.write import fit_own_table, scales_ridge
     from kd_compile.targets.profile import get_target
 
     cpu = get_target("cpu")
-    return _by_spec(problem, fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge)[2])
+    return _by_spec(problem, fit_own_table(problem, cpu, scales_ridge(cpu) if ridge is None else ridge, keep=keep)[2])
+
+
+def ort_constants() -> Any:
+    """The constants of the ``cpu`` target's calibration, fitted on its ONNX Runtime table."""
+    from kd_compile.profilers.constants import Constants
+
+    return Constants.from_dict(json.loads(CALIBRATION.read_text(encoding="utf-8"))["constants"])
 
 
 def scales_only(problem: Any, constants: Any) -> dict[str, float]:
@@ -248,22 +286,30 @@ def by_family(meas: dict[str, float], pred: dict[str, float]) -> dict[str, dict[
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--from-table", action="store_true", help="fit the existing table; measure nothing")
-    ap.add_argument("--table", type=Path, default=TABLE, help="the measured table (timm benchmark columns)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where the figures go (JSON)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                    help="the runtime measured: ONNX Runtime's CPU provider or eager PyTorch")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="the measured table (timm benchmark columns); default: the shipped one of --runtime")
+    ap.add_argument("--out", type=Path, default=None, help="where the figures go (JSON)")
     ap.add_argument("--passes", type=int, default=3, help="passes over the models (the table keeps the median)")
     ap.add_argument("--models", type=int, default=None, help="measure only the first N models (a quick look)")
     ap.add_argument("--write-calibration", action="store_true",
                     help=f"write the cpu target's calibration ({CALIBRATION.relative_to(ROOT)})")
     args = ap.parse_args()
+    args.table = args.table or table_path(args.runtime)
+    args.out = args.out or results_path(args.runtime)
     t0 = time.perf_counter()
     if not args.from_table:
-        measure(args.table, args.models, args.passes)
+        measure(args.table, args.models, args.passes, args.runtime)
     from kd_compile.calibrate.tables import read_timm_table
 
-    meas = {r.spec: r.seconds for r in read_timm_table(args.table, "cpu", "onnxruntime", "fp32")}
-    problem, gpu_constants = cpu_problem(args.table)
+    meas = {r.spec: r.seconds for r in read_timm_table(args.table, "cpu", args.runtime, "fp32")}
+    problem, gpu_constants = cpu_problem(args.table, args.runtime)
     before = predicted_before(problem, gpu_constants)
-    after = held_out(problem)
+    # a second runtime's table fits its scales alone, with the constants the ONNX Runtime table fitted
+    # (``write._constants_in_use``: the band measured with them stays exact); its own constants beside
+    keep = ort_constants() if args.runtime != "onnxruntime" else None
+    after = held_out(problem, keep=keep)
     print(f"{'model':34s} {'measured':>10s} {'before':>10s} {'held out':>10s}")
     for k in sorted(meas, key=meas.get):
         b, a = before.get(k, math.nan), after.get(k, math.nan)
@@ -274,7 +320,8 @@ def main() -> int:
     from kd_compile.calibrate.write import shipped_ridge
 
     gpu_ridge = shipped_ridge()
-    s_gpu_ridge = {**summary(meas, held_out(problem, gpu_ridge)), "ridge": gpu_ridge}
+    s_gpu_ridge = {**summary(meas, held_out(problem, gpu_ridge, keep=keep)), "ridge": gpu_ridge}
+    s_own = summary(meas, held_out(problem)) if keep is not None else None
     only = scales_only(problem, gpu_constants)
     s_scales = {**summary(meas, only), "by_family": by_family(meas, only)}
     fam = by_family(meas, after)
@@ -286,19 +333,26 @@ def main() -> int:
         print(f"repeatability: {rep['passes']} passes over {rep['models']} models, max/min - 1 median "
               f"{100 * rep['median_spread']:.1f}%, p80 {100 * rep['p80_spread']:.1f}%; the two fastest passes "
               f"{100 * rep['median_spread_two_fastest']:.1f}% apart (median)")
+    own = ("scales, with the ONNX Runtime table's constants" if keep is not None
+           else "scales and the CPU's own constants")
     for label, s in (("before (all-device fit, no CPU table)", s_before),
-                     ("held out (5-fold: scales and the CPU's own constants)", s_after),
+                     (f"held out (5-fold: {own})", s_after),
                      (f"held out, scales pulled as a GPU's (ridge {gpu_ridge:g})", s_gpu_ridge),
-                     ("held out, scales only (no constant of the CPU's own)", s_scales)):
+                     ("held out, scales only (no constant of the CPU's own)", s_scales),
+                     ("held out, the CPU's constants fitted on this table instead", s_own)):
+        if s is None:
+            continue
         print(f"{label}: n {s['n']}, median error {100 * s['median_ape']:.1f}%, p80 {100 * s['p80_ape']:.1f}%, "
               f"{100 * s['within_35']:.0f}% within 35%, median ratio x{s['median_ratio']:.2f}, "
               f"Spearman {s['spearman']:.3f}")
-    command = "python benchmarks/cpu_table.py" + (" --write-calibration" if args.write_calibration else "")
+    command = "python benchmarks/cpu_table.py" + (f" --runtime {args.runtime}" if args.runtime != "onnxruntime" else "")
+    command += " --write-calibration" if args.write_calibration else ""
     table = str(args.table.relative_to(ROOT)) if args.table.is_relative_to(ROOT) else str(args.table)
-    doc: dict[str, Any] = {"command": command, "table": table,
+    doc: dict[str, Any] = {"command": command, "table": table, "runtime": args.runtime,
                            "before": s_before, "held_out": s_after,
                            "held_out_gpu_ridge": s_gpu_ridge, "held_out_scales_only": s_scales,
                            "held_out_by_family": fam, "repeatability": rep,
+                           **({"held_out_own_constants": s_own} if s_own else {}),
                            "rows": [{"spec": k, "measured_ms": round(meas[k] * 1e3, 4),
                                      "before_ms": round(before[k] * 1e3, 4), "held_out_ms": round(after[k] * 1e3, 4)}
                                     for k in sorted(meas) if k in before and k in after]}
@@ -306,9 +360,15 @@ def main() -> int:
         from kd_compile.calibrate.fit import CPU_FITTED
         from kd_compile.calibrate.write import calibrate
 
-        if CALIBRATION.exists():
-            CALIBRATION.unlink()  # a fresh fit, not a merge into the last one
-        res = calibrate("cpu", [args.table], "onnxruntime", "fp32", out=CALIBRATION)
+        if args.runtime == "onnxruntime":
+            if CALIBRATION.exists():
+                CALIBRATION.unlink()  # a fresh fit, not a merge into the last one
+            res = calibrate("cpu", [args.table], "onnxruntime", "fp32", out=CALIBRATION)
+            for rt in RUNTIMES[1:]:  # the other runtimes' scales refitted on the new constants
+                if table_path(rt).is_file():
+                    calibrate("cpu", [table_path(rt)], rt, "fp32", out=CALIBRATION)
+        else:  # merged into the file, its constants kept
+            res = calibrate("cpu", [args.table], args.runtime, "fp32", out=CALIBRATION)
         doc["calibration"] = {"written": str(CALIBRATION.relative_to(ROOT)), "device_scales": res["device_scales"],
                               "fitted_constants": {k: res["constants"][k] for k in CPU_FITTED},
                               "error_band": res["error_band"]}

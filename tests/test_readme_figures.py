@@ -760,7 +760,8 @@ def check_cpu_table() -> None:
         f"{pct(rep['p80_spread'])} at the 80th percentile), its two fastest {pct(rep['median_spread_two_fastest'])}",
         f"a depthwise convolution at {pct(gpu_fit['constants']['e_dw'])} of peak, this CPU's table at "
         f"{pct(cal['constants']['e_dw'])})",
-        f"compute scale ({scales['roofline']:.2f}) and fixed-cost scale ({scales['fixed']['onnxruntime']:.2f})",
+        f"compute scale ({scales['roofline_by_runtime']['onnxruntime']:.2f}) and fixed-cost scale "
+        f"({scales['fixed']['onnxruntime']:.2f})",
         f"held out, is {pct(held['median_ape'])} median (p80 {pct(held['p80_ape'])}, "
         f"{100 * held['within_35']:.0f}% within 35%, Spearman {held['spearman']:.3f}, predicted "
         f"x{held['median_ratio']:.2f} the measured time at the median), against {pct(before['median_ape'])} "
@@ -779,6 +780,52 @@ def check_cpu_table() -> None:
     _assert_quoted(expected, sec, "CPU predictions", "cpu_table.json")
 
 
+def check_cpu_table_torch() -> None:
+    doc = _load("cpu_table_torch")
+    sec = " ".join(_section("**CPU predictions**", "**Streaming data**").split())
+    table = ROOT / doc["table"]
+    header = " ".join(line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+    secs = re.search(r"cpu_table\.py --runtime torch \((\d+) s\)", header)
+    torch = re.search(r"PyTorch (\S+) eager", header)
+    assert secs and torch, header
+    cal = json.loads((ROOT / doc["calibration"]["written"]).read_text(encoding="utf-8"))
+    band = cal["error_bands"]["torch/fp32/batch1"]
+    rep, before, held, own = doc["repeatability"], doc["before"], doc["held_out"], doc["held_out_own_constants"]
+    fam = doc["held_out_by_family"]
+    scales = cal["device_scales"]
+    rows = {r["spec"]: r for r in doc["rows"]}
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
+
+    def ratio(spec: str) -> str:
+        return f"x{rows[spec]['held_out_ms'] / rows[spec]['measured_ms']:.2f}"
+
+    r34 = rows["timm:resnet34@224"]
+    expected = [
+        f"`python benchmarks/cpu_table.py --runtime torch --write-calibration` ({secs.group(1)} s alone",
+        f"measures the same {rep['models']} models", f"(PyTorch {torch.group(1)}, `inference_mode`, fp32, batch 1",
+        f"passes {pct(rep['median_spread'])} apart at the median, the two fastest "
+        f"{pct(rep['median_spread_two_fastest'])}",
+        f"x{before['median_ratio']:.2f} the measured time at the median ({pct(before['median_ape'])} median error, "
+        f"{100 * before['within_35']:.0f}% within 35%; ResNet-34 at 224 px predicted {r34['before_ms']:.0f} ms, "
+        f"measured {r34['measured_ms']:.0f} ms)",
+        f"(compute {scales['roofline_by_runtime']['torch']:.2f}, fixed cost {scales['fixed']['torch']:.2f})",
+        f"**±{100 * band['median_ape']:.0f}% median ({100 * band['p80_ape']:.0f}% p80)**, "
+        f"{100 * held['within_35']:.0f}% within 35%, Spearman {held['spearman']:.3f}, x{held['median_ratio']:.2f} "
+        "at the median",
+        f"the same figure is {pct(own['median_ape'])} ({pct(own['p80_ape'])} p80)",
+        f"costs the eager band {100 * (held['median_ape'] - own['median_ape']):.1f} points",
+        f"(ResNeXt-50 and ResNet-34 {ratio('timm:resnext50_32x4d@224')}, held out)",
+        f"ResNet-50 at 96 px and VGG-11 too fast ({ratio('timm:resnet50@96')}, {ratio('timm:vgg11@224')})",
+        f"ConvNeXts x{fam['convnext']['median_ratio']:.2f}",
+    ]
+    assert ratio("timm:resnext50_32x4d@224") == ratio("timm:resnet34@224")
+    assert band["n"] == rep["models"] == held["n"] and band["median_ape"] == held["median_ape"]
+    assert cal["constants"]["e_dw"] == doc["calibration"]["fitted_constants"]["e_dw"]
+    _assert_quoted(expected, sec, "CPU predictions", "cpu_table_torch.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
@@ -795,6 +842,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
     "cpu_table": check_cpu_table,
+    "cpu_table_torch": check_cpu_table_torch,
     "scbo_toy": check_scbo_toy,
     "scbo_cpu_learned": check_scbo_cpu,
     "scbo_cpu_penalty": check_scbo_cpu,

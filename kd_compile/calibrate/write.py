@@ -250,8 +250,18 @@ def merged_scales(old: dict[str, Any] | None, new: DeviceScales) -> DeviceScales
                         geomean(mem) if mem else None, mem)
 
 
+def _constants_in_use(doc: dict[str, Any], prof: TargetProfile, runtime: str) -> Constants | None:
+    """A CPU calibration's constants where a band of another runtime's own table was measured with
+    them (``fit_own_table`` 's ``keep``); ``None`` where no such band stands and they may be refitted."""
+    if prof.kind != "cpu" or not isinstance(doc.get("constants"), dict):
+        return None
+    others = [k for k, v in (doc.get("error_bands") or {}).items()
+              if isinstance(v, dict) and v.get("transfer") == "fitted on this device" and k.split("/")[0] != runtime]
+    return Constants.from_dict(doc["constants"]) if others else None
+
+
 def fit_own_table(
-    problem: Problem, prof: TargetProfile, ridge: float
+    problem: Problem, prof: TargetProfile, ridge: float, keep: Constants | None = None
 ) -> tuple[Constants, DeviceScales, np.ndarray, dict[str, Any]]:
     """What :func:`calibrate` fits on one device's own table (``problem``, every row the device's):
     the constants to predict it with, its scales, each row's prediction held out 5-fold over the
@@ -259,12 +269,15 @@ def fit_own_table(
 
     A GPU keeps the constants of its calibration (or the all-device fit) and fits its scales. A CPU
     fits ``fit.CPU_FITTED`` as well, from the all-device fit's constants (never from an earlier CPU
-    fit, so a refit of the same table gives the same file), refitted in every fold. (A CPU calibrated
-    on a table of a second runtime takes that table's ``CPU_FITTED`` for both; the first runtime's
-    band was measured with its own: refit both from their tables to keep them exact.)"""
+    fit, so a refit of the same table gives the same file), refitted in every fold. ``keep`` (a CPU
+    whose calibration already holds the band of another runtime's own table, measured with the
+    constants fitted there) holds those constants and fits the scales alone, as a GPU's, so that
+    band stays exact."""
     constants, _, source = load_calibration(prof)
     own = np.ones(len(problem.rows), bool)
-    if prof.kind != "cpu":
+    if keep is not None:
+        constants = keep
+    if prof.kind != "cpu" or keep is not None:
         scales = device_scales(problem, own, constants, ridge=ridge)[prof.name]
         return constants, scales, kfold_on_device(problem, prof.name, constants, ridge=ridge), source
     shared = read_calibration(SHARED_FIT.stem)
@@ -331,11 +344,6 @@ def calibrate(
     problem = build_problem(rows, profiles={prof.name: prof}, counts=cache_dir("calibration") / "layer_costs.json")
     if len(problem.rows) < 10:
         raise UsageError(f"only {len(problem.rows)} usable models in {', '.join(map(str, tables))}; need at least 10")
-    ridge = scales_ridge(prof)
-    constants, scales, held, source = fit_own_table(problem, prof, ridge)
-    own = np.ones(len(problem.rows), bool)
-    q = quality(held, problem.seconds)
-    band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     # a deep copy: the shipped document is cached in memory (``read_calibration``), and updating
     # its bands in place would hand this fit's bands to every later reader of the shipped file
     doc: dict[str, Any] = copy.deepcopy(shipped_calibration(prof) or _left_out_bands(prof)) if out is None else {}
@@ -348,6 +356,11 @@ def calibrate(
             raise UsageError(f"{path} exists and is not a calibration JSON ({why})", hint=hint) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("error_bands", {}), dict):
             raise UsageError(f"{path} exists and is not a calibration JSON", hint="choose another --out")
+    ridge = scales_ridge(prof)
+    constants, scales, held, source = fit_own_table(problem, prof, ridge, keep=_constants_in_use(doc, prof, runtime))
+    own = np.ones(len(problem.rows), bool)
+    q = quality(held, problem.seconds)
+    band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
     fitted_on = list(dict.fromkeys([*doc.get("device_scales_fitted_on", []), *(Path(t).name for t in tables)]))
     doc.update(target=prof.name, constants=_rounded(constants),
                constants_basis=source.get("constants_basis") or doc.get("constants_basis") or source["calibration"],

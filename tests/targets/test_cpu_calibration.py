@@ -1,5 +1,6 @@
-"""The ``cpu`` target's calibration: fitted on kd-compile's own ONNX Runtime table of the development
-VM (``benchmarks/cpu_table.py``), so a CPU prediction carries a measured band, not "unvalidated"."""
+"""The ``cpu`` target's calibration: fitted on kd-compile's own ONNX Runtime and eager PyTorch tables
+of the development VM (``benchmarks/cpu_table.py``), so a CPU prediction carries a measured band, not
+"unvalidated"."""
 
 from __future__ import annotations
 
@@ -14,57 +15,93 @@ from kd_compile.profilers.error_bands import CALIBRATION_DIR, error_band
 from kd_compile.targets import get_target
 
 TABLE = BUNDLED_DIR / "cpu-onnxruntime-fp32-b1-devvm.csv"
+TORCH_TABLE = BUNDLED_DIR / "cpu-torch-fp32-b1-devvm.csv"
 SHIPPED = CALIBRATION_DIR / "cpu.json"
 
 
 def test_the_shipped_cpu_calibration_is_the_fit_of_the_shipped_table(tmp_path: Path) -> None:
-    """Refitting the shipped table with ``kd-compile calibrate`` 's own function gives the shipped
-    file's scales and band: the file is what the table says, not a hand-edited number."""
+    """Refitting the shipped tables with ``kd-compile calibrate`` 's own function, ONNX Runtime's then
+    eager PyTorch's into the same file (as ``benchmarks/cpu_table.py --write-calibration``), gives the
+    shipped file's constants, scales and bands: the file is what the tables say, not a hand-edited number."""
     from kd_compile.calibrate.write import calibrate
 
     shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))
     res = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "cpu.json")
     # to 0.1%: a solver on another CPU may end a rounding step away
     same = pytest.approx
-    assert res["device_scales"]["roofline"] == same(shipped["device_scales"]["roofline"], rel=1e-3)
-    assert res["device_scales"]["fixed"] == same(shipped["device_scales"]["fixed"], rel=1e-3)
+    scales = shipped["device_scales"]
+    assert res["device_scales"]["roofline"] == same(scales["roofline_by_runtime"]["onnxruntime"], rel=1e-3)
+    assert res["device_scales"]["fixed"]["onnxruntime"] == same(scales["fixed"]["onnxruntime"], rel=1e-3)
     assert res["constants"] == same(shipped["constants"], rel=1e-3)
+    torch = calibrate("cpu", [TORCH_TABLE], "torch", "fp32", out=tmp_path / "cpu.json")
+    assert torch["constants"] == res["constants"]  # kept: the ONNX Runtime band was measured with them
+    assert torch["device_scales"]["roofline"] == same(scales["roofline_by_runtime"]["torch"], rel=1e-3)
+    assert torch["device_scales"]["fixed"]["torch"] == same(scales["fixed"]["torch"], rel=1e-3)
+    assert torch["error_band"]["median_ape"] == same(
+        shipped["error_bands"]["torch/fp32/batch1"]["median_ape"], rel=1e-3)
+    both = json.loads((tmp_path / "cpu.json").read_text(encoding="utf-8"))
+    assert both["error_bands"]["onnxruntime/fp32/batch1"] == res["error_band"]
+    assert both["device_scales"]["fixed"] == same(scales["fixed"], rel=1e-3)
     # the CPU's own constants (CPU_FITTED) moved off the all-device fit's; the others are that fit's
     gpu_fit = json.loads((CALIBRATION_DIR / "_all_devices.json").read_text(encoding="utf-8"))["constants"]
     own = {k for k, v in shipped["constants"].items() if v != gpu_fit[k]}
     assert own == set(CPU_FITTED) and shipped["constants"]["e_dw"] > 2 * gpu_fit["e_dw"]
     assert shipped["constants_basis"].endswith("e_dw fitted on this CPU's table")
-    assert shipped["device_scales_fitted_on"] == [TABLE.name] and shipped["device_scales_ridge"] == RIDGE
+    assert shipped["device_scales_fitted_on"] == [TABLE.name, TORCH_TABLE.name]
+    assert shipped["device_scales_ridge"] == RIDGE
     band = shipped["error_bands"]["onnxruntime/fp32/batch1"]
     assert res["error_band"]["median_ape"] == same(band["median_ape"], rel=1e-3)
     assert band["transfer"] == "fitted on this device"
     # a CPU's own rows are not pulled toward the GPU fit: the compute scale moves well off 1
-    assert shipped["device_scales"]["roofline"] < 0.9
+    assert scales["roofline_by_runtime"]["onnxruntime"] < 0.9
     assert len(read_timm_table(TABLE, "cpu", "onnxruntime", "fp32")) >= 50
+    assert len(read_timm_table(TORCH_TABLE, "cpu", "torch", "fp32")) >= 50
 
 
-def test_a_cpu_prediction_carries_the_measured_band() -> None:
-    band = error_band(get_target("cpu"), "onnxruntime", "fp32", 1)
+@pytest.mark.parametrize(("runtime", "table"), [("onnxruntime", TABLE), ("torch", TORCH_TABLE)])
+def test_a_cpu_prediction_carries_the_measured_band(runtime: str, table: Path) -> None:
+    band = error_band(get_target("cpu"), runtime, "fp32", 1)
     assert band["median_ape"] is not None and 0 < band["median_ape"] < band["p80_ape"] < 1
-    assert band["transfer"] == "fitted on this device" and band["files"] == [TABLE.name]
+    assert band["transfer"] == "fitted on this device" and band["files"] == [table.name]
     # what no table measured stays unvalidated, and says so
-    assert error_band(get_target("cpu"), "torch", "fp32", 1)["median_ape"] is None
-    assert error_band(get_target("cpu"), "onnxruntime", "fp32", 32)["median_ape"] is None
+    assert error_band(get_target("cpu"), runtime, "fp32", 32)["median_ape"] is None
+    assert error_band(get_target("cpu"), "inductor", "fp32", 1)["median_ape"] is None
 
 
-@pytest.mark.parametrize("spec", ["timm:resnet18", "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
-                                  "+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"])
-def test_profile_predict_on_cpu_prints_the_band(spec: str) -> None:
+def test_a_second_runtimes_table_keeps_the_constants_the_first_ones_band_was_measured_with(tmp_path: Path) -> None:
+    """A CPU fits its own constants (``CPU_FITTED``) on the first runtime's table calibrated into a
+    file; a table of another runtime then fits its scales alone, so the band the file already holds
+    stays true. Without such a band (a fresh file, or the same runtime again) the constants are fitted."""
+    from kd_compile.calibrate.write import calibrate
+
+    torch_first = calibrate("cpu", [TORCH_TABLE], "torch", "fp32", out=tmp_path / "a.json")
+    ort_after = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "a.json")
+    ort_alone = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "b.json")
+    assert ort_after["constants"] == torch_first["constants"] != ort_alone["constants"]
+    assert torch_first["constants"]["e_dw"] != ort_alone["constants"]["e_dw"]
+    doc = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    assert doc["error_bands"]["torch/fp32/batch1"] == torch_first["error_band"]
+    assert doc["constants"] == torch_first["constants"]
+    again = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "b.json")  # its own runtime: refitted
+    assert again["constants"] == ort_alone["constants"]
+
+
+@pytest.mark.parametrize(("spec", "runtime"), [
+    ("timm:resnet18", "onnxruntime"), ("timm:resnet18", "torch"),
+    ("nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+     "onnxruntime")])
+def test_profile_predict_on_cpu_prints_the_band(spec: str, runtime: str) -> None:
     from typer.testing import CliRunner
 
     from kd_compile.cli import app
 
-    res = CliRunner().invoke(app, ["profile", spec, "--target", "cpu", "--method", "predict", "--json"])
+    res = CliRunner().invoke(app, ["profile", spec, "--target", "cpu", "--runtime", runtime, "--method", "predict",
+                                   "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     band = doc["extra"]["error_band"]
-    assert doc["method"] == "predicted" and band["median_ape"] == error_band(
-        get_target("cpu"), "onnxruntime", "fp32", 1)["median_ape"]
+    assert doc["method"] == "predicted" and doc["runtime"] == runtime
+    assert band["median_ape"] == error_band(get_target("cpu"), runtime, "fp32", 1)["median_ape"] is not None
     assert doc["extra"]["calibration"] == "cpu.json"
 
 
