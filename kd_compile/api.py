@@ -119,7 +119,7 @@ def compile(  # noqa: A001
     t_start = time.perf_counter()
     # every input is validated before anything is written or deleted
     target = resolve_target(cfg.target)
-    plan = plan_latency(target, cfg.latency)
+    plan = plan_latency(target, cfg.latency, cfg.runtime, cfg.precision)
     _check_names(cfg)
     check_out(cfg)
     check_executor(cfg.executor, cfg.ray_address)  # Ray installed, its cluster answering
@@ -359,6 +359,8 @@ def _journal_header(cfg: CompileConfig, inputs: Any, target: TargetProfile) -> d
         "target": target.name,
         "target_acc": cfg.target_acc,
         "version": __version__,
+        # only when given: a run on the target's defaults keeps the fingerprint it had before the options
+        **{k: v for k, v in (("runtime", cfg.runtime), ("precision", cfg.precision)) if v is not None},
     }
     return {"fingerprint": fingerprint(settings), "settings": settings, "config": cfg.to_dict()}
 

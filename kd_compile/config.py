@@ -194,6 +194,12 @@ class CompileConfig:
     latency: str = option(
         "auto", "measure | predict | auto: measure on the target when it is this machine (auto), else predict."
     )
+    runtime: str | None = option(
+        None, "Runtime the student is costed in on the target: tensorrt | onnxruntime | torch (eager) | inductor "
+        "(torch.compile); default: the target's ('kd-compile targets show T'), or the best one here when "
+        "measuring a GPU.",
+    )
+    precision: str | None = option(None, "Precision it is costed in: fp32 | fp16 | bf16 | int8; default: the target's.")
     target_acc: float | None = option(
         None, "Accuracy the search score and TRADE's bracket aim at (0-1); default: the teacher's."
     )

@@ -225,6 +225,7 @@ def export_student(
     meta: dict[str, Any],
     *,
     engine: bool = True,
+    engine_precision: str = "fp16",
     checks: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write the student's artifacts into ``out`` and return their paths by name.
@@ -249,6 +250,7 @@ def export_student(
         meta: extra metadata for ``student.pt`` (and the ONNX metadata: ``preprocessing``,
             ``normalize``, ``class_names``, ``target``, ``kd_compile_version`` ...).
         engine: also build a TensorRT engine where TensorRT is present.
+        engine_precision: its precision (fp32, fp16 or bf16).
         checks: filled with one record per exported file: ``status`` ("ok" | "failed"),
             ``max_abs_diff`` against the eager student, ``error`` when it failed.
     """
@@ -287,8 +289,8 @@ def export_student(
         try:
             from .profilers.tensorrt import EngineFromOnnx
 
-            paths["student.engine"] = Path(EngineFromOnnx(info.path, precision="fp16", cache_dir=out)())
-            checks["student.engine"] = {"status": "ok", "format": "tensorrt engine (fp16)"}
+            paths["student.engine"] = Path(EngineFromOnnx(info.path, precision=engine_precision, cache_dir=out)())
+            checks["student.engine"] = {"status": "ok", "format": f"tensorrt engine ({engine_precision})"}
         except BackendUnavailableError:
             pass  # no TensorRT here: the report says so
         except Exception as exc:  # an engine is a bonus; its failure must not lose the run

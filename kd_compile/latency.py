@@ -231,7 +231,10 @@ def plan_latency(
             )
         target = profile
     if method == "predict" or not local:
+        from .profilers.roofline import RooflineProfiler
+
         given = {k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None}
+        RooflineProfiler(target, **given)  # a runtime or precision the target cannot run refused now, before any work
         return LatencyPlan("predict", "roofline", {"target": target, **given}, f"predicted:{target.name}")
     if runtime is not None and runtime not in MEASURING_RUNTIMES:
         raise UsageError(f"runtime '{runtime}' can only be predicted here (measured: {', '.join(MEASURING_RUNTIMES)})",

@@ -93,6 +93,9 @@ def export(
         spec,
         folder,
         checks=checks,
+        # the engine in the precision the student was costed in; int8 needs calibration data: fp16
+        engine_precision="fp16" if (cfg.precision or target.default_precision) == "int8"
+        else (cfg.precision or target.default_precision),
         meta={
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),

@@ -10,7 +10,7 @@ import torch
 
 import kd_compile
 from kd_compile.api import Reporter
-from kd_compile.errors import UsageError
+from kd_compile.errors import ResumeError, UsageError
 from kd_compile.report import validate_report
 from kd_compile.teacher import load_teacher
 
@@ -290,6 +290,34 @@ def test_a_predicted_cpu_target_reports_the_band_of_its_own_table(digits_teacher
     assert band["files"] == ["cpu-onnxruntime-fp32-b1-devvm.csv"]
     md = (out / "report.md").read_text()
     assert f"±{100 * band['median_ape']:.0f}% median" in md and "unvalidated" not in md
+
+
+def test_runtime_and_precision_cost_teacher_and_student_in_the_runtime_asked(digits_teacher, tmp_path):
+    """``--runtime torch`` on a TensorRT target: teacher and student are costed in eager PyTorch (the
+    predictor's ``torch`` rules, its band's regime), the report says which runtime; a pair the target
+    cannot run is refused before anything is written; a resume must ask for the same runtime."""
+    from kd_compile.evaluate import costs
+    from kd_compile.latency import plan_latency
+    from kd_compile.profilers import InputSpec
+    from kd_compile.targets import get_target
+
+    out = tmp_path / "run"
+    kd_compile.compile(str(digits_teacher), out=out, runtime="torch", **{**SMALL, "budget": 1})
+    r = json.loads((out / "report.json").read_text())
+    assert r["target"]["runtime"] == "torch" and r["target"]["precision"] == "fp16"
+    assert r["teacher"]["latency"]["runtime"] == r["student"]["latency"]["runtime"] == "torch"
+    assert r["speedup"]["error_band"]["regime"] == "torch/fp16/batch1"
+    tch = load_teacher(str(digits_teacher))
+    t2080, spec = get_target("2080ti"), InputSpec(tuple(tch.input_shape))
+    reported = r["teacher"]["latency"]["latency_ms"]
+    for runtime in ("torch", "tensorrt"):
+        t_lat = costs(tch.module, spec, t2080, plan=plan_latency(t2080, "predict", runtime))[1]
+        assert (t_lat.latency_ms == pytest.approx(reported, rel=1e-6)) == (runtime == "torch")
+    with pytest.raises(ResumeError, match="different settings"):  # resumed without the runtime
+        kd_compile.compile(str(digits_teacher), out=out, resume=True, **{**SMALL, "budget": 1})
+    with pytest.raises(UsageError, match="runs no int8 network on a GPU"):
+        kd_compile.compile(str(digits_teacher), out=tmp_path / "int8", runtime="torch", precision="int8", **SMALL)
+    assert not (tmp_path / "int8").exists()
 
 
 def test_the_final_student_that_ships_is_the_better_one_on_validation():

@@ -182,8 +182,8 @@ def build_report(**k: Any) -> dict[str, Any]:
             "name": target.name,
             "display_name": target.display_name,
             "kind": target.kind,
-            "runtime": target.default_runtime,
-            "precision": target.default_precision,
+            "runtime": cfg.runtime or target.default_runtime,
+            "precision": cfg.precision or target.default_precision,
             "local": target.local,
         },
         "teacher": {
