@@ -313,7 +313,7 @@ def test_runtime_and_precision_cost_teacher_and_student_in_the_runtime_asked(dig
     for runtime in ("torch", "tensorrt"):
         t_lat = costs(tch.module, spec, t2080, plan=plan_latency(t2080, "predict", runtime))[1]
         assert (t_lat.latency_ms == pytest.approx(reported, rel=1e-6)) == (runtime == "torch")
-    with pytest.raises(ResumeError, match="different settings"):  # resumed without the runtime
+    with pytest.raises(ResumeError, match="different settings: runtime 'torch' -> not given"):  # resumed without it
         kd_compile.compile(str(digits_teacher), out=out, resume=True, **{**SMALL, "budget": 1})
     with pytest.raises(UsageError, match="runs no int8 network on a GPU"):
         kd_compile.compile(str(digits_teacher), out=tmp_path / "int8", runtime="torch", precision="int8", **SMALL)

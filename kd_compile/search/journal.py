@@ -140,7 +140,11 @@ def _differences(old: Any, new: Any) -> str:
     """Which settings differ, for the refusal message (``: seed 0 -> 1, budget ...``)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return ""
-    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    def shown(v: Any) -> str:
+        return "not given" if v is None else repr(v)
+
+    diff = [f"{k} {shown(old.get(k))} -> {shown(new.get(k))}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
     return f": {'; '.join(diff)[:300]}" if diff else ""
 
 
