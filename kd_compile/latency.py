@@ -216,6 +216,8 @@ def plan_latency(
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
     local = is_local(target)
+    if method == "auto" and local and runtime is not None and runtime not in MEASURING_RUNTIMES:
+        method = "predict"  # measure when possible: no profiler here runs this runtime (torch.compile)
     if method == "measure" and not local:
         raise UsageError(
             f"cannot measure on '{target.name}' from this machine ({local_gpu_name() or 'no GPU'})",

@@ -61,6 +61,9 @@ def test_an_explicit_runtime_and_precision_are_honoured():
         ({"precision": "fp8"}, "unknown precision 'fp8'"),
         ({"runtime": "tensorrt", "method": "measure"}, "needs a GPU"),
         ({"runtime": "inductor", "method": "measure"}, "can only be predicted"),
+        # auto measures when it can; torch.compile it cannot, and predicting it refuses a CPU
+        ({"runtime": "inductor"}, "runs on NVIDIA GPUs, not on the CPU target"),
+        ({"runtime": "tensorrt", "method": "predict"}, "runs on NVIDIA GPUs, not on the CPU target"),
         ({"runtime": "onnxruntime", "precision": "fp16"}, "measures fp32 only"),
         ({"runtime": "onnxruntime", "precision": "int8", "method": "measure"}, "measures fp32 only"),
     ],
