@@ -156,6 +156,10 @@ def _run(
             rep.message(f"{inputs.out} holds a finished run with the same settings: nothing to do")
             return done
     t0 = time.perf_counter()
+    if (cfg.precision or target.default_precision) == "int8":
+        from .report.schema import INT8_NOTE
+
+        rep.message(f"note: {INT8_NOTE}")
     rep.stage("teacher: caching logits")
     knowledge = teacher_knowledge(cfg, tch.module, data)
     spec = InputSpec(tuple(tch.input_shape))

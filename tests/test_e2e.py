@@ -318,6 +318,14 @@ def test_runtime_and_precision_cost_teacher_and_student_in_the_runtime_asked(dig
     with pytest.raises(UsageError, match="runs no int8 network on a GPU"):
         kd_compile.compile(str(digits_teacher), out=tmp_path / "int8", runtime="torch", precision="int8", **SMALL)
     assert not (tmp_path / "int8").exists()
+    # int8 in TensorRT is costed, and the report says what it assumes that kd-compile does not ship
+    from kd_compile.report.schema import INT8_NOTE
+
+    kd_compile.compile(str(digits_teacher), out=tmp_path / "int8", precision="int8", **{**SMALL, "budget": 1})
+    r8 = json.loads((tmp_path / "int8" / "report.json").read_text())
+    assert r8["target"]["precision"] == r8["student"]["latency"]["precision"] == "int8"
+    assert INT8_NOTE in r8["warnings"] and INT8_NOTE not in r["warnings"]
+    assert "quantize it with calibration images" in (tmp_path / "int8" / "report.md").read_text()
 
 
 def test_the_final_student_that_ships_is_the_better_one_on_validation():

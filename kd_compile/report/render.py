@@ -216,6 +216,17 @@ def deploy_snippets(r: dict[str, Any]) -> dict[str, str]:
             "trtexec --onnx=student_fp16.onnx --saveEngine=student.engine \\\n"
             f"    --minShapes=input:1x{c}x{h}x{w} --optShapes=input:1x{c}x{h}x{w} --maxShapes=input:64x{c}x{h}x{w}"
         )
+    if r["target"].get("precision") == "int8":  # --int8 without calibration times the speed, not the accuracy
+        trt += (
+            "\n# --int8 above (TensorRT 10) uses placeholder ranges: its timing holds, its outputs do not. For\n"
+            "# an engine to deploy (and on TensorRT 11, which has no --int8), quantize the ONNX with calibration\n"
+            f"# images of your own data (calib.npy: float32, N x {c} x {h} x {w}, preprocessed as above), then\n"
+            "# build it\n"
+            "python -m modelopt.onnx.quantization --onnx_path=student.onnx --quantize_mode=int8 \\\n"
+            "    --calibration_data=calib.npy --output_path=student_int8.onnx\n"
+            "trtexec --onnx=student_int8.onnx --saveEngine=student.engine \\\n"
+            f"    --minShapes=input:1x{c}x{h}x{w} --optShapes=input:1x{c}x{h}x{w} --maxShapes=input:64x{c}x{h}x{w}"
+        )
     torch_code = (
         "import torch\n\nimport kd_compile\n\n"
         f"x = torch.randn(1, {c}, {h}, {w})  # preprocessed as above\n"

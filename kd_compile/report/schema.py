@@ -107,6 +107,13 @@ def _m(meas: Any) -> dict[str, Any]:
     return meas.to_dict(layers=False)
 
 
+# what an int8 latency assumes and kd-compile does not ship: the quantized network (TensorRT 11 builds int8
+# only from an ONNX with Q/DQ nodes, which calibration on the user's own images writes)
+INT8_NOTE = ("latencies are costed in int8, but student.onnx is fp32 and no int8 engine is written: quantize it "
+             "with calibration images of your own data (e.g. NVIDIA ModelOpt's ONNX post-training quantization) "
+             "and check its accuracy before relying on the int8 speed-up")
+
+
 def build_report(**k: Any) -> dict[str, Any]:
     """Assemble the report dict from the pieces ``api.compile`` computed (keyword arguments)."""
     from .. import __version__
@@ -260,7 +267,8 @@ def build_report(**k: Any) -> dict[str, Any]:
         "exports": exports,
         "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"]
         + ([f"{skipped} unreadable image(s) left out of the data: {', '.join(meta.get('skipped_examples') or [])}"]
-           if skipped else []),
+           if skipped else [])
+        + ([INT8_NOTE] if (cfg.precision or target.default_precision) == "int8" else []),
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }

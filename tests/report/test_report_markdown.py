@@ -49,6 +49,14 @@ def test_the_deploy_snippet_runs_the_student_in_onnx_runtime(compiled, tmp_path)
     convert, build = [ln for ln in sh.splitlines() if "student_fp16.onnx" in ln]
     assert convert.startswith("python -m modelopt.onnx.autocast --onnx_path student.onnx")
     assert build.startswith("trtexec --onnx=student_fp16.onnx") and "--fp16" not in build
+    # an int8 target: the TensorRT 10 timing line, and the calibrated quantization an engine to deploy needs
+    from kd_compile.report.render import deploy_snippets
+
+    int8 = deploy_snippets({**r, "target": {**r["target"], "precision": "int8"}})["tensorrt"]
+    assert int8.startswith("trtexec --onnx=student.onnx --saveEngine=student.engine --int8")
+    quantize = [ln for ln in int8.splitlines() if ln.startswith("python -m modelopt.onnx.quantization")]
+    assert quantize and "--quantize_mode=int8" in quantize[0] and "--calibration_data=calib.npy" in int8
+    assert "trtexec --onnx=student_int8.onnx" in int8 and "student_fp16" not in int8
     # run it as written, on an image of the input size, next to the student
     from PIL import Image
 
