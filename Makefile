@@ -57,6 +57,8 @@ bench-ort: install
 bench-cpu: install
 	$(BIN)/python benchmarks/cpu_table.py --write-calibration
 	$(BIN)/python benchmarks/cpu_table.py --runtime torch --write-calibration
+	$(BIN)/python benchmarks/cpu_table.py --small-check --write-calibration
+	$(BIN)/python benchmarks/cpu_table.py --runtime torch --small-check --write-calibration
 
 bench-difficulty: install
 	$(BIN)/python benchmarks/glyphs_difficulty.py --threads 1

@@ -70,6 +70,11 @@ def table_path(runtime: str) -> Path:
     return ROOT / "kd_compile" / "calibrate" / "data" / f"cpu-{runtime}-fp32-b1-devvm.csv"
 
 
+def small_table_path(runtime: str) -> Path:
+    """The models measured below the table's sizes (``SMALL_SIZES``), a check no fit reads."""
+    return ROOT / "benchmarks" / "data" / f"cpu-{runtime}-fp32-b1-devvm-small.csv"
+
+
 def results_path(runtime: str) -> Path:
     name = "cpu_table.json" if runtime == "onnxruntime" else f"cpu_table_{runtime}.json"
     return ROOT / "benchmarks" / "results" / name
@@ -79,6 +84,7 @@ TABLE = table_path("onnxruntime")
 RESULTS = results_path("onnxruntime")
 CALIBRATION = ROOT / "kd_compile" / "targets" / "calibration" / "cpu.json"
 SIZES = (96, 128, 160, 192, 224)
+SMALL_SIZES = (32, 64)  # the check below them (--small-check): the convnets again, alternating
 # curated timm models (kd_compile.calibrate.tables.CURATED) an ONNX Runtime run on two cores takes
 # at most a few hundred ms per image; convnets spread over SIZES in this order
 CONVNETS = (
@@ -103,6 +109,11 @@ def plan() -> list[tuple[str, int | None]]:
     return [(m, SIZES[i % len(SIZES)]) for i, m in enumerate(CONVNETS)] + [(m, None) for m in FIXED]
 
 
+def small_plan() -> list[tuple[str, int | None]]:
+    """The convnets at ``SMALL_SIZES``: the check of what the calibration says below its sizes."""
+    return [(m, SMALL_SIZES[i % len(SMALL_SIZES)]) for i, m in enumerate(CONVNETS)]
+
+
 def machine() -> dict[str, Any]:
     """What the table was measured on."""
     import onnxruntime
@@ -123,8 +134,9 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def measure(out: Path, limit: int | None = None, passes: int = 3, runtime: str = "onnxruntime") -> list[dict[str, Any]]:
-    """Measure the models of :func:`plan` (the first ``limit`` of them) in ``runtime`` into ``out``:
+def measure(out: Path, limit: int | None = None, passes: int = 3, runtime: str = "onnxruntime",
+            models: list[tuple[str, int | None]] | None = None) -> list[dict[str, Any]]:
+    """Measure ``models`` (default :func:`plan`; the first ``limit`` of them) in ``runtime`` into ``out``:
     ``passes`` passes over the whole list, the table holding each model's median over them (its
     per-pass times beside it, for the repeatability figure)."""
     import kd_compile
@@ -135,7 +147,7 @@ def measure(out: Path, limit: int | None = None, passes: int = 3, runtime: str =
     info: dict[tuple[str, int | None], dict[str, Any]] = {}
     for p in range(passes):
         print(f"pass {p + 1} of {passes}", flush=True)
-        for name, size in plan()[:limit]:
+        for name, size in (models or plan())[:limit]:
             if p and (name, size) not in times:
                 continue  # left out in the first pass
             t0 = time.perf_counter()
@@ -176,7 +188,8 @@ def measure(out: Path, limit: int | None = None, passes: int = 3, runtime: str =
                     "kd_compile.profilers.onnxrt.DEFAULT_TIMING\n")
         f.write(f"# machine: {m['cpu']}, {m['cores']} cores (the kd-compile development VM; targets/cpu.toml); "
                 f"torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, Python {m['python']}; {m['date']}\n")
-        f.write(f"# written by: python benchmarks/cpu_table.py --runtime {runtime} "
+        f.write(f"# written by: python benchmarks/cpu_table.py --runtime {runtime}"
+                f"{' --small-check' if models is not None else ''} "
                 f"({time.perf_counter() - t_all:.0f} s); "
                 f"infer_step_time = median over {passes} passes of each pass's median ms per batch (passes_ms); "
                 "random weights, as kd_compile.profile builds timm:<name>\n")
@@ -248,6 +261,41 @@ def ort_constants() -> Any:
     return Constants.from_dict(json.loads(CALIBRATION.read_text(encoding="utf-8"))["constants"])
 
 
+def small_check(runtime: str, write: bool) -> dict[str, Any] | None:
+    """The ``cpu`` calibration as written (``CALIBRATION``) on the models measured below its sizes
+    (``small_table_path``; no fit reads them): how far it errs there, and the ratios' range. With
+    ``write``, kept in the calibration's band of ``runtime`` as ``small_input_check``, which a
+    prediction below the band's sizes quotes (``error_bands.size_range_caveat``)."""
+    from kd_compile.calibrate.fit import predict
+    from kd_compile.calibrate.problem import build_problem
+    from kd_compile.calibrate.tables import read_timm_table, timm_spec_parts
+    from kd_compile.profilers.constants import Constants, DeviceScales
+    from kd_compile.targets.profile import get_target
+
+    table = small_table_path(runtime)
+    if not table.is_file():
+        return None
+    problem = build_problem(read_timm_table(table, "cpu", runtime, "fp32"), profiles={"cpu": get_target("cpu")})
+    cal = json.loads(CALIBRATION.read_text(encoding="utf-8"))
+    pred = predict(problem, np.ones(len(problem.rows), bool), Constants.from_dict(cal["constants"]),
+                   {"cpu": DeviceScales.from_dict(cal["device_scales"])})
+    meas = {r.spec: float(t) for r, t in zip(problem.rows, problem.seconds, strict=True)}
+    by = _by_spec(problem, pred)
+    ratios = [by[k] / meas[k] for k in meas]
+    px = [timm_spec_parts(k)[1] for k in meas]
+    out = {**summary(meas, by), "min_ratio": round(min(ratios), 4), "max_ratio": round(max(ratios), 4),
+           "input_px": [min(px), max(px)], "table": str(table.relative_to(ROOT))}
+    if write:
+        key = f"{runtime}/fp32/batch1"
+        cal["error_bands"][key]["small_input_check"] = {k: out[k] for k in (
+            "n", "median_ape", "p80_ape", "median_ratio", "min_ratio", "max_ratio", "input_px", "table")}
+        CALIBRATION.write_text(json.dumps(cal, indent=1) + "\n", encoding="utf-8")
+    print(f"below its sizes ({out['input_px'][0]}-{out['input_px'][1]} px, not fitted): n {out['n']}, median error "
+          f"{100 * out['median_ape']:.1f}%, p80 {100 * out['p80_ape']:.1f}%, median ratio x{out['median_ratio']:.2f} "
+          f"(x{out['min_ratio']:.2f}-{out['max_ratio']:.2f}), Spearman {out['spearman']:.3f}")
+    return out
+
+
 def scales_only(problem: Any, constants: Any) -> dict[str, float]:
     """Each row held out as a GPU's own table is fitted: its scales only, the all-device constants
     kept (``holdout.kfold_on_device``), for comparison with the CPU's own constants."""
@@ -295,11 +343,16 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=None, help="measure only the first N models (a quick look)")
     ap.add_argument("--write-calibration", action="store_true",
                     help=f"write the cpu target's calibration ({CALIBRATION.relative_to(ROOT)})")
+    ap.add_argument("--small-check", action="store_true",
+                    help="measure the convnets at 32/64 px (a check no fit reads) instead of the table, which is "
+                         "refitted as with --from-table")
     args = ap.parse_args()
     args.table = args.table or table_path(args.runtime)
     args.out = args.out or results_path(args.runtime)
     t0 = time.perf_counter()
-    if not args.from_table:
+    if args.small_check and not args.from_table:
+        measure(small_table_path(args.runtime), args.models, args.passes, args.runtime, small_plan())
+    elif not args.from_table:
         measure(args.table, args.models, args.passes, args.runtime)
     from kd_compile.calibrate.tables import read_timm_table
 
@@ -346,6 +399,7 @@ def main() -> int:
               f"{100 * s['within_35']:.0f}% within 35%, median ratio x{s['median_ratio']:.2f}, "
               f"Spearman {s['spearman']:.3f}")
     command = "python benchmarks/cpu_table.py" + (f" --runtime {args.runtime}" if args.runtime != "onnxruntime" else "")
+    command += " --small-check" if args.small_check else ""
     command += " --write-calibration" if args.write_calibration else ""
     table = str(args.table.relative_to(ROOT)) if args.table.is_relative_to(ROOT) else str(args.table)
     doc: dict[str, Any] = {"command": command, "table": table, "runtime": args.runtime,
@@ -374,6 +428,12 @@ def main() -> int:
                               "error_band": res["error_band"]}
         print(f"wrote {CALIBRATION.relative_to(ROOT)}: scales {res['device_scales']}, "
               + ", ".join(f"{k} {res['constants'][k]:g}" for k in CPU_FITTED))
+    # the calibration's error below its sizes, on the models measured there; kept in its bands when written
+    # (ONNX Runtime's write rewrote the other runtimes' scales too: their checks are redone with them)
+    for rt in (RUNTIMES if args.write_calibration and args.runtime == "onnxruntime" else (args.runtime,)):
+        check = small_check(rt, write=args.write_calibration)
+        if rt == args.runtime and check is not None:
+            doc["small_input_check"] = check
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

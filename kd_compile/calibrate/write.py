@@ -32,7 +32,7 @@ from ..targets.profile import PRECISIONS, TargetProfile, get_target, list_target
 from .fit import CPU_FITTED, RIDGE, device_scales, fit_cpu, fit_on, quality
 from .holdout import bands, check_bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
-from .tables import MeasuredRow, load_check_rows, load_measurements, read_timm_table, select_timm
+from .tables import MeasuredRow, load_check_rows, load_measurements, read_timm_table, select_timm, timm_spec_parts
 
 
 def gpu_targets() -> list[str]:
@@ -361,6 +361,9 @@ def calibrate(
     own = np.ones(len(problem.rows), bool)
     q = quality(held, problem.seconds)
     band = bands(problem, held, own, "fitted on this device", per_device_weight=False)
+    px = [timm_spec_parts(r.spec)[1] for r in problem.rows]
+    for b in band.values():  # the input sizes it was measured at: a prediction outside them says so
+        b["input_px"] = [min(px), max(px)]
     fitted_on = list(dict.fromkeys([*doc.get("device_scales_fitted_on", []), *(Path(t).name for t in tables)]))
     doc.update(target=prof.name, constants=_rounded(constants),
                constants_basis=source.get("constants_basis") or doc.get("constants_basis") or source["calibration"],

@@ -10,6 +10,7 @@ file of their own (user TOMLs). A user's own fit (``kd-compile calibrate`` witho
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from functools import lru_cache
@@ -136,6 +137,9 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
            "files": list(band.get("files", [])), "families": list(band.get("families", []))}
     if isinstance(band.get("family_left_out"), dict):
         out["family_left_out"] = dict(band["family_left_out"])
+    for k in ("input_px", "small_input_check"):  # the sizes it was measured at, and a check below them
+        if band.get(k):
+            out[k] = copy.deepcopy(band[k])
     if note:
         out["transfer"] = f"{note}; {out['transfer']}"
     if 1 < batch < LARGE_MEASURED_FROM:
@@ -191,6 +195,25 @@ def ratio_span(ratios: Iterable[float]) -> str:
     values = list(ratios)
     lo, hi = f"{min(values):.2f}", f"{max(values):.2f}"
     return f"x{lo}" if lo == hi else f"x{lo}-x{hi}"
+
+
+def size_range_caveat(band: dict[str, Any], input_px: int) -> str | None:
+    """A warning for a model whose input lies outside the sizes the band was measured at (the band's
+    ``input_px``, kept by ``kd-compile calibrate``; the ``cpu`` target's: 96-256 px), with what
+    measured models below them showed (``small_input_check``, ``benchmarks/cpu_table.py``); None
+    inside them, or for a band that does not say."""
+    rng = band.get("input_px")
+    if not (isinstance(rng, list) and len(rng) == 2) or rng[0] <= input_px <= rng[1]:
+        return None
+    lo, hi = rng
+    text = f"this model's input is {input_px} px, outside the {lo}-{hi} px of the models the band was measured on"
+    chk = band.get("small_input_check")
+    if input_px < lo and isinstance(chk, dict) and chk.get("n"):
+        a, b = chk["input_px"]
+        text += (f"; on {chk['n']} models at {a}-{b} px, measured and not fitted (benchmarks/cpu_table.py), the "
+                 f"same calibration erred ±{100 * chk['median_ape']:.0f}% median ({100 * chk['p80_ape']:.0f}% p80), "
+                 f"predicted / measured {ratio_span((chk['min_ratio'], chk['max_ratio']))}")
+    return text
 
 
 def large_input_notes(

@@ -93,6 +93,7 @@ from .error_bands import (
     own_calibration,
     read_calibration,
     regime_key,
+    size_range_caveat,
 )
 from .fusion import _KCOLS, KERNEL_CLASSES, RUNTIME_RULES, Kernel, fuse, kernel_rows
 
@@ -429,7 +430,8 @@ class RooflineProfiler(Profiler):
 
     def predict_ops(self, ops: Sequence[OpRecord], batch: int, input_px: int | None = None) -> Measurement:
         """Predict from already-counted ops (no forward pass). ``input_px``, the larger side of the
-        model's input, adds what the band says of ImageNet-size inputs (:func:`large_input_notes`)."""
+        model's input, adds what the band says of ImageNet-size inputs (:func:`large_input_notes`) and
+        of an input outside the sizes it was measured at (:func:`size_range_caveat`)."""
         prec = self.math_precision
         kernels, secs = predict_kernels(ops, self.target, prec, self.runtime, batch, self.constants, self.scales)
         bs = BYTES_PER_ELEMENT[prec] / 4.0
@@ -464,8 +466,9 @@ class RooflineProfiler(Profiler):
         if input_px is None:
             return band
         notes = large_input_notes(band, self.target, self.runtime, precision, batch, input_px)
-        if notes.get("caveat"):
-            notes["caveat"] = "; ".join(c for c in (band.get("caveat"), notes["caveat"]) if c)
+        size = size_range_caveat(band, input_px)
+        if notes.get("caveat") or size:
+            notes["caveat"] = "; ".join(c for c in (band.get("caveat"), notes.get("caveat"), size) if c)
         return {**band, **notes}
 
     def _impl(self, model: nn.Module, input_spec: InputSpec) -> Measurement:

@@ -213,3 +213,30 @@ def test_a_cpu_of_the_users_without_a_table_says_how_to_fit_one(tmp_path: Path) 
     band = error_band(get_target(str(toml)), "onnxruntime", "fp32", 1)
     assert band["median_ape"] is None and band["basis"].endswith(": unvalidated")
     assert f"kd-compile calibrate --target {toml} --table T.csv --runtime onnxruntime --precision fp32" in band["basis"]
+
+
+def test_a_prediction_outside_the_sizes_the_band_was_measured_at_says_so() -> None:
+    """The ``cpu`` bands were measured on models at 96-256 px; a model below them (a 32-px student) is
+    predicted with a caveat that quotes the check measured there (``benchmarks/cpu_table.py
+    --small-check``, no fit reads it), and a model inside them gets none."""
+    import kd_compile
+    from kd_compile.profilers.error_bands import size_range_caveat
+
+    cpu = get_target("cpu")
+    for runtime in ("onnxruntime", "torch"):
+        band = error_band(cpu, runtime, "fp32", 1)
+        lo, hi = band["input_px"]
+        assert (lo, hi) == (96, 256)
+        check = band["small_input_check"]
+        assert check["n"] >= 40 and check["input_px"] == [32, 64] and check["min_ratio"] < 1 < check["max_ratio"]
+        small = size_range_caveat(band, 32)
+        assert small is not None and "outside the 96-256 px" in small and f"on {check['n']} models at 32-64 px" in small
+        assert f"±{100 * check['median_ape']:.0f}% median" in small
+        assert size_range_caveat(band, 160) is None
+        above = size_range_caveat(band, 384)
+        assert above is not None and "384 px, outside" in above and "models at 32-64" not in above
+    assert size_range_caveat({"median_ape": 0.1}, 20) is None  # a band that does not say its sizes
+    at = {px: kd_compile.profile("timm:resnet18", target="cpu", image_size=px, method="predict")
+          for px in (32, 160)}
+    assert "outside the 96-256 px" in at[32]["extra"]["error_band"]["caveat"]
+    assert "caveat" not in at[160]["extra"]["error_band"]
