@@ -156,7 +156,7 @@ def _run(
             rep.message(f"{inputs.out} holds a finished run with the same settings: nothing to do")
             return done
     t0 = time.perf_counter()
-    if (cfg.precision or target.default_precision) == "int8":
+    if cfg.costed_in(target)[1] == "int8":
         from .report.schema import INT8_NOTE
 
         rep.message(f"note: {INT8_NOTE}")

@@ -296,6 +296,11 @@ class CompileConfig:
         d["out"] = str(self.out)
         return d
 
+    def costed_in(self, target: Any) -> tuple[str, str]:
+        """(runtime, precision) teacher and student are costed in on ``target`` (a ``TargetProfile``):
+        ``--runtime`` / ``--precision`` where given, else the target's defaults."""
+        return self.runtime or target.default_runtime, self.precision or target.default_precision
+
     @classmethod
     def from_options(cls, teacher: str | Path, **options: Any) -> CompileConfig:
         """Build a validated config from option values (the CLI's names, in snake case).

@@ -94,8 +94,7 @@ def export(
         folder,
         checks=checks,
         # the engine in the precision the student was costed in; int8 needs calibration data: fp16
-        engine_precision="fp16" if (cfg.precision or target.default_precision) == "int8"
-        else (cfg.precision or target.default_precision),
+        engine_precision="fp16" if cfg.costed_in(target)[1] == "int8" else cfg.costed_in(target)[1],
         meta={
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),

@@ -189,8 +189,8 @@ def build_report(**k: Any) -> dict[str, Any]:
             "name": target.name,
             "display_name": target.display_name,
             "kind": target.kind,
-            "runtime": cfg.runtime or target.default_runtime,
-            "precision": cfg.precision or target.default_precision,
+            "runtime": cfg.costed_in(target)[0],
+            "precision": cfg.costed_in(target)[1],
             "local": target.local,
         },
         "teacher": {
@@ -268,7 +268,7 @@ def build_report(**k: Any) -> dict[str, Any]:
         "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"]
         + ([f"{skipped} unreadable image(s) left out of the data: {', '.join(meta.get('skipped_examples') or [])}"]
            if skipped else [])
-        + ([INT8_NOTE] if (cfg.precision or target.default_precision) == "int8" else []),
+        + ([INT8_NOTE] if cfg.costed_in(target)[1] == "int8" else []),
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }
