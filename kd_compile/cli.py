@@ -396,9 +396,11 @@ def _tables_exist(tables: list[Path]) -> None:
 def _fmt_calibration(d: dict[str, Any]) -> str:
     q = d.get("quality", {})
     consts = ", ".join(f"{k}={v:.3g}" for k, v in d.get("constants", {}).items() if isinstance(v, (int, float)))
+    px = (d.get("error_band") or {}).get("input_px")
+    at = f" at {px[0]}-{px[1]} px" if isinstance(px, list) and len(px) == 2 else ""
     return (
         f"calibrated {d.get('target')} {d.get('runtime')}/{d.get('precision')} on "
-        f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models, "
+        f"{', '.join(map(str, d.get('fitted_on', [])))}: {q.get('n')} models{at}, "
         f"Spearman {q.get('spearman', float('nan')):.3f}, "
         f"median error {100 * q.get('median_ape', float('nan')):.1f}%\n  {consts}"
         + (f"\n  written to {d['written']}" if d.get("written") else "")

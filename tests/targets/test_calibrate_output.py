@@ -39,6 +39,9 @@ def test_without_out_it_writes_to_the_user_cache_and_says_where(tmp_path: Path, 
     assert res.exit_code == 0, res.output
     written = tmp_path / "cache" / "calibration" / "rtx3090.json"
     assert written.is_file() and f"written to {written}" in res.output
+    # the sizes the band was measured at, as a prediction outside them will say
+    px = json.loads(written.read_text(encoding="utf-8"))["error_bands"]["torch/fp16/large"]["input_px"]
+    assert f"12 models at {px[0]}-{px[1]} px" in res.output
     assert _package_state() == before  # the installed package is untouched
     from kd_compile.profilers.error_bands import read_calibration
 
