@@ -74,15 +74,16 @@ def test_a_second_runtimes_table_keeps_the_constants_the_first_ones_band_was_mea
     stays true. Without such a band (a fresh file, or the same runtime again) the constants are fitted."""
     from kd_compile.calibrate.write import calibrate
 
-    torch_first = calibrate("cpu", [TORCH_TABLE], "torch", "fp32", out=tmp_path / "a.json")
-    ort_after = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "a.json")
-    ort_alone = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "b.json")
+    n = 24  # models of each table: enough for every fold, and quick
+    torch_first = calibrate("cpu", [TORCH_TABLE], "torch", "fp32", models=n, out=tmp_path / "a.json")
+    ort_after = calibrate("cpu", [TABLE], "onnxruntime", "fp32", models=n, out=tmp_path / "a.json")
+    ort_alone = calibrate("cpu", [TABLE], "onnxruntime", "fp32", models=n, out=tmp_path / "b.json")
     assert ort_after["constants"] == torch_first["constants"] != ort_alone["constants"]
     assert torch_first["constants"]["e_dw"] != ort_alone["constants"]["e_dw"]
     doc = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
     assert doc["error_bands"]["torch/fp32/batch1"] == torch_first["error_band"]
     assert doc["constants"] == torch_first["constants"]
-    again = calibrate("cpu", [TABLE], "onnxruntime", "fp32", out=tmp_path / "b.json")  # its own runtime: refitted
+    again = calibrate("cpu", [TABLE], "onnxruntime", "fp32", models=n, out=tmp_path / "b.json")  # its own: refitted
     assert again["constants"] == ort_alone["constants"]
 
 
