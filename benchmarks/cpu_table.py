@@ -35,6 +35,11 @@ eager scales from the shipped eager table. Run alone::
 
     python benchmarks/cpu_table.py --runtime torch --write-calibration
 
+``--small-check`` measures the convnets again at 32/64 px (``SMALL_SIZES``; into
+``benchmarks/data/cpu-<runtime>-fp32-b1-devvm-small.csv``, which no fit reads) instead of the table;
+every run then prints how far the calibration errs on them, and ``--write-calibration`` keeps that in
+the runtime's band (``small_input_check``), which a prediction below the table's 96-256 px quotes.
+
 Prints one line per model (measured ms, predicted ms before the fit and held out after it), the
 held-out ratio by family, the passes' spread, then the median absolute error, the share within 35%
 and Spearman's rho of each way of predicting; writes the table
