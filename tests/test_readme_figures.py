@@ -801,6 +801,7 @@ def _small_check_phrases() -> list[str]:
         "in ONNX Runtime",
         f"**{band(torch)} ({100 * torch['p80_ape']:.1f}% p80, x{torch['min_ratio']:.2f}-{torch['max_ratio']:.2f})** "
         "in eager PyTorch",
+        f"x{ort['max_ratio']:.2f} in ONNX Runtime;", f"x{torch['min_ratio']:.2f} in eager PyTorch)",
     ]
 
 
