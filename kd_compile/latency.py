@@ -233,10 +233,11 @@ def plan_latency(
             )
         target = profile
     if method == "predict" or not local:
-        from .profilers.roofline import RooflineProfiler
+        from .profilers.roofline import check_predictable
 
+        # a runtime or precision the target cannot run is refused now, before any work
+        check_predictable(target, runtime or target.default_runtime, precision or target.default_precision)
         given = {k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None}
-        RooflineProfiler(target, **given)  # a runtime or precision the target cannot run refused now, before any work
         return LatencyPlan("predict", "roofline", {"target": target, **given}, f"predicted:{target.name}")
     if runtime is not None and runtime not in MEASURING_RUNTIMES:
         raise UsageError(f"runtime '{runtime}' can only be predicted here (measured: {', '.join(MEASURING_RUNTIMES)})",

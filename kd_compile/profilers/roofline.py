@@ -102,8 +102,8 @@ from .fusion import _KCOLS, KERNEL_CLASSES, RUNTIME_RULES, Kernel, fuse, kernel_
 __all__ = [
     "CALIBRATION_DIR", "CONSTANT_NAMES", "CPU_RUNTIMES", "DEFAULT_CONSTANTS", "NODE_REF_NM", "NO_POWER_CAP",
     "RUNTIME_RULES", "SHARED_FIT", "Constants", "DeviceScales", "DeviceTerms", "Kernel",
-    "KernelTable", "RooflineProfiler", "batch_regime", "error_band", "fuse", "kernel_rows", "load_calibration",
-    "on_tensor_cores", "read_calibration", "regime_key", "row_seconds",
+    "KernelTable", "RooflineProfiler", "batch_regime", "check_predictable", "error_band", "fuse", "kernel_rows",
+    "load_calibration", "on_tensor_cores", "read_calibration", "regime_key", "row_seconds",
 ]
 
 
@@ -361,6 +361,36 @@ def predict_kernels(
     return kernels, np.maximum(gpu, host)
 
 
+def check_predictable(target: TargetProfile, runtime: str, precision: str) -> None:
+    """Refuse (``UsageError``) a runtime or precision ``target`` cannot run, before any prediction
+    (``RooflineProfiler``) or any work a plan would start (``latency.plan_latency``)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    if runtime not in RUNTIME_RULES:
+        raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_NAMES)})")
+    if precision == "bf16" and target.kind != "cpu" and not target.peak_tflops.get("bf16_tensor"):
+        # bf16 arrived with Ampere's tensor cores: before it TensorRT builds no bf16 engine and
+        # cuDNN has no bf16 convolutions, so a prediction at the fp16 rate would be fiction
+        raise UsageError(f"'{target.name}' has no bf16 tensor cores (its profile gives no bf16_tensor peak)",
+                         hint="use --precision fp16 on this GPU")
+    name = target.name
+    if precision == "int8" and target.kind != "cpu" and runtime in ("torch", "inductor"):
+        # PyTorch's quantized convolutions and linears (fbgemm, qnnpack) run on the CPU; on a GPU,
+        # eager PyTorch and torch.compile have no int8 precision to pick, so no number to predict
+        raise UsageError(f"runtime '{runtime}' runs no int8 network on a GPU ('{name}'): PyTorch's "
+                         "quantized ops run on the CPU only",
+                         hint="use --runtime tensorrt (or onnxruntime) for int8, or --precision fp16")
+    if target.kind == "cpu":
+        if runtime not in CPU_RUNTIMES:
+            raise UsageError(f"runtime '{runtime}' runs on NVIDIA GPUs, not on the CPU target '{name}'",
+                             hint=f"use --runtime {' or '.join(CPU_RUNTIMES)}, or a GPU target")
+        native = target.peak_for(precision) > target.peak_for("fp32")
+        if precision in ("fp16", "bf16") and not native:
+            # as ONNX Runtime's CPU provider measures: a model is run in fp32 there, not faster in fp16
+            raise UsageError(f"'{name}' has no native {precision} arithmetic (its profile's "
+                             f"{precision} peak is its fp32 peak)", hint="use --precision fp32 on this CPU")
+
+
 @register_profiler("roofline")
 class RooflineProfiler(Profiler):
     """Predicted latency on a target device from counted costs and the calibrated model.
@@ -388,31 +418,7 @@ class RooflineProfiler(Profiler):
         self.target = target if isinstance(target, TargetProfile) else get_target(target)
         self.precision = precision or self.target.default_precision
         self.runtime = runtime or self.target.default_runtime
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision '{self.precision}' (known: {', '.join(PRECISIONS)})")
-        if self.runtime not in RUNTIME_RULES:
-            raise UsageError(f"unknown runtime '{self.runtime}' (known: {', '.join(RUNTIME_NAMES)})")
-        if self.precision == "bf16" and self.target.kind != "cpu" and not self.target.peak_tflops.get("bf16_tensor"):
-            # bf16 arrived with Ampere's tensor cores: before it TensorRT builds no bf16 engine and
-            # cuDNN has no bf16 convolutions, so a prediction at the fp16 rate would be fiction
-            raise UsageError(f"'{self.target.name}' has no bf16 tensor cores (its profile gives no bf16_tensor peak)",
-                             hint="use --precision fp16 on this GPU")
-        name = self.target.name
-        if self.precision == "int8" and self.target.kind != "cpu" and self.runtime in ("torch", "inductor"):
-            # PyTorch's quantized convolutions and linears (fbgemm, qnnpack) run on the CPU; on a GPU,
-            # eager PyTorch and torch.compile have no int8 precision to pick, so no number to predict
-            raise UsageError(f"runtime '{self.runtime}' runs no int8 network on a GPU ('{name}'): PyTorch's "
-                             "quantized ops run on the CPU only",
-                             hint="use --runtime tensorrt (or onnxruntime) for int8, or --precision fp16")
-        if self.target.kind == "cpu":
-            if self.runtime not in CPU_RUNTIMES:
-                raise UsageError(f"runtime '{self.runtime}' runs on NVIDIA GPUs, not on the CPU target '{name}'",
-                                 hint=f"use --runtime {' or '.join(CPU_RUNTIMES)}, or a GPU target")
-            native = self.target.peak_for(self.precision) > self.target.peak_for("fp32")
-            if self.precision in ("fp16", "bf16") and not native:
-                # as ONNX Runtime's CPU provider measures: a model is run in fp32 there, not faster in fp16
-                raise UsageError(f"'{name}' has no native {self.precision} arithmetic (its profile's "
-                                 f"{self.precision} peak is its fp32 peak)", hint="use --precision fp32 on this CPU")
+        check_predictable(self.target, self.runtime, self.precision)
         # int8 on a GPU with no int8 rate above fp16's (no DP4A, as the Jetson Nano; or Volta, whose
         # tensor cores have no int8 mode): TensorRT picks its fastest kernels, fp16 ones, for every layer
         self.math_precision = self.precision
