@@ -82,6 +82,7 @@ def export(
     from .latency import plan_latency
 
     target = run.target
+    precision = cfg.costed_in(target)[1]
     data = inputs.data
     spec = InputSpec(tuple(inputs.teacher.input_shape))
     check_finite(student)
@@ -94,7 +95,7 @@ def export(
         folder,
         checks=checks,
         # the engine in the precision the student was costed in; int8 needs calibration data: fp16
-        engine_precision="fp16" if cfg.costed_in(target)[1] == "int8" else cfg.costed_in(target)[1],
+        engine_precision="fp16" if precision == "int8" else precision,
         meta={
             "teacher": str(cfg.teacher),
             "data": inputs.source.hint(),

@@ -120,6 +120,7 @@ def build_report(**k: Any) -> dict[str, Any]:
 
     cfg, target, tch, sr, chosen = k["cfg"], k["target"], k["teacher"], k["search"], k["chosen"]
     t_counts, t_lat, s_counts, s_lat = k["t_counts"], k["t_lat"], k["s_counts"], k["s_lat"]
+    runtime, precision = cfg.costed_in(target)
     trials = sr.trials
     statuses = {str(s): sum(1 for t in trials if t.status is s) for s in TrialStatus}
     trace = []
@@ -189,8 +190,8 @@ def build_report(**k: Any) -> dict[str, Any]:
             "name": target.name,
             "display_name": target.display_name,
             "kind": target.kind,
-            "runtime": cfg.costed_in(target)[0],
-            "precision": cfg.costed_in(target)[1],
+            "runtime": runtime,
+            "precision": precision,
             "local": target.local,
         },
         "teacher": {
@@ -268,7 +269,7 @@ def build_report(**k: Any) -> dict[str, Any]:
         "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"]
         + ([f"{skipped} unreadable image(s) left out of the data: {', '.join(meta.get('skipped_examples') or [])}"]
            if skipped else [])
-        + ([INT8_NOTE] if cfg.costed_in(target)[1] == "int8" else []),
+        + ([INT8_NOTE] if precision == "int8" else []),
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }
