@@ -239,8 +239,9 @@ def merged_scales(old: dict[str, Any] | None, new: DeviceScales) -> DeviceScales
     if not old:
         return new
     prev = DeviceScales.from_dict(old)
-    by_rt = {rt: prev.roofline_for(rt) for rt in {*prev.fixed, *prev.roofline_by_runtime}}
-    by_rt.update({rt: new.roofline_for(rt) for rt in {*new.fixed, *new.roofline_by_runtime}})
+    # in name order: a set's order moves with the interpreter's hash seed, and the file would with it
+    by_rt = {rt: prev.roofline_for(rt) for rt in sorted({*prev.fixed, *prev.roofline_by_runtime})}
+    by_rt.update({rt: new.roofline_for(rt) for rt in sorted({*new.fixed, *new.roofline_by_runtime})})
     mem = {**prev.memory_by_runtime, **new.memory_by_runtime}
 
     def geomean(d: dict[str, float]) -> float:
