@@ -294,7 +294,9 @@ def small_check(runtime: str, write: bool) -> dict[str, Any] | None:
         key = f"{runtime}/fp32/batch1"
         cal["error_bands"][key]["small_input_check"] = {k: out[k] for k in (
             "n", "median_ape", "p80_ape", "median_ratio", "min_ratio", "max_ratio", "input_px", "table")}
-        CALIBRATION.write_text(json.dumps(cal, indent=1) + "\n", encoding="utf-8")
+        from kd_compile.calibrate.write import _write_json_atomic
+
+        _write_json_atomic(CALIBRATION, cal)  # as kd-compile calibrate writes it
     print(f"below its sizes ({out['input_px'][0]}-{out['input_px'][1]} px, not fitted): n {out['n']}, median error "
           f"{100 * out['median_ape']:.1f}%, p80 {100 * out['p80_ape']:.1f}%, median ratio x{out['median_ratio']:.2f} "
           f"(x{out['min_ratio']:.2f}-{out['max_ratio']:.2f}), Spearman {out['spearman']:.3f}")
