@@ -65,6 +65,7 @@ def _summary(r: dict[str, Any]) -> str:
     e = html.escape
     speed = speed_phrase(1 / s["latency_ratio"] if s.get("latency_ratio") else None)
     split = "test" if r["run"]["data"].get("accuracy_split") == "test" else "validation"
+    twin, twin_acc = twin_label(r)
     rows = [
         [
             f"{split} accuracy",
@@ -73,9 +74,9 @@ def _summary(r: dict[str, Any]) -> str:
             e(f"{100 * (s['accuracy'] - t['accuracy']):+.2f} percentage points"),
         ],
         [
-            f"{split} {twin_label(r)[0]}",
+            f"{split} {twin}",
             "",
-            e(_pct(twin_label(r)[1])),
+            e(_pct(twin_acc)),
             "" if s.get("kd_gain") is None else e(f"KD gain {100 * s['kd_gain']:+.2f} percentage points"),
         ],
     ]
