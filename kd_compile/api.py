@@ -505,7 +505,11 @@ def profile(
         runtime: tensorrt | torch (eager) | onnxruntime (default: measuring a GPU, the best one
             installed here; else the target's). The choice is ``latency.plan_latency``'s.
         precision: fp32 | fp16 | bf16 | int8 (default: the target's).
-        batch: batch size.
+        batch: batch size. A batch that cannot fit the memory it would run in (the target's
+            ``memory_gb`` for a prediction or a GPU, this machine's RAM for a CPU measurement) is
+            refused: its weights and largest tensor that every runtime writes (the input, a
+            convolution's output) are a lower bound (``profilers.memory_fit``). A measurement that
+            runs out of memory anyway is a UsageError too.
         image_size: override the input resolution (square).
         method: predict | measure (default: measure when the target is this machine).
         layers: include the per-layer breakdown.
@@ -513,7 +517,6 @@ def profile(
             ``compile``'s options of those names (``--arch`` for a state_dict, ...).
     """
     from .config import compile_options
-    from .profilers import create_profiler
     from .teacher import load_teacher
 
     batch = _whole_number(batch, "batch")
@@ -524,6 +527,8 @@ def profile(
     given = dict(input_shape=input_shape, arch=arch, input_size=input_size, mean=mean, std=std,
                  interpolation=interpolation, crop_pct=crop_pct)  # fmt: skip
     kw = {name: opts[name].convert(v) for name, v in given.items() if v is not None}
+    if not isinstance(model, nn.Module) and not str(model).strip():
+        raise UsageError("model is empty: give a checkpoint, an .onnx file or a model spec (e.g. timm:resnet18)")
     if not isinstance(model, nn.Module) and str(model).lower().endswith(".onnx"):
         return _profile_onnx_file(Path(model), tgt, plan, batch, image_size)
     preprocessing = None
@@ -544,13 +549,14 @@ def profile(
         if image_size is not None:
             shape = (shape[0], image_size, image_size)
     spec = InputSpec(tuple(shape), batch=batch)
-    from .profilers.counting import count
+    from .profilers.counting import count, trace_ops
     from .students.common import deployed_if_equivalent
 
     try:
         # profiled as it deploys, as compile costs a teacher (re-parameterisable blocks folded)
         module, fold_note = deployed_if_equivalent(module, tuple(shape))
-        counts = count(module, spec.with_batch(1))
+        trace = trace_ops(module, tuple(shape))
+        counts = count(module, spec.with_batch(1), trace=trace)
     except KdCompileError:
         raise
     except Exception as exc:  # the model does not run on this input (e.g. a ViT at another --image-size)
@@ -561,8 +567,7 @@ def profile(
             f"{tuple(shape)}: {type(exc).__name__}: {_first_line(exc)}",
             hint="profile it at the input size it was built for (drop --image-size, or pass --input-shape)",
         ) from None
-    with create_profiler(plan.profiler, **plan.options) as p:
-        m = p.profile(module, spec)
+    m = _profile_within_memory(module, spec, trace, tgt, plan, precision)
     d = m.to_dict(layers=layers)
     d.update(
         model=str(model) if not isinstance(model, nn.Module) else type(model).__name__,
@@ -577,6 +582,32 @@ def profile(
     if layers and not d.get("layers"):
         d["layers_note"] = f"{m.runtime} {m.method} no per-layer times here (only the whole model's latency)"
     return d
+
+
+def _profile_within_memory(module: nn.Module, spec: Any, trace: Any, tgt: TargetProfile, plan: Any,
+                           precision: str | None) -> Any:
+    """``plan``'s measurement or prediction of ``module``, refused up front (exit 2) for a batch that
+    cannot fit the memory it would run in, and with a clear error for one that fails to allocate."""
+    from .profilers import create_profiler
+    from .profilers.memory_fit import check_fits, host_memory_bytes, out_of_memory, resident_lower_bound
+
+    measured_here = plan.method == "measure" and tgt.kind == "cpu"
+    memory, where = (host_memory_bytes(), "this machine") if measured_here else (tgt.memory_gb * 1e9, tgt.name)
+    need = resident_lower_bound(trace.ops, spec.shape, trace.weight_bytes, spec.batch,
+                                plan.options.get("precision") or precision or tgt.default_precision)
+    check_fits(need, memory, spec.batch, where)
+    try:
+        with create_profiler(plan.profiler, **plan.options) as p:
+            return p.profile(module, spec)
+    except KdCompileError:
+        raise
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        from .teacher.safety import _first_line
+
+        raise UsageError(f"batch {spec.batch} ran out of memory on {where}: {type(exc).__name__}: "
+                         f"{_first_line(exc)}", hint="use a smaller --batch") from None
 
 
 def _profile_onnx_file(path: Path, tgt: TargetProfile, plan: Any, batch: int, image_size: int | None) -> dict[str, Any]:

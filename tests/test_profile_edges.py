@@ -167,3 +167,49 @@ def test_an_onnx_file_is_measured_on_this_cpu_as_it_is(tmp_path):
         kd_compile.profile(bad, target="cpu")
     res = CliRunner().invoke(app, ["profile", str(path), "--target", "cpu"])
     assert res.exit_code == 0 and "FLOPs not counted (an ONNX file)" in res.output
+
+
+def test_a_batch_that_cannot_fit_the_target_is_refused_not_predicted():
+    """A Jetson Nano has 4 GB: ResNet-ish input at 224 px in fp16 is 0.3 MB an image, its first conv's output
+    1.6 MB, so a batch of 10,000 needs 16 GB before anything else and never runs; batch 8 is predicted."""
+    net = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 10))
+    assert _predict(net, target="jetson-nano", image_size=224, batch=8)["latency_ms"] > 0
+    with pytest.raises(UsageError, match=r"batch 10000 cannot run on jetson-nano: .* 16.1 GB, and jetson-nano has 4"):
+        _predict(net, target="jetson-nano", image_size=224, batch=10_000)
+    # the same batch fits a 141 GB H200
+    assert _predict(net, target="h200", image_size=224, batch=10_000)["latency_ms"] > 0
+
+
+def test_the_memory_bound_counts_weights_input_and_conv_outputs_at_the_precision():
+    from kd_compile.profilers.counting import trace_ops
+    from kd_compile.profilers.memory_fit import resident_lower_bound
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16 * 16, 4096))
+    tr = trace_ops(net, (3, 16, 16))
+    conv_out = 8 * 16 * 16 * 4  # larger than the input (3 x 16 x 16) and than the matmul's output, left out
+    assert resident_lower_bound(tr.ops, (3, 16, 16), tr.weight_bytes, 10, "fp32") == tr.weight_bytes + 10 * conv_out
+    assert resident_lower_bound(tr.ops, (3, 16, 16), tr.weight_bytes, 10, "fp16") * 2 == \
+        tr.weight_bytes + 10 * conv_out
+
+
+def test_a_measurement_that_runs_out_of_memory_is_a_usage_error(monkeypatch):
+    """The bound is a lower one: a batch it lets through may still fail to allocate, and that is a one-line
+    exit-2 error naming the batch, not an internal error."""
+    from kd_compile.profilers import onnxrt
+
+    def no_memory(self, model, spec):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 64225280000 bytes.\nmore")
+
+    monkeypatch.setattr(onnxrt.OnnxRuntimeProfiler, "_impl", no_memory)
+    with pytest.raises(UsageError, match=r"batch 2 ran out of memory on this machine: RuntimeError: .*can't allocate"):
+        api.profile(NB201, target="cpu", method="measure", batch=2)
+    monkeypatch.setattr(onnxrt.OnnxRuntimeProfiler, "_impl", lambda self, m, s: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # any other failure is not dressed up as a memory one
+        api.profile(NB201, target="cpu", method="measure", batch=2)
+
+
+def test_an_empty_model_argument_is_refused_as_such():
+    with pytest.raises(UsageError, match="model is empty"):
+        api.profile("  ", method="predict", target="t4")

@@ -225,7 +225,7 @@ def load_target_file(path: str | Path) -> TargetProfile:
     """Load and validate a device profile from a TOML file."""
     p = Path(path)
     if not p.is_file():
-        raise TargetError(f"target file not found: {p}")
+        raise TargetError(f"target file {'is not a regular file' if p.exists() else 'not found'}: {p}")
     try:
         if p.stat().st_size > _MAX_TOML_BYTES:
             raise TargetError(f"{p}: {p.stat().st_size} bytes is too large for a device profile")
