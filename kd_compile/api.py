@@ -308,9 +308,11 @@ def _check_strategy_options(cfg: CompileConfig, cls: type) -> None:
     """``--strategy-options`` keys the strategy does not take fail now, naming the ones it does
     (``search.strategy_options``), before any work."""
     from .search import RUN_SET_OPTIONS, strategy_options
+    from .search.options import check_strategy_options
 
     allowed = strategy_options(cls)
-    for key in kv_options(cfg.strategy_options):
+    given = kv_options(cfg.strategy_options)
+    for key in given:
         if key in RUN_SET_OPTIONS:
             raise UsageError(f"--strategy-options: '{key}' is set by kd-compile from the run")
         if key not in allowed:
@@ -318,6 +320,7 @@ def _check_strategy_options(cfg: CompileConfig, cls: type) -> None:
                 f"--strategy-options: strategy '{cfg.strategy}' has no option '{key}'",
                 hint=f"its options: {', '.join(allowed) or 'none'}",
             )
+    check_strategy_options(cls, given)  # values: types and ranges (search.options)
 
 
 def _run_context(

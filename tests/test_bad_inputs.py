@@ -280,6 +280,12 @@ CLI: dict[str, tuple[Callable[[Ctx], list[str]], int]] = {
     "--strategy-options no '='": (_opt("--strategy-options", "n_init"), 2),
     "--strategy-options unknown key": (_opt("--strategy-options", "no_such=1"), 2),
     "--strategy-options run-set key": (_opt("--strategy-options", "budget=3"), 2),
+    "--strategy-options n_init=-3": (_opt("--strategy", "turbo", "--strategy-options", "n_init=-3"), 2),
+    "--strategy-options n_candidates=1e12": (_opt("--strategy", "turbo", "--strategy-options", "n_candidates=1e12"), 2),
+    "--strategy-options eta=1": (_opt("--strategy", "bohb", "--strategy-options", "eta=1"), 2),
+    "--strategy-options length_max below length_init": (
+        _opt("--strategy", "turbo-m", "--strategy-options", "length_max=0.5"), 2),
+    "--strategy-options n_init=abc": (_opt("--strategy", "mobo", "--strategy-options", "n_init=abc"), 2),
     "--max-params 1e400": (_opt("--max-params", "1e400"), 2),
     "--max-params -4M": (_opt("--max-params", "-4M"), 2),
     "--max-params nan": (_opt("--max-params", "nan"), 2),

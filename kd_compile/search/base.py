@@ -275,7 +275,14 @@ def strategy_options(cls: type[Strategy]) -> list[str]:
 
 
 def create_strategy(name: str, space: ParamSpace, seed: int = 0, **kwargs: Any) -> Strategy:
-    """Create a registered strategy (built-ins register when ``kd_compile.search`` is imported)."""
+    """Create a registered strategy (built-ins register when ``kd_compile.search`` is imported).
+
+    Raises:
+        UsageError: an unknown name, or an option outside its rule (:mod:`.options`).
+    """
+    from .options import check_strategy_options
+
+    check_strategy_options(get_strategy(name), kwargs)
     return _STRATEGIES.create(name, space, seed=seed, **kwargs)
 
 

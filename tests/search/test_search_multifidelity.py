@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kd_compile.errors import UsageError
 from kd_compile.search import Journal, create_strategy, run_search
 from kd_compile.testing.strategies import ToySpace, toy_evaluate, toy_score
 
@@ -132,7 +133,7 @@ def test_lf_then_hf_seeds_high_fidelity_with_best_low() -> None:
 
 
 def test_low_fidelity_must_be_below_one() -> None:
-    with pytest.raises(ValueError, match="low_fidelity"):
+    with pytest.raises(UsageError, match=r"low_fidelity=1.0 must be in \(0, 1\)"):
         create_strategy("lf-gpr", ToySpace(), seed=0, low_fidelity=1.0)
 
 
