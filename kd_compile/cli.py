@@ -390,7 +390,7 @@ def calibrate_cmd(
 def _tables_exist(tables: list[Path]) -> None:
     for t in tables:
         if not t.is_file():
-            raise UsageError(f"table not found: {t}")
+            raise UsageError(f"table {'is not a regular file' if t.exists() else 'not found'}: {t}")
 
 
 def _fmt_calibration(d: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from ..profilers.roofline import (
     Constants,
     DeviceScales,
     batch_regime,
+    check_predictable,
     load_calibration,
     read_calibration,
 )
@@ -331,7 +332,11 @@ def calibrate(
         raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
     if not tables:
         raise UsageError("calibrate needs at least one measured table")
+    if models is not None and (isinstance(models, bool) or not isinstance(models, int) or models < 1):
+        raise UsageError(f"--models must be a whole number >= 1, got {models!r}")
     prof = get_target(target)
+    # a table of what the target cannot run (TensorRT on the CPU, bf16 on a Jetson Nano) calibrates nothing
+    check_predictable(prof, runtime, precision)
     path = calibration_path(prof.name, out)
     rows: list[MeasuredRow] = []
     for t in tables:

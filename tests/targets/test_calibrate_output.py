@@ -200,3 +200,28 @@ def test_a_users_table_may_name_its_columns_plainly(tmp_path: Path) -> None:
     empty.write_text("model,size,time\nresnet18,224,4.0\n", encoding="utf-8")
     with pytest.raises(UsageError, match="latency_ms"):
         read_timm_table(empty)
+
+
+@needs_table
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "cpu", "--runtime", "tensorrt", "--precision", "fp32"], "runtime 'tensorrt' runs on NVIDIA GPUs"),
+        (["--target", "cpu", "--runtime", "onnxruntime"], "'cpu' has no native fp16"),  # the default fp16
+        (["--target", "jetson-nano", "--precision", "bf16"], "'jetson-nano' has no bf16 tensor cores"),
+        (["--target", "t4", "--runtime", "torch", "--precision", "int8"], "runs no int8 network on a GPU"),
+        (["--target", "rtx3090", "--models", "0"], "--models must be a whole number >= 1, got 0"),
+    ],
+)
+def test_a_regime_the_target_cannot_run_calibrates_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    """A table said to be TensorRT on the CPU, or bf16 on a GPU without bf16, would write a band no
+    prediction can use: refused before the table is read, as profile and compile refuse the pair."""
+    out = tmp_path / "cal.json"
+    res = runner.invoke(app, ["calibrate", "--table", str(TABLE), "--out", str(out), *args])
+    assert res.exit_code == UsageError.exit_code and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_table_that_is_not_a_regular_file_says_so(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["calibrate", "--target", "rtx3090", "--table", str(tmp_path)])
+    assert res.exit_code == UsageError.exit_code and f"table is not a regular file: {tmp_path}" in res.output
