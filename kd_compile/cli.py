@@ -507,6 +507,7 @@ def strategies_cmd(
     options: Annotated[
         bool, typer.Option("--options", help="Also list each strategy's options (--strategy-options KEY=VALUE).")
     ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """List the registered search strategies."""
     from . import api
@@ -514,6 +515,17 @@ def strategies_cmd(
     from .search import AUTO, GP_MIN_BUDGET, GP_STRATEGY
 
     default = compile_options()["strategy"].default
+    if json_out:  # every strategy with its description, options and each option's rule
+        from .search.options import OPTION_RULES
+
+        names = _run(api.strategy_option_names, json_errors=True)
+        docs = _run(api.strategy_summaries, json_errors=True)
+        typer.echo(json.dumps([
+            {"name": n, "default": n == default, "description": d,
+             "options": {o: ({"type": OPTION_RULES[o].kind, "range": OPTION_RULES[o].range_text()}
+                             if o in OPTION_RULES else {}) for o in names.get(n, [])}}
+            for n, d in docs.items()], indent=2))
+        return
     rows = [("STRATEGY", "DESCRIPTION")]
     if default == AUTO:
         why = f"sobol below {GP_MIN_BUDGET} candidates (too few points for a GP), else {GP_STRATEGY}."

@@ -47,6 +47,8 @@ class OptionRule:
         return None
 
     def range_text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
         lo = "-inf" if self.lo is None else f"{self.lo:g}"
         hi = "inf" if self.hi is None else f"{self.hi:g}"
         return f"{'(' if self.open_lo else '['}{lo}, {hi}{')' if self.open_hi else ']'}"

@@ -61,3 +61,20 @@ def test_ordered_options_count_the_default_of_the_one_not_given():
     s = create_strategy("turbo", ToySpace(), seed=0, budget=8, length_max=0.9, n_init=None, failure_tolerance=0)
     assert s.name == "turbo"
 
+
+
+def test_strategies_json_lists_each_option_with_its_rule():
+    import json
+
+    from typer.testing import CliRunner
+
+    from kd_compile.cli import app
+
+    r = CliRunner().invoke(app, ["strategies", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = {s["name"]: s for s in json.loads(r.output)}
+    assert set(BUILT_IN) <= set(doc)
+    assert doc["turbo"]["options"]["n_candidates"] == {"type": "int", "range": "[1, 10000]"}
+    assert doc["turbo"]["options"]["learn_constraints"] == {"type": "bool", "range": "true or false"}
+    assert doc["bohb"]["options"]["top_n_percent"]["range"] == "(0, 100)"
+    assert doc["sobol"]["options"] == {} and sum(s["default"] for s in doc.values()) <= 1
