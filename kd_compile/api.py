@@ -563,8 +563,16 @@ def profile(
     except KdCompileError:
         raise
     except Exception as exc:  # the model does not run on this input (e.g. a ViT at another --image-size)
+        from .errors import out_of_memory
         from .teacher.safety import _first_line
 
+        if out_of_memory(exc):  # the model is fine; one forward at this size does not fit in this machine
+            raise UsageError(
+                f"counting the ops of {model if not isinstance(model, nn.Module) else type(model).__name__} at "
+                f"input {tuple(shape)} (one forward pass at batch 1) ran out of this machine's memory: "
+                f"{type(exc).__name__}: {_first_line(exc)}",
+                hint="profile it at a smaller --image-size",
+            ) from None
         raise CheckpointError(
             f"{model if not isinstance(model, nn.Module) else type(model).__name__} does not run on input of shape "
             f"{tuple(shape)}: {type(exc).__name__}: {_first_line(exc)}",
@@ -591,8 +599,9 @@ def _profile_within_memory(module: nn.Module, spec: Any, trace: Any, tgt: Target
                            precision: str | None) -> Any:
     """``plan``'s measurement or prediction of ``module``, refused up front (exit 2) for a batch that
     cannot fit the memory it would run in, and with a clear error for one that fails to allocate."""
+    from .errors import out_of_memory
     from .profilers import create_profiler
-    from .profilers.memory_fit import check_fits, host_memory_bytes, out_of_memory, resident_lower_bound
+    from .profilers.memory_fit import check_fits, host_memory_bytes, resident_lower_bound
 
     measured_here = plan.method == "measure" and tgt.kind == "cpu"
     memory, where = (host_memory_bytes(), "this machine") if measured_here else (tgt.memory_gb * 1e9, tgt.name)

@@ -92,3 +92,17 @@ class QualityGateError(KdCompileError):
 
 class CandidateError(Exception):
     """A single candidate failed (NaN loss, export error). Recorded; the search goes on."""
+
+
+# what a backend's allocation failure says, lower-cased: torch (CPU allocator, CUDA caching
+# allocator), ONNX Runtime's arena, C++'s std::bad_alloc
+_OOM_WORDS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a backend's allocation failure (torch, ONNX Runtime, std::bad_alloc): the
+    input is too large for this machine, not a broken model."""
+    if isinstance(exc, MemoryError):
+        return True
+    msg = str(exc).lower()
+    return any(w in msg for w in _OOM_WORDS)

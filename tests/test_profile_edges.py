@@ -213,3 +213,24 @@ def test_a_measurement_that_runs_out_of_memory_is_a_usage_error(monkeypatch):
 def test_an_empty_model_argument_is_refused_as_such():
     with pytest.raises(UsageError, match="model is empty"):
         api.profile("  ", method="predict", target="t4")
+
+
+class _NoMemoryAbove64(nn.Module):
+    """Runs at 64 px; above it the allocator fails, as a 100,000-px forward does on any machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 64:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 120000000000 bytes. Error code 12")
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_forward_that_runs_out_of_memory_is_blamed_on_the_size_not_the_model():
+    assert _predict(_NoMemoryAbove64(), target="t4", image_size=64)["latency_ms"] > 0
+    with pytest.raises(UsageError, match=r"at input \(3, 128, 128\) .* ran out of this machine's memory") as info:
+        _predict(_NoMemoryAbove64(), target="t4", image_size=128)
+    assert "smaller --image-size" in str(info.value.hint)

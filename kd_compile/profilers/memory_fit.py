@@ -6,7 +6,7 @@ at once: the weights, and the batch's largest tensor among the input and the con
 (each written to memory by eager PyTorch, ONNX Runtime and TensorRT alike; a matmul's output is left
 out, since a fused attention never writes its score matrix). It is a lower bound, so a batch refused by
 it cannot fit; one it lets through may still fail, and the measured path says so when it does
-(:func:`out_of_memory`).
+(``errors.out_of_memory``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from .counting import OpRecord
 from .roofline import BYTES_PER_ELEMENT
 
 MATERIALISED = ("conv", "dwconv")  # op classes whose output every runtime writes to memory
-# what a backend's allocation failure says, lower-cased: torch (CPU allocator, CUDA caching
-# allocator), ONNX Runtime's arena, C++'s std::bad_alloc
-_OOM_WORDS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "bad allocation")
 
 
 def resident_lower_bound(ops: Sequence[OpRecord], input_shape: Sequence[int], weight_bytes: int, batch: int,
@@ -53,10 +50,3 @@ def check_fits(need_bytes: int, memory_bytes: float | None, batch: int, where: s
             hint="use a smaller --batch",
         )
 
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is a backend's allocation failure (torch, ONNX Runtime, std::bad_alloc)."""
-    if isinstance(exc, MemoryError):
-        return True
-    msg = str(exc).lower()
-    return any(w in msg for w in _OOM_WORDS)

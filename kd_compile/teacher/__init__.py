@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError, out_of_memory
 from .checkpoint import FORMAT, META_FILE, build_from_checkpoint, save_checkpoint
 from .formats import load_exported, load_pickle, load_spec, load_torchscript
 from .layouts import STATE_DICT_KEYS, STATE_DICT_PREFIXES
@@ -227,6 +227,12 @@ def _finish(
             error = error or exc
     else:
         shape = tries[0]
+        if out_of_memory(error):  # the teacher is fine; one forward at this size does not fit this machine
+            raise UsageError(
+                f"one forward pass of the teacher at input {shape} ran out of this machine's memory: "
+                f"{type(error).__name__}: {_first_line(error)}",
+                hint="use a smaller --input-size (or --image-size)",
+            )
         example = meta.get("example_input_shape")
         fixed = f" (the program was exported for inputs of shape {tuple(example)})" if example else ""
         raise CheckpointError(
