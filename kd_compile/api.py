@@ -420,6 +420,7 @@ def _strategy(cfg: CompileConfig, space: Any, family: Any, run: RunContext, work
 
     from .evaluate import proposal_screen
     from .search import create_strategy, get_strategy
+    from .search.options import OPTION_RULES
 
     cls = get_strategy(cfg.strategy)
     opts: dict[str, Any] = {"objectives": OBJECTIVES} if cls.multi_objective else {}
@@ -431,7 +432,8 @@ def _strategy(cfg: CompileConfig, space: Any, family: Any, run: RunContext, work
     if screen is not None:
         opts["screen"] = screen
     if workers > 1 and "batch_size" in inspect.signature(cls).parameters:
-        opts["batch_size"] = workers
+        # a Ray cluster's CPUs may outnumber what one proposal can pick jointly (search.options)
+        opts["batch_size"] = min(workers, int(OPTION_RULES["batch_size"].hi or workers))
     given = kv_options(cfg.strategy_options)  # --strategy-options (checked by _check_strategy_options)
     try:
         return create_strategy(cfg.strategy, space, seed=cfg.seed, budget=cfg.budget.candidates, **{**opts, **given})

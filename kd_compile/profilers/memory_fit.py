@@ -49,4 +49,3 @@ def check_fits(need_bytes: int, memory_bytes: float | None, batch: int, where: s
             f"{need_bytes / 1e9:.3g} GB, and {where} has {memory_bytes / 1e9:.3g} GB",
             hint="use a smaller --batch",
         )
-

@@ -54,7 +54,7 @@ class OptionRule:
         return f"{'(' if self.open_lo else '['}{lo}, {hi}{')' if self.open_hi else ']'}"
 
 
-_JOINT = "a Thompson draw is joint over the candidates: N^2 memory and N^3 time per proposal"
+_JOINT = "each proposal scores them all under the GP, and TuRBO's Thompson draw is joint over them: N^2 memory"
 _COUNT = OptionRule("int", 1, 10_000)
 OPTION_RULES: dict[str, OptionRule] = {
     # designs and counts

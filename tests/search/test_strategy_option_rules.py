@@ -32,7 +32,7 @@ def test_every_option_of_a_built_in_strategy_has_a_rule_its_default_meets(name):
     [
         ("turbo", {"n_init": -3}, r"option n_init=-3 must be in \[1, 10000\]"),
         ("turbo", {"n_init": 2.5}, "n_init=2.5 must be a whole number"),
-        ("turbo", {"n_candidates": 10**12}, r"n_candidates=.* must be in \[1, 10000\] \(a Thompson draw is joint"),
+        ("turbo", {"n_candidates": 10**12}, r"n_candidates=.* must be in \[1, 10000\] \(each proposal scores them all"),
         ("turbo", {"length_init": math.nan}, "length_init=nan must be finite"),
         ("turbo", {"learn_constraints": 1}, "learn_constraints=1 must be true or false"),
         ("turbo-m", {"n_regions": 0}, r"n_regions=0 must be in \[1, 64\]"),
