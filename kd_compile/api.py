@@ -376,6 +376,7 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
     """Why the search found no student: every candidate slower than allowed (a constraint the
     user can lift), or every one failed or infeasible otherwise."""
     from .errors import ConstraintError
+    from .search import TrialStatus
 
     lat = [t.metrics["latency_ms"] for t in trials if isinstance(t.metrics.get("latency_ms"), float)]
     limit = cfg.constraints.latency_limit_ms(ref.latency_ms)
@@ -388,6 +389,12 @@ def _no_student(cfg: CompileConfig, trials: list[Trial], ref: Reference, target:
             hint="raise --budget, allow a slower student with --max-latency 2x (or none), or choose another --space",
         )
     reasons = sorted({t.error or "" for t in trials})[:3]
+    if trials and all(t.status == TrialStatus.INFEASIBLE for t in trials):
+        # nothing failed: every candidate broke a limit the user set, which they can loosen
+        return ConstraintError(
+            f"every candidate broke the constraints ({len(trials)} tried): {'; '.join(reasons)}",
+            hint="loosen --max-memory / --max-flops / --max-latency, raise --budget, or choose another --space",
+        )
     return SearchError(f"no candidate trained successfully ({len(trials)} tried): {'; '.join(reasons)}")
 
 
