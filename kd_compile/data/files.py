@@ -232,8 +232,12 @@ def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype == np.bool_:
         return np.ascontiguousarray(x.astype(np.uint8) * 255)
     if np.issubdtype(x.dtype, np.floating):
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-        if np.isnan(x).any() or lo < 0.0 or hi > 1.0:
+        nan = int(np.isnan(x).sum())
+        if nan:
+            raise DataError(f"{where}: {nan} pixel value{'s are' if nan > 1 else ' is'} NaN (float images must be "
+                            "finite, in [0, 1])")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"{where}: float images must be in [0, 1], got range "
                 f"[{lo:g}, {hi:g}] (store uint8 0..255 or divide by 255)"

@@ -152,6 +152,15 @@ def test_error_bad_pixels(tmp_path: Path) -> None:
         load_data(str(p))
 
 
+def test_a_nan_pixel_is_named_as_such(tmp_path: Path) -> None:
+    """The range of the other pixels is in [0, 1]: the error says NaN, not a range that looks fine."""
+    x = np.full((4, 8, 8), 0.5)
+    x[1, 2, 3] = x[2, 0, 0] = np.nan
+    p = save_npz(tmp_path / "n.npz", x=x, y=np.arange(4) % 2)
+    with pytest.raises(DataError, match=r"2 pixel values are NaN \(float images must be finite, in \[0, 1\]\)"):
+        load_data(str(p))
+
+
 def test_error_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "f" / "a").mkdir(parents=True)
     (tmp_path / "f" / "b").mkdir()
