@@ -23,6 +23,9 @@ from ..errors import TargetError
 KINDS = ("gpu", "cpu", "edge-gpu")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUNTIMES = ("tensorrt", "torch", "onnxruntime")
+# what a profile that names no default runtime/precision deploys with, by kind: as the shipped
+# profiles of that kind do (TensorRT fp16 on NVIDIA GPUs and Jetsons, ONNX Runtime fp32 on CPUs)
+KIND_DEFAULTS = {"gpu": ("tensorrt", "fp16"), "edge-gpu": ("tensorrt", "fp16"), "cpu": ("onnxruntime", "fp32")}
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 PEAK_KEYS = ("fp32", "fp16", "fp16_tensor", "bf16_tensor", "tf32_tensor", "int8_tensor")
 _MAX_TOML_BYTES = 1 << 20
@@ -156,6 +159,7 @@ def _validate(d: dict[str, Any], where: str) -> TargetProfile:
         if v > _LIMITS["peak_tflops"]:
             raise TargetError(f"{where}: peak_tflops.{k} is {v!r}, above the plausible maximum 1e+06")
         clean_peaks[k] = float(v)
+    d = {**dict(zip(("default_runtime", "default_precision"), KIND_DEFAULTS[kind], strict=True)), **d}
     runtime = need("default_runtime", str)
     if runtime not in RUNTIMES:
         raise TargetError(f"{where}: default_runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")

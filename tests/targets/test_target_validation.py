@@ -53,6 +53,8 @@ BROKEN: dict[str, tuple[str, str]] = {
     "display name a number": (_edit("display_name", "42"), "display_name"),
     "missing kind": (_edit("kind", None), "kind"),
     "missing compute units": (_edit("compute_units", None), "compute_units"),
+    "unknown default runtime": (_edit("default_runtime", '"tensorflow"'), "default_runtime"),
+    "unknown default precision": (_edit("default_precision", '"fp8"'), "default_precision"),
     "unknown field": (_edit("memory_bandwith_gbs", "300.0"), "memory_bandwith_gbs"),
     "nan peak": (T4.replace("fp32 = ", "fp32 = nan #", 1), "peak_tflops.fp32"),
     "negative peak": (T4.replace("fp32 = ", "fp32 = -", 1), "peak_tflops.fp32"),
@@ -74,6 +76,21 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_the_template_is_valid(tmp_path: Path) -> None:
     assert load_target_file(_write(tmp_path, T4)).name == "t4"
+
+
+@pytest.mark.parametrize(
+    ("kind", "runtime", "precision"),
+    [("gpu", "tensorrt", "fp16"), ("edge-gpu", "tensorrt", "fp16"), ("cpu", "onnxruntime", "fp32")],
+)
+def test_a_profile_without_defaults_deploys_as_the_shipped_ones_of_its_kind(tmp_path, kind, runtime, precision):
+    """A user's GPU profile need not name a default runtime and precision: those of its kind."""
+    text = _edit("kind", f'"{kind}"')
+    lines = [ln for ln in text.splitlines() if not ln.startswith(("default_runtime", "default_precision"))]
+    p = _write(tmp_path, "\n".join(lines) + "\n")
+    prof = load_target_file(p)
+    assert (prof.kind, prof.default_runtime, prof.default_precision) == (kind, runtime, precision)
+    given = load_target_file(_write(tmp_path, T4.replace('default_runtime = "tensorrt"', 'default_runtime = "torch"')))
+    assert given.default_runtime == "torch"  # a profile's own choice wins
 
 
 @pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
