@@ -608,18 +608,30 @@ def _profile_within_memory(module: nn.Module, spec: Any, trace: Any, tgt: Target
                            precision: str | None) -> Any:
     """``plan``'s measurement or prediction of ``module``, refused up front (exit 2) for a batch that
     cannot fit the memory it would run in, and with a clear error for one that fails to allocate."""
-    from .errors import out_of_memory
     from .profilers import create_profiler
-    from .profilers.memory_fit import check_fits, host_memory_bytes, resident_lower_bound
+    from .profilers.memory_fit import host_memory_bytes, resident_lower_bound
 
     measured_here = plan.method == "measure" and tgt.kind == "cpu"
     memory, where = (host_memory_bytes(), "this machine") if measured_here else (tgt.memory_gb * 1e9, tgt.name)
     need = resident_lower_bound(trace.ops, spec.shape, trace.weight_bytes, spec.batch,
                                 plan.options.get("precision") or precision or tgt.default_precision)
-    check_fits(need, memory, spec.batch, where)
-    try:
+
+    def run() -> Any:
         with create_profiler(plan.profiler, **plan.options) as p:
             return p.profile(module, spec)
+
+    return _within_memory(run, need, memory, spec.batch, where)
+
+
+def _within_memory(run: Any, need: int, memory: float | None, batch: int, where: str) -> Any:
+    """``run()``, refused before it starts when ``need`` bytes exceed ``memory`` (exit 2), and a
+    one-line UsageError, not an internal error, when it fails to allocate anyway."""
+    from .errors import out_of_memory
+    from .profilers.memory_fit import check_fits
+
+    check_fits(need, memory, batch, where)
+    try:
+        return run()
     except KdCompileError:
         raise
     except Exception as exc:
@@ -627,8 +639,8 @@ def _profile_within_memory(module: nn.Module, spec: Any, trace: Any, tgt: Target
             raise
         from .teacher.safety import _first_line
 
-        raise UsageError(f"batch {spec.batch} ran out of memory on {where}: {type(exc).__name__}: "
-                         f"{_first_line(exc)}", hint="use a smaller --batch") from None
+        raise UsageError(f"batch {batch} ran out of memory on {where}: {type(exc).__name__}: {_first_line(exc)}",
+                         hint="use a smaller --batch") from None
 
 
 def _profile_onnx_file(path: Path, tgt: TargetProfile, plan: Any, batch: int, image_size: int | None) -> dict[str, Any]:
@@ -653,7 +665,12 @@ def _profile_onnx_file(path: Path, tgt: TargetProfile, plan: Any, batch: int, im
         raise UsageError(f"{path}: its input is {dims}, not (N, C, H, W) with fixed C, H, W")
     if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:
         raise UsageError(f"{path} was exported for batch {dims[0]}, not {batch}", hint=f"use --batch {dims[0]}")
-    m = profile_onnx(path, InputSpec(tuple(dims[1:]), batch=batch), **plan.options)
+    from .profilers.memory_fit import host_memory_bytes
+
+    spec = InputSpec(tuple(dims[1:]), batch=batch)
+    # the fp32 input batch alone is a lower bound on what ONNX Runtime holds
+    m = _within_memory(lambda: profile_onnx(path, spec, **plan.options), 4 * batch * int(np.prod(dims[1:])),
+                       host_memory_bytes(), batch, "this machine")
     d = m.to_dict(layers=False)
     d.update(model=str(path), target=tgt.name, input_shape=list(dims[1:]), params=params, flops=None,
              flops_per_batch=None, preprocessing=None, deploy_form=None)  # fmt: skip

@@ -167,6 +167,12 @@ def test_an_onnx_file_is_measured_on_this_cpu_as_it_is(tmp_path):
         kd_compile.profile(bad, target="cpu")
     res = CliRunner().invoke(app, ["profile", str(path), "--target", "cpu"])
     assert res.exit_code == 0 and "FLOPs not counted (an ONNX file)" in res.output
+    # a batch whose fp32 input alone outgrows this machine's memory is refused before ONNX Runtime runs
+    from kd_compile.profilers.memory_fit import host_memory_bytes
+
+    huge = host_memory_bytes() // (4 * 3 * 16 * 16) + 1
+    with pytest.raises(UsageError, match=f"batch {huge} cannot run on this machine"):
+        kd_compile.profile(path, target="cpu", batch=huge)
 
 
 def test_a_batch_that_cannot_fit_the_target_is_refused_not_predicted():

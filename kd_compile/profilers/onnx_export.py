@@ -236,7 +236,8 @@ def _simplify(path: Path) -> bool:
 def _ort_session(path: Path) -> Any:
     ort = lazy_import("onnxruntime", ORT_HINT)
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: ORT warns about unused initialisers, etc.
+    # fatal only: ORT warns about unused initialisers, etc., and its errors reach us as exceptions
+    so.log_severity_level = 4
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -145,7 +145,9 @@ def make_session(path: str | Path, threads: int | None = None, provider: str = "
     # one model at a time: inter-op parallelism only adds scheduling noise for CNNs
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    # fatal only: ORT's errors reach us as exceptions, which kd-compile words in one line; its own
+    # coloured log line would come first on stderr (an allocation failure at a batch too large)
+    so.log_severity_level = 4
     first: Any = PROVIDERS[provider]
     if provider == "tensorrt":
         first = (PROVIDERS[provider], trt_provider_options(fp16))
