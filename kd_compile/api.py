@@ -142,6 +142,7 @@ def _run(
     from .final import held_out_accuracy, search_distiller_for, train_final
     from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
+    from .report.schema import NEAR_CHANCE
     from .search import Journal, run_search
 
     tch, data = inputs.teacher, inputs.data
@@ -261,6 +262,9 @@ def _run(
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
     )  # fmt: skip
+    for w in report["warnings"]:
+        if w.startswith(NEAR_CHANCE):  # report.schema.near_chance_note
+            rep.message(f"warning: {w}")
     report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))

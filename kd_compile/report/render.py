@@ -286,9 +286,14 @@ def calibration_line(r: dict[str, Any]) -> str:
 
 def render_markdown(r: dict[str, Any]) -> str:
     t, s, tg = r["teacher"], r["student"], r["target"]
+    from .schema import NEAR_CHANCE
+
+    warnings = r.get("warnings") or []
+    lead = [w for w in warnings if w.startswith(NEAR_CHANCE)]  # a student this weak is news before its speed
     lines = [
         "# kd-compile report",
         "",
+        *(f"**Warning: {w}**\n" for w in lead),
         *speed_lines(r),
         "",
         f"Target **{tg['display_name']}** (`{tg['name']}`, {tg['runtime']}, {tg['precision']}). "
@@ -439,8 +444,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".",
         "",
     ]
-    for w in r.get("warnings") or []:
-        lines += [f"Warning: {w}", ""]
+    for w in warnings:
+        if w not in lead:
+            lines += [f"Warning: {w}", ""]
     if "student.engine" not in r["artifacts"]:
         lines += ["No TensorRT engine was built: TensorRT is not installed on this machine.", ""]
     return "\n".join(lines)

@@ -114,6 +114,25 @@ INT8_NOTE = ("latencies are costed in int8, but student.onnx is fp32 and no int8
              "and check its accuracy before relying on the int8 speed-up")
 
 
+#: how :func:`near_chance_note` begins (the report leads with it; the run prints it)
+NEAR_CHANCE = "the shipped student scores"
+
+
+def near_chance_note(acc: float | None, num_classes: int, split: str, batch_size: int, n_train: int) -> str | None:
+    """What to say of a shipped student that scores near chance (the threshold the teacher's check
+    uses, ``inputs.check_teacher_accuracy``): it ships, as no gate was set, but the run says why it is
+    likely so weak. None: it is not."""
+    chance = 1.0 / max(1, num_classes)
+    if acc is None or acc >= chance + 0.1 * (1 - chance):
+        return None
+    steps = -(-n_train // batch_size) if n_train else None  # optimiser steps per epoch
+    few = f"; --batch-size {batch_size} leaves {steps} step{'s' if steps != 1 else ''} an epoch" \
+        if steps is not None and steps < 10 else ""
+    return (f"{NEAR_CHANCE} {acc:.1%} on the {split} split, near chance ({chance:.1%}): give it "
+            f"more training (--final-epochs, --budget) or a smaller --batch-size{few}; --min-accuracy or "
+            "--max-accuracy-drop make such a run fail (exit 13)")
+
+
 def build_report(**k: Any) -> dict[str, Any]:
     """Assemble the report dict from the pieces ``api.compile`` computed (keyword arguments)."""
     from .. import __version__
@@ -269,7 +288,9 @@ def build_report(**k: Any) -> dict[str, Any]:
         "warnings": [f"{n} was not written: {c.get('error')}" for n, c in exports.items() if c.get("status") != "ok"]
         + ([f"{skipped} unreadable image(s) left out of the data: {', '.join(meta.get('skipped_examples') or [])}"]
            if skipped else [])
-        + ([INT8_NOTE] if precision == "int8" else []),
+        + ([INT8_NOTE] if precision == "int8" else [])
+        + [w for w in [near_chance_note(s_acc, k["data"].num_classes, split, cfg.batch_size,
+                                        split_size(k["data"], "train"))] if w],
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }

@@ -73,3 +73,27 @@ def test_the_deploy_snippet_runs_the_student_in_onnx_runtime(compiled, tmp_path)
     meta = {p.key: p.value for p in onnx.load(str(out / "student.onnx")).metadata_props}
     classes = json.loads(meta["class_names"]) or list(range(r["run"]["data"]["num_classes"]))
     assert res.stdout.strip() in [str(x) for x in classes]
+
+
+def test_a_student_near_chance_is_said_first_with_why():
+    """It still ships (no gate was set), but the report leads with it, and says what likely made it so
+    weak: a --batch-size that leaves one optimiser step an epoch."""
+    from kd_compile.report.schema import NEAR_CHANCE, near_chance_note
+
+    note = near_chance_note(0.017, 62, "test", 65536, 12000)
+    assert note.startswith(f"{NEAR_CHANCE} 1.7% on the test split, near chance (1.6%)")
+    assert "--batch-size 65536 leaves 1 step an epoch" in note and "exit 13" in note
+    assert near_chance_note(0.017, 62, "test", 64, 12000).count("--batch-size") == 1  # 188 steps: not blamed
+    assert near_chance_note(0.5, 62, "test", 64, 12000) is None and near_chance_note(None, 10, "val", 64, 10) is None
+    assert near_chance_note(0.18, 10, "val", 64, 100) is not None  # 10 classes: below 10% + 9% is near chance
+
+
+def test_the_near_chance_warning_leads_the_markdown(compiled):
+    from kd_compile.report.render import render_markdown
+    from kd_compile.report.schema import near_chance_note
+
+    _, r = compiled
+    note = near_chance_note(0.1, 10, "test", 4096, 1000)
+    md = render_markdown({**r, "warnings": [*r.get("warnings", []), note]})
+    assert md.splitlines()[2] == f"**Warning: {note}**" and md.count(note) == 1
+    assert "faster" in md.splitlines()[4] or "slower" in md.splitlines()[4]
