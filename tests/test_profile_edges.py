@@ -240,3 +240,15 @@ def test_a_forward_that_runs_out_of_memory_is_blamed_on_the_size_not_the_model()
     with pytest.raises(UsageError, match=r"at input \(3, 128, 128\) .* ran out of this machine's memory") as info:
         _predict(_NoMemoryAbove64(), target="t4", image_size=128)
     assert "smaller --image-size" in str(info.value.hint)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"layers": "yes"}, "layers must be True or False, got 'yes'"),
+    ({"trust_checkpoint": "no"}, "trust_checkpoint must be True or False, got 'no'"),
+    ({"model": 123}, "model must be a checkpoint path, a model spec or an nn.Module, got int"),
+    ({"model": ["timm:resnet18"]}, "got list"),
+])
+def test_the_api_refuses_wrong_types_by_name(kw, message):
+    model = kw.pop("model", NB201)
+    with pytest.raises(UsageError, match=message):
+        api.profile(model, target="t4", method="predict", **kw)

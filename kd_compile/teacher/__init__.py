@@ -140,8 +140,13 @@ def load_teacher(
 
     Raises:
         CheckpointError: missing, corrupt, unsafe (without trust) or inconsistent checkpoints.
-        UsageError: ``input_shape`` and ``input_size`` disagree; a mean/std of the wrong length.
+        UsageError: ``input_shape`` and ``input_size`` disagree; a mean/std of the wrong length;
+            ``trust_checkpoint`` not a bool (a truthy ``"no"`` must not unpickle anything).
     """
+    if not isinstance(trust_checkpoint, bool):
+        raise UsageError(f"trust_checkpoint must be True or False, got {trust_checkpoint!r}")
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"the teacher must be a checkpoint path or a model spec, got {type(path).__name__}")
     offers = _Offers()
     if input_shape is not None:
         offers.offer("channels", int(input_shape[0]), "--input-shape")

@@ -18,7 +18,7 @@ import torch
 from teacher_support import _Payload, evil_pickle, pt2_config, rewrite_zip, small_net, torch_zip_bytes
 from typer.testing import CliRunner
 
-from kd_compile.errors import CheckpointError
+from kd_compile.errors import CheckpointError, UsageError
 from kd_compile.teacher import load_teacher
 
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -143,6 +143,20 @@ def test_hostile_pickle_under_arch_is_refused(kind, tmp_path):
     path = HOSTILE[kind](tmp_path, marker)
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         load_teacher(path, arch="test_resnet", input_shape=(3, 16, 16))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("truthy", ["no", "false", 1, "0"])
+def test_only_true_itself_trusts_a_checkpoint(truthy, tmp_path):
+    """``trust_checkpoint="no"`` is truthy in Python: had it been read as truth, the payload would run."""
+    import kd_compile
+
+    marker = tmp_path / "MARKER"
+    path = HOSTILE["pickle"](tmp_path, marker)
+    with pytest.raises(UsageError, match="trust_checkpoint must be True or False"):
+        load_teacher(path, input_shape=(1, 16, 16), trust_checkpoint=truthy)
+    with pytest.raises(UsageError, match="trust_checkpoint must be True or False"):
+        kd_compile.profile(path, target="t4", method="predict", input_shape="1,16,16", trust_checkpoint=truthy)
     assert not marker.exists()
 
 
