@@ -704,14 +704,27 @@ def load_student(path: str | Path) -> Any:
     """
     from .teacher import load_teacher
 
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"load_student takes the path of a student.pt, got {type(path).__name__}")
+    if not Path(path).is_file():
+        raise CheckpointError(f"student checkpoint {'is not a file' if Path(path).exists() else 'not found'}: {path}")
     return load_teacher(str(path))
 
 
-def calibrate(**kwargs: Any) -> dict[str, Any]:
-    """Fit the roofline predictor's efficiency factors from measured tables (see ``calibrate.py``)."""
+def calibrate(
+    target: str | Path,
+    tables: list[str | Path] | str | Path,
+    runtime: str = "torch",
+    precision: str = "fp16",
+    models: int | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Fit ``target``'s device scales to measured tables, as ``kd-compile calibrate`` does (same
+    defaults: eager PyTorch fp16, timm's AMP tables); ``calibrate.write.calibrate`` says what is fitted,
+    written where, and returned."""
     from .calibrate import calibrate as _calibrate
 
-    return _calibrate(**kwargs)
+    return _calibrate(target=target, tables=tables, runtime=runtime, precision=precision, models=models, out=out)
 
 
 def list_targets() -> list[str]:

@@ -252,3 +252,12 @@ def test_the_api_refuses_wrong_types_by_name(kw, message):
     model = kw.pop("model", NB201)
     with pytest.raises(UsageError, match=message):
         api.profile(model, target="t4", method="predict", **kw)
+
+
+def test_load_student_refuses_what_is_no_path_and_names_the_student(tmp_path):
+    with pytest.raises(UsageError, match="load_student takes the path of a student.pt, got int"):
+        kd_compile.load_student(123)
+    with pytest.raises(CheckpointError, match=f"student checkpoint not found: {tmp_path / 'student.pt'}"):
+        kd_compile.load_student(tmp_path / "student.pt")
+    with pytest.raises(CheckpointError, match="student checkpoint is not a file"):
+        kd_compile.load_student(tmp_path)

@@ -51,6 +51,10 @@ the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from .counts import LAYER_COSTS, layer_costs
 from .fit import (
     HELD,
@@ -113,3 +117,16 @@ __all__ = [
     "quality", "read_accel_nasbench", "read_help", "read_help_ofa", "read_supergradients", "read_timm_table",
     "read_torch2trt", "select_timm", "synthetic_problem", "transfer_bands",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``kd_compile.calibrate`` names both this package and the public function ``kd_compile.calibrate()``
+    (``api.calibrate``, lazily re-exported). Python sets a loaded subpackage on its parent, so once
+    anything imported this package, ``kd_compile.calibrate`` was the package and calling it raised
+    ``TypeError: 'module' object is not callable``. Calling the package is calling the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return calibrate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -299,8 +299,8 @@ def fit_own_table(
 def calibrate(
     target: str,
     tables: list[Path],
-    runtime: str,
-    precision: str,
+    runtime: str = "torch",
+    precision: str = "fp16",
     models: int | None = None,
     out: Path | None = None,
 ) -> dict[str, Any]:
@@ -316,8 +316,8 @@ def calibrate(
     Args:
         target: target name or TOML path (peaks and bandwidth come from its profile).
         tables: timm ``benchmark-infer-*.csv`` files measured on that device.
-        runtime: runtime the tables were measured with (``torch`` for timm's eager benchmark).
-        precision: precision of the tables (``fp16`` for timm's AMP runs).
+        runtime: runtime the tables were measured with (default ``torch``, timm's eager benchmark).
+        precision: precision of the tables (default ``fp16``, timm's AMP runs).
         models: use at most this many curated models (default: all in the tables).
         out: calibration JSON (or folder) to write/merge into.
 
@@ -330,8 +330,18 @@ def calibrate(
         raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_RULES)})")
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    if isinstance(tables, (str, Path)):  # one table given as itself, not a list of one
+        tables = [tables]
+    if not isinstance(tables, (list, tuple)) or not all(isinstance(t, (str, Path)) for t in tables):
+        raise UsageError(f"tables must be a list of CSV paths, got {tables!r}")
     if not tables:
         raise UsageError("calibrate needs at least one measured table")
+    for name, v in (("target", target), ("runtime", runtime), ("precision", precision)):
+        if not isinstance(v, (str, Path) if name == "target" else str):
+            raise UsageError(f"{name} must be a string, got {v!r}")
+    if out is not None and not isinstance(out, (str, Path)):
+        raise UsageError(f"out must be a path, got {out!r}")
+    out = None if out is None else Path(out)
     if models is not None and (isinstance(models, bool) or not isinstance(models, int) or models < 1):
         raise UsageError(f"--models must be a whole number >= 1, got {models!r}")
     prof = get_target(target)

@@ -225,3 +225,20 @@ def test_a_regime_the_target_cannot_run_calibrates_nothing(tmp_path: Path, args:
 def test_a_table_that_is_not_a_regular_file_says_so(tmp_path: Path) -> None:
     res = runner.invoke(app, ["calibrate", "--target", "rtx3090", "--table", str(tmp_path)])
     assert res.exit_code == UsageError.exit_code and f"table is not a regular file: {tmp_path}" in res.output
+
+
+def test_kd_compile_calibrate_stays_callable_once_its_package_is_imported(tmp_path: Path) -> None:
+    """``kd_compile.calibrate`` is the public function and the name of a subpackage; importing the
+    subpackage (as any calibration does) put the package in the function's place."""
+    import kd_compile
+    import kd_compile.calibrate  # noqa: F401  (Python sets the loaded package on kd_compile)
+
+    assert callable(kd_compile.calibrate)
+    with pytest.raises(UsageError, match=r"tables must be a list of CSV paths, got \[123\]"):
+        kd_compile.calibrate(target="rtx3090", tables=[123])
+    with pytest.raises(UsageError, match="target must be a string, got 3"):
+        kd_compile.calibrate(target=3, tables=["t.csv"])
+    if TABLE.is_file():  # one table given as itself, and the CLI's defaults (eager fp16)
+        res = kd_compile.calibrate("rtx3090", TABLE, models=12, out=str(tmp_path / "c.json"))
+        assert (res["runtime"], res["precision"], res["quality"]["n"]) == ("torch", "fp16", 12)
+        assert Path(res["written"]) == tmp_path / "c.json"
