@@ -326,6 +326,9 @@ def calibrate(
         (file names), ``models``, ``quality`` (n, spearman, median_ape, p80_ape, ...: held-out,
         fractions), ``error_band`` and ``written`` (the file's path).
     """
+    for name, v in (("target", target), ("runtime", runtime), ("precision", precision)):
+        if not isinstance(v, (str, Path) if name == "target" else str):
+            raise UsageError(f"{name} must be a string, got {v!r}")
     if runtime not in RUNTIME_RULES:
         raise UsageError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_RULES)})")
     if precision not in PRECISIONS:
@@ -336,9 +339,6 @@ def calibrate(
         raise UsageError(f"tables must be a list of CSV paths, got {tables!r}")
     if not tables:
         raise UsageError("calibrate needs at least one measured table")
-    for name, v in (("target", target), ("runtime", runtime), ("precision", precision)):
-        if not isinstance(v, (str, Path) if name == "target" else str):
-            raise UsageError(f"{name} must be a string, got {v!r}")
     if out is not None and not isinstance(out, (str, Path)):
         raise UsageError(f"out must be a path, got {out!r}")
     out = None if out is None else Path(out)

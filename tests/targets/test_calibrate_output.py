@@ -238,6 +238,8 @@ def test_kd_compile_calibrate_stays_callable_once_its_package_is_imported(tmp_pa
         kd_compile.calibrate(target="rtx3090", tables=[123])
     with pytest.raises(UsageError, match="target must be a string, got 3"):
         kd_compile.calibrate(target=3, tables=["t.csv"])
+    with pytest.raises(UsageError, match=r"runtime must be a string, got \['torch'\]"):  # not a TypeError
+        kd_compile.calibrate("rtx3090", ["t.csv"], runtime=["torch"])
     if TABLE.is_file():  # one table given as itself, and the CLI's defaults (eager fp16)
         res = kd_compile.calibrate("rtx3090", TABLE, models=12, out=str(tmp_path / "c.json"))
         assert (res["runtime"], res["precision"], res["quality"]["n"]) == ("torch", "fp16", 12)
