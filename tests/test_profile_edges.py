@@ -249,6 +249,7 @@ def test_a_forward_that_runs_out_of_memory_is_blamed_on_the_size_not_the_model()
     ({"model": ["timm:resnet18"]}, "got list"),
 ])
 def test_the_api_refuses_wrong_types_by_name(kw, message):
+    kw = dict(kw)  # the parameter's own dict stays as pytest gave it
     model = kw.pop("model", NB201)
     with pytest.raises(UsageError, match=message):
         api.profile(model, target="t4", method="predict", **kw)
