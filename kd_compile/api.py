@@ -537,9 +537,8 @@ def profile(
 
     batch = _whole_number(batch, "batch")
     image_size = None if image_size is None else _whole_number(image_size, "image_size")
-    for name, flag in (("layers", layers), ("trust_checkpoint", trust_checkpoint)):
-        if not isinstance(flag, bool):
-            raise UsageError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(layers, bool):  # trust_checkpoint: checked where it is used (load_teacher)
+        raise UsageError(f"layers must be True or False, got {layers!r}")
     if not isinstance(model, (str, Path, nn.Module)):
         raise UsageError(f"model must be a checkpoint path, a model spec or an nn.Module, got {type(model).__name__}")
     tgt = resolve_target(target)

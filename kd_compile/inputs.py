@@ -372,6 +372,13 @@ def _streamed_knowledge(cfg: CompileConfig, teacher: nn.Module, data: Any, folde
     return knowledge
 
 
+def near_chance(acc: float, num_classes: int) -> bool:
+    """Whether ``acc`` is within a tenth of the way from chance to perfect: the teacher's check
+    below, and what the report says of a student (``report.schema.near_chance_note``)."""
+    chance = 1.0 / max(1, num_classes)
+    return acc < chance + 0.1 * (1 - chance)
+
+
 def check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Any) -> None:
     """Say the teacher's accuracy before the search, and stop when it is near chance: then the
     teacher is not being run the way it was trained (input size, normalisation), and every
@@ -383,7 +390,7 @@ def check_teacher_accuracy(acc: float, tch: Any, data: Any, rep: Any) -> None:
 
     n_val = split_size(data, "val")
     rep.message(f"teacher: {acc:.2%} validation accuracy on {n_val:,} images of {data.name} (chance {chance:.1%})")
-    if acc < chance + 0.1 * (1 - chance):
+    if near_chance(acc, tch.num_classes):
         raise DataError(
             f"the teacher scores {acc:.1%} on the validation data, near chance ({chance:.1%}): it is probably "
             f"fed another input size or normalisation than it was trained with (here {tuple(tch.input_shape)}, "

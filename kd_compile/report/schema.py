@@ -119,12 +119,14 @@ NEAR_CHANCE = "the shipped student scores"
 
 
 def near_chance_note(acc: float | None, num_classes: int, split: str, batch_size: int, n_train: int) -> str | None:
-    """What to say of a shipped student that scores near chance (the threshold the teacher's check
-    uses, ``inputs.check_teacher_accuracy``): it ships, as no gate was set, but the run says why it is
+    """What to say of a shipped student that scores near chance (``inputs.near_chance``, the teacher's
+    check's threshold): it ships, as no gate was set, but the run says why it is
     likely so weak. None: it is not."""
-    chance = 1.0 / max(1, num_classes)
-    if acc is None or acc >= chance + 0.1 * (1 - chance):
+    from ..inputs import near_chance
+
+    if acc is None or not near_chance(acc, num_classes):
         return None
+    chance = 1.0 / max(1, num_classes)
     steps = -(-n_train // batch_size) if n_train else None  # optimiser steps per epoch
     few = f"; --batch-size {batch_size} leaves {steps} step{'s' if steps != 1 else ''} an epoch" \
         if steps is not None and steps < 10 else ""
