@@ -22,7 +22,15 @@ import torch.nn as nn
 
 from . import __version__
 from .config import CompileConfig
-from .errors import CandidateError, CheckpointError, KdCompileError, SearchError, TrainingError, UsageError
+from .errors import (
+    CandidateError,
+    CheckpointError,
+    ExportError,
+    KdCompileError,
+    SearchError,
+    TrainingError,
+    UsageError,
+)
 from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
 from .latency import plan_latency, resolve_target
 from .parsing import kv_options
@@ -128,7 +136,32 @@ def compile(  # noqa: A001
     family = space_for_teacher(cfg.space, tch)  # teacher-family reads the teacher's timm arch
     check_feasible(family, cfg.constraints, np.random.default_rng(cfg.seed))
     with claim_out(cfg):  # the output folder is this run's until it ends
-        return _run(cfg, rep, inputs, family, target, plan, {"load": time.perf_counter() - t_start}, t_start)
+        try:
+            return _run(cfg, rep, inputs, family, target, plan, {"load": time.perf_counter() - t_start}, t_start)
+        except Exception as exc:
+            failed = _as_write_failure(exc, Path(cfg.out))
+            if failed is None:
+                raise
+            raise failed from None
+
+
+def _as_write_failure(exc: Exception, out: Path) -> KdCompileError | None:
+    """A full disk (or quota) anywhere in a run is exit 7, naming the free space left in ``out``
+    and that ``--resume`` loses nothing; None for any other error."""
+    from .errors import OutputExistsError, write_failure
+
+    why = write_failure(exc)
+    if why is None or (isinstance(exc, KdCompileError) and not isinstance(exc, SearchError | ExportError)):
+        return None
+    try:
+        free = f"; {shutil.disk_usage(out).free / 2**20:.1f} MiB free in {out}"
+    except OSError:
+        free = ""
+    return OutputExistsError(
+        f"a write failed: {why}{free}",
+        hint="free some space, then rerun with --resume: the finished candidates, and the final students once "
+        "trained, are kept",
+    )
 
 
 def _run(
@@ -139,7 +172,7 @@ def _run(
     outputs, search, train the chosen student, export, report."""
     from . import ship
     from .executors import candidate_executor
-    from .final import held_out_accuracy, search_distiller_for, train_final
+    from .final import FINAL_WEIGHTS, restored_final
     from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
     from .report.schema import NEAR_CHANCE
@@ -206,29 +239,22 @@ def _run(
         journal.close()
         raise _no_student(cfg, sr.trials, ref, target)
 
-    distiller, distiller_report = None, None
-    if cfg.distiller == "auto":
-        t0 = time.perf_counter()
-        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, chosen.config, tch.module, rep)
-        distiller = (choice, dknowledge)
-        timings["distiller_search"] = time.perf_counter() - t0
-    workers = _workers(cfg)
-    try:
-        final = train_final(cfg, run, chosen.config, rep, workers=workers, teacher=tch.module, distiller=distiller)
-    except CandidateError as exc:
-        journal.close()
-        raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
-    timings["final_training"] = final.seconds
-    # the held-out test split is read here, once, after every choice was made on val
-    test = {"teacher": held_out_accuracy(tch.module, data), "kd": final.test_acc, "ce": final.test_acc_ce}
+    final, distiller_report = None, None
+    if journal.finished is not None:  # resumed after the final training: its students, if kept
+        final, why = restored_final(inputs.out, journal.finished, chosen.config, run)
+        distiller_report = journal.finished.get("distiller") if final is not None else None
+        rep.message(
+            f"final students restored from {inputs.out / FINAL_WEIGHTS}: not trained again" if final is not None
+            else f"the final students are trained again: {why}"
+        )  # fmt: skip
+    if final is None:
+        final, distiller_report = _train_final_kept(
+            cfg, run, chosen.config, tch.module, rep, journal, inputs.out, timings
+        )
+    journal.close()
+    test = {"teacher": journal.finished["teacher_test_acc"], "kd": final.test_acc, "ce": final.test_acc_ce}
     # the KD student ships unless its CE-only twin scored higher on validation (final.shipped)
     shipped = final.shipped
-    journal.note(
-        "final", config=chosen.config, val_acc=final.kd.val_acc,
-        val_acc_ce=None if final.ce is None else final.ce.val_acc,
-        test_acc=test["kd"], test_acc_ce=test["ce"], teacher_test_acc=test["teacher"], shipped=shipped,
-    )  # fmt: skip
-    journal.close()
     if shipped == "ce":
         rep.message(
             f"the student trained without KD scored higher on validation ({final.ce.val_acc:.2%} against "
@@ -268,9 +294,48 @@ def _run(
     report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
+    (inputs.out / FINAL_WEIGHTS).unlink(missing_ok=True)  # published: student.pt holds the student now
     result = CompileResult(final.shipped_student, chosen.config, report, sr.trials, pareto, artifacts)
     ship.enforce_gates(report["gates"])
     return result
+
+
+def _train_final_kept(
+    cfg: CompileConfig, run: RunContext, config: dict[str, Any], teacher: nn.Module, rep: Any, journal: Any, out: Path,
+    timings: dict[str, float],
+) -> tuple[Any, dict[str, Any] | None]:
+    """The distiller search (``--distiller auto``) and the final training, their students kept in
+    ``out`` and their results in the journal's ``final`` record before anything is exported
+    (``final.keep_final``): a run that fails after this point resumes without training again.
+
+    Returns:
+        (the ``final.FinalResult``, the distiller search's report or None).
+    """
+    from .final import held_out_accuracy, keep_final, search_distiller_for, train_final
+
+    distiller, distiller_report = None, None
+    if cfg.distiller == "auto":
+        t0 = time.perf_counter()
+        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, config, teacher, rep)
+        distiller = (choice, dknowledge)
+        timings["distiller_search"] = time.perf_counter() - t0
+    try:
+        final = train_final(cfg, run, config, rep, workers=_workers(cfg), teacher=teacher, distiller=distiller)
+    except CandidateError as exc:
+        journal.close()
+        raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
+    timings["final_training"] = final.seconds
+    kept = keep_final(out, final)
+    if isinstance(kept, str):
+        rep.message(f"warning: the final students could not be kept for a resume ({kept}); going on to export")
+        kept = {}
+    # the held-out test split is read here, once, after every choice was made on val
+    journal.note(
+        "final", config=config, val_acc=final.kd.val_acc, val_acc_ce=None if final.ce is None else final.ce.val_acc,
+        test_acc=final.test_acc, test_acc_ce=final.test_acc_ce, teacher_test_acc=held_out_accuracy(teacher, run.data),
+        shipped=final.shipped, distiller=distiller_report, **kept,
+    )  # fmt: skip
+    return final, distiller_report
 
 
 # ----------------------------------------------------------------------------------------------

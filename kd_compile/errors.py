@@ -48,7 +48,8 @@ class ConstraintError(KdCompileError):
 
 
 class OutputExistsError(KdCompileError):
-    """The output folder exists and --force/--resume was not given."""
+    """The output folder exists and --force/--resume was not given, another run holds it, or it
+    cannot be written (read-only, or a write failed on a full disk: ``write_failure``)."""
 
     exit_code = 7
 
@@ -106,3 +107,30 @@ def out_of_memory(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return any(w in msg for w in _OOM_WORDS)
+
+
+# what a failed write says when the disk is full, lower-cased; PyTorch's zip writer (torch.save)
+# reports only a short write ("unexpected pos ..." / "PytorchStreamWriter failed writing file")
+_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded")
+_SHORT_WRITE_WORDS = ("pytorchstreamwriter failed writing", "unexpected pos")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a file could not be written, when ``exc`` (or what caused it) is a full disk or quota
+    or a short write; None for any other error."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        msg = str(e).lower()
+        for w in _DISK_FULL_WORDS:
+            if w in msg:
+                return w
+        if any(w in msg for w in _SHORT_WRITE_WORDS):
+            return "a file was written short (is the disk full?)"
+        e = e.__cause__ or e.__context__
+    return None

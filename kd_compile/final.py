@@ -4,12 +4,20 @@ chosen student with KD and, with ``--compare-ce``, without (side by side in two 
 The two are the same architecture from the same seed; the one with the higher validation accuracy
 ships (the KD student on a tie): KD that did not help this student on this data does not cost the
 user accuracy. The final students are scored once on the data's held-out test split
-(``held_out_accuracy``), which no choice before has seen; their validation accuracy is kept beside it."""
+(``held_out_accuracy``), which no choice before has seen; their validation accuracy is kept beside it.
+
+The trained students are kept in the output folder (:data:`FINAL_WEIGHTS`, its sha256 in the
+journal's ``final`` record) until the run is published, so a run that fails or is killed after the
+final training (export, report, a full disk) resumes without training them again
+(:func:`keep_final`, :func:`restored_final`)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +27,19 @@ from .config import CompileConfig
 from .evaluate import RunContext, student_family, train_config
 from .search.space import Config
 
-__all__ = ["FinalResult", "TrainJob", "held_out_accuracy", "run_train_job", "search_distiller_for", "train_final"]
+__all__ = [
+    "FINAL_WEIGHTS",
+    "FinalResult",
+    "TrainJob",
+    "held_out_accuracy",
+    "keep_final",
+    "restored_final",
+    "run_train_job",
+    "search_distiller_for",
+    "train_final",
+]
+
+FINAL_WEIGHTS = "final-students.pt"  # in --out, between the final training and the publication
 
 
 @dataclass
@@ -203,3 +223,82 @@ def _train_inline(
 def _seeded_build(run: RunContext, config: Config) -> nn.Module:
     torch.manual_seed(run.seed)
     return student_family(run).build(config)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def keep_final(out: Path, final: FinalResult) -> dict[str, Any] | str:
+    """Write the final students' weights to ``out/FINAL_WEIGHTS`` (atomically, fsynced).
+
+    Returns:
+        the fields the journal's ``final`` record carries so :func:`restored_final` can rebuild
+        ``final`` (the file's sha256, the training results), or, when the file cannot be written
+        (a full disk, a read-only folder), why: the run goes on without this safety net.
+    """
+    blob = {"kd": final.student.state_dict(), "ce": None if final.twin is None else final.twin.state_dict()}
+    path, tmp = out / FINAL_WEIGHTS, out / f".{FINAL_WEIGHTS}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(blob, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        digest = _sha256(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        return exc.strerror or str(exc)
+    return {
+        "weights": FINAL_WEIGHTS,
+        "weights_sha256": digest,
+        "kd_result": final.kd.to_dict(),
+        "ce_result": None if final.ce is None else final.ce.to_dict(),
+        "final_seconds": final.seconds,
+    }
+
+
+def restored_final(
+    out: Path, record: dict[str, Any], config: Config, run: RunContext
+) -> tuple[FinalResult | None, str]:
+    """The final students an interrupted run trained and kept, from its journal's ``final``
+    ``record`` and ``out/FINAL_WEIGHTS``, when both are there, intact, and for ``config`` (the
+    student the replayed search chose).
+
+    Returns:
+        (the result, "") or (None, why the students are trained again).
+    """
+    from .distill import TrainResult
+
+    if "weights_sha256" not in record:
+        return None, "the interrupted run kept no weights of them"
+    if record.get("config") != config:
+        return None, "the replayed search chose another student"
+    path = out / str(record.get("weights", FINAL_WEIGHTS))
+    if path.name != FINAL_WEIGHTS or not path.is_file():
+        return None, f"{FINAL_WEIGHTS} is missing from {out}"
+    if _sha256(path) != record["weights_sha256"]:
+        return None, f"{path} does not match the journal (changed or damaged)"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        kd = TrainResult(**record["kd_result"])
+        ce = None if record.get("ce_result") is None else TrainResult(**record["ce_result"])
+        student = student_family(run).build(config)
+        student.load_state_dict(blob["kd"])
+        twin = None
+        if blob.get("ce") is not None:
+            twin = student_family(run).build(config)
+            twin.load_state_dict(blob["ce"])
+    except Exception as exc:  # noqa: BLE001 (any unreadable file means: train again)
+        return None, f"{path} cannot be read back ({type(exc).__name__})"
+    if (twin is None) != (ce is None):
+        return None, f"{path} does not hold the students the journal names"
+    result = FinalResult(
+        student.eval(), kd, ce, 0.0, record.get("test_acc"), record.get("test_acc_ce"),
+        None if twin is None else twin.eval(),
+    )  # fmt: skip
+    return result, ""

@@ -234,10 +234,14 @@ class OutputLock:
 
 def claim_out(cfg: CompileConfig) -> OutputLock:
     """Lock ``--out`` once every input is validated; with ``--force``, only then drop the old
-    journal (the old student and reports stay until the new ones replace them)."""
+    journal and kept final students (the old student and reports stay until the new ones replace
+    them)."""
+    from .final import FINAL_WEIGHTS
+
     lock = OutputLock(Path(cfg.out))
     if cfg.force and not cfg.resume:
-        (Path(cfg.out) / "journal.jsonl").unlink(missing_ok=True)
+        for name in ("journal.jsonl", FINAL_WEIGHTS):  # a fresh run's, never the old one's
+            (Path(cfg.out) / name).unlink(missing_ok=True)
     return lock
 
 

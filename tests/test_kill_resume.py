@@ -1,7 +1,8 @@
 """kill -9 at four points of a run, then ``--resume``: the student is the one an uninterrupted
 run gives (issue 14). The points are found by watching what the run writes: its progress lines
 (teacher caching), the journal (trials, the final training's note) and the staging folder
-(export).
+(export). Killed during the export, the resumed run restores the final students it kept
+(``final.keep_final``) rather than training them again.
 """
 
 from __future__ import annotations
@@ -135,4 +136,6 @@ def test_kill_then_resume_gives_the_same_student(digits_teacher: Path, tmp_path:
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Traceback" not in resumed.stderr and "internal error" not in resumed.stderr
     _same_student(out, reference)
+    # killed after the final training's journal record: its students were kept, not trained again
+    assert ("final students restored" in resumed.stderr) == (point == "export"), resumed.stderr[-2000:]
     assert not list(out.glob(".staging-*")) and not list(cache.rglob("*.tmp"))

@@ -83,7 +83,8 @@ class Journal:
         if resume and self.exists():
             old, past, other = self.read()
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
-            self.finished = next((r for r in other if r.get("type") == "final"), None)
+            # the last: a run resumed after its final training may have trained again
+            self.finished = next((r for r in reversed(other) if r.get("type") == "final"), None)
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("version") != VERSION:
@@ -128,7 +129,11 @@ class Journal:
         self._write({"type": "told", "numbers": list(numbers)})
 
     def note(self, kind: str, **data: Any) -> None:
-        self._write({"type": kind, **data})
+        """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`)."""
+        rec = {"type": kind, **data}
+        self._write(rec)
+        if kind == "final":
+            self.finished = json.loads(json.dumps(rec, sort_keys=True, default=_json_default))  # as a resume reads it
 
     def close(self) -> None:
         if self._fh is not None:
