@@ -311,7 +311,7 @@ def _train_final_kept(
     Returns:
         (the ``final.FinalResult``, the distiller search's report or None).
     """
-    from .final import held_out_accuracy, keep_final, search_distiller_for, train_final
+    from .final import clear_epoch_checkpoints, held_out_accuracy, keep_final, search_distiller_for, train_final
 
     distiller, distiller_report = None, None
     if cfg.distiller == "auto":
@@ -320,7 +320,9 @@ def _train_final_kept(
         distiller = (choice, dknowledge)
         timings["distiller_search"] = time.perf_counter() - t0
     try:
-        final = train_final(cfg, run, config, rep, workers=_workers(cfg), teacher=teacher, distiller=distiller)
+        final = train_final(
+            cfg, run, config, rep, workers=_workers(cfg), teacher=teacher, distiller=distiller, checkpoints=out
+        )
     except CandidateError as exc:
         journal.close()
         raise TrainingError(f"the final training of the chosen student diverged: {exc}", hint="lower --lr") from None
@@ -335,6 +337,7 @@ def _train_final_kept(
         test_acc=final.test_acc, test_acc_ce=final.test_acc_ce, teacher_test_acc=held_out_accuracy(teacher, run.data),
         shipped=final.shipped, distiller=distiller_report, **kept,
     )  # fmt: skip
+    clear_epoch_checkpoints(out)  # the journal holds the training now (and final-students.pt its students)
     return final, distiller_report
 
 

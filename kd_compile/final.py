@@ -31,6 +31,8 @@ __all__ = [
     "FINAL_WEIGHTS",
     "FinalResult",
     "TrainJob",
+    "clear_epoch_checkpoints",
+    "epoch_checkpoint",
     "held_out_accuracy",
     "keep_final",
     "restored_final",
@@ -42,6 +44,17 @@ __all__ = [
 FINAL_WEIGHTS = "final-students.pt"  # in --out, between the final training and the publication
 
 
+def epoch_checkpoint(out: Path | None, use_kd: bool) -> str | None:
+    """Where a final training keeps its state at each epoch's end, in ``out`` (None: nowhere),
+    until the journal records the training (then ``clear_epoch_checkpoints``)."""
+    return None if out is None else str(out / f"final-training-{'kd' if use_kd else 'ce'}.ckpt")
+
+
+def clear_epoch_checkpoints(out: Path) -> None:
+    for use_kd in (True, False):
+        Path(str(epoch_checkpoint(out, use_kd))).unlink(missing_ok=True)
+
+
 @dataclass
 class TrainJob:
     """One final training, as plain data so it can cross a process boundary.
@@ -51,12 +64,14 @@ class TrainJob:
         config: the student's config.
         use_kd: distil from the teacher's cached outputs (else cross-entropy only).
         threads: torch threads in a worker process.
+        checkpoint: where the training keeps its state at each epoch's end (``TrainConfig``).
     """
 
     run: RunContext
     config: Config
     use_kd: bool
     threads: int | None = None
+    checkpoint: str | None = None
 
 
 def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
@@ -67,7 +82,7 @@ def run_train_job(job: TrainJob) -> tuple[dict[str, torch.Tensor], Any]:
         torch.set_num_threads(job.threads)
     run = job.run
     model = _seeded_build(run, job.config)
-    tcfg = train_config(run, job.config, run.budget.final_epochs, 1.0, use_kd=job.use_kd)
+    tcfg = train_config(run, job.config, run.budget.final_epochs, 1.0, use_kd=job.use_kd, checkpoint=job.checkpoint)
     res = train_student(model, run.data, tcfg, run.knowledge if job.use_kd else None)
     return {k: v.contiguous() for k, v in model.state_dict().items()}, res
 
@@ -167,17 +182,22 @@ def train_final(
     workers: int,
     teacher: nn.Module | None = None,
     distiller: tuple[Any, Any] | None = None,
+    checkpoints: Path | None = None,
 ) -> FinalResult:
     """Train the chosen student for ``--final-epochs`` with KD (or the distiller found) and, with
-    ``compare_ce``, its cross-entropy-only twin; the two run as two processes when they can."""
+    ``compare_ce``, its cross-entropy-only twin; the two run as two processes when they can.
+    With ``checkpoints`` (a folder), each training keeps its state there at each epoch's end and
+    resumes from it (``epoch_checkpoint``)."""
     from .executors import run_jobs
 
     t0 = time.perf_counter()
     if cfg.compare_ce and distiller is None and workers > 1 and cfg.device == "cpu":
         # the KD student and its CE-only twin are independent: train them side by side
         reporter.stage(f"final training with KD and without (comparison), {workers} processes")
-        jobs = [TrainJob(run, config, use_kd) for use_kd in (True, False)]
+        jobs = [TrainJob(run, config, kd, checkpoint=epoch_checkpoint(checkpoints, kd)) for kd in (True, False)]
         (sd_kd, res_kd), (sd_ce, res_ce) = run_jobs(run_train_job, jobs, workers)
+        _say_resumed(reporter, "final training with KD", res_kd)
+        _say_resumed(reporter, "final training without KD", res_ce)
         student, twin = student_family(run).build(config), student_family(run).build(config)
         student.load_state_dict(sd_kd)
         twin.load_state_dict(sd_ce)
@@ -186,14 +206,21 @@ def train_final(
             held_out_accuracy(student, run.data), held_out_accuracy(twin, run.data), twin.eval(),
         )  # fmt: skip
     reporter.stage("final training with KD")
-    student, res_kd = _train_inline(run, config, True, reporter, teacher, distiller)
+    student, res_kd = _train_inline(run, config, True, reporter, teacher, distiller, checkpoints)
+    _say_resumed(reporter, "final training with KD", res_kd)
     twin, res_ce, acc_ce = None, None, None
     if cfg.compare_ce:
         reporter.stage("final training without KD (comparison)")
-        twin, res_ce = _train_inline(run, config, False, reporter, teacher, None)
+        twin, res_ce = _train_inline(run, config, False, reporter, teacher, None, checkpoints)
+        _say_resumed(reporter, "final training without KD", res_ce)
         acc_ce = held_out_accuracy(twin, run.data)
     acc = held_out_accuracy(student, run.data)
     return FinalResult(student, res_kd, res_ce, time.perf_counter() - t0, acc, acc_ce, twin)
+
+
+def _say_resumed(reporter: Any, what: str, res: Any) -> None:
+    if res.resumed_at:
+        reporter.message(f"{what}: resumed at epoch {res.resumed_at:g} from its epoch checkpoint")
 
 
 def _train_inline(
@@ -203,11 +230,13 @@ def _train_inline(
     reporter: Any,
     teacher: nn.Module | None,
     distiller: tuple[Any, Any] | None,
+    checkpoints: Path | None = None,
 ) -> tuple[nn.Module, Any]:
     from .distill import train_student, train_with_distiller
 
     model = _seeded_build(run, config)
-    tcfg = train_config(run, config, run.budget.final_epochs, 1.0, use_kd=use_kd)
+    ckpt = epoch_checkpoint(checkpoints, use_kd)
+    tcfg = train_config(run, config, run.budget.final_epochs, 1.0, use_kd=use_kd, checkpoint=ckpt)
     what = "final (KD)" if use_kd else "final (CE only)"
     progress = lambda f: reporter.training(what, f)  # noqa: E731
     if use_kd and distiller is not None:

@@ -234,14 +234,15 @@ class OutputLock:
 
 def claim_out(cfg: CompileConfig) -> OutputLock:
     """Lock ``--out`` once every input is validated; with ``--force``, only then drop the old
-    journal and kept final students (the old student and reports stay until the new ones replace
-    them)."""
-    from .final import FINAL_WEIGHTS
+    journal, kept final students and epoch checkpoints (the old student and reports stay until the
+    new ones replace them)."""
+    from .final import FINAL_WEIGHTS, clear_epoch_checkpoints
 
     lock = OutputLock(Path(cfg.out))
     if cfg.force and not cfg.resume:
         for name in ("journal.jsonl", FINAL_WEIGHTS):  # a fresh run's, never the old one's
             (Path(cfg.out) / name).unlink(missing_ok=True)
+        clear_epoch_checkpoints(Path(cfg.out))
     return lock
 
 

@@ -1,7 +1,8 @@
 """kill -9 at four points of a run, then ``--resume``: the student is the one an uninterrupted
 run gives (issue 14). The points are found by watching what the run writes: its progress lines
 (teacher caching), the journal (trials, the final training's note) and the staging folder
-(export). Killed during the export, the resumed run restores the final students it kept
+(export). Killed during the final training, the resumed run goes on from its last epoch
+checkpoint; killed during the export, it restores the final students it kept
 (``final.keep_final``) rather than training them again.
 """
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 ARGS = [
     "--target", "2080ti", "--max-params", "12K", "--budget", "3", "--proxy-epochs", "0.5",
-    "--proxy-fraction", "0.5", "--final-epochs", "1", "--strategy", "random", "--seed", "0", "--no-compare-ce",
+    "--proxy-fraction", "0.5", "--final-epochs", "3", "--strategy", "random", "--seed", "0", "--no-compare-ce",
 ]  # fmt: skip
 
 
@@ -118,7 +119,8 @@ def _same_student(out: Path, reference: dict) -> None:
 POINTS: dict[str, Callable[[dict], Callable[[Path, Path], bool]]] = {
     "teacher caching": lambda ref: _caching,
     "mid-search": lambda ref: lambda out, log: _trials(out) >= 2,
-    "final training": lambda ref: lambda out, log: _trials(out) >= ref["trials"] and not _has_final(out),
+    # after the final training's first epoch checkpoint, before its journal record
+    "final training": lambda ref: lambda out, log: (out / "final-training-kd.ckpt").is_file() and not _has_final(out),
     "export": lambda ref: _exporting,
 }
 
@@ -136,6 +138,9 @@ def test_kill_then_resume_gives_the_same_student(digits_teacher: Path, tmp_path:
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Traceback" not in resumed.stderr and "internal error" not in resumed.stderr
     _same_student(out, reference)
-    # killed after the final training's journal record: its students were kept, not trained again
+    # killed after the final training's journal record: its students were kept, not trained again;
+    # killed during it: it went on from its last epoch checkpoint
     assert ("final students restored" in resumed.stderr) == (point == "export"), resumed.stderr[-2000:]
+    assert ("resumed at epoch" in resumed.stderr) == (point == "final training"), resumed.stderr[-2000:]
+    assert not list(out.glob("final-training-*.ckpt")) and not (out / "final-students.pt").exists()
     assert not list(out.glob(".staging-*")) and not list(cache.rglob("*.tmp"))

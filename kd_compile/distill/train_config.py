@@ -64,6 +64,9 @@ class TrainConfig:
             "off", "fp16" (CUDA only) or "bf16".
         compile: run the student's forward through ``torch.compile`` (worth it on a GPU for
             long trainings; the first steps pay the compilation).
+        checkpoint: a file where the training keeps its state at each epoch's end, and resumes
+            from when it holds this training's state (``checkpoint.EpochCheckpoint``; not with
+            ``sparsity`` or an ``ExtraLoss``); None = none.
     """
 
     epochs: float = 2
@@ -89,6 +92,7 @@ class TrainConfig:
     sparse_update_every: int = 50
     amp: str = "auto"
     compile: bool = False
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -131,6 +135,7 @@ class TrainResult:
         history: one dict per (possibly partial) epoch: epoch, step, loss, train_acc, lr,
             seconds, and val_acc where evaluated.
         stopped: why training ended: "done", "early_stop" or "time".
+        resumed_at: the epoch it resumed at from ``TrainConfig.checkpoint`` (0: from the start).
     """
 
     val_acc: float
@@ -140,6 +145,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "done"
+    resumed_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

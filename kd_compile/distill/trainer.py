@@ -32,6 +32,7 @@ from ..data.stream import StreamedData, is_streamed, view_seed
 from ..errors import CandidateError
 from .cache import TeacherCache
 from .capture import FeatureCapture
+from .checkpoint import EpochCheckpoint, rng_state, set_rng_state
 from .distiller import DistillerSpec, FeatureDistiller
 from .inference import evaluate
 from .losses import KDLoss
@@ -466,10 +467,13 @@ def _loop(
 
     validate = (lambda: evaluate(model, x_val, y_val, device=device)) if evaluate_epochs else None
     log = _EpochLog(model, optim.opt, optim.sparse, cfg, t0, steps_per_epoch, total, validate)
-    step = 0
     last_report = -1
     perm = torch.randperm(n, generator=gen).to(device)
     pos = 0
+    ckpt = _checkpoint(cfg, model, feats.extra, (n, bs, total))
+    step = _resume(ckpt, feats.trainable, optim, log, device, gen)
+    if step:
+        pos, t0 = n, log.t0  # a new permutation next, from the restored generator, as at any epoch's end
     while step < total:
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=gen).to(device), 0
@@ -488,8 +492,11 @@ def _loop(
                 progress(step / total)
 
         out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-        if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
-            break
+        if step % steps_per_epoch == 0 or step == total or out_of_time:
+            if log.end_epoch(step, out_of_time):
+                break
+            if step < total:
+                _keep(ckpt, step, feats.trainable, optim, log, device, gen)
 
     log.restore_best()
     model.eval()
@@ -513,17 +520,19 @@ class _Schedule:
     """
 
     def __init__(
-        self, subset: np.ndarray, bs: int, total: int, seed: int, data_seed: int, cache: TopKCache | None
-    ) -> None:
+        self, subset: np.ndarray, bs: int, total: int, seed: int, data_seed: int, cache: TopKCache | None,
+        start: int = 0,
+    ) -> None:  # fmt: skip
         self.subset, self.bs, self.total, self.seed = subset, bs, total, seed
         self.data_seed, self.cache = data_seed, cache
         self.per_epoch = max(1, len(subset) // bs)
+        self.start = start  # a step at an epoch's end (a resumed training)
 
     def __len__(self) -> int:
-        return self.total
+        return self.total - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step, epoch = 0, 0
+        step, epoch = self.start, self.start // self.per_epoch
         while step < self.total:
             rng = np.random.default_rng([self.seed, epoch, 104729])
             order = self.subset[rng.permutation(len(self.subset))][: self.per_epoch * self.bs]
@@ -612,10 +621,13 @@ def _train_streamed(
     model.to(device).train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     cuda = device.type == "cuda"
-    schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache)
+    ckpt = _checkpoint(cfg, model, extra, (n, bs, total))
+    kept = ckpt.load() if ckpt is not None else None
+    start = int(kept["step"]) if kept is not None and int(kept["step"]) < total else 0
+    schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache, start=start)
     loader = data.loader("train", batch_size=bs, batches=schedule, train=True, pin_memory=cuda)
     batches = iter(loader)
-    first = next(batches)  # total >= 1: there is a first batch; it also serves the shape probe
+    first = next(batches)  # start < total: there is a first batch; it also serves the shape probe
 
     def on_device(xb: torch.Tensor) -> torch.Tensor:
         return data.normalize_batch(xb.to(device, non_blocking=True)).contiguous(memory_format=fmt)
@@ -626,7 +638,9 @@ def _train_streamed(
         evaluate_epochs = cfg.eval_every_epoch or cfg.early_stop_patience is not None
         validate = (lambda: streamed_accuracy(model, data, "val", device=device)) if evaluate_epochs else None
         log = _EpochLog(model, optim.opt, optim.sparse, cfg, t0, steps_per_epoch, total, validate, batch_size=bs)
-        step, last_report = 0, -1
+        last_report = -1
+        step = _resume(ckpt, feats.trainable, optim, log, device, None, state=kept) if start else 0
+        t0 = log.t0
         for xb, yb, ib, _ in itertools.chain([first], batches):
             epoch = step // steps_per_epoch
             x = on_device(xb)
@@ -651,8 +665,11 @@ def _train_streamed(
                 last_report = (100 * step) // total
                 progress(step / total)
             out_of_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
-            if (step % steps_per_epoch == 0 or step == total or out_of_time) and log.end_epoch(step, out_of_time):
-                break
+            if step % steps_per_epoch == 0 or step == total or out_of_time:
+                if log.end_epoch(step, out_of_time):
+                    break
+                if step < total:
+                    _keep(ckpt, step, feats.trainable, optim, log, device, None)
     del batches, loader  # stops the workers
     log.restore_best()
     model.eval()
@@ -660,6 +677,57 @@ def _train_streamed(
     if progress is not None and last_report != 100:
         progress(1.0)
     return log.result(val_acc, step)
+
+
+def _checkpoint(
+    cfg: TrainConfig, model: nn.Module, extra: ExtraLoss | None, shape: tuple[int, ...]
+) -> EpochCheckpoint | None:
+    """The training's epoch checkpoint (``cfg.checkpoint``), keyed on the config, the student's
+    parameters and ``shape``; None when none is asked for, or for a training whose state lives
+    outside its modules (dynamic sparsity, an ``ExtraLoss``)."""
+    if cfg.checkpoint is None or cfg.sparsity > 0 or extra is not None:
+        return None
+    return EpochCheckpoint(cfg, model, shape)
+
+
+def _resume(
+    ckpt: EpochCheckpoint | None, trainable: nn.Module, optim: _Optim, log: _EpochLog, device: torch.device,
+    gen: torch.Generator | None, state: dict[str, Any] | None = None,
+) -> int:  # fmt: skip
+    """Restore the state ``ckpt`` kept (or ``state``, read already), and return the step it was
+    kept at; 0 when there is none for this training (it starts afresh)."""
+    state = state if state is not None else (ckpt.load() if ckpt is not None else None)
+    if ckpt is None or state is None:
+        return 0
+    if state.get("key") != ckpt.key:
+        return 0
+    trainable.load_state_dict(state["trainable"])
+    optim.opt.load_state_dict(state["opt"])
+    optim.sched.load_state_dict(state["sched"])
+    if optim.scaler is not None and state.get("scaler") is not None:
+        optim.scaler.load_state_dict(state["scaler"])
+    log.load_state(state["log"])
+    set_rng_state(state["rng"], device, gen)
+    log.resumed_at = int(state["step"]) / log.steps_per_epoch
+    return int(state["step"])
+
+
+def _keep(
+    ckpt: EpochCheckpoint | None, step: int, trainable: nn.Module, optim: _Optim, log: _EpochLog,
+    device: torch.device, gen: torch.Generator | None,
+) -> None:  # fmt: skip
+    """Keep the training's state at the end of the epoch that ends at ``step``."""
+    if ckpt is None:
+        return
+    ckpt.save({
+        "step": step,
+        "trainable": trainable.state_dict(),
+        "opt": optim.opt.state_dict(),
+        "sched": optim.sched.state_dict(),
+        "scaler": None if optim.scaler is None else optim.scaler.state_dict(),
+        "log": log.state(),
+        "rng": rng_state(device, gen),
+    })  # fmt: skip
 
 
 class _EpochLog:
@@ -683,6 +751,20 @@ class _EpochLog:
         self.best_acc, self.best_state, self.bad_epochs = -1.0, None, 0
         self.stopped, self.train_acc = "done", 0.0
         self.loss_sum, self.correct, self.seen, self.ep_steps = 0.0, 0, 0, 0
+        self.resumed_at = 0.0
+
+    def state(self) -> dict[str, Any]:
+        """What an epoch checkpoint keeps of the log (at an epoch's end: no running sums)."""
+        return {
+            "history": self.history, "best_acc": self.best_acc, "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs, "train_acc": self.train_acc, "elapsed": time.perf_counter() - self.t0,
+        }  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.best_acc, self.best_state = float(state["best_acc"]), state["best_state"]
+        self.bad_epochs, self.train_acc = int(state["bad_epochs"]), float(state["train_acc"])
+        self.t0 = time.perf_counter() - float(state["elapsed"])  # the time spent before counts
 
     def add(self, loss_val: float, out: torch.Tensor, y: torch.Tensor) -> None:
         """Count one training step's loss and correct predictions."""
@@ -742,4 +824,5 @@ class _EpochLog:
             seconds=time.perf_counter() - self.t0,
             history=self.history,
             stopped=self.stopped,
+            resumed_at=self.resumed_at,
         )

@@ -1,0 +1,94 @@
+"""A training's state at each epoch's end, kept on disk so a killed training resumes where it
+stopped (``TrainConfig.checkpoint``; kd-compile gives one to each final training).
+
+What is kept is everything the next step depends on: the weights of the student and of any
+adapters, the optimiser, the LR schedule, the AMP gradient scaler, the epoch log (history, the
+best epoch's weights under early stopping), the RNG states (torch's, CUDA's, the batch order's)
+and the wall-clock time spent. A training resumed at an epoch's end from this state takes the
+same steps as one never stopped, so on the CPU (deterministic kernels) it ends with the same
+weights bit for bit. The file is written atomically (a temporary file renamed over it) and read
+with ``torch.load(weights_only=True)``; a file written for another training (another config,
+architecture, subset or schedule: ``key``) is ignored, and the training starts afresh.
+
+Not kept, so left out: trainings with dynamic sparsity or an ``ExtraLoss`` (their state lives
+outside the modules); they start afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .train_config import TrainConfig
+
+__all__ = ["EpochCheckpoint"]
+
+
+class EpochCheckpoint:
+    """The epoch-end state of one training, at ``cfg.checkpoint``.
+
+    Args:
+        cfg: the training's config (its ``checkpoint`` path; every other field but the time
+            limit goes into the key).
+        model: the student (its parameters' names, shapes and dtypes go into the key; its
+            adapters follow from it and ``cfg``).
+        shape: what else fixes the step sequence (subset size, batch size, total steps).
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, shape: tuple[int, ...]) -> None:
+        assert cfg.checkpoint is not None
+        self.path = Path(cfg.checkpoint)
+        params = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
+        body = repr((dataclasses.replace(cfg, checkpoint=None, max_seconds=None), params, shape))
+        self.key = hashlib.sha256(body.encode()).hexdigest()[:24]
+
+    def load(self) -> dict[str, Any] | None:
+        """The state kept for this training, or None (no file, another training's, unreadable)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (a torn or foreign file: start afresh)
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (plus the key) atomically; a failed write leaves the previous one."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save({**state, "key": self.key}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def rng_state(device: torch.device, gen: torch.Generator | None) -> dict[str, Any]:
+    """Torch's RNG state (and CUDA's on a CUDA device, and ``gen``'s)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "gen": None if gen is None else gen.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if gen is not None and state.get("gen") is not None:
+        gen.set_state(state["gen"])
+
+
+def elapsed_since(t0: float) -> float:
+    return time.perf_counter() - t0
