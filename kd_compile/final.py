@@ -13,6 +13,7 @@ final training (export, report, a full disk) resumes without training them again
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .config import CompileConfig
+from .errors import write_failure
 from .evaluate import RunContext, student_family, train_config
 from .search.space import Config
 
@@ -221,6 +223,8 @@ def train_final(
 def _say_resumed(reporter: Any, what: str, res: Any) -> None:
     if res.resumed_at:
         reporter.message(f"{what}: resumed at epoch {res.resumed_at:g} from its epoch checkpoint")
+    if res.checkpoint_error:
+        reporter.message(f"warning: {what}: its epoch checkpoints stopped being written ({res.checkpoint_error})")
 
 
 def _train_inline(
@@ -279,9 +283,10 @@ def keep_final(out: Path, final: FinalResult) -> dict[str, Any] | str:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         digest = _sha256(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        return exc.strerror or str(exc)
+    except (OSError, RuntimeError) as exc:  # torch.save's short write is a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return {
         "weights": FINAL_WEIGHTS,
         "weights_sha256": digest,

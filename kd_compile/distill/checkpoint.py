@@ -6,8 +6,9 @@ adapters, the optimiser, the LR schedule, the AMP gradient scaler, the epoch log
 best epoch's weights under early stopping), the RNG states (torch's, CUDA's, the batch order's)
 and the wall-clock time spent. A training resumed at an epoch's end from this state takes the
 same steps as one never stopped, so on the CPU (deterministic kernels) it ends with the same
-weights bit for bit. The file is written atomically (a temporary file renamed over it) and read
-with ``torch.load(weights_only=True)``; a file written for another training (another config,
+weights bit for bit. The file is written atomically (a temporary file renamed over it; a write that fails, on a full
+disk, leaves the last one and the training goes on without more) and read with
+``torch.load(weights_only=True)``; a file written for another training (another config,
 architecture, subset or schedule: ``key``) is ignored, and the training starts afresh.
 
 Not kept, so left out: trainings with dynamic sparsity or an ``ExtraLoss`` (their state lives
@@ -16,6 +17,7 @@ outside the modules); they start afresh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import write_failure
 from .train_config import TrainConfig
 
 __all__ = ["EpochCheckpoint"]
@@ -48,6 +51,7 @@ class EpochCheckpoint:
         params = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
         body = repr((dataclasses.replace(cfg, checkpoint=None, max_seconds=None), params, shape))
         self.key = hashlib.sha256(body.encode()).hexdigest()[:24]
+        self.error: str | None = None  # why a checkpoint could not be written
 
     def load(self) -> dict[str, Any] | None:
         """The state kept for this training, or None (no file, another training's, unreadable)."""
@@ -60,17 +64,23 @@ class EpochCheckpoint:
         return state if isinstance(state, dict) and state.get("key") == self.key else None
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` (plus the key) atomically; a failed write leaves the previous one."""
+        """Write ``state`` (plus the key) atomically. A checkpoint is a safety net, never worth
+        the training: when it cannot be written (a full disk), the previous one stays, ``error``
+        says why, and no further one is attempted."""
+        if self.error is not None:
+            return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 torch.save({**state, "key": self.key}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        except (OSError, RuntimeError) as exc:
+            self.error = write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def rng_state(device: torch.device, gen: torch.Generator | None) -> dict[str, Any]:

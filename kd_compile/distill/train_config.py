@@ -136,6 +136,7 @@ class TrainResult:
             seconds, and val_acc where evaluated.
         stopped: why training ended: "done", "early_stop" or "time".
         resumed_at: the epoch it resumed at from ``TrainConfig.checkpoint`` (0: from the start).
+        checkpoint_error: why its epoch checkpoints stopped being written (a full disk), if so.
     """
 
     val_acc: float
@@ -146,6 +147,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "done"
     resumed_at: float = 0.0
+    checkpoint_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

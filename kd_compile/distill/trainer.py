@@ -728,6 +728,7 @@ def _keep(
         "log": log.state(),
         "rng": rng_state(device, gen),
     })  # fmt: skip
+    log.checkpoint_error = ckpt.error
 
 
 class _EpochLog:
@@ -751,7 +752,7 @@ class _EpochLog:
         self.best_acc, self.best_state, self.bad_epochs = -1.0, None, 0
         self.stopped, self.train_acc = "done", 0.0
         self.loss_sum, self.correct, self.seen, self.ep_steps = 0.0, 0, 0, 0
-        self.resumed_at = 0.0
+        self.resumed_at, self.checkpoint_error = 0.0, None
 
     def state(self) -> dict[str, Any]:
         """What an epoch checkpoint keeps of the log (at an epoch's end: no running sums)."""
@@ -825,4 +826,5 @@ class _EpochLog:
             history=self.history,
             stopped=self.stopped,
             resumed_at=self.resumed_at,
+            checkpoint_error=self.checkpoint_error,
         )

@@ -90,3 +90,15 @@ def test_a_stopped_streamed_training_resumes_with_the_same_result(tmp_path):
     assert res.resumed_at == 2.0
     assert res.steps == ref.steps and [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]
     assert _same_weights(again, whole)
+
+
+def test_a_checkpoint_that_cannot_be_written_never_stops_the_training(digits, teacher, tmp_path):
+    cache = TeacherCache.build(teacher, digits)
+    (tmp_path / "a-file").write_text("")
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-2)
+    whole = make_cnn(16)
+    train_student(whole, digits, cfg, cache)
+    blocked = make_cnn(16)
+    res = train_student(blocked, digits, dataclasses.replace(cfg, checkpoint=str(tmp_path / "a-file" / "x.ckpt")), cache)
+    assert res.checkpoint_error and res.steps > 0
+    assert _same_weights(blocked, whole)
