@@ -99,6 +99,24 @@ def test_a_checkpoint_that_cannot_be_written_never_stops_the_training(digits, te
     whole = make_cnn(16)
     train_student(whole, digits, cfg, cache)
     blocked = make_cnn(16)
-    res = train_student(blocked, digits, dataclasses.replace(cfg, checkpoint=str(tmp_path / "a-file" / "x.ckpt")), cache)
+    unwritable = dataclasses.replace(cfg, checkpoint=str(tmp_path / "a-file" / "x.ckpt"))
+    res = train_student(blocked, digits, unwritable, cache)
     assert res.checkpoint_error and res.steps > 0
     assert _same_weights(blocked, whole)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_a_stopped_cuda_training_resumes_with_its_scaler_and_rng(digits, teacher, tmp_path, amp):
+    # CUDA kernels need not be deterministic: the resumed training is checked to go on from its
+    # epoch (same steps, same history length) and to reach the uninterrupted one's accuracy
+    cache = TeacherCache.build(teacher, digits)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=1e-2, device="cuda", amp=amp, eval_every_epoch=True)
+    ref = train_student(make_cnn(16, dropout=0.2), digits, cfg, cache)
+    kept = dataclasses.replace(cfg, checkpoint=str(tmp_path / "final.ckpt"))
+    with pytest.raises(_Stop):
+        train_student(make_cnn(16, dropout=0.2), digits, kept, cache, progress=_stop_after(0.6))
+    res = train_student(make_cnn(16, dropout=0.2), digits, kept, cache)
+    assert res.resumed_at == 2.0 and res.steps == ref.steps and len(res.history) == 4
+    assert abs(res.val_acc - ref.val_acc) < 0.1
