@@ -172,7 +172,7 @@ def _run(
     outputs, search, train the chosen student, export, report."""
     from . import ship
     from .executors import candidate_executor
-    from .final import FINAL_WEIGHTS, restored_final
+    from .final import FINAL_WEIGHTS, clear_epoch_checkpoints, restored_final
     from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
     from .report.schema import NEAR_CHANCE
@@ -294,7 +294,7 @@ def _run(
     report["gates"] = ship.gates(cfg, report)
     write_report(report, staging)
     artifacts.update(publish(staging, inputs.out))
-    (inputs.out / FINAL_WEIGHTS).unlink(missing_ok=True)  # published: student.pt holds the student now
+    clear_epoch_checkpoints(inputs.out, kept_students=True)  # published: student.pt holds the student now
     result = CompileResult(final.shipped_student, chosen.config, report, sr.trials, pareto, artifacts)
     ship.enforce_gates(report["gates"])
     return result

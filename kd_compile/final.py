@@ -52,9 +52,15 @@ def epoch_checkpoint(out: Path | None, use_kd: bool) -> str | None:
     return None if out is None else str(out / f"final-training-{'kd' if use_kd else 'ce'}.ckpt")
 
 
-def clear_epoch_checkpoints(out: Path) -> None:
-    for use_kd in (True, False):
-        Path(str(epoch_checkpoint(out, use_kd))).unlink(missing_ok=True)
+def clear_epoch_checkpoints(out: Path, *, kept_students: bool = False) -> None:
+    """Remove the final trainings' epoch checkpoints from ``out`` (and, with ``kept_students``,
+    the kept final students), with any temporary file a killed write of them left."""
+    names = [Path(str(epoch_checkpoint(out, use_kd))).name for use_kd in (True, False)]
+    if kept_students:
+        names.append(FINAL_WEIGHTS)
+    for name in names:
+        for path in (out / name, out / f".{name}.tmp"):
+            path.unlink(missing_ok=True)
 
 
 @dataclass

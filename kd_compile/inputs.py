@@ -236,13 +236,12 @@ def claim_out(cfg: CompileConfig) -> OutputLock:
     """Lock ``--out`` once every input is validated; with ``--force``, only then drop the old
     journal, kept final students and epoch checkpoints (the old student and reports stay until the
     new ones replace them)."""
-    from .final import FINAL_WEIGHTS, clear_epoch_checkpoints
+    from .final import clear_epoch_checkpoints
 
     lock = OutputLock(Path(cfg.out))
-    if cfg.force and not cfg.resume:
-        for name in ("journal.jsonl", FINAL_WEIGHTS):  # a fresh run's, never the old one's
-            (Path(cfg.out) / name).unlink(missing_ok=True)
-        clear_epoch_checkpoints(Path(cfg.out))
+    if cfg.force and not cfg.resume:  # a fresh run's journal and final trainings, never the old one's
+        (Path(cfg.out) / "journal.jsonl").unlink(missing_ok=True)
+        clear_epoch_checkpoints(Path(cfg.out), kept_students=True)
     return lock
 
 
