@@ -33,7 +33,7 @@ test: install
 # (tests/test_readme_figures.py checks the README against those files). Hours on a 2-core CPU;
 # run one part with e.g. `make bench-fidelity`.
 BENCH_PARTS := bench-e2e bench-latency bench-ort bench-cpu bench-difficulty bench-fidelity bench-distill bench-stream \
-	bench-strategies bench-scbo
+	bench-strategies bench-scbo bench-kill
 .PHONY: $(BENCH_PARTS)
 
 bench: $(BENCH_PARTS)
@@ -71,6 +71,10 @@ bench-distill: install examples/glyphs/teacher.pt
 
 bench-stream: install
 	$(BIN)/python benchmarks/data_stream.py
+
+# runs killed at random moments and resumed (about 17 min)
+bench-kill: install examples/glyphs/teacher.pt
+	$(BIN)/python benchmarks/kill_campaign.py --kills 16 --seed 0
 
 # TuRBO with and without the learned (SCBO) constraint on the toy problem (about 15 min)
 bench-scbo: install examples/glyphs/teacher.pt

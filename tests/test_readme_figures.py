@@ -448,6 +448,23 @@ def check_ort_stability() -> None:
     _assert_quoted(expected, sec, "ONNX Runtime", "ort_stability.json")
 
 
+# -- killed at random moments, resumed ---------------------------------------------------------------
+def check_kill_campaign() -> None:
+    doc = _load("kill_campaign")
+    sec = " ".join(_section("**Killed at any moment**", "### Bring your own teacher").split())
+    s = doc["summary"]
+    expected = [
+        f"--kills {s['runs']} --seed {doc['seed']}",
+        f"({doc['uninterrupted_s']:.1f} s uninterrupted",
+        f"at {s['kills']} random moments",
+        f"{s['identical_students']} of {s['runs']} shipped the uninterrupted run's student",
+        f"({s['went_on_from_an_epoch_checkpoint']} went on from a final training's epoch checkpoint",
+        f"{s['restored_kept_final_students']} restored the kept final students",
+        f"and {s['left_behind']} left a file behind",
+    ]
+    _assert_quoted(expected, sec, "kill campaign", "kill_campaign.json")
+
+
 # -- learned constraints (SCBO) on the toy problem ------------------------------------------------
 def check_scbo_toy() -> None:
     doc = _load("scbo_toy")
@@ -866,6 +883,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "distill": check_distill,
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
+    "kill_campaign": check_kill_campaign,
     "cpu_table": check_cpu_table,
     "cpu_table_torch": check_cpu_table_torch,
     "scbo_toy": check_scbo_toy,

@@ -1,0 +1,135 @@
+"""Killed at a random moment, resumed: is the student the one a run never killed ships?
+
+``tests/test_kill_resume.py`` kills a run at four chosen points. This script kills it at random
+moments instead (SIGKILL, uniform over an uninterrupted run's duration, the teacher's outputs
+cached as every run after the first finds them), resumes it with
+``--resume`` (or reruns it afresh when it was killed before its journal's first line, exit 11 as
+documented), and checks the resumed run's ``student.pt`` against the uninterrupted run's, weight
+for weight, and that nothing is left behind in ``--out`` (staging folders, epoch checkpoints,
+kept final students, temporary files). It also counts how often the resumed run went on from a
+final training's epoch checkpoint or restored the kept final students.
+
+The run: the bundled glyph teacher, ``--target 2080ti --max-params 62K --budget 3
+--final-epochs 4`` with small proxies, one thread per process (``OMP_NUM_THREADS=1``).
+
+Run::
+
+    .venv/bin/python benchmarks/kill_campaign.py --kills 20 --seed 0
+
+Prints each kill (time, what the resumed run said, identical or not) and a summary, and writes
+them to ``benchmarks/results/kill_campaign.json`` (``--results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "examples" / "glyphs" / "teacher.pt"
+ARGS = [
+    "--target", "2080ti", "--max-params", "62K", "--budget", "3", "--proxy-epochs", "0.5",
+    "--proxy-fraction", "0.25", "--final-epochs", "4", "--strategy", "random", "--seed", "0",
+]  # fmt: skip
+LEFTOVERS = (".staging-*", "final-training-*.ckpt", "final-students.pt", ".*.tmp")
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "KD_COMPILE_CACHE": str(cache), "COLUMNS": "200"}
+
+
+def _cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kd_compile", str(TEACHER), *ARGS, "--out", str(out), *extra]
+
+
+def _student(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "student.pt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "kill_campaign.json")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="kill-campaign-"))
+    cache = work / "cache"
+    try:
+        for name in ("warm", "ref"):  # the first fills the teacher's cache, as every later run finds it
+            t0 = time.perf_counter()
+            ref = subprocess.run(_cmd(work / name), capture_output=True, text=True, env=_env(cache))
+            duration = time.perf_counter() - t0
+            if ref.returncode != 0:
+                sys.exit(f"the uninterrupted run failed (exit {ref.returncode}): {ref.stderr[-500:]}")
+        reference = _student(work / "ref")
+        if not _same(_student(work / "warm"), reference):
+            sys.exit("two uninterrupted runs shipped different students: nothing to compare against")
+        print(f"uninterrupted run: {duration:.1f} s (with the teacher's outputs cached)", flush=True)
+        rows = []
+        for i in range(args.kills):
+            out = work / f"run{i}"
+            at = rng.uniform(0.0, duration)
+            proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(cache))
+            try:
+                proc.wait(timeout=at)
+                killed = False  # it finished first
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed = True
+            res = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, env=_env(cache))
+            afresh = res.returncode == 11 and "nothing to resume" in res.stderr
+            if afresh:
+                res = subprocess.run(_cmd(out), capture_output=True, text=True, env=_env(cache))
+            ok = res.returncode == 0 and "Traceback" not in res.stderr and "internal error" not in res.stderr
+            same = ok and _same(_student(out), reference)
+            left = sorted(p.name for pat in LEFTOVERS for p in out.glob(pat))
+            row = {
+                "kill_at_s": round(at, 2), "killed": killed, "exit": res.returncode, "rerun_afresh": afresh,
+                "resumed_final_training": "resumed at epoch" in res.stderr,
+                "restored_final_students": "final students restored" in res.stderr,
+                "same_student": same, "left_behind": left,
+            }  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if not same:
+                print(res.stderr[-1500:], file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+        summary = {
+            "kills": sum(r["killed"] for r in rows),
+            "identical_students": sum(r["same_student"] for r in rows),
+            "runs": len(rows),
+            "went_on_from_an_epoch_checkpoint": sum(r["resumed_final_training"] for r in rows),
+            "restored_kept_final_students": sum(r["restored_final_students"] for r in rows),
+            "rerun_afresh": sum(r["rerun_afresh"] for r in rows),
+            "left_behind": sum(bool(r["left_behind"]) for r in rows),
+        }
+        print("summary:", json.dumps(summary))
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps({
+            "command": shlex.join(["python", *sys.argv]), "args": ARGS, "uninterrupted_s": round(duration, 1),
+            "seed": args.seed, "summary": summary, "rows": rows,
+        }, indent=1) + "\n")  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
