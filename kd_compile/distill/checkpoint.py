@@ -11,8 +11,8 @@ disk, leaves the last one and the training goes on without more) and read with
 ``torch.load(weights_only=True)``; a file written for another training (another config,
 architecture, subset or schedule: ``key``) is ignored, and the training starts afresh.
 
-Not kept, so left out: trainings with dynamic sparsity or an ``ExtraLoss`` (their state lives
-outside the modules); they start afresh.
+Not kept, so left out: trainings with dynamic sparsity or an ``ExtraLoss`` without a
+``checkpoint_key`` (their state lives outside the modules); they start afresh.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ class EpochCheckpoint:
             limit goes into the key).
         model: the student (its parameters' names, shapes and dtypes go into the key; its
             adapters follow from it and ``cfg``).
-        shape: what else fixes the step sequence (subset size, batch size, total steps).
+        shape: what else fixes the step sequence (subset size, batch size, total steps, the
+            extra loss term).
     """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, shape: tuple[int, ...]) -> None:
+    def __init__(self, cfg: TrainConfig, model: nn.Module, shape: tuple[Any, ...]) -> None:
         assert cfg.checkpoint is not None
         self.path = Path(cfg.checkpoint)
         params = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]

@@ -162,6 +162,10 @@ class ExtraLoss(Protocol):
     for the term's trainable part (adapters: optimised with the student, dropped after), then
     adds ``term(features, index)`` to every step's loss, ``index`` being the batch's sample
     indices into ``data.x_train`` (so the term can look up cached teacher features).
+
+    A term whose only changing state is the module ``setup`` returns may say so with a
+    ``checkpoint_key`` attribute (a string naming the term: its kind and settings); a training
+    with it then keeps epoch checkpoints (``TrainConfig.checkpoint``), else it does not.
     """
 
     student_layers: Sequence[str]

@@ -683,11 +683,13 @@ def _checkpoint(
     cfg: TrainConfig, model: nn.Module, extra: ExtraLoss | None, shape: tuple[int, ...]
 ) -> EpochCheckpoint | None:
     """The training's epoch checkpoint (``cfg.checkpoint``), keyed on the config, the student's
-    parameters and ``shape``; None when none is asked for, or for a training whose state lives
-    outside its modules (dynamic sparsity, an ``ExtraLoss``)."""
-    if cfg.checkpoint is None or cfg.sparsity > 0 or extra is not None:
+    parameters, ``shape`` and the ``ExtraLoss``'s ``checkpoint_key``; None when none is asked for,
+    or for a training whose state lives outside its modules (dynamic sparsity, an ``ExtraLoss``
+    without a ``checkpoint_key``)."""
+    term = getattr(extra, "checkpoint_key", None) if extra is not None else ""
+    if cfg.checkpoint is None or cfg.sparsity > 0 or term is None:
         return None
-    return EpochCheckpoint(cfg, model, shape)
+    return EpochCheckpoint(cfg, model, (*shape, term))
 
 
 def _resume(

@@ -120,3 +120,25 @@ def test_a_stopped_cuda_training_resumes_with_its_scaler_and_rng(digits, teacher
     res = train_student(make_cnn(16, dropout=0.2), digits, kept, cache)
     assert res.resumed_at == 2.0 and res.steps == ref.steps and len(res.history) == 4
     assert abs(res.val_acc - ref.val_acc) < 0.1
+
+
+def test_a_stopped_training_with_a_searched_distiller_resumes_with_its_adapters(digits, teacher, tmp_path):
+    from kd_compile.distill.autokd import DistillerChoice, TeacherKnowledge, train_with_distiller
+
+    cache = TeacherCache.build(teacher, digits)
+    know = TeacherKnowledge.build(teacher, digits, cache=cache)
+    choice = DistillerChoice("none", "l2", 1.0, 4.0)  # student 16 wide, teacher 32: an adapter is trained
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=1e-2, seed=1)
+    whole = make_cnn(16, seed=4)
+    ref = train_with_distiller(whole, digits, cfg, cache, teacher, choice, knowledge=know)
+    kept = dataclasses.replace(cfg, checkpoint=str(tmp_path / "final.ckpt"))
+    with pytest.raises(_Stop):
+        train_with_distiller(make_cnn(16, seed=4), digits, kept, cache, teacher, choice, knowledge=know,
+                             progress=_stop_after(0.6))  # fmt: skip
+    again = make_cnn(16, seed=4)
+    res = train_with_distiller(again, digits, kept, cache, teacher, choice, knowledge=know)
+    assert res.resumed_at == 2.0 and res.steps == ref.steps
+    assert _same_weights(again, whole)
+    other = DistillerChoice("none", "l2", 2.0, 4.0)  # another term: its checkpoint is not this one's
+    fresh = train_with_distiller(make_cnn(16, seed=4), digits, kept, cache, teacher, other, knowledge=know)
+    assert fresh.resumed_at == 0

@@ -53,6 +53,8 @@ class _ChoiceLoss:
         self.seed = seed
         self.loss: FeatureLoss | None = None
         self.t_feats = knowledge.train_features
+        # its one changing state is ``loss``, the module setup returns: epoch checkpoints keep it
+        self.checkpoint_key = f"distiller {self.spec!r} seed {seed}"
 
     def setup(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> nn.Module:
         (shape,) = shapes.values()
