@@ -175,8 +175,13 @@ class TopKCache:
     ) -> TopKCache:
         """Run the teacher over ``views`` augmented passes of the train split and store its top-k.
 
-        Reuses a complete cache with the same key under ``cache_dir``; writes into a temporary
-        folder renamed into place at the end, so an interrupted build leaves nothing half-read.
+        Reuses a complete cache with the same key under ``cache_dir``. A build writes into a
+        ``.partial`` folder beside it, renamed into place at the end, so nothing half-written is
+        ever read as a cache; each view finished is flushed and recorded there
+        (``progress.json``), so a build that was killed or failed goes on from the views it had
+        finished (the teacher's passes over a large train split are hours). The ``.partial``
+        folder is locked while a build writes to it; a second build of the same cache at the same
+        time writes a private folder of its own (the first to finish is the one kept).
 
         Args:
             teacher: the teacher (any device; run on ``device`` in eval mode, then left there).
@@ -200,54 +205,68 @@ class TopKCache:
 
             cache_dir = Path(tempfile.mkdtemp(prefix="kd-topk-"))
         folder = Path(cache_dir) / f"topk-{cls.key(fp, data, views, k)}"
+        done = cls._complete(folder)
+        if done is not None:
+            return done
+        n = data.size("train")
+        idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+        shape = {"n": n, "views": views, "k": k, "index_dtype": np.dtype(idx_dtype).name}
+        with _BuildFolder(folder, shape) as build:
+            done = cls._complete(folder)  # built by another process while this one waited for nothing
+            if done is not None:
+                return done
+            t0 = time.perf_counter()
+            tmp = build.path
+            mode = "r+" if build.finished else "w+"
+            mm = np.lib.format.open_memmap
+            seeds = mm(tmp / "seeds.npy", mode=mode, dtype=np.int64, shape=(n, views))
+            index = mm(tmp / "index.npy", mode=mode, dtype=idx_dtype, shape=(n, views, k))
+            values = mm(tmp / "values.npy", mode=mode, dtype=np.float16, shape=(n, views, k))
+            rest = mm(tmp / "rest.npy", mode=mode, dtype=np.float32, shape=(n, views))
+            was = teacher.training
+            teacher.to(dev).eval()
+            try:
+                with torch.inference_mode():
+                    for v in range(views):
+                        if v in build.finished:
+                            continue
+                        order = [[(i, view_seed(data.seed, i, v)) for i in range(s, min(n, s + batch_size))]
+                                 for s in range(0, n, batch_size)]  # fmt: skip
+                        loader = data.loader("train", batch_size=batch_size, batches=order, train=True,
+                                             pin_memory=dev.type == "cuda")  # fmt: skip
+                        for xb, _, ib, sb in loader:
+                            x = data.normalize_batch(xb.to(dev, non_blocking=True))
+                            logits = teacher(x.contiguous(memory_format=torch.channels_last)).float()
+                            top, cls_ix, mass = topk_of(logits, k)
+                            rows = ib.numpy()
+                            seeds[rows, v] = sb.numpy()
+                            index[rows, v] = cls_ix.cpu().numpy().astype(idx_dtype)
+                            values[rows, v] = top.cpu().numpy().astype(np.float16)
+                            rest[rows, v] = mass.cpu().numpy().astype(np.float32)
+                        for a in (seeds, index, values, rest):
+                            a.flush()
+                        build.view_done(v, time.perf_counter() - t0)
+            finally:
+                teacher.train(was)
+            del seeds, index, values, rest
+            meta = {"num_classes": num_classes, "k": k, "views": views, "n": n, "build_seconds": build.seconds,
+                    "teacher_val_acc": float("nan")}  # fmt: skip
+            if build.resumed_views:
+                meta["resumed_views"] = build.resumed_views
+            build.publish(meta)
+        done = cls._complete(folder)
+        assert done is not None, folder
+        return done
+
+    @classmethod
+    def _complete(cls, folder: Path) -> TopKCache | None:
+        """The complete cache in ``folder``, or None (none there; a damaged one is removed)."""
         if (folder / "meta.json").is_file():
             try:
                 return cls(folder, json.loads((folder / "meta.json").read_text()))
             except (OSError, ValueError):
                 shutil.rmtree(folder, ignore_errors=True)
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        n = data.size("train")
-        idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
-        mm = np.lib.format.open_memmap
-        seeds = mm(tmp / "seeds.npy", mode="w+", dtype=np.int64, shape=(n, views))
-        index = mm(tmp / "index.npy", mode="w+", dtype=idx_dtype, shape=(n, views, k))
-        values = mm(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, views, k))
-        rest = mm(tmp / "rest.npy", mode="w+", dtype=np.float32, shape=(n, views))
-        was = teacher.training
-        teacher.to(dev).eval()
-        try:
-            with torch.inference_mode():
-                for v in range(views):
-                    order = [[(i, view_seed(data.seed, i, v)) for i in range(s, min(n, s + batch_size))]
-                             for s in range(0, n, batch_size)]  # fmt: skip
-                    loader = data.loader("train", batch_size=batch_size, batches=order, train=True,
-                                         pin_memory=dev.type == "cuda")  # fmt: skip
-                    for xb, _, ib, sb in loader:
-                        x = data.normalize_batch(xb.to(dev, non_blocking=True))
-                        logits = teacher(x.contiguous(memory_format=torch.channels_last)).float()
-                        top, cls_ix, mass = topk_of(logits, k)
-                        rows = ib.numpy()
-                        seeds[rows, v] = sb.numpy()
-                        index[rows, v] = cls_ix.cpu().numpy().astype(idx_dtype)
-                        values[rows, v] = top.cpu().numpy().astype(np.float16)
-                        rest[rows, v] = mass.cpu().numpy().astype(np.float32)
-        finally:
-            teacher.train(was)
-        for a in (seeds, index, values, rest):
-            a.flush()
-        del seeds, index, values, rest
-        build_s = time.perf_counter() - t0
-        meta = {"num_classes": num_classes, "k": k, "views": views, "n": n, "build_seconds": build_s,
-                "teacher_val_acc": float("nan")}  # fmt: skip
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process built it first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls(folder, json.loads((folder / "meta.json").read_text()))
+        return None
 
     def set_meta(self, **kw: Any) -> None:
         """Record more about the cache (teacher accuracy, the decision) next to its arrays."""
@@ -256,6 +275,75 @@ class TopKCache:
             (self.folder / "meta.json").write_text(json.dumps(self.meta))
         except OSError:
             pass
+
+
+class _BuildFolder:
+    """Where a ``TopKCache`` is built: ``<folder>.partial``, locked (``flock``) while a build
+    writes to it and holding ``progress.json`` (the arrays' shapes, the views finished, the
+    seconds spent); a private ``<folder>.tmp<pid>`` when another build holds the lock."""
+
+    ARRAYS = ("seeds.npy", "index.npy", "values.npy", "rest.npy")
+
+    def __init__(self, folder: Path, shape: dict[str, Any]) -> None:
+        self.folder, self.shape = folder, shape
+        self.finished: set[int] = set()
+        self.resumed_views, self.seconds, self._spent = 0, 0.0, 0.0
+        self._lock: Any = None
+
+    def __enter__(self) -> _BuildFolder:
+        import fcntl
+
+        partial = self.folder.with_name(self.folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        fh = open(partial / ".lock", "a")  # noqa: SIM115 (held while building)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process is building it: build a private copy
+            fh.close()
+            self.path = self.folder.with_name(self.folder.name + f".tmp{os.getpid()}")
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True)
+            return self
+        self._lock, self.path = fh, partial
+        try:
+            progress = json.loads((partial / "progress.json").read_text())
+        except (OSError, ValueError):
+            progress = None
+        have = all((partial / a).is_file() for a in self.ARRAYS)
+        if isinstance(progress, dict) and progress.get("shape") == self.shape and have:
+            self.finished = {int(v) for v in progress.get("finished", [])}
+            self._spent = self.seconds = float(progress.get("seconds", 0.0))
+            self.resumed_views = len(self.finished)
+        else:  # another build's leftovers (or none): start afresh, keeping the lock file
+            for name in (*self.ARRAYS, "progress.json"):
+                (partial / name).unlink(missing_ok=True)
+        return self
+
+    def view_done(self, view: int, seconds: float) -> None:
+        """Record ``view`` as finished (its arrays flushed first by the caller)."""
+        self.finished.add(view)
+        self.seconds = self._spent + seconds
+        rec = {"shape": self.shape, "finished": sorted(self.finished), "seconds": self.seconds}
+        tmp = self.path / "progress.json.tmp"
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, self.path / "progress.json")
+
+    def publish(self, meta: dict[str, Any]) -> None:
+        """Write ``meta.json`` and rename the build folder into place (another process's build,
+        finished first, is kept instead)."""
+        (self.path / "meta.json").write_text(json.dumps(meta))
+        for name in ("progress.json", ".lock"):
+            (self.path / name).unlink(missing_ok=True)
+        try:
+            self.path.rename(self.folder)
+        except OSError:  # another process built it first: use theirs
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+        if self.path.name.endswith(f".tmp{os.getpid()}"):
+            shutil.rmtree(self.path, ignore_errors=True)  # a private copy not published
 
 
 def topk_of(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -157,6 +157,57 @@ def test_topk_cache_stores_views_on_disk_and_reuses_them(folder: Path, teacher: 
     assert np.array_equal(clone.index, cache.index)
 
 
+class _Counting(nn.Module):
+    """The teacher, counting its forward passes, failing at pass ``fail_at`` (a killed build)."""
+
+    def __init__(self, teacher: nn.Module, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.teacher, self.fail_at, self.calls = teacher, fail_at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("killed")
+        return self.teacher(x)
+
+
+def _arrays(cache: TopKCache) -> list[np.ndarray]:
+    return [np.asarray(a) for a in (cache.seeds, cache.index, cache.values, cache.rest)]
+
+
+def test_an_interrupted_topk_build_goes_on_from_the_views_it_finished(folder, teacher, tmp_path) -> None:
+    from kd_compile.distill.cache import module_fingerprint
+
+    data = open_stream(folder, image_size=24, channels=1, workers=0)
+    fp, bs = module_fingerprint(teacher), 64
+    per_view = -(-data.size("train") // bs)
+    ref = TopKCache.build(teacher, data, views=3, k=2, cache_dir=tmp_path / "ref", batch_size=bs, teacher_fp=fp)
+    flaky = _Counting(teacher, fail_at=2 * per_view + 2)  # in the third view
+    with pytest.raises(RuntimeError, match="killed"):
+        TopKCache.build(flaky, data, views=3, k=2, cache_dir=tmp_path / "c", batch_size=bs, teacher_fp=fp)
+    assert not [p for p in (tmp_path / "c").iterdir() if not p.name.endswith(".partial")]
+    again = _Counting(teacher)
+    cache = TopKCache.build(again, data, views=3, k=2, cache_dir=tmp_path / "c", batch_size=bs, teacher_fp=fp)
+    assert again.calls == per_view and cache.meta["resumed_views"] == 2  # only the third view ran
+    assert all(np.array_equal(a, b) for a, b in zip(_arrays(cache), _arrays(ref), strict=True))
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [cache.folder.name]  # nothing left behind
+
+
+def test_a_topk_build_beside_another_builds_its_own_copy(folder, teacher, tmp_path) -> None:
+    import fcntl
+
+    data = open_stream(folder, image_size=24, channels=1, workers=0)
+    first = TopKCache.build(teacher, data, views=1, k=2, cache_dir=tmp_path / "ref")
+    partial = tmp_path / "c" / (first.folder.name + ".partial")
+    partial.mkdir(parents=True)
+    with open(partial / ".lock", "a") as held:  # another process's build of the same cache
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cache = TopKCache.build(teacher, data, views=1, k=2, cache_dir=tmp_path / "c")
+    assert cache.folder.name == first.folder.name and cache.folder.parent == tmp_path / "c"
+    assert all(np.array_equal(a, b) for a, b in zip(_arrays(cache), _arrays(first), strict=True))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted([first.folder.name, partial.name])
+
+
 @pytest.mark.parametrize("mode", ["cache", "online"])
 def test_streamed_kd_training_beats_chance(folder: Path, teacher: nn.Module, tmp_path: Path, mode: str) -> None:
     mild = StreamAugment(scale=(0.6, 1.0), hflip=False)  # glyphs: no flips, small crops only
