@@ -247,6 +247,7 @@ def _run(
             f"final students restored from {inputs.out / FINAL_WEIGHTS}: not trained again" if final is not None
             else f"the final students are trained again: {why}"
         )  # fmt: skip
+    restored = final is not None
     if final is None:
         final, distiller_report = _train_final_kept(
             cfg, run, chosen.config, tch.module, rep, journal, inputs.out, timings
@@ -287,6 +288,9 @@ def _run(
         shipped=shipped,
         artifacts=artifacts, timings={**timings, "total": time.perf_counter() - t_start},
         extra_measurements=extra, data=data, data_free=inputs.data_free, distiller=distiller_report,
+        final_training={
+            "restored": restored, "kd": final.kd.to_dict(), "ce": None if final.ce is None else final.ce.to_dict()
+        },
     )  # fmt: skip
     for w in report["warnings"]:
         if w.startswith(NEAR_CHANCE):  # report.schema.near_chance_note

@@ -55,6 +55,9 @@ def test_a_run_that_failed_to_export_resumes_with_the_students_it_trained(digits
     assert shipped.keys() == kept["kd"].keys()
     assert all(torch.equal(shipped[k], kept["kd"][k]) for k in shipped)
     assert res.report["student"]["accuracy_with_kd"] == pytest.approx(record["test_acc"])
+    assert res.report["final_training"]["restored"] is True
+    assert res.report["final_training"]["kd"]["steps"] == record["kd_result"]["steps"] > 0
+    assert "restored from the ones it kept" in (out / "report.md").read_text()
     assert not (out / FINAL_WEIGHTS).exists()  # published: student.pt holds the student
 
 

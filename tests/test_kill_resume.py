@@ -142,5 +142,8 @@ def test_kill_then_resume_gives_the_same_student(digits_teacher: Path, tmp_path:
     # killed during it: it went on from its last epoch checkpoint
     assert ("final students restored" in resumed.stderr) == (point == "export"), resumed.stderr[-2000:]
     assert ("resumed at epoch" in resumed.stderr) == (point == "final training"), resumed.stderr[-2000:]
+    final = json.loads((out / "report.json").read_text())["final_training"]
+    assert final["restored"] == (point == "export")
+    assert (final["kd"]["resumed_at"] > 0) == (point == "final training")
     assert not list(out.glob("final-training-*.ckpt")) and not (out / "final-students.pt").exists()
     assert not list(out.glob(".staging-*")) and not list(cache.rglob("*.tmp"))

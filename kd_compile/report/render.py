@@ -441,6 +441,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()),
         f"; share outside training {_pct(r['run']['share_outside_training'])}.",
         "",
+        *_final_training_lines(r.get("final_training")),
         "Artifacts: " + ", ".join(f"`{k}`" for k in r["artifacts"]) + ".",
         "",
     ]
@@ -450,3 +451,17 @@ def render_markdown(r: dict[str, Any]) -> str:
     if "student.engine" not in r["artifacts"]:
         lines += ["No TensorRT engine was built: TensorRT is not installed on this machine.", ""]
     return "\n".join(lines)
+
+
+def _final_training_lines(ft: dict[str, Any] | None) -> list[str]:
+    """One line on the final trainings when a resumed run did not train them from the start."""
+    if not ft:
+        return []
+    if ft.get("restored"):
+        return ["The final students were trained by an interrupted run of this folder and restored "
+                "from the ones it kept (`final-students.pt`, checked against its journal), not trained again.", ""]
+    resumed = [f"{name} from epoch {t['resumed_at']:g}" for name, t in (("with KD", ft.get("kd")),
+               ("without KD", ft.get("ce"))) if t and t.get("resumed_at")]  # fmt: skip
+    if resumed:
+        return [f"The final trainings went on from their epoch checkpoints ({', '.join(resumed)}).", ""]
+    return []

@@ -294,6 +294,7 @@ def build_report(**k: Any) -> dict[str, Any]:
         + [w for w in [near_chance_note(s_acc, k["data"].num_classes, split, cfg.batch_size,
                                         split_size(k["data"], "train"))] if w],
         "distiller": k.get("distiller") or {"name": "kd", "describe": "Hinton KD on logits (searched tau/alpha)"},
+        "final_training": k.get("final_training"),
         "artifacts": {name: str(Path(p)) for name, p in k["artifacts"].items()},
     }
     for t in report["search"]["candidates"]:
