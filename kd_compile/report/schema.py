@@ -21,7 +21,7 @@ from ..data.stream import is_streamed
 from ..search.score import ACCURACY_WEIGHT
 from ..search.trial import Trial, TrialStatus, pareto_trials
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 REQUIRED = (
     "schema_version", "kd_compile_version", "run", "target", "teacher", "student", "speedup", "objective", "search",
     "measurements", "exports", "warnings", "artifacts",
