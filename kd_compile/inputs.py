@@ -193,36 +193,37 @@ LOCK_NAME = ".kd-compile.lock"
 
 class OutputLock:
     """An exclusive lock on an output folder for the duration of a run (``flock`` on a lock
-    file, released by the OS if the process dies): a second run into the folder exits 7.
+    file, released by the OS when the process dies, its forked workers holding no copy:
+    ``locks``): a second run into the folder exits 7.
 
     Args:
         out: the output folder (created if missing).
     """
 
     def __init__(self, out: Path) -> None:
-        import fcntl
+        from .locks import try_lock
 
         self.out = out
         try:
             out.mkdir(parents=True, exist_ok=True)
-            self._fh = open(out / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
+            fh = try_lock(out / LOCK_NAME)  # held by this process only, not by its forked workers
         except OSError as exc:
             raise OutputExistsError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
+        if fh is None:
             raise OutputExistsError(
                 f"another kd-compile run is writing to {out}", hint="wait for it, or choose another --out"
-            ) from None
+            )
+        self._fh = fh
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(f"{os.getpid()}\n")
         self._fh.flush()
 
     def release(self) -> None:
+        from .locks import release
+
         if not self._fh.closed:
-            self._fh.close()  # closing drops the flock
+            release(self._fh)  # closing drops the flock
             (self.out / LOCK_NAME).unlink(missing_ok=True)
 
     def __enter__(self) -> OutputLock:

@@ -97,3 +97,37 @@ def test_a_diverging_final_training_ships_nothing(digits_teacher, tmp_path):
     assert e.value.exit_code == 12
     assert not (out / "student.pt").exists() and not (out / "student.onnx").exists()
     assert not any(p.name.startswith(".staging") for p in out.iterdir())
+
+
+def test_a_killed_runs_folder_is_free_at_once_though_its_forked_workers_live(tmp_path):
+    """A DataLoader worker is a forked child: it must not keep the dead run's folder locked."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from kd_compile.inputs import OutputLock\n"
+        f"lock = OutputLock(Path({str(out)!r}))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(OutputExistsError):  # held while the run lives
+            OutputLock(out)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the forked worker outlives it
+        OutputLock(out).release()  # and the folder is free at once
+    finally:
+        proc.kill()
+        os.kill(child, signal.SIGKILL)

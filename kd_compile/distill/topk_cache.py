@@ -291,15 +291,12 @@ class _BuildFolder:
         self._lock: Any = None
 
     def __enter__(self) -> _BuildFolder:
-        import fcntl
+        from ..locks import try_lock
 
         partial = self.folder.with_name(self.folder.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
-        fh = open(partial / ".lock", "a")  # noqa: SIM115 (held while building)
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process is building it: build a private copy
-            fh.close()
+        fh = try_lock(partial / ".lock")  # not held by the DataLoader workers it forks
+        if fh is None:  # another process is building it: build a private copy
             self.path = self.folder.with_name(self.folder.name + f".tmp{os.getpid()}")
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True)
@@ -340,8 +337,10 @@ class _BuildFolder:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
+        from ..locks import release
+
         if self._lock is not None:
-            self._lock.close()  # closing drops the flock
+            release(self._lock)  # closing drops the flock
         if self.path.name.endswith(f".tmp{os.getpid()}"):
             shutil.rmtree(self.path, ignore_errors=True)  # a private copy not published
 
