@@ -72,9 +72,10 @@ bench-distill: install examples/glyphs/teacher.pt
 bench-stream: install
 	$(BIN)/python benchmarks/data_stream.py
 
-# runs killed at random moments and resumed (about 17 min)
+# runs killed at random moments and resumed (about 17 + 12 min)
 bench-kill: install examples/glyphs/teacher.pt
 	$(BIN)/python benchmarks/kill_campaign.py --kills 16 --seed 0
+	$(BIN)/python benchmarks/kill_campaign.py --example imagefolder --kills 16 --seed 0
 
 # TuRBO with and without the learned (SCBO) constraint on the toy problem (about 15 min)
 bench-scbo: install examples/glyphs/teacher.pt

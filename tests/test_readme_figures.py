@@ -465,6 +465,22 @@ def check_kill_campaign() -> None:
     _assert_quoted(expected, sec, "kill campaign", "kill_campaign.json")
 
 
+def check_kill_campaign_imagefolder() -> None:
+    doc = _load("kill_campaign_imagefolder")
+    sec = " ".join(_section("**Killed at any moment**", "### Bring your own teacher").split())
+    s = doc["summary"]
+    expected = [
+        f"--example imagefolder --kills {s['runs']} --seed {doc['seed']}",
+        f"; {doc['uninterrupted_s']:.1f} s uninterrupted, each run with an empty cache folder)",
+        f"{s['identical_students']} of {s['runs']} resumed runs shipped its student",
+        f"{s['went_on_from_an_epoch_checkpoint']} from an epoch checkpoint",
+        f"{s['restored_kept_final_students']} from the kept students",
+        f"{s['resumed_a_cache_build']} went on with a half-built teacher cache",
+        f"{s['left_behind']} left a file behind",
+    ]
+    _assert_quoted(expected, sec, "kill campaign (imagefolder)", "kill_campaign_imagefolder.json")
+
+
 # -- learned constraints (SCBO) on the toy problem ------------------------------------------------
 def check_scbo_toy() -> None:
     doc = _load("scbo_toy")
@@ -884,6 +900,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "data_stream": check_data_stream,
     "ort_stability": check_ort_stability,
     "kill_campaign": check_kill_campaign,
+    "kill_campaign_imagefolder": check_kill_campaign_imagefolder,
     "cpu_table": check_cpu_table,
     "cpu_table_torch": check_cpu_table_torch,
     "scbo_toy": check_scbo_toy,
