@@ -13,9 +13,6 @@ final training (export, report, a full disk) resumes without training them again
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from .config import CompileConfig
-from .errors import write_failure
 from .evaluate import RunContext, student_family, train_config
+from .profilers.onnx_export import file_sha256
 from .search.space import Config
 
 __all__ = [
@@ -264,14 +261,6 @@ def _seeded_build(run: RunContext, config: Config) -> nn.Module:
     return student_family(run).build(config)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def keep_final(out: Path, final: FinalResult) -> dict[str, Any] | str:
     """Write the final students' weights to ``out/FINAL_WEIGHTS`` (atomically, fsynced).
 
@@ -280,19 +269,16 @@ def keep_final(out: Path, final: FinalResult) -> dict[str, Any] | str:
         ``final`` (the file's sha256, the training results), or, when the file cannot be written
         (a full disk, a read-only folder), why: the run goes on without this safety net.
     """
+    from .distill.checkpoint import save_atomically
+
     blob = {"kd": final.student.state_dict(), "ce": None if final.twin is None else final.twin.state_dict()}
-    path, tmp = out / FINAL_WEIGHTS, out / f".{FINAL_WEIGHTS}.tmp"
+    why = save_atomically(blob, out / FINAL_WEIGHTS)
+    if why is not None:
+        return why
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(blob, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        digest = _sha256(path)
-    except (OSError, RuntimeError) as exc:  # torch.save's short write is a RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        digest = file_sha256(out / FINAL_WEIGHTS)
+    except OSError as exc:
+        return exc.strerror or str(exc)
     return {
         "weights": FINAL_WEIGHTS,
         "weights_sha256": digest,
@@ -321,7 +307,7 @@ def restored_final(
     path = out / str(record.get("weights", FINAL_WEIGHTS))
     if path.name != FINAL_WEIGHTS or not path.is_file():
         return None, f"{FINAL_WEIGHTS} is missing from {out}"
-    if _sha256(path) != record["weights_sha256"]:
+    if file_sha256(path) != record["weights_sha256"]:
         return None, f"{path} does not match the journal (changed or damaged)"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import nn
 from ..errors import write_failure
 from .train_config import TrainConfig
 
-__all__ = ["EpochCheckpoint"]
+__all__ = ["EpochCheckpoint", "save_atomically"]
 
 
 class EpochCheckpoint:
@@ -68,20 +67,31 @@ class EpochCheckpoint:
         """Write ``state`` (plus the key) atomically. A checkpoint is a safety net, never worth
         the training: when it cannot be written (a full disk), the previous one stays, ``error``
         says why, and no further one is attempted."""
-        if self.error is not None:
-            return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                torch.save({**state, "key": self.key}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except (OSError, RuntimeError) as exc:
-            self.error = write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        if self.error is None:
+            self.error = save_atomically({**state, "key": self.key}, self.path)
+
+
+def save_atomically(obj: Any, path: Path) -> str | None:
+    """``torch.save`` ``obj`` to ``path`` through a temporary file (``.<name>.tmp``), fsynced and
+    renamed over it, so ``path`` is either the old file or the whole new one.
+
+    Returns:
+        None, or why it could not be written (a full disk: ``errors.write_failure``); the
+        temporary file is then removed and ``path`` left as it was.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save's short write is a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return None
 
 
 def rng_state(device: torch.device, gen: torch.Generator | None) -> dict[str, Any]:
@@ -99,7 +109,3 @@ def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Genera
         torch.cuda.set_rng_state(state["cuda"], device)
     if gen is not None and state.get("gen") is not None:
         gen.set_state(state["gen"])
-
-
-def elapsed_since(t0: float) -> float:
-    return time.perf_counter() - t0

@@ -212,7 +212,7 @@ class TopKCache:
         idx_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
         shape = {"n": n, "views": views, "k": k, "index_dtype": np.dtype(idx_dtype).name}
         with _BuildFolder(folder, shape) as build:
-            done = cls._complete(folder)  # built by another process while this one waited for nothing
+            done = cls._complete(folder)  # finished by another build between the first look and the lock
             if done is not None:
                 return done
             t0 = time.perf_counter()

@@ -66,7 +66,7 @@ class TrainConfig:
             long trainings; the first steps pay the compilation).
         checkpoint: a file where the training keeps its state at each epoch's end, and resumes
             from when it holds this training's state (``checkpoint.EpochCheckpoint``; not with
-            ``sparsity`` or an ``ExtraLoss``); None = none.
+            ``sparsity`` or an ``ExtraLoss`` without a ``checkpoint_key``); None = none.
     """
 
     epochs: float = 2

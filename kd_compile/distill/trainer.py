@@ -471,7 +471,7 @@ def _loop(
     perm = torch.randperm(n, generator=gen).to(device)
     pos = 0
     ckpt = _checkpoint(cfg, model, feats.extra, (n, bs, total))
-    step = _resume(ckpt, feats.trainable, optim, log, device, gen)
+    step = _resume(_kept_state(ckpt, total), feats.trainable, optim, log, device, gen)
     if step:
         pos, t0 = n, log.t0  # a new permutation next, from the restored generator, as at any epoch's end
     while step < total:
@@ -622,8 +622,8 @@ def _train_streamed(
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     cuda = device.type == "cuda"
     ckpt = _checkpoint(cfg, model, extra, (n, bs, total))
-    kept = ckpt.load() if ckpt is not None else None
-    start = int(kept["step"]) if kept is not None and int(kept["step"]) < total else 0
+    kept = _kept_state(ckpt, total)  # read now: the schedule starts at its step
+    start = 0 if kept is None else int(kept["step"])
     schedule = _Schedule(subset, bs, total, cfg.seed, data.seed, cache, start=start)
     loader = data.loader("train", batch_size=bs, batches=schedule, train=True, pin_memory=cuda)
     batches = iter(loader)
@@ -639,7 +639,7 @@ def _train_streamed(
         validate = (lambda: streamed_accuracy(model, data, "val", device=device)) if evaluate_epochs else None
         log = _EpochLog(model, optim.opt, optim.sparse, cfg, t0, steps_per_epoch, total, validate, batch_size=bs)
         last_report = -1
-        step = _resume(ckpt, feats.trainable, optim, log, device, None, state=kept) if start else 0
+        step = _resume(kept, feats.trainable, optim, log, device, None)
         t0 = log.t0
         for xb, yb, ib, _ in itertools.chain([first], batches):
             epoch = step // steps_per_epoch
@@ -692,16 +692,20 @@ def _checkpoint(
     return EpochCheckpoint(cfg, model, (*shape, term))
 
 
+def _kept_state(ckpt: EpochCheckpoint | None, total: int) -> dict[str, Any] | None:
+    """The state ``ckpt`` kept for this training at an epoch's end before its last step, or None
+    (no checkpoint, none kept, another training's)."""
+    state = ckpt.load() if ckpt is not None else None
+    return state if state is not None and int(state["step"]) < total else None
+
+
 def _resume(
-    ckpt: EpochCheckpoint | None, trainable: nn.Module, optim: _Optim, log: _EpochLog, device: torch.device,
-    gen: torch.Generator | None, state: dict[str, Any] | None = None,
+    state: dict[str, Any] | None, trainable: nn.Module, optim: _Optim, log: _EpochLog, device: torch.device,
+    gen: torch.Generator | None,
 ) -> int:  # fmt: skip
-    """Restore the state ``ckpt`` kept (or ``state``, read already), and return the step it was
-    kept at; 0 when there is none for this training (it starts afresh)."""
-    state = state if state is not None else (ckpt.load() if ckpt is not None else None)
-    if ckpt is None or state is None:
-        return 0
-    if state.get("key") != ckpt.key:
+    """Restore a training's kept ``state`` (``_kept_state``) and return the step it was kept at;
+    0 when there is none (the training starts afresh)."""
+    if state is None:
         return 0
     trainable.load_state_dict(state["trainable"])
     optim.opt.load_state_dict(state["opt"])
