@@ -53,12 +53,14 @@ bench-latency: install
 bench-ort: install
 	$(BIN)/python benchmarks/ort_stability.py
 
-# the cpu target's measured tables (ONNX Runtime, eager PyTorch) and its calibration; run it alone
+# the cpu target's measured tables (ONNX Runtime, eager PyTorch) and its calibration, and HELP's Xeons
+# predicted from their datasheets (the band of a CPU profile without a table); run it alone
 bench-cpu: install
 	$(BIN)/python benchmarks/cpu_table.py --write-calibration
 	$(BIN)/python benchmarks/cpu_table.py --runtime torch --write-calibration
 	$(BIN)/python benchmarks/cpu_table.py --small-check --write-calibration
 	$(BIN)/python benchmarks/cpu_table.py --runtime torch --small-check --write-calibration
+	$(BIN)/python benchmarks/cpu_transfer.py --measure-here 24 --write-calibration
 
 bench-difficulty: install
 	$(BIN)/python benchmarks/glyphs_difficulty.py --threads 1

@@ -884,6 +884,60 @@ def check_cpu_table_torch() -> None:
     _assert_quoted(expected + _small_check_phrases(), sec, "CPU predictions", "cpu_table_torch.json")
 
 
+def check_cpu_transfer() -> None:
+    doc = _load("cpu_transfer")
+    sec = " ".join(_section("**Other CPUs**", "**Streaming data**").split())
+    cpus = ("xeon-gold-6226", "xeon-gold-6240", "xeon-silver-4114", "xeon-silver-4210r")
+
+    def span(fam: str, how: str, key: str, fmt: str, scale: float = 1.0) -> str:
+        v = [scale * doc["table"][f"{c}/{fam}"][how][key] for c in cpus]
+        return f"{fmt.format(min(v))}-{fmt.format(max(v))}"
+
+    band = doc["band"]["torch/fp32/batch1"]
+    shipped = json.loads((ROOT / "kd_compile" / "targets" / "calibration" / "_all_devices.json")
+                         .read_text(encoding="utf-8"))["transfer_bands"]["cpu"]["torch/fp32/batch1"]
+    assert band == shipped, "the shipped CPU band is not the one cpu_transfer.json measured"
+    agree = doc["columns_agree"]
+    here = doc["here"]["repeats"]
+
+    def here_span(fam: str, how: str, key: str, fmt: str) -> str:
+        v = [r[fam][how][key] for r in here]
+        return f"{fmt.format(min(v))}-{fmt.format(max(v))}"
+
+    ratios = {f: [doc["table"][f"{c}/{f}"]["datasheet"]["measured_median_ms"] for c in cpus]
+              for f in ("nb201", "fbnet")}
+    per_cpu = [a / b for a, b in zip(ratios["fbnet"], ratios["nb201"], strict=True)]
+    expected = [
+        f"({doc['seconds']:.0f} s", f"{band['n']:,} rows", f"**±{100 * band['median_ape']:.0f}% median "
+        f"({100 * band['p80_ape']:.0f}% p80)**",
+        f"x{span('nb201', 'datasheet', 'median_ratio', '{:.2f}')} the measured time (median error "
+        f"{span('nb201', 'datasheet', 'median_ape', '{:.1f}', 100)}% by CPU, Spearman "
+        f"{span('nb201', 'datasheet', 'spearman', '{:.3f}')})",
+        f"x{span('fbnet', 'datasheet', 'median_ratio', '{:.2f}')} "
+        f"({span('fbnet', 'datasheet', 'median_ape', '{:.1f}', 100)}%, "
+        f"Spearman {span('fbnet', 'datasheet', 'spearman', '{:.3f}')};",
+        f"at {min(v for k, v in agree.items() if k.startswith('fbnet')):.3f}-"
+        f"{max(v for k, v in agree.items() if k.startswith('fbnet')):.3f} on FBNet, "
+        f"{min(v for k, v in agree.items() if k.startswith('nb201')):.3f}-"
+        f"{max(v for k, v in agree.items() if k.startswith('nb201')):.3f} on NAS-Bench-201",
+        f"(x{span('fbnet', 'cpu_target_calibration', 'median_ratio', '{:.2f}')}; NAS-Bench-201 "
+        f"x{span('nb201', 'cpu_target_calibration', 'median_ratio', '{:.2f}')})",
+        f"took {min(per_cpu):.1f}-{max(per_cpu):.0f}x a NAS-Bench-201 one (medians "
+        f"{span('fbnet', 'datasheet', 'measured_median_ms', '{:.1f}')} ms against "
+        f"{span('nb201', 'datasheet', 'measured_median_ms', '{:.1f}')} ms)",
+        f"({doc['here']['n_per_family']} of each table", f"PyTorch {doc['here']['torch'].split('+')[0]} on the "
+        f"{doc['here']['cpu']} of the day, two threads, {_WORDS[len(here)]} passes",
+        f"took {here_span('fbnet', 'datasheet', 'measured_median_ms', '{:.1f}')} ms and "
+        f"{here_span('nb201', 'datasheet', 'measured_median_ms', '{:.1f}')} ms",
+        f"x{here_span('nb201', 'datasheet', 'median_ratio', '{:.2f}')} (NAS-Bench-201) and "
+        f"x{here_span('fbnet', 'datasheet', 'median_ratio', '{:.2f}')} (FBNet) from the datasheet, "
+        f"x{here_span('nb201', 'cpu_target_calibration', 'median_ratio', '{:.2f}')} and "
+        f"x{here_span('fbnet', 'cpu_target_calibration', 'median_ratio', '{:.2f}')} with",
+    ]
+    assert all(r[f]["threads"] == 2 for r in here for f in r)
+    _assert_quoted(expected, sec, "other CPUs", "cpu_transfer.json")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "e2e_glyphs": check_e2e,
     "e2e_glyphs_turbo": check_e2e_turbo,
@@ -903,6 +957,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "kill_campaign_imagefolder": check_kill_campaign_imagefolder,
     "cpu_table": check_cpu_table,
     "cpu_table_torch": check_cpu_table_torch,
+    "cpu_transfer": check_cpu_transfer,
     "scbo_toy": check_scbo_toy,
     "scbo_cpu_learned": check_scbo_cpu,
     "scbo_cpu_penalty": check_scbo_cpu,

@@ -40,13 +40,15 @@ the scales predict an architecture family they were not fitted on.
   calibration where its eager tables of that precision give one, else with the device left out.
 
 ``calibration/_all_devices.json`` holds the all-device fit and the transfer bands, for user
-TOMLs. :func:`calibrate` (the ``kd-compile calibrate --table`` entry point) fits one target's
-scales to a user's timm-format table.
+TOMLs; a CPU's (kind ``cpu``) is the error on HELP's four Xeons, which no fit reads, each predicted
+from its datasheet alone (:mod:`.cpus`). :func:`calibrate` (the ``kd-compile calibrate --table``
+entry point) fits one target's scales to a user's timm-format table.
 
 The parts: :mod:`.tables` (reading the measured tables), :mod:`.counts` (the op-count cache),
 :mod:`.problem` (rows joined with their kernels), :mod:`.fit` (the least-squares fits),
-:mod:`.holdout` (held-out evaluation and error bands), :mod:`.write` (the entry points that write
-the calibration files) and :mod:`.synthetic` (a synthetic problem for tests).
+:mod:`.holdout` (held-out evaluation and error bands), :mod:`.cpus` (the band of a CPU without a
+table), :mod:`.write` (the entry points that write the calibration files) and :mod:`.synthetic` (a
+synthetic problem for tests).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ..profilers.roofline import (
     read_calibration,
 )
 from ..targets.profile import PRECISIONS, TargetProfile, get_target, list_targets
+from .cpus import cpu_transfer_bands
 from .fit import CPU_FITTED, RIDGE, device_scales, fit_cpu, fit_on, quality
 from .holdout import bands, check_bands, family_ridge, kfold_on_device, leave_one_device_out, transfer_bands
 from .problem import Problem, build_problem
@@ -80,6 +81,10 @@ def calibrate_all(
               + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
     measured = sorted({r.device for r in problem.rows})
     transfer = transfer_bands(problem, pred_lodo)
+    # a CPU profile without a table of its own: HELP's Xeons, which no fit reads, predicted from their datasheets
+    cpu = cpu_transfer_bands(c_all, data_dir=data_dir)
+    if cpu:
+        transfer["cpu"] = cpu
     # torch.compile: s_compile is fitted on the one table that measures it, which no other fit reads,
     # and its regimes carry that table's cross-validated error
     # each measured device's own scales, fitted once: s_compile's own-calibration band and the device's file use them
