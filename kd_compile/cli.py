@@ -428,9 +428,16 @@ def _latency_status(p: Any) -> str:
     if p.local:
         return "measured here"
     band = _default_band(p)
-    if band is None:
-        return "predicted, uncalibrated"
-    return f"predicted ±{100 * band:.0f}%"
+    if band is not None:
+        return f"predicted ±{100 * band:.0f}%"
+    # the default runtime has no band: say which runtime has one (a CPU profile of yours: eager PyTorch)
+    from . import api
+    from .profilers.roofline import RUNTIME_NAMES
+
+    others = [(rt, api.prediction_band(p, rt, p.default_precision, 1).get("median_ape"))
+              for rt in RUNTIME_NAMES if rt != p.default_runtime]
+    found = [f"{rt} ±{100 * ape:.0f}%" for rt, ape in others if isinstance(ape, (int, float))]
+    return f"predicted, uncalibrated in {p.default_runtime}" + (f" ({', '.join(found)})" if found else "")
 
 
 def _bands(p: Any) -> dict[str, Any]:

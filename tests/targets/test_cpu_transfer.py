@@ -103,3 +103,17 @@ def test_a_cpu_of_the_users_carries_the_band_in_eager_and_says_unvalidated_in_on
     assert "GPU" not in big["caveat"]
     small = kd_compile.profile("timm:resnet18", target=str(toml), runtime="torch", method="predict", image_size=32)
     assert "caveat" not in small["extra"]["error_band"]
+
+
+def test_targets_show_says_which_runtime_of_a_cpu_of_yours_has_a_band() -> None:
+    from typer.testing import CliRunner
+
+    from kd_compile.cli import app
+
+    band = _shared()["transfer_bands"]["cpu"]["torch/fp32/batch1"]["median_ape"]
+    res = CliRunner().invoke(app, ["targets", "show", str(CPU_PROFILES_DIR / "xeon-gold-6226.toml")])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("latency"))
+    assert line.split(None, 1)[1] == f"predicted, uncalibrated in onnxruntime (torch ±{100 * band:.0f}%)"
+    res = CliRunner().invoke(app, ["targets", "show", "t4"])
+    assert "uncalibrated" not in res.output
