@@ -888,15 +888,16 @@ def check_cpu_transfer() -> None:
     doc = _load("cpu_transfer")
     sec = " ".join(_section("**Other CPUs**", "**Streaming data**").split())
     cpus = ("xeon-gold-6226", "xeon-gold-6240", "xeon-silver-4114", "xeon-silver-4210r")
+    table = doc["table"]
 
     def span(fam: str, how: str, key: str, fmt: str, scale: float = 1.0) -> str:
-        v = [scale * doc["table"][f"{c}/{fam}"][how][key] for c in cpus]
+        v = [scale * table[f"{c}/{fam}"][how][key] for c in cpus]
         return f"{fmt.format(min(v))}-{fmt.format(max(v))}"
 
-    band = doc["band"]["torch/fp32/batch1"]
     shipped = json.loads((ROOT / "kd_compile" / "targets" / "calibration" / "_all_devices.json")
-                         .read_text(encoding="utf-8"))["transfer_bands"]["cpu"]["torch/fp32/batch1"]
-    assert band == shipped, "the shipped CPU band is not the one cpu_transfer.json measured"
+                         .read_text(encoding="utf-8"))["transfer_bands"]["cpu"]
+    assert doc["band"] == shipped, "the shipped CPU bands are not the ones cpu_transfer.json measured"
+    eager, ort = doc["band"]["torch/fp32/batch1"], doc["band"]["onnxruntime/fp32/batch1"]
     agree = doc["columns_agree"]
     here = doc["here"]["repeats"]
 
@@ -904,22 +905,30 @@ def check_cpu_transfer() -> None:
         v = [r[fam][how][key] for r in here]
         return f"{fmt.format(min(v))}-{fmt.format(max(v))}"
 
-    ratios = {f: [doc["table"][f"{c}/{f}"]["datasheet"]["measured_median_ms"] for c in cpus]
-              for f in ("nb201", "fbnet")}
-    per_cpu = [a / b for a, b in zip(ratios["fbnet"], ratios["nb201"], strict=True)]
+    meds = {f: [table[f"{c}/{f}"]["datasheet"]["measured_median_ms"] for c in cpus] for f in ("nb201", "fbnet")}
+    per_cpu = [a / b for a, b in zip(meds["fbnet"], meds["nb201"], strict=True)]
+    vm = {rt: table[f"kd-compile-dev-vm/{rt}"]["datasheet"] for rt in ("onnxruntime", "torch")}
+
+    def agree_span(fam: str) -> str:
+        v = [x for k, x in agree.items() if k.startswith(fam)]
+        return f"{min(v):.3f}-{max(v):.3f}"
+
     expected = [
-        f"({doc['seconds']:.0f} s", f"{band['n']:,} rows", f"**±{100 * band['median_ape']:.0f}% median "
-        f"({100 * band['p80_ape']:.0f}% p80)**",
+        f"({doc['seconds']:.0f} s",
+        f"**±{100 * eager['median_ape']:.0f}% median ({100 * eager['p80_ape']:.0f}% p80)** over the "
+        f"{_WORDS[len(eager['devices'])]} CPUs ({eager['n']:,} rows)",
+        f"**±{100 * ort['median_ape']:.0f}% median ({100 * ort['p80_ape']:.0f}% p80)** over the "
+        f"{_WORDS[len(ort['devices'])]} CPU measured in it (this VM's {ort['n']} models",
+        f"outside their {ort['input_px'][0]}-{ort['input_px'][1]} px",
         f"x{span('nb201', 'datasheet', 'median_ratio', '{:.2f}')} the measured time (median error "
-        f"{span('nb201', 'datasheet', 'median_ape', '{:.1f}', 100)}% by CPU, Spearman "
+        f"{span('nb201', 'datasheet', 'median_ape', '{:.1f}', 100)}%, Spearman "
         f"{span('nb201', 'datasheet', 'spearman', '{:.3f}')})",
         f"x{span('fbnet', 'datasheet', 'median_ratio', '{:.2f}')} "
         f"({span('fbnet', 'datasheet', 'median_ape', '{:.1f}', 100)}%, "
         f"Spearman {span('fbnet', 'datasheet', 'spearman', '{:.3f}')};",
-        f"at {min(v for k, v in agree.items() if k.startswith('fbnet')):.3f}-"
-        f"{max(v for k, v in agree.items() if k.startswith('fbnet')):.3f} on FBNet, "
-        f"{min(v for k, v in agree.items() if k.startswith('nb201')):.3f}-"
-        f"{max(v for k, v in agree.items() if k.startswith('nb201')):.3f} on NAS-Bench-201",
+        f"at {agree_span('fbnet')} on FBNet, {agree_span('nb201')} on NAS-Bench-201",
+        f"this VM x{vm['onnxruntime']['median_ratio']:.2f} in ONNX Runtime and x{vm['torch']['median_ratio']:.2f} "
+        "in eager PyTorch",
         f"(x{span('fbnet', 'cpu_target_calibration', 'median_ratio', '{:.2f}')}; NAS-Bench-201 "
         f"x{span('nb201', 'cpu_target_calibration', 'median_ratio', '{:.2f}')})",
         f"took {min(per_cpu):.1f}-{max(per_cpu):.0f}x a NAS-Bench-201 one (medians "
@@ -928,11 +937,11 @@ def check_cpu_transfer() -> None:
         f"({doc['here']['n_per_family']} of each table", f"PyTorch {doc['here']['torch'].split('+')[0]} on the "
         f"{doc['here']['cpu']} of the day, two threads, {_WORDS[len(here)]} passes",
         f"took {here_span('fbnet', 'datasheet', 'measured_median_ms', '{:.1f}')} ms and "
-        f"{here_span('nb201', 'datasheet', 'measured_median_ms', '{:.1f}')} ms",
-        f"x{here_span('nb201', 'datasheet', 'median_ratio', '{:.2f}')} (NAS-Bench-201) and "
-        f"x{here_span('fbnet', 'datasheet', 'median_ratio', '{:.2f}')} (FBNet) from the datasheet, "
-        f"x{here_span('nb201', 'cpu_target_calibration', 'median_ratio', '{:.2f}')} and "
-        f"x{here_span('fbnet', 'cpu_target_calibration', 'median_ratio', '{:.2f}')} with",
+        f"{here_span('nb201', 'datasheet', 'measured_median_ms', '{:.1f}')} ms, predicted from the datasheet "
+        f"x{here_span('fbnet', 'datasheet', 'median_ratio', '{:.2f}')} and "
+        f"x{here_span('nb201', 'datasheet', 'median_ratio', '{:.2f}')} by pass (with the `cpu` target's "
+        f"calibration x{here_span('fbnet', 'cpu_target_calibration', 'median_ratio', '{:.2f}')} and "
+        f"x{here_span('nb201', 'cpu_target_calibration', 'median_ratio', '{:.2f}')})",
     ]
     assert all(r[f]["threads"] == 2 for r in here for f in r)
     _assert_quoted(expected, sec, "other CPUs", "cpu_transfer.json")

@@ -237,11 +237,6 @@ def large_input_notes(
     if not small_input_band(band):
         return out
     head = f"measured on 32-px networks only, and this model's input is {input_px} px"
-    if target.kind == "cpu":  # HELP's Xeons (calibrate.cpus): no other CPU's table of ImageNet-size models
-        out["caveat"] = (f"{head}: no table of ImageNet-size models on another CPU was measured (this project's "
-                         "own CPU's, benchmarks/cpu_table.py, calibrates the cpu target only); measure this CPU "
-                         "(--target local) or fit it with kd-compile calibrate --table")
-        return out
     pooled = _out_of_sample_doc().get("small_input_bands", {}).get(regime_key(runtime, precision, batch)) or []
     pooled = [p for p in pooled if isinstance(p, dict) and p.get("median_ratio_by_device")]
     if mine is not None:
