@@ -211,7 +211,8 @@ def test_a_cpu_of_the_users_without_a_table_says_how_to_fit_one(tmp_path: Path) 
     text = (CALIBRATION_DIR.parent / "cpu.toml").read_text(encoding="utf-8")
     toml.write_text(text.replace('name = "cpu"', 'name = "mycpu"').replace("local = true", "local = false"),
                     encoding="utf-8")
-    band = error_band(get_target(str(toml)), "onnxruntime", "fp32", 1)
+    # batch 1 carries the bands measured on other CPUs (tests/targets/test_cpu_transfer.py); batch 64 none
+    band = error_band(get_target(str(toml)), "onnxruntime", "fp32", 64)
     assert band["median_ape"] is None and band["basis"].endswith(": unvalidated")
     assert f"kd-compile calibrate --target {toml} --table T.csv --runtime onnxruntime --precision fp32" in band["basis"]
 
