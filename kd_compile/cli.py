@@ -430,7 +430,7 @@ def _latency_status(p: Any) -> str:
     band = _default_band(p)
     if band is not None:
         return f"predicted ±{100 * band:.0f}%"
-    # the default runtime has no band: say which runtime has one (a CPU profile of yours: eager PyTorch)
+    # the default runtime has no band: say which have one (a GPU profile of yours defaulting to ONNX Runtime)
     from . import api
     from .profilers.roofline import RUNTIME_NAMES
 

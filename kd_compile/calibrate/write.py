@@ -81,7 +81,7 @@ def calibrate_all(
               + ", ".join(f"{k:g}: {v:.4f}" for k, v in ridge_scores.items()) + ")", flush=True)
     measured = sorted({r.device for r in problem.rows})
     transfer = transfer_bands(problem, pred_lodo)
-    # a CPU profile without a table of its own: HELP's Xeons, which no fit reads, predicted from their datasheets
+    # a CPU profile without a table of its own: every measured CPU (HELP's Xeons, this VM), predicted from its datasheet
     cpu = cpu_transfer_bands(c_all, data_dir=data_dir)
     if cpu:
         transfer["cpu"] = cpu
