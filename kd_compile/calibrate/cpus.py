@@ -53,8 +53,7 @@ HELP_CPUS = {"gold_6226": "xeon-gold-6226", "gold_6240": "xeon-gold-6240",
 # the development VM's own tables (``benchmarks/cpu_table.py``) -> runtime; its profile is the shipped ``cpu`` one
 DEV_VM = "kd-compile-dev-vm"
 DEV_VM_TABLES = {"cpu-onnxruntime-fp32-b1-devvm.csv": "onnxruntime", "cpu-torch-fp32-b1-devvm.csv": "torch"}
-TRANSFER = ("CPUs: none enters the all-device fit; each predicted from its datasheet with its constants, "
-            "unit scales")
+TRANSFER = "CPUs: none enters the all-device fit"
 
 
 def cpu_profiles() -> dict[str, TargetProfile]:
@@ -111,7 +110,8 @@ def cpu_transfer_bands(constants: Constants, problem: Problem | None = None,
     for key, band in out.items():
         n = len(band["devices"])
         what = f"{n} CPUs predicted from their datasheets" if n > 1 else "1 CPU predicted from its datasheet"
-        band["basis"] = band["basis"].replace("leave-one-device-out over", f"{what} alone:", 1)
+        band["basis"] = band["basis"].replace("leave-one-device-out over",
+                                              f"{what} alone (all-device constants, unit scales):", 1)
         band["transfer"] = TRANSFER
         px = [timm_spec_parts(r.spec)[1] for r in problem.rows
               if r.spec.startswith("timm:") and key == f"{r.runtime}/{r.precision}/batch1"]

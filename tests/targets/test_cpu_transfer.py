@@ -107,7 +107,7 @@ def test_a_cpu_of_the_users_carries_the_bands_measured_on_other_cpus(tmp_path: P
         band = error_band(mine, runtime, "fp32", 1)
         assert band["median_ape"] == shipped[f"{runtime}/fp32/batch1"]["median_ape"], runtime
         assert band["transfer"].startswith("device left out (no calibration file for 'mycpu')")
-        assert "predicted from" in band["basis"] and "alone:" in band["basis"]
+        assert "predicted from" in band["basis"] and "alone (all-device constants, unit scales):" in band["basis"]
     assert error_band(mine, "torch", "fp32", 64)["median_ape"] is None  # nothing measured a CPU at batch 64
     # the built-in cpu target keeps its own tables' bands
     assert error_band(get_target("cpu"), "torch", "fp32", 1)["transfer"] == "fitted on this device"
