@@ -53,8 +53,8 @@ bench-latency: install
 bench-ort: install
 	$(BIN)/python benchmarks/ort_stability.py
 
-# the cpu target's measured tables (ONNX Runtime, eager PyTorch) and its calibration, and HELP's Xeons
-# predicted from their datasheets (the band of a CPU profile without a table); run it alone
+# the cpu target's measured tables (ONNX Runtime, eager PyTorch) and its calibration, and every measured
+# CPU predicted from its datasheet (the bands of a CPU profile without a table); run it alone
 bench-cpu: install
 	$(BIN)/python benchmarks/cpu_table.py --write-calibration
 	$(BIN)/python benchmarks/cpu_table.py --runtime torch --write-calibration
