@@ -40,8 +40,7 @@ from .tables import (
     HELP_TABLES,
     NAS_SAMPLE,
     MeasuredRow,
-    _dict_rows,
-    _sample,
+    read_help,
     read_timm_table,
     timm_spec_parts,
 )
@@ -74,18 +73,8 @@ def read_help_cpus(data_dir: Path | None = None, n: int = NAS_SAMPLE) -> list[Me
     """HELP's batch-1 CPU rows of the ``n`` architectures per table that the GPU fits sample (the same
     seed, so the op-count cache holds them): eager PyTorch fp32, seconds per batch."""
     d = Path(data_dir or os.environ.get("KD_LATENCY_DATA") or DEFAULT_DATA_DIR)
-    out = []
-    for fname, space in HELP_TABLES.items():
-        path = d / fname
-        if not path.is_file():
-            continue
-        recs = {f"{space}:{r['arch_str']}": r for r in _dict_rows(path)}
-        for spec in _sample(list(recs), n):
-            for col, dev in HELP_CPUS.items():
-                v = recs[spec].get(f"{col}_ms")
-                if v:
-                    out.append(MeasuredRow(spec, dev, "torch", "fp32", 1, float(v) * 1e-3, fname))
-    return out
+    return [r for fname, space in HELP_TABLES.items() if (d / fname).is_file()
+            for r in read_help(d / fname, space, n, devices=HELP_CPUS)]
 
 
 def cpu_problem(data_dir: Path | None = None, n: int = NAS_SAMPLE) -> Problem | None:

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,16 +277,19 @@ def _sample(keys: Sequence[str], n: int, seed: int = 0) -> list[str]:
     return [keys[i] for i in rng.permutation(len(keys))[:n]]
 
 
-def read_help(path: Path, space: str, n: int = NAS_SAMPLE) -> list[MeasuredRow]:
-    """HELP NAS-Bench-201/FBNet rows of ``n`` sampled architectures on the five desktop GPUs."""
+def read_help(path: Path, space: str, n: int = NAS_SAMPLE,
+              devices: Mapping[str, str] = HELP_DEVICES) -> list[MeasuredRow]:
+    """HELP NAS-Bench-201/FBNet rows of ``n`` sampled architectures on ``devices`` (column prefix ->
+    device name; default the five desktop GPUs): columns ``<prefix>_<batch>_ms``, or ``<prefix>_ms``
+    at batch 1 (HELP's CPU columns)."""
     recs = {f"{space}:{r['arch_str']}": r for r in _dict_rows(path)}
-    col = re.compile(r"^(1080ti|2080ti|titan_rtx|titanx|titanxp)_(\d+)_ms$")
+    col = re.compile(rf"^({'|'.join(map(re.escape, devices))})(?:_(\d+))?_ms$")
     out = []
     for spec in _sample(list(recs), n):
         for c, v in recs[spec].items():
             m = col.match(c)
             if m and v:
-                out.append(MeasuredRow(spec, HELP_DEVICES[m.group(1)], "torch", "fp32", int(m.group(2)),
+                out.append(MeasuredRow(spec, devices[m.group(1)], "torch", "fp32", int(m.group(2) or 1),
                                        float(v) * 1e-3, Path(path).name))
     return out
 
