@@ -55,6 +55,7 @@ from kd_compile.calibrate.cpus import (  # noqa: E402
     datasheet_predictions,
 )
 from kd_compile.calibrate.fit import predict, quality  # noqa: E402
+from kd_compile.calibrate.problem import Problem  # noqa: E402
 from kd_compile.calibrate.tables import family_of  # noqa: E402
 from kd_compile.profilers.devices import cpu_name  # noqa: E402
 from kd_compile.profilers.roofline import SHARED_FIT, Constants, DeviceScales, read_calibration  # noqa: E402
@@ -72,10 +73,7 @@ def figures(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
             "spearman": round(float(quality(pred, meas)["spearman"]), 4)}
 
 
-def help_cpus(constants: Constants) -> dict[str, Any]:
-    problem = cpu_problem()
-    if problem is None:
-        raise SystemExit("HELP's tables not found in ../shared/data/latency (or KD_LATENCY_DATA)")
+def help_cpus(problem: Problem, constants: Constants) -> dict[str, Any]:
     everything = np.ones(len(problem.rows), bool)
     cpu_doc = read_calibration("cpu") or {}
     cpu_c = Constants.from_dict(cpu_doc["constants"])
@@ -112,38 +110,35 @@ def help_cpus(constants: Constants) -> dict[str, Any]:
     return {"table": table, "band": band, "columns_agree": agree, "n_rows": len(problem.rows)}
 
 
-def measure_here(n: int, repeats: int = 1) -> dict[str, Any]:
+def measure_here(problem: Problem, n: int, repeats: int = 1) -> dict[str, Any]:
     """``n`` sampled architectures per table timed on this machine ``repeats`` times (each time into an
-    empty measurement cache), predicted two ways; figures per repeat."""
-    problem = cpu_problem()
+    empty measurement cache), predicted two ways (once: a prediction does not move); figures per repeat."""
     specs: dict[str, list[str]] = {"nb201": [], "fbnet": []}
     for r in problem.rows:  # the tables' sample order
         fam = family_of(r.spec)
         if fam in specs and r.spec not in specs[fam] and len(specs[fam]) < n:
             specs[fam].append(r.spec)
+    kw = {"runtime": "torch", "precision": "fp32", "batch": 1}
+    # this machine as a user's profile without a calibration: the shipped cpu profile under another name;
+    # predicted with an empty cache, so that no calibration of the user's stands in for the shipped one
+    with tempfile.TemporaryDirectory() as tmp, _env("KD_COMPILE_CACHE", tmp):
+        plain = Path(tmp) / "this-vm-uncalibrated.toml"
+        plain.write_text((ROOT / "kd_compile" / "targets" / "cpu.toml").read_text(encoding="utf-8")
+                         .replace('name = "cpu"', 'name = "this-vm-uncalibrated"', 1), encoding="utf-8")
+        predicted = {how: {spec: kd_compile.profile(spec, target=target, method="predict", **kw)["latency_ms"] * 1e-3
+                           for names in specs.values() for spec in names}
+                     for how, target in (("cpu_target_calibration", "cpu"), ("datasheet", str(plain)))}
     out: dict[str, Any] = {"cpu": cpu_name(), "machine": platform.machine(), "torch": _torch_version(),
                            "repeats": [], "n_per_family": n}
     for _ in range(repeats):
-        # this machine as a user's profile without a calibration: the shipped cpu profile under another
-        # name; measurements into an empty cache, so that each is taken now
-        with tempfile.TemporaryDirectory() as tmp, _env("KD_COMPILE_CACHE", tmp):
-            plain = Path(tmp) / "this-vm-uncalibrated.toml"
-            plain.write_text((ROOT / "kd_compile" / "targets" / "cpu.toml").read_text(encoding="utf-8")
-                             .replace('name = "cpu"', 'name = "this-vm-uncalibrated"', 1), encoding="utf-8")
+        with tempfile.TemporaryDirectory() as tmp, _env("KD_COMPILE_CACHE", tmp):  # each measurement taken now
             rep: dict[str, Any] = {}
             for fam, names in specs.items():
-                meas, cal, sheet = [], [], []
-                for spec in names:
-                    kw = {"runtime": "torch", "precision": "fp32", "batch": 1}
-                    m = kd_compile.profile(spec, target="cpu", method="measure", **kw)
-                    meas.append(m["latency_ms"])
-                    cal.append(kd_compile.profile(spec, target="cpu", method="predict", **kw)["latency_ms"])
-                    sheet.append(kd_compile.profile(spec, target=str(plain), method="predict", **kw)["latency_ms"])
-                mm = np.array(meas) * 1e-3  # seconds, as the tables'
-                rep[fam] = {"threads": m.get("threads"),
-                            "cpu_target_calibration": figures(np.array(cal) * 1e-3, mm),
-                            "datasheet": figures(np.array(sheet) * 1e-3, mm)}
-                print(f"  {fam}: {len(names)} timed, median {np.median(meas):.2f} ms", flush=True)
+                runs = [kd_compile.profile(spec, target="cpu", method="measure", **kw) for spec in names]
+                mm = np.array([m["latency_ms"] for m in runs]) * 1e-3  # seconds, as the tables'
+                rep[fam] = {"threads": runs[-1].get("threads"),
+                            **{how: figures(np.array([p[s] for s in names]), mm) for how, p in predicted.items()}}
+                print(f"  {fam}: {len(names)} timed, median {1e3 * np.median(mm):.2f} ms", flush=True)
             out["repeats"].append(rep)
     return out
 
@@ -187,7 +182,10 @@ def main() -> None:
     t0 = time.perf_counter()
     shared = read_calibration(SHARED_FIT.stem)
     constants = Constants.from_dict(shared["constants"])
-    res = help_cpus(constants)
+    problem = cpu_problem()
+    if problem is None:
+        raise SystemExit("no CPU table found (HELP's in ../shared/data/latency or KD_LATENCY_DATA, the VM's bundled)")
+    res = help_cpus(problem, constants)
     print("CPUs predicted from their datasheets (all-device constants, unit scales), fp32, batch 1: HELP's Xeons "
           "(eager PyTorch) and this project's VM (its own tables) | with the cpu target's calibration")
     print(f"{'cpu/family (runtime)':30s} {'n':>4s} {'meas ms':>8s} | {'ratio':>6s} {'med':>6s} {'p80':>6s} {'w35':>5s} "
@@ -205,7 +203,7 @@ def main() -> None:
     print("the CPUs' own columns agree (Spearman): " + ", ".join(f"{k} {v:.2f}" for k, v in agree.items()))
     if args.measure_here:
         print(f"timing {args.measure_here} architectures per table here, {args.repeats} time(s) ...", flush=True)
-        res["here"] = measure_here(args.measure_here, args.repeats)
+        res["here"] = measure_here(problem, args.measure_here, args.repeats)
         for i, rep in enumerate(res["here"]["repeats"]):
             for fam, v in rep.items():
                 for how in ("datasheet", "cpu_target_calibration"):
