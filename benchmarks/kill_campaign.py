@@ -6,7 +6,7 @@ cached as every run after the first finds them), resumes it with
 ``--resume`` (or reruns it afresh when it was killed before its journal's first line, exit 11 as
 documented), and checks the resumed run's ``student.pt`` against the uninterrupted run's, weight
 for weight, and that nothing is left behind in ``--out`` (staging folders, epoch checkpoints,
-kept final students, temporary files). It also counts how often the resumed run went on from a
+final and candidates', kept final students, temporary files). It also counts how often the resumed run went on from a
 final training's epoch checkpoint or restored the kept final students.
 
 Two runs, one thread per process (``OMP_NUM_THREADS=1``), resumed at once after each kill:
@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -59,7 +60,7 @@ ARGS = {
         "--no-compare-ce", "--device", "cpu", "--seed", "0",
     ],
 }  # fmt: skip
-LEFTOVERS = (".staging-*", "final-training-*.ckpt", "final-students.pt", ".*.tmp")
+LEFTOVERS = (".staging-*", "final-training-*.ckpt", "final-students.pt", "candidate-checkpoints", ".*.tmp")
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -151,7 +152,7 @@ def main() -> None:
             left += sorted(p.name for p in cache_of(out.name).rglob("*") if p.name.endswith((".partial", ".tmp")))
             row = {
                 "kill_at_s": round(at, 2), "killed": killed, "exit": res.returncode, "rerun_afresh": afresh,
-                "resumed_final_training": "resumed at epoch" in res.stderr,
+                "resumed_final_training": re.search(r"final training [^:]*: resumed at epoch", res.stderr) is not None,
                 "restored_final_students": "final students restored" in res.stderr,
                 "resumed_cache_build": "resumed_views" in _cache_meta(cache_of(out.name)),
                 "same_student": same, "left_behind": left,

@@ -31,7 +31,16 @@ from .errors import (
     TrainingError,
     UsageError,
 )
-from .evaluate import OBJECTIVES, Reference, RunContext, costs, evaluate_candidate, searched_space
+from .evaluate import (
+    OBJECTIVES,
+    Reference,
+    RunContext,
+    clear_candidate_checkpoints,
+    costs,
+    drop_candidate_checkpoint,
+    evaluate_candidate,
+    searched_space,
+)
 from .latency import plan_latency, resolve_target
 from .parsing import kv_options
 from .profilers import InputSpec
@@ -210,7 +219,7 @@ def _run(
     acc_teacher = float(knowledge.teacher_val_acc)
     check_teacher_accuracy(acc_teacher, tch, data, rep)
     ref = Reference(t_counts.params, t_counts.flops, t_lat.latency_ms, acc_teacher, cfg.target_acc or acc_teacher)
-    run = _run_context(cfg, family, target, ref, plan, data, knowledge)
+    run = _run_context(cfg, family, target, ref, plan, data, knowledge, inputs.out)
     timings["teacher"] = time.perf_counter() - t0
     if not cfg.resume:
         past = journal.open(header, resume=False)
@@ -220,18 +229,27 @@ def _run(
     rep.search_started(cfg.budget.candidates)
 
     def evaluate(config: dict[str, Any], fidelity: float, number: int) -> Trial:
-        return evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
+        trial = evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
+        if trial.metrics.get("resumed_at_epoch"):
+            at = trial.metrics["resumed_at_epoch"]
+            rep.message(f"candidate {number}: resumed at epoch {at:g} from its epoch checkpoint")
+        return trial
+
+    def journaled(trial: Trial) -> None:  # the journal holds ``trial``: its epoch checkpoint can go
+        drop_candidate_checkpoint(run.checkpoints, trial)
+        rep.trial(trial)
 
     try:
         with candidate_executor(cfg.executor, **_executor_options(cfg)) as executor:
             strategy = _strategy(cfg, space, family, run, executor.workers)
             sr = run_search(
                 space, strategy, evaluate, cfg.budget.candidates, journal, past,
-                time_limit_s=cfg.budget.time_limit_s, on_trial=rep.trial,
+                time_limit_s=cfg.budget.time_limit_s, on_trial=journaled,
                 **executor.search_options(evaluate_candidate, _for_workers(cfg, run)),
             )  # fmt: skip
     finally:
         rep.search_done()
+    clear_candidate_checkpoints(inputs.out)  # the journal holds every candidate now
     timings["training"] = sum(t.metrics.get("train_seconds", 0.0) for t in sr.trials[sr.resumed :])
     timings["costs"] = sum(t.duration_s for t in sr.trials[sr.resumed :]) - timings["training"]
     chosen = sr.recommendation  # the strategy's result: its best trial, or a model's pick
@@ -400,8 +418,10 @@ def _check_strategy_options(cfg: CompileConfig, cls: type) -> None:
 
 
 def _run_context(
-    cfg: CompileConfig, family: Any, target: TargetProfile, ref: Reference, plan: Any, data: Any, knowledge: Any
-) -> RunContext:
+    cfg: CompileConfig, family: Any, target: TargetProfile, ref: Reference, plan: Any, data: Any, knowledge: Any,
+    out: Path,
+) -> RunContext:  # fmt: skip
+    from .evaluate import CANDIDATE_CHECKPOINTS
     from .export import space_kwargs
 
     return RunContext(
@@ -418,6 +438,7 @@ def _run_context(
         latency=plan,
         data=data,
         knowledge=knowledge,
+        checkpoints=str(out / CANDIDATE_CHECKPOINTS),
     )
 
 
@@ -545,11 +566,13 @@ def _executor_options(cfg: CompileConfig) -> dict[str, Any]:
 
 
 def _for_workers(cfg: CompileConfig, run: RunContext) -> RunContext:
-    """The context candidates get in Ray tasks: the GPU Ray gives a task is its ``cuda:0``."""
+    """The context candidates get in Ray tasks: the GPU Ray gives a task is its ``cuda:0``, and no
+    epoch checkpoints (a task's machine need not see ``--out``, nor the driver its files)."""
     import dataclasses
 
     reserves_gpu = bool(_executor_options(cfg)["gpus_per_trial"])
-    return dataclasses.replace(run, device="cuda") if reserves_gpu and run.device.startswith("cuda:") else run
+    device = "cuda" if reserves_gpu and run.device.startswith("cuda:") else run.device
+    return dataclasses.replace(run, device=device, checkpoints=None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,10 +14,14 @@ goes on. Nothing raised inside a candidate stops the run, except an interrupt.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import shutil
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,10 +38,14 @@ from .search.trial import Trial, TrialStatus
 from .targets import TargetProfile
 
 __all__ = [
+    "CANDIDATE_CHECKPOINTS",
     "OBJECTIVES",
     "Reference",
     "RunContext",
+    "candidate_checkpoint",
+    "clear_candidate_checkpoints",
     "costs",
+    "drop_candidate_checkpoint",
     "evaluate_candidate",
     "latency_on_target",
     "searched_space",
@@ -87,6 +95,9 @@ class RunContext:
         latency: how latencies on the target are obtained (measured or predicted).
         data: the ``DataBundle`` the students train on.
         knowledge: the teacher's cached outputs (``TeacherCache``) for KD.
+        checkpoints: a folder where each candidate's proxy training keeps its state at each
+            epoch's end (``candidate_checkpoint``), so a run killed mid-candidate resumes that
+            training where it stopped; None: nowhere (candidates evaluated on other machines).
     """
 
     space: str
@@ -102,6 +113,7 @@ class RunContext:
     latency: LatencyPlan
     data: Any = field(repr=False)
     knowledge: Any = field(repr=False)
+    checkpoints: str | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -232,6 +244,37 @@ def train_config(run: RunContext, config: Config, epochs: float, fraction: float
 
 
 # ----------------------------------------------------------------------------------------------
+# candidates' epoch checkpoints
+
+#: the folder in ``--out`` where candidates' proxy trainings keep their epoch checkpoints
+CANDIDATE_CHECKPOINTS = "candidate-checkpoints"
+
+
+def candidate_checkpoint(folder: str | Path, number: int, config: Config, fidelity: float) -> str:
+    """Where candidate ``number`` (``config`` at ``fidelity``) keeps its proxy training's state in
+    ``folder``, until the journal records its trial (then ``drop_candidate_checkpoint``). The name
+    carries the config and fidelity, so a resumed run whose strategy gives the number to another
+    candidate never resumes the wrong training."""
+    body = json.dumps([sorted(config.items()), float(fidelity)], default=str)
+    return str(Path(folder) / f"candidate-{int(number)}-{hashlib.sha256(body.encode()).hexdigest()[:12]}.ckpt")
+
+
+def drop_candidate_checkpoint(folder: str | Path | None, trial: Trial) -> None:
+    """Remove a journaled trial's epoch checkpoint (and a temporary file a killed write left)."""
+    if folder is None:
+        return
+    path = Path(candidate_checkpoint(folder, trial.number, trial.config, trial.fidelity))
+    for p in (path, path.with_name(f".{path.name}.tmp")):
+        p.unlink(missing_ok=True)
+
+
+def clear_candidate_checkpoints(out: Path) -> None:
+    """Remove every candidate's epoch checkpoint from ``out`` (the search is over, or a fresh run
+    replaces the old one's)."""
+    shutil.rmtree(out / CANDIDATE_CHECKPOINTS, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # one candidate
 
 
@@ -291,6 +334,7 @@ def evaluate_candidate(
         from .distill import train_student
 
         b = run.budget
+        ckpt = None if run.checkpoints is None else candidate_checkpoint(run.checkpoints, number, config, fidelity)
         tcfg = train_config(
             run,
             config,
@@ -298,8 +342,13 @@ def evaluate_candidate(
             b.proxy_data_fraction * fidelity,
             sparsity=b.proxy_sparsity,
             early_stop_patience=b.proxy_patience,
+            checkpoint=ckpt,
         )
         res = train_student(model, run.data, tcfg, run.knowledge, progress=progress)
+        if res.resumed_at:  # the epoch (of the training's, as in TrainResult) it resumed at
+            metrics["resumed_at_epoch"] = float(res.resumed_at)
+        if res.checkpoint_error:
+            metrics["checkpoint_error"] = res.checkpoint_error
         ref = run.reference
         # the scores divide by the accuracy: a candidate that scored 0 is scored as if 0.1%
         # (finite, last), and its metrics keep what it scored

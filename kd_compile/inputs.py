@@ -235,14 +235,16 @@ class OutputLock:
 
 def claim_out(cfg: CompileConfig) -> OutputLock:
     """Lock ``--out`` once every input is validated; with ``--force``, only then drop the old
-    journal, kept final students and epoch checkpoints (the old student and reports stay until the
-    new ones replace them)."""
+    journal, kept final students and epoch checkpoints, final and candidates' (the old student and
+    reports stay until the new ones replace them)."""
+    from .evaluate import clear_candidate_checkpoints
     from .final import clear_epoch_checkpoints
 
     lock = OutputLock(Path(cfg.out))
-    if cfg.force and not cfg.resume:  # a fresh run's journal and final trainings, never the old one's
+    if cfg.force and not cfg.resume:  # a fresh run's journal and trainings, never the old one's
         (Path(cfg.out) / "journal.jsonl").unlink(missing_ok=True)
         clear_epoch_checkpoints(Path(cfg.out), kept_students=True)
+        clear_candidate_checkpoints(Path(cfg.out))
     return lock
 
 

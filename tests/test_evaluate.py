@@ -9,6 +9,7 @@ trial with its reason, never as an exception that stops the search. An interrupt
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,36 @@ def test_a_measured_latency_limit_is_recorded_for_the_strategy_to_learn(run_for)
     loose = Constraints(max_latency=LatencyLimit(1e6))
     loose = evaluate_candidate(run_for("2080ti", constraints=loose), {"fault": "none"}, 1.0, 0)
     assert loose.status is TrialStatus.OK and CONSTRAINT_METRIC not in loose.metrics
+
+
+def test_a_candidate_killed_mid_training_resumes_from_its_epoch_checkpoint(run_for, tmp_path):
+    """With ``checkpoints``, a candidate's proxy training keeps its state at each epoch's end: a
+    run stopped during its second epoch goes on from there, and the trial is the one an
+    uninterrupted training gives, bit for bit on the CPU (``distill.checkpoint``)."""
+    import dataclasses
+
+    from kd_compile.evaluate import candidate_checkpoint, drop_candidate_checkpoint
+
+    run = dataclasses.replace(run_for(), budget=Budget(proxy_epochs=3, proxy_data_fraction=0.3))
+    config = {"fault": "none", "kd_tau": 2.0, "kd_alpha": 0.5}
+    whole = evaluate_candidate(run, config, 1.0, 4)
+    assert "resumed_at_epoch" not in whole.metrics
+
+    kept = dataclasses.replace(run, checkpoints=str(tmp_path / "ckpts"))
+    path = Path(candidate_checkpoint(kept.checkpoints, 4, config, 1.0))
+
+    def stop_once_kept(share: float) -> None:
+        if path.is_file():  # epoch 1 is kept: stop during epoch 2, as a kill would
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_candidate(kept, config, 1.0, 4, stop_once_kept)
+    resumed = evaluate_candidate(kept, config, 1.0, 4)
+    assert resumed.metrics["resumed_at_epoch"] == 1.0
+    assert resumed.status is TrialStatus.OK and resumed.score == whole.score
+    assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]
+    # the checkpoint is another candidate's for another config, fidelity or number: never resumed
+    for other in ((5, config, 1.0), (4, {**config, "kd_tau": 4.0}, 1.0), (4, config, 0.5)):
+        assert candidate_checkpoint(kept.checkpoints, *other) != str(path)
+    drop_candidate_checkpoint(kept.checkpoints, resumed)  # the journal holds it now
+    assert not path.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,4 +147,36 @@ def test_kill_then_resume_gives_the_same_student(digits_teacher: Path, tmp_path:
     assert final["restored"] == (point == "export")
     assert (final["kd"]["resumed_at"] > 0) == (point == "final training")
     assert not list(out.glob("final-training-*.ckpt")) and not (out / "final-students.pt").exists()
+    assert not (out / "candidate-checkpoints").exists()
     assert not list(out.glob(".staging-*")) and not list(cache.rglob("*.tmp"))
+
+
+def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(digits_teacher: Path, tmp_path: Path):
+    """Candidates whose proxy training spans epochs keep a checkpoint at each epoch's end: killed
+    during one, the resumed run trains it on from there and ends with the uninterrupted run's
+    student; once journaled (and when the search is over) the checkpoints are gone."""
+    extra = ("--proxy-epochs", "3", "--proxy-fraction", "1", "--budget", "2")  # the later option wins
+    ref = tmp_path / "reference"
+    done = _run(digits_teacher, ref, tmp_path / "cache-ref", *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    ckpts = out / "candidate-checkpoints"
+    log = tmp_path / "killed.stderr"
+    with open(log, "w") as err:
+        cmd = _cmd(digits_teacher, out, *extra)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
+        try:
+            deadline = time.monotonic() + 240
+            while not (ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())):
+                assert proc.poll() is None, log.read_text()[-500:]
+                assert time.monotonic() < deadline, "no candidate checkpoint was written"
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
+    _same_student(out, {"student": _student(ref)})
+    assert not ckpts.exists()
