@@ -233,6 +233,9 @@ def _run(
         if trial.metrics.get("resumed_at_epoch"):
             at = trial.metrics["resumed_at_epoch"]
             rep.message(f"candidate {number}: resumed at epoch {at:g} from its epoch checkpoint")
+        if trial.metrics.get("checkpoint_error"):
+            why = trial.metrics["checkpoint_error"]
+            rep.message(f"warning: candidate {number}: its epoch checkpoints stopped being written ({why})")
         return trial
 
     def journaled(trial: Trial) -> None:  # the journal holds ``trial``: its epoch checkpoint can go

@@ -203,3 +203,15 @@ def test_a_candidate_killed_mid_training_resumes_from_its_epoch_checkpoint(run_f
         assert candidate_checkpoint(kept.checkpoints, *other) != str(path)
     drop_candidate_checkpoint(kept.checkpoints, resumed)  # the journal holds it now
     assert not path.exists()
+
+
+def test_a_candidate_whose_checkpoint_cannot_be_written_is_still_evaluated(run_for, tmp_path):
+    import dataclasses
+
+    run = dataclasses.replace(run_for(), budget=Budget(proxy_epochs=2, proxy_data_fraction=0.3))
+    config = {"fault": "none", "kd_tau": 2.0, "kd_alpha": 0.5}
+    whole = evaluate_candidate(run, config, 1.0, 2)
+    (tmp_path / "a-file").write_text("")  # the checkpoint folder cannot be made
+    blocked = evaluate_candidate(dataclasses.replace(run, checkpoints=str(tmp_path / "a-file")), config, 1.0, 2)
+    assert blocked.status is TrialStatus.OK and blocked.score == whole.score
+    assert blocked.metrics["checkpoint_error"] and "checkpoint_error" not in whole.metrics
