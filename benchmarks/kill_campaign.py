@@ -6,17 +6,19 @@ cached as every run after the first finds them), resumes it with
 ``--resume`` (or reruns it afresh when it was killed before its journal's first line, exit 11 as
 documented), and checks the resumed run's ``student.pt`` against the uninterrupted run's, weight
 for weight, and that nothing is left behind in ``--out`` (staging folders, epoch checkpoints,
-final and candidates', kept final students, temporary files). It also counts how often the resumed run went on from a
-final training's epoch checkpoint or restored the kept final students.
+final and candidates', kept final students, temporary files). It also counts how often the
+resumed run went on from a final training's epoch checkpoint, went on from a candidate's, or
+restored the kept final students.
 
 Two runs, one thread per process (``OMP_NUM_THREADS=1``), resumed at once after each kill:
 
 * ``--example glyphs``: the bundled glyph teacher, ``--target 2080ti --max-params 62K --budget 3
-  --final-epochs 4`` with small proxies, data in memory, the teacher's outputs cached as every run
-  after the first finds them;
+  --final-epochs 4`` with proxies of the default two epochs on a quarter of the data (so a kill
+  can land between a candidate's epochs), data in memory, the teacher's outputs cached as every
+  run after the first finds them;
 * ``--example imagefolder``: ``examples/imagefolder`` scaled down (its scripts' options: 3 classes
   x 300 PNGs at 32 px, the timm ``resnet10t`` teacher trained one epoch), streamed from disk by
-  ``DataLoader`` workers with a top-k teacher cache, ``--final-epochs 12``; every run starts with
+  ``DataLoader`` workers with a top-k teacher cache, half-epoch proxies, ``--final-epochs 12``; every run starts with
   an empty cache folder, so kills land in the cache's build too.
 
 Run::
@@ -51,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = {
     "glyphs": [
         str(ROOT / "examples" / "glyphs" / "teacher.pt"), "--target", "2080ti", "--max-params", "62K",
-        "--budget", "3", "--proxy-epochs", "0.5", "--proxy-fraction", "0.25", "--final-epochs", "4",
+        "--budget", "3", "--proxy-epochs", "2", "--proxy-fraction", "0.25", "--final-epochs", "4",
         "--strategy", "random", "--seed", "0",
     ],
     "imagefolder": [
@@ -153,6 +155,7 @@ def main() -> None:
             row = {
                 "kill_at_s": round(at, 2), "killed": killed, "exit": res.returncode, "rerun_afresh": afresh,
                 "resumed_final_training": re.search(r"final training [^:]*: resumed at epoch", res.stderr) is not None,
+                "resumed_candidate_training": re.search(r"candidate \d+: resumed at epoch", res.stderr) is not None,
                 "restored_final_students": "final students restored" in res.stderr,
                 "resumed_cache_build": "resumed_views" in _cache_meta(cache_of(out.name)),
                 "same_student": same, "left_behind": left,
@@ -167,6 +170,7 @@ def main() -> None:
             "identical_students": sum(r["same_student"] for r in rows),
             "runs": len(rows),
             "went_on_from_an_epoch_checkpoint": sum(r["resumed_final_training"] for r in rows),
+            "went_on_from_a_candidate_checkpoint": sum(r["resumed_candidate_training"] for r in rows),
             "restored_kept_final_students": sum(r["restored_final_students"] for r in rows),
             "resumed_a_cache_build": sum(r["resumed_cache_build"] for r in rows),
             "rerun_afresh": sum(r["rerun_afresh"] for r in rows),

@@ -1,9 +1,9 @@
-"""kill -9 at four points of a run, then ``--resume``: the student is the one an uninterrupted
+"""kill -9 at five points of a run, then ``--resume``: the student is the one an uninterrupted
 run gives (issue 14). The points are found by watching what the run writes: its progress lines
-(teacher caching), the journal (trials, the final training's note) and the staging folder
-(export). Killed during the final training, the resumed run goes on from its last epoch
-checkpoint; killed during the export, it restores the final students it kept
-(``final.keep_final``) rather than training them again.
+(teacher caching), the journal (trials, the final training's note), the candidates' epoch
+checkpoints and the staging folder (export). Killed during a candidate's or the final training,
+the resumed run goes on from its last epoch checkpoint; killed during the export, it restores the
+final students it kept (``final.keep_final``) rather than training them again.
 """
 
 from __future__ import annotations

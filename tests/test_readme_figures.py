@@ -458,7 +458,8 @@ def check_kill_campaign() -> None:
         f"({doc['uninterrupted_s']:.1f} s uninterrupted",
         f"at {s['kills']} random moments",
         f"{s['identical_students']} of {s['runs']} shipped the uninterrupted run's student",
-        f"({s['went_on_from_an_epoch_checkpoint']} went on from a final training's epoch checkpoint",
+        f"({s['went_on_from_a_candidate_checkpoint']} went on from a candidate's epoch checkpoint",
+        f"{s['went_on_from_an_epoch_checkpoint']} from a final training's",
         f"{s['restored_kept_final_students']} restored the kept final students",
         f"and {s['left_behind']} left a file behind",
     ]
