@@ -18,7 +18,7 @@ Two runs, one thread per process (``OMP_NUM_THREADS=1``), resumed at once after 
   run after the first finds them;
 * ``--example imagefolder``: ``examples/imagefolder`` scaled down (its scripts' options: 3 classes
   x 300 PNGs at 32 px, the timm ``resnet10t`` teacher trained one epoch), streamed from disk by
-  ``DataLoader`` workers with a top-k teacher cache, half-epoch proxies, ``--final-epochs 12``; every run starts with
+  ``DataLoader`` workers with a top-k teacher cache, two-epoch proxies, ``--final-epochs 12``; every run starts with
   an empty cache folder, so kills land in the cache's build too.
 
 Run::
@@ -58,7 +58,7 @@ ARGS = {
     ],
     "imagefolder": [
         "teacher.pt", "--target", "2080ti", "--max-params", "4M", "--data", "data", "--data-mode", "stream",
-        "--stream-augment", "crop", "--budget", "2", "--proxy-epochs", "0.5", "--final-epochs", "12",
+        "--stream-augment", "crop", "--budget", "2", "--proxy-epochs", "2", "--final-epochs", "12",
         "--no-compare-ce", "--device", "cpu", "--seed", "0",
     ],
 }  # fmt: skip

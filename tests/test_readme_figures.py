@@ -472,9 +472,10 @@ def check_kill_campaign_imagefolder() -> None:
     s = doc["summary"]
     expected = [
         f"--example imagefolder --kills {s['runs']} --seed {doc['seed']}",
-        f"; {doc['uninterrupted_s']:.1f} s uninterrupted, each run with an empty cache folder)",
+        f"; {doc['uninterrupted_s']:.1f} s uninterrupted, each run with an empty cache folder,",
         f"{s['identical_students']} of {s['runs']} resumed runs shipped its student",
-        f"{s['went_on_from_an_epoch_checkpoint']} from an epoch checkpoint",
+        f"({s['went_on_from_a_candidate_checkpoint']} from a candidate's epoch checkpoint",
+        f"{s['went_on_from_an_epoch_checkpoint']} from a final training's",
         f"{s['restored_kept_final_students']} from the kept students",
         f"{s['resumed_a_cache_build']} went on with a half-built teacher cache",
         f"{s['left_behind']} left a file behind",
