@@ -336,12 +336,24 @@ def _train_final_kept(
     Returns:
         (the ``final.FinalResult``, the distiller search's report or None).
     """
-    from .final import clear_epoch_checkpoints, held_out_accuracy, keep_final, search_distiller_for, train_final
+    from .final import (
+        clear_epoch_checkpoints,
+        held_out_accuracy,
+        keep_final,
+        kept_distiller,
+        search_distiller_for,
+        train_final,
+    )
 
     distiller, distiller_report = None, None
     if cfg.distiller == "auto":
         t0 = time.perf_counter()
-        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, config, teacher, rep)
+        kept_choice = kept_distiller(journal.last.get("distiller"), config, cfg.distiller_iterations)
+        if kept_choice is not None:
+            rep.message(f"distiller search restored from the journal: {kept_choice[0].describe()}, not searched again")
+        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, config, teacher, rep, kept=kept_choice)
+        if kept_choice is None:  # a run killed after this point does not search again
+            journal.note("distiller", config=config, iterations=cfg.distiller_iterations, report=distiller_report)
         distiller = (choice, dknowledge)
         timings["distiller_search"] = time.perf_counter() - t0
     try:

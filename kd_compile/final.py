@@ -34,6 +34,7 @@ __all__ = [
     "epoch_checkpoint",
     "held_out_accuracy",
     "keep_final",
+    "kept_distiller",
     "restored_final",
     "run_train_job",
     "search_distiller_for",
@@ -153,18 +154,38 @@ def held_out_accuracy(model: nn.Module, data: Any, device: str | None = None) ->
     return float(evaluate(model, x, y, device=device))
 
 
+def kept_distiller(record: dict[str, Any] | None, config: Config, iterations: int) -> tuple[Any, dict[str, Any]] | None:
+    """The distiller an interrupted run's search found, from its journal's ``distiller`` record,
+    when the record is for ``config`` (the student the replayed search chose) and a search of
+    ``iterations``: (the choice, the search's report); None otherwise (the search runs again)."""
+    from .distill import DistillerChoice
+
+    if not record or record.get("config") != config or record.get("iterations") != iterations:
+        return None
+    report = record.get("report")
+    try:
+        return DistillerChoice.from_dict(report["best"]), report  # type: ignore[index]
+    except Exception:  # noqa: BLE001 (a record that does not read back: search again)
+        return None
+
+
 def search_distiller_for(
-    cfg: CompileConfig, run: RunContext, config: Config, teacher: nn.Module, reporter: Any
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Auto-KD: MCTS over distiller designs for the chosen student (proxy trainings).
+    cfg: CompileConfig, run: RunContext, config: Config, teacher: nn.Module, reporter: Any,
+    kept: tuple[Any, dict[str, Any]] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
+    """Auto-KD: MCTS over distiller designs for the chosen student (proxy trainings); with
+    ``kept`` (``kept_distiller``), the choice an interrupted run's search made, not searched again.
 
     Returns:
         (the chosen distiller, the teacher knowledge it needs, the search's report).
     """
     from .distill import TeacherKnowledge, search_distiller
 
-    reporter.stage(f"distiller search (MCTS, {cfg.distiller_iterations} iterations)")
+    if kept is None:
+        reporter.stage(f"distiller search (MCTS, {cfg.distiller_iterations} iterations)")
     knowledge = TeacherKnowledge.build(teacher, run.data, cache=run.knowledge, seed=cfg.seed, device=cfg.device)
+    if kept is not None:
+        return kept[0], knowledge, kept[1]
     choice, report = search_distiller(
         lambda: _seeded_build(run, config),
         run.data,

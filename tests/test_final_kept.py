@@ -98,3 +98,18 @@ def test_a_write_failure_is_found_behind_the_error_it_caused():
             raise ExportError("ONNX export of the student failed") from inner
     except ExportError as outer:
         assert write_failure(outer) == "no space left on device"
+
+
+def test_a_journaled_distiller_search_is_reused_only_for_its_student_and_iterations():
+    from kd_compile.distill import DistillerChoice
+    from kd_compile.final import kept_distiller
+
+    best = DistillerChoice("attention", "l2", 5.0, 2.0)
+    record = {"type": "distiller", "config": {"w1": 8}, "iterations": 4, "report": {"best": best.to_dict()}}
+    choice, report = kept_distiller(record, {"w1": 8}, 4)
+    assert choice == best and report is record["report"]
+    assert kept_distiller(record, {"w1": 16}, 4) is None  # the replayed search chose another student
+    assert kept_distiller(record, {"w1": 8}, 8) is None  # a search of another size
+    assert kept_distiller(None, {"w1": 8}, 4) is None
+    broken = {**record, "report": {"best": {"transform": "no-such-transform"}}}
+    assert kept_distiller(broken, {"w1": 8}, 4) is None  # does not read back: searched again

@@ -1,9 +1,10 @@
-"""kill -9 at five points of a run, then ``--resume``: the student is the one an uninterrupted
+"""kill -9 at six points of a run, then ``--resume``: the student is the one an uninterrupted
 run gives (issue 14). The points are found by watching what the run writes: its progress lines
-(teacher caching), the journal (trials, the final training's note), the candidates' epoch
-checkpoints and the staging folder (export). Killed during a candidate's or the final training,
-the resumed run goes on from its last epoch checkpoint; killed during the export, it restores the
-final students it kept (``final.keep_final``) rather than training them again.
+(teacher caching), the journal (trials, the distiller search's and the final training's notes),
+the candidates' epoch checkpoints and the staging folder (export). Killed during a candidate's or
+the final training, the resumed run goes on from its last epoch checkpoint; killed after
+``--distiller auto``'s search, it takes the distiller the journal kept; killed during the export,
+it restores the final students it kept (``final.keep_final``) rather than training them again.
 """
 
 from __future__ import annotations
@@ -180,3 +181,38 @@ def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(
     assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
     _same_student(out, {"student": _student(ref)})
     assert not ckpts.exists()
+
+
+def test_killed_after_the_distiller_search_the_resumed_run_does_not_search_again(digits_teacher: Path, tmp_path: Path):
+    """``--distiller auto``: the search's choice is journaled before the final training, so a run
+    killed after it goes on with that distiller (and the final training's epoch checkpoint) instead
+    of running the MCTS's proxy trainings again, and ships the uninterrupted run's student."""
+    extra = ("--distiller", "auto", "--distiller-iterations", "3", "--final-epochs", "4")
+    ref = tmp_path / "reference"
+    done = _run(digits_teacher, ref, tmp_path / "cache-ref", *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "distiller search (MCTS" in done.stderr and "restored from the journal" not in done.stderr
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    log = tmp_path / "killed.stderr"
+    with open(log, "w") as err:
+        cmd = _cmd(digits_teacher, out, *extra)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
+        try:
+            deadline = time.monotonic() + 240
+            while not any(r.get("type") == "distiller" for r in _journal(out)):
+                assert proc.poll() is None, log.read_text()[-500:]
+                assert time.monotonic() < deadline, "the distiller search was never journaled"
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert not _has_final(out)
+    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "distiller search restored from the journal" in resumed.stderr, resumed.stderr[-2000:]
+    assert "distiller search (MCTS" not in resumed.stderr
+    _same_student(out, {"student": _student(ref)})
+    search, ref_search = (json.loads((d / "report.json").read_text())["distiller"] for d in (out, ref))
+    assert search["best"] == ref_search["best"]  # the report keeps the search the killed run made
+    assert [r["reward"] for r in search["rewards"]] == [r["reward"] for r in ref_search["rewards"]]

@@ -39,6 +39,7 @@ class Journal:
         self._fh = None
         self.rounds: list[list[int]] = []
         self.finished: dict[str, Any] | None = None  # the "final" record of a finished run
+        self.last: dict[str, dict[str, Any]] = {}  # the last record of each other kind (``note``), as read back
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.stat().st_size > 0
@@ -85,6 +86,7 @@ class Journal:
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
             # the last: a run resumed after its final training may have trained again
             self.finished = next((r for r in reversed(other) if r.get("type") == "final"), None)
+            self.last = {str(r["type"]): r for r in other if r.get("type") not in (None, "told")}
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("version") != VERSION:
@@ -129,11 +131,13 @@ class Journal:
         self._write({"type": "told", "numbers": list(numbers)})
 
     def note(self, kind: str, **data: Any) -> None:
-        """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`)."""
+        """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`; every
+        kind: then ``last[kind]``)."""
         rec = {"type": kind, **data}
         self._write(rec)
+        self.last[kind] = json.loads(json.dumps(rec, sort_keys=True, default=_json_default))  # as a resume reads it
         if kind == "final":
-            self.finished = json.loads(json.dumps(rec, sort_keys=True, default=_json_default))  # as a resume reads it
+            self.finished = self.last[kind]
 
     def close(self) -> None:
         if self._fh is not None:
