@@ -339,6 +339,7 @@ def _train_final_kept(
     from .final import (
         clear_epoch_checkpoints,
         held_out_accuracy,
+        journaled_distillers,
         keep_final,
         kept_distiller,
         search_distiller_for,
@@ -351,7 +352,17 @@ def _train_final_kept(
         kept_choice = kept_distiller(journal.last.get("distiller"), config, cfg.distiller_iterations)
         if kept_choice is not None:
             rep.message(f"distiller search restored from the journal: {kept_choice[0].describe()}, not searched again")
-        choice, dknowledge, distiller_report = search_distiller_for(cfg, run, config, teacher, rep, kept=kept_choice)
+        known = journaled_distillers(journal.notes, config, cfg.distiller_iterations)
+        if kept_choice is None and known:
+            rep.message(f"distiller search: {len(known)} distillers trained before the run stopped, from the journal")
+
+        def evaluated(choice: Any, details: dict[str, Any]) -> None:  # a run killed later does not train it again
+            journal.note("distiller_eval", config=config, iterations=cfg.distiller_iterations, key=list(choice.key),
+                         details=details)  # fmt: skip
+
+        choice, dknowledge, distiller_report = search_distiller_for(
+            cfg, run, config, teacher, rep, kept=kept_choice, known=known, on_evaluated=evaluated
+        )
         if kept_choice is None:  # a run killed after this point does not search again
             journal.note("distiller", config=config, iterations=cfg.distiller_iterations, report=distiller_report)
         distiller = (choice, dknowledge)

@@ -14,6 +14,7 @@ final training (export, report, a full disk) resumes without training them again
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "clear_epoch_checkpoints",
     "epoch_checkpoint",
     "held_out_accuracy",
+    "journaled_distillers",
     "keep_final",
     "kept_distiller",
     "restored_final",
@@ -169,12 +171,28 @@ def kept_distiller(record: dict[str, Any] | None, config: Config, iterations: in
         return None
 
 
+def journaled_distillers(
+    notes: list[dict[str, Any]], config: Config, iterations: int
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The distillers an interrupted run's search trained for ``config`` (a search of
+    ``iterations``), from its journal's ``distiller_eval`` records: ``choice.key`` -> details."""
+    return {
+        tuple(r["key"]): dict(r["details"])
+        for r in notes
+        if r.get("type") == "distiller_eval" and r.get("config") == config and r.get("iterations") == iterations
+        and isinstance(r.get("key"), list) and isinstance(r.get("details"), dict) and "reward" in r["details"]
+    }
+
+
 def search_distiller_for(
     cfg: CompileConfig, run: RunContext, config: Config, teacher: nn.Module, reporter: Any,
-    kept: tuple[Any, dict[str, Any]] | None = None,
+    kept: tuple[Any, dict[str, Any]] | None = None, known: Mapping[tuple[Any, ...], dict[str, Any]] | None = None,
+    on_evaluated: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
     """Auto-KD: MCTS over distiller designs for the chosen student (proxy trainings); with
-    ``kept`` (``kept_distiller``), the choice an interrupted run's search made, not searched again.
+    ``kept`` (``kept_distiller``), the choice an interrupted run's search made, not searched again;
+    ``known`` and ``on_evaluated``: ``search_distiller``'s (the evaluations an interrupted search
+    journaled, and the journaling of each new one).
 
     Returns:
         (the chosen distiller, the teacher knowledge it needs, the search's report).
@@ -195,6 +213,8 @@ def search_distiller_for(
         seed=cfg.seed,
         knowledge=knowledge,
         train_cfg=train_config(run, config, cfg.budget.proxy_epochs, cfg.budget.proxy_data_fraction),
+        known=known,
+        on_evaluated=on_evaluated,
     )
     return choice, knowledge, report
 

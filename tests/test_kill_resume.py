@@ -1,9 +1,9 @@
-"""kill -9 at six points of a run, then ``--resume``: the student is the one an uninterrupted
+"""kill -9 at seven points of a run, then ``--resume``: the student is the one an uninterrupted
 run gives (issue 14). The points are found by watching what the run writes: its progress lines
 (teacher caching), the journal (trials, the distiller search's and the final training's notes),
 the candidates' epoch checkpoints and the staging folder (export). Killed during a candidate's or
-the final training, the resumed run goes on from its last epoch checkpoint; killed after
-``--distiller auto``'s search, it takes the distiller the journal kept; killed during the export,
+the final training, the resumed run goes on from its last epoch checkpoint; killed in or after
+``--distiller auto``'s search, it takes the distillers the journal kept; killed during the export,
 it restores the final students it kept (``final.keep_final``) rather than training them again.
 """
 
@@ -183,36 +183,65 @@ def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(
     assert not ckpts.exists()
 
 
-def test_killed_after_the_distiller_search_the_resumed_run_does_not_search_again(digits_teacher: Path, tmp_path: Path):
-    """``--distiller auto``: the search's choice is journaled before the final training, so a run
-    killed after it goes on with that distiller (and the final training's epoch checkpoint) instead
-    of running the MCTS's proxy trainings again, and ships the uninterrupted run's student."""
-    extra = ("--distiller", "auto", "--distiller-iterations", "3", "--final-epochs", "4")
-    ref = tmp_path / "reference"
-    done = _run(digits_teacher, ref, tmp_path / "cache-ref", *extra)
+
+def _noted(out: Path, kind: str) -> bool:
+    return any(r.get("type") == kind for r in _journal(out))
+
+
+DISTILLER_POINTS: dict[str, Callable[[Path], bool]] = {
+    # after the search's first distiller was trained and journaled, before its choice was
+    "during the distiller search": lambda out: _noted(out, "distiller_eval") and not _noted(out, "distiller"),
+    "after the distiller search": lambda out: _noted(out, "distiller"),
+}
+
+
+@pytest.fixture(scope="module")
+def distiller_reference(digits_teacher: Path, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("distiller-reference")
+    done = _run(digits_teacher, d / "out", d / "cache", *DISTILLER_ARGS)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "distiller search (MCTS" in done.stderr and "restored from the journal" not in done.stderr
+    assert "distiller search (MCTS" in done.stderr and "from the journal" not in done.stderr
+    return d / "out"
+
+
+DISTILLER_ARGS = ("--distiller", "auto", "--distiller-iterations", "3", "--final-epochs", "4")
+
+
+@pytest.mark.parametrize("point", list(DISTILLER_POINTS))
+def test_killed_in_or_after_the_distiller_search_the_resumed_run_trains_no_distiller_again(
+    digits_teacher: Path, tmp_path: Path, distiller_reference: Path, point: str
+):
+    """``--distiller auto``: each distiller the search trains is journaled as it is scored, and the
+    search's choice before the final training, so a run killed in the search takes the distillers
+    already trained from the journal (the tree search, deterministic for its seed and rewards,
+    makes the same choices) and a run killed after it goes on with the distiller it found; either
+    way it ships the uninterrupted run's student and reports the same search."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     log = tmp_path / "killed.stderr"
     with open(log, "w") as err:
-        cmd = _cmd(digits_teacher, out, *extra)
+        cmd = _cmd(digits_teacher, out, *DISTILLER_ARGS)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
         try:
             deadline = time.monotonic() + 240
-            while not any(r.get("type") == "distiller" for r in _journal(out)):
+            while not DISTILLER_POINTS[point](out):
                 assert proc.poll() is None, log.read_text()[-500:]
-                assert time.monotonic() < deadline, "the distiller search was never journaled"
+                assert time.monotonic() < deadline, "the kill point was never reached"
                 time.sleep(0.005)
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
             proc.wait()
     assert not _has_final(out)
-    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
+    resumed = _run(digits_teacher, out, cache, *DISTILLER_ARGS, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "distiller search restored from the journal" in resumed.stderr, resumed.stderr[-2000:]
-    assert "distiller search (MCTS" not in resumed.stderr
-    _same_student(out, {"student": _student(ref)})
-    search, ref_search = (json.loads((d / "report.json").read_text())["distiller"] for d in (out, ref))
+    if point == "after the distiller search":
+        assert "distiller search restored from the journal" in resumed.stderr, resumed.stderr[-2000:]
+        assert "distiller search (MCTS" not in resumed.stderr
+    else:
+        assert re.search(r"distiller search: [12] distillers trained before the run stopped", resumed.stderr), (
+            resumed.stderr[-2000:]
+        )
+    _same_student(out, {"student": _student(distiller_reference)})
+    search, ref_search = (json.loads((d / "report.json").read_text())["distiller"] for d in (out, distiller_reference))
     assert search["best"] == ref_search["best"]  # the report keeps the search the killed run made
     assert [r["reward"] for r in search["rewards"]] == [r["reward"] for r in ref_search["rewards"]]

@@ -39,7 +39,8 @@ class Journal:
         self._fh = None
         self.rounds: list[list[int]] = []
         self.finished: dict[str, Any] | None = None  # the "final" record of a finished run
-        self.last: dict[str, dict[str, Any]] = {}  # the last record of each other kind (``note``), as read back
+        self.notes: list[dict[str, Any]] = []  # every ``note`` record, in order, as read back
+        self.last: dict[str, dict[str, Any]] = {}  # the last of each kind
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.stat().st_size > 0
@@ -86,7 +87,8 @@ class Journal:
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
             # the last: a run resumed after its final training may have trained again
             self.finished = next((r for r in reversed(other) if r.get("type") == "final"), None)
-            self.last = {str(r["type"]): r for r in other if r.get("type") not in (None, "told")}
+            self.notes = [r for r in other if r.get("type") not in (None, "told")]
+            self.last = {str(r["type"]): r for r in self.notes}
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("version") != VERSION:
@@ -132,10 +134,11 @@ class Journal:
 
     def note(self, kind: str, **data: Any) -> None:
         """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`; every
-        kind: then ``last[kind]``)."""
+        kind: then the last of :attr:`notes` and ``last[kind]``)."""
         rec = {"type": kind, **data}
         self._write(rec)
         self.last[kind] = json.loads(json.dumps(rec, sort_keys=True, default=_json_default))  # as a resume reads it
+        self.notes.append(self.last[kind])
         if kind == "final":
             self.finished = self.last[kind]
 

@@ -105,3 +105,28 @@ def test_search_distiller_report(tiny) -> None:
     assert report["best_reward"] == max(r["reward"] for r in rows)
     assert DistillerChoice.from_dict(report["best"]) == best
     assert report["proxy"]["epochs"] == 1 and report["proxy"]["data_fraction"] == 0.5
+
+
+def test_a_search_given_the_evaluations_it_made_makes_the_same_choices_without_training(tiny):
+    """What kd-compile's resume relies on: each trained distiller is reported to ``on_evaluated``;
+    a search given those as ``known`` trains nothing and ends with the same choice and rewards."""
+    data, teacher, builder, cache = tiny
+    tree = DistillerTree(transforms=("none", "sample"), distances=("l2", "cka"), weights=(1.0,), temperatures=(4.0,))
+    kw = {"iterations": 3, "epochs": 1, "data_fraction": 0.5, "tree": tree, "train_cfg": TrainConfig(batch_size=32)}
+    evaluated: dict = {}
+    best, report = search_distiller(builder, data, teacher, cache, **kw,
+                                    on_evaluated=lambda ch, d: evaluated.setdefault(ch.key, d))  # fmt: skip
+    assert len(evaluated) == report["evaluations"] >= 2
+
+    def no_training():
+        raise AssertionError("a known distiller was trained again")
+
+    # one of them known: the rest are trained, and reported
+    first = next(iter(evaluated))
+    again: dict = {}
+    best2, report2 = search_distiller(builder, data, teacher, cache, **kw, known={first: evaluated[first]},
+                                      on_evaluated=lambda ch, d: again.setdefault(ch.key, d))  # fmt: skip
+    assert first not in again and set(again) == set(evaluated) - {first}
+    best3, report3 = search_distiller(no_training, data, teacher, cache, **kw, known=evaluated)
+    for b, r in ((best2, report2), (best3, report3)):
+        assert b == best and [x["reward"] for x in r["rewards"]] == [x["reward"] for x in report["rewards"]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -289,6 +289,8 @@ def search_distiller(
     teacher_layer: str | None = None,
     knowledge: TeacherKnowledge | None = None,
     progress: Callable[[int, DistillerChoice, float], None] | None = None,
+    known: Mapping[tuple[Any, ...], dict[str, Any]] | None = None,
+    on_evaluated: Callable[[DistillerChoice, dict[str, Any]], None] | None = None,
 ) -> tuple[DistillerChoice, dict[str, Any]]:
     """Search the Auto-KD distiller tree for one student by MCTS on proxy rewards.
 
@@ -315,6 +317,11 @@ def search_distiller(
         student_layer, teacher_layer: layers to distil (default: last feature maps).
         knowledge: precomputed teacher knowledge (skips ``TeacherKnowledge.build``).
         progress: called after each iteration with (iteration index, choice, reward).
+        known: evaluations an interrupted search made (``choice.key`` -> the details
+            ``on_evaluated`` was given): taken instead of training again. The tree search is
+            deterministic for a seed and its rewards, so it makes the same choices.
+        on_evaluated: called with each distiller trained and its details (reward, val_ce, gap,
+            val_acc, seconds), as soon as it is scored (kd-compile journals them).
 
     Returns:
         (best distiller, report) with report keys: iterations, evaluations, rewards (one dict
@@ -342,7 +349,12 @@ def search_distiller(
     rows: list[dict[str, Any]] = []
 
     def reward_fn(choice: DistillerChoice) -> float:
-        d = _reward_details(student_builder, data, knowledge, choice, proxy, gap_weight, student_layer)
+        if known is not None and choice.key in known:
+            d = dict(known[choice.key])
+        else:
+            d = _reward_details(student_builder, data, knowledge, choice, proxy, gap_weight, student_layer)
+            if on_evaluated is not None:
+                on_evaluated(choice, d)
         details[choice.key] = d
         return float(d["reward"])
 
