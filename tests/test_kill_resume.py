@@ -69,11 +69,11 @@ def _student(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return ckpt["config"], ckpt["state_dict"]
 
 
-def _kill_when(teacher: Path, out: Path, cache: Path, ready: Callable[[Path, Path], bool]) -> None:
-    """Start a run and SIGKILL it as soon as ``ready(out, stderr_file)`` holds."""
+def _kill_when(teacher: Path, out: Path, cache: Path, ready: Callable[[Path, Path], bool], *extra: str) -> None:
+    """Start a run (``ARGS``, then ``extra``) and SIGKILL it as soon as ``ready(out, stderr_file)`` holds."""
     log = out.parent / f"{out.name}.stderr"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_cmd(teacher, out), stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
+        proc = subprocess.Popen(_cmd(teacher, out, *extra), stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
         try:
             deadline = time.monotonic() + 240
             while not ready(out, log):
@@ -162,20 +162,11 @@ def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(
     assert done.returncode == 0, done.stderr[-2000:]
     out, cache = tmp_path / "out", tmp_path / "cache"
     ckpts = out / "candidate-checkpoints"
-    log = tmp_path / "killed.stderr"
-    with open(log, "w") as err:
-        cmd = _cmd(digits_teacher, out, *extra)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
-        try:
-            deadline = time.monotonic() + 240
-            while not (ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())):
-                assert proc.poll() is None, log.read_text()[-500:]
-                assert time.monotonic() < deadline, "no candidate checkpoint was written"
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+
+    def kept(out: Path, log: Path) -> bool:
+        return ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
+
+    _kill_when(digits_teacher, out, cache, kept, *extra)
     resumed = _run(digits_teacher, out, cache, *extra, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
@@ -217,20 +208,7 @@ def test_killed_in_or_after_the_distiller_search_the_resumed_run_trains_no_disti
     makes the same choices) and a run killed after it goes on with the distiller it found; either
     way it ships the uninterrupted run's student and reports the same search."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    log = tmp_path / "killed.stderr"
-    with open(log, "w") as err:
-        cmd = _cmd(digits_teacher, out, *DISTILLER_ARGS)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(cache))
-        try:
-            deadline = time.monotonic() + 240
-            while not DISTILLER_POINTS[point](out):
-                assert proc.poll() is None, log.read_text()[-500:]
-                assert time.monotonic() < deadline, "the kill point was never reached"
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+    _kill_when(digits_teacher, out, cache, lambda out, log: DISTILLER_POINTS[point](out), *DISTILLER_ARGS)
     assert not _has_final(out)
     resumed = _run(digits_teacher, out, cache, *DISTILLER_ARGS, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
