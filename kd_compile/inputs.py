@@ -287,17 +287,81 @@ def synthesize_data(tch: Any, cfg: CompileConfig, reporter: Any) -> Any:
         "the teacher's BatchNorm statistics (data-free KD); expect a weaker student than with real data"
     )
     norm = tch.meta.get("normalize") or {}
-    return synthesize(
+    settings = dict(shape=tuple(tch.input_shape), num_classes=tch.num_classes, n_images=cfg.synthetic_images,
+                    steps=cfg.synthetic_steps, seed=cfg.seed, mean=norm.get("mean"), std=norm.get("std"))  # fmt: skip
+    kept = synthetic_cache_file(tch.module, settings)
+    data = read_synthetic(kept) if kept is not None else None
+    if data is not None:
+        reporter.message(f"data-free: the {cfg.synthetic_images} images synthesised before are reused ({kept})")
+        return data
+    data = synthesize(
         tch.module,
-        tuple(tch.input_shape),
+        settings["shape"],
         tch.num_classes,
         n_images=cfg.synthetic_images,
         steps=cfg.synthetic_steps,
         seed=cfg.seed,
-        mean=norm.get("mean"),
-        std=norm.get("std"),
+        mean=settings["mean"],
+        std=settings["std"],
         progress=lambda f: reporter.training("data-free synthesis", f),
     )
+    if kept is not None:
+        keep_synthetic(data, kept)
+    return data
+
+
+def synthetic_cache_file(teacher: nn.Module, settings: dict[str, Any]) -> Path | None:
+    """Where the images synthesised from ``teacher`` with ``settings`` are kept between runs (a
+    resumed or repeated data-free run does not synthesise them again): under the cache folder,
+    keyed by the teacher's weights, the settings and kd-compile's version; None without a
+    writable cache folder."""
+    import hashlib
+
+    from . import __version__
+    from .distill.cache import module_fingerprint
+    from .paths import cache_dir
+
+    try:
+        folder = cache_dir("synthetic", create=True)
+    except OSError:
+        return None
+    body = repr((module_fingerprint(teacher), sorted(settings.items()), __version__))
+    return folder / f"synthetic-{hashlib.sha256(body.encode()).hexdigest()[:24]}.pt"
+
+
+def keep_synthetic(data: Any, path: Path) -> None:
+    """Write a synthesised bundle to ``path`` (atomically; a failed write only costs the reuse)."""
+    import json
+
+    from .distill.checkpoint import save_atomically
+
+    blob = {k: getattr(data, k) for k in ("x_train", "y_train", "x_val", "y_val")}
+    about = {"name": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
+             "mean": list(data.mean), "std": list(data.std), "meta": data.meta}  # fmt: skip
+    blob["about"] = json.dumps(about, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    save_atomically(blob, path)
+
+
+def read_synthetic(path: Path) -> Any:
+    """The bundle ``keep_synthetic`` wrote to ``path``, or None (missing, damaged, not one)."""
+    import json
+
+    import torch
+
+    from .data import DataBundle
+
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        about = json.loads(blob["about"])
+        return DataBundle(
+            name=about["name"], x_train=blob["x_train"], y_train=blob["y_train"], x_val=blob["x_val"],
+            y_val=blob["y_val"], num_classes=int(about["num_classes"]), class_names=list(about["class_names"]),
+            mean=tuple(about["mean"]), std=tuple(about["std"]), meta=dict(about["meta"]),
+        )  # fmt: skip
+    except Exception:  # noqa: BLE001 (a damaged or foreign file: synthesise again)
+        return None
 
 
 def file_id(path: str) -> str:

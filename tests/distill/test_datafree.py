@@ -127,3 +127,42 @@ def test_synthesize_deterministic(digits_teacher) -> None:
     assert not torch.equal(a.x_train, c.x_train)
     with pytest.raises(ValueError, match="cover every class"):
         synthesize(teacher, data.input_shape, 10, n_images=6, steps=1)
+
+
+def test_a_data_free_run_synthesises_its_images_once(tmp_path, monkeypatch):
+    """The images are kept under the cache folder, keyed by the teacher's weights and the
+    settings: a resumed or repeated run reuses them (no synthesis), another seed or teacher does
+    not, and a damaged file is synthesised again."""
+    from types import SimpleNamespace
+
+    import torch.nn as nn
+
+    from kd_compile.config import CompileConfig
+    from kd_compile.inputs import synthesize_data, synthetic_cache_file
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3)).eval()  # fmt: skip
+    tch = SimpleNamespace(module=net, input_shape=(1, 8, 8), num_classes=3, meta={})
+    said: list[str] = []
+    rep = SimpleNamespace(message=said.append, training=lambda what, f: None)
+    cfg = CompileConfig(teacher="t.pt", synthetic_images=24, synthetic_steps=2)
+    first = synthesize_data(tch, cfg, rep)
+    assert not any("reused" in m for m in said)
+    again = synthesize_data(tch, cfg, rep)
+    assert any("synthesised before are reused" in m for m in said)
+    for k in ("x_train", "y_train", "x_val", "y_val"):
+        assert torch.equal(getattr(first, k), getattr(again, k)), k
+    assert (again.mean, again.std, again.num_classes, again.name) == (first.mean, first.std, 3, "data-free")
+    assert again.meta["data_free"] is True
+    said.clear()
+    other = synthesize_data(tch, CompileConfig(teacher="t.pt", synthetic_images=24, synthetic_steps=2, seed=1), rep)
+    assert not any("reused" in m for m in said) and not torch.equal(other.x_train, first.x_train)
+    settings = {"shape": (1, 8, 8), "num_classes": 3, "n_images": 24, "steps": 2, "seed": 0, "mean": None, "std": None}
+    kept = synthetic_cache_file(net, settings)
+    assert kept is not None and kept.is_file()
+    kept.write_bytes(b"not a checkpoint")
+    said.clear()
+    healed = synthesize_data(tch, cfg, rep)
+    assert not any("reused" in m for m in said) and torch.equal(healed.x_train, first.x_train)
