@@ -174,11 +174,11 @@ def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(
     assert not ckpts.exists()
 
 
-
 def _noted(out: Path, kind: str) -> bool:
     return any(r.get("type") == kind for r in _journal(out))
 
 
+DISTILLER_ARGS = ("--distiller", "auto", "--distiller-iterations", "3", "--final-epochs", "4")
 DISTILLER_POINTS: dict[str, Callable[[Path], bool]] = {
     # after the search's first distiller was trained and journaled, before its choice was
     "during the distiller search": lambda out: _noted(out, "distiller_eval") and not _noted(out, "distiller"),
@@ -193,9 +193,6 @@ def distiller_reference(digits_teacher: Path, tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "distiller search (MCTS" in done.stderr and "from the journal" not in done.stderr
     return d / "out"
-
-
-DISTILLER_ARGS = ("--distiller", "auto", "--distiller-iterations", "3", "--final-epochs", "4")
 
 
 @pytest.mark.parametrize("point", list(DISTILLER_POINTS))
