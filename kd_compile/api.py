@@ -181,7 +181,7 @@ def _run(
     outputs, search, train the chosen student, export, report."""
     from . import ship
     from .executors import candidate_executor
-    from .final import FINAL_WEIGHTS, clear_epoch_checkpoints, restored_final
+    from .final import FINAL_WEIGHTS, clear_epoch_checkpoints, restored_final, say_resumed
     from .inputs import check_teacher_accuracy, publish, staging_dir, teacher_knowledge
     from .report import build_report, pareto_front, write_report
     from .report.schema import NEAR_CHANCE
@@ -230,12 +230,8 @@ def _run(
 
     def evaluate(config: dict[str, Any], fidelity: float, number: int) -> Trial:
         trial = evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
-        if trial.metrics.get("resumed_at_epoch"):
-            at = trial.metrics["resumed_at_epoch"]
-            rep.message(f"candidate {number}: resumed at epoch {at:g} from its epoch checkpoint")
-        if trial.metrics.get("checkpoint_error"):
-            why = trial.metrics["checkpoint_error"]
-            rep.message(f"warning: candidate {number}: its epoch checkpoints stopped being written ({why})")
+        m = trial.metrics
+        say_resumed(rep, f"candidate {number}", m.get("resumed_at_epoch"), m.get("checkpoint_error"))
         return trial
 
     def journaled(trial: Trial) -> None:  # the journal holds ``trial``: its epoch checkpoint can go
@@ -349,7 +345,7 @@ def _train_final_kept(
     distiller, distiller_report = None, None
     if cfg.distiller == "auto":
         t0 = time.perf_counter()
-        kept_choice = kept_distiller(journal.last.get("distiller"), config, cfg.distiller_iterations)
+        kept_choice = kept_distiller(journal.last("distiller"), config, cfg.distiller_iterations)
         if kept_choice is not None:
             rep.message(f"distiller search restored from the journal: {kept_choice[0].describe()}, not searched again")
         known = journaled_distillers(journal.notes, config, cfg.distiller_iterations)

@@ -261,11 +261,10 @@ def candidate_checkpoint(folder: str | Path, number: int, config: Config, fideli
 
 def drop_candidate_checkpoint(folder: str | Path | None, trial: Trial) -> None:
     """Remove a journaled trial's epoch checkpoint (and a temporary file a killed write left)."""
-    if folder is None:
-        return
-    path = Path(candidate_checkpoint(folder, trial.number, trial.config, trial.fidelity))
-    for p in (path, path.with_name(f".{path.name}.tmp")):
-        p.unlink(missing_ok=True)
+    from .distill.checkpoint import remove_saved
+
+    if folder is not None:
+        remove_saved(Path(candidate_checkpoint(folder, trial.number, trial.config, trial.fidelity)))
 
 
 def clear_candidate_checkpoints(out: Path) -> None:

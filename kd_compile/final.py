@@ -39,6 +39,7 @@ __all__ = [
     "kept_distiller",
     "restored_final",
     "run_train_job",
+    "say_resumed",
     "search_distiller_for",
     "train_final",
 ]
@@ -55,12 +56,13 @@ def epoch_checkpoint(out: Path | None, use_kd: bool) -> str | None:
 def clear_epoch_checkpoints(out: Path, *, kept_students: bool = False) -> None:
     """Remove the final trainings' epoch checkpoints from ``out`` (and, with ``kept_students``,
     the kept final students), with any temporary file a killed write of them left."""
+    from .distill.checkpoint import remove_saved
+
     names = [Path(str(epoch_checkpoint(out, use_kd))).name for use_kd in (True, False)]
     if kept_students:
         names.append(FINAL_WEIGHTS)
     for name in names:
-        for path in (out / name, out / f".{name}.tmp"):
-            path.unlink(missing_ok=True)
+        remove_saved(out / name)
 
 
 @dataclass
@@ -162,7 +164,7 @@ def kept_distiller(record: dict[str, Any] | None, config: Config, iterations: in
     ``iterations``: (the choice, the search's report); None otherwise (the search runs again)."""
     from .distill import DistillerChoice
 
-    if not record or record.get("config") != config or record.get("iterations") != iterations:
+    if not _same_search(record, config, iterations):
         return None
     report = record.get("report")
     try:
@@ -179,9 +181,16 @@ def journaled_distillers(
     return {
         tuple(r["key"]): dict(r["details"])
         for r in notes
-        if r.get("type") == "distiller_eval" and r.get("config") == config and r.get("iterations") == iterations
+        if r.get("type") == "distiller_eval" and _same_search(r, config, iterations)
         and isinstance(r.get("key"), list) and isinstance(r.get("details"), dict) and "reward" in r["details"]
     }
+
+
+def _same_search(record: dict[str, Any] | None, config: Config, iterations: int) -> bool:
+    """A journaled distiller-search record is of the search for ``config`` of ``iterations``."""
+    if not record:
+        return False
+    return record.get("config") == config and record.get("iterations") == iterations
 
 
 def search_distiller_for(
@@ -265,10 +274,15 @@ def train_final(
 
 
 def _say_resumed(reporter: Any, what: str, res: Any) -> None:
-    if res.resumed_at:
-        reporter.message(f"{what}: resumed at epoch {res.resumed_at:g} from its epoch checkpoint")
-    if res.checkpoint_error:
-        reporter.message(f"warning: {what}: its epoch checkpoints stopped being written ({res.checkpoint_error})")
+    say_resumed(reporter, what, res.resumed_at, res.checkpoint_error)
+
+
+def say_resumed(reporter: Any, what: str, resumed_at: float | None, checkpoint_error: str | None) -> None:
+    """Tell the user that training ``what`` resumed from its epoch checkpoint, or could not keep one."""
+    if resumed_at:
+        reporter.message(f"{what}: resumed at epoch {resumed_at:g} from its epoch checkpoint")
+    if checkpoint_error:
+        reporter.message(f"warning: {what}: its epoch checkpoints stopped being written ({checkpoint_error})")
 
 
 def _train_inline(

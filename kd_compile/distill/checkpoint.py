@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import write_failure
 from .train_config import TrainConfig
 
-__all__ = ["EpochCheckpoint", "save_atomically"]
+__all__ = ["EpochCheckpoint", "remove_saved", "save_atomically"]
 
 
 class EpochCheckpoint:
@@ -79,7 +79,7 @@ def save_atomically(obj: Any, path: Path) -> str | None:
         None, or why it could not be written (a full disk: ``errors.write_failure``); the
         temporary file is then removed and ``path`` left as it was.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
@@ -92,6 +92,16 @@ def save_atomically(obj: Any, path: Path) -> str | None:
             tmp.unlink(missing_ok=True)
         return write_failure(exc) or f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return None
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def remove_saved(path: Path) -> None:
+    """Remove a file ``save_atomically`` wrote, and the temporary file a killed write of it left."""
+    for p in (path, _temporary(path)):
+        p.unlink(missing_ok=True)
 
 
 def rng_state(device: torch.device, gen: torch.Generator | None) -> dict[str, Any]:

@@ -38,9 +38,17 @@ class Journal:
         self.path = Path(path)
         self._fh = None
         self.rounds: list[list[int]] = []
-        self.finished: dict[str, Any] | None = None  # the "final" record of a finished run
         self.notes: list[dict[str, Any]] = []  # every ``note`` record, in order, as read back
-        self.last: dict[str, dict[str, Any]] = {}  # the last of each kind
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        """The last ``note`` record of ``kind``, or None."""
+        return next((r for r in reversed(self.notes) if r.get("type") == kind), None)
+
+    @property
+    def finished(self) -> dict[str, Any] | None:
+        """The "final" record of a finished run (the last: a run resumed after its final training may
+        have trained again)."""
+        return self.last("final")
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.stat().st_size > 0
@@ -85,10 +93,7 @@ class Journal:
         if resume and self.exists():
             old, past, other = self.read()
             self.rounds = [list(r["numbers"]) for r in other if r.get("type") == "told"]
-            # the last: a run resumed after its final training may have trained again
-            self.finished = next((r for r in reversed(other) if r.get("type") == "final"), None)
             self.notes = [r for r in other if r.get("type") not in (None, "told")]
-            self.last = {str(r["type"]): r for r in self.notes}
             if old is None:
                 raise ResumeError(f"journal {self.path} has no header")
             if old.get("version") != VERSION:
@@ -133,14 +138,11 @@ class Journal:
         self._write({"type": "told", "numbers": list(numbers)})
 
     def note(self, kind: str, **data: Any) -> None:
-        """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`; every
-        kind: then the last of :attr:`notes` and ``last[kind]``)."""
+        """Write a record of ``kind`` (``"final"``: the final training's, then :attr:`finished`), then
+        the last of :attr:`notes`."""
         rec = {"type": kind, **data}
         self._write(rec)
-        self.last[kind] = json.loads(json.dumps(rec, sort_keys=True, default=_json_default))  # as a resume reads it
-        self.notes.append(self.last[kind])
-        if kind == "final":
-            self.finished = self.last[kind]
+        self.notes.append(json.loads(json.dumps(rec, sort_keys=True, default=_json_default)))  # as a resume reads it
 
     def close(self) -> None:
         if self._fh is not None:
