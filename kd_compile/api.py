@@ -234,8 +234,20 @@ def _run(
         say_resumed(rep, f"candidate {number}", m.get("resumed_at_epoch"), m.get("checkpoint_error"))
         return trial
 
+    said_unseen, replayed = False, {t.number for t in past or []}
+
     def journaled(trial: Trial) -> None:  # the journal holds ``trial``: its epoch checkpoint can go
+        nonlocal said_unseen
         drop_candidate_checkpoint(run.checkpoints, trial)
+        if cfg.executor == "ray" and trial.number not in replayed:  # its task's lines: no ``evaluate`` here
+            m = trial.metrics
+            say_resumed(rep, f"candidate {trial.number}", m.get("resumed_at_epoch"), m.get("checkpoint_error"))
+            if m.get("checkpoints_unseen") and not said_unseen:
+                said_unseen = True
+                rep.message(
+                    f"candidate {trial.number} ran on a machine that does not see {inputs.out}: "
+                    "candidates there keep no epoch checkpoints (after a kill they train again from their start)"
+                )  # fmt: skip
         rep.trial(trial)
 
     try:
@@ -588,13 +600,24 @@ def _executor_options(cfg: CompileConfig) -> dict[str, Any]:
 
 
 def _for_workers(cfg: CompileConfig, run: RunContext) -> RunContext:
-    """The context candidates get in Ray tasks: the GPU Ray gives a task is its ``cuda:0``, and no
-    epoch checkpoints (a task's machine need not see ``--out``, nor the driver its files)."""
+    """The context candidates get in Ray tasks: the GPU Ray gives a task is its ``cuda:0``, and the
+    candidates' checkpoint folder by its absolute path with a fresh token in it, so a task keeps
+    epoch checkpoints only where its machine sees the driver's ``--out`` (the same machine, or
+    storage they share; ``evaluate.checkpoint_folder``); none if the driver cannot write the token."""
     import dataclasses
+
+    from .evaluate import share_candidate_checkpoints
 
     reserves_gpu = bool(_executor_options(cfg)["gpus_per_trial"])
     device = "cuda" if reserves_gpu and run.device.startswith("cuda:") else run.device
-    return dataclasses.replace(run, device=device, checkpoints=None)
+    folder, token = None, None
+    if run.checkpoints is not None:
+        try:
+            folder = str(Path(run.checkpoints).resolve())
+            token = share_candidate_checkpoints(folder)
+        except OSError:  # a full disk: the candidates keep none, as a Ray task that does not see --out
+            folder = None
+    return dataclasses.replace(run, device=device, checkpoints=folder, checkpoints_token=token)
 
 
 # ----------------------------------------------------------------------------------------------

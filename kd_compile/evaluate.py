@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import time
 import traceback
@@ -43,12 +45,14 @@ __all__ = [
     "Reference",
     "RunContext",
     "candidate_checkpoint",
+    "checkpoint_folder",
     "clear_candidate_checkpoints",
     "costs",
     "drop_candidate_checkpoint",
     "evaluate_candidate",
     "latency_on_target",
     "searched_space",
+    "share_candidate_checkpoints",
 ]
 
 # The metrics a candidate's trial carries that multi-objective strategies optimise (and the
@@ -97,7 +101,11 @@ class RunContext:
         knowledge: the teacher's cached outputs (``TeacherCache``) for KD.
         checkpoints: a folder where each candidate's proxy training keeps its state at each
             epoch's end (``candidate_checkpoint``), so a run killed mid-candidate resumes that
-            training where it stopped; None: nowhere (candidates evaluated on other machines).
+            training where it stopped; None: nowhere.
+        checkpoints_token: for candidates evaluated on other machines (Ray tasks): the folder
+            is used only where it holds this token (``share_candidate_checkpoints``), that is
+            where the task's machine sees the driver's folder (the same machine, or storage
+            they share); elsewhere the candidate keeps none (``checkpoints_unseen`` in its trial).
     """
 
     space: str
@@ -114,6 +122,7 @@ class RunContext:
     data: Any = field(repr=False)
     knowledge: Any = field(repr=False)
     checkpoints: str | None = None
+    checkpoints_token: str | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -259,6 +268,35 @@ def candidate_checkpoint(folder: str | Path, number: int, config: Config, fideli
     return str(Path(folder) / f"candidate-{int(number)}-{hashlib.sha256(body.encode()).hexdigest()[:12]}.ckpt")
 
 
+#: the file in the candidates' checkpoint folder that tells a Ray task it sees the driver's folder
+SHARED_TOKEN = "driver-token"
+
+
+def share_candidate_checkpoints(folder: str | Path) -> str:
+    """Write a fresh random token into ``folder`` (made if missing) and return it: a task that
+    reads the same token from the same path sees the driver's folder, not a namesake on its own
+    machine (``RunContext.checkpoints_token``). Raises ``OSError`` if it cannot be written."""
+    token = secrets.token_hex(16)
+    path = Path(folder) / SHARED_TOKEN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{SHARED_TOKEN}.tmp")
+    tmp.write_text(token)
+    os.replace(tmp, path)
+    return token
+
+
+def checkpoint_folder(run: RunContext) -> str | None:
+    """The folder this process keeps candidates' epoch checkpoints in: ``run.checkpoints``, unless
+    the run carries a token this machine does not read there (a task that does not see ``--out``)."""
+    if run.checkpoints is None or run.checkpoints_token is None:
+        return run.checkpoints
+    try:
+        seen = (Path(run.checkpoints) / SHARED_TOKEN).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return run.checkpoints if seen == run.checkpoints_token else None
+
+
 def drop_candidate_checkpoint(folder: str | Path | None, trial: Trial) -> None:
     """Remove a journaled trial's epoch checkpoint (and a temporary file a killed write left)."""
     from .distill.checkpoint import remove_saved
@@ -333,7 +371,10 @@ def evaluate_candidate(
         from .distill import train_student
 
         b = run.budget
-        ckpt = None if run.checkpoints is None else candidate_checkpoint(run.checkpoints, number, config, fidelity)
+        folder = checkpoint_folder(run)
+        if folder is None and run.checkpoints is not None:
+            metrics["checkpoints_unseen"] = True  # a task on a machine that does not see --out
+        ckpt = None if folder is None else candidate_checkpoint(folder, number, config, fidelity)
         tcfg = train_config(
             run,
             config,

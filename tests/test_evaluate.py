@@ -215,3 +215,34 @@ def test_a_candidate_whose_checkpoint_cannot_be_written_is_still_evaluated(run_f
     blocked = evaluate_candidate(dataclasses.replace(run, checkpoints=str(tmp_path / "a-file")), config, 1.0, 2)
     assert blocked.status is TrialStatus.OK and blocked.score == whole.score
     assert blocked.metrics["checkpoint_error"] and "checkpoint_error" not in whole.metrics
+
+
+def test_a_task_keeps_checkpoints_only_where_it_sees_the_drivers_folder(run_for, tmp_path):
+    """A Ray task gets the driver's checkpoint folder with a token in it (``_for_workers``): where
+    the folder holds that token the candidate keeps its epoch checkpoints there; where it is
+    missing, or a namesake holds another token (another machine's folder of the same path), it
+    keeps none, is evaluated all the same, and its trial says so."""
+    import dataclasses
+
+    from kd_compile.evaluate import candidate_checkpoint, checkpoint_folder, share_candidate_checkpoints
+
+    run = dataclasses.replace(run_for(), budget=Budget(proxy_epochs=2, proxy_data_fraction=0.3))
+    config = {"fault": "none", "kd_tau": 2.0, "kd_alpha": 0.5}
+    seen = tmp_path / "seen"
+    token = share_candidate_checkpoints(seen)
+    assert share_candidate_checkpoints(tmp_path / "other") != token  # a fresh token each time
+    shared = dataclasses.replace(run, checkpoints=str(seen), checkpoints_token=token)
+    assert checkpoint_folder(shared) == str(seen)
+    written: list[bool] = []
+    path = Path(candidate_checkpoint(seen, 3, config, 1.0))
+    kept = evaluate_candidate(shared, config, 1.0, 3, lambda f: written.append(path.is_file()))
+    assert kept.status is TrialStatus.OK and any(written) and "checkpoints_unseen" not in kept.metrics
+
+    for folder in (tmp_path / "other", tmp_path / "missing"):  # another token; no token at all
+        unseen = dataclasses.replace(run, checkpoints=str(folder), checkpoints_token=token)
+        assert checkpoint_folder(unseen) is None
+        trial = evaluate_candidate(unseen, config, 1.0, 3)
+        assert trial.status is TrialStatus.OK and trial.score == kept.score
+        assert trial.metrics["checkpoints_unseen"] is True
+        assert not list(folder.glob("candidate-*"))
+    assert checkpoint_folder(run) is None and checkpoint_folder(dataclasses.replace(run, checkpoints="x")) == "x"

@@ -8,6 +8,7 @@ does not answer, or Ray missing, is a one-line error with its exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -24,11 +25,22 @@ from kd_compile.config import Budget, Constraints
 from kd_compile.data import load_data
 from kd_compile.distill import TeacherCache
 from kd_compile.errors import BackendUnavailableError, UsageError
-from kd_compile.evaluate import Reference, RunContext, evaluate_candidate, searched_space, student_family
+from kd_compile.evaluate import (
+    Reference,
+    RunContext,
+    candidate_checkpoint,
+    checkpoint_folder,
+    evaluate_candidate,
+    searched_space,
+    share_candidate_checkpoints,
+    student_family,
+)
 from kd_compile.executors import RayExecutor, check_executor
 from kd_compile.export import space_kwargs
 from kd_compile.latency import plan_latency
 from kd_compile.search import Journal, create_strategy, run_search
+from kd_compile.search.loop import Job
+from kd_compile.search.trial import TrialStatus
 from kd_compile.students import create_space
 from kd_compile.targets import get_target
 from kd_compile.testing.strategies import ToySpace, toy_evaluate
@@ -194,6 +206,59 @@ def test_a_driver_killed_mid_batch_resumes_on_ray(cluster, tmp_path):
     assert got == want  # same trials under the same numbers, same rounds: nothing lost or redone
 
 
+def _dies_after_an_epoch(shared: tuple, config: dict, fidelity: float, number: int):
+    """``evaluate_candidate`` in a worker that dies, on the first attempt, as soon as the
+    candidate's first epoch checkpoint is kept (attempts counted in a file: workers are processes)."""
+    run, attempts = shared
+    with open(attempts, "a") as fh:
+        fh.write("attempt\n")
+    first = len(Path(attempts).read_text().splitlines()) == 1
+    path = Path(candidate_checkpoint(checkpoint_folder(run), number, config, fidelity))
+
+    def progress(share: float) -> None:
+        if first and path.is_file():
+            os._exit(1)
+
+    return evaluate_candidate(run, config, fidelity, number, progress)
+
+
+def test_a_worker_dying_mid_candidate_goes_on_from_its_epoch_checkpoint(cluster, run_ctx, tmp_path):
+    """Where the task's machine sees the driver's checkpoint folder (here the same machine; a
+    shared file system on a cluster), Ray's retry of a candidate whose worker died resumes its
+    proxy training at the epoch it had kept, and scores as an uninterrupted training does."""
+    run = dataclasses.replace(run_ctx, budget=Budget(proxy_epochs=3, proxy_data_fraction=0.5))
+    config = searched_space(student_family(run)).default()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray task runs
+    try:
+        whole = evaluate_candidate(run, config, 1.0, 0)
+    finally:
+        torch.set_num_threads(threads)
+    folder = tmp_path / "ckpts"
+    shared = dataclasses.replace(run, checkpoints=str(folder), checkpoints_token=share_candidate_checkpoints(folder))
+    with RayExecutor(workers=1) as ex:
+        (trial,) = ex.evaluate_batch(_dies_after_an_epoch, (shared, str(tmp_path / "attempts")), [Job(config, 1.0, 0)])
+    assert len((tmp_path / "attempts").read_text().splitlines()) == 2  # died once, retried once
+    assert trial.status is TrialStatus.OK and trial.metrics["resumed_at_epoch"] == 1.0
+    assert trial.score == pytest.approx(whole.score, rel=1e-5)
+    assert trial.metrics["accuracy"] == pytest.approx(whole.metrics["accuracy"], abs=1e-6)
+
+
+def test_tasks_get_the_drivers_checkpoint_folder_by_absolute_path_with_its_token(run_ctx, tmp_path, monkeypatch):
+    from kd_compile.api import _for_workers
+    from kd_compile.config import CompileConfig
+
+    monkeypatch.chdir(tmp_path)  # --out given relative: a task's working folder is not the driver's
+    cfg = CompileConfig.from_options("teacher.pt", executor="ray")
+    ctx = _for_workers(cfg, dataclasses.replace(run_ctx, checkpoints="out/candidate-checkpoints"))
+    assert ctx.checkpoints == str(tmp_path / "out" / "candidate-checkpoints") and ctx.checkpoints_token
+    assert checkpoint_folder(ctx) == ctx.checkpoints  # this machine sees it
+    assert _for_workers(cfg, run_ctx).checkpoints is None  # a run that keeps none gives its tasks none
+    (tmp_path / "full").write_text("")  # the token cannot be written (here: a file in the way)
+    blocked = _for_workers(cfg, dataclasses.replace(run_ctx, checkpoints="full/candidate-checkpoints"))
+    assert blocked.checkpoints is None and checkpoint_folder(blocked) is None
+
+
 class _KillAfterFirstTrial(kd_compile.api.Reporter):
     def trial(self, trial):  # noqa: ANN001
         raise KeyboardInterrupt  # the driver is killed once the first result is journaled
@@ -210,6 +275,34 @@ def test_compile_runs_its_candidates_on_ray_and_resumes_after_a_kill(cluster, di
     assert res.report["search"]["resumed"] == 1 and len(res.trials) == 2 and (out / "student.onnx").is_file()
     trials, rounds = _journal(out / "journal.jsonl")
     assert sorted(trials) == [0, 1] and rounds == [[0, 1]]  # both candidates in one batch of two, none redone
+    # the tasks saw the driver's --out (one machine): each could keep epoch checkpoints there
+    assert not any(t["metrics"].get("checkpoints_unseen") for t in trials.values())
+    assert not (out / "candidate-checkpoints").exists()
+
+
+class _Messages(kd_compile.api.Reporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+@pytest.mark.slow
+def test_tasks_that_do_not_see_out_keep_no_checkpoints_and_the_run_says_so_once(
+    cluster, digits_teacher, tmp_path, monkeypatch
+):
+    import kd_compile.evaluate as evaluate
+
+    # the driver's token never reaches the folder the tasks read: as on machines without --out
+    monkeypatch.setattr(evaluate, "share_candidate_checkpoints", lambda folder: "written-elsewhere")
+    out, rep = tmp_path / "out", _Messages()
+    opts = {**SMALL, "budget": 2, "compare_ce": False, "executor": "ray", "parallel_trials": 2}
+    res = kd_compile.compile(str(digits_teacher), out=out, reporter=rep, **opts)
+    assert all(t.metrics.get("checkpoints_unseen") for t in res.trials) and len(res.trials) == 2
+    said = [line for line in rep.lines if "does not see" in line]
+    assert len(said) == 1 and "keep no epoch checkpoints" in said[0] and str(out) in said[0]
+    assert (out / "student.onnx").is_file()
 
 
 def test_a_cluster_that_does_not_answer_is_one_line_exit_8(digits_teacher, tmp_path):

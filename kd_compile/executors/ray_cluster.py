@@ -8,8 +8,10 @@ reference and reads it from its node's store, so nothing large is pickled per ta
 
 ``evaluate_batch`` yields the trials as their tasks finish, so the search driver journals each
 result as it arrives. A task whose worker process or node dies is retried once by Ray
-(``max_retries=1``); if it dies again the candidate comes back as a ``failed`` trial with the
-reason, like any other failing candidate, and the search goes on.
+(``max_retries=1``; the retry goes on from the candidate's last epoch checkpoint where the
+task's machine sees the driver's ``--out``, ``evaluate.checkpoint_folder``); if it dies again the
+candidate comes back as a ``failed`` trial with the reason, like any other failing candidate, and
+the search goes on.
 
 Ray is imported lazily (``kd-compile[ray]``). A cluster address is probed with a plain TCP
 connection first, with a short timeout: ``ray.init`` on an address that does not answer retries
