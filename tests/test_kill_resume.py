@@ -5,6 +5,8 @@ the candidates' epoch checkpoints and the staging folder (export). Killed during
 the final training, the resumed run goes on from its last epoch checkpoint; killed in or after
 ``--distiller auto``'s search, it takes the distillers the journal kept; killed during the export,
 it restores the final students it kept (``final.keep_final``) rather than training them again.
+With ``--executor ray`` (a local Ray instance, whose tasks see ``--out``), a candidate in flight
+when the driver is killed goes on from its task's last epoch checkpoint too.
 """
 
 from __future__ import annotations
@@ -220,3 +222,24 @@ def test_killed_in_or_after_the_distiller_search_the_resumed_run_trains_no_disti
     search, ref_search = (json.loads((d / "report.json").read_text())["distiller"] for d in (out, distiller_reference))
     assert search["best"] == ref_search["best"]  # the report keeps the search the killed run made
     assert [r["reward"] for r in search["rewards"]] == [r["reward"] for r in ref_search["rewards"]]
+
+
+def test_killed_mid_candidate_on_ray_the_resumed_run_goes_on_from_its_epoch_checkpoint(
+    digits_teacher: Path, tmp_path: Path
+):
+    """With ``--executor ray`` on one machine the tasks see ``--out``: a candidate in flight when
+    the driver is killed goes on from its task's last epoch checkpoint in the resumed run."""
+    pytest.importorskip("ray")
+    extra = ("--proxy-epochs", "3", "--proxy-fraction", "1", "--budget", "2", "--final-epochs", "1")
+    extra = (*extra, "--executor", "ray")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    ckpts = out / "candidate-checkpoints"
+
+    def kept(out: Path, log: Path) -> bool:
+        return ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
+
+    _kill_when(digits_teacher, out, cache, kept, *extra)
+    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
+    assert "does not see" not in resumed.stderr and not ckpts.exists()

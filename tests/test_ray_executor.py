@@ -264,22 +264,6 @@ class _KillAfterFirstTrial(kd_compile.api.Reporter):
         raise KeyboardInterrupt  # the driver is killed once the first result is journaled
 
 
-@pytest.mark.slow
-def test_compile_runs_its_candidates_on_ray_and_resumes_after_a_kill(cluster, digits_teacher, tmp_path):
-    out = tmp_path / "out"
-    opts = {**SMALL, "budget": 2, "compare_ce": False, "executor": "ray", "parallel_trials": 2}
-    with pytest.raises(KeyboardInterrupt):
-        kd_compile.compile(str(digits_teacher), out=out, reporter=_KillAfterFirstTrial(), **opts)
-    assert len(_journal(out / "journal.jsonl")[0]) == 1  # one result in, the round unfinished
-    res = kd_compile.compile(str(digits_teacher), out=out, resume=True, **opts)
-    assert res.report["search"]["resumed"] == 1 and len(res.trials) == 2 and (out / "student.onnx").is_file()
-    trials, rounds = _journal(out / "journal.jsonl")
-    assert sorted(trials) == [0, 1] and rounds == [[0, 1]]  # both candidates in one batch of two, none redone
-    # the tasks saw the driver's --out (one machine): each could keep epoch checkpoints there
-    assert not any(t["metrics"].get("checkpoints_unseen") for t in trials.values())
-    assert not (out / "candidate-checkpoints").exists()
-
-
 class _Messages(kd_compile.api.Reporter):
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -289,20 +273,29 @@ class _Messages(kd_compile.api.Reporter):
 
 
 @pytest.mark.slow
-def test_tasks_that_do_not_see_out_keep_no_checkpoints_and_the_run_says_so_once(
-    cluster, digits_teacher, tmp_path, monkeypatch
-):
+def test_compile_runs_its_candidates_on_ray_and_resumes_after_a_kill(cluster, digits_teacher, tmp_path, monkeypatch):
+    """The driver killed once the first result is journaled; the resumed run takes that result and
+    evaluates the other candidate, here on tasks that do not see ``--out`` (the driver's token
+    never reaches the folder they read, as on machines without shared storage): that candidate
+    keeps no epoch checkpoints, and the run says so once."""
     import kd_compile.evaluate as evaluate
 
-    # the driver's token never reaches the folder the tasks read: as on machines without --out
-    monkeypatch.setattr(evaluate, "share_candidate_checkpoints", lambda folder: "written-elsewhere")
-    out, rep = tmp_path / "out", _Messages()
+    out = tmp_path / "out"
     opts = {**SMALL, "budget": 2, "compare_ce": False, "executor": "ray", "parallel_trials": 2}
-    res = kd_compile.compile(str(digits_teacher), out=out, reporter=rep, **opts)
-    assert all(t.metrics.get("checkpoints_unseen") for t in res.trials) and len(res.trials) == 2
+    with pytest.raises(KeyboardInterrupt):
+        kd_compile.compile(str(digits_teacher), out=out, reporter=_KillAfterFirstTrial(), **opts)
+    assert len(_journal(out / "journal.jsonl")[0]) == 1  # one result in, the round unfinished
+    monkeypatch.setattr(evaluate, "share_candidate_checkpoints", lambda folder: "written-elsewhere")
+    rep = _Messages()
+    res = kd_compile.compile(str(digits_teacher), out=out, resume=True, reporter=rep, **opts)
+    assert res.report["search"]["resumed"] == 1 and len(res.trials) == 2 and (out / "student.onnx").is_file()
+    trials, rounds = _journal(out / "journal.jsonl")
+    assert sorted(trials) == [0, 1] and rounds == [[0, 1]]  # both candidates in one batch of two, none redone
+    seen = [n for n, t in trials.items() if not t["metrics"].get("checkpoints_unseen")]
+    assert len(seen) == 1  # the first run's task saw the driver's --out (one machine); the resumed one's did not
     said = [line for line in rep.lines if "does not see" in line]
-    assert len(said) == 1 and "keep no epoch checkpoints" in said[0] and str(out) in said[0]
-    assert (out / "student.onnx").is_file()
+    assert len(said) == 1 and "keep no epoch checkpoints" in said[0] and str(out) in said[0], rep.lines
+    assert not (out / "candidate-checkpoints").exists()
 
 
 def test_a_cluster_that_does_not_answer_is_one_line_exit_8(digits_teacher, tmp_path):
