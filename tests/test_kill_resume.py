@@ -154,26 +154,45 @@ def test_kill_then_resume_gives_the_same_student(digits_teacher: Path, tmp_path:
     assert not list(out.glob(".staging-*")) and not list(cache.rglob("*.tmp"))
 
 
-def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(digits_teacher: Path, tmp_path: Path):
-    """Candidates whose proxy training spans epochs keep a checkpoint at each epoch's end: killed
-    during one, the resumed run trains it on from there and ends with the uninterrupted run's
-    student; once journaled (and when the search is over) the checkpoints are gone."""
-    extra = ("--proxy-epochs", "3", "--proxy-fraction", "1", "--budget", "2")  # the later option wins
-    ref = tmp_path / "reference"
-    done = _run(digits_teacher, ref, tmp_path / "cache-ref", *extra)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out, cache = tmp_path / "out", tmp_path / "cache"
+MID_CANDIDATE = ("--proxy-epochs", "3", "--proxy-fraction", "1", "--budget", "2")  # the later option wins
+
+
+def _killed_mid_candidate_and_resumed(teacher: Path, out: Path, cache: Path, *extra: str) -> str:
+    """SIGKILL a run (``MID_CANDIDATE``, then ``extra``) once a candidate's epoch checkpoint is kept,
+    resume it, check it went on from that checkpoint and left none, and return its stderr."""
     ckpts = out / "candidate-checkpoints"
 
     def kept(out: Path, log: Path) -> bool:
         return ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
 
-    _kill_when(digits_teacher, out, cache, kept, *extra)
-    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
+    _kill_when(teacher, out, cache, kept, *MID_CANDIDATE, *extra)
+    resumed = _run(teacher, out, cache, *MID_CANDIDATE, *extra, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
-    _same_student(out, {"student": _student(ref)})
     assert not ckpts.exists()
+    return resumed.stderr
+
+
+def test_killed_mid_candidate_the_resumed_run_goes_on_from_its_epoch_checkpoint(digits_teacher: Path, tmp_path: Path):
+    """Candidates whose proxy training spans epochs keep a checkpoint at each epoch's end: killed
+    during one, the resumed run trains it on from there and ends with the uninterrupted run's
+    student; once journaled (and when the search is over) the checkpoints are gone."""
+    ref = tmp_path / "reference"
+    done = _run(digits_teacher, ref, tmp_path / "cache-ref", *MID_CANDIDATE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _killed_mid_candidate_and_resumed(digits_teacher, tmp_path / "out", tmp_path / "cache")
+    _same_student(tmp_path / "out", {"student": _student(ref)})
+
+
+def test_killed_mid_candidate_on_ray_the_resumed_run_goes_on_from_its_epoch_checkpoint(
+    digits_teacher: Path, tmp_path: Path
+):
+    """With ``--executor ray`` on one machine the tasks see ``--out``: a candidate in flight when
+    the driver is killed goes on from its task's last epoch checkpoint in the resumed run."""
+    pytest.importorskip("ray")
+    extra = ("--final-epochs", "1", "--executor", "ray")
+    stderr = _killed_mid_candidate_and_resumed(digits_teacher, tmp_path / "out", tmp_path / "cache", *extra)
+    assert "does not see" not in stderr
 
 
 def _noted(out: Path, kind: str) -> bool:
@@ -223,23 +242,3 @@ def test_killed_in_or_after_the_distiller_search_the_resumed_run_trains_no_disti
     assert search["best"] == ref_search["best"]  # the report keeps the search the killed run made
     assert [r["reward"] for r in search["rewards"]] == [r["reward"] for r in ref_search["rewards"]]
 
-
-def test_killed_mid_candidate_on_ray_the_resumed_run_goes_on_from_its_epoch_checkpoint(
-    digits_teacher: Path, tmp_path: Path
-):
-    """With ``--executor ray`` on one machine the tasks see ``--out``: a candidate in flight when
-    the driver is killed goes on from its task's last epoch checkpoint in the resumed run."""
-    pytest.importorskip("ray")
-    extra = ("--proxy-epochs", "3", "--proxy-fraction", "1", "--budget", "2", "--final-epochs", "1")
-    extra = (*extra, "--executor", "ray")
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    ckpts = out / "candidate-checkpoints"
-
-    def kept(out: Path, log: Path) -> bool:
-        return ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
-
-    _kill_when(digits_teacher, out, cache, kept, *extra)
-    resumed = _run(digits_teacher, out, cache, *extra, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert re.search(r"candidate \d+: resumed at epoch [12] from its epoch checkpoint", resumed.stderr), resumed.stderr
-    assert "does not see" not in resumed.stderr and not ckpts.exists()
