@@ -32,6 +32,12 @@ three GPUs' columns of 200 of them (``kd_compile.calibrate.tables.ofa_fit_specs`
 predicted here on all four GPUs (the V100 is in no fit) in eager fp32 (:func:`check_ofa`) and summarised
 per device and batch, with Spearman's rho over the subnets.
 
+``benchmarks/data/openppl_t4_trt_b1.csv`` (a fifth section) holds OpenPPL's TensorRT 8 latencies of 35
+torchvision models on a Tesla T4 at batch 1 and 224 px, fp16 and int8, transcribed by
+``benchmarks/data/transcribe_openppl_t4.py``. The T4's TensorRT fp16 batch-1 calibration was fitted on
+super-gradients' 13 models (other families); int8 has no measured table anywhere, and its band is
+fp16's, as a proxy. Each row is predicted as a user gets it, summarised per precision and family.
+
 Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/external_check.py
@@ -64,13 +70,15 @@ DATA = ROOT / "benchmarks" / "data" / "nvidia_dle_inference.csv"
 DATA_B12 = ROOT / "benchmarks" / "data" / "pytorch_gpu_benchmark_b12.csv"
 DATA_TIMM = ROOT / "benchmarks" / "data" / "timm_unfitted.csv"
 DATA_OFA = ROOT / "kd_compile" / "calibrate" / "data" / "help-ofa-latency.csv"
+DATA_PPL = ROOT / "benchmarks" / "data" / "openppl_t4_trt_b1.csv"
 OUT = ROOT / "benchmarks" / "results" / "external_check.json"
 # the package's summary of these rows, quoted beside a prediction for an ImageNet-size model
 PACKAGE_OUT = ROOT / "kd_compile" / "targets" / "calibration" / "_out_of_sample.json"
 # section -> (source, the models it measured)
 SOURCES = {"dle": ("NVIDIA DeepLearningExamples", "ImageNet CNNs"),
            "b12": ("ryujaehun/pytorch-gpu-benchmark", "torchvision models"),
-           "timm": ("timm's benchmark tables", "timm models"), "ofa": ("HELP", "OFA MobileNetV3 subnets")}
+           "timm": ("timm's benchmark tables", "timm models"), "ofa": ("HELP", "OFA MobileNetV3 subnets"),
+           "ppl": ("OpenPPL's T4 benchmark", "torchvision models")}
 
 
 def read_rows(path: Path = DATA) -> list[dict[str, str]]:
@@ -115,8 +123,9 @@ def check(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return [_predicted(r, int(r["batch"]), 1000.0 * int(r["batch"]) / float(r["images_per_s"])) for r in rows]
 
 
-def check_b12(rows: list[dict[str, str]]) -> list[dict[str, object]]:
-    """Each row of the batch-12 table (ms per batch) predicted as a user gets it, beside its measurement."""
+def check_ms(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Each row of a table in ms per batch (the batch-12 table, OpenPPL's) predicted as a user gets it,
+    beside its measurement."""
     return [_predicted(r, int(r["batch"]), float(r["ms_per_batch"])) for r in rows]
 
 
@@ -346,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = " + ".join(f"{k} {v:.1f}" for k, v in r["by_op_ms"].items())
         print(f"  {r['device']} {r['model']} {r['precision']} batch {r['batch']}: predicted {r['predicted_ms']:.1f} ms "
               f"= {parts} (measured {r['measured_ms']:.1f} ms)")
-    res12 = check_b12(read_rows(DATA_B12))
+    res12 = check_ms(read_rows(DATA_B12))
     groups = by_group(res12)
     print(f"\n{DATA_B12.name}: eager PyTorch, batch 12, predicted / measured per device and precision")
     for k, g in groups.items():
@@ -379,6 +388,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {dev_rt:26} " + ", ".join(f"{k.split('/')[2]} x{g['median_ratio']:.2f} ({g['n']})"
                                             for k, g in families.items() if k.startswith(dev_rt + "/")))
     print(f"  ({time.perf_counter() - t0:.0f} s)")
+    res_p = check_ms(read_rows(DATA_PPL))
+    groups_p = by_group(res_p, ("device", "runtime", "precision"))
+    print(f"\n{DATA_PPL.name}: OpenPPL's TensorRT 8 latencies of torchvision models, batch 1, 224 px, predicted / "
+          "measured per device, runtime and precision, with Spearman's rho over the models")
+    for k, g in groups_p.items():
+        print(_group_line(k, g, 18) + f", rho {g['spearman']:.3f}")
+    fam_p = by_group([{**r, "family": family_of(str(r["spec"]))} for r in res_p], ("precision", "family"))
+    for prec in dict.fromkeys(k.split("/")[0] for k in fam_p):
+        print(f"    {prec}: " + ", ".join(f"{k.split('/')[1]} x{g['median_ratio']:.2f} ({g['n']})"
+                                     for k, g in fam_p.items() if k.startswith(prec + "/")))
+    print(f"  ({time.perf_counter() - t0:.0f} s)")
     res_o = check_ofa(ofa_test_rows(read_rows(DATA_OFA)))
     groups_o = by_group(res_o, ("device", "batch"))
     print(f"\n{DATA_OFA.name}: HELP's Once-for-All MobileNetV3 subnets no fit reads, eager PyTorch fp32, predicted "
@@ -390,10 +410,13 @@ def main(argv: list[str] | None = None) -> int:
            "batch12": {"source": str(DATA_B12.relative_to(ROOT)), "rows": res12, "summary": s12, "by_group": groups},
            "timm_unfitted": {"source": str(DATA_TIMM.relative_to(ROOT)), "rows": res_t, "by_group": groups_t,
                              "by_family": families, "not_same_model": other},
-           "help_ofa": {"source": str(DATA_OFA.relative_to(ROOT)), "by_group": groups_o, **ofa_columns(res_o)}}
+           "help_ofa": {"source": str(DATA_OFA.relative_to(ROOT)), "by_group": groups_o, **ofa_columns(res_o)},
+           "openppl_t4": {"source": str(DATA_PPL.relative_to(ROOT)), "rows": res_p, "by_group": groups_p,
+                          "by_family": fam_p}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    summary_doc = out_of_sample({"dle": res, "b12": res12, "timm": res_t, "ofa": ofa_rows(doc["help_ofa"])})
+    summary_doc = out_of_sample({"dle": res, "b12": res12, "timm": res_t, "ofa": ofa_rows(doc["help_ofa"]),
+                                 "ppl": res_p})
     Path(args.package_out).write_text(json.dumps(summary_doc, indent=1) + "\n")
     return 0
 

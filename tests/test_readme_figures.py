@@ -682,6 +682,24 @@ def check_external() -> None:
     hi = max(g["median_ratio"] for g in ofa.values())
     expected.append(f"come out within x{lo:.2f}-{hi:.2f} with")
     expected.append(f"the {len(doc['help_ofa']['models'])} subnets of its sample that no fit reads")
+    # the fifth table (OpenPPL's T4 TensorRT rows): both precisions, their families, the band they carry
+    ppl = doc["openppl_t4"]
+    for prec in ("fp16", "int8"):
+        g = ppl["by_group"][f"t4/tensorrt/{prec}"]
+        expected.append(f"{prec}: x{g['median_ratio']:.2f}, median error {100 * g['median_ape']:.1f}%, "
+                        f"{100 * g['within_35']:.0f}% within 35%, {100 * g['inside_p80_band']:.0f}% inside the "
+                        f"printed p80 band")
+        expected.append(f"{g['spearman']:.3f}")
+    fam = ppl["by_family"]
+    expected.append(", ".join(f"{f} x{fam[f'fp16/{f}']['median_ratio']:.2f} ({fam[f'fp16/{f}']['n']})"
+                              for f in ("resnet", "mobilenet", "vgg", "densenet")))
+    expected.append(", ".join(f"{f} x{fam[f'int8/{f}']['median_ratio']:.2f}"
+                              for f in ("resnet", "vgg", "mobilenet", "densenet")))
+    assert len(ppl["rows"]) == 70 and {r["n"] for r in ppl["by_group"].values()} == {35}
+    bands = {(r["band_median"], r["band_p80"]) for r in ppl["rows"]}
+    assert len(bands) == 1, "the T4's fp16 and int8 rows carry one band (int8's is fp16's, a proxy)"
+    (med, p80), = bands
+    expected.append(f"(±{100 * med:.0f}% median, {100 * p80:.0f}% p80 on the T4)")
     # the third table (timm's unfitted tables): every role, device and runtime, and the models set apart
     tm = doc["timm_unfitted"]
     labels = {"validation/rtx4090/inductor": "RTX 4090 (PyTorch 2.4.0, the validation table)",

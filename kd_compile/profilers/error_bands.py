@@ -185,6 +185,26 @@ def out_of_sample(target: TargetProfile, runtime: str, precision: str, batch: in
     return [dict(e) for e in found if isinstance(e, dict)] or None
 
 
+def proxy_caveat(target: TargetProfile, runtime: str, precision: str, batch: int) -> str | None:
+    """For a band that stands in for a precision no table calibrates (``"proxy: ..."``), what tables no
+    fit reads measured in this runtime, precision and batch regime on other GPUs, in words; None
+    where none did."""
+    key = regime_key(runtime, precision, batch)
+    parts = []
+    for where, found in sorted(_out_of_sample_doc().get("entries", {}).items()):
+        gpu, _, regime = where.partition("/")
+        if regime != key or gpu == target.name or not isinstance(found, list):
+            continue
+        for o in found:
+            p80 = f", {100 * o['p80_ape']:.0f}% p80" if o.get("p80_ape") is not None else ""
+            parts.append(f"{o['models']} on the {gpu} ({o['source']}; {o['n']}): ±{100 * o['median_ape']:.0f}% "
+                         f"median{p80} error, predicted x{o['median_ratio']:.2f} the measured time (median)")
+    if not parts:
+        return None
+    return (f"no {precision} table calibrates this band, which is a proxy; out of sample "
+            f"(benchmarks/external_check.py) {runtime} {precision} measured elsewhere: " + "; ".join(parts))
+
+
 def _out_of_sample_doc() -> dict[str, Any]:
     f = OUT_OF_SAMPLE
     return _read_json(str(f), f.stat().st_mtime) if f.is_file() else {}
@@ -226,7 +246,9 @@ def large_input_notes(
     - ``caveat``: for a band measured on 32-px networks only (HELP's tables), which cannot speak for
       such a model, a warning that says so and points to what was measured out of sample instead:
       this GPU's figures, else, per source, the range of the per-GPU median ratios over the GPUs
-      whose band in this regime was measured on 32-px networks only.
+      whose band in this regime was measured on 32-px networks only; for a proxy band (a precision
+      no table calibrates, int8) on a GPU with no figures of its own, what other GPUs measured out
+      of sample in this runtime and precision (:func:`proxy_caveat`).
     """
     if input_px < 64:
         return {}
@@ -234,6 +256,10 @@ def large_input_notes(
     mine = out_of_sample(target, runtime, precision, batch)
     if mine is not None:
         out["out_of_sample"] = mine
+    elif str(band.get("transfer", "")).startswith("proxy:"):
+        proxy = proxy_caveat(target, runtime, precision, batch)
+        if proxy:
+            out["caveat"] = proxy
     if not small_input_band(band):
         return out
     head = f"measured on 32-px networks only, and this model's input is {input_px} px"

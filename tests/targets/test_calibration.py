@@ -224,6 +224,36 @@ def test_a_32px_band_without_figures_of_its_own_quotes_the_ranges_over_gpus(tmp_
     assert ratio_span([0.891, 2.19]) == "x0.89-x2.19" and ratio_span([2.19, 2.188]) == "x2.19"
 
 
+def test_an_int8_prediction_carries_what_int8_measured_out_of_sample(tmp_path: Path, monkeypatch) -> None:
+    """No table calibrates int8 and its band is fp16's (a proxy); OpenPPL's T4 table measured TensorRT
+    int8 on torchvision models, and a prediction for an ImageNet-size model carries it: on the T4 as
+    its own figures, on another GPU as a caveat naming the T4's. A 32-px model carries neither."""
+    from kd_compile.report.render import band_phrase
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    (t4_int8,) = _oos()["entries"]["t4/tensorrt/int8/batch1"]
+    assert t4_int8["source"] == "OpenPPL's T4 benchmark" and t4_int8["n"] == 35 and t4_int8["batches"] == [1]
+    assert not any(k.endswith("/int8/batch1") and not k.startswith("t4/") for k in _oos()["entries"])
+
+    def band(target: str, px: int = 224) -> dict:
+        prof = create_profiler("roofline", target=target, runtime="tensorrt", precision="int8")
+        return prof.profile(net, InputSpec((3, px, px))).extra["error_band"]
+
+    t4 = band("t4")
+    assert t4["transfer"].startswith("proxy") and t4["out_of_sample"] == [t4_int8] and "caveat" not in t4
+    orin = band("jetson-orin-nano")
+    assert orin["transfer"].startswith("proxy") and "out_of_sample" not in orin
+    assert orin["caveat"].startswith("no int8 table calibrates this band, which is a proxy")
+    assert (f"torchvision models on the t4 (OpenPPL's T4 benchmark; 35): ±{100 * t4_int8['median_ape']:.0f}% median"
+            in orin["caveat"])
+    assert "no int8 table calibrates" in band_phrase(orin)
+    assert "caveat" not in band("jetson-orin-nano", 32) and "caveat" not in band("t4", 32)
+    fp16 = create_profiler("roofline", target="jetson-orin-nano", runtime="tensorrt", precision="fp16")
+    assert "caveat" not in fp16.profile(net, InputSpec((3, 224, 224))).extra["error_band"]  # not a proxy
+
+
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_a_measured_device_band_also_gives_its_error_on_a_family_left_out(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

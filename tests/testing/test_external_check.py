@@ -148,5 +148,34 @@ def test_the_shipped_out_of_sample_summary_is_that_of_the_committed_results() ->
 
     committed = json.loads(ec.OUT.read_text())
     want = ec.out_of_sample({"dle": committed["rows"], "b12": committed["batch12"]["rows"],
-                             "timm": committed["timm_unfitted"]["rows"], "ofa": ec.ofa_rows(committed["help_ofa"])})
+                             "timm": committed["timm_unfitted"]["rows"], "ofa": ec.ofa_rows(committed["help_ofa"]),
+                             "ppl": committed["openppl_t4"]["rows"]})
     assert json.loads(ec.PACKAGE_OUT.read_text()) == want
+
+
+def test_the_openppl_table_holds_the_t4s_tensorrt_columns_of_buildable_specs() -> None:
+    rows = ec.read_rows(ec.DATA_PPL)
+    assert len(rows) == 70  # 35 torchvision models x (fp16, int8)
+    for r in rows:
+        assert (r["device"], r["runtime"], r["batch"]) == ("t4", "tensorrt", "1") and is_spec(r["spec"]), r
+        assert r["precision"] in ("fp16", "int8") and float(r["ms_per_batch"]) > 0
+        size = "@224" if "inception" in r["model"] else ""  # the table ran every model at 224 px
+        assert r["spec"] == "torchvision:" + r["model"].removesuffix("_opt") + size
+    assert len({(r["model"], r["precision"]) for r in rows}) == 70
+
+
+def test_the_committed_openppl_rows_are_what_profile_gives_now(tmp_path, monkeypatch) -> None:
+    """Three of the section's rows predicted again (one per kind: a plain CNN in fp16, a DenseNet in
+    int8, Inception v3 at the table's 224 px): the committed figures are the shipped predictor's."""
+    import json
+
+    monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
+    committed = {(r["model"], r["precision"]): r for r in json.loads(ec.OUT.read_text())["openppl_t4"]["rows"]}
+    rows = [r for r in ec.read_rows(ec.DATA_PPL)
+            if (r["model"], r["precision"]) in {("resnet18", "fp16"), ("densenet121_opt", "int8"),
+                                                ("inception_v3_opt", "fp16")}]
+    assert len(rows) == 3
+    for got in ec.check_ms(rows):
+        want = committed[(got["model"], got["precision"])]
+        assert got["predicted_ms"] == pytest.approx(want["predicted_ms"], rel=1e-3), got
+        assert (got["band_median"], got["inside_p80"]) == (want["band_median"], want["inside_p80"])
