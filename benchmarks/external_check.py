@@ -270,13 +270,15 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
 
     ``entries``, per ``target/runtime/precision/batch-regime`` (the key of an error band, with the
     target ahead), one summary per source: the median and 80th-percentile absolute error, the
-    median predicted / measured ratio, the batches and the input sides' [min, max]. ``small_input_bands``, per
+    median predicted / measured ratio, the batches, the input sides' [min, max] and the models'
+    families (``calibrate.tables.family_of``). ``small_input_bands``, per
     ``runtime/precision/batch-regime`` and source: the median ratio per GPU and the median error over
     the rows whose band was measured on 32-px networks only (HELP's), quoted for a GPU without rows
     of its own. timm's rows count only where they are a test (not the validation table
     ``s_compile`` is fitted on), measured the model profiled here, and the device was left out of
     every fit (the RTX 4090's calibration was fitted on timm's table of the same models).
     """
+    from kd_compile.calibrate.tables import family_of
     from kd_compile.profilers.error_bands import batch_regime
 
     rows = []
@@ -296,7 +298,8 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
                 "p80_ape": round(float(np.quantile(ape, 0.8)), 4),
                 "median_ratio": round(float(np.median([float(r["ratio"]) for r in group])), 3),
                 "batches": sorted({int(r["batch"]) for r in group}),
-                "input_px": [min(int(r["input_px"]) for r in group), max(int(r["input_px"]) for r in group)]}
+                "input_px": [min(int(r["input_px"]) for r in group), max(int(r["input_px"]) for r in group)],
+                "families": sorted({family_of(str(r["spec"])) for r in group})}
 
     def grouped(group: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
         return dict(sorted(group_rows(group, keys).items()))
@@ -318,6 +321,12 @@ def out_of_sample(sections: dict[str, list[dict[str, object]]]) -> dict[str, obj
             "entries": entries, "small_input_bands": pooled}
 
 
+def package_summary(doc: dict[str, Any]) -> dict[str, object]:
+    """``out_of_sample`` of every section of a results document (what ``main`` writes to ``--out``)."""
+    return out_of_sample({"dle": doc["rows"], "b12": doc["batch12"]["rows"], "timm": doc["timm_unfitted"]["rows"],
+                          "ofa": ofa_rows(doc["help_ofa"]), "ppl": doc["openppl_t4"]["rows"]})
+
+
 def _input_px(spec: str) -> int:
     """The input side of a spec checked at its own size: an ``ofa:<resolution>/...`` subnet's
     resolution, else 224 (the torchvision and DeepLearningExamples tables)."""
@@ -336,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--package-out", default=str(PACKAGE_OUT),
                     help="where to write the package's out-of-sample summary (default: the shipped one)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="predict nothing: write the package's summary from the results file (--out) as it is")
     args = ap.parse_args(argv)
+    if args.summary_only:
+        Path(args.package_out).write_text(json.dumps(package_summary(json.loads(Path(args.out).read_text())),
+                                                     indent=1) + "\n")
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -415,9 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                           "by_family": fam_p}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    summary_doc = out_of_sample({"dle": res, "b12": res12, "timm": res_t, "ofa": ofa_rows(doc["help_ofa"]),
-                                 "ppl": res_p})
-    Path(args.package_out).write_text(json.dumps(summary_doc, indent=1) + "\n")
+    Path(args.package_out).write_text(json.dumps(package_summary(doc), indent=1) + "\n")
     return 0
 
 

@@ -110,9 +110,12 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
         ``"device left out"``, or ``"proxy: ..."`` when the regime itself has no measurements),
         the measured files and the families of the models measured (``calibrate.FAMILIES``
         names). ``median_ape`` is None when nothing was measured that could stand for this
-        regime. A device fitted on its own rows also gives ``family_left_out``
-        (``{"median_ape", "p80_ape", "n", "families"}``): the error on its rows of a family left
-        out of every fit, the closer guide for a student of a family its tables lack.
+        regime. A regime no fit measures but a table no fit reads does (TensorRT int8 at batch
+        1, OpenPPL's T4 table) has that table's error as its band (:func:`out_of_sample_band`);
+        one neither does has another precision's band, marked ``"proxy: ..."``. A device fitted on
+        its own rows also gives ``family_left_out`` (``{"median_ape", "p80_ape", "n",
+        "families"}``): the error on its rows of a family left out of every fit, the closer guide
+        for a student of a family its tables lack.
     """
     key = regime_key(runtime, precision, batch)
     doc = own_calibration(target)
@@ -121,6 +124,10 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     note = ""
     if band is None:
         alt = regime_key(runtime, _PRECISION_FALLBACK.get(precision, "fp16"), batch)
+        # a precision no fit measures on this GPU: a table no fit reads may have measured it
+        unfitted = out_of_sample_band(target, key) if alt in bands and target.kind != "cpu" else None
+        if unfitted is not None:
+            return unfitted
         if alt in bands:
             band, note = bands[alt], f"proxy: no {precision} measurements, band of {alt}"
     if band is None:
@@ -185,24 +192,33 @@ def out_of_sample(target: TargetProfile, runtime: str, precision: str, batch: in
     return [dict(e) for e in found if isinstance(e, dict)] or None
 
 
-def proxy_caveat(target: TargetProfile, runtime: str, precision: str, batch: int) -> str | None:
-    """For a band that stands in for a precision no table calibrates (``"proxy: ..."``), what tables no
-    fit reads measured in this runtime, precision and batch regime on other GPUs, in words; None
-    where none did."""
-    key = regime_key(runtime, precision, batch)
-    parts = []
-    for where, found in sorted(_out_of_sample_doc().get("entries", {}).items()):
-        gpu, _, regime = where.partition("/")
-        if regime != key or gpu == target.name or not isinstance(found, list):
-            continue
-        for o in found:
-            p80 = f", {100 * o['p80_ape']:.0f}% p80" if o.get("p80_ape") is not None else ""
-            parts.append(f"{o['models']} on the {gpu} ({o['source']}; {o['n']}): ±{100 * o['median_ape']:.0f}% "
-                         f"median{p80} error, predicted x{o['median_ratio']:.2f} the measured time (median)")
-    if not parts:
+def out_of_sample_band(target: TargetProfile, key: str) -> dict[str, Any] | None:
+    """The band of a regime (``key``: runtime/precision/batch-regime) whose precision no fit measures on
+    a GPU but tables no fit reads do (``OUT_OF_SAMPLE``; ``error_band`` asks only then, and not for a
+    CPU): their error, this built-in target's rows where it has some, else those of the other GPUs
+    (the first by name; ``transfer`` says the device was left out); of the sources measured there,
+    the one with the most models. None where no such table measured it."""
+    entries = _out_of_sample_doc().get("entries", {})
+    mine = target.name if _builtin(target) else None  # a user's TOML of the same name is another board
+    own = entries.get(f"{mine}/{key}")
+    found: list[tuple[str, Any]] = [(target.name, own)] if own else sorted(
+        (where.partition("/")[0], e) for where, e in entries.items()
+        if where.partition("/")[2] == key and where.partition("/")[0] != mine)
+    rows = [(gpu, o) for gpu, e in found[:1] if isinstance(e, list) for o in e if isinstance(o, dict)]
+    if not rows:
         return None
-    return (f"no {precision} table calibrates this band, which is a proxy; out of sample "
-            f"(benchmarks/external_check.py) {runtime} {precision} measured elsewhere: " + "; ".join(parts))
+    gpu, o = max(rows, key=lambda r: r[1].get("n", 0))
+    sides = o.get("input_px") or ["?"]
+    px = f"{sides[0]}" if sides[0] == sides[-1] else f"{sides[0]}-{sides[-1]}"
+    batches = "/".join(str(b) for b in o.get("batches") or []) or "?"
+    transfer = ("measured on this device, out of sample" if gpu == mine
+                else f"device left out: measured on the {gpu} only, out of sample")
+    return {"median_ape": o.get("median_ape"), "p80_ape": o.get("p80_ape"), "n": o.get("n", 0), "regime": key,
+            "basis": (f"no fit measures this regime; {o.get('n')} {o.get('models')} measured on the {gpu} at batch "
+                      f"{batches}, {px} px ({o.get('source')}, benchmarks/external_check.py), none fitted: predicted "
+                      f"x{o.get('median_ratio', 0):.2f} the measured time (median)"),
+            "transfer": transfer, "files": [], "families": list(o.get("families") or []),
+            "out_of_sample_band": True}  # fmt: skip
 
 
 def _out_of_sample_doc() -> dict[str, Any]:
@@ -242,24 +258,19 @@ def large_input_notes(
     """What a band gains for a model whose input is ImageNet-size (64 px or more; empty otherwise):
 
     - ``out_of_sample``: this target's figures from tables no fit reads (:func:`out_of_sample`),
-      where there are some for this runtime, precision and batch regime;
+      where there are some for this runtime, precision and batch regime (and the band is not
+      already theirs, :func:`out_of_sample_band`);
     - ``caveat``: for a band measured on 32-px networks only (HELP's tables), which cannot speak for
       such a model, a warning that says so and points to what was measured out of sample instead:
       this GPU's figures, else, per source, the range of the per-GPU median ratios over the GPUs
-      whose band in this regime was measured on 32-px networks only; for a proxy band (a precision
-      no table calibrates, int8) on a GPU with no figures of its own, what other GPUs measured out
-      of sample in this runtime and precision (:func:`proxy_caveat`).
+      whose band in this regime was measured on 32-px networks only.
     """
-    if input_px < 64:
+    if input_px < 64 or band.get("out_of_sample_band"):
         return {}
     out: dict[str, Any] = {}
     mine = out_of_sample(target, runtime, precision, batch)
     if mine is not None:
         out["out_of_sample"] = mine
-    elif str(band.get("transfer", "")).startswith("proxy:"):
-        proxy = proxy_caveat(target, runtime, precision, batch)
-        if proxy:
-            out["caveat"] = proxy
     if not small_input_band(band):
         return out
     head = f"measured on 32-px networks only, and this model's input is {input_px} px"

@@ -224,10 +224,12 @@ def test_a_32px_band_without_figures_of_its_own_quotes_the_ranges_over_gpus(tmp_
     assert ratio_span([0.891, 2.19]) == "x0.89-x2.19" and ratio_span([2.19, 2.188]) == "x2.19"
 
 
-def test_an_int8_prediction_carries_what_int8_measured_out_of_sample(tmp_path: Path, monkeypatch) -> None:
-    """No table calibrates int8 and its band is fp16's (a proxy); OpenPPL's T4 table measured TensorRT
-    int8 on torchvision models, and a prediction for an ImageNet-size model carries it: on the T4 as
-    its own figures, on another GPU as a caveat naming the T4's. A 32-px model carries neither."""
+def test_int8s_band_is_the_error_measured_on_a_table_no_fit_reads(tmp_path: Path, monkeypatch) -> None:
+    """No fit measures TensorRT int8; OpenPPL's T4 table does, and no fit reads it: its error is the
+    int8 batch-1 band, the T4's own on the T4 and, device left out, on every other GPU (a user's TOML
+    too), for a model of any size, not quoted twice. Where no such table measured the regime (int8 at
+    batch 32) the band stays fp16's, marked a proxy."""
+    from kd_compile.profilers.error_bands import out_of_sample_band
     from kd_compile.report.render import band_phrase
 
     monkeypatch.setenv("KD_COMPILE_CACHE", str(tmp_path))
@@ -235,23 +237,29 @@ def test_an_int8_prediction_carries_what_int8_measured_out_of_sample(tmp_path: P
                         nn.Linear(16, 10))
     (t4_int8,) = _oos()["entries"]["t4/tensorrt/int8/batch1"]
     assert t4_int8["source"] == "OpenPPL's T4 benchmark" and t4_int8["n"] == 35 and t4_int8["batches"] == [1]
+    assert {"resnet", "vgg", "densenet", "mobilenet"} <= set(t4_int8["families"])
     assert not any(k.endswith("/int8/batch1") and not k.startswith("t4/") for k in _oos()["entries"])
 
-    def band(target: str, px: int = 224) -> dict:
-        prof = create_profiler("roofline", target=target, runtime="tensorrt", precision="int8")
+    def band(target: str, px: int = 224, batch: int = 1) -> dict:
+        prof = create_profiler("roofline", target=target, runtime="tensorrt", precision="int8", batch=batch)
         return prof.profile(net, InputSpec((3, px, px))).extra["error_band"]
 
-    t4 = band("t4")
-    assert t4["transfer"].startswith("proxy") and t4["out_of_sample"] == [t4_int8] and "caveat" not in t4
-    orin = band("jetson-orin-nano")
-    assert orin["transfer"].startswith("proxy") and "out_of_sample" not in orin
-    assert orin["caveat"].startswith("no int8 table calibrates this band, which is a proxy")
-    assert (f"torchvision models on the t4 (OpenPPL's T4 benchmark; 35): ±{100 * t4_int8['median_ape']:.0f}% median"
-            in orin["caveat"])
-    assert "no int8 table calibrates" in band_phrase(orin)
-    assert "caveat" not in band("jetson-orin-nano", 32) and "caveat" not in band("t4", 32)
-    fp16 = create_profiler("roofline", target="jetson-orin-nano", runtime="tensorrt", precision="fp16")
-    assert "caveat" not in fp16.profile(net, InputSpec((3, 224, 224))).extra["error_band"]  # not a proxy
+    for target, transfer in (("t4", "measured on this device, out of sample"),
+                             ("jetson-orin-nano", "device left out: measured on the t4 only, out of sample")):
+        for px in (224, 32):
+            got = band(target, px)
+            assert (got["median_ape"], got["p80_ape"], got["n"]) == (t4_int8["median_ape"], t4_int8["p80_ape"], 35)
+            assert got["transfer"] == transfer and got["families"] == t4_int8["families"]
+            assert "35 torchvision models measured on the t4 at batch 1, 224 px (OpenPPL's T4 benchmark" in got["basis"]
+            assert "out_of_sample" not in got and "caveat" not in got  # the band is those figures: said once
+            phrase = band_phrase(got)
+            assert phrase.startswith(f"±{100 * t4_int8['median_ape']:.0f}% median, ") and "proxy" not in phrase
+    toml = tmp_path / "t4.toml"
+    toml.write_text((CALIBRATION_DIR.parent / "t4.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert out_of_sample_band(get_target(str(toml)), "tensorrt/int8/batch1")["transfer"].startswith("device left")
+    large = band("t4", batch=32)
+    assert large["transfer"].startswith("proxy: no int8 measurements") and "out_of_sample_band" not in large
+    assert out_of_sample_band(get_target("t4"), "tensorrt/bf16/batch1") is None
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED))
@@ -284,8 +292,8 @@ def test_unmeasured_runtime_says_so() -> None:
 
     phrase = band_phrase(band)  # said once, with its reason
     assert phrase.startswith("unvalidated (no measured tables for onnxruntime") and phrase.count("unvalidated") == 1
-    proxy = error_band(get_target("t4"), "tensorrt", "int8", 1)
-    assert proxy["median_ape"] is not None and proxy["transfer"].startswith("proxy")
+    proxy = error_band(get_target("t4"), "tensorrt", "bf16", 1)  # no table measured bf16: fp16's band stands in
+    assert proxy["median_ape"] is not None and proxy["transfer"].startswith("proxy: no bf16 measurements")
 
 
 def test_torch_compile_scale_and_band_come_from_the_one_compile_table() -> None:

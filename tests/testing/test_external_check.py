@@ -83,13 +83,14 @@ def test_out_of_sample_summarises_per_gpu_regime_and_source_and_pools_the_32px_b
     b12, ofa_large = e["2080ti/torch/fp32/large"]  # one summary per source, in section order
     assert b12 == {"source": "ryujaehun/pytorch-gpu-benchmark", "models": "torchvision models", "n": 3,
                    "median_ape": 0.5, "p80_ape": pytest.approx(0.8), "median_ratio": 1.5, "batches": [12],
-                   "input_px": [224, 224]}
+                   "input_px": [224, 224], "families": ["other"]}
     assert ofa_large["source"] == "HELP" and ofa_large["n"] == 2 and ofa_large["median_ratio"] == pytest.approx(1.0)
     assert ofa_large["batches"] == [32, 64] and ofa_large["input_px"] == [160, 224]
     assert [x["n"] for x in e["2080ti/torch/fp32/batch1"]] == [1]  # batch 1 is a regime of its own
     assert e["rtx5090/torch/fp16/large"] == [{"source": "timm's benchmark tables", "models": "timm models", "n": 1,
                                               "median_ape": pytest.approx(0.1), "p80_ape": pytest.approx(0.1),
-                                              "median_ratio": 1.1, "batches": [1024], "input_px": [160, 160]}]
+                                              "median_ratio": 1.1, "batches": [1024], "input_px": [160, 160],
+                                              "families": ["other"]}]
     pooled = doc["small_input_bands"]
     assert set(pooled) == {"torch/fp32/large", "torch/fp32/batch1"}  # the A100's band is not a 32-px one
     by_source = {p["source"]: p for p in pooled["torch/fp32/large"]}
@@ -150,7 +151,7 @@ def test_the_shipped_out_of_sample_summary_is_that_of_the_committed_results() ->
     want = ec.out_of_sample({"dle": committed["rows"], "b12": committed["batch12"]["rows"],
                              "timm": committed["timm_unfitted"]["rows"], "ofa": ec.ofa_rows(committed["help_ofa"]),
                              "ppl": committed["openppl_t4"]["rows"]})
-    assert json.loads(ec.PACKAGE_OUT.read_text()) == want
+    assert json.loads(ec.PACKAGE_OUT.read_text()) == want == ec.package_summary(committed)
 
 
 def test_the_openppl_table_holds_the_t4s_tensorrt_columns_of_buildable_specs() -> None:
