@@ -229,20 +229,17 @@ def _run(
     rep.search_started(cfg.budget.candidates)
 
     def evaluate(config: dict[str, Any], fidelity: float, number: int) -> Trial:
-        trial = evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
-        m = trial.metrics
-        say_resumed(rep, f"candidate {number}", m.get("resumed_at_epoch"), m.get("checkpoint_error"))
-        return trial
+        return evaluate_candidate(run, config, fidelity, number, lambda f: rep.training(f"candidate {number}", f))
 
     said_unseen, replayed = False, {t.number for t in past or []}
 
     def journaled(trial: Trial) -> None:  # the journal holds ``trial``: its epoch checkpoint can go
         nonlocal said_unseen
         drop_candidate_checkpoint(run.checkpoints, trial)
-        if cfg.executor == "ray" and trial.number not in replayed:  # its task's lines: no ``evaluate`` here
+        if trial.number not in replayed:  # evaluated now, here or in a Ray task: its training's lines
             m = trial.metrics
             say_resumed(rep, f"candidate {trial.number}", m.get("resumed_at_epoch"), m.get("checkpoint_error"))
-            if m.get("checkpoints_unseen") and not said_unseen:
+            if m.get("checkpoints_unseen") and not said_unseen:  # only a Ray task's trial says it
                 said_unseen = True
                 rep.message(
                     f"candidate {trial.number} ran on a machine that does not see {inputs.out}: "

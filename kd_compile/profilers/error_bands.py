@@ -124,11 +124,11 @@ def error_band(target: TargetProfile, runtime: str, precision: str, batch: int) 
     note = ""
     if band is None:
         alt = regime_key(runtime, _PRECISION_FALLBACK.get(precision, "fp16"), batch)
-        # a precision no fit measures on this GPU: a table no fit reads may have measured it
-        unfitted = out_of_sample_band(target, key) if alt in bands and target.kind != "cpu" else None
-        if unfitted is not None:
-            return unfitted
         if alt in bands:
+            # a precision no fit measures on this GPU: a table no fit reads may have measured it
+            unfitted = out_of_sample_band(target, runtime, precision, batch) if target.kind != "cpu" else None
+            if unfitted is not None:
+                return unfitted
             band, note = bands[alt], f"proxy: no {precision} measurements, band of {alt}"
     if band is None:
         # a CPU of the user's with no calibration at all: only the development VM's CPU was measured,
@@ -192,22 +192,25 @@ def out_of_sample(target: TargetProfile, runtime: str, precision: str, batch: in
     return [dict(e) for e in found if isinstance(e, dict)] or None
 
 
-def out_of_sample_band(target: TargetProfile, key: str) -> dict[str, Any] | None:
-    """The band of a regime (``key``: runtime/precision/batch-regime) whose precision no fit measures on
-    a GPU but tables no fit reads do (``OUT_OF_SAMPLE``; ``error_band`` asks only then, and not for a
-    CPU): their error, this built-in target's rows where it has some, else those of the other GPUs
+def out_of_sample_band(target: TargetProfile, runtime: str, precision: str, batch: int) -> dict[str, Any] | None:
+    """The band of a regime whose precision no fit measures on a GPU but tables no fit reads do
+    (``OUT_OF_SAMPLE``; ``error_band`` asks only then, and not for a CPU): their error, this
+    built-in target's rows where it has some (:func:`out_of_sample`), else those of the other GPUs
     (the first by name; ``transfer`` says the device was left out); of the sources measured there,
     the one with the most models. None where no such table measured it."""
-    entries = _out_of_sample_doc().get("entries", {})
+    key = regime_key(runtime, precision, batch)
     mine = target.name if _builtin(target) else None  # a user's TOML of the same name is another board
-    own = entries.get(f"{mine}/{key}")
-    found: list[tuple[str, Any]] = [(target.name, own)] if own else sorted(
-        (where.partition("/")[0], e) for where, e in entries.items()
-        if where.partition("/")[2] == key and where.partition("/")[0] != mine)
-    rows = [(gpu, o) for gpu, e in found[:1] if isinstance(e, list) for o in e if isinstance(o, dict)]
-    if not rows:
+    gpu, found = mine, out_of_sample(target, runtime, precision, batch)
+    if found is None:
+        entries = _out_of_sample_doc().get("entries", {})
+        others = sorted(w for w in entries if w.partition("/")[2] == key and w.partition("/")[0] != mine)
+        if not others:
+            return None
+        gpu, found = others[0].partition("/")[0], entries[others[0]]
+    summaries = [o for o in found if isinstance(o, dict)] if isinstance(found, list) else []
+    if not summaries:
         return None
-    gpu, o = max(rows, key=lambda r: r[1].get("n", 0))
+    o = max(summaries, key=lambda e: e.get("n", 0))
     sides = o.get("input_px") or ["?"]
     px = f"{sides[0]}" if sides[0] == sides[-1] else f"{sides[0]}-{sides[-1]}"
     batches = "/".join(str(b) for b in o.get("batches") or []) or "?"

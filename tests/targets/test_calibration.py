@@ -256,10 +256,10 @@ def test_int8s_band_is_the_error_measured_on_a_table_no_fit_reads(tmp_path: Path
             assert phrase.startswith(f"±{100 * t4_int8['median_ape']:.0f}% median, ") and "proxy" not in phrase
     toml = tmp_path / "t4.toml"
     toml.write_text((CALIBRATION_DIR.parent / "t4.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    assert out_of_sample_band(get_target(str(toml)), "tensorrt/int8/batch1")["transfer"].startswith("device left")
+    assert out_of_sample_band(get_target(str(toml)), "tensorrt", "int8", 1)["transfer"].startswith("device left")
     large = band("t4", batch=32)
     assert large["transfer"].startswith("proxy: no int8 measurements") and "out_of_sample_band" not in large
-    assert out_of_sample_band(get_target("t4"), "tensorrt/bf16/batch1") is None
+    assert out_of_sample_band(get_target("t4"), "tensorrt", "bf16", 1) is None
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED))
